@@ -1,0 +1,91 @@
+"""Front points, device profiles and non-dominated sorting."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+
+@dataclass
+class FrontPoint:
+    """One sub-network of a front.
+
+    ``alpha``: width multipliers; ``channels``: channel count per width group; ``mflops``:
+    multiply-accumulates in millions at batch 1 (the field's "FLOPs"); ``params``: trainable
+    parameters; ``top1``: validation top-1 in percent (None if not measured); ``loss``: validation
+    cross-entropy; ``latency_ms`` / ``energy_mj``: per device-profile name, measured;
+    ``latency_predicted_ms``: per profile, estimated by a latency look-up table (never mixed with
+    measured values).
+    """
+
+    id: str
+    alpha: list[float]
+    channels: list[int]
+    mflops: float
+    params: int
+    top1: Optional[float] = None
+    loss: Optional[float] = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    energy_mj: dict[str, float] = field(default_factory=dict)
+    latency_predicted_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, with the manifest's field names."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FrontPoint":
+        """Inverse of :meth:`to_dict` (unknown keys are rejected by the manifest schema, not here)."""
+        return cls(
+            id=str(d["id"]), alpha=[float(a) for a in d["alpha"]], channels=[int(c) for c in d["channels"]],
+            mflops=float(d["mflops"]), params=int(d["params"]), top1=d.get("top1"), loss=d.get("loss"),
+            latency_ms=dict(d.get("latency_ms") or {}), energy_mj=dict(d.get("energy_mj") or {}),
+            latency_predicted_ms=dict(d.get("latency_predicted_ms") or {}),
+        )
+
+
+@dataclass
+class DeviceProfile:
+    """Where and how latencies (and energies) of a front were measured.
+
+    ``energy_source`` is "rapl" or "nvml" when energy was measured, "estimate" when it was
+    derived from a model of the host (and so labelled), None when no energy is recorded.
+    """
+
+    name: str
+    runtime: str
+    threads: int
+    batch: int
+    host: str
+    date: str
+    versions: dict[str, str] = field(default_factory=dict)
+    energy_source: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DeviceProfile":
+        """Inverse of :meth:`to_dict`."""
+        return cls(name=d["name"], runtime=d["runtime"], threads=int(d["threads"]), batch=int(d["batch"]),
+                   host=d["host"], date=d["date"], versions=dict(d.get("versions") or {}),
+                   energy_source=d.get("energy_source"))
+
+
+def non_dominated(items: Sequence[Any], objectives: Callable[[Any], Sequence[float]]) -> list[Any]:
+    """The items no other item dominates, all objectives minimised, in input order.
+
+    An item dominates another when it is no worse in every objective and better in one; exact
+    duplicates both stay. O(n^2), fine for fronts of a few thousand points.
+    """
+    values = [tuple(objectives(it)) for it in items]
+    keep = []
+    for i, vi in enumerate(values):
+        dominated = any(
+            all(a <= b for a, b in zip(vj, vi)) and any(a < b for a, b in zip(vj, vi))
+            for j, vj in enumerate(values) if j != i
+        )
+        if not dominated:
+            keep.append(items[i])
+    return keep

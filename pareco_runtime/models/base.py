@@ -1,0 +1,189 @@
+"""The slimmable network base class, its layer builder and its analytic cost model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..ops import SlimBatchNorm2d, SlimContext, SlimConv2d, SlimLinear, _Slim
+from ..space import WidthSpace
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A channel count a layer reads: a width dimension or a constant."""
+
+    kind: str  # "dim" or "fixed"
+    index: int
+    full: int
+
+
+class LayerBuilder:
+    """Creates slimmable layers at full width and records which slots they read.
+
+    Width dimensions get slots ``0..D-1`` of the context, constants follow, and a last slot holds
+    1 for the cost model; the binding is done once the whole network is built.
+    """
+
+    def __init__(self) -> None:
+        self.dim_names: list[str] = []
+        self.dim_full: list[int] = []
+        self.fixed_values: list[int] = []
+        self.bindings: list[tuple[_Slim, Slot, Slot]] = []
+
+    def dim(self, name: str, full: int) -> Slot:
+        """A new width dimension whose full channel count is ``full``."""
+        self.dim_names.append(name)
+        self.dim_full.append(int(full))
+        return Slot("dim", len(self.dim_names) - 1, int(full))
+
+    def fixed(self, n: int) -> Slot:
+        """A channel count that no config changes (input channels, classes, SE squeeze)."""
+        self.fixed_values.append(int(n))
+        return Slot("fixed", len(self.fixed_values) - 1, int(n))
+
+    def conv(self, cin: Slot, cout: Slot, kernel: int, stride: int = 1, depthwise: bool = False,
+             bias: bool = False) -> SlimConv2d:
+        """A slimmable conv with 'same' padding (torchvision's (k-1)//2)."""
+        if depthwise and cin != cout:
+            raise ValueError("a depthwise conv reads and writes the same slot")
+        layer = SlimConv2d(cin.full, cout.full, kernel, stride, (kernel - 1) // 2,
+                           groups=cout.full if depthwise else 1, bias=bias)
+        self.bindings.append((layer, cin, cout))
+        return layer
+
+    def bn(self, c: Slot, eps: float = 1e-5, momentum: float = 0.1) -> SlimBatchNorm2d:
+        """A slimmable BatchNorm over slot ``c``."""
+        layer = SlimBatchNorm2d(c.full, eps=eps, momentum=momentum)
+        self.bindings.append((layer, c, c))
+        return layer
+
+    def linear(self, cin: Slot, cout: Slot, bias: bool = True) -> SlimLinear:
+        """A slimmable fully connected layer."""
+        layer = SlimLinear(cin.full, cout.full, bias=bias)
+        self.bindings.append((layer, cin, cout))
+        return layer
+
+    def bind(self, module: _Slim, cin: Slot, cout: Slot) -> None:
+        """Register another slot-reading module (e.g. a parameter-free shortcut)."""
+        self.bindings.append((module, cin, cout))
+
+
+class SlimmableNet(nn.Module):
+    """A network whose per-group widths can be changed in place.
+
+    Subclasses build their layers through a :class:`LayerBuilder` and call :meth:`_finish`.
+    ``set_widths(alpha)`` activates a config by writing integers into the shared context;
+    ``macs(alpha)`` / ``params(alpha)`` are exact analytic counts for the model's input size
+    (multiply-accumulates of convs and linears, as ``torch.utils.flop_counter`` counts them / 2;
+    trainable parameters of the sliced model).
+    """
+
+    arch: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arch_kwargs: dict[str, Any] = {}
+
+    def _finish(self, builder: LayerBuilder, low: float, divisor: int | None,
+                input_size: tuple[int, int, int]) -> None:
+        d = len(builder.dim_names)
+        self.space = WidthSpace(tuple(builder.dim_names), tuple(builder.dim_full), low, 1.0, divisor)
+        self.input_size = tuple(int(v) for v in input_size)
+        ch = list(builder.dim_full) + list(builder.fixed_values) + [1]
+        self.ctx = SlimContext(ch)
+        self._one = len(ch) - 1
+
+        def index(slot: Slot) -> int:
+            return slot.index if slot.kind == "dim" else d + slot.index
+
+        for module, cin, cout in builder.bindings:
+            module.bind(self.ctx, index(cin), index(cout))
+        bns = [m for m in self.modules() if isinstance(m, SlimBatchNorm2d)]
+        for i, bn in enumerate(bns):
+            bn.bn_index = i
+        self.bn_names = [n for n, m in self.named_modules() if isinstance(m, SlimBatchNorm2d)]
+        self._build_cost_terms()
+        self.alpha = self.space.uniform(1.0)
+
+    def _build_cost_terms(self) -> None:
+        spatial: dict[nn.Module, int] = {}
+
+        def record(module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+            spatial[module] = out.shape[-1] * out.shape[-2]
+
+        convs = [m for m in self.modules() if isinstance(m, SlimConv2d)]
+        hooks = [m.register_forward_hook(record) for m in convs]
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            self(torch.zeros(1, *self.input_size))
+        self.train(was_training)
+        for h in hooks:
+            h.remove()
+
+        macs: dict[tuple[int, int], int] = {}
+        params: dict[tuple[int, int], int] = {}
+
+        def add(table: dict[tuple[int, int], int], a: int, b: int, coef: int) -> None:
+            table[(a, b)] = table.get((a, b), 0) + coef
+
+        one = self._one
+        for m in self.modules():
+            if not isinstance(m, (SlimConv2d, SlimLinear, SlimBatchNorm2d)):
+                continue
+            o = m.out_slot
+            if isinstance(m, SlimBatchNorm2d):
+                add(params, o, one, 2)
+                continue
+            if isinstance(m, SlimConv2d):
+                kk = m.kernel_size[0] * m.kernel_size[1]
+                i = one if m.depthwise else m.in_slot
+                add(macs, o, i, spatial[m] * kk)
+            else:
+                kk, i = 1, m.in_slot
+                add(macs, o, i, 1)
+            add(params, o, i, kk)
+            if m.bias is not None:
+                add(params, o, one, 1)
+        self._macs_terms = [(c, a, b) for (a, b), c in macs.items()]
+        self._params_terms = [(c, a, b) for (a, b), c in params.items()]
+
+    def _slot_values(self, alpha: Sequence[float] | None) -> list[int]:
+        if alpha is None:
+            return self.ctx.ch
+        self.space.validate(alpha)
+        d = self.space.dims
+        return self.space.channels(alpha) + self.ctx.ch[d:]
+
+    def macs(self, alpha: Sequence[float] | None = None) -> int:
+        """Multiply-accumulates of one forward pass at batch 1 (current config when ``alpha`` is None)."""
+        v = self._slot_values(alpha)
+        return sum(c * v[a] * v[b] for c, a, b in self._macs_terms)
+
+    def params(self, alpha: Sequence[float] | None = None) -> int:
+        """Trainable parameters of the sub-network (current config when ``alpha`` is None)."""
+        v = self._slot_values(alpha)
+        return sum(c * v[a] * v[b] for c, a, b in self._params_terms)
+
+    def channels(self, alpha: Sequence[float] | None = None) -> list[int]:
+        """Channel count of each width group (current config when ``alpha`` is None)."""
+        return list(self._slot_values(alpha)[: self.space.dims])
+
+    def set_widths(self, alpha: Sequence[float]) -> None:
+        """Activate config ``alpha`` in place: validates it, then rewrites the context's slots.
+
+        Allocates no tensor. Not synchronised: :class:`SlimmableRuntime` adds the locking that
+        concurrent inference needs.
+        """
+        self.space.validate(alpha)
+        d = self.space.dims
+        self.ctx.ch[:d] = self.space.channels(alpha)
+        self.alpha = [float(a) for a in alpha]
+
+    def describe(self) -> dict[str, Any]:
+        """Architecture name and constructor arguments: enough for :func:`build_model` to rebuild it."""
+        return {"arch": self.arch, "kwargs": dict(self.arch_kwargs)}

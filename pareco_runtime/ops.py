@@ -1,0 +1,156 @@
+"""Slimmable layers: Conv2d, Linear and BatchNorm2d that run with the first k channels.
+
+Every slimmable layer of a network reads its active channel counts from one shared
+:class:`SlimContext`, through two integer *slots* (input and output). Activating a config is
+therefore a write of a few integers into one list: no tensor is allocated, no module attribute
+is set, and forward passes use views of the full-width parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SlimContext:
+    """Shared state of one slimmable network: the channel count of every slot.
+
+    ``ch`` holds one entry per width dimension, then constant slots (input channels, classes,
+    fixed inner widths) and a final ``1`` used by the cost model. ``bn_stats`` optionally holds,
+    per BatchNorm layer (by ``bn_index``), a ``(mean, var)`` pair of exactly the active size that
+    overrides the layer's running buffers in eval mode (a front point's calibrated statistics).
+    """
+
+    __slots__ = ("ch", "bn_stats")
+
+    def __init__(self, ch: list[int]) -> None:
+        self.ch = ch
+        self.bn_stats: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
+
+
+class _Slim:
+    """Mixin holding the slots and the context reference (kept out of nn.Module bookkeeping)."""
+
+    in_slot: int
+    out_slot: int
+    ctx: SlimContext
+
+    def bind(self, ctx: SlimContext, in_slot: int, out_slot: int) -> None:
+        object.__setattr__(self, "ctx", ctx)
+        object.__setattr__(self, "in_slot", in_slot)
+        object.__setattr__(self, "out_slot", out_slot)
+
+    def active(self) -> tuple[int, int]:
+        """(input channels, output channels) under the current config."""
+        ch = self.ctx.ch
+        return ch[self.in_slot], ch[self.out_slot]
+
+
+class SlimConv2d(_Slim, nn.Conv2d):
+    """``nn.Conv2d`` using the first (out, in) channels of its weight.
+
+    Supports ordinary convs (``groups == 1``) and depthwise convs (``groups == in == out``), where
+    the group count follows the active width.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.depthwise = self.groups > 1
+        if self.depthwise and not (self.groups == self.in_channels == self.out_channels):
+            raise ValueError("SlimConv2d supports groups == 1 or depthwise (groups == in == out channels)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ch = self.ctx.ch
+        o = ch[self.out_slot]
+        if self.depthwise:
+            w, groups = self.weight[:o], o
+        else:
+            w, groups = self.weight[:o, : ch[self.in_slot]], 1
+        b = None if self.bias is None else self.bias[:o]
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, groups)
+
+    def to_plain(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` holding copies of the active slices."""
+        i, o = self.active()
+        if self.depthwise:
+            i = o
+        plain = nn.Conv2d(
+            i, o, self.kernel_size, self.stride, self.padding, self.dilation,
+            groups=o if self.depthwise else 1, bias=self.bias is not None,
+        )
+        with torch.no_grad():
+            plain.weight.copy_(self.weight[:o] if self.depthwise else self.weight[:o, :i])
+            if self.bias is not None:
+                plain.bias.copy_(self.bias[:o])
+        return plain
+
+
+class SlimLinear(_Slim, nn.Linear):
+    """``nn.Linear`` using the first (out, in) features of its weight."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ch = self.ctx.ch
+        o = ch[self.out_slot]
+        b = None if self.bias is None else self.bias[:o]
+        return F.linear(x, self.weight[:o, : ch[self.in_slot]], b)
+
+    def to_plain(self) -> nn.Linear:
+        """A plain ``nn.Linear`` holding copies of the active slices."""
+        i, o = self.active()
+        plain = nn.Linear(i, o, bias=self.bias is not None)
+        with torch.no_grad():
+            plain.weight.copy_(self.weight[:o, :i])
+            if self.bias is not None:
+                plain.bias.copy_(self.bias[:o])
+        return plain
+
+
+class SlimBatchNorm2d(_Slim, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` over the first k channels of shared affine parameters and statistics.
+
+    In training mode it normalises with batch statistics and updates the first k entries of the
+    running buffers (cumulative average when ``momentum`` is None, as BN calibration uses). In
+    eval mode it uses the context's per-point statistics when present, else the running buffers.
+    """
+
+    bn_index: int = -1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.ctx.ch[self.out_slot]
+        if self.training:
+            if self.track_running_stats:
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                return F.batch_norm(
+                    x, self.running_mean[:k], self.running_var[:k], self.weight[:k], self.bias[:k],
+                    True, factor, self.eps,
+                )
+            return F.batch_norm(x, None, None, self.weight[:k], self.bias[:k], True, 0.0, self.eps)
+        mean, var = self.eval_stats(k)
+        return F.batch_norm(x, mean, var, self.weight[:k], self.bias[:k], False, 0.0, self.eps)
+
+    def eval_stats(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The statistics eval mode uses at width ``k``."""
+        stats = self.ctx.bn_stats
+        if stats is not None:
+            return stats[self.bn_index]
+        return self.running_mean[:k], self.running_var[:k]
+
+    def to_plain(self) -> nn.BatchNorm2d:
+        """A plain ``nn.BatchNorm2d`` with the active affine slices and eval statistics."""
+        k = self.ctx.ch[self.out_slot]
+        plain = nn.BatchNorm2d(k, eps=self.eps, momentum=self.momentum)
+        mean, var = self.eval_stats(k)
+        with torch.no_grad():
+            plain.weight.copy_(self.weight[:k])
+            plain.bias.copy_(self.bias[:k])
+            plain.running_mean.copy_(mean)
+            plain.running_var.copy_(var)
+            plain.num_batches_tracked.fill_(int(self.num_batches_tracked))
+        return plain
+
+
+SLIM_TYPES = (SlimConv2d, SlimLinear, SlimBatchNorm2d)

@@ -1,0 +1,57 @@
+"""Slicing: turn one config of a slimmable model into a standalone model of plain layers."""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .models.base import SlimmableNet
+from .ops import _Slim
+
+
+def _plain_copy(module: nn.Module) -> nn.Module:
+    if isinstance(module, _Slim):
+        return module.to_plain()  # type: ignore[attr-defined]
+    new = copy.copy(module)
+    new.__dict__ = {k: v for k, v in module.__dict__.items()}
+    new._parameters = {k: (None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad))
+                       for k, p in module._parameters.items()}
+    new._buffers = {k: (None if b is None else b.detach().clone()) for k, b in module._buffers.items()}
+    new._modules = {k: (None if m is None else _plain_copy(m)) for k, m in module._modules.items()}
+    return new
+
+
+def slice_model(model: SlimmableNet, alpha: Optional[Sequence[float]] = None,
+                bn_stats: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None) -> nn.Module:
+    """A standalone copy of ``model`` at config ``alpha`` (the active one when None).
+
+    The result is an instance of the architecture's plain class built from ordinary
+    ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.Linear`` layers whose tensors are copies of the active
+    slices: no masks, hooks or references to the slimmable model. BatchNorm layers carry
+    ``bn_stats`` when given (one ``(mean, var)`` per BN layer, as a front point stores them), else
+    the context's per-point statistics if set, else the running buffers. In eval mode its outputs
+    equal the slimmable model's at that config. The model's active config is left as it was.
+    """
+    saved_alpha, saved_stats = list(model.alpha), model.ctx.bn_stats
+    try:
+        if alpha is not None:
+            model.set_widths(alpha)
+        if bn_stats is not None:
+            model.ctx.bn_stats = bn_stats
+        root = model.plain_class.__new__(model.plain_class)
+        nn.Module.__init__(root)
+        with torch.no_grad():
+            for name, child in model.named_children():
+                setattr(root, name, _plain_copy(child))
+        root.arch = model.arch
+        root.alpha = list(model.alpha)
+        root.channels = model.channels()
+        root.input_size = model.input_size
+        root.train(model.training)
+        return root
+    finally:
+        model.set_widths(saved_alpha)
+        model.ctx.bn_stats = saved_stats
