@@ -33,7 +33,7 @@ class WidthSpace:
     ``full[i]`` is the channel count of group ``i`` at width 1.0. A config α (one float per
     dimension, each in ``[low, high]``) maps to channel counts with :meth:`channels`: the nearest
     integer to ``α_i · full_i`` (at least 1), or, with a ``divisor``, the nearest multiple of it
-    (torchvision's rule), never above ``full_i``.
+    (torchvision's rule), never above ``full_i``; width 1.0 is always the full count.
     """
 
     names: tuple[str, ...]
@@ -87,7 +87,7 @@ class WidthSpace:
         if self.divisor is None:
             return [max(1, min(c, math.floor(a * c + 0.5))) for a, c in zip(alpha, self.full)]
         d = self.divisor
-        return [min(c, make_divisible(a * c, d)) for a, c in zip(alpha, self.full)]
+        return [c if a >= 1.0 - _TOL else min(c, make_divisible(a * c, d)) for a, c in zip(alpha, self.full)]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description, the form stored in weight files and manifests."""

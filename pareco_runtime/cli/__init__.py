@@ -1,0 +1,1 @@
+"""The ``pareco`` command line (typer + rich); heavy packages are imported inside commands."""

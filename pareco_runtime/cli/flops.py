@@ -1,0 +1,49 @@
+"""``pareco flops``: the cost of any config of any architecture, no training needed."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from .output import print_json, print_table
+
+
+def parse_alpha(text: str) -> list[float]:
+    """Parse ``"0.5,0.75,..."`` into floats; ValueError naming the bad item."""
+    out = []
+    for item in text.split(","):
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise ValueError(f"--alpha: '{item.strip()}' is not a number; give comma-separated widths") from None
+    return out
+
+
+def flops(
+    arch: str = typer.Option(..., "--arch", help="Architecture: resnet20/32/44/56, mobilenet_v2, mobilenet_v3_large."),
+    width: Optional[float] = typer.Option(None, "--width", help="Uniform width multiplier for every group."),
+    alpha: Optional[str] = typer.Option(None, "--alpha", help="Per-group widths, comma-separated."),
+    divisor: Optional[int] = typer.Option(None, "--divisor", help="Round channels to multiples of this."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes of the head."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input resolution (default per arch)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """MACs (the field's FLOPs), parameters and per-group channels of one config."""
+    from .. import build_model
+
+    if (width is None) == (alpha is None):
+        raise ValueError("give exactly one of --width W or --alpha a1,a2,...")
+    kwargs = {k: v for k, v in (("divisor", divisor), ("num_classes", num_classes), ("input_size", input_size))
+              if v is not None}
+    model = build_model(arch, **kwargs)
+    config = model.space.uniform(width) if width is not None else parse_alpha(alpha or "")
+    model.space.validate(config)
+    macs, params, channels = model.macs(config), model.params(config), model.channels(config)
+    if as_json:
+        print_json({"arch": model.arch, "alpha": config, "macs": macs, "mflops": macs / 1e6, "params": params,
+                    "channels": dict(zip(model.space.names, channels)), "input_size": list(model.input_size)})
+        return
+    rows = [(n, f"{a:.3f}", c, f) for n, a, c, f in zip(model.space.names, config, channels, model.space.full)]
+    print_table(f"{model.arch} @ {tuple(model.input_size)}: {macs / 1e6:.2f} MFLOPs (MACs), {params / 1e6:.3f} M params",
+                ["group", "width", "channels", "full"], rows)

@@ -1,0 +1,50 @@
+"""``pareco flops`` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pareco_runtime import build_model
+
+
+def test_flops_json_matches_model(cli):
+    r = cli("flops", "--arch", "mobilenet_v2", "--width", "0.42", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    m = build_model("mobilenet_v2")
+    assert out["macs"] == m.macs(m.space.uniform(0.42))
+    assert out["params"] == m.params(m.space.uniform(0.42))
+    assert len(out["channels"]) == 25
+
+
+def test_flops_alpha_and_divisor(cli):
+    r = cli("flops", "--arch", "resnet20", "--alpha", "1,1,0.5,0.5,0.316,0.316", "--divisor", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    assert all(c % 8 == 0 for c in json.loads(r.stdout)["channels"].values())
+
+
+def test_flops_table(cli):
+    r = cli("flops", "--arch", "resnet20", "--width", "0.5")
+    assert r.returncode == 0 and "MFLOPs" in r.stdout
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--arch", "resnet21", "--width", "1"], "unknown architecture 'resnet21'"),
+    (["--arch", "resnet20", "--alpha", "1,2"], "has 2 width multipliers but this space has 6"),
+    (["--arch", "resnet20", "--width", "0.1"], "outside the space"),
+    (["--arch", "resnet20", "--alpha", "1,x,1,1,1,1"], "'x' is not a number"),
+    (["--arch", "resnet20"], "exactly one of --width"),
+])
+def test_flops_bad_input(cli, args, msg):
+    r = cli("flops", *args)
+    assert r.returncode == 2
+    assert msg in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_help_lists_flops(cli):
+    r = cli("--help")
+    assert r.returncode == 0 and "flops" in r.stdout
