@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from . import flops
+from . import flops, train
 
 app = typer.Typer(
     name="pareco",
@@ -28,6 +28,7 @@ def _options(debug: bool = typer.Option(False, "--debug", help="Show full traceb
     _state["debug"] = debug
 
 
+app.command("train")(train.train)
 app.command("flops")(flops.flops)
 
 

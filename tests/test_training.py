@@ -1,0 +1,163 @@
+"""Training core: trainers, BN calibration, front files, resume, NaN guard, out-dir safety, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pareco_runtime import build_model
+from pareco_runtime.fileformat import load_manifest, load_weights
+from training.calibrate import calibrate_bn, evaluate
+from training.loop import TrainConfig, TrainingError, lr_at, train
+from training.strategies import Slim, widths_spread_over_macs
+
+from .conftest import ROOT, run_cli
+
+SYN = "synthetic:256:4"
+SYN_SMALL = "synthetic:128:4"
+FAST = dict(arch="resnet20", data=SYN, image_size=16, batch_size=32, lr=0.05, candidates=6, calib_batches=2,
+            calib_batch_size=32)
+
+
+def _train_args(out: Path, epochs: int, algorithm: str = "slim", extra: tuple[str, ...] = ()) -> list[str]:
+    return ["train", "--arch", "resnet20", "--data", SYN_SMALL, "--image-size", "16", "--batch-size", "32", "--lr", "0.05",
+            "--epochs", str(epochs), "--algorithm", algorithm, "--candidates", "6", "--calib-batches", "2",
+            "--calib-batch-size", "32", "--out", str(out), "--log-every", "1", *extra]
+
+
+def test_slim_run_writes_a_valid_front(tmp_path):
+    manifest_path = train(TrainConfig(epochs=2, **FAST), tmp_path, show_progress=False, log_every=1)
+    manifest = load_manifest(manifest_path)
+    pts = manifest["points"]
+    assert pts and manifest["training"]["algorithm"] == "slim"
+    macs = [p["mflops"] for p in pts]
+    top1 = [p["top1"] for p in pts]
+    assert macs == sorted(macs)
+    assert all(b > a for a, b in zip(top1, top1[1:])), "a front's accuracy rises with cost"
+    wf = load_weights(tmp_path / "model.safetensors")
+    assert set(wf.bn_stats) == {p["id"] for p in pts}
+    m = build_model("resnet20", num_classes=4, input_size=16)
+    assert set(wf.state) == set(m.state_dict())
+    for p in pts:
+        assert p["mflops"] * 1e6 == pytest.approx(m.macs(p["alpha"]))
+    log = [json.loads(line) for line in (tmp_path / "train.log.jsonl").read_text().splitlines()]
+    assert any("epoch_time_s" in r for r in log) and any("img_per_s" in r for r in log)
+
+
+def test_independent_trains_one_config(tmp_path):
+    path = train(TrainConfig(epochs=1, algorithm="independent", width=0.5, **FAST), tmp_path, show_progress=False)
+    pts = load_manifest(path)["points"]
+    assert len(pts) == 1 and pts[0]["alpha"] == [0.5] * 6
+
+
+def test_slim_step_uses_sandwich_rule():
+    m = build_model("resnet20")
+    s = Slim(seed=0, samples=3)
+    s.setup(m, 10)
+    cfgs = s.step_configs(0, m, None, None)
+    assert cfgs[0] == [1.0] * 6 and cfgs[-1] == [0.316] * 6 and len(cfgs) == 5
+    assert all(len(set(c)) == 1 for c in cfgs), "Slim trains uniform widths"
+
+
+def test_candidates_spread_over_macs():
+    m = build_model("resnet20")
+    ws = widths_spread_over_macs(m, 40)
+    macs = [m.macs(m.space.uniform(w)) for w in ws]
+    assert ws[0] == 0.316 and ws[-1] == 1.0 and len(ws) >= 35
+    gaps = [b - a for a, b in zip(macs, macs[1:])]
+    assert max(gaps) < 3 * (macs[-1] - macs[0]) / 39
+
+
+def test_bn_calibration_is_cumulative_average():
+    torch.manual_seed(0)
+    m = build_model("resnet20", input_size=8)
+    alpha = m.space.uniform(0.5)
+    batches = [torch.randn(4, 3, 8, 8) * (i + 1) for i in range(3)]
+    stats = calibrate_bn(m, alpha, batches)
+    k = m.channels(alpha)[0]
+    assert stats[0][0].shape == (k,)
+    # First BN sees conv1's output: its mean is the average of the per-batch means.
+    m.set_widths(alpha)
+    per_batch = [m.conv1(x).mean(dim=(0, 2, 3)) for x in batches]
+    assert torch.allclose(stats[0][0], torch.stack(per_batch).mean(0), atol=1e-5)
+    ev = evaluate(m, alpha, stats, [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))])
+    assert 0 <= ev.top1 <= 100 and ev.loss > 0
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(lr=0.1, warmup_epochs=1)
+    assert lr_at(cfg, 0, 100, 10) == pytest.approx(0.01)
+    assert lr_at(cfg, 9, 100, 10) == pytest.approx(0.1)
+    assert lr_at(cfg, 99, 100, 10) < 1e-3
+    lin = TrainConfig(lr=0.1, schedule="linear")
+    assert lr_at(lin, 50, 100, 10) == pytest.approx(0.05)
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    r = run_cli(*_train_args(ref, 2))
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "pareco_runtime.cli.main", *_train_args(killed, 2)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = killed / "train.log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and any(json.loads(x).get("epoch") == 2 and "step" in json.loads(x)
+                                for x in log.read_text().splitlines() if x.strip()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed mid-epoch"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.safetensors").exists()
+    r = run_cli(*_train_args(killed, 2, extra=("--resume",)))
+    assert r.returncode == 0, r.stderr
+    a, b = load_file(ref / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_manifest(ref / "model.front.json")["points"] == load_manifest(killed / "model.front.json")["points"]
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
+    r = run_cli(*_train_args(tmp_path, 2, extra=("--lr", "1e30")))
+    assert r.returncode == 2
+    assert "training diverged" in r.stderr and "lower --lr" in r.stderr
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_out_dir_with_another_run_is_refused(tmp_path):
+    train(TrainConfig(epochs=1, **FAST), tmp_path, show_progress=False)
+    with pytest.raises(TrainingError, match="already holds a training run"):
+        train(TrainConfig(epochs=1, **FAST), tmp_path, show_progress=False)
+    with pytest.raises(TrainingError, match="settings that differ"):
+        train(TrainConfig(epochs=2, **FAST), tmp_path, resume=True, show_progress=False)
+    train(TrainConfig(epochs=1, **FAST), tmp_path, force=True, show_progress=False)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--algorithm", "bogus"], "unknown algorithm 'bogus'"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--data", "/nonexistent/data"], "/nonexistent/data"),
+])
+def test_train_bad_input(tmp_path, args, msg):
+    r = run_cli("train", "--out", str(tmp_path / "o"), "--data", SYN, *args)
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "pareco_runtime.cli.main", *_train_args(tmp_path, 1)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    extra = load_manifest(tmp_path / "model.front.json")["training"]["extra"]
+    assert extra["world_size"] == 2

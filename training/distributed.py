@@ -1,0 +1,75 @@
+"""Scale-out under ``torchrun``: process group set-up and the few collectives the trainers use."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    """Rank, world size and device of this process (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op when alone)."""
+        if self.enabled:
+            dist.barrier()
+
+    def broadcast_object(self, obj: object) -> object:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """The mean of ``t`` over ranks, in place."""
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t /= self.world_size
+        return t
+
+    def same_on_all_ranks(self, value: float) -> bool:
+        """Whether ``value`` is bit-identical on every rank."""
+        if not self.enabled:
+            return True
+        vals = [None] * self.world_size
+        dist.all_gather_object(vals, value)
+        return all(v == vals[0] for v in vals)
+
+
+def setup(device: str | None = None) -> Dist:
+    """Join the process group when launched by torchrun (gloo on CPU, nccl on GPU); else run alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if world <= 1:
+        return Dist(0, 1, torch.device(device or ("cuda" if cuda else "cpu")))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(local)
+        return Dist(rank, world, torch.device("cuda", local))
+    return Dist(rank, world, torch.device("cpu"))
+
+
+def teardown() -> None:
+    """Leave the process group if one was joined."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

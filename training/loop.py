@@ -1,0 +1,333 @@
+"""The shared training loop: one function that trains any strategy and writes the front.
+
+SGD with Nesterov momentum and weight decay, a per-step cosine or linear schedule with linear
+warm-up, optional label smoothing, bf16 autocast on GPU, a checkpoint per epoch (bit-exact
+resume on CPU), rich progress and the same figures as JSON lines in ``OUT/train.log.jsonl``,
+DistributedDataParallel under ``torchrun``, and a refusal to train on a NaN/inf loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from pareco_runtime import build_model
+from pareco_runtime.atomic import atomic_write_text
+from pareco_runtime.models.base import SlimmableNet
+
+from . import distributed
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .front_builder import MANIFEST_NAME, evaluate_candidates, pareto_candidates, write_outputs
+from .strategies import Independent, Slim, Strategy
+
+RUN_NAME = "run.json"
+LOG_NAME = "train.log.jsonl"
+
+
+class TrainingError(ValueError):
+    """A run that cannot start or continue, with what to do about it."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (the out directory's ``run.json``)."""
+
+    arch: str = "resnet20"
+    data: str = "digits"
+    algorithm: str = "slim"
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    width_factor: int = 1
+    image_size: Optional[int] = None
+    samples: int = 2
+    width: float = 1.0
+    candidates: int = 40
+    calib_batches: int = 8
+    calib_batch_size: int = 128
+    history_size: int = 1000
+    epsilon: float = 0.02
+    lambda_sampling: str = "pas"
+    cost_model: str = "exact"
+    probe_batch: int = 128
+
+    def validate(self) -> None:
+        """Raise TrainingError naming the first bad value."""
+        if self.algorithm not in ALGORITHMS:
+            raise TrainingError(f"unknown algorithm '{self.algorithm}'; choose one of: {', '.join(ALGORITHMS)}")
+        if self.schedule not in ("cosine", "linear"):
+            raise TrainingError(f"unknown schedule '{self.schedule}'; choose cosine or linear")
+        for name in ("epochs", "batch_size", "calib_batches", "calib_batch_size", "candidates", "history_size"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise TrainingError(f"--lr must be a positive number, got {self.lr}")
+        if self.samples < 0:
+            raise TrainingError(f"--samples must be >= 0, got {self.samples}")
+
+
+ALGORITHMS = ("independent", "slim", "pareco", "twostage")
+
+
+def make_strategy(cfg: TrainConfig) -> Strategy:
+    """The strategy object for ``cfg.algorithm``."""
+    if cfg.algorithm == "independent":
+        return Independent(cfg.seed, width=cfg.width)
+    if cfg.algorithm == "slim":
+        return Slim(cfg.seed, samples=cfg.samples, num_candidates=cfg.candidates)
+    from .pareco import make_bo_strategy  # BoTorch is heavy: imported only when asked for
+
+    return make_bo_strategy(cfg)
+
+
+def build_for_data(cfg: TrainConfig, num_classes: int, input_size: tuple[int, int, int]) -> SlimmableNet:
+    """The slimmable model of ``cfg.arch`` sized for the data's classes and resolution."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "input_size": input_size[-1]}
+    if cfg.arch.startswith("resnet"):
+        kwargs["width"] = cfg.width_factor
+    return build_model(cfg.arch, **kwargs)
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    """Learning rate at ``step``: linear warm-up, then cosine or linear decay to zero."""
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    frac = (step - warm) / max(1, total - warm)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+    return cfg.lr * (1 - frac)
+
+
+def _prepare_out_dir(out: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
+    run_file = out / RUN_NAME
+    current = dataclasses.asdict(cfg)
+    if run_file.exists():
+        try:
+            previous = json.loads(run_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        if resume:
+            if previous != current:
+                diff = sorted(k for k in current if previous is None or previous.get(k) != current[k])
+                raise TrainingError(f"{out}: --resume with settings that differ from the run there "
+                                    f"({', '.join(diff)}); use the same settings, or --force to start afresh")
+            return
+        if not force:
+            raise TrainingError(f"{out} already holds a training run; pass --resume to continue it or --force to "
+                                "overwrite it")
+    elif resume:
+        raise TrainingError(f"{out}: no run to resume (no {RUN_NAME}); run without --resume")
+    if force:
+        for name in (CHECKPOINT_NAME, LOG_NAME):
+            (out / name).unlink(missing_ok=True)
+    atomic_write_text(run_file, json.dumps(current, indent=2))
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def train_step(net: torch.nn.Module, model: SlimmableNet, opt: torch.optim.Optimizer, configs: list[list[float]],
+               x: torch.Tensor, y: torch.Tensor, distill: bool, label_smoothing: float,
+               ddp: bool) -> list[float]:
+    """One update summing the losses of ``configs``; the first is the teacher when ``distill``.
+
+    Returns every config's loss. Under DDP, gradients are all-reduced once, on the last backward.
+    """
+    opt.zero_grad(set_to_none=True)
+    teacher = None
+    losses = []
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if x.is_cuda else contextlib.nullcontext()
+    for j, alpha in enumerate(configs):
+        model.set_widths(alpha)
+        sync = contextlib.nullcontext() if (not ddp or j == len(configs) - 1) else net.no_sync()
+        with sync:
+            with amp:
+                out = net(x).float()
+            if teacher is None:
+                loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+            else:
+                loss = -(teacher * F.log_softmax(out, dim=1)).sum(1).mean()
+            loss.backward()
+        if distill and teacher is None:
+            teacher = out.detach().softmax(1)
+        losses.append(loss.item())
+    opt.step()
+    return losses
+
+
+class _Progress:
+    """rich progress on the main rank plus JSON lines in the log file."""
+
+    def __init__(self, log_path: Path | None, show: bool, total: int, done: int) -> None:
+        self.log = open(log_path, "a", encoding="utf-8") if log_path is not None else None
+        self.bar = None
+        if show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, completed=done, info="")
+
+    def update(self, record: dict[str, Any], advance: int = 1) -> None:
+        if self.bar is not None:
+            info = f"loss {record['loss']:.3f} lr {record['lr']:.4f} {record['img_per_s']:.0f} img/s"
+            if record.get("strategy"):
+                info += f" {record['strategy']}"
+            self.bar.update(self.task, advance=advance, info=info,
+                            description=f"epoch {record['epoch']}")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        if self.log is not None:
+            self.log.close()
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool = False, device: str | None = None,
+          cache_dir: str | None = None, log_every: int = 20, show_progress: bool = True) -> Path:
+    """Train ``cfg`` into ``out`` and write ``model.safetensors`` + ``model.front.json``; returns the manifest path.
+
+    ``resume`` continues from the last epoch checkpoint bit for bit (CPU); ``force`` discards a
+    previous run in ``out``. Under ``torchrun`` every rank trains a shard and rank 0 writes.
+    """
+    from .data import load_data
+
+    cfg.validate()
+    out = Path(out)
+    dist = distributed.setup(device)
+    try:
+        if dist.is_main:
+            _prepare_out_dir(out, cfg, resume, force)
+        dist.barrier()
+        torch.manual_seed(cfg.seed)
+        data = load_data(cfg.data, image_size=cfg.image_size, seed=cfg.seed, cache_dir=cache_dir, device=dist.device)
+        model = build_for_data(cfg, len(data.info.class_names), data.info.input_size).to(dist.device)
+        strategy = make_strategy(cfg)
+        spe = data.steps_per_epoch(cfg.batch_size, dist.world_size)
+        if spe < 1:
+            raise TrainingError(f"--batch-size {cfg.batch_size} is larger than the training set "
+                                f"({data.info.num_train} images); lower it")
+        total = spe * cfg.epochs
+        strategy.setup(model, total)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                              weight_decay=cfg.weight_decay)
+        start_epoch, wall = 0, 0.0
+        ckpt_path = out / CHECKPOINT_NAME
+        if resume and ckpt_path.exists():
+            ckpt = load_checkpoint(ckpt_path)
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            strategy.load_state_dict(ckpt["strategy"])
+            _set_rng_state(ckpt["rng"])
+            start_epoch, wall = int(ckpt["epoch"]), float(ckpt["wall_time_s"])
+        net: torch.nn.Module = model
+        if dist.enabled:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+        progress = _Progress(out / LOG_NAME if dist.is_main else None, dist.is_main and show_progress, total,
+                             start_epoch * spe)
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                t_epoch = time.perf_counter()
+                seen = 0
+                for i, (x, y) in enumerate(data.train_batches(cfg.batch_size, epoch, cfg.seed, rank=dist.rank,
+                                                              world_size=dist.world_size)):
+                    step = epoch * spe + i
+                    lr = lr_at(cfg, step, total, spe)
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    model.train()
+                    configs = strategy.step_configs(step, model, x, y)
+                    losses = train_step(net, model, opt, configs, x, y, strategy.distill, cfg.label_smoothing,
+                                        dist.enabled)
+                    if not all(math.isfinite(v) for v in losses):
+                        bad = next(v for v in losses if not math.isfinite(v))
+                        kept = f"the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}" if epoch else \
+                            "no checkpoint was written yet"
+                        raise TrainingError(f"loss became {bad} at epoch {epoch + 1} step {step}: training diverged; "
+                                            f"{kept}; lower --lr (now {cfg.lr}) or add --warmup-epochs and "
+                                            "start again with --force")
+                    seen += x.shape[0] * dist.world_size
+                    elapsed = time.perf_counter() - t_epoch
+                    record = {"epoch": epoch + 1, "step": step + 1, "loss": losses[0], "lr": lr,
+                              "img_per_s": seen / max(elapsed, 1e-9), "strategy": strategy.progress()}
+                    progress.update(record)
+                    if (step + 1) % log_every == 0:
+                        progress.write({**record, "time": time.time()})
+                epoch_time = time.perf_counter() - t_epoch
+                wall += epoch_time
+                progress.write({"epoch": epoch + 1, "epoch_time_s": epoch_time, "steps": spe, "time": time.time(),
+                                **strategy.record()})
+                if dist.is_main:
+                    save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                                "strategy": strategy.state_dict(), "rng": _rng_state(),
+                                                "epoch": epoch + 1, "wall_time_s": wall})
+                dist.barrier()
+        finally:
+            progress.close()
+        checksum = float(sum(p.double().sum().item() for p in model.parameters()))
+        in_sync = dist.same_on_all_ranks(checksum)
+        if not in_sync:
+            raise TrainingError("ranks finished with different weights; report this as a bug with the command used")
+        manifest = out / MANIFEST_NAME
+        if dist.is_main:
+            manifest = _finish(cfg, out, model, strategy, data, wall, dist.world_size, show_progress)
+        dist.barrier()
+        return manifest
+    finally:
+        distributed.teardown()
+
+
+def _finish(cfg: TrainConfig, out: Path, model: SlimmableNet, strategy: Strategy, data: Any, wall: float,
+            world_size: int, show_progress: bool) -> Path:
+    t0 = time.perf_counter()
+    configs = strategy.candidates(model)
+    cands = evaluate_candidates(model, configs, data, cfg.calib_batches, cfg.calib_batch_size, cfg.seed)
+    front = pareto_candidates(cands)
+    record = {
+        "algorithm": cfg.algorithm, "epochs": cfg.epochs, "seed": cfg.seed, "wall_time_s": round(wall, 3),
+        "history_size": strategy.record().get("history_size"),
+        "extra": {**strategy.record(), "config": dataclasses.asdict(cfg), "world_size": world_size,
+                  "candidates_evaluated": len(cands), "finalize_time_s": round(time.perf_counter() - t0, 3)},
+    }
+    _, manifest = write_outputs(out, model, front, data.info, record)
+    if show_progress:
+        from rich.console import Console
+
+        best = max(front, key=lambda c: c.top1)
+        Console().print(f"front: {len(front)} points from {len(cands)} candidates, "
+                        f"{front[0].macs / 1e6:.2f}-{front[-1].macs / 1e6:.2f} MFLOPs, best top-1 {best.top1:.2f}% "
+                        f"-> {manifest}")
+    return manifest

@@ -1,0 +1,139 @@
+"""Which sub-networks a training step trains: Independent and Slim (PareCO and TwoStage build on these).
+
+A strategy decides, at every step, the list of configs whose losses are summed into one update
+(the first is the teacher when in-place distillation is on), and, after training, the candidate
+configs that are calibrated, evaluated and sorted into the front. Its random state lives in its
+own generator and goes into the checkpoint, so a resumed run draws the same configs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import torch
+
+from pareco_runtime.models.base import SlimmableNet
+
+
+def uniform_width_for_macs(model: SlimmableNet, target_macs: float, tol: float = 1e-4) -> float:
+    """The uniform width whose MACs are closest to ``target_macs`` (bisection; MACs grow with width)."""
+    lo, hi = model.space.low, model.space.high
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if model.macs(model.space.uniform(mid)) < target_macs:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < tol:
+            break
+    cands = (lo, hi)
+    return min(cands, key=lambda w: abs(model.macs(model.space.uniform(w)) - target_macs))
+
+
+def widths_spread_over_macs(model: SlimmableNet, n: int) -> list[float]:
+    """``n`` uniform widths whose MACs are evenly spaced from the smallest to the largest model."""
+    lo = model.macs(model.space.uniform(model.space.low))
+    hi = model.macs(model.space.uniform(model.space.high))
+    if n == 1:
+        return [model.space.high]
+    widths = [uniform_width_for_macs(model, lo + (hi - lo) * i / (n - 1)) for i in range(n)]
+    widths[0], widths[-1] = model.space.low, model.space.high
+    return sorted(set(widths))
+
+
+class Strategy(ABC):
+    """Base class: owns a seeded generator; subclasses choose configs per step and candidates."""
+
+    name = "base"
+    distill = False
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed + 7919)
+        self.model: SlimmableNet | None = None
+
+    def setup(self, model: SlimmableNet, total_steps: int) -> None:
+        """Called once before the first step (also after a resume, before loading state)."""
+        self.model = model
+        self.total_steps = total_steps
+
+    @abstractmethod
+    def step_configs(self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> list[list[float]]:
+        """Configs to train at ``step``; the first is the teacher when ``distill`` is set."""
+
+    @abstractmethod
+    def candidates(self, model: SlimmableNet) -> list[list[float]]:
+        """Configs to calibrate and evaluate after training."""
+
+    def record(self) -> dict[str, Any]:
+        """Figures for the manifest's training record."""
+        return {}
+
+    def progress(self) -> str:
+        """A short text for the progress bar (e.g. the history size)."""
+        return ""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit for bit (tensors and JSON-able values)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.generator.set_state(state["generator"])
+
+    def _uniform(self) -> float:
+        assert self.model is not None
+        s = self.model.space
+        return s.low + (s.high - s.low) * float(torch.rand((), generator=self.generator, dtype=torch.float64))
+
+
+class Independent(Strategy):
+    """One fixed config trained alone (the baseline of a zoo of separately trained models)."""
+
+    name = "independent"
+
+    def __init__(self, seed: int, width: float = 1.0, alpha: Sequence[float] | None = None) -> None:
+        super().__init__(seed)
+        self.width = width
+        self.alpha = None if alpha is None else [float(a) for a in alpha]
+
+    def config(self, model: SlimmableNet) -> list[float]:
+        """The config this run trains."""
+        return list(self.alpha) if self.alpha is not None else model.space.uniform(self.width)
+
+    def step_configs(self, step, model, x, y):
+        return [self.config(model)]
+
+    def candidates(self, model):
+        return [self.config(model)]
+
+    def record(self):
+        return {"alpha": self.config(self.model) if self.model else self.alpha}
+
+
+class Slim(Strategy):
+    """Universally slimmable training: the sandwich rule with in-place distillation (Yu & Huang 2019).
+
+    Each step trains the largest config (on the labels), the smallest and ``samples`` random
+    uniform widths (on the largest one's soft predictions). Candidates: ``num_candidates``
+    uniform widths spread evenly over MACs.
+    """
+
+    name = "slim"
+    distill = True
+
+    def __init__(self, seed: int, samples: int = 2, num_candidates: int = 40) -> None:
+        super().__init__(seed)
+        self.samples = samples
+        self.num_candidates = num_candidates
+
+    def step_configs(self, step, model, x, y):
+        s = model.space
+        return [s.uniform(s.high)] + [s.uniform(self._uniform()) for _ in range(self.samples)] + [s.uniform(s.low)]
+
+    def candidates(self, model):
+        return [model.space.uniform(w) for w in widths_spread_over_macs(model, self.num_candidates)]
+
+    def record(self):
+        return {"samples_per_step": self.samples, "candidates": self.num_candidates}
+
