@@ -3,10 +3,14 @@
 Depends on torch and safetensors only; training, export and benchmarking live in other packages.
 """
 
+from .budget import BatteryPolicy, parse_budget
+from .front import DeviceProfile, FrontPoint
 from .models import ARCHITECTURES, SlimmableNet, build_model
+from .runtime import SlimmableRuntime
 from .slicing import slice_model
 from .space import WidthSpace
 
 __version__ = "0.1.0"
 
-__all__ = ["ARCHITECTURES", "SlimmableNet", "WidthSpace", "build_model", "slice_model", "__version__"]
+__all__ = ["ARCHITECTURES", "BatteryPolicy", "DeviceProfile", "FrontPoint", "SlimmableNet", "SlimmableRuntime",
+           "WidthSpace", "build_model", "parse_budget", "slice_model", "__version__"]

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 # Keywords this validator evaluates.
 _ASSERTIONS = frozenset({
@@ -146,12 +147,13 @@ def check_schema(schema: Any, _root: Any = None, _where: str = "#") -> None:
 
     Walks every subschema (under ``properties``, ``additionalProperties``, ``items`` and ``$defs``)
     and resolves every ``$ref``, so a schema that passes is fully understood by :func:`iter_errors`.
+    A node that is neither an object nor a boolean raises ``TypeError``.
     """
     root = schema if _root is None else _root
     if isinstance(schema, bool):
         return
     if not isinstance(schema, dict):
-        raise ValueError(f"schema: {_where} is not a schema (expected an object or a boolean)")
+        raise TypeError(f"schema: {_where} is not a schema (expected an object or a boolean)")
     unknown = sorted(set(schema) - _ASSERTIONS - _ANNOTATIONS)
     if unknown:
         raise ValueError(f"schema: {_where} uses unsupported keyword(s) {', '.join(unknown)}")
@@ -184,7 +186,7 @@ def iter_errors(instance: Any, schema: Any) -> Iterator[SchemaError]:
 
 
 def validate(instance: Any, schema: Any) -> None:
-    """Return if ``instance`` satisfies ``schema``; else raise :class:`ValidationError` with the first error."""
+    """Return when ``instance`` satisfies ``schema``, else raise :class:`ValidationError` (first error)."""
     for error in iter_errors(instance, schema):
         raise ValidationError(error)
 
@@ -215,12 +217,15 @@ def _errors(value: Any, schema: Any, root: Any, path: tuple[PathPart, ...]) -> I
         if "minLength" in schema and len(value) < schema["minLength"]:
             yield SchemaError(path, "minLength", f"must be at least {schema['minLength']} character(s) long")
         if "pattern" in schema and not re.search(schema["pattern"], value):
-            yield SchemaError(path, "pattern", f"{_show(value)} does not match the pattern {schema['pattern']}")
+            message = f"{_show(value)} does not match the pattern {schema['pattern']}"
+            yield SchemaError(path, "pattern", message)
     if isinstance(value, list):
         if "minItems" in schema and len(value) < schema["minItems"]:
-            yield SchemaError(path, "minItems", f"needs at least {schema['minItems']} item(s), got {len(value)}")
+            message = f"needs at least {schema['minItems']} item(s), got {len(value)}"
+            yield SchemaError(path, "minItems", message)
         if "maxItems" in schema and len(value) > schema["maxItems"]:
-            yield SchemaError(path, "maxItems", f"allows at most {schema['maxItems']} item(s), got {len(value)}")
+            message = f"allows at most {schema['maxItems']} item(s), got {len(value)}"
+            yield SchemaError(path, "maxItems", message)
         if "items" in schema:
             for i, item in enumerate(value):
                 yield from _errors(item, schema["items"], root, (*path, i))

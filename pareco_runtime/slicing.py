@@ -35,7 +35,7 @@ def slice_model(model: SlimmableNet, alpha: Optional[Sequence[float]] = None,
     the context's per-point statistics if set, else the running buffers. In eval mode its outputs
     equal the slimmable model's at that config. The model's active config is left as it was.
     """
-    saved_alpha, saved_stats = list(model.alpha), model.ctx.bn_stats
+    saved_alpha, saved_ch, saved_stats = model.alpha, list(model.ctx.ch), model.ctx.bn_stats
     try:
         if alpha is not None:
             model.set_widths(alpha)
@@ -53,5 +53,4 @@ def slice_model(model: SlimmableNet, alpha: Optional[Sequence[float]] = None,
         root.train(model.training)
         return root
     finally:
-        model.set_widths(saved_alpha)
-        model.ctx.bn_stats = saved_stats
+        model.activate(saved_ch[: model.space.dims], saved_alpha, saved_stats)

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from . import flops, train
+from . import flops, runtime_cmds, train
 
 app = typer.Typer(
     name="pareco",
@@ -29,6 +29,8 @@ def _options(debug: bool = typer.Option(False, "--debug", help="Show full traceb
 
 
 app.command("train")(train.train)
+app.command("select")(runtime_cmds.select)
+app.command("show")(runtime_cmds.show)
 app.command("flops")(flops.flops)
 
 

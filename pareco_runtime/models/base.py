@@ -184,6 +184,17 @@ class SlimmableNet(nn.Module):
         self.ctx.ch[:d] = self.space.channels(alpha)
         self.alpha = [float(a) for a in alpha]
 
+    def activate(self, channels: Sequence[int], alpha: Sequence[float],
+                 bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+        """Activate precomputed ``channels`` (from ``space.channels(alpha)``) and per-point BN statistics.
+
+        The runtime's switch: no validation, no allocation (integers copied into the context, the
+        statistics list swapped by reference).
+        """
+        self.ctx.ch[: self.space.dims] = channels
+        self.ctx.bn_stats = bn_stats
+        self.alpha = alpha
+
     def describe(self) -> dict[str, Any]:
         """Architecture name and constructor arguments: enough for :func:`build_model` to rebuild it."""
         return {"arch": self.arch, "kwargs": dict(self.arch_kwargs)}

@@ -1,0 +1,77 @@
+"""``pareco select`` and ``pareco show``: read a front, pick a point, draw the front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .output import print_json, print_table
+
+
+def _point_row(p, profiles: list[str]) -> list:
+    row = [p.id, f"{p.mflops:.2f}", f"{p.params / 1e6:.3f}", None if p.top1 is None else f"{p.top1:.2f}",
+           None if p.loss is None else f"{p.loss:.4f}"]
+    for name in profiles:
+        if name in p.latency_ms:
+            row.append(f"{p.latency_ms[name]:.3f}")
+        elif name in p.latency_predicted_ms:
+            row.append(f"~{p.latency_predicted_ms[name]:.3f}")
+        else:
+            row.append(None)
+    return row
+
+
+def select(
+    manifest: Path = typer.Argument(..., help="A front manifest (NAME.front.json)."),
+    budget: list[str] = typer.Option(..., "--budget", help="e.g. 100MFLOPs, 5ms@PROFILE, 2mJ, battery=30%; repeat to AND."),
+    fallback: Optional[str] = typer.Option(None, "--fallback", help="'cheapest': take the cheapest point if unmet."),
+    allow_predicted: bool = typer.Option(False, "--allow-predicted", help="Use predicted latency where unmeasured."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Print the most accurate front point that meets every budget."""
+    from ..fileformat import load_manifest
+    from ..front import DeviceProfile, FrontPoint
+    from ..budget import as_budget, select as choose
+
+    data = load_manifest(manifest)
+    points = [FrontPoint.from_dict(p) for p in data["points"]]
+    profiles = [DeviceProfile.from_dict(p).name for p in data["device_profiles"]]
+    b = as_budget(list(budget))
+    p = choose(points, b, profiles=profiles, fallback=fallback, allow_predicted=allow_predicted)
+    if as_json:
+        print_json({"budget": b.describe(), "point": p.to_dict()})
+        return
+    print_table(f"{manifest.name} under {b.describe()}", ["id", "MFLOPs", "Mparams", "top-1 %", "loss"] +
+                [f"{n} ms" for n in profiles], [_point_row(p, profiles)])
+    typer.echo("widths: " + ", ".join(f"{a:.3f}" for a in p.alpha))
+    typer.echo("channels: " + ", ".join(str(c) for c in p.channels))
+
+
+def show(
+    manifest: Path = typer.Argument(..., help="A front manifest (NAME.front.json)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: top-1 against MFLOPs and latency."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Print the front as a table (and draw it)."""
+    from ..fileformat import load_manifest
+    from ..front import FrontPoint
+
+    data = load_manifest(manifest)
+    points = [FrontPoint.from_dict(p) for p in data["points"]]
+    profiles = [p["name"] for p in data["device_profiles"]]
+    if as_json:
+        print_json({"training": data["training"], "device_profiles": data["device_profiles"],
+                    "points": [p.to_dict() for p in points]})
+    else:
+        tr = data["training"]
+        print_table(f"{data['architecture']['arch']} front: {len(points)} points ({tr['algorithm']}, "
+                    f"{tr['epochs']} epochs, {data['dataset']['name']}); ~ = predicted",
+                    ["id", "MFLOPs", "Mparams", "top-1 %", "loss"] + [f"{n} ms" for n in profiles],
+                    [_point_row(p, profiles) for p in points])
+    if plot is not None:
+        from bench.plots import plot_front
+
+        plot_front(data, plot)
+        typer.echo(f"plot written to {plot}")

@@ -1,0 +1,223 @@
+"""SlimmableRuntime: one weight file, a front of sub-networks, budget-driven selection and switching."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .budget import BatteryPolicy, Budget, as_budget, select
+from .fileformat import FormatError, load_manifest, load_weights, weights_path
+from .front import DeviceProfile, FrontPoint
+from .models import build_model
+from .models.base import SlimmableNet
+from .slicing import slice_model
+
+BudgetLike = Union[str, Budget, Sequence[Union[str, Budget]]]
+
+
+class _ReadWriteLock:
+    """Many concurrent readers (inferences) or one writer (a switch); a waiting writer blocks new readers."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+class SlimmableRuntime:
+    """A slimmable model with its front, ready to serve under a budget.
+
+    ``select(budget)`` is a pure lookup; ``switch(budget)`` makes the chosen point active in place
+    (channel counts and that point's calibrated BN statistics, preloaded, swapped by reference:
+    nothing is allocated). ``rt(x)`` runs the active sub-network under ``torch.inference_mode``.
+    Switching and inference are synchronised by a read-write lock, so an inference running in
+    another thread always sees one whole config, never a mix of two.
+    """
+
+    def __init__(self, model: SlimmableNet, manifest: dict[str, Any], bn_stats: dict[str, list[tuple[torch.Tensor,
+                 torch.Tensor]]], manifest_path: Optional[Path] = None, policy: BatteryPolicy | None = None) -> None:
+        self.model = model.eval()
+        self.manifest = manifest
+        self.manifest_path = manifest_path
+        self.points = [FrontPoint.from_dict(p) for p in manifest["points"]]
+        self.profiles = [DeviceProfile.from_dict(p) for p in manifest.get("device_profiles", [])]
+        self.policy = policy or BatteryPolicy()
+        self._stats = bn_stats
+        self._channels = {p.id: model.space.channels(p.alpha) for p in self.points}
+        self._lock = _ReadWriteLock()
+        self.active = max(self.points, key=lambda p: p.mflops)
+        self._activate(self.active)
+
+    @classmethod
+    def load(cls, manifest_path: str | Path, device: str | torch.device = "cpu", policy: BatteryPolicy | None = None,
+             verify_hash: bool = True) -> "SlimmableRuntime":
+        """Load a front manifest and its weight file.
+
+        Validates the manifest (schema, format version, weight path inside its folder), checks the
+        weight file's SHA-256, reads it with safetensors (no pickle), rebuilds the architecture and
+        preloads every point's BN statistics. Errors are ``ValueError`` subclasses naming the file.
+        """
+        path = Path(manifest_path)
+        manifest = load_manifest(path, verify_weights=verify_hash)
+        arch = manifest["architecture"]
+        model = build_model(arch["arch"], **arch.get("kwargs", {}))
+        wpath = weights_path(path, manifest)
+        space = model.space.to_dict()
+        if {k: space[k] for k in ("names", "full")} != {k: manifest["width_space"][k] for k in ("names", "full")}:
+            raise FormatError(f"{path}: its width space does not match architecture '{arch['arch']}'; the manifest "
+                              "was edited or belongs to another model")
+        wf = load_weights(wpath)
+        if wf.metadata.get("architecture") not in (None, arch):
+            raise FormatError(f"{wpath}: weight file of another architecture ({wf.metadata['architecture']}) than "
+                              f"its manifest ({arch}); use the weight file trained with this manifest")
+        try:
+            model.load_state_dict(wf.state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise FormatError(f"{wpath}: weights do not fit architecture '{arch['arch']}' ({first}); use the "
+                              "weight file trained with this manifest") from None
+        stats: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for p in manifest["points"]:
+            per_module = wf.bn_stats.get(p["id"])
+            if per_module is None or set(per_module) != set(model.bn_names):
+                raise FormatError(f"{wpath}: BN statistics of point '{p['id']}' are missing or incomplete; "
+                                  "re-train or re-export the model")
+            channels = model.space.channels(p["alpha"])
+            if channels != list(p["channels"]):
+                raise FormatError(f"{path}: point '{p['id']}' lists channels {p['channels']} but its widths give "
+                                  f"{channels}; the manifest was edited")
+            stats[p["id"]] = [per_module[name] for name in model.bn_names]
+        model.to(device)
+        for pid, pairs in stats.items():
+            stats[pid] = [(m.to(device), v.to(device)) for m, v in pairs]
+        rt = cls(model, manifest, stats, path, policy)
+        for pid, pairs in stats.items():
+            rt._check_stat_shapes(pid, pairs, wpath)
+        return rt
+
+    def _check_stat_shapes(self, pid: str, pairs: list[tuple[torch.Tensor, torch.Tensor]], source: Path) -> None:
+        with self._lock.write():
+            saved = list(self.model.ctx.ch)
+            self.model.ctx.ch[: self.model.space.dims] = self._channels[pid]
+            try:
+                for bn_name, bn, (mean, var) in zip(self.model.bn_names, self._bns(), pairs):
+                    k = self.model.ctx.ch[bn.out_slot]
+                    if mean.shape != (k,) or var.shape != (k,):
+                        raise FormatError(f"{source}: BN statistics of point '{pid}' for {bn_name} have shape "
+                                          f"{tuple(mean.shape)}, expected ({k},); re-train or re-export the model")
+            finally:
+                self.model.ctx.ch[:] = saved
+
+    def _bns(self) -> list[nn.Module]:
+        from .ops import SlimBatchNorm2d
+
+        return sorted((m for m in self.model.modules() if isinstance(m, SlimBatchNorm2d)), key=lambda m: m.bn_index)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """Expected input (C, H, W)."""
+        return tuple(self.manifest["dataset"]["input_size"])  # type: ignore[return-value]
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in output order."""
+        return list(self.manifest["dataset"].get("class_names", []))
+
+    def point(self, point_id: str) -> FrontPoint:
+        """The point with this id (ValueError listing the ids if unknown)."""
+        for p in self.points:
+            if p.id == point_id:
+                return p
+        raise ValueError(f"no point '{point_id}' in this front; its points are {', '.join(p.id for p in self.points)}")
+
+    def select(self, budget: BudgetLike, fallback: str | None = None, allow_predicted: bool = False) -> FrontPoint:
+        """The most accurate point meeting ``budget`` (a string, a Budget, or a list of them, ANDed).
+
+        Pure: the active point is unchanged. Unmet budgets raise ``BudgetUnmetError`` naming the
+        cheapest point, unless ``fallback="cheapest"``.
+        """
+        return select(self.points, as_budget(budget), profiles=[p.name for p in self.profiles], policy=self.policy,
+                      fallback=fallback, allow_predicted=allow_predicted)
+
+    def switch(self, target: BudgetLike | FrontPoint, fallback: str | None = None,
+               allow_predicted: bool = False) -> FrontPoint:
+        """Make the point chosen for ``target`` (a budget, or a FrontPoint of this front) active, in place."""
+        point = target if isinstance(target, FrontPoint) else self.select(target, fallback, allow_predicted)
+        if point.id not in self._stats:
+            raise ValueError(f"point '{point.id}' is not part of this front")
+        if point.id != self.active.id:
+            with self._lock.write():
+                self._activate(point)
+        return point
+
+    def _activate(self, point: FrontPoint) -> None:
+        self.model.activate(self._channels[point.id], point.alpha, self._stats[point.id])
+        self.active = point
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the active sub-network for a batch ``x`` of shape (N, C, H, W)."""
+        self._check_input(x)
+        with self._lock.read(), torch.inference_mode():
+            return self.model(x)
+
+    def _check_input(self, x: Any) -> None:
+        c, h, w = self.input_size
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor of shape (N, {c}, {h}, {w}), got {type(x).__name__}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, h, w):
+            raise ValueError(f"input has shape {tuple(x.shape)}, expected (N, {c}, {h}, {w}); resize and normalise "
+                             "images as the manifest's dataset section says")
+        if x.dtype != torch.float32:
+            raise ValueError(f"input has dtype {x.dtype}, expected torch.float32; convert with x.float() after "
+                             "normalising")
+        if not torch.isfinite(x).all():
+            raise ValueError("input contains NaN or inf values; check the preprocessing that produced it")
+
+    def standalone(self, point: FrontPoint | str) -> nn.Module:
+        """The point as a standalone plain model (sliced tensors, its BN statistics), in eval mode."""
+        p = self.point(point) if isinstance(point, str) else point
+        with self._lock.write():
+            saved = self.active
+            try:
+                return slice_model(self.model, p.alpha, bn_stats=self._stats[p.id]).eval()
+            finally:
+                self._activate(saved)
+
+    def bn_stats(self, point: FrontPoint | str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The calibrated BN statistics of a point, in the model's BN order."""
+        return self._stats[point if isinstance(point, str) else point.id]
