@@ -51,9 +51,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
 
 from .front import FrontPoint
 
@@ -94,7 +94,7 @@ def _check_amount(name: str, value: float) -> None:
         raise BudgetError(f"{name} must be finite and non-negative, got {value!r}")
 
 
-def _check_profile(profile: Optional[str]) -> None:
+def _check_profile(profile: str | None) -> None:
     if profile is not None and (not isinstance(profile, str) or not _PROFILE.fullmatch(profile)):
         raise BudgetError(f"profile name must match [A-Za-z0-9_.-]+, got {profile!r}")
 
@@ -107,7 +107,7 @@ def _params_text(n: float) -> str:
     return f"{_fmt(n)} params"
 
 
-def _at(profile: Optional[str]) -> str:
+def _at(profile: str | None) -> str:
     return f" @ {profile}" if profile else ""
 
 
@@ -144,7 +144,7 @@ class LatencyBudget:
     """At most ``max_ms`` milliseconds per inference on device profile ``profile`` (None: the only one)."""
 
     max_ms: float
-    profile: Optional[str] = None
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         _check_amount("max_ms", self.max_ms)
@@ -160,7 +160,7 @@ class EnergyBudget:
     """At most ``max_mj`` millijoules per inference on device profile ``profile`` (None: the only one)."""
 
     max_mj: float
-    profile: Optional[str] = None
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         _check_amount("max_mj", self.max_mj)
@@ -206,17 +206,18 @@ class AllOf:
         return " and ".join(b.describe() for b in self.budgets)
 
 
-Budget = Union[MacsBudget, ParamsBudget, LatencyBudget, EnergyBudget, BatteryBudget, AllOf]
+Budget = MacsBudget | ParamsBudget | LatencyBudget | EnergyBudget | BatteryBudget | AllOf
 _BUDGET_TYPES = (MacsBudget, ParamsBudget, LatencyBudget, EnergyBudget, BatteryBudget, AllOf)
 
 # ---------------------------------------------------------------------------------------------- parsing
 
-_FLAGS = re.IGNORECASE | re.ASCII
-_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?"
-_SEPARATOR = re.compile(r"\s*(?:,|&|\s+and\s+)\s*", _FLAGS)
-_AMOUNT = re.compile(rf"\s*(?P<num>{_NUMBER})\s*(?P<unit>[^@]*?)\s*(?:@\s*(?P<profile>.*?)\s*)?", _FLAGS | re.DOTALL)
-_BATTERY = re.compile(rf"\s*battery\s*=\s*(?P<num>{_NUMBER})\s*(?P<pct>%?)\s*", _FLAGS)
-_BATTERY_WORD = re.compile(r"\s*battery", _FLAGS)
+# The patterns below are linear in the input (no nested or adjacent ambiguous repeats): budget strings
+# may come from users, and a crafted one must not make the parser backtrack for minutes.
+_WHITESPACE = " \t\n\r\f\v"  # what ``\s`` matches under re.ASCII
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?", re.IGNORECASE | re.ASCII)
+_SEPARATOR = re.compile(r"[,&]|(?<!\s)\s+and\s+", re.IGNORECASE | re.ASCII)
+_SPACE = re.compile(r"\s+", re.ASCII)
+_BATTERY = re.compile(r"battery", re.IGNORECASE | re.ASCII)
 _PROFILE = re.compile(r"[A-Za-z0-9_.\-]+", re.ASCII)
 
 # unit (lower case, no spaces) -> (budget class, power of ten that converts to the class's unit)
@@ -243,39 +244,50 @@ def _scaled(num: str, power: int) -> float:
     return value * 10 ** power if power >= 0 else value / 10 ** -power
 
 
-def _parse_one(part: str) -> Budget:
-    """One budget without separators; raises BudgetError with the reason only (the caller adds context)."""
-    battery = _BATTERY.fullmatch(part)
-    if battery:
-        level = float(battery["num"])
-        if battery["pct"]:
-            level /= 100
-        if not 0 <= level <= 1:
-            raise BudgetError("battery level must be within 0-100% (or 0-1)")
-        return BatteryBudget(level)
-    if _BATTERY_WORD.match(part):
+def _parse_battery(rest: str) -> BatteryBudget:
+    """The part of ``battery=30%`` after the word ``battery``."""
+    rest = rest.strip(_WHITESPACE)
+    if not rest.startswith("="):
         raise BudgetError("a battery level reads battery=30% or battery=0.3")
-    m = _AMOUNT.fullmatch(part)
-    if not m:
+    rest = rest[1:].lstrip(_WHITESPACE)
+    percent = rest.endswith("%")
+    number = rest[:-1].rstrip(_WHITESPACE) if percent else rest
+    if not _NUMBER.fullmatch(number):
+        raise BudgetError("a battery level reads battery=30% or battery=0.3")
+    level = float(number) / (100 if percent else 1)
+    if not 0 <= level <= 1:
+        raise BudgetError("battery level must be within 0-100% (or 0-1)")
+    return BatteryBudget(level)
+
+
+def _parse_one(part: str) -> Budget:
+    """One budget, stripped, without separators; raises BudgetError with the reason only (the caller adds
+    context)."""
+    battery = _BATTERY.match(part)
+    if battery:
+        return _parse_battery(part[battery.end():])
+    number = _NUMBER.match(part)
+    if not number:
         raise BudgetError("expected a number followed by a unit")
-    unit = "".join(m["unit"].split()).lower()
+    unit_text, at, profile = part[number.end():].partition("@")
+    unit = _SPACE.sub("", unit_text).lower()
     if not unit:
         raise BudgetError("the number has no unit")
     if unit not in _UNITS:
-        raise BudgetError(f"unknown unit {unit!r}")
+        raise BudgetError(f"unknown unit {_quote(unit)}")
     cls, power = _UNITS[unit]
-    if m["num"].startswith("-"):
+    if number[0].startswith("-"):
         raise BudgetError("a budget cannot be negative")
-    value = _scaled(m["num"], power)
+    value = _scaled(number[0], power)
     if not math.isfinite(value):
         raise BudgetError("the number is too large")
-    profile = m["profile"]
-    if profile is None:
+    if not at:
         return cls(value)
     if cls not in (LatencyBudget, EnergyBudget):
         raise BudgetError("'@PROFILE' applies to latency and energy budgets only")
+    profile = profile.strip(_WHITESPACE)
     if not _PROFILE.fullmatch(profile):
-        raise BudgetError(f"profile name {profile!r} is not of the form [A-Za-z0-9_.-]+")
+        raise BudgetError(f"profile name {_quote(profile)} is not of the form [A-Za-z0-9_.-]+")
     return cls(value, profile)
 
 
@@ -288,11 +300,11 @@ def parse_budget(text: str) -> Budget:
     """
     if not isinstance(text, str):
         raise TypeError(f"parse_budget takes a string, got {type(text).__name__}")
-    parts = _SEPARATOR.split(text)
+    parts = [part.strip(_WHITESPACE) for part in _SEPARATOR.split(text)]
     budgets = []
     for part in parts:
         where = _quote(text) if len(parts) == 1 else f"{_quote(part)} in {_quote(text)}"
-        if not part.strip():
+        if not part:
             reason = "empty budget" if len(parts) == 1 else "empty part"
             raise BudgetError(f"cannot read budget {where}: {reason}; accepted forms: {ACCEPTED_FORMS}")
         try:
@@ -302,7 +314,7 @@ def parse_budget(text: str) -> Budget:
     return budgets[0] if len(budgets) == 1 else AllOf(tuple(budgets))
 
 
-def as_budget(b: Union[str, Budget, Sequence[Union[str, Budget]]]) -> Budget:
+def as_budget(b: str | Budget | Sequence[str | Budget]) -> Budget:
     """Normalise user input: a string is parsed, a budget kept, a list or tuple means AND of its items.
 
     Nested :class:`AllOf` are flattened; a single budget comes back as itself. An empty list raises
@@ -354,7 +366,7 @@ class BatteryPolicy:
             raise ValueError(f"BatteryPolicy.resource is 'auto', 'energy' or 'mflops', got {self.resource!r}")
 
     def cap(self, level: float, points: Sequence[FrontPoint],
-            profile: Optional[str]) -> Union[MacsBudget, EnergyBudget]:
+            profile: str | None) -> MacsBudget | EnergyBudget:
         """The cap for battery ``level`` (0..1) over ``points``, in energy of ``profile`` or in MFLOPs.
 
         Raises ``ValueError`` for a level outside [0, 1] or no points, :class:`ProfileError` when
@@ -382,7 +394,7 @@ class BatteryPolicy:
         return EnergyBudget(cap, profile) if use_energy else MacsBudget(cap)
 
 
-def read_host_battery(root: Union[str, Path] = "/sys/class/power_supply") -> Optional[float]:
+def read_host_battery(root: str | Path = "/sys/class/power_supply") -> float | None:
     """The host's battery level in [0, 1], or None where the OS exposes no battery.
 
     Reads ``capacity`` (percent) of each ``root/*`` whose ``type`` is ``Battery`` (Linux sysfs) and
@@ -411,7 +423,7 @@ class _Bound:
     """One resolved budget: a cost per point (None: unknown, so not eligible) and its cap."""
 
     label: str
-    cost: Callable[[FrontPoint], Optional[float]]
+    cost: Callable[[FrontPoint], float | None]
     cap: float
     unit: Callable[[float], str]
 
@@ -424,7 +436,7 @@ def _profiles_in(points: Sequence[FrontPoint]) -> set[str]:
     return {k for p in points for d in (p.latency_ms, p.energy_mj, p.latency_predicted_ms) for k in d}
 
 
-def _resolve_profile(b: Union[LatencyBudget, EnergyBudget], points: Sequence[FrontPoint],
+def _resolve_profile(b: LatencyBudget | EnergyBudget, points: Sequence[FrontPoint],
                      profiles: Sequence[str], allow_predicted: bool) -> str:
     """The profile a latency or energy budget applies to, checked to have measurements."""
     latency = isinstance(b, LatencyBudget)
@@ -461,7 +473,7 @@ def _resolve_profile(b: Union[LatencyBudget, EnergyBudget], points: Sequence[Fro
 
 
 def _bound(b: Budget, points: Sequence[FrontPoint], profiles: Sequence[str], policy: BatteryPolicy,
-           allow_predicted: bool, battery_profile: Optional[str]) -> _Bound:
+           allow_predicted: bool, battery_profile: str | None) -> _Bound:
     """Resolve one non-AllOf budget against the front."""
     def ms(v: float) -> str:
         return f"{_fmt(v)} ms"
@@ -479,7 +491,7 @@ def _bound(b: Budget, points: Sequence[FrontPoint], profiles: Sequence[str], pol
     if isinstance(b, LatencyBudget):
         prof = _resolve_profile(b, points, profiles, allow_predicted)
 
-        def latency(p: FrontPoint) -> Optional[float]:
+        def latency(p: FrontPoint) -> float | None:
             if prof in p.latency_ms:
                 return p.latency_ms[prof]
             return p.latency_predicted_ms.get(prof) if allow_predicted else None
@@ -493,7 +505,7 @@ def _bound(b: Budget, points: Sequence[FrontPoint], profiles: Sequence[str], pol
     return _Bound(f"{b.describe()} ({inner.label})", inner.cost, inner.cap, inner.unit)
 
 
-def _battery_profile(atoms: Sequence[Budget], points: Sequence[FrontPoint]) -> Optional[str]:
+def _battery_profile(atoms: Sequence[Budget], points: Sequence[FrontPoint]) -> str | None:
     """The profile whose energy a battery budget caps (see the module docstring)."""
     for a in atoms:
         if isinstance(a, (LatencyBudget, EnergyBudget)) and a.profile is not None:
@@ -502,9 +514,9 @@ def _battery_profile(atoms: Sequence[Budget], points: Sequence[FrontPoint]) -> O
     return complete[0] if len(complete) == 1 else None
 
 
-def select(points: Sequence[FrontPoint], budget: Union[str, Budget, Sequence[Union[str, Budget]]],
-           profiles: Sequence[str] = (), policy: Optional[BatteryPolicy] = None,
-           fallback: Optional[str] = None, allow_predicted: bool = False) -> FrontPoint:
+def select(points: Sequence[FrontPoint], budget: str | Budget | Sequence[str | Budget],
+           profiles: Sequence[str] = (), policy: BatteryPolicy | None = None,
+           fallback: str | None = None, allow_predicted: bool = False) -> FrontPoint:
     """The best point of ``points`` under ``budget`` (anything :func:`as_budget` accepts).
 
     Among the points satisfying every budget: the highest ``top1``; where no point of the front has
@@ -548,27 +560,28 @@ def select(points: Sequence[FrontPoint], budget: Union[str, Budget, Sequence[Uni
 
 
 def _unmet(bound: _Bound, before: Sequence[_Bound], eligible: Sequence[FrontPoint], points: Sequence[FrontPoint],
-           fallback: Optional[str], rank: Callable[[FrontPoint], tuple[float, float, str]]) -> FrontPoint:
+           fallback: str | None, rank: Callable[[FrontPoint], tuple[float, float, str]]) -> FrontPoint:
     """Handle the first budget that leaves no point: the fallback point, or BudgetUnmetError.
 
     ``eligible``: the points meeting the budgets ``before`` it. The fallback is the point cheapest in
     this budget's resource among them, else among all points (some point has a cost:
     :func:`_resolve_profile` checked).
     """
-    def cheapest(pool: Sequence[FrontPoint]) -> Optional[FrontPoint]:
+    def cheapest(pool: Sequence[FrontPoint]) -> FrontPoint | None:
         costed = [p for p in pool if bound.cost(p) is not None]
         return min(costed, key=lambda p: (bound.cost(p), rank(p))) if costed else None
 
     overall = cheapest(points)
     among = cheapest(eligible)
     if fallback == "cheapest":
-        return among or overall
+        return among if among is not None else overall
+    cheapest_overall = f"the cheapest point is {overall.id!r} at {bound.unit(bound.cost(overall))}"
     if not bound.ok(overall):
-        why = f"the cheapest point is {overall.id!r} at {bound.unit(bound.cost(overall))}"
+        why = cheapest_overall
     else:
         others = " and ".join(b.label for b in before)
         why = (f"it conflicts with {others}: among the points meeting those, the cheapest is {among.id!r} at "
-               f"{bound.unit(bound.cost(among))}" if among else
-               f"none of the points meeting {others} has a cost for it")
+               f"{bound.unit(bound.cost(among))}" if among is not None else
+               f"it conflicts with {others}: no point meeting those has this measurement; {cheapest_overall}")
     raise BudgetUnmetError(f"no front point satisfies {bound.label}; {why}; loosen the budget or pass "
                            f'fallback="cheapest"')

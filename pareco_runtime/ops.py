@@ -32,11 +32,18 @@ class SlimContext:
 
 
 class _Slim:
-    """Mixin holding the slots and the context reference (kept out of nn.Module bookkeeping)."""
+    """Mixin holding the slots and the context reference (kept out of nn.Module bookkeeping).
+
+    Without autograd (inference), the sliced views of the active width are cached per layer and
+    reused until the width changes: slicing costs a few microseconds per tensor, which adds up to
+    a tenth of a millisecond per forward pass of a small network at batch 1. With autograd on,
+    views are made afresh each pass so every graph owns its own.
+    """
 
     in_slot: int
     out_slot: int
     ctx: SlimContext
+    _cache: tuple = ((), ())
 
     def bind(self, ctx: SlimContext, in_slot: int, out_slot: int) -> None:
         object.__setattr__(self, "ctx", ctx)
@@ -47,6 +54,17 @@ class _Slim:
         """(input channels, output channels) under the current config."""
         ch = self.ctx.ch
         return ch[self.in_slot], ch[self.out_slot]
+
+    def views(self, key: tuple[int, ...]) -> tuple:
+        """The sliced tensors for widths ``key`` (cached while autograd is off)."""
+        if torch.is_grad_enabled():
+            return self.slice_tensors(key)
+        cached = self._cache
+        if cached[0] == key:
+            return cached[1]
+        tensors = self.slice_tensors(key)
+        object.__setattr__(self, "_cache", (key, tensors))
+        return tensors
 
 
 class SlimConv2d(_Slim, nn.Conv2d):
@@ -62,15 +80,16 @@ class SlimConv2d(_Slim, nn.Conv2d):
         if self.depthwise and not (self.groups == self.in_channels == self.out_channels):
             raise ValueError("SlimConv2d supports groups == 1 or depthwise (groups == in == out channels)")
 
+    def slice_tensors(self, key: tuple[int, ...]) -> tuple:
+        o, i = key
+        w = self.weight[:o] if self.depthwise else self.weight[:o, :i]
+        return w, None if self.bias is None else self.bias[:o]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ch = self.ctx.ch
         o = ch[self.out_slot]
-        if self.depthwise:
-            w, groups = self.weight[:o], o
-        else:
-            w, groups = self.weight[:o, : ch[self.in_slot]], 1
-        b = None if self.bias is None else self.bias[:o]
-        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, groups)
+        w, b = self.views((o, ch[self.in_slot]))
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, o if self.depthwise else 1)
 
     def to_plain(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding copies of the active slices."""
@@ -91,11 +110,14 @@ class SlimConv2d(_Slim, nn.Conv2d):
 class SlimLinear(_Slim, nn.Linear):
     """``nn.Linear`` using the first (out, in) features of its weight."""
 
+    def slice_tensors(self, key: tuple[int, ...]) -> tuple:
+        o, i = key
+        return self.weight[:o, :i], None if self.bias is None else self.bias[:o]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ch = self.ctx.ch
-        o = ch[self.out_slot]
-        b = None if self.bias is None else self.bias[:o]
-        return F.linear(x, self.weight[:o, : ch[self.in_slot]], b)
+        w, b = self.views((ch[self.out_slot], ch[self.in_slot]))
+        return F.linear(x, w, b)
 
     def to_plain(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding copies of the active slices."""
@@ -130,7 +152,11 @@ class SlimBatchNorm2d(_Slim, nn.BatchNorm2d):
                 )
             return F.batch_norm(x, None, None, self.weight[:k], self.bias[:k], True, 0.0, self.eps)
         mean, var = self.eval_stats(k)
-        return F.batch_norm(x, mean, var, self.weight[:k], self.bias[:k], False, 0.0, self.eps)
+        w, b = self.views((k,))
+        return F.batch_norm(x, mean, var, w, b, False, 0.0, self.eps)
+
+    def slice_tensors(self, key: tuple[int, ...]) -> tuple:
+        return self.weight[: key[0]], self.bias[: key[0]]
 
     def eval_stats(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The statistics eval mode uses at width ``k``."""

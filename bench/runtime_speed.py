@@ -1,0 +1,92 @@
+"""Runtime figures: switch time, active forward vs standalone twin, memory of one runtime vs a zoo.
+
+Run: ``.venv/bin/python -m bench.runtime_speed`` (a few minutes on 2 CPU cores). Fronts are
+built in memory (uniform widths spread over MACs, BN calibrated on random images): the figures
+depend on shapes, not on trained values. Every figure is a ratio against a reference measured in
+the same process, interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from bench.timing import interleaved
+from pareco_runtime import SlimmableRuntime, build_model
+from pareco_runtime.front import FrontPoint
+from training.calibrate import calibrate_bn
+from training.strategies import widths_spread_over_macs
+
+
+def make_runtime(arch: str, n_points: int, calib: list[torch.Tensor]) -> SlimmableRuntime:
+    """A runtime over ``n_points`` uniform widths of ``arch`` with BN statistics from ``calib``."""
+    torch.manual_seed(0)
+    model = build_model(arch)
+    points, stats = [], {}
+    for i, w in enumerate(widths_spread_over_macs(model, n_points)):
+        a = model.space.uniform(w)
+        pid = f"p{i:02d}"
+        stats[pid] = calibrate_bn(model, a, calib)
+        points.append(FrontPoint(pid, a, model.channels(a), model.macs(a) / 1e6, model.params(a), top1=50.0 + i))
+    manifest = {"points": [p.to_dict() for p in points], "device_profiles": [],
+                "dataset": {"input_size": list(model.input_size), "class_names": []}}
+    return SlimmableRuntime(model, manifest, stats)
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+def bench_arch(arch: str, n_points: int, runs: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    size = build_model(arch).input_size
+    calib = [torch.randn(8, *size) for _ in range(2)]
+    rt = make_runtime(arch, n_points, calib)
+    pts = rt.points
+    state = {"i": 0}
+
+    def switch() -> None:
+        state["i"] += 1
+        rt.switch(pts[state["i"] % len(pts)])
+
+    sw = interleaved({"switch": switch}, warmup=100, runs=2000)["switch"]
+    mid = pts[len(pts) // 2]
+    other = rt.model
+    heavy = interleaved({
+        "standalone": lambda: rt.standalone(mid),
+        "recalibrate": lambda: calibrate_bn(other, mid.alpha, calib),
+    }, warmup=2, runs=max(5, runs // 4))
+    rt.switch(mid)  # calibrate_bn left the model in its own state: put the runtime back
+    rt.model.activate(rt.model.channels(mid.alpha), mid.alpha, rt.bn_stats(mid))
+    print(f"[{arch}] switch median {sw.median * 1e6:.1f} us, p99 {sw.p99 * 1e6:.1f} us | building a standalone "
+          f"model {heavy['standalone'].median * 1e3:.2f} ms ({heavy['standalone'].median / sw.median:,.0f}x) | "
+          f"recalibrating BN at switch time (2 batches of 8) {heavy['recalibrate'].median * 1e3:.1f} ms "
+          f"({heavy['recalibrate'].median / sw.median:,.0f}x)")
+    for p in (pts[0], mid, pts[-1]):
+        rt.switch(p)
+        twin = rt.standalone(p)
+        x = torch.randn(1, *size)
+        with torch.inference_mode():
+            t = interleaved({"runtime": lambda: rt(x), "twin": lambda: twin(x)}, warmup=10, runs=runs)
+        print(f"[{arch}] forward batch 1, {threads} thread(s), {p.id} ({p.mflops:.1f} MFLOPs): runtime "
+              f"{t['runtime'].median * 1e3:.3f} ms, standalone twin {t['twin'].median * 1e3:.3f} ms, ratio "
+              f"{t['runtime'].median / t['twin'].median:.3f}")
+    held = tensor_bytes(rt.model) + sum(m.numel() * 4 + v.numel() * 4 for p in pts for m, v in rt.bn_stats(p))
+    zoo = sum(tensor_bytes(rt.standalone(p)) for p in pts)
+    print(f"[{arch}] memory: one runtime holding {len(pts)} points {held / 2**20:.2f} MiB vs a zoo of {len(pts)} "
+          f"standalone models {zoo / 2**20:.2f} MiB (ratio {held / zoo:.2f})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--points", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    for arch in ("resnet20", "mobilenet_v2"):
+        bench_arch(arch, args.points, args.runs if arch == "resnet20" else max(20, args.runs // 5), args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Trainers for slimmable networks (PareCO, Slim, TwoStage, Independent), data, BN calibration, evaluation."""
