@@ -65,6 +65,7 @@ class TrainConfig:
     lambda_sampling: str = "pas"
     cost_model: str = "exact"
     probe_batch: int = 128
+    distill_warmup: float = 0.3
 
     def validate(self) -> None:
         """Raise TrainingError naming the first bad value."""
@@ -77,6 +78,8 @@ class TrainConfig:
                 raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TrainingError(f"--lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.distill_warmup <= 1.0:
+            raise TrainingError(f"--distill-warmup is a fraction of the run in [0, 1], got {self.distill_warmup}")
         if self.samples < 0:
             raise TrainingError(f"--samples must be >= 0, got {self.samples}")
 
@@ -153,32 +156,46 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 def train_step(net: torch.nn.Module, model: SlimmableNet, opt: torch.optim.Optimizer, configs: list[list[float]],
-               x: torch.Tensor, y: torch.Tensor, distill: bool, label_smoothing: float,
+               x: torch.Tensor, y: torch.Tensor, distill: float, label_smoothing: float,
                ddp: bool) -> list[float]:
-    """One update summing the losses of ``configs``; the first is the teacher when ``distill``.
+    """One update on the mean of the losses of ``configs``; returns each config's cross-entropy.
 
-    Returns every config's loss. Under DDP, gradients are all-reduced once, on the last backward.
+    The first config learns from the labels. With ``distill`` = w > 0 it is also the teacher: the
+    others learn from ``(1 - w) * CE(labels) + w * CE(teacher's soft predictions)`` (in-place
+    distillation). The mean, not the sum, keeps ``--lr`` comparable with a single model's.
+    Under DDP, gradients are all-reduced once, on the last backward.
     """
     opt.zero_grad(set_to_none=True)
     teacher = None
     losses = []
+    n = len(configs)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if x.is_cuda else contextlib.nullcontext()
     for j, alpha in enumerate(configs):
         model.set_widths(alpha)
-        sync = contextlib.nullcontext() if (not ddp or j == len(configs) - 1) else net.no_sync()
+        sync = contextlib.nullcontext() if (not ddp or j == n - 1) else net.no_sync()
         with sync:
             with amp:
                 out = net(x).float()
-            if teacher is None:
-                loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
-            else:
-                loss = -(teacher * F.log_softmax(out, dim=1)).sum(1).mean()
-            loss.backward()
+            ce = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+            loss = ce
+            if teacher is not None:
+                loss = (1 - distill) * ce + distill * -(teacher * F.log_softmax(out, dim=1)).sum(1).mean()
+            (loss / n).backward()
         if distill and teacher is None:
             teacher = out.detach().softmax(1)
-        losses.append(loss.item())
+        losses.append(ce.item())
     opt.step()
     return losses
+
+
+def distill_weight(cfg: TrainConfig, step: int, total: int) -> float:
+    """Weight of in-place distillation at ``step``: ramps from 0 to 1 over ``cfg.distill_warmup`` of the run.
+
+    The teacher starts untrained; matching it from the first step slowed short runs markedly in
+    our measurements (README, Training), so students lean on the labels until it has learned.
+    """
+    ramp = cfg.distill_warmup * total
+    return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
 
 class _Progress:
@@ -235,6 +252,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         data = load_data(cfg.data, image_size=cfg.image_size, seed=cfg.seed, cache_dir=cache_dir, device=dist.device)
         model = build_for_data(cfg, len(data.info.class_names), data.info.input_size).to(dist.device)
         strategy = make_strategy(cfg)
+        strategy.attach_data(data)
         spe = data.steps_per_epoch(cfg.batch_size, dist.world_size)
         if spe < 1:
             raise TrainingError(f"--batch-size {cfg.batch_size} is larger than the training set "
@@ -270,8 +288,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
                         g["lr"] = lr
                     model.train()
                     configs = strategy.step_configs(step, model, x, y)
-                    losses = train_step(net, model, opt, configs, x, y, strategy.distill, cfg.label_smoothing,
-                                        dist.enabled)
+                    w = distill_weight(cfg, step, total) if strategy.distill else 0.0
+                    losses = train_step(net, model, opt, configs, x, y, w, cfg.label_smoothing, dist.enabled)
                     if not all(math.isfinite(v) for v in losses):
                         bad = next(v for v in losses if not math.isfinite(v))
                         kept = f"the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}" if epoch else \

@@ -36,6 +36,8 @@ def train(
     lambda_sampling: str = typer.Option("pas", "--lambda-sampling", help="PareCO: pas | uniform."),
     cost_model: str = typer.Option("exact", "--cost-model", help="PareCO: exact | gp."),
     probe_batch: int = typer.Option(128, "--probe-batch", help="PareCO: images used to re-measure H's losses."),
+    distill_warmup: float = typer.Option(0.3, "--distill-warmup", help="Fraction of the run over which in-place "
+                                         "distillation ramps in (0: from the first step)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/pareco)."),
     log_every: int = typer.Option(20, "--log-every", help="Steps between JSON log lines."),
@@ -49,5 +51,6 @@ def train(
                       label_smoothing=label_smoothing, seed=seed, width_factor=width_factor, image_size=image_size,
                       samples=samples_per_iter, width=width, candidates=candidates, calib_batches=calib_batches,
                       calib_batch_size=calib_batch_size, history_size=history_size, epsilon=epsilon,
-                      lambda_sampling=lambda_sampling, cost_model=cost_model, probe_batch=probe_batch)
+                      lambda_sampling=lambda_sampling, cost_model=cost_model, probe_batch=probe_batch,
+                      distill_warmup=distill_warmup)
     run(cfg, out, resume=resume, force=force, device=device, cache_dir=cache_dir, log_every=log_every)
