@@ -1,0 +1,279 @@
+"""PareCO and TwoStage: MOBO-RS proposals, Pareto-aware sampling, the strategies, end-to-end runs, resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pareco_runtime import build_model
+from pareco_runtime.fileformat import load_manifest
+from training import mobo
+from training.data import load_data
+from training.loop import TrainConfig, TrainingError, train
+from training.pareco import PareCO, TwoStage, bo_schedule, make_bo_strategy, measure_losses
+
+from .conftest import ROOT, run_cli
+from .test_training import FAST, _train_args
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch):
+    """One intra-op thread here and in child processes: the 2-core test machine is shared, and
+    OpenMP threads competing with other processes made these small forwards 10x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def resnet() -> torch.nn.Module:
+    return build_model("resnet20")
+
+
+def _search_inputs(model, n: int, seed: int = 0):
+    """H of ``n`` random configs with a smooth loss that falls with cost and prefers wide inner widths."""
+    full = model.macs(model.space.uniform(1.0))
+    X = torch.tensor(model.space.sample(torch.Generator().manual_seed(seed), n), dtype=torch.float64)
+    cost = torch.tensor([model.macs(a) / full for a in X.tolist()], dtype=torch.float64)
+    loss = 0.5 + 1.0 / (0.3 + cost) - 0.3 * X[:, 1::2].mean(-1)
+    d = model.space.dims
+    bounds = torch.tensor([[model.space.low] * d, [1.0] * d], dtype=torch.float64)
+    return X, loss, cost, bounds, (lambda a: model.macs(a) / full)
+
+
+def test_cost_polynomial_is_exact_on_integer_channels(resnet):
+    poly = mobo.CostPolynomial.from_model(resnet)
+    full = resnet.macs(resnet.space.uniform(1.0))
+    for a in resnet.space.sample(torch.Generator().manual_seed(1), 5):
+        # α whose channel counts are integers: no rounding, so the relaxation is exact.
+        alpha = [round(x * f) / f for x, f in zip(a, resnet.space.full)]
+        assert poly(torch.tensor(alpha, dtype=torch.float64)).item() == pytest.approx(resnet.macs(alpha) / full,
+                                                                                        rel=1e-12)
+
+
+def test_cost_polynomial_is_within_rounding_on_mobilenet():
+    m = build_model("mobilenet_v2")
+    poly = mobo.CostPolynomial.from_model(m)
+    full = m.macs(m.space.uniform(1.0))
+    alphas = m.space.sample(torch.Generator().manual_seed(1), 20)
+    err = poly(torch.tensor(alphas, dtype=torch.float64)) - torch.tensor([m.macs(a) / full for a in alphas])
+    assert err.abs().max() < 0.02 and poly(torch.ones(m.space.dims, dtype=torch.float64)).item() == pytest.approx(1.0)
+
+
+def test_pas_draws_targets_in_under_explored_gaps():
+    cost = torch.tensor([0.1, 0.2, 0.3, 0.9, 1.0, 0.5, 0.95], dtype=torch.float64)
+    loss = torch.tensor([1.0, 0.9, 0.8, 0.2, 0.1, 0.95, 0.5], dtype=torch.float64)  # last two dominated
+    front, areas = mobo.under_explored_areas(cost, loss)
+    assert front.tolist() == [0.1, 0.2, 0.3, 0.9, 1.0]
+    assert int(areas.argmax()) == 2 and areas[2] > 10 * areas[0]
+    g = torch.Generator().manual_seed(0)
+    targets = torch.tensor([mobo.draw_target(cost, loss, (0.1, 1.0), g) for _ in range(2000)])
+    in_gap = ((targets > 0.3) & (targets < 0.9)).double().mean().item()
+    share = float(areas[2] / areas.sum())
+    assert in_gap == pytest.approx(share, abs=0.03)
+    assert in_gap > 0.6 / 0.9 + 0.15, "PAS favours the under-explored gap more than a uniform cost would"
+    assert 0.1 <= targets.min() and targets.max() <= 1.0
+
+
+def test_pas_falls_back_to_uniform_targets_on_a_single_point_front():
+    cost = torch.tensor([0.2, 0.5, 1.0], dtype=torch.float64)
+    loss = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    targets = [mobo.draw_target(cost, loss, (0.2, 1.0), g) for _ in range(200)]
+    assert min(targets) < 0.3 and max(targets) > 0.9
+
+
+def test_bisection_meets_epsilon_and_records_steps(resnet):
+    X, loss, cost, bounds, cost_of = _search_inputs(resnet, 30)
+    props, timings = mobo.propose(X, loss, cost, 2, bounds=bounds, cost_of=cost_of,
+                                  exact_cost=mobo.CostPolynomial.from_model(resnet), lambda_sampling="pas",
+                                  epsilon=0.02, generator=torch.Generator().manual_seed(3))
+    for p in props:
+        assert abs(p.cost - p.target) <= 0.02
+        assert 1 <= p.steps <= mobo.MAX_BISECTION_STEPS and 0 < p.lam < 1
+        assert p.cost == pytest.approx(cost_of(p.alpha))
+    assert any(p.steps > 1 for p in props)
+    assert timings.fit_s > 0 and timings.acquisition_s > 0
+
+
+@pytest.mark.parametrize("cost_model", ["exact", "gp"])
+def test_both_cost_models_return_in_box_configs(resnet, cost_model):
+    X, loss, cost, bounds, cost_of = _search_inputs(resnet, 20)
+    exact = mobo.CostPolynomial.from_model(resnet) if cost_model == "exact" else None
+    g = torch.Generator().manual_seed(0)
+    state = torch.get_rng_state()
+    props, _ = mobo.propose(X, loss, cost, 2, bounds=bounds, cost_of=cost_of, exact_cost=exact,
+                            lambda_sampling="uniform", epsilon=0.02, generator=g)
+    assert torch.equal(torch.get_rng_state(), state), "BO leaves the global RNG alone"
+    for p in props:
+        resnet.space.validate(p.alpha)
+        assert p.steps == 1 and p.target is None
+    again, _ = mobo.propose(X, loss, cost, 2, bounds=bounds, cost_of=cost_of, exact_cost=exact,
+                            lambda_sampling="uniform", epsilon=0.02, generator=torch.Generator().manual_seed(0))
+    assert [p.alpha for p in props] == [p.alpha for p in again], "same generator state, same proposals"
+
+
+def test_thin_front_spreads_over_cost_and_keeps_endpoints():
+    cost = [0.3, 1.0, 0.5, 0.55, 0.6, 0.8, 0.7, 0.4]
+    loss = [2.0, 1.5, 1.8, 1.75, 1.7, 1.6, 1.9, math.nan]  # 0.7 is dominated by 0.6; NaN is unmeasured
+    idx = mobo.thin_front(cost, loss, keep=[0, 1], limit=4)
+    assert idx[0] == 0 and idx[-1] == 1 and len(idx) == 4
+    assert 6 not in idx and 7 not in idx
+    assert [cost[i] for i in idx] == sorted(cost[i] for i in idx)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    data = load_data("synthetic:128:4", image_size=16)
+    x, y = next(iter(data.train_batches(32, 0, 0)))
+    return data, x, y
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_pareco_strategy_grows_history_and_leaves_model_untouched(tiny):
+    _, x, y = tiny
+    m = build_model("resnet20", num_classes=4, input_size=16)
+    s = PareCO(0, samples=2, history_size=8, probe_batch=16)
+    s.setup(m, 8)
+    assert (s.interval, s.target_size) == (2, 5 + 2 * 4) == (bo_schedule(8, 2, 8)[0], s.warmup + 8)
+    m.set_widths(m.space.uniform(0.5))
+    before, alpha, ch = _state(m), list(m.alpha), list(m.ctx.ch)
+    sizes = []
+    for step in range(4):
+        cfgs = s.step_configs(step, m, x, y)
+        sizes.append(len(s.history))
+        assert len(cfgs) == 4 and cfgs[0] == [1.0] * 6 and cfgs[-1] == [0.316] * 6
+        assert cfgs[1:3] == s.current
+    assert sizes == [7, 7, 9, 9], "H grows by M at every BO step (every n = 2 steps)"
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "BO touched weights or BN buffers"
+    assert m.alpha == alpha and m.ctx.ch == ch and m.training
+    rec = s.record()
+    assert rec["history_size"] == 9 and rec["bo_interval_steps"] == 2 and rec["samples_per_iter"] == 2
+    assert 0 < rec["bo_time_share"] <= 1 and rec["bisection_steps_mean"] >= 1
+    assert s.progress().startswith("|H| 9 BO ")
+    assert all(math.isfinite(v) for v in s.losses[:7]) and all(math.isnan(v) for v in s.losses[7:])
+
+
+def test_measure_losses_matches_a_batch_statistics_forward(tiny):
+    _, x, y = tiny
+    m = build_model("resnet20", num_classes=4, input_size=16)
+    cfgs = [m.space.uniform(1.0), m.space.uniform(0.5)]
+    got = measure_losses(m, cfgs, x, y)
+    ref = []
+    for a in cfgs:
+        fresh = build_model("resnet20", num_classes=4, input_size=16)
+        fresh.load_state_dict(m.state_dict())
+        fresh.set_widths(a)
+        ref.append(torch.nn.functional.cross_entropy(fresh.train()(x), y).item())
+    assert got.tolist() == pytest.approx(ref, rel=1e-5)
+
+
+def test_pareco_state_round_trip_reproduces_next_configs(tiny):
+    _, x, y = tiny
+    m = build_model("resnet20", num_classes=4, input_size=16)
+    a = PareCO(0, samples=2, history_size=8, probe_batch=16)
+    a.setup(m, 8)
+    a.step_configs(0, m, x, y)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = PareCO(0, samples=2, history_size=8, probe_batch=16)
+    b.setup(m, 8)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    assert b.history == a.history and b.current == a.current
+    assert b.step_configs(1, m, x, y) == a.step_configs(1, m, x, y)
+    assert b.step_configs(2, m, x, y) == a.step_configs(2, m, x, y)
+    assert b.history == a.history and b.lambdas == a.lambdas and b.bisection_steps == a.bisection_steps
+
+
+def test_twostage_trains_random_per_layer_widths_and_searches_after(tiny):
+    data, x, y = tiny
+    m = build_model("resnet20", num_classes=4, input_size=16)
+    s = TwoStage(0, samples=2, history_size=4, probe_batch=16, num_candidates=5)
+    s.setup(m, 4)
+    cfgs = s.step_configs(0, m, x, y)
+    assert len(cfgs) == 4 and any(len(set(c)) > 1 for c in cfgs[1:3]), "per-dimension widths, not uniform"
+    with pytest.raises(TrainingError, match="attach_data"):
+        s.candidates(m)
+    s.attach_data(data)
+    before = _state(m)
+    cands = s.candidates(m)
+    assert len(s.history) == s.target_size == 5 + 2 * 2
+    assert all(math.isfinite(v) for v in s.losses)
+    assert 2 <= len(cands) <= 5 and cands[0] == [0.316] * 6 and cands[-1] == [1.0] * 6
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert s.record()["search_time_s"] > 0
+
+
+@pytest.mark.parametrize("field,value,flag", [
+    ("lambda_sampling", "gaussian", "--lambda-sampling"),
+    ("cost_model", "lut", "--cost-model"),
+    ("epsilon", 0.0, "--epsilon"),
+    ("samples", 0, "--samples-per-iter"),
+    ("probe_batch", 0, "--probe-batch"),
+])
+def test_bad_bo_settings_name_the_flag(field, value, flag):
+    with pytest.raises(TrainingError, match=flag):
+        make_bo_strategy(TrainConfig(algorithm="pareco", **{field: value}))
+
+
+@pytest.mark.parametrize("algorithm", ["pareco", "twostage"])
+def test_end_to_end_run_records_the_search(tmp_path, algorithm):
+    # 6 steps, |H| target 2: one BO iteration (PareCO at step 0, TwoStage after training) adding M = 2.
+    cfg = TrainConfig(algorithm=algorithm, epochs=1, history_size=2, probe_batch=16, **FAST)
+    manifest = load_manifest(train(cfg, tmp_path, show_progress=False))
+    training = manifest["training"]
+    extra = training["extra"]
+    assert training["algorithm"] == algorithm and training["history_size"] == extra["history_size"] == 5 + 2
+    for key in ("samples_per_iter", "epsilon", "lambda_sampling", "cost_model", "bisection_steps_mean"):
+        assert key in extra
+    assert ("bo_time_share" in extra) == (algorithm == "pareco")
+    assert ("search_time_s" in extra) == (algorithm == "twostage")
+    m = build_model("resnet20", num_classes=4, input_size=16)
+    pts = manifest["points"]
+    assert pts and all(p["mflops"] * 1e6 == pytest.approx(m.macs(p["alpha"])) for p in pts)
+
+
+def test_pareco_resume_after_kill_is_bit_identical(tmp_path):
+    # 3 steps per epoch, BO every 2 steps (at 0, 2, 4): the kill lands in epoch 2 before or during the
+    # BO step 4, which the resumed run must redo from the checkpointed H, losses and generator.
+    extra = ("--history-size", "6", "--probe-batch", "16")
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    r = run_cli(*_train_args(ref, 2, "pareco", extra))
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "pareco_runtime.cli.main", *_train_args(killed, 2, "pareco", extra)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = killed / "train.log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        lines = log.read_text().splitlines() if log.exists() else []
+        if any(json.loads(x).get("epoch") == 2 and "step" in json.loads(x) for x in lines if x.strip()):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed mid-epoch"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.safetensors").exists()
+    r = run_cli(*_train_args(killed, 2, "pareco", (*extra, "--resume")))
+    assert r.returncode == 0, r.stderr
+    a, b = load_file(ref / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = load_manifest(ref / "model.front.json"), load_manifest(killed / "model.front.json")
+    assert ma["points"] == mb["points"]
+    assert ma["training"]["history_size"] == mb["training"]["history_size"]

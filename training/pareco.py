@@ -1,0 +1,337 @@
+"""PareCO and TwoStage: slimmable training with multi-objective BO over per-layer widths.
+
+PareCO (Chin et al., Algorithms 1 and 2) keeps a history H of configs. Every ``n`` steps it
+re-measures the loss of every config in H on a probe of the current batch, fits the GPs, samples
+``M`` new configs with Pareto-aware sampling (or uniform λ), adds them to H and trains
+{largest, the M new configs, smallest} with in-place distillation for the next ``n`` steps.
+``n = max(1, total_steps · M // history_size)``, so H grows to about ``history_size`` configs.
+
+TwoStage trains with the sandwich rule over independent random per-dimension widths, then runs the
+same MOBO search over the trained weights, with as many evaluated configs as PareCO's H would reach.
+
+Both hand the approximate front of H (by measured loss and exact MACs), thinned to at most
+``num_candidates`` configs spread over MACs plus the largest and smallest, to the loop's BN
+calibration, evaluation and non-dominated sort.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from pareco_runtime.models.base import SlimmableNet
+from pareco_runtime.ops import SlimBatchNorm2d
+
+from . import mobo
+from .loop import TrainConfig, TrainingError
+from .strategies import Strategy, widths_spread_over_macs
+
+# Uniform widths (spread evenly over MACs, smallest and largest included) that seed H.
+WARMUP_WIDTHS = 5
+
+
+def bo_schedule(total_steps: int, samples: int, history_size: int) -> tuple[int, int]:
+    """``(n, iterations)``: a BO iteration every ``n = max(1, total_steps · samples // history_size)``
+    steps, starting at step 0, hence ``ceil(total_steps / n)`` iterations adding ``samples`` configs each."""
+    interval = max(1, total_steps * samples // history_size)
+    return interval, math.ceil(total_steps / interval)
+
+
+@torch.no_grad()
+def measure_losses(model: SlimmableNet, configs: Sequence[Sequence[float]], x: torch.Tensor,
+                   y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each config on ``(x, y)``, BN normalising with the batch's own statistics.
+
+    Leaves the model bit-identical: BN layers run with ``track_running_stats`` off, so no running
+    statistic or ``num_batches_tracked`` is written, nothing has a gradient, and the mode and active
+    config are restored. Returns a float32 tensor on ``x``'s device, one entry per config.
+    """
+    bns = [m for m in model.modules() if isinstance(m, SlimBatchNorm2d)]
+    tracked = [bn.track_running_stats for bn in bns]
+    was_training, alpha = model.training, list(model.alpha)
+    out = torch.empty(len(configs), device=x.device)
+    try:
+        model.train()
+        for bn in bns:
+            bn.track_running_stats = False
+        for i, a in enumerate(configs):
+            model.set_widths(a)
+            out[i] = F.cross_entropy(model(x).float(), y)
+    finally:
+        for bn, t in zip(bns, tracked):
+            bn.track_running_stats = t
+        model.set_widths(alpha)
+        model.train(was_training)
+    return out
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the process group, (0, 1) when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _BOStrategy(Strategy):
+    """What PareCO and TwoStage share: H with its measured losses and exact costs, the BO settings,
+    the proposal step and the front-thinned candidates."""
+
+    distill = True
+
+    def __init__(self, seed: int, samples: int = 2, history_size: int = 1000, epsilon: float = 0.02,
+                 lambda_sampling: str = "pas", cost_model: str = "exact", probe_batch: int = 128,
+                 num_candidates: int = 40, settings: mobo.SearchSettings | None = None) -> None:
+        super().__init__(seed)
+        self.seed = seed
+        self.samples = samples
+        self.history_size = history_size
+        self.epsilon = epsilon
+        self.lambda_sampling = lambda_sampling
+        self.cost_model = cost_model
+        self.probe_batch = probe_batch
+        self.num_candidates = num_candidates
+        self.settings = settings or mobo.SearchSettings()
+        self.data: Any = None
+        self.history: list[list[float]] = []
+        self.losses: list[float] = []
+        self.costs: list[float] = []
+        self.bisection_steps: list[int] = []
+        self.lambdas: list[float] = []
+
+    def attach_data(self, data: Any) -> None:
+        """Keep the training data (a :class:`training.data.Data`) for probes measured after training."""
+        self.data = data
+
+    def setup(self, model: SlimmableNet, total_steps: int) -> None:
+        super().setup(model, total_steps)
+        s = model.space
+        self.full_macs = float(model.macs(s.uniform(s.high)))
+        self.bounds = torch.tensor([[s.low] * s.dims, [s.high] * s.dims], dtype=torch.float64)
+        self.exact_cost = mobo.CostPolynomial.from_model(model) if self.cost_model == "exact" else None
+        self.interval, iterations = bo_schedule(total_steps, self.samples, self.history_size)
+        warmup = widths_spread_over_macs(model, WARMUP_WIDTHS)
+        self.warmup = len(warmup)
+        self.target_size = self.warmup + self.samples * iterations
+        self._set_history([s.uniform(w) for w in warmup], [math.nan] * len(warmup))
+        self.bisection_steps, self.lambdas = [], []
+
+    def _set_history(self, configs: list[list[float]], losses: list[float]) -> None:
+        self.history = configs
+        self.losses = losses
+        self.costs = [self._cost_of(a) for a in configs]
+
+    def _cost_of(self, alpha: Sequence[float]) -> float:
+        assert self.model is not None
+        return self.model.macs(alpha) / self.full_macs
+
+    def _add(self, rows: Sequence[dict[str, Any]]) -> list[list[float]]:
+        """Append proposals (as ``dataclasses.asdict(Proposal)``, the form a broadcast carries) to H with
+        unknown losses; returns their configs."""
+        for r in rows:
+            self.history.append([float(a) for a in r["alpha"]])
+            self.losses.append(math.nan)
+            self.costs.append(self._cost_of(r["alpha"]))
+            self.lambdas.append(float(r["lam"]))
+            self.bisection_steps.append(int(r["steps"]))
+        return self.history[len(self.history) - len(rows):]
+
+    def _propose(self, count: int) -> tuple[list[mobo.Proposal], mobo.Timings]:
+        """``count`` new configs from a BO iteration over H (every loss in H must be measured)."""
+        return mobo.propose(torch.tensor(self.history, dtype=torch.float64),
+                            torch.tensor(self.losses, dtype=torch.float64),
+                            torch.tensor(self.costs, dtype=torch.float64), count, bounds=self.bounds,
+                            cost_of=self._cost_of, exact_cost=self.exact_cost,
+                            lambda_sampling=self.lambda_sampling, epsilon=self.epsilon, generator=self.generator,
+                            settings=self.settings)
+
+    def _probe(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed batch of ``probe_batch`` un-augmented training images (seeded by the run's seed)."""
+        if self.data is None:
+            raise TrainingError(f"{self.name} measures configs on training data after training: the loop must "
+                                "call strategy.attach_data(data) before strategy.candidates(model)")
+        return next(iter(self.data.calib_batches(self.probe_batch, 1, self.seed)))
+
+    def _front(self) -> list[list[float]]:
+        """H's approximate front by measured loss and exact MACs, thinned to ``num_candidates`` configs
+        spread over MACs, plus the smallest and largest (the first and last warm-up widths)."""
+        keep = [0, self.warmup - 1]
+        return [self.history[i] for i in mobo.thin_front(self.costs, self.losses, keep, self.num_candidates)]
+
+    def record(self) -> dict[str, Any]:
+        steps = self.bisection_steps
+        return {
+            "history_size": len(self.history),
+            "samples_per_iter": self.samples,
+            "epsilon": self.epsilon,
+            "lambda_sampling": self.lambda_sampling,
+            "cost_model": self.cost_model,
+            "probe_batch": self.probe_batch,
+            "bisection_steps_mean": round(sum(steps) / len(steps), 3) if steps else None,
+            "lambda_mean": round(sum(self.lambdas) / len(self.lambdas), 4) if self.lambdas else None,
+            "candidates": self.num_candidates,
+        }
+
+
+class PareCO(_BOStrategy):
+    """PareCO: BO-sampled per-layer widths trained with the sandwich rule and in-place distillation.
+
+    Every ``interval`` steps (from :func:`bo_schedule`) :meth:`step_configs` re-measures H on the first
+    ``probe_batch`` images of the current batch (model left bit-identical), proposes ``samples`` configs
+    and returns ``[largest, *those configs, smallest]`` until the next BO step. Under torchrun the
+    losses are averaged over ranks, BO runs on rank 0 and its configs are broadcast. H, its losses,
+    the λ and bisection statistics and the generator are in :meth:`state_dict`, so a resumed run
+    samples the same configs.
+    """
+
+    name = "pareco"
+
+    def __init__(self, seed: int, **kwargs: Any) -> None:
+        super().__init__(seed, **kwargs)
+        self.current: list[list[float]] = []
+        self.interval: int | None = None
+        self.bo_seconds = 0.0
+        self.split = {"measure_s": 0.0, "fit_s": 0.0, "acquisition_s": 0.0}
+        self.elapsed_before = 0.0
+        self.started = time.perf_counter()
+
+    def setup(self, model: SlimmableNet, total_steps: int) -> None:
+        super().setup(model, total_steps)
+        self.current = []
+        self.started = time.perf_counter()
+
+    def step_configs(self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> list[list[float]]:
+        if step % self.interval == 0 or not self.current:
+            self._bo_step(model, x, y)
+        s = model.space
+        return [s.uniform(s.high), *self.current, s.uniform(s.low)]
+
+    def _bo_step(self, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        losses = measure_losses(model, self.history, x[: self.probe_batch], y[: self.probe_batch])
+        rank, world = _world()
+        if world > 1:
+            dist.all_reduce(losses, op=dist.ReduceOp.SUM)
+            losses /= world
+        self.losses = losses.double().cpu().tolist()
+        t1 = time.perf_counter()
+        self.split["measure_s"] += t1 - t0
+        payload: list[dict[str, Any]] | None = None
+        if rank == 0:
+            proposals, timings = self._propose(self.samples)
+            payload = [dataclasses.asdict(p) for p in proposals]
+            self.split["fit_s"] += timings.fit_s
+            self.split["acquisition_s"] += timings.acquisition_s
+        if world > 1:
+            box = [payload]
+            dist.broadcast_object_list(box, src=0)
+            payload = box[0]
+        assert payload is not None
+        self.current = self._add(payload)
+        self.bo_seconds += time.perf_counter() - t0
+
+    def candidates(self, model: SlimmableNet) -> list[list[float]]:
+        """The thinned front of H; when data is attached, H is first re-measured with the final weights
+        on a fixed training probe (the configs of the last BO step have no measurement otherwise)."""
+        if self.data is not None:
+            x, y = self._probe()
+            self.losses = measure_losses(model, self.history, x, y).double().cpu().tolist()
+        return self._front()
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def _bo_share(self) -> float:
+        """BO seconds over wall-clock seconds since setup (across resumes)."""
+        return self.bo_seconds / max(self._elapsed(), 1e-9)
+
+    def record(self) -> dict[str, Any]:
+        return {**super().record(), "bo_interval_steps": self.interval, "bo_time_s": round(self.bo_seconds, 3),
+                "bo_time_share": round(self._bo_share(), 4),
+                **{f"bo_{k}": round(v, 3) for k, v in self.split.items()}}
+
+    def progress(self) -> str:
+        return f"|H| {len(self.history)} BO {self._bo_share():.0%}"
+
+    def state_dict(self) -> dict[str, Any]:
+        d = self.model.space.dims if self.model is not None else 0
+        return {**super().state_dict(),
+                "history": torch.tensor(self.history, dtype=torch.float64),
+                "losses": torch.tensor(self.losses, dtype=torch.float64),
+                "current": torch.tensor(self.current, dtype=torch.float64).reshape(-1, d),
+                "lambdas": torch.tensor(self.lambdas, dtype=torch.float64),
+                "bisection_steps": torch.tensor(self.bisection_steps, dtype=torch.int64),
+                "bo_seconds": self.bo_seconds, "split": dict(self.split), "elapsed_s": self._elapsed()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._set_history(state["history"].tolist(), state["losses"].tolist())
+        self.current = state["current"].tolist()
+        self.lambdas = state["lambdas"].tolist()
+        self.bisection_steps = state["bisection_steps"].tolist()
+        self.bo_seconds = float(state["bo_seconds"])
+        self.split = {k: float(v) for k, v in state["split"].items()}
+        self.elapsed_before = float(state["elapsed_s"])
+        self.started = time.perf_counter()
+
+
+class TwoStage(_BOStrategy):
+    """TwoStage: sandwich-rule training over independent random per-dimension widths, then MOBO search.
+
+    Stage 1 trains ``[largest, *samples random configs, smallest]`` with in-place distillation.
+    Stage 2 (:meth:`candidates`, which needs :meth:`attach_data`) measures configs on a fixed training
+    probe with the trained weights and grows H by BO (PAS or uniform λ, ``samples`` per iteration) to
+    as many configs as PareCO's H would reach with the same settings.
+    """
+
+    name = "twostage"
+
+    def __init__(self, seed: int, **kwargs: Any) -> None:
+        super().__init__(seed, **kwargs)
+        self.search_seconds = 0.0
+
+    def step_configs(self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> list[list[float]]:
+        s = model.space
+        return [s.uniform(s.high), *s.sample(self.generator, self.samples), s.uniform(s.low)]
+
+    def candidates(self, model: SlimmableNet) -> list[list[float]]:
+        t0 = time.perf_counter()
+        x, y = self._probe()
+        # The weights are fixed now, so each config is measured once, when it joins H.
+        self.losses = measure_losses(model, self.history, x, y).double().cpu().tolist()
+        while len(self.history) < self.target_size:
+            proposals, _ = self._propose(min(self.samples, self.target_size - len(self.history)))
+            new = self._add([dataclasses.asdict(p) for p in proposals])
+            self.losses[len(self.history) - len(new):] = measure_losses(model, new, x, y).double().cpu().tolist()
+        self.search_seconds += time.perf_counter() - t0
+        return self._front()
+
+    def record(self) -> dict[str, Any]:
+        return {**super().record(), "search_time_s": round(self.search_seconds, 3)}
+
+
+def make_bo_strategy(cfg: TrainConfig) -> Strategy:
+    """The PareCO or TwoStage strategy of ``cfg``; TrainingError naming the flag of a bad setting."""
+    if cfg.lambda_sampling not in mobo.LAMBDA_SAMPLING:
+        raise TrainingError(f"--lambda-sampling must be pas or uniform, got '{cfg.lambda_sampling}'")
+    if cfg.cost_model not in mobo.COST_MODELS:
+        raise TrainingError(f"--cost-model must be exact or gp, got '{cfg.cost_model}'")
+    if not 0.0 < cfg.epsilon < 1.0:
+        raise TrainingError(f"--epsilon must be in (0, 1) (a fraction of the full model's MACs), got {cfg.epsilon}")
+    if cfg.samples < 1:
+        raise TrainingError(f"--samples-per-iter must be at least 1 for {cfg.algorithm}, got {cfg.samples}")
+    if cfg.probe_batch < 1:
+        raise TrainingError(f"--probe-batch must be at least 1, got {cfg.probe_batch}")
+    classes = {"pareco": PareCO, "twostage": TwoStage}
+    if cfg.algorithm not in classes:
+        raise TrainingError(f"'{cfg.algorithm}' is not a BO algorithm; choose pareco or twostage")
+    return classes[cfg.algorithm](cfg.seed, samples=cfg.samples, history_size=cfg.history_size,
+                                  epsilon=cfg.epsilon, lambda_sampling=cfg.lambda_sampling,
+                                  cost_model=cfg.cost_model, probe_batch=cfg.probe_batch,
+                                  num_candidates=cfg.candidates)
