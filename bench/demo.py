@@ -1,12 +1,27 @@
 """The main job on the embedded default, end to end (``bash scripts/demo.sh``).
 
-Stage 1, the model zoo's cost table: MACs and parameters of every architecture at full and
-lowest uniform width (exact, analytic, equal to torch's flop counter on the sliced model).
+1. the model zoo's cost table (exact, analytic MACs and parameters);
+2. ``pareco train``: a slimmable ResNet20 on scikit-learn's bundled digits (no download);
+3. ``pareco show``: the Pareto front it found;
+4. ``pareco select`` under a FLOPs budget and a battery level;
+5. ``pareco export`` of the chosen point to ONNX and ExecuTorch, each checked against PyTorch;
+6. ``pareco bench``: batch-1 latency of every point on torch eager, onnxruntime and ExecuTorch,
+   written into the manifest as a device profile;
+7. ``pareco select`` under a latency budget on that profile, and the front plot.
+
+Each step prints the command it runs, so the same can be typed by hand. A finished run in
+``--out`` is reused (pass ``--fresh`` to retrain).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 from pareco_runtime import ARCHITECTURES, build_model
 from pareco_runtime.cli.output import print_table
@@ -23,9 +38,49 @@ def zoo_table() -> None:
                 ["arch", "dims", "width", "MFLOPs", "Mparams"], rows)
 
 
+def pareco(*args: str, capture: bool = False) -> str:
+    """Run ``pareco ARGS`` as a user would, echoing the command; stop the demo if it fails."""
+    print(f"\n$ pareco {' '.join(shlex.quote(a) for a in args)}", flush=True)
+    r = subprocess.run([sys.executable, "-m", "pareco_runtime.cli.main", *args], text=True,
+                       stdout=subprocess.PIPE if capture else None)
+    if r.returncode != 0:
+        sys.exit(f"demo stopped: 'pareco {args[0]}' exited with {r.returncode}")
+    if capture:
+        print(r.stdout, end="")
+    return r.stdout or ""
+
+
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__).parse_args()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/demo", help="run folder")
+    ap.add_argument("--algorithm", default="slim", help="slim | pareco | twostage | independent")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--fresh", action="store_true", help="retrain even if --out holds a finished run")
+    args = ap.parse_args()
+    out = Path(args.out)
+    manifest = out / "model.front.json"
+
     zoo_table()
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    if manifest.exists():
+        print(f"\nreusing the finished run in {out} (pass --fresh to retrain)")
+    else:
+        pareco("train", "--arch", "resnet20", "--data", "digits", "--image-size", "16", "--algorithm",
+               args.algorithm, "--epochs", str(args.epochs), "--batch-size", "64", "--lr", "0.05",
+               "--candidates", "12", "--calib-batches", "4", "--history-size", "120", "--out", str(out), "--force")
+    pareco("show", str(manifest))
+    points = json.loads(manifest.read_text())["points"]
+    mid = points[len(points) // 2]["mflops"]
+    chosen = json.loads(pareco("select", str(manifest), "--budget", f"{mid:.2f}MFLOPs", "--json", capture=True))
+    pareco("select", str(manifest), "--budget", "battery=30%")
+    pareco("export", str(manifest), "--point", chosen["point"]["id"], "--onnx", "--executorch", "--out",
+           str(out / "export"))
+    pareco("bench", str(manifest), "--backend", "torch", "--backend", "onnxruntime", "--backend", "executorch",
+           "--threads", "1", "--warmup", "30", "--runs", "200", "--profile", "demo-cpu-t1", "--update")
+    fastest = min(p["latency_ms"]["demo-cpu-t1"] for p in json.loads(manifest.read_text())["points"])
+    pareco("select", str(manifest), "--budget", f"{fastest * 1.5:.3f}ms@demo-cpu-t1")
+    pareco("show", str(manifest), "--plot", str(out / "front.png"))
 
 
 if __name__ == "__main__":

@@ -119,6 +119,9 @@ def lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> floa
 
 def _prepare_out_dir(out: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
     run_file = out / RUN_NAME
+    # Temporary files of writes that a crash interrupted (atomic_path names them ".<name>.*.tmp").
+    for stale in out.glob(".*.tmp") if out.is_dir() else ():
+        stale.unlink(missing_ok=True)
     current = dataclasses.asdict(cfg)
     if run_file.exists():
         try:
