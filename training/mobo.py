@@ -112,8 +112,7 @@ class CostPolynomial:
         quad = torch.zeros(d, d, dtype=torch.float64)
         lin = torch.zeros(d, dtype=torch.float64)
         const = 0.0
-        # SlimmableNet keeps its cost model as (coefficient, slot a, slot b) terms; slots < d are widths.
-        for coef, a, b in model._macs_terms:
+        for coef, a, b in model.macs_terms:  # slots < d are widths
             if a < d and b < d:
                 quad[a, b] += coef * full[a] * full[b]
             elif a < d:

@@ -152,6 +152,15 @@ class SlimmableNet(nn.Module):
         self._macs_terms = [(c, a, b) for (a, b), c in macs.items()]
         self._params_terms = [(c, a, b) for (a, b), c in params.items()]
 
+    @property
+    def macs_terms(self) -> list[tuple[int, int, int]]:
+        """The MAC model as ``(coef, a, b)`` terms: MACs = sum of ``coef * v[a] * v[b]`` over slot values ``v``.
+
+        ``v`` is ``ctx.ch``: the channel count of each width dimension (slots ``0..dims-1``), then the
+        constant slots (input channels, classes, fixed widths) and a final 1.
+        """
+        return list(self._macs_terms)
+
     def _slot_values(self, alpha: Sequence[float] | None) -> list[int]:
         if alpha is None:
             return self.ctx.ch
