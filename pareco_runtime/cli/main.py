@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from . import flops, runtime_cmds, train
+from . import bench_cmd, export_cmd, flops, runtime_cmds, train
 
 app = typer.Typer(
     name="pareco",
@@ -32,6 +32,8 @@ app.command("train")(train.train)
 app.command("select")(runtime_cmds.select)
 app.command("show")(runtime_cmds.show)
 app.command("flops")(flops.flops)
+app.command("export")(export_cmd.export)
+app.command("bench")(bench_cmd.bench)
 
 
 def main() -> None:

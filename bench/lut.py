@@ -1,0 +1,388 @@
+"""Latency look-up table: predict any config's latency from timings of its blocks.
+
+A network is cut into *units*: the blocks it is built from (ResNet-CIFAR: the stem conv and BN,
+each residual block, the classifier; MobileNet: each entry of ``features`` and the classifier),
+as OFA's latency tables do per block. Timing whole blocks, rather than single convs, keeps the
+per-op costs a sum of convs would miss (BN, activations, residual adds, padding, framework
+dispatch) inside the table.
+
+A unit's latency depends on the channel counts of the few width dimensions it reads (at most
+three: input, inner, output). Convs cost a sum of products of two channel counts plus terms linear
+in one, which is *multilinear* in the channel counts, so the table holds each unit's time on a
+small grid of channel counts per dimension (``levels``, from the space's lowest width to full) and
+predicts between grid points by multilinear interpolation: exact for that cost shape, with the
+inner grid points catching what vectorisation and caches bend.
+
+Blocks are timed *in place*: whole sliced models run with a clock read at each block's start, so
+each block sees the caches and the dispatch overhead the whole model gives it (a block timed
+alone, on an input that stays in cache, runs faster than it does inside the model). A few dozen
+grid configs, chosen so that every block meets every combination of its dimensions' levels, fill
+the whole table.
+
+What no block owns (the top-level forward call, anything before the first block) and what the
+grid cannot see is left to a calibration, ``offset + scale * sum``, fitted on a few measured
+whole-model configs (relative least squares). The table is validated on ``validate`` other random
+configs; the errors of the raw sum and of the calibrated prediction are both reported. Grid,
+calibration and validation configs are timed in one interleaved run, each timed call right after
+an untimed call of the same model (steady-state inference, as ``pareco bench`` measures it).
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as _dt
+import itertools
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.latency import (
+    STEADY_MALLOC,
+    BenchError,
+    interleaved_warm,
+    steady_malloc,
+    torch_callable,
+    torch_threads,
+)
+from pareco_runtime.atomic import atomic_write_text
+from pareco_runtime.models.base import SlimmableNet
+from pareco_runtime.ops import SLIM_TYPES
+from pareco_runtime.slicing import slice_model
+from pareco_runtime.space import WidthSpace
+
+LUT_FORMAT = 1
+LUT_BACKENDS = ("torch", "cuda")
+
+
+@dataclass
+class UnitTable:
+    """One unit's timings: ``times_ms`` over the grid ``levels`` (channel counts per dim of ``dims``),
+    row-major (the last dimension varies fastest)."""
+
+    name: str
+    dims: list[int]
+    levels: list[list[int]]
+    times_ms: list[float]
+
+    def raw_ms(self, channels: Sequence[int]) -> float:
+        """Multilinear interpolation (linear extrapolation outside the grid) at the config's channels."""
+        axes = []
+        for d, lv in zip(self.dims, self.levels):
+            if len(lv) == 1:
+                axes.append(((0, 1.0),))
+                continue
+            c = channels[d]
+            j = min(max(bisect.bisect_right(lv, c) - 1, 0), len(lv) - 2)
+            t = (c - lv[j]) / (lv[j + 1] - lv[j])
+            axes.append(((j, 1.0 - t), (j + 1, t)))
+        strides = [int(np.prod([len(lv) for lv in self.levels[k + 1:]])) for k in range(len(self.levels))]
+        total = 0.0
+        for corner in itertools.product(*axes):
+            weight = math.prod(w for _, w in corner)
+            total += weight * self.times_ms[sum(i * s for (i, _), s in zip(corner, strides))]
+        return total
+
+
+@dataclass
+class LatencyLUT:
+    """A latency predictor for one architecture on one device profile.
+
+    ``predict_ms(channels)`` = ``offset_ms + scale * raw_ms(channels)`` where ``raw_ms`` sums the
+    unit tables. ``channels``: one count per width dimension (a front point's ``channels``).
+    ``report`` holds the calibration and validation figures.
+    """
+
+    profile: str
+    backend: str
+    threads: int
+    batch: int
+    arch: str
+    arch_kwargs: dict[str, Any]
+    input_size: list[int]
+    width_space: dict[str, Any]
+    units: list[UnitTable]
+    offset_ms: float = 0.0
+    scale: float = 1.0
+    report: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    def raw_ms(self, channels: Sequence[int]) -> float:
+        """The uncalibrated sum of the unit tables."""
+        return sum(u.raw_ms(channels) for u in self.units)
+
+    def predict_ms(self, channels: Sequence[int]) -> float:
+        """Predicted latency of the config with these channel counts, in milliseconds."""
+        if len(channels) != len(self.width_space["names"]):
+            raise BenchError(f"the look-up table is for {len(self.width_space['names'])} width dimensions, got "
+                             f"{len(channels)} channel counts; build a table for this architecture")
+        return self.offset_ms + self.scale * self.raw_ms(channels)
+
+    def predict_alpha(self, alpha: Sequence[float]) -> float:
+        """Predicted latency of the config with these width multipliers."""
+        return self.predict_ms(WidthSpace.from_dict(self.width_space).channels(alpha))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the file's content)."""
+        return {"lut_format": LUT_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyLUT:
+        """Inverse of :meth:`to_dict`."""
+        if d.get("lut_format") != LUT_FORMAT:
+            raise BenchError(f"latency table format {d.get('lut_format')!r} is not {LUT_FORMAT}; rebuild it with "
+                             "`pareco bench MANIFEST --build-lut`")
+        fields = {k: v for k, v in d.items() if k != "lut_format"}
+        fields["units"] = [UnitTable(**u) for u in fields["units"]]
+        return cls(**fields)
+
+    def save(self, path: str | Path) -> None:
+        """Write the table as JSON, atomically."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyLUT:
+        """Read a table written by :meth:`save` (BenchError if it is not one)."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise BenchError(f"{path}: not a readable latency table ({exc}); rebuild it with "
+                             "`pareco bench MANIFEST --build-lut`") from None
+
+
+def lut_path(manifest_path: str | Path, profile: str) -> Path:
+    """``NAME.lut.<profile>.json`` beside the manifest ``NAME.front.json``."""
+    path = Path(manifest_path)
+    stem = path.name[: -len(".front.json")] if path.name.endswith(".front.json") else path.stem
+    return path.with_name(f"{stem}.lut.{profile}.json")
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+@dataclass
+class _Unit:
+    name: str
+    dims: list[int]
+
+
+def discover_units(model: SlimmableNet) -> list[_Unit]:
+    """The blocks of ``model`` whose cost depends on its widths, in module order.
+
+    Units are the model's children, and the children of its top-level ``nn.Sequential``s; children
+    without a slimmable layer (dropout, activations) do not depend on widths, and the time they
+    take is counted in the unit that runs before them.
+    """
+    units = []
+    for name, child in model.named_children():
+        subs = list(child.named_children()) if isinstance(child, nn.Sequential) else [("", child)]
+        for sub, module in subs:
+            slims = [m for m in module.modules() if isinstance(m, SLIM_TYPES)]
+            if slims:
+                dims = sorted({s for m in slims for s in (m.in_slot, m.out_slot) if s < model.space.dims})
+                units.append(_Unit(f"{name}.{sub}" if sub else name, dims))
+    return units
+
+
+def grid_levels(space: WidthSpace, levels: int) -> list[dict[int, float]]:
+    """Per width dimension, ``{channel count: width multiplier giving it}`` for ``levels`` uniform widths
+    from the space's low to 1 (fewer where rounding merges them)."""
+    out: list[dict[int, float]] = [{} for _ in range(space.dims)]
+    for w in np.linspace(space.low, space.high, max(2, levels)):
+        for d, c in enumerate(space.channels(space.uniform(float(w)))):
+            out[d].setdefault(c, float(w))
+    return [dict(sorted(lv.items())) for lv in out]
+
+
+def _covering(units: Sequence[_Unit], sizes: Sequence[int]) -> list[dict[int, int]]:
+    """Assignments {dim: level index} such that every unit sees each combination of its dims' levels.
+
+    Greedy: each new assignment lets every unit, in turn, fix its still-unassigned dims to one of its
+    missing combinations consistent with what earlier units fixed. Dims left free take the top
+    level. Roughly ``levels ** 3`` assignments, instead of one whole-model slice per grid point.
+    """
+    pending = [set(itertools.product(*[range(sizes[d]) for d in u.dims])) for u in units]
+    out = []
+    while any(pending):
+        fixed: dict[int, int] = {}
+        for u, todo in zip(units, pending):
+            for combo in sorted(todo):
+                if all(fixed.get(d, c) == c for d, c in zip(u.dims, combo)):
+                    fixed.update(zip(u.dims, combo))
+                    break
+        assignment = {d: fixed.get(d, sizes[d] - 1) for d in range(len(sizes))}
+        for u, todo in zip(units, pending):
+            todo.discard(tuple(assignment[d] for d in u.dims))
+        out.append(assignment)
+    return out
+
+
+def _timed_in_context(model: nn.Module, names: Sequence[str], x: torch.Tensor, cuda: bool, warmup: int,
+                      store: list[list[float]]) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Two callables running ``model(x)``: the second appends each unit's time, in seconds, to ``store[unit]``.
+
+    A unit's time runs from its start to the next unit's start (the last one's to the end of the
+    forward pass), so what runs between blocks is counted too, and every block is timed with the
+    caches as the whole model leaves them, which timing blocks alone would not reproduce. The first
+    (untimed) callable is for :func:`bench.latency.interleaved_warm`; the first ``warmup`` calls of
+    the second are not recorded.
+    """
+    clock = time.perf_counter
+    marks: list[tuple[int, float]] = []
+
+    def hook(i: int) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def mark(_module: nn.Module, _args: tuple[Any, ...]) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            marks.append((i, clock()))
+        return mark
+
+    for i, name in enumerate(names):
+        model.get_submodule(name).register_forward_pre_hook(hook(i))
+    calls = [0]
+
+    def forward() -> float:
+        marks.clear()
+        with torch.inference_mode():
+            model(x)
+        if cuda:
+            torch.cuda.synchronize()
+        return clock()
+
+    def untimed() -> None:
+        forward()
+
+    def recorded() -> None:
+        end = forward()
+        calls[0] += 1
+        if calls[0] <= warmup:
+            return
+        spent = [0.0] * len(names)
+        for k, (i, t) in enumerate(marks):
+            spent[i] += (marks[k + 1][1] if k + 1 < len(marks) else end) - t
+        for i, v in enumerate(spent):
+            store[i].append(v)
+    return untimed, recorded
+
+
+def _relative_errors(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float]:
+    errs = [abs(p - m) / m for p, m in zip(pred, meas)]
+    return {"median_abs_rel_error": statistics.median(errs), "max_abs_rel_error": max(errs),
+            "within_10pct": sum(e <= 0.10 for e in errs) / len(errs)}
+
+
+def fit_calibration(raw: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
+    """``(offset_ms, scale)`` minimising the squared relative error of ``offset + scale * raw``.
+
+    Falls back to a scale alone when the fit gives a negative offset or scale (too few or too
+    similar configs), so predictions stay positive.
+    """
+    r, y = np.asarray(raw, float), np.asarray(measured, float)
+    w = 1.0 / y
+    if len(r) >= 2 and np.ptp(r) > 0:
+        a_mat = np.stack([w, w * r], axis=1)
+        (offset, scale), *_ = np.linalg.lstsq(a_mat, np.ones_like(y), rcond=None)
+        if offset >= 0 and scale > 0:
+            return float(offset), float(scale)
+    return 0.0, float(np.sum(w * w * r * y) / np.sum(w * w * r * r))
+
+
+def build_lut(model: SlimmableNet, *, profile: str, backend: str = "torch", threads: int = 1, batch: int = 1,
+              levels: int = 3, warmup: int = 30, runs: int = 200, calibrate: int = 5, validate: int = 20,
+              seed: int = 0, steady_memory: bool = True, on_stage: Callable[[str], None] | None = None) -> LatencyLUT:
+    """Time ``model``'s blocks on a channel grid, calibrate on ``calibrate`` configs, validate on ``validate``.
+
+    ``model``: a slimmable model (weights do not matter for timing: a fresh ``build_model`` is
+    fine). ``backend``: torch or cuda. The grid configs are whole sliced models whose blocks are
+    timed in place; calibration configs are the uniform lowest, middle and full widths plus random
+    ones; validation configs are random (seeded) and distinct from them. All are timed in one
+    interleaved run of ``warmup`` and ``runs`` rounds. ``steady_memory``: call
+    :func:`bench.latency.steady_malloc` first (process-wide), as ``run_bench`` does, so the table and
+    the measurements it is used with see the same allocator. Returns the table with ``report``
+    filled in.
+    """
+    if backend not in LUT_BACKENDS:
+        raise BenchError(f"the latency table times blocks with {' or '.join(LUT_BACKENDS)}; backend '{backend}' "
+                         "would need one export per block shape; build it with --backend torch")
+    if backend == "cuda" and not torch.cuda.is_available():
+        raise BenchError("no CUDA device here: torch.cuda.is_available() is False; build the table with --backend torch")
+    if levels < 2 or calibrate < 1 or validate < 1 or runs < 1 or warmup < 0:
+        raise BenchError(f"need levels >= 2, calibrate >= 1, validate >= 1, runs >= 1 and warmup >= 0; got "
+                         f"{levels}, {calibrate}, {validate}, {runs}, {warmup}")
+    if model.ctx.bn_stats is not None:
+        raise BenchError("build the latency table from a model without a front point's BN statistics active, "
+                         "e.g. a fresh build_model(arch, **kwargs): timing does not depend on weights")
+    say = on_stage or (lambda _msg: None)
+    allocator = STEADY_MALLOC if steady_memory and steady_malloc() else None
+    cuda = backend == "cuda"
+    model = model.eval()
+    space = model.space
+    units = discover_units(model)
+    names = [u.name for u in units]
+    grid = grid_levels(space, levels)
+    sizes = [len(lv) for lv in grid]
+    widths = [list(lv.values()) for lv in grid]
+    gen = torch.Generator().manual_seed(seed)
+    device = "cuda" if cuda else "cpu"
+    calib = [space.uniform(space.low), space.uniform((space.low + space.high) / 2), space.uniform(space.high)]
+    calib = (calib + space.sample(gen, max(0, calibrate - 3)))[:calibrate]
+    check = space.sample(gen, validate)
+    configs = calib + check
+    assignments = _covering(units, sizes)
+    stores: list[list[list[float]]] = [[[] for _ in units] for _ in assignments]
+    with torch_threads(threads):
+        # Grid configs (blocks timed in place) and whole-model configs share one interleaved run, so
+        # that load changes on the host hit the table and the configs it is checked on alike.
+        candidates: dict[str, Any] = {}
+        for j, assignment in enumerate(assignments):
+            sliced = slice_model(model, [widths[d][assignment[d]] for d in range(space.dims)]).eval().to(device)
+            x = torch.randn(batch, *model.input_size, generator=gen).to(device)
+            candidates[f"grid{j}"] = _timed_in_context(sliced, names, x, cuda, warmup, stores[j])
+        for i, a in enumerate(configs):
+            candidates[f"config{i}"] = torch_callable(slice_model(model, a).eval(),
+                                                      torch.randn(batch, *model.input_size, generator=gen), cuda)
+        say(f"timing {len(assignments)} grid configs ({len(units)} blocks timed in place, {levels} widths per "
+            f"dimension) and {len(configs)} whole-model configs ({len(calib)} to calibrate, {len(check)} to "
+            "validate), interleaved")
+        timings = interleaved_warm(candidates, warmup=warmup, runs=runs)
+        del candidates
+    tables = []
+    for i, u in enumerate(units):
+        pooled: dict[tuple[int, ...], list[float]] = {}
+        for assignment, store in zip(assignments, stores):
+            pooled.setdefault(tuple(assignment[d] for d in u.dims), []).extend(store[i])
+        combos = list(itertools.product(*[range(sizes[d]) for d in u.dims]))
+        if any(not pooled.get(c) for c in combos):
+            raise BenchError(f"block '{u.name}' of {model.arch} did not run in the forward pass; the latency "
+                             "table needs every slimmable block to run once per inference")
+        tables.append(UnitTable(u.name, list(u.dims), [list(grid[d]) for d in u.dims],
+                                [statistics.median(pooled[c]) * 1e3 for c in combos]))
+    measured = [timings[f"config{i}"].median * 1e3 for i in range(len(configs))]
+    lut = LatencyLUT(profile=profile, backend=backend, threads=threads, batch=batch, arch=model.arch,
+                     arch_kwargs=dict(model.arch_kwargs), input_size=list(model.input_size),
+                     width_space=space.to_dict(), units=tables,
+                     created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    raw = [lut.raw_ms(space.channels(a)) for a in configs]
+    k = len(calib)
+    lut.offset_ms, lut.scale = fit_calibration(raw[:k], measured[:k])
+    pred = [lut.offset_ms + lut.scale * r for r in raw]
+    lut.report = {
+        "levels": levels, "units": len(units), "grid_configs": len(assignments), "warmup": warmup, "runs": runs,
+        "allocator": allocator,
+        "calibration": {"configs": k, "offset_ms": lut.offset_ms, "scale": lut.scale,
+                        "raw_errors": _relative_errors(raw[:k], measured[:k])},
+        "validation": {"configs": len(check), "raw": _relative_errors(raw[k:], measured[k:]),
+                       **_relative_errors(pred[k:], measured[k:])},
+        "rows": [{"role": "calibrate" if i < k else "validate", "alpha": [round(v, 4) for v in a],
+                  "measured_ms": measured[i], "raw_ms": raw[i], "predicted_ms": pred[i]}
+                 for i, a in enumerate(configs)],
+    }
+    return lut

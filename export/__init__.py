@@ -1,0 +1,28 @@
+"""export: slice front points into standalone files (ONNX, TorchScript, ``.pt2``, ExecuTorch) and check them.
+
+```python
+from export import export_point, load_runner
+res = export_point(rt.standalone("p02"), rt.input_size, "onnx", "out/p02.onnx")
+y = load_runner("onnx", res.path, threads=1)(x)          # NumPy output
+```
+Each file is loaded back in its own runtime and compared with PyTorch before it is moved into
+place; ``export_points`` exports several points and keeps ``export.json`` up to date.
+"""
+
+from .exporter import DEFAULT_ATOL, ExportResult, export_point, export_points, parity_inputs
+from .formats import (
+                      FORMATS,
+                      ExportError,
+                      Format,
+                      MissingDependencyError,
+                      Runner,
+                      get_format,
+                      load_runner,
+                      require,
+                      versions,
+)
+from .index import INDEX_NAME, find_export, merge_index, read_index
+
+__all__ = ["DEFAULT_ATOL", "FORMATS", "INDEX_NAME", "ExportError", "ExportResult", "Format", "MissingDependencyError",
+           "Runner", "export_point", "export_points", "find_export", "get_format", "load_runner", "merge_index",
+           "parity_inputs", "read_index", "require", "versions"]

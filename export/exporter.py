@@ -1,0 +1,183 @@
+"""Export one model, or chosen points of a front, and check each file against PyTorch.
+
+Each export is staged in a temporary folder beside its target, loaded back in its own runtime and
+compared with the PyTorch model on random inputs; only a file that passes is moved into place
+(atomically), so a failed export or a crash leaves the previous file or none, never half of one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pareco_runtime.atomic import atomic_path
+
+from .formats import WRITERS, ExportError, get_format, load_runner, require, versions
+from .index import merge_index
+
+if TYPE_CHECKING:
+    from pareco_runtime import FrontPoint, SlimmableRuntime
+
+# fp32 files must reproduce PyTorch's logits to this absolute difference.
+DEFAULT_ATOL = 1e-4
+# Batch sizes a dynamic-batch file is checked at: the smallest one and one that was not traced.
+_DYNAMIC_CHECK_BATCHES = (1, 3)
+# Traced with batch 2: torch.export specialises dimensions of size 0 and 1, so they cannot be dynamic.
+_TRACE_BATCH = 2
+
+
+@dataclass
+class ExportResult:
+    """One exported file and its parity check.
+
+    ``batch``: the batch size a static-shape file (ExecuTorch) runs, None for a dynamic batch.
+    ``max_abs_diff``: the largest absolute difference to PyTorch over the checked batches.
+    ``details``: the largest absolute PyTorch output over the checked batches (``max_abs_output``)
+    and format-specific facts (ONNX opset, operators XNNPACK did not delegate).
+    """
+
+    format: str
+    path: Path
+    bytes: int
+    max_abs_diff: float
+    input_size: tuple[int, ...]
+    batch: int | None
+    versions: dict[str, str]
+    seconds: float
+    point: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_entry(self, weights_sha256: str | None = None) -> dict[str, Any]:
+        """The record ``export.json`` keeps for this file (its name relative to the folder)."""
+        entry: dict[str, Any] = {
+            "point": self.point, "format": self.format, "file": self.path.name, "bytes": self.bytes,
+            "max_abs_diff": self.max_abs_diff, "versions": self.versions, "input_size": list(self.input_size),
+            "batch": "dynamic" if self.batch is None else self.batch, "seconds": round(self.seconds, 3),
+            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        if weights_sha256 is not None:
+            entry["weights_sha256"] = weights_sha256
+        entry.update(self.details)
+        return entry
+
+
+def parity_inputs(input_size: Sequence[int], batches: Sequence[int], seed: int = 0) -> list[torch.Tensor]:
+    """Seeded standard-normal batches (inputs are normalised, so N(0, 1) is their realistic range)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, *input_size, generator=gen) for b in batches]
+
+
+def export_point(model: nn.Module, input_size: Sequence[int], fmt: str, path: str | os.PathLike[str], *,
+                 batch: int = 1, atol: float = DEFAULT_ATOL, opset: int | None = None, seed: int = 0,
+                 point: str | None = None) -> ExportResult:
+    """Export ``model`` (a plain eval-mode model, e.g. ``rt.standalone(point)``) to ``path`` as ``fmt``.
+
+    ``fmt``: onnx | torchscript | pt2 | executorch. ``input_size``: (C, H, W). ONNX, TorchScript
+    and ``.pt2`` files take any batch size and are checked at batches 1 and 3; an ExecuTorch file
+    runs batch ``batch`` only and is checked at it. The file is loaded back in its own runtime and
+    must match PyTorch within ``atol`` (absolute, on the outputs), else :class:`ExportError` and
+    nothing is written. ``opset``: the ONNX opset (default: the exporter's, at least 18).
+    ``point`` names the front point in the result. The model is put in eval mode.
+    """
+    spec = get_format(fmt)
+    require(fmt)
+    if batch < 1:
+        raise ExportError(f"batch must be at least 1, got {batch}")
+    if opset is not None and opset < 18:
+        raise ExportError(f"ONNX opset {opset} is too old; use 18 or newer")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    size = tuple(int(v) for v in input_size)
+    model = model.eval()
+    started = time.perf_counter()
+    example = torch.randn(_TRACE_BATCH if spec.dynamic_batch else batch, *size)
+    checks = parity_inputs(size, _DYNAMIC_CHECK_BATCHES if spec.dynamic_batch else (batch,), seed)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".export", dir=target.parent))
+    try:
+        staged = staging / target.name  # exporters see the real name and extension
+        try:
+            details = WRITERS[fmt](model, example, staged, opset)
+        except ExportError:
+            raise
+        except Exception as exc:  # exporters fail in many types; the CLI needs one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ExportError(f"{target.name}: {fmt} export failed ({type(exc).__name__}: {first}); nothing was "
+                              "written; run with --debug for the exporter's traceback") from exc
+        with torch.no_grad():
+            expected = [model(x).numpy() for x in checks]
+        extra = sorted(p.name for p in staging.iterdir() if p != staged)
+        if extra:
+            raise ExportError(f"{target.name}: the {fmt} exporter wrote side files ({', '.join(extra)}) but a "
+                              "single self-contained file is required; the model is too large for one file")
+        runner = load_runner(fmt, staged)
+        diff = _max_abs_diff(runner, checks, expected, target, fmt, atol)
+        # The outputs' scale, so that an absolute difference can be read (1e-6 of what?).
+        details["max_abs_output"] = float(max(np.abs(e).max() if e.size else 0.0 for e in expected))
+        nbytes = staged.stat().st_size
+        with atomic_path(target) as tmp:
+            os.replace(staged, tmp)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(format=fmt, path=target, bytes=nbytes, max_abs_diff=diff, input_size=size,
+                        batch=None if spec.dynamic_batch else batch, versions=versions(fmt),
+                        seconds=time.perf_counter() - started, point=point, details=details)
+
+
+def _max_abs_diff(runner: Callable[[torch.Tensor], np.ndarray], inputs: Sequence[torch.Tensor],
+                  expected: Sequence[np.ndarray], target: Path, fmt: str, atol: float) -> float:
+    """The largest absolute difference between the file's outputs and PyTorch's; ExportError above ``atol``."""
+    worst = 0.0
+    for x, want in zip(inputs, expected):
+        got = runner(x)
+        if got.shape != want.shape:
+            raise ExportError(f"{target.name}: the {fmt} file returns shape {tuple(got.shape)} for batch "
+                              f"{x.shape[0]}, PyTorch {tuple(want.shape)}; nothing was written")
+        diff = float(np.max(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
+        if not np.isfinite(diff) or diff > atol:
+            raise ExportError(f"{target.name}: the {fmt} file differs from PyTorch by up to {diff:.3g} at batch "
+                              f"{x.shape[0]} (allowed {atol:g}); nothing was written; report the model, or raise "
+                              "the tolerance (--atol) if the difference is acceptable")
+        worst = max(worst, diff)
+    return worst
+
+
+def export_points(rt: SlimmableRuntime, points: Sequence[FrontPoint], formats: Sequence[str],
+                  out_dir: str | os.PathLike[str], *, batch: int = 1, atol: float = DEFAULT_ATOL,
+                  opset: int | None = None,
+                  on_done: Callable[[ExportResult], None] | None = None) -> list[ExportResult]:
+    """Export every point of ``points`` in every format of ``formats`` to ``out_dir/<point><ext>``.
+
+    Each point is sliced once (``rt.standalone``, with its calibrated BN statistics); after each
+    file, ``out_dir/export.json`` is updated (merged with earlier runs' records, atomically), so an
+    interrupted run keeps the records of the files it finished. ``on_done`` is called per file.
+    """
+    for fmt in formats:
+        get_format(fmt)
+        require(fmt)
+    directory = Path(out_dir)
+    sha = rt.manifest["weights"]["sha256"]
+    results = []
+    for p in points:
+        model = rt.standalone(p)
+        for fmt in formats:
+            res = export_point(model, rt.input_size, fmt, directory / f"{p.id}{get_format(fmt).ext}", batch=batch,
+                               atol=atol, opset=opset, point=p.id)
+            merge_index(directory, [res.to_entry(sha)])
+            results.append(res)
+            if on_done is not None:
+                on_done(res)
+    return results
+
+
+__all__ = ["DEFAULT_ATOL", "ExportError", "ExportResult", "export_point", "export_points", "parity_inputs"]

@@ -1,0 +1,67 @@
+"""``export.json``: the record of the files in an export folder.
+
+A JSON list with one object per exported file: ``point``, ``format``, ``file`` (relative to the
+folder), ``bytes``, ``max_abs_diff``, ``versions``, ``input_size``, ``batch`` ("dynamic" or the
+static batch size), ``seconds``, ``created``, ``weights_sha256`` (the weight file the point was
+sliced from, so a later run can tell stale files), ``max_abs_output`` (the scale the difference is
+read against) and format details (``opset``, ``undelegated_ops``). A run merges its records into
+the existing list: a record for the same point and format replaces the old one. Written
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pareco_runtime.atomic import atomic_write_text
+
+from .formats import ExportError
+
+INDEX_NAME = "export.json"
+
+
+def read_index(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of ``directory/export.json`` ([] when there is none); ExportError if it is not one."""
+    path = Path(directory) / INDEX_NAME
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path}: not a valid export record ({exc}); move it away or delete it") from None
+    if not isinstance(data, list) or not all(isinstance(e, dict) and {"point", "format", "file"} <= set(e)
+                                             for e in data):
+        raise ExportError(f"{path}: not a pareco export record (expected a list of objects with point, format "
+                          "and file); move it away or delete it")
+    return data
+
+
+def merge_index(directory: str | os.PathLike[str], entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge ``entries`` into ``directory/export.json`` (same point and format: replaced); returns the list."""
+    new = {(e["point"], e["format"]): e for e in entries}
+    kept = [e for e in read_index(directory) if (e["point"], e["format"]) not in new]
+    merged = sorted(kept + list(new.values()), key=lambda e: (str(e["point"]), str(e["format"])))
+    atomic_write_text(Path(directory) / INDEX_NAME, json.dumps(merged, indent=2) + "\n")
+    return merged
+
+
+def find_export(directory: str | os.PathLike[str], point: str, fmt: str, weights_sha256: str,
+                batch: int) -> Path | None:
+    """The file of an earlier export of ``point`` as ``fmt`` usable at ``batch``, or None.
+
+    Usable: recorded in ``export.json`` for the same weight file, present on disk, and either
+    dynamic in batch or exported for exactly ``batch``.
+    """
+    for e in read_index(directory):
+        if e["point"] != point or e["format"] != fmt or e.get("weights_sha256") != weights_sha256:
+            continue
+        if e.get("batch") not in ("dynamic", batch):
+            continue
+        path = Path(directory) / e["file"]
+        if path.is_file() and path.parent == Path(directory):
+            return path
+    return None
