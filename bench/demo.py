@@ -45,8 +45,6 @@ def pareco(*args: str, capture: bool = False) -> str:
                        stdout=subprocess.PIPE if capture else None)
     if r.returncode != 0:
         sys.exit(f"demo stopped: 'pareco {args[0]}' exited with {r.returncode}")
-    if capture:
-        print(r.stdout, end="")
     return r.stdout or ""
 
 
@@ -73,13 +71,17 @@ def main() -> None:
     points = json.loads(manifest.read_text())["points"]
     mid = points[len(points) // 2]["mflops"]
     chosen = json.loads(pareco("select", str(manifest), "--budget", f"{mid:.2f}MFLOPs", "--json", capture=True))
+    p = chosen["point"]
+    print(f"chosen under {chosen['budget']}: {p['id']} ({p['mflops']:.2f} MFLOPs, top-1 {p['top1']:.2f}%)")
     pareco("select", str(manifest), "--budget", "battery=30%")
     pareco("export", str(manifest), "--point", chosen["point"]["id"], "--onnx", "--executorch", "--out",
            str(out / "export"))
     pareco("bench", str(manifest), "--backend", "torch", "--backend", "onnxruntime", "--backend", "executorch",
-           "--threads", "1", "--warmup", "30", "--runs", "200", "--profile", "demo-cpu-t1", "--update")
-    fastest = min(p["latency_ms"]["demo-cpu-t1"] for p in json.loads(manifest.read_text())["points"])
-    pareco("select", str(manifest), "--budget", f"{fastest * 1.5:.3f}ms@demo-cpu-t1")
+           "--threads", "1", "--warmup", "30", "--runs", "200", "--update")
+    data = json.loads(manifest.read_text())
+    phone = next(p["name"] for p in data["device_profiles"] if p["name"].endswith("-executorch-t1-b1"))
+    times = sorted(p["latency_ms"][phone] for p in data["points"] if phone in p["latency_ms"])
+    pareco("select", str(manifest), "--budget", f"{times[len(times) // 2]:.3f}ms@{phone}")
     pareco("show", str(manifest), "--plot", str(out / "front.png"))
 
 
