@@ -81,7 +81,8 @@ def bench_arch(arch: str, n_points: int, runs: int, threads: int) -> None:
         twin = rt.standalone(p)
         x = torch.randn(1, *size)
         with torch.inference_mode():
-            t = interleaved({"runtime": lambda: rt(x), "twin": lambda: twin(x)}, warmup=10, runs=runs)
+            t = interleaved({"runtime": lambda x=x: rt(x), "twin": lambda x=x, twin=twin: twin(x)}, warmup=10,
+                            runs=runs)
         print(f"[{arch}] forward batch 1, {threads} thread(s), {p.id} ({p.mflops:.1f} MFLOPs): runtime "
               f"{t['runtime'].median * 1e3:.3f} ms, standalone twin {t['twin'].median * 1e3:.3f} ms, ratio "
               f"{t['runtime'].median / t['twin'].median:.3f}")

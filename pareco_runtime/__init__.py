@@ -12,5 +12,16 @@ from .space import WidthSpace
 
 __version__ = "0.1.0"
 
-__all__ = ["ARCHITECTURES", "BatteryPolicy", "DeviceProfile", "FrontPoint", "SlimmableNet", "SlimmableRuntime",
-           "WidthSpace", "build_model", "parse_budget", "slice_model", "__version__"]
+__all__ = [
+           "ARCHITECTURES",
+           "BatteryPolicy",
+           "DeviceProfile",
+           "FrontPoint",
+           "SlimmableNet",
+           "SlimmableRuntime",
+           "WidthSpace",
+           "__version__",
+           "build_model",
+           "parse_budget",
+           "slice_model",
+]

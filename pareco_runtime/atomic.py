@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 # mkstemp creates 0600 files; written files get the permissions an ordinary open() would give.
 _UMASK = os.umask(0)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 
 @dataclass
@@ -23,8 +24,8 @@ class FrontPoint:
     channels: list[int]
     mflops: float
     params: int
-    top1: Optional[float] = None
-    loss: Optional[float] = None
+    top1: float | None = None
+    loss: float | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     energy_mj: dict[str, float] = field(default_factory=dict)
     latency_predicted_ms: dict[str, float] = field(default_factory=dict)
@@ -34,7 +35,7 @@ class FrontPoint:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FrontPoint":
+    def from_dict(cls, d: dict[str, Any]) -> FrontPoint:
         """Inverse of :meth:`to_dict` (unknown keys are rejected by the manifest schema, not here)."""
         return cls(
             id=str(d["id"]), alpha=[float(a) for a in d["alpha"]], channels=[int(c) for c in d["channels"]],
@@ -59,14 +60,14 @@ class DeviceProfile:
     host: str
     date: str
     versions: dict[str, str] = field(default_factory=dict)
-    energy_source: Optional[str] = None
+    energy_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DeviceProfile":
+    def from_dict(cls, d: dict[str, Any]) -> DeviceProfile:
         """Inverse of :meth:`to_dict`."""
         return cls(name=d["name"], runtime=d["runtime"], threads=int(d["threads"]), batch=int(d["batch"]),
                    host=d["host"], date=d["date"], versions=dict(d.get("versions") or {}),

@@ -8,11 +8,9 @@ is set, and forward passes use views of the full-width parameters.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class SlimContext:
@@ -24,11 +22,11 @@ class SlimContext:
     overrides the layer's running buffers in eval mode (a front point's calibrated statistics).
     """
 
-    __slots__ = ("ch", "bn_stats")
+    __slots__ = ("bn_stats", "ch")
 
     def __init__(self, ch: list[int]) -> None:
         self.ch = ch
-        self.bn_stats: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
+        self.bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class _Slim:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Union
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .budget import BatteryPolicy, Budget, as_budget, select
 from .fileformat import FormatError, load_manifest, load_weights, weights_path
@@ -17,7 +18,7 @@ from .models import build_model
 from .models.base import SlimmableNet
 from .slicing import slice_model
 
-BudgetLike = Union[str, Budget, Sequence[Union[str, Budget]]]
+BudgetLike = Union[str, Budget, Sequence[str | Budget]]
 
 
 class _ReadWriteLock:
@@ -70,7 +71,7 @@ class SlimmableRuntime:
     """
 
     def __init__(self, model: SlimmableNet, manifest: dict[str, Any], bn_stats: dict[str, list[tuple[torch.Tensor,
-                 torch.Tensor]]], manifest_path: Optional[Path] = None, policy: BatteryPolicy | None = None) -> None:
+                 torch.Tensor]]], manifest_path: Path | None = None, policy: BatteryPolicy | None = None) -> None:
         self.model = model.eval()
         self.manifest = manifest
         self.manifest_path = manifest_path
@@ -85,7 +86,7 @@ class SlimmableRuntime:
 
     @classmethod
     def load(cls, manifest_path: str | Path, device: str | torch.device = "cpu", policy: BatteryPolicy | None = None,
-             verify_hash: bool = True) -> "SlimmableRuntime":
+             verify_hash: bool = True) -> SlimmableRuntime:
         """Load a front manifest and its weight file.
 
         Validates the manifest (schema, format version, weight path inside its folder), checks the

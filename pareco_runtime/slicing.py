@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .models.base import SlimmableNet
 from .ops import _Slim
@@ -24,8 +24,8 @@ def _plain_copy(module: nn.Module) -> nn.Module:
     return new
 
 
-def slice_model(model: SlimmableNet, alpha: Optional[Sequence[float]] = None,
-                bn_stats: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None) -> nn.Module:
+def slice_model(model: SlimmableNet, alpha: Sequence[float] | None = None,
+                bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> nn.Module:
     """A standalone copy of ``model`` at config ``alpha`` (the active one when None).
 
     The result is an instance of the architecture's plain class built from ordinary

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -100,7 +101,7 @@ class WidthSpace:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "WidthSpace":
+    def from_dict(cls, d: dict[str, Any]) -> WidthSpace:
         """Inverse of :meth:`to_dict`."""
         return cls(
             names=tuple(d["names"]),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pareco_runtime import __version__
 from pareco_runtime.fileformat import FORMAT_VERSION, save_manifest, save_weights, sha256_file

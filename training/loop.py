@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     width_factor: int = 1
-    image_size: Optional[int] = None
+    image_size: int | None = None
     samples: int = 2
     width: float = 1.0
     candidates: int = 40

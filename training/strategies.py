@@ -9,7 +9,8 @@ own generator and goes into the checkpoint, so a resumed run draws the same conf
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from .output import print_json, print_table
@@ -22,11 +20,11 @@ def parse_alpha(text: str) -> list[float]:
 
 def flops(
     arch: str = typer.Option(..., "--arch", help="Architecture: resnet20/32/44/56, mobilenet_v2, mobilenet_v3_large."),
-    width: Optional[float] = typer.Option(None, "--width", help="Uniform width multiplier for every group."),
-    alpha: Optional[str] = typer.Option(None, "--alpha", help="Per-group widths, comma-separated."),
-    divisor: Optional[int] = typer.Option(None, "--divisor", help="Round channels to multiples of this."),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes of the head."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="Input resolution (default per arch)."),
+    width: float | None = typer.Option(None, "--width", help="Uniform width multiplier for every group."),
+    alpha: str | None = typer.Option(None, "--alpha", help="Per-group widths, comma-separated."),
+    divisor: int | None = typer.Option(None, "--divisor", help="Round channels to multiples of this."),
+    num_classes: int | None = typer.Option(None, "--num-classes", help="Classes of the head."),
+    input_size: int | None = typer.Option(None, "--input-size", help="Input resolution (default per arch)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """MACs (the field's FLOPs), parameters and per-group channels of one config."""

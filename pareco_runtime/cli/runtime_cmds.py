@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,14 +25,15 @@ def _point_row(p, profiles: list[str]) -> list:
 def select(
     manifest: Path = typer.Argument(..., help="A front manifest (NAME.front.json)."),
     budget: list[str] = typer.Option(..., "--budget", help="e.g. 100MFLOPs, 5ms@PROFILE, 2mJ, battery=30%; repeat to AND."),
-    fallback: Optional[str] = typer.Option(None, "--fallback", help="'cheapest': take the cheapest point if unmet."),
+    fallback: str | None = typer.Option(None, "--fallback", help="'cheapest': take the cheapest point if unmet."),
     allow_predicted: bool = typer.Option(False, "--allow-predicted", help="Use predicted latency where unmeasured."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print the most accurate front point that meets every budget."""
+    from ..budget import as_budget
+    from ..budget import select as choose
     from ..fileformat import load_manifest
     from ..front import DeviceProfile, FrontPoint
-    from ..budget import as_budget, select as choose
 
     data = load_manifest(manifest)
     points = [FrontPoint.from_dict(p) for p in data["points"]]
@@ -51,7 +51,7 @@ def select(
 
 def show(
     manifest: Path = typer.Argument(..., help="A front manifest (NAME.front.json)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: top-1 against MFLOPs and latency."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG: top-1 against MFLOPs and latency."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print the front as a table (and draw it)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,7 +24,7 @@ def train(
     warmup_epochs: float = typer.Option(0.0, "--warmup-epochs"),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
     width_factor: int = typer.Option(1, "--width-factor", help="k of k x ResNet (ResNet only)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input resolution (default: the data's)."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Input resolution (default: the data's)."),
     samples_per_iter: int = typer.Option(2, "--samples-per-iter", help="M: sampled configs per iteration."),
     width: float = typer.Option(1.0, "--width", help="Uniform width trained by --algorithm independent."),
     candidates: int = typer.Option(40, "--candidates", help="Slim: uniform widths evaluated for the front."),
@@ -38,8 +37,8 @@ def train(
     probe_batch: int = typer.Option(128, "--probe-batch", help="PareCO: images used to re-measure H's losses."),
     distill_warmup: float = typer.Option(0.3, "--distill-warmup", help="Fraction of the run over which in-place "
                                          "distillation ramps in (0: from the first step)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/pareco)."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/pareco)."),
     log_every: int = typer.Option(20, "--log-every", help="Steps between JSON log lines."),
 ) -> None:
     """Train one slimmable model; writes OUT/model.safetensors and OUT/model.front.json."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import SlimmableNet
 from .mobilenet import MobileNetV2, MobileNetV3Large
@@ -39,4 +40,4 @@ def build_model(name: str, **kwargs: Any) -> SlimmableNet:
         raise ValueError(f"bad arguments for architecture '{name}': {exc}") from None
 
 
-__all__ = ["ARCHITECTURES", "build_model", "SlimmableNet", "ResNetCifar", "MobileNetV2", "MobileNetV3Large"]
+__all__ = ["ARCHITECTURES", "MobileNetV2", "MobileNetV3Large", "ResNetCifar", "SlimmableNet", "build_model"]

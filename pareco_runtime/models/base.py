@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..ops import SlimBatchNorm2d, SlimContext, SlimConv2d, SlimLinear, _Slim
 from ..space import WidthSpace

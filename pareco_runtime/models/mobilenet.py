@@ -15,8 +15,8 @@ Width spaces (PareCO, Appendix A):
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..space import make_divisible
 from .base import LayerBuilder, SlimmableNet, Slot

@@ -13,8 +13,8 @@ channels and drops the rest, the same "first k channels" rule every slimmable la
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..ops import _Slim
 from .base import LayerBuilder, SlimmableNet, Slot
