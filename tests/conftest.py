@@ -17,6 +17,27 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
                           capture_output=True, text=True, timeout=timeout)
 
 
+def kill_mid_epoch(args: list[str], out: Path, epoch: int = 2, timeout: float = 240) -> None:
+    """Start ``pareco ARGS`` and SIGKILL it as soon as it logs a step of ``epoch`` (needs ``--log-every 1``)."""
+    import json
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pareco_runtime.cli.main", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "train.log.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        lines = log.read_text().splitlines() if log.exists() else []
+        if any(json.loads(x).get("epoch") == epoch and "step" in json.loads(x) for x in lines if x.strip()):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed mid-epoch"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture
 def cli():
     return run_cli

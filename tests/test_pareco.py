@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import io
-import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -22,7 +16,7 @@ from training.data import load_data
 from training.loop import TrainConfig, TrainingError, train
 from training.pareco import PareCO, TwoStage, bo_schedule, make_bo_strategy, measure_losses
 
-from .conftest import ROOT, run_cli
+from .conftest import kill_mid_epoch, run_cli
 from .test_training import FAST, _train_args
 
 
@@ -257,18 +251,7 @@ def test_pareco_resume_after_kill_is_bit_identical(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     r = run_cli(*_train_args(ref, 2, "pareco", extra))
     assert r.returncode == 0, r.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "pareco_runtime.cli.main", *_train_args(killed, 2, "pareco", extra)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = killed / "train.log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        lines = log.read_text().splitlines() if log.exists() else []
-        if any(json.loads(x).get("epoch") == 2 and "step" in json.loads(x) for x in lines if x.strip()):
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be killed mid-epoch"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_mid_epoch(_train_args(killed, 2, "pareco", extra), killed, timeout=120)
     assert not (killed / "model.safetensors").exists()
     r = run_cli(*_train_args(killed, 2, "pareco", (*extra, "--resume")))
     assert r.returncode == 0, r.stderr

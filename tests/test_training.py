@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from training.calibrate import calibrate_bn, evaluate
 from training.loop import TrainConfig, TrainingError, lr_at, train
 from training.strategies import Slim, widths_spread_over_macs
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, kill_mid_epoch, run_cli
 
 SYN = "synthetic:256:4"
 SYN_SMALL = "synthetic:128:4"
@@ -106,18 +104,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     r = run_cli(*_train_args(ref, 2))
     assert r.returncode == 0, r.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "pareco_runtime.cli.main", *_train_args(killed, 2)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = killed / "train.log.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and any(json.loads(x).get("epoch") == 2 and "step" in json.loads(x)
-                                for x in log.read_text().splitlines() if x.strip()):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed mid-epoch"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_mid_epoch(_train_args(killed, 2), killed)
     assert not (killed / "model.safetensors").exists()
     r = run_cli(*_train_args(killed, 2, extra=("--resume",)))
     assert r.returncode == 0, r.stderr
