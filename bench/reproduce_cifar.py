@@ -1,0 +1,175 @@
+"""Reproduce the paper's comparison at CPU scale: Independent, Slim, TwoStage and PareCO on CIFAR-10.
+
+    python -m bench.reproduce_cifar --data ../shared/datasets/cifar10-jpg.tar.gz --epochs 8 --out runs/reproduce
+
+Trains ResNet20 with every method at equal epochs and the same schedule (Independent: four
+separate runs at uniform widths 1.0, 0.75, 0.5, 0.316), one after another, each in ``OUT/<run>``.
+It is resumable: a finished run is reused and an interrupted one continues from its checkpoint, so
+the command can be run again after a stop (``nohup ... &`` for the long version). Then it reports,
+from the manifests: top-1 at matched MACs (linear interpolation along each front), the
+hypervolume of each front (top-1 above chance × MACs below 1.1 × full, reference point = chance
+accuracy at 1.1 × full MACs; BoTorch's ``Hypervolume``), each method's training wall time as a ratio to Slim's, a
+plot of top-1 against MACs, and ``OUT/RESULTS.md``. ``--report-only`` skips training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+INDEPENDENT_WIDTHS = (1.0, 0.75, 0.5, 0.316)
+METHODS = ("independent", "slim", "twostage", "pareco")
+
+
+def run_names(methods: list[str]) -> list[tuple[str, str, float]]:
+    """(run folder, algorithm, width) for every training run the comparison needs."""
+    runs = []
+    for m in methods:
+        if m == "independent":
+            runs += [(f"independent-{w:g}", m, w) for w in INDEPENDENT_WIDTHS]
+        else:
+            runs.append((m, m, 1.0))
+    return runs
+
+
+def train_all(args: argparse.Namespace, out: Path) -> None:
+    """Train (or resume, or reuse) every run of the comparison."""
+    from training.loop import RUN_NAME, TrainConfig, train
+
+    base = TrainConfig(arch=args.arch, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       width_factor=args.width_factor, candidates=args.candidates, calib_batches=args.calib_batches,
+                       history_size=args.history_size, probe_batch=args.probe_batch, seed=args.seed)
+    for name, algorithm, width in run_names(args.methods):
+        folder = out / name
+        if (folder / "model.front.json").exists():
+            print(f"{name}: finished, reused")
+            continue
+        cfg = replace(base, algorithm=algorithm, width=width)
+        print(f"{name}: training ({'resuming' if (folder / RUN_NAME).exists() else 'new'})", flush=True)
+        train(cfg, folder, resume=(folder / RUN_NAME).exists(), cache_dir=args.cache_dir)
+
+
+def load_fronts(out: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Per method: its (MFLOPs, top-1) points, full-width MFLOPs and training wall time."""
+    fronts: dict[str, dict[str, Any]] = {}
+    for name, algorithm, _ in run_names(methods):
+        path = out / name / "model.front.json"
+        if not path.exists():
+            continue
+        m = json.loads(path.read_text())
+        entry = fronts.setdefault(algorithm, {"points": [], "wall_s": 0.0, "epochs": m["training"]["epochs"]})
+        entry["points"] += [(p["mflops"], p["top1"]) for p in m["points"]]
+        entry["wall_s"] += m["training"]["wall_time_s"]
+    return fronts
+
+
+def upper_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Non-dominated (MFLOPs down, top-1 up) points, cheapest first."""
+    best, front = -1.0, []
+    for mflops, top1 in sorted(points, key=lambda p: (p[0], -p[1])):
+        if top1 > best:
+            front.append((mflops, top1))
+            best = top1
+    return front
+
+
+def top1_at(front: list[tuple[float, float]], mflops: float) -> float | None:
+    """Top-1 of the front at ``mflops``: linear interpolation inside its MAC range, its best point above
+    it (that point meets the budget), None below its cheapest point."""
+    if not front or mflops < front[0][0] * (1 - 1e-6):
+        return None
+    if mflops >= front[-1][0]:
+        return front[-1][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(front):
+        if x0 <= mflops <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (mflops - x0) / (x1 - x0)
+    return front[-1][1]
+
+
+def hypervolume(front: list[tuple[float, float]], full_mflops: float, chance: float) -> float:
+    """Area dominated by the front in (top-1 above chance, MACs below 1.1 × full) space, MACs in units of full.
+
+    The reference point sits 10 % beyond the full model's MACs so that the full-width point counts.
+    """
+    import torch
+    from botorch.utils.multi_objective.hypervolume import Hypervolume
+
+    y = torch.tensor([[t - chance, 1.1 - m / full_mflops] for m, t in front], dtype=torch.float64)
+    return float(Hypervolume(ref_point=torch.zeros(2, dtype=torch.float64)).compute(y.clamp(min=0.0)))
+
+
+def report(out: Path, methods: list[str], targets: list[float], full_mflops: float, chance: float, plot: Path,
+           command: str) -> str:
+    """Tables (markdown) of the comparison at the MFLOPs ``targets``; also draws ``plot``."""
+    from bench.plots import plot_fronts
+
+    fronts = load_fronts(out, methods)
+    if not fronts:
+        raise SystemExit(f"no finished runs in {out}; train first")
+    upper = {k: upper_front(v["points"]) for k, v in fronts.items()}
+    lines = [f"Command: `{command}`", "",
+             "| method | " + " | ".join(f"top-1 @ {t:.1f} MFLOPs" for t in targets) + " | hypervolume | wall time vs Slim |",
+             "|---" * (len(targets) + 3) + "|"]
+    slim_wall = fronts.get("slim", {}).get("wall_s")
+    for k in (m for m in METHODS if m in fronts):
+        cells = []
+        for t in targets:
+            v = top1_at(upper[k], t)
+            cells.append("–" if v is None else f"{v:.2f}")
+        ratio = f"{fronts[k]['wall_s'] / slim_wall:.2f}×" if slim_wall else "–"
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {hypervolume(upper[k], full_mflops, chance):.2f} | {ratio} |")
+    plot_fronts({k: v["points"] for k, v in fronts.items()}, plot,
+                f"ResNet20, CIFAR-10, {next(iter(fronts.values()))['epochs']} epochs")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", default="runs/reproduce")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--arch", default="resnet20")
+    ap.add_argument("--width-factor", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--candidates", type=int, default=12)
+    ap.add_argument("--calib-batches", type=int, default=4)
+    ap.add_argument("--history-size", type=int, default=100)
+    ap.add_argument("--probe-batch", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    ap.add_argument("--plot", default=None, help="PNG path (default OUT/front.png)")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
+    out = Path(args.out)
+    if not args.report_only:
+        train_all(args, out)
+    from pareco_runtime import build_model
+    from pareco_runtime.atomic import atomic_write_text
+
+    any_manifest = next(out.glob("*/model.front.json"))
+    meta = json.loads(any_manifest.read_text())
+    model = build_model(meta["architecture"]["arch"], **meta["architecture"]["kwargs"])
+    full = model.macs() / 1e6
+    # Matched MACs: those of the Independent models (uniform widths), the paper's comparison points.
+    targets = [model.macs(model.space.uniform(w)) / 1e6 for w in sorted(INDEPENDENT_WIDTHS)]
+    chance = 100.0 / len(meta["dataset"]["class_names"])
+    command = "python -m bench.reproduce_cifar " + " ".join(
+        f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()
+        if v not in (None, False) and k not in ("report_only",))
+    table = report(out, args.methods, targets, full, chance, Path(args.plot or out / "front.png"), command)
+    atomic_write_text(out / "RESULTS.md", table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The comparison report's arithmetic: fronts, matched-MAC interpolation, hypervolume."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.reproduce_cifar import hypervolume, run_names, top1_at, upper_front
+
+
+def test_upper_front_keeps_non_dominated_points():
+    pts = [(10, 50.0), (5, 40.0), (20, 49.0), (30, 60.0), (5, 30.0)]
+    assert upper_front(pts) == [(5, 40.0), (10, 50.0), (30, 60.0)]
+
+
+def test_top1_at_interpolates_and_extends_upwards():
+    front = [(10.0, 50.0), (30.0, 60.0)]
+    assert top1_at(front, 20.0) == pytest.approx(55.0)
+    assert top1_at(front, 40.0) == 60.0
+    assert top1_at(front, 5.0) is None
+
+
+def test_hypervolume_is_area_above_chance_and_below_reference():
+    # One point at half the MACs with 60 % top-1, chance 10 %: (60 - 10) x (1.1 - 0.5).
+    assert hypervolume([(50.0, 60.0)], 100.0, 10.0) == pytest.approx(50 * 0.6)
+    bigger = hypervolume([(50.0, 60.0), (100.0, 70.0)], 100.0, 10.0)
+    assert bigger > 50 * 0.6
+
+
+def test_independent_is_four_runs():
+    names = [n for n, _, _ in run_names(["independent", "slim"])]
+    assert names == ["independent-1", "independent-0.75", "independent-0.5", "independent-0.316", "slim"]
