@@ -155,3 +155,16 @@ def test_cli_select_and_show(tiny_front, tmp_path):
     r = run_cli("show", str(tiny_front), "--plot", str(png))
     assert r.returncode == 0, r.stderr
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runtime_import_stays_light():
+    """A device imports pareco_runtime with torch and safetensors only."""
+    import subprocess
+    import sys
+
+    heavy = "botorch gpytorch onnx onnxruntime matplotlib typer rich training export bench jsonschema executorch"
+    code = (f"import sys, pareco_runtime; heavy = set({heavy.split()!r}); "
+            "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
