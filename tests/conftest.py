@@ -7,6 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# CI machines are shared and slow at times: a property test is judged on its examples, not on
+# how long one example took.
+settings.register_profile("pareco", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("pareco")
 
 ROOT = Path(__file__).resolve().parent.parent
 
