@@ -337,10 +337,11 @@ def _finish(cfg: TrainConfig, out: Path, model: SlimmableNet, strategy: Strategy
     configs = strategy.candidates(model)
     cands = evaluate_candidates(model, configs, data, cfg.calib_batches, cfg.calib_batch_size, cfg.seed)
     front = pareto_candidates(cands)
+    strategy_record = strategy.record()
     record = {
         "algorithm": cfg.algorithm, "epochs": cfg.epochs, "seed": cfg.seed, "wall_time_s": round(wall, 3),
-        "history_size": strategy.record().get("history_size"),
-        "extra": {**strategy.record(), "config": dataclasses.asdict(cfg), "world_size": world_size,
+        "history_size": strategy_record.get("history_size"),
+        "extra": {**strategy_record, "config": dataclasses.asdict(cfg), "world_size": world_size,
                   "candidates_evaluated": len(cands), "finalize_time_s": round(time.perf_counter() - t0, 3)},
     }
     _, manifest = write_outputs(out, model, front, data.info, record)
