@@ -164,6 +164,56 @@ def test_pareco_strategy_grows_history_and_leaves_model_untouched(tiny):
     assert all(math.isfinite(v) for v in s.losses[:7]) and all(math.isnan(v) for v in s.losses[7:])
 
 
+def _pareco_with_history(model, losses: list[float], remeasure: int) -> PareCO:
+    """A set-up PareCO whose H is len(losses) random configs with the given (stale) losses."""
+    s = PareCO(3, samples=2, history_size=50, probe_batch=16, remeasure=remeasure)
+    s.setup(model, 100)
+    s._set_history(model.space.sample(torch.Generator().manual_seed(0), len(losses)), list(losses))
+    return s
+
+
+def test_remeasure_subset_holds_new_configs_the_front_and_a_seeded_draw(resnet):
+    g = torch.Generator().manual_seed(1)
+    losses = (2.0 + torch.rand(40, generator=g, dtype=torch.float64)).tolist()
+    losses[5] = losses[17] = math.nan
+    s = _pareco_with_history(resnet, losses, remeasure=12)
+    idx = s.remeasure_indices(step=8)
+    known = [i for i in range(40) if not math.isnan(losses[i])]
+    front = mobo.pareto_mask(torch.tensor([s.costs[i] for i in known]), torch.tensor([losses[i] for i in known]))
+    must = {5, 17} | {known[i] for i in front.nonzero().squeeze(-1).tolist()}
+    assert must <= set(idx) and len(idx) == max(12, len(must)) and idx == sorted(set(idx))
+    assert s.remeasure_indices(step=8) == idx, "the draw depends only on (seed, step)"
+    assert any(s.remeasure_indices(step=t) != idx for t in range(9, 14))
+    assert _pareco_with_history(resnet, losses, remeasure=0).remeasure_indices(8) == list(range(40))
+    assert _pareco_with_history(resnet, losses, remeasure=40).remeasure_indices(8) == list(range(40))
+
+
+def test_stale_losses_move_by_the_mean_change_of_the_remeasured(resnet):
+    s = _pareco_with_history(resnet, [2.0, 3.0, 4.0, math.nan, 5.0], remeasure=3)
+    s._update_losses([0, 1, 3], torch.tensor([1.5, 2.7, 9.0]))
+    # mean change over configs that had a loss: (-0.5 - 0.3) / 2 = -0.4
+    assert s.losses == pytest.approx([1.5, 2.7, 3.6, 9.0, 4.6])
+    s._update_losses([0, 1, 2, 3, 4], torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0]))
+    assert s.losses == [1.0] * 5
+
+
+def test_pareco_bo_step_remeasures_only_the_subset(tiny):
+    _, x, y = tiny
+    m = build_model("resnet20", num_classes=4, input_size=16)
+    s = PareCO(0, samples=2, history_size=8, probe_batch=16, remeasure=6)
+    s.setup(m, 8)
+    for step in range(4):
+        s.step_configs(step, m, x, y)
+    assert len(s.history) == 9 and s.remeasure_indices(4) != list(range(9))
+    before = list(s.losses)
+    idx = s.remeasure_indices(4)
+    s.step_configs(4, m, x, y)
+    fresh = measure_losses(m, [s.history[i] for i in idx], x[:16], y[:16]).double().tolist()
+    assert [s.losses[i] for i in idx] == pytest.approx(fresh)
+    shifts = {round(s.losses[i] - before[i], 9) for i in range(9) if i not in idx}
+    assert len(shifts) == 1, "every stale loss moves by one common shift"
+
+
 def test_measure_losses_matches_a_batch_statistics_forward(tiny):
     _, x, y = tiny
     m = build_model("resnet20", num_classes=4, input_size=16)
@@ -221,6 +271,7 @@ def test_twostage_trains_random_per_layer_widths_and_searches_after(tiny):
     ("epsilon", 0.0, "--epsilon"),
     ("samples", 0, "--samples-per-iter"),
     ("probe_batch", 0, "--probe-batch"),
+    ("remeasure", -1, "--remeasure"),
 ])
 def test_bad_bo_settings_name_the_flag(field, value, flag):
     with pytest.raises(TrainingError, match=flag):
@@ -247,7 +298,7 @@ def test_end_to_end_run_records_the_search(tmp_path, algorithm):
 def test_pareco_resume_after_kill_is_bit_identical(tmp_path):
     # 3 steps per epoch, BO every 2 steps (at 0, 2, 4): the kill lands in epoch 2 before or during the
     # BO step 4, which the resumed run must redo from the checkpointed H, losses and generator.
-    extra = ("--history-size", "6", "--probe-batch", "16")
+    extra = ("--history-size", "6", "--probe-batch", "16", "--remeasure", "4")
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     r = run_cli(*_train_args(ref, 2, "pareco", extra))
     assert r.returncode == 0, r.stderr

@@ -65,6 +65,7 @@ class TrainConfig:
     lambda_sampling: str = "pas"
     cost_model: str = "exact"
     probe_batch: int = 128
+    remeasure: int = 64
     distill_warmup: float = 0.3
 
     def validate(self) -> None:

@@ -1,10 +1,17 @@
 """PareCO and TwoStage: slimmable training with multi-objective BO over per-layer widths.
 
 PareCO (Chin et al., Algorithms 1 and 2) keeps a history H of configs. Every ``n`` steps it
-re-measures the loss of every config in H on a probe of the current batch, fits the GPs, samples
+re-measures the loss of configs in H on a probe of the current batch, fits the GPs, samples
 ``M`` new configs with Pareto-aware sampling (or uniform λ), adds them to H and trains
 {largest, the M new configs, smallest} with in-place distillation for the next ``n`` steps.
 ``n = max(1, total_steps · M // history_size)``, so H grows to about ``history_size`` configs.
+
+The paper re-measures all of H at every BO step; on a CPU those |H| forwards are most of PareCO's
+cost. With ``remeasure = K > 0`` a BO step re-measures at most about K configs: the ones never
+measured, H's current approximate front, and a random draw of the rest; every stale loss is moved
+by the mean change measured on the re-measured configs that had a value (the loss falls as
+training goes on, and an unshifted stale loss would look worse than a fresh one). ``remeasure = 0``
+is the paper's rule.
 
 TwoStage trains with the sandwich rule over independent random per-dimension widths, then runs the
 same MOBO search over the trained weights, with as many evaluated configs as PareCO's H would reach.
@@ -87,7 +94,8 @@ class _BOStrategy(Strategy):
 
     def __init__(self, seed: int, samples: int = 2, history_size: int = 1000, epsilon: float = 0.02,
                  lambda_sampling: str = "pas", cost_model: str = "exact", probe_batch: int = 128,
-                 num_candidates: int = 40, settings: mobo.SearchSettings | None = None) -> None:
+                 remeasure: int = 64, num_candidates: int = 40,
+                 settings: mobo.SearchSettings | None = None) -> None:
         super().__init__(seed)
         self.seed = seed
         self.samples = samples
@@ -96,6 +104,7 @@ class _BOStrategy(Strategy):
         self.lambda_sampling = lambda_sampling
         self.cost_model = cost_model
         self.probe_batch = probe_batch
+        self.remeasure = remeasure
         self.num_candidates = num_candidates
         self.settings = settings or mobo.SearchSettings()
         self.data: Any = None
@@ -173,6 +182,7 @@ class _BOStrategy(Strategy):
             "lambda_sampling": self.lambda_sampling,
             "cost_model": self.cost_model,
             "probe_batch": self.probe_batch,
+            "remeasure": self.remeasure,
             "bisection_steps_mean": round(sum(steps) / len(steps), 3) if steps else None,
             "lambda_mean": round(sum(self.lambdas) / len(self.lambdas), 4) if self.lambdas else None,
             "candidates": self.num_candidates,
@@ -182,8 +192,9 @@ class _BOStrategy(Strategy):
 class PareCO(_BOStrategy):
     """PareCO: BO-sampled per-layer widths trained with the sandwich rule and in-place distillation.
 
-    Every ``interval`` steps (from :func:`bo_schedule`) :meth:`step_configs` re-measures H on the first
-    ``probe_batch`` images of the current batch (model left bit-identical), proposes ``samples`` configs
+    Every ``interval`` steps (from :func:`bo_schedule`) :meth:`step_configs` re-measures H (all of it, or
+    the subset of :meth:`remeasure_indices`) on the first ``probe_batch`` images of the current batch
+    (model left bit-identical), proposes ``samples`` configs
     and returns ``[largest, *those configs, smallest]`` until the next BO step. Under torchrun the
     losses are averaged over ranks, BO runs on rank 0 and its configs are broadcast. H, its losses,
     the λ and bisection statistics and the generator are in :meth:`state_dict`, so a resumed run
@@ -208,18 +219,55 @@ class PareCO(_BOStrategy):
 
     def step_configs(self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> list[list[float]]:
         if step % self.interval == 0 or not self.current:
-            self._bo_step(model, x, y)
+            self._bo_step(step, model, x, y)
         s = model.space
         return [s.uniform(s.high), *self.current, s.uniform(s.low)]
 
-    def _bo_step(self, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> None:
+    def remeasure_indices(self, step: int) -> list[int]:
+        """Indices of H to re-measure at the BO step of ``step``: all of H when ``remeasure`` is 0 or
+        |H| ≤ ``remeasure``; otherwise every unmeasured config, H's approximate front (stale losses,
+        exact costs) and, to fill up to ``remeasure``, others drawn at random. The draw is seeded by
+        (seed, step), so every rank and a resumed run pick the same subset."""
+        n = len(self.history)
+        if self.remeasure == 0 or n <= self.remeasure:
+            return list(range(n))
+        losses = torch.tensor(self.losses, dtype=torch.float64)
+        known = ~losses.isnan()
+        chosen = torch.zeros(n, dtype=torch.bool)
+        chosen[~known] = True
+        if known.any():
+            idx = known.nonzero().squeeze(-1)
+            front = mobo.pareto_mask(torch.tensor(self.costs, dtype=torch.float64)[idx], losses[idx])
+            chosen[idx[front]] = True
+        rest = (~chosen).nonzero().squeeze(-1)
+        fill = max(0, self.remeasure - int(chosen.sum()))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        chosen[rest[torch.randperm(len(rest), generator=g)[:fill]]] = True
+        return chosen.nonzero().squeeze(-1).tolist()
+
+    def _update_losses(self, indices: list[int], measured: torch.Tensor) -> None:
+        """Store fresh losses at ``indices`` and shift every stale one by the mean change seen on the
+        re-measured configs that already had a loss."""
+        losses = torch.tensor(self.losses, dtype=torch.float64)
+        sel = torch.tensor(indices, dtype=torch.long)
+        fresh = measured.double().cpu()
+        prior = losses[sel]
+        had = ~prior.isnan()
+        if len(indices) < len(losses) and had.any():
+            losses += (fresh[had] - prior[had]).mean()
+        losses[sel] = fresh
+        self.losses = losses.tolist()
+
+    def _bo_step(self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> None:
         t0 = time.perf_counter()
-        losses = measure_losses(model, self.history, x[: self.probe_batch], y[: self.probe_batch])
+        indices = self.remeasure_indices(step)
+        losses = measure_losses(model, [self.history[i] for i in indices], x[: self.probe_batch],
+                                y[: self.probe_batch])
         rank, world = _world()
         if world > 1:
             dist.all_reduce(losses, op=dist.ReduceOp.SUM)
             losses /= world
-        self.losses = losses.double().cpu().tolist()
+        self._update_losses(indices, losses)
         t1 = time.perf_counter()
         self.split["measure_s"] += t1 - t0
         payload: list[dict[str, Any]] | None = None
@@ -328,10 +376,12 @@ def make_bo_strategy(cfg: TrainConfig) -> Strategy:
         raise TrainingError(f"--samples-per-iter must be at least 1 for {cfg.algorithm}, got {cfg.samples}")
     if cfg.probe_batch < 1:
         raise TrainingError(f"--probe-batch must be at least 1, got {cfg.probe_batch}")
+    if cfg.remeasure < 0:
+        raise TrainingError(f"--remeasure must be 0 (all of H) or a positive count, got {cfg.remeasure}")
     classes = {"pareco": PareCO, "twostage": TwoStage}
     if cfg.algorithm not in classes:
         raise TrainingError(f"'{cfg.algorithm}' is not a BO algorithm; choose pareco or twostage")
     return classes[cfg.algorithm](cfg.seed, samples=cfg.samples, history_size=cfg.history_size,
                                   epsilon=cfg.epsilon, lambda_sampling=cfg.lambda_sampling,
-                                  cost_model=cfg.cost_model, probe_batch=cfg.probe_batch,
+                                  cost_model=cfg.cost_model, probe_batch=cfg.probe_batch, remeasure=cfg.remeasure,
                                   num_candidates=cfg.candidates)

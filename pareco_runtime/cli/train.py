@@ -35,6 +35,8 @@ def train(
     lambda_sampling: str = typer.Option("pas", "--lambda-sampling", help="PareCO: pas | uniform."),
     cost_model: str = typer.Option("exact", "--cost-model", help="PareCO: exact | gp."),
     probe_batch: int = typer.Option(128, "--probe-batch", help="PareCO: images used to re-measure H's losses."),
+    remeasure: int = typer.Option(64, "--remeasure", help="PareCO: configs of H re-measured per BO step (new ones, "
+                                  "the front, random others); 0 re-measures all of H (the paper)."),
     distill_warmup: float = typer.Option(0.3, "--distill-warmup", help="Fraction of the run over which in-place "
                                          "distillation ramps in (0: from the first step)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
@@ -51,5 +53,5 @@ def train(
                       samples=samples_per_iter, width=width, candidates=candidates, calib_batches=calib_batches,
                       calib_batch_size=calib_batch_size, history_size=history_size, epsilon=epsilon,
                       lambda_sampling=lambda_sampling, cost_model=cost_model, probe_batch=probe_batch,
-                      distill_warmup=distill_warmup)
+                      remeasure=remeasure, distill_warmup=distill_warmup)
     run(cfg, out, resume=resume, force=force, device=device, cache_dir=cache_dir, log_every=log_every)
