@@ -64,7 +64,24 @@ def load_fronts(out: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
         entry = fronts.setdefault(algorithm, {"points": [], "wall_s": 0.0, "epochs": m["training"]["epochs"]})
         entry["points"] += [(p["mflops"], p["top1"]) for p in m["points"]]
         entry["wall_s"] += m["training"]["wall_time_s"]
+        entry["extra"] = m["training"].get("extra", {})
     return fronts
+
+
+def search_rows(fronts: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows describing the BO of PareCO and TwoStage: |H|, re-measurement, bisection, BO time."""
+    rows = []
+    for k in ("twostage", "pareco"):
+        if k not in fronts:
+            continue
+        e = fronts[k]["extra"]
+        bo = (f"{e['bo_time_share']:.1%} of training (re-measure {e['bo_measure_s']:.0f} s, GP fit {e['bo_fit_s']:.0f} s, "
+              f"acquisition {e['bo_acquisition_s']:.0f} s)" if k == "pareco" else
+              f"search after training {e['search_time_s']:.0f} s")
+        rows.append(f"| {k} | {e['history_size']} | {e.get('remeasure', 'all') if k == 'pareco' else 'once each'} | "
+                    f"{e['bisection_steps_mean']} | {bo} |")
+    return (["", "| method | \|H\| | re-measured per BO step | mean bisection steps | BO time |", "|---|---|---|---|---|",
+             *rows] if rows else [])
 
 
 def upper_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -122,6 +139,7 @@ def report(out: Path, methods: list[str], targets: list[float], full_mflops: flo
             cells.append("–" if v is None else f"{v:.2f}")
         ratio = f"{fronts[k]['wall_s'] / slim_wall:.2f}×" if slim_wall else "–"
         lines.append(f"| {k} | " + " | ".join(cells) + f" | {hypervolume(upper[k], full_mflops, chance):.2f} | {ratio} |")
+    lines += search_rows(fronts)
     plot_fronts({k: v["points"] for k, v in fronts.items()}, plot,
                 f"ResNet20, CIFAR-10, {next(iter(fronts.values()))['epochs']} epochs")
     return "\n".join(lines)

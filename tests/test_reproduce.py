@@ -29,3 +29,19 @@ def test_hypervolume_is_area_above_chance_and_below_reference():
 def test_independent_is_four_runs():
     names = [n for n, _, _ in run_names(["independent", "slim"])]
     assert names == ["independent-1", "independent-0.75", "independent-0.5", "independent-0.316", "slim"]
+
+
+def test_search_rows_describe_each_bo_method():
+    from bench.reproduce_cifar import search_rows
+
+    fronts = {
+        "slim": {"extra": {}},
+        "pareco": {"extra": {"history_size": 105, "remeasure": 64, "bisection_steps_mean": 4.5, "bo_time_share": 0.125,
+                             "bo_measure_s": 100.0, "bo_fit_s": 20.0, "bo_acquisition_s": 30.0}},
+        "twostage": {"extra": {"history_size": 105, "bisection_steps_mean": 3.0, "search_time_s": 42.0}},
+    }
+    rows = search_rows(fronts)
+    assert rows[-2] == "| twostage | 105 | once each | 3.0 | search after training 42 s |"
+    assert rows[-1] == ("| pareco | 105 | 64 | 4.5 | 12.5% of training (re-measure 100 s, GP fit 20 s, "
+                        "acquisition 30 s) |")
+    assert search_rows({"slim": fronts["slim"]}) == []
