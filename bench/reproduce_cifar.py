@@ -8,7 +8,8 @@ It is resumable: a finished run is reused and an interrupted one continues from 
 the command can be run again after a stop (``nohup ... &`` for the long version). Then it reports,
 from the manifests: top-1 at matched MACs (linear interpolation along each front), the
 hypervolume of each front (top-1 above chance × MACs below 1.1 × full, reference point = chance
-accuracy at 1.1 × full MACs; BoTorch's ``Hypervolume``), each method's training wall time as a ratio to Slim's, a
+accuracy at 1.1 × full MACs; BoTorch's ``Hypervolume``), each method's training wall time and median
+epoch time (robust to an epoch slowed by another job on a shared machine) as ratios to Slim's, a
 plot of top-1 against MACs, and ``OUT/RESULTS.md``. ``--report-only`` skips training.
 """
 
@@ -54,16 +55,19 @@ def train_all(args: argparse.Namespace, out: Path) -> None:
 
 
 def load_fronts(out: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
-    """Per method: its (MFLOPs, top-1) points, full-width MFLOPs and training wall time."""
+    """Per method: its (MFLOPs, top-1) points, training wall time and median epoch time (both summed over
+    Independent's runs), BO record and epochs."""
     fronts: dict[str, dict[str, Any]] = {}
     for name, algorithm, _ in run_names(methods):
         path = out / name / "model.front.json"
         if not path.exists():
             continue
         m = json.loads(path.read_text())
-        entry = fronts.setdefault(algorithm, {"points": [], "wall_s": 0.0, "epochs": m["training"]["epochs"]})
+        entry = fronts.setdefault(algorithm, {"points": [], "wall_s": 0.0, "epoch_s": 0.0,
+                                              "epochs": m["training"]["epochs"]})
         entry["points"] += [(p["mflops"], p["top1"]) for p in m["points"]]
         entry["wall_s"] += m["training"]["wall_time_s"]
+        entry["epoch_s"] += median_epoch_seconds(out / name / "train.log.jsonl")
         entry["extra"] = m["training"].get("extra", {})
     return fronts
 
@@ -82,6 +86,15 @@ def search_rows(fronts: dict[str, dict[str, Any]]) -> list[str]:
                     f"{e['bisection_steps_mean']} | {bo} |")
     return (["", "| method | \|H\| | re-measured per BO step | mean bisection steps | BO time |", "|---|---|---|---|---|",
              *rows] if rows else [])
+
+
+def median_epoch_seconds(log: Path) -> float:
+    """Median of the ``epoch_time_s`` records of a run's JSON-lines log (0 when it has none)."""
+    import statistics
+
+    times = [r["epoch_time_s"] for r in map(json.loads, log.read_text().splitlines()) if "epoch_time_s" in r] \
+        if log.exists() else []
+    return statistics.median(times) if times else 0.0
 
 
 def upper_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -129,16 +142,17 @@ def report(out: Path, methods: list[str], targets: list[float], full_mflops: flo
         raise SystemExit(f"no finished runs in {out}; train first")
     upper = {k: upper_front(v["points"]) for k, v in fronts.items()}
     lines = [f"Command: `{command}`", "",
-             "| method | " + " | ".join(f"top-1 @ {t:.1f} MFLOPs" for t in targets) + " | hypervolume | wall time vs Slim |",
-             "|---" * (len(targets) + 3) + "|"]
-    slim_wall = fronts.get("slim", {}).get("wall_s")
+             "| method | " + " | ".join(f"top-1 @ {t:.1f} MFLOPs" for t in targets) + " | hypervolume | wall time vs Slim | median epoch vs Slim |",
+             "|---" * (len(targets) + 4) + "|"]
+    slim = fronts.get("slim")
     for k in (m for m in METHODS if m in fronts):
         cells = []
         for t in targets:
             v = top1_at(upper[k], t)
             cells.append("–" if v is None else f"{v:.2f}")
-        ratio = f"{fronts[k]['wall_s'] / slim_wall:.2f}×" if slim_wall else "–"
-        lines.append(f"| {k} | " + " | ".join(cells) + f" | {hypervolume(upper[k], full_mflops, chance):.2f} | {ratio} |")
+        ratios = [f"{fronts[k][key] / slim[key]:.2f}×" if slim and slim[key] else "–" for key in ("wall_s", "epoch_s")]
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {hypervolume(upper[k], full_mflops, chance):.2f} | "
+                     + " | ".join(ratios) + " |")
     lines += search_rows(fronts)
     plot_fronts({k: v["points"] for k, v in fronts.items()}, plot,
                 f"ResNet20, CIFAR-10, {next(iter(fronts.values()))['epochs']} epochs")

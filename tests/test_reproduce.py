@@ -45,3 +45,16 @@ def test_search_rows_describe_each_bo_method():
     assert rows[-1] == ("| pareco | 105 | 64 | 4.5 | 12.5% of training (re-measure 100 s, GP fit 20 s, "
                         "acquisition 30 s) |")
     assert search_rows({"slim": fronts["slim"]}) == []
+
+
+def test_median_epoch_seconds_ignores_step_records_and_one_slow_epoch(tmp_path):
+    import json
+
+    from bench.reproduce_cifar import median_epoch_seconds
+
+    log = tmp_path / "train.log.jsonl"
+    rows = [{"epoch": 1, "step": 20, "loss": 1.0}, {"epoch": 1, "epoch_time_s": 200.0},
+            {"epoch": 2, "epoch_time_s": 530.0}, {"epoch": 3, "epoch_time_s": 210.0}]
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert median_epoch_seconds(log) == 210.0
+    assert median_epoch_seconds(tmp_path / "missing.jsonl") == 0.0
