@@ -84,7 +84,7 @@ def search_rows(fronts: dict[str, dict[str, Any]]) -> list[str]:
               f"search after training {e['search_time_s']:.0f} s")
         rows.append(f"| {k} | {e['history_size']} | {e.get('remeasure', 'all') if k == 'pareco' else 'once each'} | "
                     f"{e['bisection_steps_mean']} | {bo} |")
-    return (["", "| method | \|H\| | re-measured per BO step | mean bisection steps | BO time |", "|---|---|---|---|---|",
+    return (["", r"| method | \|H\| | re-measured per BO step | mean bisection steps | BO time |", "|---|---|---|---|---|",
              *rows] if rows else [])
 
 
