@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``pareco ARGS`` in a subprocess, as a user would, and capture its output."""
-    return subprocess.run([sys.executable, "-m", "pareco_runtime.cli.main", *args], cwd=cwd or ROOT,
+    return subprocess.run([sys.executable, "-m", "pareco_cli.main", *args], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -30,7 +30,7 @@ def kill_mid_epoch(args: list[str], out: Path, epoch: int = 2, timeout: float = 
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "pareco_runtime.cli.main", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pareco_cli.main", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = out / "train.log.jsonl"
     deadline = time.time() + timeout

@@ -1,6 +1,6 @@
 """Bad input, table-driven: each case is rejected by the CLI with exit 2 and one line naming the problem.
 
-The CLI runs in-process (``pareco_runtime.cli.main.main`` with patched argv) so that the table
+The CLI runs in-process (``pareco_cli.main.main`` with patched argv) so that the table
 stays cheap; ``tests/test_cli_flops.py`` and ``tests/test_training.py`` run real subprocesses.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pareco_runtime.cli.main import main
+from pareco_cli.main import main
 
 
 def run_main(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:

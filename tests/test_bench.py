@@ -100,7 +100,7 @@ def test_bench_cuda_without_a_gpu(front, capsys, monkeypatch):
 
 
 def test_untrained_front_loads_and_benches(tmp_path):
-    from bench.untrained_front import write_untrained_front
+    from benchmarks.untrained_front import write_untrained_front
 
     manifest = write_untrained_front("resnet20", [1.0, 0.5], tmp_path, input_size=16, num_classes=4)
     rt = SlimmableRuntime.load(manifest)

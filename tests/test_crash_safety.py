@@ -1,11 +1,11 @@
 """Crash safety: SIGKILL inside atomic writes leaves whole files, and resuming reproduces the result.
 
-The full harness (20 kill points, timed and injected) is ``python -m bench.crash_harness``.
+The full harness (20 kill points, timed and injected) is ``python -m benchmarks.crash_harness``.
 """
 
 from __future__ import annotations
 
-from bench.crash_harness import Kill, harness
+from benchmarks.crash_harness import Kill, harness
 
 
 def test_kills_inside_writes_leave_whole_files_and_same_result(tmp_path):

@@ -45,7 +45,7 @@ def copy_front(manifest: Path, folder: Path) -> Path:
 def run_main(args: list[str], capsys: pytest.CaptureFixture[str],
              monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
     """Run ``pareco ARGS`` in this process (fast: torch is already imported); (exit code, stdout, stderr)."""
-    from pareco_runtime.cli import main as cli
+    from pareco_cli import main as cli
 
     monkeypatch.setattr(sys, "argv", ["pareco", *args])
     monkeypatch.setenv("COLUMNS", "200")  # rich tables: no truncated cells

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.reproduce_cifar import hypervolume, run_names, top1_at, upper_front
+from benchmarks.reproduce_cifar import hypervolume, run_names, top1_at, upper_front
 
 
 def test_upper_front_keeps_non_dominated_points():
@@ -32,7 +32,7 @@ def test_independent_is_four_runs():
 
 
 def test_search_rows_describe_each_bo_method():
-    from bench.reproduce_cifar import search_rows
+    from benchmarks.reproduce_cifar import search_rows
 
     fronts = {
         "slim": {"extra": {}},
@@ -50,7 +50,7 @@ def test_search_rows_describe_each_bo_method():
 def test_median_epoch_seconds_ignores_step_records_and_one_slow_epoch(tmp_path):
     import json
 
-    from bench.reproduce_cifar import median_epoch_seconds
+    from benchmarks.reproduce_cifar import median_epoch_seconds
 
     log = tmp_path / "train.log.jsonl"
     rows = [{"epoch": 1, "step": 20, "loss": 1.0}, {"epoch": 1, "epoch_time_s": 200.0},

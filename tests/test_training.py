@@ -142,7 +142,7 @@ def test_train_bad_input(tmp_path, args, msg):
 
 def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "pareco_runtime.cli.main", *_train_args(tmp_path, 1)]
+           "-m", "pareco_cli.main", *_train_args(tmp_path, 1)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -1,6 +1,6 @@
 """Runtime figures: switch time, active forward vs standalone twin, memory of one runtime vs a zoo.
 
-Run: ``.venv/bin/python -m bench.runtime_speed`` (a few minutes on 2 CPU cores). Fronts are
+Run: ``.venv/bin/python -m benchmarks.runtime_speed`` (a few minutes on 2 CPU cores). Fronts are
 built in memory (uniform widths spread over MACs, BN calibrated on random images): the figures
 depend on shapes, not on trained values. Every figure is a ratio against a reference measured in
 the same process, interleaved.

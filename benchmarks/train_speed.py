@@ -1,6 +1,6 @@
 """Training step cost: Slim's sandwich step against the standalone steps it contains.
 
-Run: ``.venv/bin/python -m bench.train_speed --data ../shared/datasets/cifar10-jpg.tar.gz``
+Run: ``.venv/bin/python -m benchmarks.train_speed --data ../shared/datasets/cifar10-jpg.tar.gz``
 (or ``--data digits``). One Slim step trains the largest, ``M`` random and the smallest width;
 the reference is the same configs trained one at a time as Independent steps (fresh optimiser
 per config), all on the same batches, interleaved in one process. Prints per-step medians, the

@@ -1,6 +1,6 @@
 """Foundation figures: cost-model speed, slimmable vs sliced forward time, config switch time.
 
-Run: ``.venv/bin/python -m bench.foundation`` (about a minute on 2 CPU cores). Every figure is a
+Run: ``.venv/bin/python -m benchmarks.foundation`` (about a minute on 2 CPU cores). Every figure is a
 ratio against a reference measured in the same process, interleaved.
 """
 

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from pareco_runtime import ARCHITECTURES, build_model
-from pareco_runtime.cli.output import print_table
+from pareco_cli.output import print_table
 
 
 def zoo_table() -> None:
@@ -41,7 +41,7 @@ def zoo_table() -> None:
 def pareco(*args: str, capture: bool = False) -> str:
     """Run ``pareco ARGS`` as a user would, echoing the command; stop the demo if it fails."""
     print(f"\n$ pareco {' '.join(shlex.quote(a) for a in args)}", flush=True)
-    r = subprocess.run([sys.executable, "-m", "pareco_runtime.cli.main", *args], text=True,
+    r = subprocess.run([sys.executable, "-m", "pareco_cli.main", *args], text=True,
                        stdout=subprocess.PIPE if capture else None)
     if r.returncode != 0:
         sys.exit(f"demo stopped: 'pareco {args[0]}' exited with {r.returncode}")

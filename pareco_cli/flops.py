@@ -28,7 +28,7 @@ def flops(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """MACs (the field's FLOPs), parameters and per-group channels of one config."""
-    from .. import build_model
+    from pareco_runtime import build_model
 
     if (width is None) == (alpha is None):
         raise ValueError("give exactly one of --width W or --alpha a1,a2,...")

@@ -1,9 +1,9 @@
 """Does re-measuring only part of H hurt PareCO's front? Full re-measurement against subsets.
 
-Run: ``.venv/bin/python -m bench.remeasure_ablation`` (about 10 minutes on 2 quiet CPU cores; digits,
+Run: ``.venv/bin/python -m benchmarks.remeasure_ablation`` (about 10 minutes on 2 quiet CPU cores; digits,
 no download). Trains PareCO once per (``--remeasure`` setting, seed) with everything else equal, then
 prints, per setting: the hypervolume of the evaluated front (mean ± sd over seeds, the same reference
-point as ``bench.reproduce_cifar``), the mean top-1 at three MAC levels, the seconds spent
+point as ``benchmarks.reproduce_cifar``), the mean top-1 at three MAC levels, the seconds spent
 re-measuring H and the whole run's wall time. ``--remeasure 0`` is the paper's rule (all of H at
 every BO step).
 """
@@ -34,7 +34,7 @@ def run_one(args: argparse.Namespace, remeasure: int, seed: int, out: Path) -> d
 
 
 def main() -> None:
-    from bench.reproduce_cifar import hypervolume, top1_at, upper_front
+    from benchmarks.reproduce_cifar import hypervolume, top1_at, upper_front
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="digits")

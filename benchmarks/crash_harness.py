@@ -1,6 +1,6 @@
 """Crash-safety harness: SIGKILL a training run at many moments; files stay whole, resume matches.
 
-Run: ``.venv/bin/python -m bench.crash_harness --random-kills 12`` (a few minutes). Kills are of two
+Run: ``.venv/bin/python -m benchmarks.crash_harness --random-kills 12`` (a few minutes). Kills are of two
 kinds: at random times during a run, and injected inside the atomic writes of the checkpoint, the
 weight file and the manifest — once with the temporary file half written, once just before the
 rename. After every kill each of those files must be absent or load completely (the previous or
@@ -41,7 +41,7 @@ def replace(src, dst):
     return real_replace(src, dst)
 atomic.os.replace = replace
 sys.argv = ["pareco"] + sys.argv[4:]
-from pareco_runtime.cli.main import main
+from pareco_cli.main import main
 main()
 """
 
@@ -61,7 +61,7 @@ def _env() -> dict[str, str]:
 
 
 def run_to_end(out: Path, epochs: int, resume: bool) -> None:
-    r = subprocess.run([sys.executable, "-m", "pareco_runtime.cli.main", *train_args(out, epochs, resume)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "pareco_cli.main", *train_args(out, epochs, resume)], cwd=ROOT,
                        capture_output=True, text=True, env=_env())
     if r.returncode != 0:
         raise RuntimeError(f"training failed: {r.stderr.strip()[-500:]}")
@@ -109,7 +109,7 @@ def kill_once(out: Path, epochs: int, kill: Kill, resume: bool) -> bool:
         cmd = [sys.executable, "-c", _INJECT, kill.target, kill.mode, str(kill.nth), *args]
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env())
         return r.returncode == -signal.SIGKILL
-    proc = subprocess.Popen([sys.executable, "-m", "pareco_runtime.cli.main", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pareco_cli.main", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     time.sleep(kill.delay)
     if proc.poll() is not None:

@@ -30,10 +30,10 @@ def select(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print the most accurate front point that meets every budget."""
-    from ..budget import as_budget
-    from ..budget import select as choose
-    from ..fileformat import load_manifest
-    from ..front import DeviceProfile, FrontPoint
+    from pareco_runtime.budget import as_budget
+    from pareco_runtime.budget import select as choose
+    from pareco_runtime.fileformat import load_manifest
+    from pareco_runtime.front import DeviceProfile, FrontPoint
 
     data = load_manifest(manifest)
     points = [FrontPoint.from_dict(p) for p in data["points"]]
@@ -55,8 +55,8 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print the front as a table (and draw it)."""
-    from ..fileformat import load_manifest
-    from ..front import FrontPoint
+    from pareco_runtime.fileformat import load_manifest
+    from pareco_runtime.front import FrontPoint
 
     data = load_manifest(manifest)
     points = [FrontPoint.from_dict(p) for p in data["points"]]

@@ -44,7 +44,7 @@ def export(
     from export.exporter import export_points
     from export.formats import require
 
-    from ..runtime import SlimmableRuntime
+    from pareco_runtime.runtime import SlimmableRuntime
 
     for fmt in formats:
         require(fmt)

@@ -4,7 +4,7 @@ Latency does not depend on weight values, so a freshly initialised model sliced 
 widths is enough to benchmark an architecture on a device (``pareco export`` / ``pareco bench``).
 Accuracy fields stay empty (null): nothing is claimed about them.
 
-Run: ``.venv/bin/python -m bench.untrained_front --arch mobilenet_v2 --widths 0.42,0.7,1.0 --out DIR``
+Run: ``.venv/bin/python -m benchmarks.untrained_front --arch mobilenet_v2 --widths 0.42,0.7,1.0 --out DIR``
 """
 
 from __future__ import annotations

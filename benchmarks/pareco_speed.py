@@ -1,6 +1,6 @@
 """PareCO speed: BO wall time per iteration by phase, and PareCO's step time over Slim's.
 
-Run: ``.venv/bin/python -m bench.pareco_speed`` (1-2 minutes on 2 CPU cores). ResNet-20 on CIFAR-size
+Run: ``.venv/bin/python -m benchmarks.pareco_speed`` (1-2 minutes on 2 CPU cores). ResNet-20 on CIFAR-size
 synthetic tensors (32x32, batch 128, 10 classes), M = 2 configs per BO iteration.
 
 - BO iteration at |H| = 100, 500, 1000 for the exact and the GP cost model, split into loss

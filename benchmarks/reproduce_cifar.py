@@ -1,6 +1,6 @@
 """Reproduce the paper's comparison at CPU scale: Independent, Slim, TwoStage and PareCO on CIFAR-10.
 
-    python -m bench.reproduce_cifar --data ../shared/datasets/cifar10-jpg.tar.gz --epochs 8 --out runs/reproduce
+    python -m benchmarks.reproduce_cifar --data ../shared/datasets/cifar10-jpg.tar.gz --epochs 8 --out runs/reproduce
 
 Trains ResNet20 with every method at equal epochs and the same schedule (Independent: four
 separate runs at uniform widths 1.0, 0.75, 0.5, 0.316), one after another, each in ``OUT/<run>``.
@@ -195,7 +195,7 @@ def main() -> None:
     # Matched MACs: those of the Independent models (uniform widths), the paper's comparison points.
     targets = [model.macs(model.space.uniform(w)) / 1e6 for w in sorted(INDEPENDENT_WIDTHS)]
     chance = 100.0 / len(meta["dataset"]["class_names"])
-    command = "python -m bench.reproduce_cifar " + " ".join(
+    command = "python -m benchmarks.reproduce_cifar " + " ".join(
         f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()
         if v not in (None, False) and k not in ("report_only",))
     table = report(out, args.methods, targets, full, chance, Path(args.plot or out / "front.png"), command)

@@ -11,8 +11,8 @@ import typer
 from .output import print_json, print_table
 
 if TYPE_CHECKING:
-    from ..front import FrontPoint
-    from ..runtime import SlimmableRuntime
+    from pareco_runtime.front import FrontPoint
+    from pareco_runtime.runtime import SlimmableRuntime
 
 
 def _choose_points(rt: SlimmableRuntime, spec: str) -> list[FrontPoint]:
@@ -60,7 +60,7 @@ def bench(
     """Measure latency per front point and backend (interleaved, medians); optionally store it in the manifest."""
     from bench.latency import check_backends
 
-    from ..runtime import SlimmableRuntime
+    from pareco_runtime.runtime import SlimmableRuntime
 
     backends = check_backends(list(backend) if backend else ["torch"])
     rt = SlimmableRuntime.load(manifest)
@@ -125,7 +125,7 @@ def _build_lut(rt: SlimmableRuntime, manifest: Path, backends: list[str], thread
     from bench.latency import device_profile, write_profile
     from bench.lut import build_lut, lut_path
 
-    from .. import build_model
+    from pareco_runtime import build_model
 
     if len(backends) != 1:
         raise ValueError("--build-lut builds one table: give one --backend (torch or cuda)")
