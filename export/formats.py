@@ -57,9 +57,8 @@ FORMATS: dict[str, Format] = {
 # The smallest opset the ONNX files use (the torch.export-based exporter emits 18 or newer).
 MIN_OPSET = 18
 
-_ONNX_HINT = ("ONNX export needs onnx, onnxscript and onnxruntime (pareco dependencies): "
-              "pip install onnx onnxscript onnxruntime")
-_ORT_HINT = "running ONNX files needs onnxruntime (a pareco dependency): pip install onnxruntime"
+_ONNX_HINT = "ONNX export needs onnx, onnxscript and onnxruntime, the export extra: pip install 'pareco[export]'"
+_ORT_HINT = "running ONNX files needs onnxruntime, the export extra: pip install 'pareco[export]'"
 _MOBILE_HINT = "ExecuTorch export needs the mobile extra: pip install 'pareco[mobile]'"
 _MOBILE_RUN_HINT = "running ExecuTorch files needs the mobile extra: pip install 'pareco[mobile]'"
 

@@ -1,51 +1,56 @@
-"""Entry point of the ``pareco`` command: registers the commands and turns errors into one line.
+"""Entry point of the ``pareco`` command: runs the app and turns errors into one line.
 
 Any ``ValueError`` / ``OSError`` raised by a command (the project's errors are ValueError
 subclasses with a message naming the problem and the fix) is printed as ``error: <message>`` on
-stderr with exit code 2; ``--debug`` shows the traceback instead.
+stderr with exit code 2; ``--debug`` shows the traceback instead. This module imports nothing but
+the standard library at load time, so that a missing extra (typer and rich are the ``cli`` extra
+themselves) is reported as the ``pip install`` that fixes it.
 """
 
 from __future__ import annotations
 
 import sys
 
-import typer
-
-from . import bench_cmd, export_cmd, flops, runtime_cmds, train
-
-app = typer.Typer(
-    name="pareco",
-    help="Slimmable networks: train one model, pick sub-networks under budgets, export and benchmark them.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-_state = {"debug": False}
+# Top-level module -> the extra of pyproject.toml that installs it.
+EXTRA_OF = {
+    "torchvision": "vision",
+    "botorch": "train", "gpytorch": "train", "linear_operator": "train", "sklearn": "train",
+    "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
+    "executorch": "mobile",
+    "typer": "cli", "click": "cli", "rich": "cli", "matplotlib": "cli",
+}
 
 
-@app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
-    _state["debug"] = debug
+def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
+    """The one-line fix for a module of an uninstalled extra, or None if ``exc`` is about another module."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF.get(top)
+    if extra is None:
+        return None
+    return f"this command needs {top}, which comes with pareco's '{extra}' extra; run: pip install 'pareco[{extra}]'"
 
 
-app.command("train")(train.train)
-app.command("select")(runtime_cmds.select)
-app.command("show")(runtime_cmds.show)
-app.command("flops")(flops.flops)
-app.command("export")(export_cmd.export)
-app.command("bench")(bench_cmd.bench)
+def _fail(text: str) -> None:
+    print(f"error: {text.splitlines()[0] if text else 'unknown error'}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main() -> None:
-    """Run the CLI; exit 2 with a one-line message on bad input."""
+    """Run the CLI; exit 2 with a one-line message on bad input or a missing extra."""
+    debug = "--debug" in sys.argv
     try:
+        from .app import app
+
         app()
-    except (ValueError, OSError, KeyError) as exc:
-        if _state["debug"] or "--debug" in sys.argv:
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(exc)
+        if debug or message is None:
             raise
-        text = str(exc).strip()
-        typer.echo(f"error: {text.splitlines()[0] if text else type(exc).__name__}", err=True)
-        sys.exit(2)
+        _fail(message)
+    except (ValueError, OSError, KeyError) as exc:
+        if debug:
+            raise
+        _fail(str(exc).strip() or type(exc).__name__)
 
 
 if __name__ == "__main__":

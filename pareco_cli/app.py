@@ -1,0 +1,29 @@
+"""The ``pareco`` typer application: one command per module of this package."""
+
+from __future__ import annotations
+
+import typer
+
+from . import bench_cmd, export_cmd, flops, runtime_cmds, train
+
+app = typer.Typer(
+    name="pareco",
+    help="Slimmable networks: train one model, pick sub-networks under budgets, export and benchmark them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+# --debug is read from argv by pareco_cli.main.main, which owns error handling; declared here for --help.
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    del debug
+
+
+app.command("train")(train.train)
+app.command("select")(runtime_cmds.select)
+app.command("show")(runtime_cmds.show)
+app.command("flops")(flops.flops)
+app.command("export")(export_cmd.export)
+app.command("bench")(bench_cmd.bench)
