@@ -9,7 +9,11 @@ themselves) is reported as the ``pip install`` that fixes it.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+from collections.abc import Callable
+from importlib.machinery import ModuleSpec
+from pathlib import Path
 
 # Top-level module -> the extra of pyproject.toml that installs it.
 EXTRA_OF = {
@@ -30,6 +34,27 @@ def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
     return f"this command needs {top}, which comes with pareco's '{extra}' extra; run: pip install 'pareco[{extra}]'"
 
 
+# The layers keep the generic top-level names of the project's layout; pip cannot stop another
+# distribution from installing a package of the same name, so the CLI checks where they resolve.
+LAYERS = ("pareco_runtime", "training", "export", "bench")
+
+
+def shadowed_layer_message(find_spec: Callable[[str], ModuleSpec | None] = importlib.util.find_spec) -> str | None:
+    """A one-line error if a layer package resolves outside the folder pareco_cli was installed in, else None.
+
+    Only locates the packages (``find_spec`` of a top-level name executes nothing).
+    """
+    home = Path(__file__).resolve().parent.parent
+    for name in LAYERS:
+        spec = find_spec(name)
+        origin = spec.origin if spec is not None else None
+        if origin is None or Path(origin).resolve().parent.parent != home:
+            where = origin or "nowhere"
+            return (f"the package '{name}' resolves to {where}, not pareco's (in {home}); another installed "
+                    f"package of that name shadows it: uninstall it or install pareco in its own virtual environment")
+    return None
+
+
 def _fail(text: str) -> None:
     print(f"error: {text.splitlines()[0] if text else 'unknown error'}", file=sys.stderr)
     sys.exit(2)
@@ -38,6 +63,9 @@ def _fail(text: str) -> None:
 def main() -> None:
     """Run the CLI; exit 2 with a one-line message on bad input or a missing extra."""
     debug = "--debug" in sys.argv
+    shadowed = shadowed_layer_message()
+    if shadowed is not None:
+        _fail(shadowed)
     try:
         from .app import app
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -139,3 +140,20 @@ def test_missing_training_extra_message():
     assert missing_extra_message(exc) == ("this command needs botorch, which comes with pareco's 'train' extra; "
                                           "run: pip install 'pareco[train]'")
     assert missing_extra_message(ModuleNotFoundError("x", name="not_an_extra")) is None
+
+
+def test_a_foreign_package_shadowing_a_layer_is_one_line(tmp_path):
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "pareco_cli.main", "flops", "--arch", "resnet20", "--width", "1"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"error: the package 'training' resolves to {tmp_path / 'training' / '__init__.py'}")
+    assert r.stderr.count("\n") == 1 and "uninstall it" in r.stderr
+
+
+def test_layers_resolve_beside_the_cli():
+    from pareco_cli.main import shadowed_layer_message
+
+    assert shadowed_layer_message() is None
