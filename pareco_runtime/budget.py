@@ -382,8 +382,8 @@ class BatteryPolicy:
             where = f"profile {profile!r} has" if profile else "no device profile has"
             raise ProfileError(f"the battery policy caps energy, but {where} an energy for every point; "
                                f"{BENCH_HINT}, or use BatteryPolicy(resource='auto')")
-        use_energy = has_energy and self.resource != "mflops"
-        costs = [p.energy_mj[profile] if use_energy else p.mflops for p in points]
+        energy_profile = profile if has_energy and self.resource != "mflops" else None
+        costs = [p.energy_mj[energy_profile] if energy_profile is not None else p.mflops for p in points]
         lo, hi = min(costs), max(costs)
         if level >= self.full_at:
             cap = hi
@@ -391,7 +391,7 @@ class BatteryPolicy:
             cap = lo
         else:
             cap = min(hi, lo + (level - self.floor) / (self.full_at - self.floor) * (hi - lo))
-        return EnergyBudget(cap, profile) if use_energy else MacsBudget(cap)
+        return EnergyBudget(cap, energy_profile) if energy_profile is not None else MacsBudget(cap)
 
 
 def read_host_battery(root: str | Path = "/sys/class/power_supply") -> float | None:
@@ -448,7 +448,7 @@ def _resolve_profile(b: LatencyBudget | EnergyBudget, points: Sequence[FrontPoin
         return [p.latency_ms, p.latency_predicted_ms] if allow_predicted else [p.latency_ms]
 
     measured = sorted({k for p in points for t in tables(p) for k in t})
-    example = f"{_fmt(b.max_ms)}ms" if latency else f"{_fmt(b.max_mj)}mJ"
+    example = f"{_fmt(b.max_ms)}ms" if isinstance(b, LatencyBudget) else f"{_fmt(b.max_mj)}mJ"
     if b.profile is None:
         if len(measured) == 1:
             return measured[0]
@@ -500,6 +500,8 @@ def _bound(b: Budget, points: Sequence[FrontPoint], profiles: Sequence[str], pol
     if isinstance(b, EnergyBudget):
         prof = _resolve_profile(b, points, profiles, allow_predicted)
         return _Bound(EnergyBudget(b.max_mj, prof).describe(), lambda p: p.energy_mj.get(prof), b.max_mj, mj)
+    if isinstance(b, AllOf):
+        raise TypeError("_bound takes one budget; split an AllOf into its atoms first")
     cap = policy.cap(b.level, points, battery_profile)
     inner = _bound(cap, points, profiles, policy, allow_predicted, battery_profile)
     return _Bound(f"{b.describe()} ({inner.label})", inner.cost, inner.cap, inner.unit)
@@ -567,21 +569,24 @@ def _unmet(bound: _Bound, before: Sequence[_Bound], eligible: Sequence[FrontPoin
     this budget's resource among them, else among all points (some point has a cost:
     :func:`_resolve_profile` checked).
     """
-    def cheapest(pool: Sequence[FrontPoint]) -> FrontPoint | None:
-        costed = [p for p in pool if bound.cost(p) is not None]
-        return min(costed, key=lambda p: (bound.cost(p), rank(p))) if costed else None
+    def cheapest(pool: Sequence[FrontPoint]) -> tuple[FrontPoint, float] | None:
+        costed = [(p, c) for p in pool if (c := bound.cost(p)) is not None]
+        return min(costed, key=lambda pc: (pc[1], rank(pc[0]))) if costed else None
 
-    overall = cheapest(points)
+    found = cheapest(points)
+    if found is None:
+        raise AssertionError("_resolve_profile guarantees a point with this cost")
+    overall, overall_cost = found
     among = cheapest(eligible)
     if fallback == "cheapest":
-        return among if among is not None else overall
-    cheapest_overall = f"the cheapest point is {overall.id!r} at {bound.unit(bound.cost(overall))}"
+        return among[0] if among is not None else overall
+    cheapest_overall = f"the cheapest point is {overall.id!r} at {bound.unit(overall_cost)}"
     if not bound.ok(overall):
         why = cheapest_overall
     else:
         others = " and ".join(b.label for b in before)
-        why = (f"it conflicts with {others}: among the points meeting those, the cheapest is {among.id!r} at "
-               f"{bound.unit(bound.cost(among))}" if among is not None else
+        why = (f"it conflicts with {others}: among the points meeting those, the cheapest is {among[0].id!r} at "
+               f"{bound.unit(among[1])}" if among is not None else
                f"it conflicts with {others}: no point meeting those has this measurement; {cheapest_overall}")
     raise BudgetUnmetError(f"no front point satisfies {bound.label}; {why}; loosen the budget or pass "
                            f'fallback="cheapest"')

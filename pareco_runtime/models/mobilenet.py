@@ -34,6 +34,10 @@ _V3_LARGE_SETTING = [
 ]
 
 
+# torchvision's MobileNetV3 BatchNorm settings (its V2 keeps PyTorch's defaults).
+_V3_BN_EPS, _V3_BN_MOMENTUM = 0.001, 0.01
+
+
 def conv_norm_act(b: LayerBuilder, cin: Slot, cout: Slot, kernel: int, stride: int = 1,
                   depthwise: bool = False, act: type[nn.Module] | None = nn.ReLU6,
                   eps: float = 1e-5, momentum: float = 0.1) -> nn.Sequential:
@@ -65,6 +69,9 @@ class InvertedResidualV2(nn.Module):
 
 class MobileNetV2Plain(nn.Module):
     """The forward pass of MobileNetV2; sliced standalone models are instances of this class."""
+
+    features: nn.Module
+    classifier: nn.Module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -125,14 +132,13 @@ class InvertedResidualV3(nn.Module):
     def __init__(self, b: LayerBuilder, cin: Slot, hidden: Slot, cout: Slot, kernel: int, use_se: bool,
                  act: type[nn.Module], stride: int) -> None:
         super().__init__()
-        bn = {"eps": 0.001, "momentum": 0.01}
         layers: list[nn.Module] = []
         if hidden != cin:
-            layers.append(conv_norm_act(b, cin, hidden, 1, act=act, **bn))
-        layers.append(conv_norm_act(b, hidden, hidden, kernel, stride, depthwise=True, act=act, **bn))
+            layers.append(conv_norm_act(b, cin, hidden, 1, act=act, eps=_V3_BN_EPS, momentum=_V3_BN_MOMENTUM))
+        layers.append(conv_norm_act(b, hidden, hidden, kernel, stride, depthwise=True, act=act, eps=_V3_BN_EPS, momentum=_V3_BN_MOMENTUM))
         if use_se:
             layers.append(SqueezeExcitation(b, hidden, b.fixed(make_divisible(hidden.full // 4, 8))))
-        layers.append(conv_norm_act(b, hidden, cout, 1, act=None, **bn))
+        layers.append(conv_norm_act(b, hidden, cout, 1, act=None, eps=_V3_BN_EPS, momentum=_V3_BN_MOMENTUM))
         self.block = nn.Sequential(*layers)
         self.use_res_connect = stride == 1 and cin == cout
 
@@ -145,6 +151,10 @@ class InvertedResidualV3(nn.Module):
 
 class MobileNetV3Plain(nn.Module):
     """The forward pass of MobileNetV3; sliced standalone models are instances of this class."""
+
+    features: nn.Module
+    avgpool: nn.Module
+    classifier: nn.Module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(self.features(x)), 1)
@@ -162,11 +172,10 @@ class MobileNetV3Large(SlimmableNet, MobileNetV3Plain):
         super().__init__()
         self.arch_kwargs = {"num_classes": num_classes, "low": low, "divisor": divisor,
                             "input_size": input_size, "dropout": dropout}
-        bn = {"eps": 0.001, "momentum": 0.01}
         b = LayerBuilder()
         rgb = b.fixed(3)
         prev = b.dim("group16", 16)
-        features: list[nn.Module] = [conv_norm_act(b, rgb, prev, 3, 2, act=nn.Hardswish, **bn)]
+        features: list[nn.Module] = [conv_norm_act(b, rgb, prev, 3, 2, act=nn.Hardswish, eps=_V3_BN_EPS, momentum=_V3_BN_MOMENTUM)]
         for i, (k, exp, c, se, act, s) in enumerate(_V3_LARGE_SETTING, start=1):
             out = prev if (s == 1 and prev.full == c) else b.dim(f"group{c}", c)
             hidden = prev if exp == prev.full else b.dim(f"block{i}.expand", exp)
@@ -174,7 +183,7 @@ class MobileNetV3Large(SlimmableNet, MobileNetV3Plain):
                                                nn.Hardswish if act == "HS" else nn.ReLU, s))
             prev = out
         last = b.dim("last_conv", 6 * prev.full)
-        features.append(conv_norm_act(b, prev, last, 1, act=nn.Hardswish, **bn))
+        features.append(conv_norm_act(b, prev, last, 1, act=nn.Hardswish, eps=_V3_BN_EPS, momentum=_V3_BN_MOMENTUM))
         self.features = nn.Sequential(*features)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         head = b.dim("classifier.hidden", 1280)

@@ -76,6 +76,13 @@ class BasicBlock(nn.Module):
 class ResNetCifarPlain(nn.Module):
     """The forward pass of ResNet-CIFAR; sliced standalone models are instances of this class."""
 
+    conv1: nn.Module
+    bn1: nn.Module
+    layer1: nn.Module
+    layer2: nn.Module
+    layer3: nn.Module
+    fc: nn.Module
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
