@@ -30,7 +30,6 @@ an untimed call of the same model (steady-state inference, as ``pareco bench`` m
 from __future__ import annotations
 
 import bisect
-import datetime as _dt
 import itertools
 import json
 import math
@@ -45,15 +44,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.latency import (
-    STEADY_MALLOC,
-    BenchError,
-    interleaved_warm,
-    steady_malloc,
-    torch_callable,
-    torch_threads,
-)
+from bench.device import device_profile, write_profile
+from bench.errors import BenchError
+from bench.timing import STEADY_MALLOC, interleaved_warm, steady_malloc, torch_callable, torch_threads
 from pareco_runtime.atomic import atomic_write_text
+from pareco_runtime.front import DeviceProfile, FrontPoint
+from pareco_runtime.front_file import Front, utc_timestamp
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.ops import SLIM_TYPES
 from pareco_runtime.slicing import slice_model
@@ -130,6 +126,10 @@ class LatencyLUT:
         """Predicted latency of the config with these width multipliers."""
         return self.predict_ms(WidthSpace.from_dict(self.width_space).channels(alpha))
 
+    def predict_points(self, points: Sequence[FrontPoint]) -> dict[str, float]:
+        """Predicted latency of each front point, by point id."""
+        return {p.id: self.predict_ms(p.channels) for p in points}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the file's content)."""
         return {"lut_format": LUT_FORMAT, **asdict(self)}
@@ -163,6 +163,16 @@ def lut_path(manifest_path: str | Path, profile: str) -> Path:
     path = Path(manifest_path)
     stem = path.name[: -len(".front.json")] if path.name.endswith(".front.json") else path.stem
     return path.with_name(f"{stem}.lut.{profile}.json")
+
+
+def fitting_lut(manifest_path: str | Path, profile: str, backend: str, threads: int, batch: int) -> LatencyLUT | None:
+    """The table saved beside the manifest for ``profile`` if it was built for the same backend, threads and
+    batch (only then does it predict that profile's latencies), else None."""
+    path = lut_path(manifest_path, profile)
+    if not path.exists():
+        return None
+    lut = LatencyLUT.load(path)
+    return lut if (lut.backend, lut.threads, lut.batch) == (backend, threads, batch) else None
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -232,7 +242,7 @@ def _timed_in_context(model: nn.Module, names: Sequence[str], x: torch.Tensor, c
     A unit's time runs from its start to the next unit's start (the last one's to the end of the
     forward pass), so what runs between blocks is counted too, and every block is timed with the
     caches as the whole model leaves them, which timing blocks alone would not reproduce. The first
-    (untimed) callable is for :func:`bench.latency.interleaved_warm`; the first ``warmup`` calls of
+    (untimed) callable is for :func:`bench.timing.interleaved_warm`; the first ``warmup`` calls of
     the second are not recorded.
     """
     clock = time.perf_counter
@@ -305,7 +315,7 @@ def build_lut(model: SlimmableNet, *, profile: str, backend: str = "torch", thre
     timed in place; calibration configs are the uniform lowest, middle and full widths plus random
     ones; validation configs are random (seeded) and distinct from them. All are timed in one
     interleaved run of ``warmup`` and ``runs`` rounds. ``steady_memory``: call
-    :func:`bench.latency.steady_malloc` first (process-wide), as ``run_bench`` does, so the table and
+    :func:`bench.timing.steady_malloc` first (process-wide), as ``run_bench`` does, so the table and
     the measurements it is used with see the same allocator. Returns the table with ``report``
     filled in.
     """
@@ -369,7 +379,7 @@ def build_lut(model: SlimmableNet, *, profile: str, backend: str = "torch", thre
     lut = LatencyLUT(profile=profile, backend=backend, threads=threads, batch=batch, arch=model.arch,
                      arch_kwargs=dict(model.arch_kwargs), input_size=list(model.input_size),
                      width_space=space.to_dict(), units=tables,
-                     created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                     created=utc_timestamp())
     raw = [lut.raw_ms(space.channels(a)) for a in configs]
     k = len(calib)
     lut.offset_ms, lut.scale = fit_calibration(raw[:k], measured[:k])
@@ -386,3 +396,43 @@ def build_lut(model: SlimmableNet, *, profile: str, backend: str = "torch", thre
                  for i, a in enumerate(configs)],
     }
     return lut
+
+
+@dataclass
+class FrontTable:
+    """A latency table built for a front's architecture and saved beside its manifest.
+
+    ``profile``: the device profile it predicts; ``predicted_ms``: its prediction for each of the
+    front's points.
+    """
+
+    lut: LatencyLUT
+    path: Path
+    profile: DeviceProfile
+    predicted_ms: dict[str, float]
+
+
+def build_front_lut(front: Front, backend: str, *, threads: int = 1, batch: int = 1, profile: str | None = None,
+                    levels: int = 3, warmup: int = 30, runs: int = 200, calibrate: int = 5, validate: int = 20,
+                    steady_memory: bool = True, update: bool = False,
+                    on_stage: Callable[[str], None] | None = None) -> FrontTable:
+    """Build the latency table of ``front``'s architecture (:func:`build_lut`) and save it as
+    ``NAME.lut.<profile>.json`` beside the manifest.
+
+    ``profile``: the device profile name (default ``<host>-<backend>-t<threads>-b<batch>``). With
+    ``update``, the predictions are written into the manifest's ``latency_predicted_ms`` under that
+    profile, for points without a measurement (:func:`bench.device.write_profile`).
+    """
+    if front.path is None:
+        raise BenchError("the front has no manifest file to save the table beside; save it first")
+    name = device_profile(backend, threads, batch, profile).name
+    lut = build_lut(front.architecture.build(), profile=name, backend=backend, threads=threads, batch=batch,
+                    levels=levels, warmup=warmup, runs=runs, calibrate=calibrate, validate=validate,
+                    steady_memory=steady_memory, on_stage=on_stage)
+    prof = device_profile(backend, threads, batch, profile, allocator=lut.report["allocator"])
+    path = lut_path(front.path, prof.name)
+    lut.save(path)
+    predicted = lut.predict_points(front.points)
+    if update:
+        write_profile(front.path, prof, {}, None, predicted)
+    return FrontTable(lut, path, prof, predicted)

@@ -4,32 +4,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pareco_runtime.atomic import atomic_path
 
+if TYPE_CHECKING:
+    from pareco_runtime.front_file import Front
 
-def plot_front(manifest: dict[str, Any], path: Path) -> None:
+
+def plot_front(front: Front, path: Path) -> None:
     """Top-1 against MFLOPs, and against latency for each measured profile, one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [p for p in manifest["points"] if p.get("top1") is not None]
+    points = [p for p in front.points if p.top1 is not None]
     if not points:
         raise ValueError("the front has no measured top-1 to plot; evaluate it first")
-    profiles = [p["name"] for p in manifest["device_profiles"] if any(p["name"] in q["latency_ms"] for q in points)]
+    profiles = [name for name in front.profile_names if any(name in q.latency_ms for q in points)]
     fig, axes = plt.subplots(1, 1 + len(profiles), figsize=(5 * (1 + len(profiles)), 4), squeeze=False)
     ax = axes[0][0]
-    ax.plot([p["mflops"] for p in points], [p["top1"] for p in points], "o-")
+    ax.plot([p.mflops for p in points], [p.top1 for p in points], "o-")
     ax.set_xlabel("MFLOPs (multiply-accumulates)")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"{manifest['architecture']['arch']} ({manifest['training']['algorithm']})")
+    ax.set_title(f"{front.architecture.arch} ({front.training.algorithm})")
     ax.grid(alpha=0.3)
     for ax, name in zip(axes[0][1:], profiles):
-        pts = [p for p in points if name in p["latency_ms"]]
-        ax.plot([p["latency_ms"][name] for p in pts], [p["top1"] for p in pts], "o-")
+        pts = [p for p in points if name in p.latency_ms]
+        ax.plot([p.latency_ms[name] for p in pts], [p.top1 for p in pts], "o-")
         ax.set_xlabel(f"latency (ms), {name}")
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)

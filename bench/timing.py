@@ -1,15 +1,22 @@
-"""Interleaved timing: the way every figure of this project is measured.
+"""Interleaved timing: the way every figure of this project is measured, and the process setup it needs.
 
 These machines drift 10-80 % between processes and over minutes, so candidates are timed in the
-same process, round-robin (one call of each per round), and reported as medians and ratios.
+same process, round-robin (one call of each per round), and reported as medians and ratios. Model
+benchmarks time each call right after an untimed call of the same model (:func:`interleaved_warm`),
+with torch's thread count fixed (:func:`torch_threads`) and glibc's malloc keeping freed memory
+(:func:`steady_malloc`), so that figures are steady-state inference.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+
+import torch
 
 
 @dataclass
@@ -60,3 +67,74 @@ def interleaved(candidates: Mapping[str, Callable[[], object]], warmup: int = 30
                 fn()
             samples[n].append((clock() - t0) / inner)
     return {n: Timing(s) for n, s in samples.items()}
+
+
+def interleaved_warm(candidates: Mapping[str, Callable[[], object] | tuple[Callable[[], object], Callable[[], object]]],
+                     warmup: int, runs: int) -> dict[str, Timing]:
+    """:func:`interleaved` where every timed call comes right after an untimed one of the same candidate.
+
+    Round-robin keeps drift from favouring any candidate, but with many models it also leaves
+    each one's weights out of the caches when its turn comes: with 25 MobileNetV2 configs that made
+    every call 40-50 % slower than back-to-back inference, by amounts that differed from config to
+    config. The untimed call brings the model back into the caches, so the timed one measures
+    steady-state inference whatever the number of candidates. A candidate is a callable, or a pair
+    (untimed call, timed call) when the two must differ.
+    """
+    sequence: dict[str, Callable[[], object]] = {}
+    for name, c in candidates.items():
+        before, timed = c if isinstance(c, tuple) else (c, c)
+        sequence[f"{name}\0untimed"] = before
+        sequence[name] = timed
+    timings = interleaved(sequence, warmup=warmup, runs=runs)
+    return {name: timings[name] for name in candidates}
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit hosts
+STEADY_MALLOC = "glibc malloc keeping freed memory (mallopt: mmap threshold 32 MiB, no trimming)"
+
+
+def steady_malloc() -> bool:
+    """Make glibc's malloc keep freed memory for the rest of the process; False where it is not glibc.
+
+    By default glibc hands large freed blocks (activations of a few MB) back to the OS, and the
+    next forward pass of torch eager page-faults them in again. On the 2-core test host that cost
+    25-40 % of MobileNetV2's eager latency, varying from config to config with malloc's history,
+    which no latency table can predict. onnxruntime (its arena) and ExecuTorch (planned memory)
+    reuse their buffers anyway, so this puts torch eager on the same footing, as jemalloc or
+    tcmalloc would. Process-wide and permanent: benchmarks call it, libraries should not.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` for the block, the previous count restored after."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def torch_callable(model: torch.nn.Module, x: torch.Tensor, cuda: bool = False) -> Callable[[], object]:
+    """A zero-argument callable running ``model(x)`` under ``inference_mode`` (synchronised on a GPU)."""
+    if not cuda:
+        def run() -> object:
+            with torch.inference_mode():
+                return model(x)
+        return run
+
+    model, x = model.cuda(), x.cuda()
+
+    def run_cuda() -> object:
+        with torch.inference_mode():
+            y = model(x)
+        torch.cuda.synchronize()
+        return y
+    return run_cuda

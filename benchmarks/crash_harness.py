@@ -69,7 +69,8 @@ def run_to_end(out: Path, epochs: int, resume: bool) -> None:
 
 def check_files(out: Path) -> list[str]:
     """Each file absent or loading completely; returns the names present."""
-    from pareco_runtime.fileformat import load_manifest, load_weights
+    from pareco_runtime import Front
+    from pareco_runtime.fileformat import load_weights
     from training.checkpoint import load_checkpoint
 
     present = []
@@ -83,7 +84,7 @@ def check_files(out: Path) -> list[str]:
         elif name == "model.safetensors":
             load_weights(path)
         else:
-            load_manifest(path, verify_weights=(out / "model.safetensors").exists())
+            Front.load(path, verify_weights=(out / "model.safetensors").exists())
     return present
 
 

@@ -23,8 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pareco_runtime import ARCHITECTURES, build_model
 from pareco_cli.output import print_table
+from pareco_runtime import ARCHITECTURES, Front, build_model
 
 
 def zoo_table() -> None:
@@ -68,8 +68,8 @@ def main() -> None:
                args.algorithm, "--epochs", str(args.epochs), "--batch-size", "64", "--lr", "0.05",
                "--candidates", "12", "--calib-batches", "4", "--history-size", "120", "--out", str(out), "--force")
     pareco("show", str(manifest))
-    points = json.loads(manifest.read_text())["points"]
-    mid = points[len(points) // 2]["mflops"]
+    points = Front.load(manifest).points
+    mid = points[len(points) // 2].mflops
     chosen = json.loads(pareco("select", str(manifest), "--budget", f"{mid:.2f}MFLOPs", "--json", capture=True))
     p = chosen["point"]
     print(f"chosen under {chosen['budget']}: {p['id']} ({p['mflops']:.2f} MFLOPs, top-1 {p['top1']:.2f}%)")
@@ -78,9 +78,9 @@ def main() -> None:
            str(out / "export"))
     pareco("bench", str(manifest), "--backend", "torch", "--backend", "onnxruntime", "--backend", "executorch",
            "--threads", "1", "--warmup", "30", "--runs", "200", "--update")
-    data = json.loads(manifest.read_text())
-    phone = next(p["name"] for p in data["device_profiles"] if p["name"].endswith("-executorch-t1-b1"))
-    times = sorted(p["latency_ms"][phone] for p in data["points"] if phone in p["latency_ms"])
+    front = Front.load(manifest)
+    phone = next(name for name in front.profile_names if name.endswith("-executorch-t1-b1"))
+    times = sorted(p.latency_ms[phone] for p in front.points if phone in p.latency_ms)
     pareco("select", str(manifest), "--budget", f"{times[len(times) // 2]:.3f}ms@{phone}")
     pareco("show", str(manifest), "--plot", str(out / "front.png"))
 

@@ -18,19 +18,17 @@ from pathlib import Path
 
 def run_one(args: argparse.Namespace, remeasure: int, seed: int, out: Path) -> dict[str, float | list]:
     """Train PareCO with ``remeasure`` and ``seed``; its front, re-measure seconds and wall time."""
-    from pareco_runtime import build_model
-    from pareco_runtime.fileformat import load_manifest
+    from pareco_runtime import Front
     from training.loop import TrainConfig, train
 
     cfg = TrainConfig(arch="resnet20", data=args.data, algorithm="pareco", epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=seed, image_size=args.image_size,
                       candidates=args.candidates, calib_batches=4, history_size=args.history_size,
                       probe_batch=args.probe_batch, remeasure=remeasure)
-    m = load_manifest(train(cfg, out, show_progress=False, cache_dir=args.cache_dir))
-    t = m["training"]
-    return {"points": [(p["mflops"], p["top1"]) for p in m["points"]], "measure_s": t["extra"]["bo_measure_s"],
-            "wall_s": t["wall_time_s"], "full_mflops": build_model(m["architecture"]["arch"],
-                                                                  **m["architecture"]["kwargs"]).macs() / 1e6}
+    front = Front.load(train(cfg, out, show_progress=False, cache_dir=args.cache_dir))
+    t = front.training
+    return {"points": [(p.mflops, p.top1) for p in front.points], "measure_s": t.extra["bo_measure_s"],
+            "wall_s": t.wall_time_s, "full_mflops": front.architecture.build().macs() / 1e6}
 
 
 def main() -> None:

@@ -57,18 +57,20 @@ def train_all(args: argparse.Namespace, out: Path) -> None:
 def load_fronts(out: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
     """Per method: its (MFLOPs, top-1) points, training wall time and median epoch time (both summed over
     Independent's runs), BO record and epochs."""
+    from pareco_runtime import Front
+
     fronts: dict[str, dict[str, Any]] = {}
     for name, algorithm, _ in run_names(methods):
         path = out / name / "model.front.json"
         if not path.exists():
             continue
-        m = json.loads(path.read_text())
+        front = Front.load(path, verify_weights=False)
         entry = fronts.setdefault(algorithm, {"points": [], "wall_s": 0.0, "epoch_s": 0.0,
-                                              "epochs": m["training"]["epochs"]})
-        entry["points"] += [(p["mflops"], p["top1"]) for p in m["points"]]
-        entry["wall_s"] += m["training"]["wall_time_s"]
+                                              "epochs": front.training.epochs})
+        entry["points"] += [(p.mflops, p.top1) for p in front.points]
+        entry["wall_s"] += front.training.wall_time_s
         entry["epoch_s"] += median_epoch_seconds(out / name / "train.log.jsonl")
-        entry["extra"] = m["training"].get("extra", {})
+        entry["extra"] = front.training.extra
     return fronts
 
 
@@ -185,16 +187,15 @@ def main() -> None:
     out = Path(args.out)
     if not args.report_only:
         train_all(args, out)
-    from pareco_runtime import build_model
+    from pareco_runtime import Front
     from pareco_runtime.atomic import atomic_write_text
 
-    any_manifest = next(out.glob("*/model.front.json"))
-    meta = json.loads(any_manifest.read_text())
-    model = build_model(meta["architecture"]["arch"], **meta["architecture"]["kwargs"])
+    any_front = Front.load(next(out.glob("*/model.front.json")), verify_weights=False)
+    model = any_front.architecture.build()
     full = model.macs() / 1e6
     # Matched MACs: those of the Independent models (uniform widths), the paper's comparison points.
     targets = [model.macs(model.space.uniform(w)) / 1e6 for w in sorted(INDEPENDENT_WIDTHS)]
-    chance = 100.0 / len(meta["dataset"]["class_names"])
+    chance = 100.0 / len(any_front.dataset.class_names)
     command = "python -m benchmarks.reproduce_cifar " + " ".join(
         f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()
         if v not in (None, False) and k not in ("report_only",))

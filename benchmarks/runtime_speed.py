@@ -9,29 +9,34 @@ the same process, interleaved.
 from __future__ import annotations
 
 import argparse
+import tempfile
 
 import torch
 
 from bench.timing import interleaved
 from pareco_runtime import SlimmableRuntime, build_model
 from pareco_runtime.front import FrontPoint
+from pareco_runtime.front_file import DatasetSpec, TrainingRecord, write_front
 from training.calibrate import calibrate_bn
 from training.strategies import widths_spread_over_macs
 
 
 def make_runtime(arch: str, n_points: int, calib: list[torch.Tensor]) -> SlimmableRuntime:
-    """A runtime over ``n_points`` uniform widths of ``arch`` with BN statistics from ``calib``."""
+    """A runtime over ``n_points`` uniform widths of ``arch`` with BN statistics from ``calib``, loaded from
+    files written to a temporary folder (as an app loads a trained front)."""
     torch.manual_seed(0)
     model = build_model(arch)
     points, stats = [], {}
     for i, w in enumerate(widths_spread_over_macs(model, n_points)):
         a = model.space.uniform(w)
         pid = f"p{i:02d}"
-        stats[pid] = calibrate_bn(model, a, calib)
+        stats[pid] = dict(zip(model.bn_names, calibrate_bn(model, a, calib)))
         points.append(FrontPoint(pid, a, model.channels(a), model.macs(a) / 1e6, model.params(a), top1=50.0 + i))
-    manifest = {"points": [p.to_dict() for p in points], "device_profiles": [],
-                "dataset": {"input_size": list(model.input_size), "class_names": []}}
-    return SlimmableRuntime(model, manifest, stats)
+    c = model.input_size[0]
+    dataset = DatasetSpec(name="random", input_size=tuple(model.input_size), mean=[0.0] * c, std=[1.0] * c)
+    training = TrainingRecord(algorithm="independent", epochs=0, seed=0, wall_time_s=0.0)
+    with tempfile.TemporaryDirectory(prefix="pareco-runtime-speed-") as folder:
+        return SlimmableRuntime.load(write_front(folder, model, points, stats, dataset, training))
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:

@@ -10,7 +10,6 @@ Run: ``.venv/bin/python -m benchmarks.untrained_front --arch mobilenet_v2 --widt
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pareco_runtime import __version__, build_model, slice_model
-from pareco_runtime.fileformat import FORMAT_VERSION, save_manifest, save_weights, sha256_file
+from pareco_runtime import build_model, slice_model
 from pareco_runtime.front import FrontPoint
+from pareco_runtime.front_file import DatasetSpec, TrainingRecord, write_front
 
 # ImageNet's normalisation: the statistics the zoo's 224-pixel models expect.
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -52,8 +51,6 @@ def write_untrained_front(arch: str, widths: Sequence[float], out_dir: str | Pat
     """
     torch.manual_seed(seed)
     model = build_model(arch, **kwargs).eval()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     points, stats = [], {}
     for i, w in enumerate(sorted(widths)):
         alpha = model.space.uniform(w)
@@ -65,26 +62,12 @@ def write_untrained_front(arch: str, widths: Sequence[float], out_dir: str | Pat
         stats[pid] = {name: (modules[name].running_mean, modules[name].running_var) for name in model.bn_names}
         points.append(FrontPoint(id=pid, alpha=alpha, channels=model.channels(alpha),
                                  mflops=model.macs(alpha) / 1e6, params=model.params(alpha)))
-    weights = out / "model.safetensors"
-    save_weights(weights, model.state_dict(), stats, {"architecture": model.describe(),
-                                                      "width_space": model.space.to_dict(),
-                                                      "points": [p.id for p in points]})
     c = model.input_size[0]
-    manifest = {
-        "format_version": FORMAT_VERSION, "pareco_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "weights": {"file": weights.name, "sha256": sha256_file(weights)},
-        "architecture": model.describe(), "width_space": model.space.to_dict(),
-        "dataset": {"name": "untrained", "input_size": list(model.input_size), "mean": list(_MEAN[:c]),
-                    "std": list(_STD[:c]), "class_names": []},
-        "training": {"algorithm": "independent", "epochs": 0, "seed": seed, "wall_time_s": 0.0,
-                     "extra": {"untrained": True, "widths": [float(w) for w in widths]}},
-        "device_profiles": [],
-        "points": [p.to_dict() for p in points],
-    }
-    path = out / "model.front.json"
-    save_manifest(path, manifest)
-    return path
+    dataset = DatasetSpec(name="untrained", input_size=tuple(model.input_size), mean=list(_MEAN[:c]),
+                          std=list(_STD[:c]))
+    training = TrainingRecord(algorithm="independent", epochs=0, seed=seed, wall_time_s=0.0,
+                              extra={"untrained": True, "widths": [float(w) for w in widths]})
+    return write_front(out_dir, model, points, stats, dataset, training)
 
 
 def main() -> None:

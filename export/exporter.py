@@ -7,7 +7,6 @@ compared with the PyTorch model on random inputs; only a file that passes is mov
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from pareco_runtime.atomic import atomic_path
+from pareco_runtime.front_file import utc_timestamp
 
 from .formats import WRITERS, ExportError, get_format, load_runner, require, versions
 from .index import merge_index
@@ -64,7 +64,7 @@ class ExportResult:
             "point": self.point, "format": self.format, "file": self.path.name, "bytes": self.bytes,
             "max_abs_diff": self.max_abs_diff, "versions": self.versions, "input_size": list(self.input_size),
             "batch": "dynamic" if self.batch is None else self.batch, "seconds": round(self.seconds, 3),
-            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created": utc_timestamp(),
         }
         if weights_sha256 is not None:
             entry["weights_sha256"] = weights_sha256
@@ -166,7 +166,7 @@ def export_points(rt: SlimmableRuntime, points: Sequence[FrontPoint], formats: S
         get_format(fmt)
         require(fmt)
     directory = Path(out_dir)
-    sha = rt.manifest["weights"]["sha256"]
+    sha = rt.front.weights_sha256
     results = []
     for p in points:
         model = rt.standalone(p)

@@ -58,18 +58,17 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Measure latency per front point and backend (interleaved, medians); optionally store it in the manifest."""
-    from bench.latency import check_backends
-
+    from bench.run import check_backends
     from pareco_runtime.runtime import SlimmableRuntime
 
     backends = check_backends(list(backend) if backend else ["torch"])
     rt = SlimmableRuntime.load(manifest)
     if build_lut:
-        _build_lut(rt, manifest, backends, threads, batch, warmup, runs, update, profile, lut_levels, lut_validate,
+        _build_lut(rt, backends, threads, batch, warmup, runs, update, profile, lut_levels, lut_validate,
                    lut_calibrate, not default_malloc, as_json)
         return
-    _measure(rt, manifest, backends, threads, batch, _choose_points(rt, points), warmup, runs, update, profile,
-             exports, not default_malloc, as_json)
+    _measure(rt, backends, threads, batch, _choose_points(rt, points), warmup, runs, update, profile, exports,
+             not default_malloc, as_json)
 
 
 def _stage_printer(as_json: bool) -> Callable[[str], None]:
@@ -79,28 +78,14 @@ def _stage_printer(as_json: bool) -> Callable[[str], None]:
     return (lambda _msg: None) if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
 
 
-def _measure(rt: SlimmableRuntime, manifest: Path, backends: list[str], threads: int, batch: int,
-             chosen: list[FrontPoint], warmup: int,
-             runs: int, update: bool, profile: str | None, exports: Path | None, steady_memory: bool,
+def _measure(rt: SlimmableRuntime, backends: list[str], threads: int, batch: int, chosen: list[FrontPoint],
+             warmup: int, runs: int, update: bool, profile: str | None, exports: Path | None, steady_memory: bool,
              as_json: bool) -> None:
-    from bench.latency import run_bench, write_profile
-    from bench.lut import LatencyLUT, lut_path
+    from bench.run import record_report, run_bench
 
     report = run_bench(rt, chosen, backends, threads=threads, batch=batch, warmup=warmup, runs=runs, profile=profile,
                        exports=exports, steady_memory=steady_memory, on_stage=_stage_printer(as_json))
-    written = []
-    if update:
-        for b, prof in report.profiles.items():
-            mine = [m for m in report.measurements if m.backend == b]
-            predicted = None
-            table = lut_path(manifest, prof.name)
-            lut = LatencyLUT.load(table) if table.exists() else None
-            # A table predicts this profile only if it was built for the same backend, threads and batch.
-            if lut is not None and (lut.backend, lut.threads, lut.batch) == (b, threads, batch):
-                predicted = {p.id: lut.predict_ms(p.channels) for p in rt.points}
-            write_profile(manifest, prof, {m.point: m.median_ms for m in mine},
-                          {m.point: m.energy_mj for m in mine if m.energy_mj is not None}, predicted)
-            written.append(prof.name)
+    written = record_report(rt.front, report) if update else []
     if as_json:
         print_json({**report.to_dict(), "updated_profiles": written})
         return
@@ -111,7 +96,7 @@ def _measure(rt: SlimmableRuntime, manifest: Path, backends: list[str], threads:
             for m in report.measurements]
     print_table(f"latency at batch {batch}, {threads} thread(s), {runs} runs after {warmup} warm-up, interleaved",
                 columns, rows)
-    for b, prof in report.profiles.items():
+    for prof in report.profiles.values():
         typer.echo(f"profile {prof.name}: {prof.runtime}; {prof.host}")
     for note in report.notes + [report.energy]:
         typer.echo(note)
@@ -119,28 +104,17 @@ def _measure(rt: SlimmableRuntime, manifest: Path, backends: list[str], threads:
         typer.echo(f"manifest updated: latency_ms[{name}]; select with --budget <ms>ms@{name}")
 
 
-def _build_lut(rt: SlimmableRuntime, manifest: Path, backends: list[str], threads: int, batch: int, warmup: int, runs: int,
+def _build_lut(rt: SlimmableRuntime, backends: list[str], threads: int, batch: int, warmup: int, runs: int,
                update: bool, profile: str | None, levels: int, validate: int, calibrate: int, steady_memory: bool,
                as_json: bool) -> None:
-    from bench.latency import device_profile, write_profile
-    from bench.lut import build_lut, lut_path
-
-    from pareco_runtime import build_model
+    from bench.lut import build_front_lut
 
     if len(backends) != 1:
         raise ValueError("--build-lut builds one table: give one --backend (torch or cuda)")
-    arch = rt.manifest["architecture"]
-    name = device_profile(backends[0], threads, batch, profile).name
-    lut = build_lut(build_model(arch["arch"], **arch.get("kwargs", {})), profile=name, backend=backends[0],
-                    threads=threads, batch=batch, levels=levels, warmup=warmup, runs=runs, calibrate=calibrate,
-                    validate=validate, steady_memory=steady_memory, on_stage=_stage_printer(as_json))
-    prof = device_profile(backends[0], threads, batch, profile, allocator=lut.report["allocator"])
-    path = lut_path(manifest, prof.name)
-    lut.save(path)
-    predicted = {p.id: lut.predict_ms(p.channels) for p in rt.points}
-    if update:
-        write_profile(manifest, prof, {}, None, predicted)
-    rep = lut.report
+    table = build_front_lut(rt.front, backends[0], threads=threads, batch=batch, profile=profile, levels=levels,
+                            warmup=warmup, runs=runs, calibrate=calibrate, validate=validate,
+                            steady_memory=steady_memory, update=update, on_stage=_stage_printer(as_json))
+    path, prof, predicted, rep = table.path, table.profile, table.predicted_ms, table.lut.report
     if as_json:
         print_json({"lut": str(path), "profile": prof.to_dict(), "predicted_ms": predicted,
                     "updated": update, **{k: v for k, v in rep.items() if k != "rows"}})

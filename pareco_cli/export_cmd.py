@@ -68,7 +68,7 @@ def export(
     else:
         results = export_points(rt, points, formats, out, batch=batch, atol=atol)
     if as_json:
-        print_json({"out": str(out), "exports": [r.to_entry(rt.manifest["weights"]["sha256"]) for r in results]})
+        print_json({"out": str(out), "exports": [r.to_entry(rt.front.weights_sha256) for r in results]})
         return
     print_table(f"{len(results)} file(s) in {out} (records in export.json)",
                 ["point", "format", "file", "KiB", "max abs diff"],

@@ -32,14 +32,12 @@ def select(
     """Print the most accurate front point that meets every budget."""
     from pareco_runtime.budget import as_budget
     from pareco_runtime.budget import select as choose
-    from pareco_runtime.fileformat import load_manifest
-    from pareco_runtime.front import DeviceProfile, FrontPoint
+    from pareco_runtime.front_file import Front
 
-    data = load_manifest(manifest)
-    points = [FrontPoint.from_dict(p) for p in data["points"]]
-    profiles = [DeviceProfile.from_dict(p).name for p in data["device_profiles"]]
+    front = Front.load(manifest)
+    profiles = front.profile_names
     b = as_budget(list(budget))
-    p = choose(points, b, profiles=profiles, fallback=fallback, allow_predicted=allow_predicted)
+    p = choose(front.points, b, profiles=profiles, fallback=fallback, allow_predicted=allow_predicted)
     if as_json:
         print_json({"budget": b.describe(), "point": p.to_dict()})
         return
@@ -55,23 +53,22 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print the front as a table (and draw it)."""
-    from pareco_runtime.fileformat import load_manifest
-    from pareco_runtime.front import FrontPoint
+    from pareco_runtime.front_file import Front
 
-    data = load_manifest(manifest)
-    points = [FrontPoint.from_dict(p) for p in data["points"]]
-    profiles = [p["name"] for p in data["device_profiles"]]
+    front = Front.load(manifest)
+    profiles = front.profile_names
     if as_json:
-        print_json({"training": data["training"], "device_profiles": data["device_profiles"],
-                    "points": [p.to_dict() for p in points]})
+        print_json({"training": front.training.to_dict(),
+                    "device_profiles": [p.to_dict() for p in front.device_profiles],
+                    "points": [p.to_dict() for p in front.points]})
     else:
-        tr = data["training"]
-        print_table(f"{data['architecture']['arch']} front: {len(points)} points ({tr['algorithm']}, "
-                    f"{tr['epochs']} epochs, {data['dataset']['name']}); ~ = predicted",
+        tr = front.training
+        print_table(f"{front.architecture.arch} front: {len(front.points)} points ({tr.algorithm}, "
+                    f"{tr.epochs} epochs, {front.dataset.name}); ~ = predicted",
                     ["id", "MFLOPs", "Mparams", "top-1 %", "loss"] + [f"{n} ms" for n in profiles],
-                    [_point_row(p, profiles) for p in points])
+                    [_point_row(p, profiles) for p in front.points])
     if plot is not None:
         from bench.plots import plot_front
 
-        plot_front(data, plot)
+        plot_front(front, plot)
         typer.echo(f"plot written to {plot}")

@@ -5,6 +5,7 @@ Depends on torch and safetensors only; training, export and benchmarking live in
 
 from .budget import BatteryPolicy, parse_budget
 from .front import DeviceProfile, FrontPoint
+from .front_file import Front
 from .models import ARCHITECTURES, SlimmableNet, build_model
 from .runtime import SlimmableRuntime
 from .slicing import slice_model
@@ -16,6 +17,7 @@ __all__ = [
            "ARCHITECTURES",
            "BatteryPolicy",
            "DeviceProfile",
+           "Front",
            "FrontPoint",
            "SlimmableNet",
            "SlimmableRuntime",

@@ -8,7 +8,9 @@ never a pickle, so loading a stranger's file cannot run code.
 
 The manifest is JSON, validated against ``manifest.schema.json`` (shipped with the package) by
 :mod:`pareco_runtime.schema_check`, then by :func:`check_manifest_consistency` for the rules a
-schema cannot express. It names its weight file relative to its own folder, with a SHA-256.
+schema cannot express. It names its weight file relative to its own folder, with a SHA-256. This
+module reads and writes manifests as dicts; their layout, as typed fields, is
+:class:`pareco_runtime.front_file.Front`, which every other reader and writer goes through.
 
 Both files are written atomically (temporary name, then rename). Every problem found while reading
 raises :class:`FormatError` with a one-line message ``<file>: <what is wrong>; <what to do>``.

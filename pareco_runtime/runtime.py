@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from .budget import BatteryPolicy, Budget, as_budget, select
-from .fileformat import FormatError, load_manifest, load_weights, weights_path
+from .fileformat import FormatError, load_weights
 from .front import DeviceProfile, FrontPoint
-from .models import build_model
+from .front_file import Front
 from .models.base import SlimmableNet
 from .slicing import slice_model
 
@@ -67,16 +67,14 @@ class SlimmableRuntime:
     (channel counts and that point's calibrated BN statistics, preloaded, swapped by reference:
     nothing is allocated). ``rt(x)`` runs the active sub-network under ``torch.inference_mode``.
     Switching and inference are synchronised by a read-write lock, so an inference running in
-    another thread always sees one whole config, never a mix of two.
+    another thread always sees one whole config, never a mix of two. ``rt.front`` is the loaded
+    manifest (:class:`~pareco_runtime.front_file.Front`); ``points`` and ``profiles`` are its own.
     """
 
-    def __init__(self, model: SlimmableNet, manifest: dict[str, Any], bn_stats: dict[str, list[tuple[torch.Tensor,
-                 torch.Tensor]]], manifest_path: Path | None = None, policy: BatteryPolicy | None = None) -> None:
+    def __init__(self, model: SlimmableNet, front: Front, bn_stats: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
+                 policy: BatteryPolicy | None = None) -> None:
         self.model = model.eval()
-        self.manifest = manifest
-        self.manifest_path = manifest_path
-        self.points = [FrontPoint.from_dict(p) for p in manifest["points"]]
-        self.profiles = [DeviceProfile.from_dict(p) for p in manifest.get("device_profiles", [])]
+        self.front = front
         self.policy = policy or BatteryPolicy()
         self._stats = bn_stats
         self._channels = {p.id: model.space.channels(p.alpha) for p in self.points}
@@ -94,39 +92,39 @@ class SlimmableRuntime:
         preloads every point's BN statistics. Errors are ``ValueError`` subclasses naming the file.
         """
         path = Path(manifest_path)
-        manifest = load_manifest(path, verify_weights=verify_hash)
-        arch = manifest["architecture"]
-        model = build_model(arch["arch"], **arch.get("kwargs", {}))
-        wpath = weights_path(path, manifest)
-        space = model.space.to_dict()
-        if {k: space[k] for k in ("names", "full")} != {k: manifest["width_space"][k] for k in ("names", "full")}:
-            raise FormatError(f"{path}: its width space does not match architecture '{arch['arch']}'; the manifest "
+        front = Front.load(path, verify_weights=verify_hash)
+        arch = front.architecture
+        model = arch.build()
+        wpath = front.weights_path
+        built, saved = model.space, front.width_space
+        if (tuple(built.names), tuple(built.full)) != (tuple(saved.names), tuple(saved.full)):
+            raise FormatError(f"{path}: its width space does not match architecture '{arch.arch}'; the manifest "
                               "was edited or belongs to another model")
         wf = load_weights(wpath)
-        if wf.metadata.get("architecture") not in (None, arch):
+        if wf.metadata.get("architecture") not in (None, arch.to_dict()):
             raise FormatError(f"{wpath}: weight file of another architecture ({wf.metadata['architecture']}) than "
-                              f"its manifest ({arch}); use the weight file trained with this manifest")
+                              f"its manifest ({arch.to_dict()}); use the weight file trained with this manifest")
         try:
             model.load_state_dict(wf.state, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
-            raise FormatError(f"{wpath}: weights do not fit architecture '{arch['arch']}' ({first}); use the "
+            raise FormatError(f"{wpath}: weights do not fit architecture '{arch.arch}' ({first}); use the "
                               "weight file trained with this manifest") from None
         stats: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        for p in manifest["points"]:
-            per_module = wf.bn_stats.get(p["id"])
+        for p in front.points:
+            per_module = wf.bn_stats.get(p.id)
             if per_module is None or set(per_module) != set(model.bn_names):
-                raise FormatError(f"{wpath}: BN statistics of point '{p['id']}' are missing or incomplete; "
+                raise FormatError(f"{wpath}: BN statistics of point '{p.id}' are missing or incomplete; "
                                   "re-train or re-export the model")
-            channels = model.space.channels(p["alpha"])
-            if channels != list(p["channels"]):
-                raise FormatError(f"{path}: point '{p['id']}' lists channels {p['channels']} but its widths give "
+            channels = model.space.channels(p.alpha)
+            if channels != p.channels:
+                raise FormatError(f"{path}: point '{p.id}' lists channels {p.channels} but its widths give "
                                   f"{channels}; the manifest was edited")
-            stats[p["id"]] = [per_module[name] for name in model.bn_names]
+            stats[p.id] = [per_module[name] for name in model.bn_names]
         model.to(device)
         for pid, pairs in stats.items():
             stats[pid] = [(m.to(device), v.to(device)) for m, v in pairs]
-        rt = cls(model, manifest, stats, path, policy)
+        rt = cls(model, front, stats, policy)
         for pid, pairs in stats.items():
             rt._check_stat_shapes(pid, pairs, wpath)
         return rt
@@ -150,14 +148,35 @@ class SlimmableRuntime:
         return sorted((m for m in self.model.modules() if isinstance(m, SlimBatchNorm2d)), key=lambda m: m.bn_index)
 
     @property
+    def points(self) -> list[FrontPoint]:
+        """The front's points (those of :attr:`front`)."""
+        return self.front.points
+
+    @property
+    def profiles(self) -> list[DeviceProfile]:
+        """The front's device profiles (those of :attr:`front`, so figures it records are seen by :meth:`select`)."""
+        return self.front.device_profiles
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The front as a manifest dict (a fresh copy: edit :attr:`front` instead)."""
+        return self.front.to_dict()
+
+    @property
+    def manifest_path(self) -> Path | None:
+        """The manifest file the front was loaded from."""
+        return self.front.path
+
+    @property
     def input_size(self) -> tuple[int, int, int]:
         """Expected input (C, H, W)."""
-        return tuple(self.manifest["dataset"]["input_size"])  # type: ignore[return-value]
+        c, h, w = self.front.dataset.input_size
+        return c, h, w
 
     @property
     def class_names(self) -> list[str]:
         """Class names in output order."""
-        return list(self.manifest["dataset"].get("class_names", []))
+        return list(self.front.dataset.class_names)
 
     def point(self, point_id: str) -> FrontPoint:
         """The point with this id (ValueError listing the ids if unknown)."""

@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.latency import (
-    BenchError,
-    EnergyMeter,
-    default_profile_name,
-    device_profile,
-    energy_note,
-    sanitise_profile_name,
-    write_profile,
-)
+from bench.device import default_profile_name, device_profile, sanitise_profile_name, write_profile
+from bench.energy import EnergyMeter, energy_note
+from bench.errors import BenchError
 from bench.lut import LatencyLUT, UnitTable, build_lut, discover_units, fit_calibration, lut_path
 from pareco_runtime import SlimmableRuntime, build_model
 from pareco_runtime.budget import ProfileError

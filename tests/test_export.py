@@ -22,7 +22,7 @@ def trained_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.getbasetemp() / "shared-front"
     manifest = out / "model.front.json"
     if not manifest.exists():
-        from bench.latency import torch_threads
+        from bench.timing import torch_threads
         from training.loop import TrainConfig, train
 
         # One thread: with two OpenMP threads on a 2-core host that other jobs share, this run took

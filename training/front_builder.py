@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pareco_runtime import __version__
-from pareco_runtime.fileformat import FORMAT_VERSION, save_manifest, save_weights, sha256_file
 from pareco_runtime.front import FrontPoint, non_dominated
+from pareco_runtime.front_file import WEIGHTS_NAME, DatasetSpec, TrainingRecord, write_front
 from pareco_runtime.models.base import SlimmableNet
 
 from .calibrate import BNStats, calibrate_bn, evaluate
-
-WEIGHTS_NAME = "model.safetensors"
-MANIFEST_NAME = "model.front.json"
 
 
 @dataclass
@@ -70,39 +65,18 @@ def write_outputs(out_dir: Path, model: SlimmableNet, front: Sequence[Candidate]
                   training: dict[str, Any]) -> tuple[Path, Path]:
     """Write the weight file and the front manifest into ``out_dir`` (both atomically).
 
-    Points get ids ``p00``, ``p01``, ... in increasing MACs. Returns (weights path, manifest path).
+    Points get ids ``p00``, ``p01``, ... in increasing MACs. ``data_info``: the data's name, input
+    size, normalisation and class names (``training.data.DataInfo``); ``training``: the manifest's
+    training record. Returns (weights path, manifest path).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     ids = [f"p{i:02d}" for i in range(len(front))]
-    bn_stats = {pid: {name: st for name, st in zip(model.bn_names, c.stats)} for pid, c in zip(ids, front)}
-    weights = out_dir / WEIGHTS_NAME
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    bn_stats_cpu = {pid: {n: (m.cpu(), v.cpu()) for n, (m, v) in d.items()} for pid, d in bn_stats.items()}
-    save_weights(weights, state, bn_stats_cpu,
-                 {"architecture": model.describe(), "width_space": model.space.to_dict(), "points": ids})
+    bn_stats = {pid: dict(zip(model.bn_names, c.stats)) for pid, c in zip(ids, front)}
     points = [
         FrontPoint(id=pid, alpha=[round(a, 6) for a in c.alpha], channels=c.channels, mflops=c.macs / 1e6,
                    params=c.params, top1=round(c.top1, 4), loss=round(c.loss, 6))
         for pid, c in zip(ids, front)
     ]
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "pareco_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "weights": {"file": WEIGHTS_NAME, "sha256": sha256_file(weights)},
-        "architecture": model.describe(),
-        "width_space": model.space.to_dict(),
-        "dataset": {
-            "name": data_info.name,
-            "input_size": list(data_info.input_size),
-            "mean": list(data_info.mean),
-            "std": list(data_info.std),
-            "class_names": list(data_info.class_names),
-        },
-        "training": training,
-        "device_profiles": [],
-        "points": [p.to_dict() for p in points],
-    }
-    manifest_path = out_dir / MANIFEST_NAME
-    save_manifest(manifest_path, manifest)
-    return weights, manifest_path
+    dataset = DatasetSpec(name=data_info.name, input_size=tuple(data_info.input_size), mean=list(data_info.mean),
+                          std=list(data_info.std), class_names=list(data_info.class_names))
+    manifest = write_front(out_dir, model, points, bn_stats, dataset, TrainingRecord.from_dict(training))
+    return manifest.with_name(WEIGHTS_NAME), manifest

@@ -22,11 +22,12 @@ import torch.nn.functional as F
 
 from pareco_runtime import build_model
 from pareco_runtime.atomic import atomic_write_text
+from pareco_runtime.front_file import MANIFEST_NAME
 from pareco_runtime.models.base import SlimmableNet
 
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .front_builder import MANIFEST_NAME, evaluate_candidates, pareto_candidates, write_outputs
+from .front_builder import evaluate_candidates, pareto_candidates, write_outputs
 from .strategies import Independent, Slim, Strategy
 
 RUN_NAME = "run.json"

@@ -1,0 +1,111 @@
+"""Device profiles: where and how figures were measured (host, backend, versions, threads, batch),
+and recording a profile's figures in a front manifest.
+
+A measurement becomes a device profile and per-point ``latency_ms`` in the manifest
+(:func:`write_profile`), which is what ``pareco select --budget 5ms@PROFILE`` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import platform
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from bench.errors import BenchError
+from pareco_runtime.front import DeviceProfile
+from pareco_runtime.front_file import Front, utc_timestamp
+
+
+def sanitise_profile_name(name: str) -> str:
+    """``name`` with every run of characters outside ``[A-Za-z0-9_.-]`` replaced by '-' (budget syntax)."""
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
+    if not clean:
+        raise BenchError(f"profile name {name!r} has no usable characters; use letters, digits, '_', '.', '-'")
+    return clean
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` reports."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Hardware", "Processor") and value.strip():
+                return value.strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def host_description(backend: str = "torch") -> str:
+    """``"<host name> (<CPU model>[, <GPU name>])"`` for the device profile."""
+    parts = [cpu_model()]
+    if backend == "cuda" and torch.cuda.is_available():
+        parts.append(torch.cuda.get_device_name())
+    return f"{platform.node() or 'unknown-host'} ({', '.join(parts)})"
+
+
+def default_profile_name(backend: str, threads: int, batch: int) -> str:
+    """``<host>-<backend>-t<threads>-b<batch>``, sanitised."""
+    return sanitise_profile_name(f"{platform.node() or 'host'}-{backend}-t{threads}-b{batch}")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def backend_versions(backend: str) -> dict[str, str]:
+    """Versions of what runs the backend: python, torch, and onnxruntime / executorch / CUDA where used."""
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    if backend == "onnxruntime":
+        out["onnxruntime"] = _version("onnxruntime") or "unknown"
+    elif backend == "executorch":
+        out["executorch"] = _version("executorch") or "unknown"
+    elif backend == "cuda":
+        out["cuda"] = str(torch.version.cuda)
+    return out
+
+
+def backend_runtime(backend: str) -> str:
+    """The device profile's ``runtime`` text: the backend, its version and how it is configured."""
+    v = backend_versions(backend)
+    return {
+        "torch": f"torch {v['torch']} eager (inference_mode)",
+        "onnxruntime": f"onnxruntime {v.get('onnxruntime')} CPUExecutionProvider (ORT_ENABLE_ALL, sequential)",
+        "executorch": f"executorch {v.get('executorch')} XNNPACK",
+        "cuda": f"torch {v['torch']} eager cuda {v.get('cuda')}",
+    }[backend]
+
+
+def device_profile(backend: str, threads: int, batch: int, name: str | None = None,
+                   energy_source: str | None = None, allocator: str | None = None) -> DeviceProfile:
+    """The device profile of measurements made here with ``backend`` at ``threads`` and ``batch``.
+
+    ``allocator``: how memory allocation was set up, when not the process default (recorded in
+    ``versions``).
+    """
+    versions = backend_versions(backend)
+    if allocator:
+        versions["allocator"] = allocator
+    return DeviceProfile(
+        name=sanitise_profile_name(name) if name else default_profile_name(backend, threads, batch),
+        runtime=backend_runtime(backend), threads=threads, batch=batch, host=host_description(backend),
+        date=utc_timestamp(), versions=versions, energy_source=energy_source)
+
+
+def write_profile(manifest_path: str | Path, profile: DeviceProfile, latency_ms: Mapping[str, float],
+                  energy_mj: Mapping[str, float] | None = None,
+                  predicted_ms: Mapping[str, float] | None = None) -> None:
+    """Record ``profile`` and its per-point figures in the manifest (:meth:`Front.record_profile`), validated
+    and written atomically.
+
+    The manifest is re-read just before writing, so figures other commands wrote meanwhile are kept.
+    """
+    front = Front.load(manifest_path, verify_weights=False)
+    front.record_profile(profile, latency_ms, energy_mj, predicted_ms)
+    front.save()

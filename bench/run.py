@@ -1,0 +1,213 @@
+"""``pareco bench``'s measurement: latency (and, where the host exposes it, energy) of front points per
+backend, and recording it in the manifest.
+
+Backends: ``torch`` (the sliced eager model under ``torch.inference_mode``), ``onnxruntime`` (the
+exported ONNX file, CPU provider), ``executorch`` (the ``.pte`` file lowered to XNNPACK) and
+``cuda`` (the eager model on the GPU). Threads are fixed explicitly, one thread standing for one
+phone core by default. Every (point, backend) pair is timed in one process, round-robin
+(:func:`bench.timing.interleaved`), because these machines drift 10-80 % between processes, with
+each timed call right after an untimed call of the same model (:func:`bench.timing.interleaved_warm`),
+so that the figures are steady-state inference and not caches emptied by the other candidates. They
+are medians, p90s and IQRs, and each backend's median is also given as a ratio to torch eager's for
+the same point. glibc's malloc is told to keep freed memory (:func:`bench.timing.steady_malloc`).
+
+:func:`record_report` writes each backend's figures into the manifest as a device profile
+(:mod:`bench.device`), with predicted latencies from a look-up table built for that profile.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from bench.device import device_profile, write_profile
+from bench.energy import EnergyMeter, energy_note
+from bench.errors import BenchError
+from bench.lut import fitting_lut
+from bench.timing import STEADY_MALLOC, interleaved_warm, steady_malloc, torch_callable, torch_threads
+from export.exporter import export_point
+from export.formats import get_format, load_runner, require, set_executorch_threads
+from export.index import find_export, merge_index
+from pareco_runtime.front import DeviceProfile
+
+if TYPE_CHECKING:
+    from pareco_runtime import Front, FrontPoint, SlimmableRuntime
+
+BACKENDS = ("torch", "onnxruntime", "executorch", "cuda")
+_EXPORT_FORMAT = {"onnxruntime": "onnx", "executorch": "executorch"}
+
+
+@dataclass
+class Measurement:
+    """One point on one backend: latency statistics in milliseconds, and energy when measured."""
+
+    point: str
+    backend: str
+    profile: str
+    mflops: float
+    median_ms: float
+    p90_ms: float
+    iqr_ms: float
+    runs: int
+    ratio_to_torch: float | None = None
+    energy_mj: float | None = None
+
+
+@dataclass
+class BenchReport:
+    """Everything one ``run_bench`` measured, with the device profile of each backend."""
+
+    measurements: list[Measurement]
+    profiles: dict[str, DeviceProfile]
+    threads: int
+    batch: int
+    warmup: int
+    runs: int
+    energy: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``--json``)."""
+        return {"threads": self.threads, "batch": self.batch, "warmup": self.warmup, "runs": self.runs,
+                "energy": self.energy, "notes": self.notes,
+                "profiles": {b: p.to_dict() for b, p in self.profiles.items()},
+                "measurements": [asdict(m) for m in self.measurements]}
+
+
+def check_backends(backends: Sequence[str]) -> list[str]:
+    """The backends, deduplicated in order; BenchError for unknown ones or for cuda without a GPU."""
+    if not backends:
+        raise BenchError(f"give at least one --backend ({', '.join(BACKENDS)})")
+    out: list[str] = []
+    for b in backends:
+        if b not in BACKENDS:
+            raise BenchError(f"unknown backend '{b}'; choose from {', '.join(BACKENDS)}")
+        if b == "cuda" and not torch.cuda.is_available():
+            raise BenchError("no CUDA device here: torch.cuda.is_available() is False; bench a CPU backend "
+                             "(torch, onnxruntime, executorch) or run on a machine with a GPU")
+        if b not in out:
+            out.append(b)
+    return out
+
+
+def _exported_file(rt: SlimmableRuntime, point: FrontPoint, model: torch.nn.Module, backend: str, batch: int,
+                   exports: Path | None, scratch: Path, say: Callable[[str], None]) -> Path:
+    """The ONNX or ``.pte`` file of ``point``: reused from ``exports`` when it holds a matching one, else
+    exported there (or to ``scratch`` when no export folder is given) with its parity check."""
+    fmt = _EXPORT_FORMAT[backend]
+    sha = rt.front.weights_sha256
+    if exports is not None:
+        found = find_export(exports, point.id, fmt, sha, batch)
+        if found is not None:
+            say(f"reusing {found} for {backend}")
+            return found
+    say(f"exporting {point.id} for {backend}")
+    folder = exports if exports is not None else scratch
+    res = export_point(model, rt.input_size, fmt, folder / f"{point.id}{get_format(fmt).ext}", batch=batch,
+                       point=point.id)
+    if exports is not None:
+        merge_index(exports, [res.to_entry(sha)])
+    return res.path
+
+
+def run_bench(rt: SlimmableRuntime, points: Sequence[FrontPoint], backends: Sequence[str], *, threads: int = 1,
+              batch: int = 1, warmup: int = 30, runs: int = 200, profile: str | None = None,
+              exports: str | Path | None = None, seed: int = 0, steady_memory: bool = True,
+              on_stage: Callable[[str], None] | None = None) -> BenchReport:
+    """Time every point of ``points`` on every backend of ``backends``, interleaved in this process.
+
+    ``threads``: torch's thread count, onnxruntime's intra-op threads and ExecuTorch's thread
+    pool. ``batch``: the batch size timed (ExecuTorch files are exported for it). ``profile``: the
+    profile name (one backend only; default ``<host>-<backend>-t<threads>-b<batch>``).
+    ``exports``: a folder of earlier ``pareco export`` files to reuse (matching weights, format and
+    batch); missing ones are exported into it. Without it, files go to a temporary folder.
+    ``steady_memory``: call :func:`steady_malloc` first (process-wide; recorded in the profiles).
+    ``on_stage`` receives progress messages. Energy is measured after the timing, per candidate,
+    where RAPL/NVML is readable.
+    """
+    backends = check_backends(backends)
+    if threads < 1 or batch < 1 or runs < 1 or warmup < 0:
+        raise BenchError(f"need threads >= 1, batch >= 1, runs >= 1 and warmup >= 0; got threads={threads}, "
+                         f"batch={batch}, runs={runs}, warmup={warmup}")
+    if profile is not None and len(backends) > 1:
+        raise BenchError("--profile names one device profile but several --backend values were given; leave "
+                         "--profile out (each backend gets its own default name) or run once per backend")
+    if not points:
+        raise BenchError("no points to benchmark")
+    for b in backends:
+        if b in _EXPORT_FORMAT:
+            require(_EXPORT_FORMAT[b])
+    # Before any ExecuTorch program is loaded (parity checks included): the pool cannot change after.
+    et_threads = set_executorch_threads(threads) if "executorch" in backends else None
+    say = on_stage or (lambda _msg: None)
+    export_dir = Path(exports) if exports is not None else None
+    notes: list[str] = []
+    allocator = STEADY_MALLOC if steady_memory and steady_malloc() else None
+    if allocator:
+        notes.append(allocator)
+    meters = {b: EnergyMeter.for_backend(b) for b in backends}
+    profiles = {b: device_profile(b, threads, batch, profile, meters[b].source if meters[b] else None, allocator)
+                for b in backends}
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *rt.input_size, generator=gen)
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="pareco-bench-") as scratch:
+        candidates: dict[tuple[str, str], Callable[[], object]] = {}
+        for p in points:
+            model = rt.standalone(p)
+            for b in backends:
+                if b in ("torch", "cuda"):
+                    candidates[(p.id, b)] = torch_callable(model if b == "torch" else rt.standalone(p), x, b == "cuda")
+                    continue
+                path = _exported_file(rt, p, model, b, batch, export_dir, Path(scratch), say)
+                candidates[(p.id, b)] = load_runner(_EXPORT_FORMAT[b], path, threads).bind(x)
+        if et_threads is not None:
+            notes.append(f"ExecuTorch thread pool set to {threads} via its experimental _unsafe_reset_threadpool "
+                         "(process-wide)" if et_threads else
+                         "this ExecuTorch build cannot set its thread count; it used its default pool")
+        say(f"timing {len(candidates)} candidates: {warmup} warm-up and {runs} timed rounds, interleaved (each timed "
+            "call right after an untimed one of the same candidate)")
+        named = {f"{pid}|{b}": fn for (pid, b), fn in candidates.items()}
+        timings = interleaved_warm(named, warmup=warmup, runs=runs)
+        energy: dict[tuple[str, str], float] = {}
+        for (pid, b), fn in candidates.items():
+            meter = meters[b]
+            if meter is not None:
+                energy[(pid, b)] = meter.per_call_mj(fn, timings[f"{pid}|{b}"].median)
+    measurements = []
+    for p in points:
+        base = timings[f"{p.id}|torch"].median if "torch" in backends else None
+        for b in backends:
+            t = timings[f"{p.id}|{b}"]
+            measurements.append(Measurement(
+                point=p.id, backend=b, profile=profiles[b].name, mflops=p.mflops, median_ms=t.median * 1e3,
+                p90_ms=t.p90 * 1e3, iqr_ms=t.iqr * 1e3, runs=runs,
+                ratio_to_torch=None if base is None else t.median / base, energy_mj=energy.get((p.id, b))))
+    if warmup < 30 or runs < 200:
+        notes.append(f"{warmup} warm-up / {runs} timed runs is below the 30 / 200 used for reported figures")
+    return BenchReport(measurements, profiles, threads, batch, warmup, runs, energy_note(meters), notes)
+
+
+def record_report(front: Front, report: BenchReport) -> list[str]:
+    """Write each backend's medians (and energies) of ``report`` into ``front``'s manifest as its device
+    profile; the profile names written.
+
+    Where a look-up table beside the manifest was built for the same profile, backend, threads and
+    batch (:func:`bench.lut.fitting_lut`), its predictions go to the points' ``latency_predicted_ms``
+    (for points without a measurement).
+    """
+    if front.path is None:
+        raise BenchError("the front has no manifest file to record the figures in; save it first")
+    written = []
+    for backend, profile in report.profiles.items():
+        mine = [m for m in report.measurements if m.backend == backend]
+        lut = fitting_lut(front.path, profile.name, backend, report.threads, report.batch)
+        write_profile(front.path, profile, {m.point: m.median_ms for m in mine},
+                      {m.point: m.energy_mj for m in mine if m.energy_mj is not None},
+                      None if lut is None else lut.predict_points(front.points))
+        written.append(profile.name)
+    return written

@@ -1,0 +1,252 @@
+"""The front manifest as one typed object: the only place that knows the layout of ``NAME.front.json``.
+
+:mod:`pareco_runtime.fileformat` reads and writes the bytes and validates them (schema, consistency,
+weight path, SHA-256); :class:`Front` turns a validated manifest into typed fields and back, builds
+a new front from a model, and merges device profiles into it. Every reader and writer of manifests
+goes through it, so the layout is defined once.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .fileformat import FORMAT_VERSION, load_manifest, save_manifest, save_weights, sha256_file, weights_path
+from .front import DeviceProfile, FrontPoint
+from .models import build_model
+from .space import WidthSpace
+
+if TYPE_CHECKING:
+    from .models.base import SlimmableNet
+
+WEIGHTS_NAME = "model.safetensors"
+MANIFEST_NAME = "model.front.json"
+
+BNStatsByPoint = Mapping[str, Mapping[str, tuple[torch.Tensor, torch.Tensor]]]
+
+
+def utc_timestamp() -> str:
+    """Now, in UTC, as the manifest writes dates: ``2026-11-23T23:59:00Z``."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Architecture:
+    """The network a front belongs to: a name :func:`build_model` accepts and its constructor arguments."""
+
+    arch: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> SlimmableNet:
+        """A freshly initialised model of this architecture."""
+        return build_model(self.arch, **self.kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``architecture`` object (also what ``SlimmableNet.describe()`` returns)."""
+        return {"arch": self.arch, "kwargs": dict(self.kwargs)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Architecture:
+        """Inverse of :meth:`to_dict`."""
+        return cls(arch=d["arch"], kwargs=dict(d.get("kwargs") or {}))
+
+
+@dataclass
+class DatasetSpec:
+    """What the network's inputs must look like and what its outputs mean.
+
+    ``input_size``: (C, H, W); ``mean`` / ``std``: the per-channel normalisation inputs get;
+    ``class_names``: in output order (empty when unknown).
+    """
+
+    name: str
+    input_size: tuple[int, ...]
+    mean: list[float]
+    std: list[float]
+    class_names: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``dataset`` object."""
+        return {"name": self.name, "input_size": list(self.input_size), "mean": list(self.mean),
+                "std": list(self.std), "class_names": list(self.class_names)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DatasetSpec:
+        """Inverse of :meth:`to_dict`."""
+        return cls(name=d["name"], input_size=tuple(int(v) for v in d["input_size"]), mean=[float(v) for v in d["mean"]],
+                   std=[float(v) for v in d["std"]], class_names=[str(n) for n in d.get("class_names") or []])
+
+
+@dataclass
+class TrainingRecord:
+    """How a front was trained: algorithm, epochs, seed, wall time, PareCO's |H| (None for other
+    algorithms) and free-form ``extra`` details."""
+
+    algorithm: str
+    epochs: int
+    seed: int
+    wall_time_s: float
+    history_size: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``training`` object."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainingRecord:
+        """Inverse of :meth:`to_dict` (``history_size`` and ``extra`` may be absent)."""
+        return cls(algorithm=d["algorithm"], epochs=int(d["epochs"]), seed=int(d["seed"]),
+                   wall_time_s=float(d["wall_time_s"]), history_size=d.get("history_size"),
+                   extra=dict(d.get("extra") or {}))
+
+
+@dataclass
+class Front:
+    """A front manifest: its weight file, architecture, width space, dataset, training record,
+    device profiles and points.
+
+    :meth:`load` reads and validates a file; :meth:`create` builds a new front; :meth:`save` writes
+    it (validated, atomically); :meth:`record_profile` merges measured figures. ``path`` is the file
+    it was loaded from or last saved to (None for a front not yet saved); it is not part of the
+    layout and is ignored when fronts are compared.
+    """
+
+    architecture: Architecture
+    width_space: WidthSpace
+    dataset: DatasetSpec
+    training: TrainingRecord
+    points: list[FrontPoint]
+    weights_file: str
+    weights_sha256: str
+    device_profiles: list[DeviceProfile] = field(default_factory=list)
+    pareco_version: str = ""
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+    path: Path | None = field(default=None, compare=False)
+
+    @classmethod
+    def create(cls, model: SlimmableNet, points: Sequence[FrontPoint], dataset: DatasetSpec,
+               training: TrainingRecord, weights: str | os.PathLike[str]) -> Front:
+        """A new front of ``model``'s ``points`` whose weight file ``weights`` is already written.
+
+        Records the format and pareco versions, the time now, the weight file's name and its
+        SHA-256 (the manifest must be saved in the weight file's folder), and the model's
+        architecture and width space. No device profiles yet.
+        """
+        from . import __version__
+
+        path = Path(weights)
+        return cls(architecture=Architecture.from_dict(model.describe()), width_space=model.space,
+                   dataset=dataset, training=training, points=list(points), weights_file=path.name,
+                   weights_sha256=sha256_file(path), pareco_version=__version__, created=utc_timestamp())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], verify_weights: bool = True) -> Front:
+        """Read and validate a front manifest (:func:`~pareco_runtime.fileformat.load_manifest`: schema,
+        consistency, weight path and, with ``verify_weights``, the weight file's SHA-256)."""
+        source = Path(path)
+        return cls.from_dict(load_manifest(source, verify_weights=verify_weights), source)
+
+    @classmethod
+    def from_dict(cls, manifest: Mapping[str, Any], path: str | os.PathLike[str] | None = None) -> Front:
+        """The front of a schema-valid manifest dict (validate it first: :meth:`load` does)."""
+        return cls(
+            architecture=Architecture.from_dict(manifest["architecture"]),
+            width_space=WidthSpace.from_dict(manifest["width_space"]),
+            dataset=DatasetSpec.from_dict(manifest["dataset"]),
+            training=TrainingRecord.from_dict(manifest["training"]),
+            points=[FrontPoint.from_dict(p) for p in manifest["points"]],
+            weights_file=manifest["weights"]["file"], weights_sha256=manifest["weights"]["sha256"],
+            device_profiles=[DeviceProfile.from_dict(p) for p in manifest["device_profiles"]],
+            pareco_version=manifest["pareco_version"], created=manifest["created"],
+            format_version=int(manifest["format_version"]), path=None if path is None else Path(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as a JSON-ready dict, keys in the order the file lists them."""
+        return {
+            "format_version": self.format_version,
+            "pareco_version": self.pareco_version,
+            "created": self.created,
+            "weights": {"file": self.weights_file, "sha256": self.weights_sha256},
+            "architecture": self.architecture.to_dict(),
+            "width_space": self.width_space.to_dict(),
+            "dataset": self.dataset.to_dict(),
+            "training": self.training.to_dict(),
+            "device_profiles": [p.to_dict() for p in self.device_profiles],
+            "points": [p.to_dict() for p in self.points],
+        }
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Validate and write the manifest atomically to ``path`` (default: :attr:`path`); the path written.
+
+        Raises :class:`~pareco_runtime.fileformat.FormatError` and writes nothing if the front is
+        not a valid manifest.
+        """
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise ValueError("this front was never loaded or saved; give the path to save it to")
+        save_manifest(target, self.to_dict())
+        self.path = target
+        return target
+
+    @property
+    def weights_path(self) -> Path:
+        """Absolute path of the weight file, inside the manifest's folder (FormatError otherwise)."""
+        if self.path is None:
+            raise ValueError("this front was never loaded or saved, so its weight file has no folder; save it first")
+        return weights_path(self.path, self.to_dict())
+
+    @property
+    def profile_names(self) -> list[str]:
+        """The device profiles' names, in file order."""
+        return [p.name for p in self.device_profiles]
+
+    def record_profile(self, profile: DeviceProfile, latency_ms: Mapping[str, float],
+                       energy_mj: Mapping[str, float] | None = None,
+                       predicted_ms: Mapping[str, float] | None = None) -> None:
+        """Merge ``profile`` and its per-point figures into the front (not saved: call :meth:`save`).
+
+        The profile replaces a same-named one; other profiles and their figures are kept.
+        ``latency_ms`` / ``energy_mj`` ({point id: value}) are measured values and must name points
+        of this front (ValueError otherwise); ``predicted_ms`` goes to ``latency_predicted_ms`` of
+        points that have no measured latency for this profile. Values are rounded to 6 decimals.
+        """
+        ids = {p.id for p in self.points}
+        unknown = sorted(set(latency_ms) - ids)
+        if unknown:
+            raise ValueError(f"{self.path or 'front'}: no point {unknown[0]!r} in this manifest; it changed since "
+                             "the benchmark")
+        self.device_profiles = [p for p in self.device_profiles if p.name != profile.name] + [profile]
+        name = profile.name
+        for p in self.points:
+            if p.id in latency_ms:
+                p.latency_ms[name] = round(float(latency_ms[p.id]), 6)
+            if energy_mj and p.id in energy_mj:
+                p.energy_mj[name] = round(float(energy_mj[p.id]), 6)
+            if predicted_ms and p.id in predicted_ms and name not in p.latency_ms:
+                p.latency_predicted_ms[name] = round(float(predicted_ms[p.id]), 6)
+
+
+def write_front(out_dir: str | os.PathLike[str], model: SlimmableNet, points: Sequence[FrontPoint],
+                bn_stats: BNStatsByPoint, dataset: DatasetSpec, training: TrainingRecord) -> Path:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/model.front.json`` (each atomically); the manifest's path.
+
+    The weight file holds ``model``'s full-width weights, ``bn_stats`` ({point id: {BN module
+    name: (running_mean, running_var)}}) and the architecture, width space and point ids as
+    metadata; the manifest is :meth:`Front.create` of it, saved beside it.
+    """
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS_NAME
+    stats = {pid: dict(per_module) for pid, per_module in bn_stats.items()}
+    save_weights(weights, model.state_dict(), stats, {"architecture": model.describe(),
+                                                      "width_space": model.space.to_dict(),
+                                                      "points": [p.id for p in points]})
+    return Front.create(model, points, dataset, training, weights).save(folder / MANIFEST_NAME)
