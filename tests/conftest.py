@@ -1,10 +1,27 @@
-"""Shared test helpers."""
+"""Shared fixtures: one trained front per session, the CLI in-process and as a real process, training helpers.
+
+Fast subset, for the edit-test loop (about 50 CPU-seconds: under a minute on an idle 2-core machine)::
+
+    python -m pytest -m "not slow"
+
+It leaves out the tests marked ``@pytest.mark.slow`` (a few CPU-seconds or more each): kill-and-resume
+trainings, the crash harness, DDP, ONNX and ExecuTorch lowering, onnxruntime benchmarking and the BO tests
+that fit many GPs. Plain ``python -m pytest`` (what CI runs) runs everything; mark a new test ``slow`` when it
+takes more than about two CPU-seconds.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -17,57 +34,132 @@ settings.load_profile("pareco")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``pareco ARGS`` in a subprocess, as a user would, and capture its output."""
-    return subprocess.run([sys.executable, "-m", "pareco_cli.main", *args], cwd=cwd or ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+@pytest.fixture(scope="session", autouse=True)
+def _one_intra_op_thread() -> Iterator[None]:
+    """One intra-op thread in this process and in the processes tests start: test machines are small and
+    shared, and OpenMP threads spin-waiting for a busy core made these small forwards 10-30x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("OMP_NUM_THREADS", "1")
+        yield
+    torch.set_num_threads(threads)
 
 
-def kill_mid_epoch(args: list[str], out: Path, epoch: int = 2, timeout: float = 240) -> None:
-    """Start ``pareco ARGS`` and SIGKILL it as soon as it logs a step of ``epoch`` (needs ``--log-every 1``)."""
-    import json
-    import os
-    import signal
-    import time
+class CliResult(NamedTuple):
+    """What one ``pareco`` call did: exit code and output, read like a ``subprocess.CompletedProcess``."""
 
-    proc = subprocess.Popen([sys.executable, "-m", "pareco_cli.main", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = out / "train.log.jsonl"
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        lines = log.read_text().splitlines() if log.exists() else []
-        if any(json.loads(x).get("epoch") == epoch and "step" in json.loads(x) for x in lines if x.strip()):
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be killed mid-epoch"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 @pytest.fixture
-def cli():
-    return run_cli
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
+    """``cli(*args)`` runs ``pareco ARGS`` in this process and returns a :class:`CliResult`.
+
+    In-process because torch and friends are imported already (a fresh interpreter costs seconds); the
+    process boundary itself is tested with ``cli_process``.
+    """
+    from pareco_cli.main import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        with monkeypatch.context() as m:
+            m.setattr(sys, "argv", ["pareco", *args])
+            m.setenv("COLUMNS", "200")  # rich tables: no truncated cells
+            code = 0
+            try:
+                main()
+            except SystemExit as exc:
+                code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def cli_process() -> Callable[..., subprocess.CompletedProcess]:
+    """``cli_process(*args, timeout=300)`` runs ``pareco ARGS`` in a fresh Python process, as a user would."""
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pareco_cli.main", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    """The repository root: the working directory for processes that import the project's packages."""
+    return ROOT
+
+
+@pytest.fixture
+def kill_mid_epoch() -> Callable[..., None]:
+    """``kill_mid_epoch(args, out, epoch=2, timeout=240)`` starts ``pareco ARGS`` in a process and SIGKILLs it
+    as soon as it logs a step of ``epoch`` into ``out/train.log.jsonl`` (the run needs ``--log-every 1``)."""
+
+    def kill(args: list[str], out: Path, epoch: int = 2, timeout: float = 240) -> None:
+        proc = subprocess.Popen([sys.executable, "-m", "pareco_cli.main", *args], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = out / "train.log.jsonl"
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            lines = log.read_text().splitlines() if log.exists() else []
+            records = [json.loads(x) for x in lines if x.strip()]
+            if any(r.get("epoch") == epoch and "step" in r for r in records):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed mid-epoch"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    return kill
+
+
+@pytest.fixture
+def small_train_settings() -> dict[str, Any]:
+    """``TrainConfig`` keywords for a run of seconds: resnet20 on 256 synthetic 16x16 images, 4 classes."""
+    return {"arch": "resnet20", "data": "synthetic:256:4", "image_size": 16, "batch_size": 32, "lr": 0.05,
+            "candidates": 6, "calib_batches": 2, "calib_batch_size": 32}
+
+
+@pytest.fixture
+def train_cli_args() -> Callable[..., list[str]]:
+    """``train_cli_args(out, epochs, algorithm="slim", extra=())``: ``pareco train`` arguments for a small run
+    (resnet20, 128 synthetic 16x16 images) into ``out`` that logs every step."""
+
+    def args(out: Path, epochs: int, algorithm: str = "slim", extra: tuple[str, ...] = ()) -> list[str]:
+        return ["train", "--arch", "resnet20", "--data", "synthetic:128:4", "--image-size", "16",
+                "--batch-size", "32", "--lr", "0.05", "--epochs", str(epochs), "--algorithm", algorithm,
+                "--candidates", "6", "--calib-batches", "2", "--calib-batch-size", "32", "--out", str(out),
+                "--log-every", "1", *extra]
+
+    return args
 
 
 @pytest.fixture(scope="session")
-def tiny_front(tmp_path_factory) -> Path:
-    """A small trained Slim front (resnet20, 16x16 synthetic data, 4 classes); returns the manifest path.
+def tiny_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trained Slim front (resnet20, 16x16 synthetic data, 4 classes), trained once per session;
+    returns the manifest path.
 
     Tests must not modify it: copy the folder first (see ``front_copy``).
     """
     from training.loop import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny_front")
-    cfg = TrainConfig(arch="resnet20", data="synthetic:128:4", image_size=16, epochs=1, batch_size=32, lr=0.05,
-                      candidates=5, calib_batches=1, calib_batch_size=32)
+    cfg = TrainConfig(arch="resnet20", data="synthetic:128:4", image_size=16, epochs=1, batch_size=32,
+                      lr=0.05, candidates=5, calib_batches=1, calib_batch_size=32)
     return train(cfg, out, show_progress=False)
 
 
 @pytest.fixture
-def front_copy(tiny_front, tmp_path) -> Path:
-    """A private copy of the tiny front's folder; returns its manifest path."""
-    import shutil
-
+def front_copy(tiny_front: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny front's folder, for tests that change it; returns its manifest path."""
     dst = tmp_path / "front"
     shutil.copytree(tiny_front.parent, dst)
     return dst / tiny_front.name

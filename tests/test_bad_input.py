@@ -1,7 +1,7 @@
 """Bad input, table-driven: each case is rejected by the CLI with exit 2 and one line naming the problem.
 
-The CLI runs in-process (``pareco_cli.main.main`` with patched argv) so that the table
-stays cheap; ``tests/test_cli_flops.py`` and ``tests/test_training.py`` run real subprocesses.
+The CLI runs in-process (the ``cli`` fixture) so that the table stays cheap; ``tests/test_cli_flops.py``
+and the kill-and-resume tests run real processes.
 """
 
 from __future__ import annotations
@@ -9,24 +9,10 @@ from __future__ import annotations
 import json
 import pickle
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from pareco_cli.main import main
-
-
-def run_main(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["pareco", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 class Payload:
@@ -92,11 +78,11 @@ FRONT_CASES = [
 
 
 @pytest.mark.parametrize("case,damage,msg", FRONT_CASES, ids=[c[0] for c in FRONT_CASES])
-def test_damaged_front_rejected(case, damage, msg, front_copy, tmp_path, capsys, monkeypatch):
+def test_damaged_front_rejected(case, damage, msg, front_copy, tmp_path, cli):
     point = json.loads(front_copy.read_text())["points"][0]["id"]
     damage(front_copy)
-    code, _, err = run_main(["export", str(front_copy), "--point", point, "--torchscript", "--out",
-                             str(tmp_path / "exp")], capsys, monkeypatch)
+    code, _, err = cli("export", str(front_copy), "--point", point, "--torchscript", "--out",
+                       str(tmp_path / "exp"))
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
@@ -106,23 +92,22 @@ def test_damaged_front_rejected(case, damage, msg, front_copy, tmp_path, capsys,
     assert not (tmp_path / "exp" / f"{point}.pt").exists()
 
 
-def test_pickle_as_weight_file_does_not_run(front_copy, tmp_path, capsys, monkeypatch):
+def test_pickle_as_weight_file_does_not_run(front_copy, tmp_path, cli):
     marker = tmp_path / "pwned"
     _weights(front_copy).write_bytes(pickle.dumps(Payload(str(marker))))
     _resign(front_copy)
-    run_main(["select", str(front_copy), "--budget", "1000MFLOPs"], capsys, monkeypatch)
+    cli("select", str(front_copy), "--budget", "1000MFLOPs")
     assert not marker.exists()
-    code, _, err = run_main(["export", str(front_copy), "--all", "--torchscript", "--out", str(tmp_path / "e")],
-                            capsys, monkeypatch)
+    code, _, err = cli("export", str(front_copy), "--all", "--torchscript", "--out", str(tmp_path / "e"))
     assert code == 2, err
     assert not marker.exists()
 
 
-def test_pickle_as_manifest_and_checkpoint_do_not_run(tmp_path, capsys, monkeypatch):
+def test_pickle_as_manifest_and_checkpoint_do_not_run(tmp_path, cli):
     marker = tmp_path / "pwned"
     manifest = tmp_path / "model.front.json"
     manifest.write_bytes(pickle.dumps(Payload(str(marker))))
-    code, _, _ = run_main(["show", str(manifest)], capsys, monkeypatch)
+    code, _, _ = cli("show", str(manifest))
     assert code == 2 and not marker.exists()
     import torch
 
@@ -143,8 +128,8 @@ BUDGETS = [
 
 
 @pytest.mark.parametrize("budget,msg", BUDGETS, ids=[b[0] or "empty" for b in BUDGETS])
-def test_bad_budgets(budget, msg, tiny_front, capsys, monkeypatch):
-    code, _, err = run_main(["select", str(tiny_front), "--budget", budget], capsys, monkeypatch)
+def test_bad_budgets(budget, msg, tiny_front, cli):
+    code, _, err = cli("select", str(tiny_front), "--budget", budget)
     assert code == 2 and msg.lower() in err.lower() and len(err.strip().splitlines()) == 1, err
 
 
@@ -202,12 +187,12 @@ DATA_CASES = [
 
 
 @pytest.mark.parametrize("case,make,msg", DATA_CASES, ids=[c[0] for c in DATA_CASES])
-def test_bad_data_folders(case, make, msg, tmp_path, capsys, monkeypatch):
+def test_bad_data_folders(case, make, msg, tmp_path, cli):
     import re
 
     path = make(tmp_path)
-    code, _, err = run_main(["train", "--data", str(path), "--out", str(tmp_path / "out"), "--epochs", "1",
-                             "--cache-dir", str(tmp_path / "cache")], capsys, monkeypatch)
+    code, _, err = cli("train", "--data", str(path), "--out", str(tmp_path / "out"), "--epochs", "1",
+                       "--cache-dir", str(tmp_path / "cache"))
     assert code == 2, err
     assert re.search(msg, err, re.IGNORECASE) and len(err.strip().splitlines()) == 1, err
 
@@ -239,10 +224,10 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize("args,msg", CLI_CASES, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(CLI_CASES)])
-def test_bad_cli_arguments(args, msg, tiny_front, tmp_path, capsys, monkeypatch):
+def test_bad_cli_arguments(args, msg, tiny_front, tmp_path, cli):
     import re
 
     args = [a.format(tmp=tmp_path, front=tiny_front) for a in args]
-    code, _, err = run_main(args, capsys, monkeypatch)
+    code, _, err = cli(*args)
     assert code == 2, err
     assert re.search(msg, err) and len(err.strip().splitlines()) == 1, err

@@ -18,24 +18,18 @@ from pareco_runtime import SlimmableRuntime, build_model
 from pareco_runtime.budget import ProfileError
 from pareco_runtime.fileformat import load_manifest
 
-from .test_export import copy_front, run_main, trained_front
-
-
-@pytest.fixture(scope="module")
-def front(tmp_path_factory):
-    return trained_front(tmp_path_factory)
-
 
 def _ids(manifest) -> list[str]:
     return [p["id"] for p in json.loads(manifest.read_text())["points"]]
 
 
-def test_bench_torch_and_onnxruntime_updates_the_manifest(front, tmp_path, capsys, monkeypatch):
-    manifest = copy_front(front, tmp_path / "front")
+@pytest.mark.slow
+def test_bench_torch_and_onnxruntime_updates_the_manifest(front_copy, cli):
+    manifest = front_copy
     ids = _ids(manifest)
     chosen = [ids[0], ids[-1]]
-    code, out, err = run_main(["bench", str(manifest), "--backend", "torch", "--backend", "onnxruntime", "--warmup",
-                               "2", "--runs", "5", "--points", ",".join(chosen), "--update"], capsys, monkeypatch)
+    code, out, err = cli("bench", str(manifest), "--backend", "torch", "--backend", "onnxruntime", "--warmup",
+                         "2", "--runs", "5", "--points", ",".join(chosen), "--update")
     assert code == 0, err
     for text in ("median ms", "p90 ms", "IQR ms", "x torch", "onnxruntime", "torch", *chosen):
         assert text in out
@@ -56,15 +50,14 @@ def test_bench_torch_and_onnxruntime_updates_the_manifest(front, tmp_path, capsy
     rt = SlimmableRuntime.load(manifest)
     slowest = max(by_id[pid]["latency_ms"][names[1]] for pid in chosen)
     assert rt.select(f"{slowest * 1.01}ms@{names[1]}").id in chosen
-    code, out, err = run_main(["select", str(manifest), "--budget", f"{slowest * 1.01}ms@{names[1]}", "--json"],
-                              capsys, monkeypatch)
+    code, out, err = cli("select", str(manifest), "--budget", f"{slowest * 1.01}ms@{names[1]}", "--json")
     assert code == 0, err
     assert json.loads(out)["point"]["id"] in chosen
 
 
-def test_bench_json_report_and_profile_name(front, capsys, monkeypatch):
-    code, out, err = run_main(["bench", str(front), "--warmup", "1", "--runs", "3", "--points", _ids(front)[0],
-                               "--profile", "my phone!", "--threads", "1", "--json"], capsys, monkeypatch)
+def test_bench_json_report_and_profile_name(tiny_front, cli):
+    code, out, err = cli("bench", str(tiny_front), "--warmup", "1", "--runs", "3", "--points",
+                         _ids(tiny_front)[0], "--profile", "my phone!", "--threads", "1", "--json")
     assert code == 0, err
     rep = json.loads(out)
     assert rep["profiles"]["torch"]["name"] == "my-phone"
@@ -82,14 +75,14 @@ def test_bench_json_report_and_profile_name(front, capsys, monkeypatch):
     (["--backend", "torch", "--backend", "onnxruntime", "--profile", "x"], "several --backend"),
     (["--runs", "0"], "need threads >= 1"),
 ])
-def test_bench_errors(front, capsys, monkeypatch, args, message):
-    code, _, err = run_main(["bench", str(front), *args], capsys, monkeypatch)
+def test_bench_errors(tiny_front, cli, args, message):
+    code, _, err = cli("bench", str(tiny_front), *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
-def test_bench_cuda_without_a_gpu(front, capsys, monkeypatch):
-    code, _, err = run_main(["bench", str(front), "--backend", "cuda"], capsys, monkeypatch)
+def test_bench_cuda_without_a_gpu(tiny_front, cli):
+    code, _, err = cli("bench", str(tiny_front), "--backend", "cuda")
     assert code == 2 and "no CUDA device here" in err
 
 
@@ -116,11 +109,11 @@ def test_energy_sources(tmp_path):
     assert device_profile("torch", 2, 4, energy_source="rapl").energy_source == "rapl"
 
 
-def test_profile_names_and_write_profile(front, tmp_path):
+def test_profile_names_and_write_profile(front_copy):
     assert sanitise_profile_name("pixel 7 / big core") == "pixel-7-big-core"
     with pytest.raises(BenchError):
         sanitise_profile_name("///")
-    manifest = copy_front(front, tmp_path)
+    manifest = front_copy
     ids = _ids(manifest)
     old = device_profile("torch", 1, 1, "dev")
     write_profile(manifest, old, {ids[0]: 2.0, ids[1]: 3.0}, predicted_ms={pid: 9.0 for pid in ids})
@@ -175,15 +168,15 @@ def test_lut_builds_predicts_and_round_trips(tmp_path):
         lut.predict_ms([4, 4])
 
 
-def test_cli_build_lut_writes_predictions_then_bench_keeps_them_apart(front, tmp_path, capsys, monkeypatch):
-    manifest = copy_front(front, tmp_path)
+def test_cli_build_lut_writes_predictions_then_bench_keeps_them_apart(front_copy, cli):
+    manifest = front_copy
     ids = _ids(manifest)
-    code, out, err = run_main(["bench", str(manifest), "--build-lut", "--lut-levels", "2", "--lut-validate", "20",
-                               "--lut-calibrate", "3", "--warmup", "1", "--runs", "3", "--update", "--profile", "dev",
-                               "--json"], capsys, monkeypatch)
+    code, out, err = cli("bench", str(manifest), "--build-lut", "--lut-levels", "2", "--lut-validate", "20",
+                         "--lut-calibrate", "3", "--warmup", "1", "--runs", "3", "--update", "--profile",
+                         "dev", "--json")
     assert code == 0, err
     rep = json.loads(out)
-    assert rep["lut"].endswith("model.lut.dev.json") and (tmp_path / "model.lut.dev.json").is_file()
+    assert rep["lut"].endswith("model.lut.dev.json") and (manifest.parent / "model.lut.dev.json").is_file()
     for key in ("median_abs_rel_error", "max_abs_rel_error", "within_10pct", "raw"):
         assert key in rep["validation"]
     assert {"offset_ms", "scale", "configs"} <= set(rep["calibration"])
@@ -195,8 +188,8 @@ def test_cli_build_lut_writes_predictions_then_bench_keeps_them_apart(front, tmp
         rt.select(f"{top}ms@dev")
     assert rt.select(f"{top * 1.01}ms@dev", allow_predicted=True).id in ids
     # Measuring one point with the same profile keeps the table's predictions for the others.
-    code, out, err = run_main(["bench", str(manifest), "--points", ids[0], "--warmup", "1", "--runs", "3",
-                               "--profile", "dev", "--update"], capsys, monkeypatch)
+    code, out, err = cli("bench", str(manifest), "--points", ids[0], "--warmup", "1", "--runs", "3",
+                         "--profile", "dev", "--update")
     assert code == 0, err
     pts = {p["id"]: p for p in load_manifest(manifest)["points"]}
     assert "dev" in pts[ids[0]]["latency_ms"]

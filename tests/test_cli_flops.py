@@ -1,4 +1,4 @@
-"""``pareco flops`` as a user runs it."""
+"""``pareco flops`` as a user runs it: in-process (``cli``), and through a real process (``cli_process``)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,12 @@ def test_flops_bad_input(cli, args, msg):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_help_lists_flops(cli):
-    r = cli("--help")
+def test_help_lists_flops(cli_process):
+    r = cli_process("--help")
     assert r.returncode == 0 and "flops" in r.stdout
+
+
+def test_bad_input_exits_2_with_one_line_from_a_real_process(cli_process):
+    r = cli_process("flops", "--arch", "resnet21", "--width", "1")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: unknown architecture 'resnet21'") and len(r.stderr.splitlines()) == 1

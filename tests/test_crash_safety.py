@@ -5,9 +5,12 @@ The full harness (20 kill points, timed and injected) is ``python -m benchmarks.
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.crash_harness import Kill, harness
 
 
+@pytest.mark.slow
 def test_kills_inside_writes_leave_whole_files_and_same_result(tmp_path):
     kills = [
         Kill(target="checkpoint.pt", mode="mid", nth=1),

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,60 +15,14 @@ from export.index import INDEX_NAME, find_export, merge_index, read_index
 from pareco_runtime import SlimmableRuntime, build_model, slice_model
 
 
-def trained_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small trained front (resnet20, 16x16, 4 classes), trained once per test session and shared."""
-    out = tmp_path_factory.getbasetemp() / "shared-front"
-    manifest = out / "model.front.json"
-    if not manifest.exists():
-        from bench.timing import torch_threads
-        from training.loop import TrainConfig, train
-
-        # One thread: with two OpenMP threads on a 2-core host that other jobs share, this run took
-        # 33 s instead of 1 s (threads spin-waiting for a core).
-        with torch_threads(1):
-            train(TrainConfig(arch="resnet20", data="synthetic:128:4", image_size=16, epochs=1, batch_size=32,
-                              candidates=4, calib_batches=1, calib_batch_size=32), out, show_progress=False,
-                  force=True)
-    return manifest
-
-
-def copy_front(manifest: Path, folder: Path) -> Path:
-    """A copy of a front (manifest and weights) in ``folder``, for tests that change it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("model.front.json", "model.safetensors"):
-        shutil.copy(manifest.parent / name, folder / name)
-    return folder / "model.front.json"
-
-
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str],
-             monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """Run ``pareco ARGS`` in this process (fast: torch is already imported); (exit code, stdout, stderr)."""
-    from pareco_cli import main as cli
-
-    monkeypatch.setattr(sys, "argv", ["pareco", *args])
-    monkeypatch.setenv("COLUMNS", "200")  # rich tables: no truncated cells
-    capsys.readouterr()
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
-def front(tmp_path_factory):
-    return trained_front(tmp_path_factory)
+def rt(tiny_front):
+    return SlimmableRuntime.load(tiny_front)
 
 
-@pytest.fixture(scope="module")
-def rt(front):
-    return SlimmableRuntime.load(front)
-
-
-@pytest.mark.parametrize("fmt,ext", [("onnx", ".onnx"), ("torchscript", ".pt"), ("pt2", ".pt2"),
-                                     ("executorch", ".pte")])
+@pytest.mark.parametrize("fmt,ext", [pytest.param("onnx", ".onnx", marks=pytest.mark.slow),
+                                     ("torchscript", ".pt"), ("pt2", ".pt2"),
+                                     pytest.param("executorch", ".pte", marks=pytest.mark.slow)])
 def test_format_exports_loads_back_and_matches(rt, tmp_path, fmt, ext):
     pid = rt.points[1].id
     model = rt.standalone(pid)
@@ -105,6 +57,7 @@ def test_format_exports_loads_back_and_matches(rt, tmp_path, fmt, ext):
         assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_onnx_and_executorch(tmp_path):
     m = build_model("mobilenet_v2", num_classes=10, input_size=64).eval()
     sub = slice_model(m, m.space.uniform(0.42)).eval()
@@ -159,7 +112,7 @@ def test_missing_dependency_is_a_clear_error(rt, tmp_path, monkeypatch, fmt, mod
 
 
 @pytest.mark.parametrize("fmt,ext", [("onnx", ".onnx"), ("torchscript", ".pt"), ("pt2", ".pt2"),
-                                     ("executorch", ".pte")])
+                                     pytest.param("executorch", ".pte", marks=pytest.mark.slow)])
 def test_loading_a_broken_file_is_a_clear_error(tmp_path, fmt, ext):
     path = tmp_path / f"broken{ext}"
     path.write_bytes(b"not a model" * 20)
@@ -189,37 +142,37 @@ def test_index_merge_and_lookup(tmp_path):
         read_index(tmp_path)
 
 
-def test_cli_export_point_writes_files_table_and_index(front, tmp_path, capsys, monkeypatch):
+@pytest.mark.slow
+def test_cli_export_point_writes_files_table_and_index(tiny_front, tmp_path, cli):
     out = tmp_path / "exports"
-    code, stdout, err = run_main(["export", str(front), "--point", "p01", "--torchscript", "--pt2", "--out", str(out)],
-                                 capsys, monkeypatch)
+    code, stdout, err = cli("export", str(tiny_front), "--point", "p01", "--torchscript", "--pt2", "--out",
+                            str(out))
     assert code == 0, err
     for col in ("point", "format", "file", "KiB", "max abs diff", "p01.pt2", "torchscript"):
         assert col in stdout
     entries = read_index(out)
     assert [(e["point"], e["format"], e["file"]) for e in entries] == [("p01", "pt2", "p01.pt2"),
                                                                        ("p01", "torchscript", "p01.pt")]
-    ids = [p["id"] for p in json.loads(front.read_text())["points"]]
-    sha = json.loads(front.read_text())["weights"]["sha256"]
+    ids = [p["id"] for p in json.loads(tiny_front.read_text())["points"]]
+    sha = json.loads(tiny_front.read_text())["weights"]["sha256"]
     for e in entries:
         assert e["bytes"] == (out / e["file"]).stat().st_size
         assert 0 <= e["max_abs_diff"] <= 1e-4
         assert e["versions"]["torch"] and e["weights_sha256"] == sha
         assert e["batch"] == "dynamic" and e["input_size"] == [3, 16, 16] and e["max_abs_output"] > 0
     # A second run into the same folder merges its records with the first run's.
-    code, stdout, err = run_main(["export", str(front), "--all", "--torchscript", "--out", str(out), "--json"],
-                                 capsys, monkeypatch)
+    code, stdout, err = cli("export", str(tiny_front), "--all", "--torchscript", "--out", str(out), "--json")
     assert code == 0, err
     assert [e["point"] for e in json.loads(stdout)["exports"]] == ids
     assert sorted((e["point"], e["format"]) for e in read_index(out)) == sorted(
         [("p01", "pt2")] + [(pid, "torchscript") for pid in ids])
 
 
-def test_cli_export_budget_picks_one_point(front, tmp_path, capsys, monkeypatch):
-    code, stdout, err = run_main(["export", str(front), "--budget", "1e9MFLOPs", "--pt2", "--out", str(tmp_path),
-                                  "--json"], capsys, monkeypatch)
+def test_cli_export_budget_picks_one_point(tiny_front, tmp_path, cli):
+    code, stdout, err = cli("export", str(tiny_front), "--budget", "1e9MFLOPs", "--pt2", "--out",
+                            str(tmp_path), "--json")
     assert code == 0, err
-    richest = max(json.loads(front.read_text())["points"], key=lambda p: p["top1"])["id"]
+    richest = max(json.loads(tiny_front.read_text())["points"], key=lambda p: p["top1"])["id"]
     assert [e["file"] for e in json.loads(stdout)["exports"]] == [f"{richest}.pt2"]
 
 
@@ -230,17 +183,17 @@ def test_cli_export_budget_picks_one_point(front, tmp_path, capsys, monkeypatch)
     (["--pt2"], "give exactly one of --budget B, --point ID or --all"),
     (["--all", "--point", "p00", "--pt2"], "give exactly one of --budget B, --point ID or --all"),
 ])
-def test_cli_export_errors(front, tmp_path, capsys, monkeypatch, args, message):
-    code, _, err = run_main(["export", str(front), *args, "--out", str(tmp_path / "o")], capsys, monkeypatch)
+def test_cli_export_errors(tiny_front, tmp_path, cli, args, message):
+    code, _, err = cli("export", str(tiny_front), *args, "--out", str(tmp_path / "o"))
     assert code == 2
     assert message in err and err.startswith("error: ")
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_export_unmet_budget_with_fallback(front, tmp_path, capsys, monkeypatch):
-    code, stdout, err = run_main(["export", str(front), "--budget", "0.001MFLOPs", "--fallback", "cheapest", "--pt2",
-                                  "--out", str(tmp_path), "--json"], capsys, monkeypatch)
+def test_cli_export_unmet_budget_with_fallback(tiny_front, tmp_path, cli):
+    code, stdout, err = cli("export", str(tiny_front), "--budget", "0.001MFLOPs", "--fallback", "cheapest",
+                            "--pt2", "--out", str(tmp_path), "--json")
     assert code == 0, err
-    cheapest = min(json.loads(front.read_text())["points"], key=lambda p: p["mflops"])["id"]
+    cheapest = min(json.loads(tiny_front.read_text())["points"], key=lambda p: p["mflops"])["id"]
     assert [e["point"] for e in json.loads(stdout)["exports"]] == [cheapest]

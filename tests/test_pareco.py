@@ -16,20 +16,6 @@ from training.data import load_data
 from training.loop import TrainConfig, TrainingError, train
 from training.pareco import PareCO, TwoStage, bo_schedule, make_bo_strategy, measure_losses
 
-from .conftest import kill_mid_epoch, run_cli
-from .test_training import FAST, _train_args
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch):
-    """One intra-op thread here and in child processes: the 2-core test machine is shared, and
-    OpenMP threads competing with other processes made these small forwards 10x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def resnet() -> torch.nn.Module:
@@ -89,6 +75,7 @@ def test_pas_falls_back_to_uniform_targets_on_a_single_point_front():
     assert min(targets) < 0.3 and max(targets) > 0.9
 
 
+@pytest.mark.slow
 def test_bisection_meets_epsilon_and_records_steps(resnet):
     X, loss, cost, bounds, cost_of = _search_inputs(resnet, 30)
     props, timings = mobo.propose(X, loss, cost, 2, bounds=bounds, cost_of=cost_of,
@@ -102,7 +89,7 @@ def test_bisection_meets_epsilon_and_records_steps(resnet):
     assert timings.fit_s > 0 and timings.acquisition_s > 0
 
 
-@pytest.mark.parametrize("cost_model", ["exact", "gp"])
+@pytest.mark.parametrize("cost_model", ["exact", pytest.param("gp", marks=pytest.mark.slow)])
 def test_both_cost_models_return_in_box_configs(resnet, cost_model):
     X, loss, cost, bounds, cost_of = _search_inputs(resnet, 20)
     exact = mobo.CostPolynomial.from_model(resnet) if cost_model == "exact" else None
@@ -139,6 +126,7 @@ def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_pareco_strategy_grows_history_and_leaves_model_untouched(tiny):
     _, x, y = tiny
     m = build_model("resnet20", num_classes=4, input_size=16)
@@ -197,6 +185,7 @@ def test_stale_losses_move_by_the_mean_change_of_the_remeasured(resnet):
     assert s.losses == [1.0] * 5
 
 
+@pytest.mark.slow
 def test_pareco_bo_step_remeasures_only_the_subset(tiny):
     _, x, y = tiny
     m = build_model("resnet20", num_classes=4, input_size=16)
@@ -246,6 +235,7 @@ def test_pareco_state_round_trip_reproduces_next_configs(tiny):
     assert b.history == a.history and b.lambdas == a.lambdas and b.bisection_steps == a.bisection_steps
 
 
+@pytest.mark.slow
 def test_twostage_trains_random_per_layer_widths_and_searches_after(tiny):
     data, x, y = tiny
     m = build_model("resnet20", num_classes=4, input_size=16)
@@ -278,10 +268,10 @@ def test_bad_bo_settings_name_the_flag(field, value, flag):
         make_bo_strategy(TrainConfig(algorithm="pareco", **{field: value}))
 
 
-@pytest.mark.parametrize("algorithm", ["pareco", "twostage"])
-def test_end_to_end_run_records_the_search(tmp_path, algorithm):
+@pytest.mark.parametrize("algorithm", ["pareco", pytest.param("twostage", marks=pytest.mark.slow)])
+def test_end_to_end_run_records_the_search(tmp_path, small_train_settings, algorithm):
     # 6 steps, |H| target 2: one BO iteration (PareCO at step 0, TwoStage after training) adding M = 2.
-    cfg = TrainConfig(algorithm=algorithm, epochs=1, history_size=2, probe_batch=16, **FAST)
+    cfg = TrainConfig(algorithm=algorithm, epochs=1, history_size=2, probe_batch=16, **small_train_settings)
     manifest = load_manifest(train(cfg, tmp_path, show_progress=False))
     training = manifest["training"]
     extra = training["extra"]
@@ -295,16 +285,17 @@ def test_end_to_end_run_records_the_search(tmp_path, algorithm):
     assert pts and all(p["mflops"] * 1e6 == pytest.approx(m.macs(p["alpha"])) for p in pts)
 
 
-def test_pareco_resume_after_kill_is_bit_identical(tmp_path):
+@pytest.mark.slow
+def test_pareco_resume_after_kill_is_bit_identical(tmp_path, cli_process, kill_mid_epoch, train_cli_args):
     # 3 steps per epoch, BO every 2 steps (at 0, 2, 4): the kill lands in epoch 2 before or during the
     # BO step 4, which the resumed run must redo from the checkpointed H, losses and generator.
     extra = ("--history-size", "6", "--probe-batch", "16", "--remeasure", "4")
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    r = run_cli(*_train_args(ref, 2, "pareco", extra))
+    r = cli_process(*train_cli_args(ref, 2, "pareco", extra))
     assert r.returncode == 0, r.stderr
-    kill_mid_epoch(_train_args(killed, 2, "pareco", extra), killed, timeout=120)
+    kill_mid_epoch(train_cli_args(killed, 2, "pareco", extra), killed, timeout=120)
     assert not (killed / "model.safetensors").exists()
-    r = run_cli(*_train_args(killed, 2, "pareco", (*extra, "--resume")))
+    r = cli_process(*train_cli_args(killed, 2, "pareco", (*extra, "--resume")))
     assert r.returncode == 0, r.stderr
     a, b = load_file(ref / "model.safetensors"), load_file(killed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

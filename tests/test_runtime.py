@@ -13,8 +13,6 @@ from pareco_runtime import SlimmableRuntime, parse_budget
 from pareco_runtime.budget import BudgetUnmetError
 from pareco_runtime.fileformat import FormatError
 
-from .conftest import run_cli
-
 
 @pytest.fixture(scope="module")
 def rt(tiny_front):
@@ -140,19 +138,19 @@ def test_unknown_architecture(front_copy):
         SlimmableRuntime.load(front_copy)
 
 
-def test_cli_select_and_show(tiny_front, tmp_path):
-    r = run_cli("select", str(tiny_front), "--budget", "1000MFLOPs", "--json")
+def test_cli_select_and_show(tiny_front, tmp_path, cli):
+    r = cli("select", str(tiny_front), "--budget", "1000MFLOPs", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["point"]["id"] and out["budget"]
-    r = run_cli("select", str(tiny_front), "--budget", "0.0001MFLOPs")
+    r = cli("select", str(tiny_front), "--budget", "0.0001MFLOPs")
     assert r.returncode == 2 and "cheapest point" in r.stderr
-    r = run_cli("select", str(tiny_front), "--budget", "5 parsecs")
+    r = cli("select", str(tiny_front), "--budget", "5 parsecs")
     assert r.returncode == 2 and "parsecs" in r.stderr
-    r = run_cli("select", str(tiny_front), "--budget", "5ms")
+    r = cli("select", str(tiny_front), "--budget", "5ms")
     assert r.returncode == 2 and "pareco bench" in r.stderr
     png = tmp_path / "front.png"
-    r = run_cli("show", str(tiny_front), "--plot", str(png))
+    r = cli("show", str(tiny_front), "--plot", str(png))
     assert r.returncode == 0, r.stderr
     assert png.read_bytes()[:4] == b"\x89PNG"
 

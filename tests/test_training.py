@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,22 +17,12 @@ from training.calibrate import calibrate_bn, evaluate
 from training.loop import TrainConfig, TrainingError, lr_at, train
 from training.strategies import Slim, widths_spread_over_macs
 
-from .conftest import ROOT, kill_mid_epoch, run_cli
-
 SYN = "synthetic:256:4"
-SYN_SMALL = "synthetic:128:4"
-FAST = dict(arch="resnet20", data=SYN, image_size=16, batch_size=32, lr=0.05, candidates=6, calib_batches=2,
-            calib_batch_size=32)
 
 
-def _train_args(out: Path, epochs: int, algorithm: str = "slim", extra: tuple[str, ...] = ()) -> list[str]:
-    return ["train", "--arch", "resnet20", "--data", SYN_SMALL, "--image-size", "16", "--batch-size", "32", "--lr", "0.05",
-            "--epochs", str(epochs), "--algorithm", algorithm, "--candidates", "6", "--calib-batches", "2",
-            "--calib-batch-size", "32", "--out", str(out), "--log-every", "1", *extra]
-
-
-def test_slim_run_writes_a_valid_front(tmp_path):
-    manifest_path = train(TrainConfig(epochs=2, **FAST), tmp_path, show_progress=False, log_every=1)
+def test_slim_run_writes_a_valid_front(tmp_path, small_train_settings):
+    manifest_path = train(TrainConfig(epochs=2, **small_train_settings), tmp_path, show_progress=False,
+                          log_every=1)
     manifest = load_manifest(manifest_path)
     pts = manifest["points"]
     assert pts and manifest["training"]["algorithm"] == "slim"
@@ -51,8 +40,9 @@ def test_slim_run_writes_a_valid_front(tmp_path):
     assert any("epoch_time_s" in r for r in log) and any("img_per_s" in r for r in log)
 
 
-def test_independent_trains_one_config(tmp_path):
-    path = train(TrainConfig(epochs=1, algorithm="independent", width=0.5, **FAST), tmp_path, show_progress=False)
+def test_independent_trains_one_config(tmp_path, small_train_settings):
+    path = train(TrainConfig(epochs=1, algorithm="independent", width=0.5, **small_train_settings), tmp_path,
+                 show_progress=False)
     pts = load_manifest(path)["points"]
     assert len(pts) == 1 and pts[0]["alpha"] == [0.5] * 6
 
@@ -100,13 +90,14 @@ def test_lr_schedule():
     assert lr_at(lin, 50, 100, 10) == pytest.approx(0.05)
 
 
-def test_resume_after_kill_is_bit_identical(tmp_path):
+@pytest.mark.slow
+def test_resume_after_kill_is_bit_identical(tmp_path, cli_process, kill_mid_epoch, train_cli_args):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    r = run_cli(*_train_args(ref, 2))
+    r = cli_process(*train_cli_args(ref, 2))
     assert r.returncode == 0, r.stderr
-    kill_mid_epoch(_train_args(killed, 2), killed)
+    kill_mid_epoch(train_cli_args(killed, 2), killed)
     assert not (killed / "model.safetensors").exists()
-    r = run_cli(*_train_args(killed, 2, extra=("--resume",)))
+    r = cli_process(*train_cli_args(killed, 2, extra=("--resume",)))
     assert r.returncode == 0, r.stderr
     a, b = load_file(ref / "model.safetensors"), load_file(killed / "model.safetensors")
     assert a.keys() == b.keys()
@@ -114,20 +105,20 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     assert load_manifest(ref / "model.front.json")["points"] == load_manifest(killed / "model.front.json")["points"]
 
 
-def test_nan_loss_stops_and_keeps_checkpoint(tmp_path):
-    r = run_cli(*_train_args(tmp_path, 2, extra=("--lr", "1e30")))
+def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, cli, train_cli_args):
+    r = cli(*train_cli_args(tmp_path, 2, extra=("--lr", "1e30")))
     assert r.returncode == 2
     assert "training diverged" in r.stderr and "lower --lr" in r.stderr
     assert not (tmp_path / "model.safetensors").exists()
 
 
-def test_out_dir_with_another_run_is_refused(tmp_path):
-    train(TrainConfig(epochs=1, **FAST), tmp_path, show_progress=False)
+def test_out_dir_with_another_run_is_refused(tmp_path, small_train_settings):
+    train(TrainConfig(epochs=1, **small_train_settings), tmp_path, show_progress=False)
     with pytest.raises(TrainingError, match="already holds a training run"):
-        train(TrainConfig(epochs=1, **FAST), tmp_path, show_progress=False)
+        train(TrainConfig(epochs=1, **small_train_settings), tmp_path, show_progress=False)
     with pytest.raises(TrainingError, match="settings that differ"):
-        train(TrainConfig(epochs=2, **FAST), tmp_path, resume=True, show_progress=False)
-    train(TrainConfig(epochs=1, **FAST), tmp_path, force=True, show_progress=False)
+        train(TrainConfig(epochs=2, **small_train_settings), tmp_path, resume=True, show_progress=False)
+    train(TrainConfig(epochs=1, **small_train_settings), tmp_path, force=True, show_progress=False)
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -135,16 +126,17 @@ def test_out_dir_with_another_run_is_refused(tmp_path):
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--data", "/nonexistent/data"], "/nonexistent/data"),
 ])
-def test_train_bad_input(tmp_path, args, msg):
-    r = run_cli("train", "--out", str(tmp_path / "o"), "--data", SYN, *args)
+def test_train_bad_input(tmp_path, cli, args, msg):
+    r = cli("train", "--out", str(tmp_path / "o"), "--data", SYN, *args)
     assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
 
 
-def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_stay_in_sync(tmp_path, repo_root, train_cli_args):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "pareco_cli.main", *_train_args(tmp_path, 1)]
+           "-m", "pareco_cli.main", *train_cli_args(tmp_path, 1)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     extra = load_manifest(tmp_path / "model.front.json")["training"]["extra"]
     assert extra["world_size"] == 2
