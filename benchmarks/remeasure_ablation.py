@@ -20,7 +20,8 @@ def run_one(args: argparse.Namespace, remeasure: int, seed: int, out: Path) -> d
     """Train PareCO with ``remeasure`` and ``seed``; its front, re-measure seconds and wall time."""
     from pareco_runtime import build_model
     from pareco_runtime.fileformat import load_manifest
-    from training.loop import TrainConfig, train
+    from training.config import TrainConfig
+    from training.loop import train
 
     cfg = TrainConfig(arch="resnet20", data=args.data, algorithm="pareco", epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=seed, image_size=args.image_size,

@@ -23,7 +23,8 @@ def trained_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest = out / "model.front.json"
     if not manifest.exists():
         from bench.latency import torch_threads
-        from training.loop import TrainConfig, train
+        from training.config import TrainConfig
+        from training.loop import train
 
         # One thread: with two OpenMP threads on a 2-core host that other jobs share, this run took
         # 33 s instead of 1 s (threads spin-waiting for a core).

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from pareco_runtime import build_model
 from pareco_runtime.fileformat import load_manifest, load_weights
 from training.calibrate import calibrate_bn, evaluate
-from training.loop import TrainConfig, TrainingError, lr_at, train
+from training.config import TrainConfig, TrainingError
+from training.loop import lr_at, train
 from training.strategies import Slim, widths_spread_over_macs
 
 from .conftest import ROOT, kill_mid_epoch, run_cli
