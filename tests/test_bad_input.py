@@ -264,8 +264,9 @@ def test_every_train_setting_is_a_flag_of_pareco_train(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("algorithm,field,value", [
-    ("slim", "epochs", "0"), ("slim", "lr", "0"), ("slim", "schedule", "step"), ("slim", "distill_warmup", "2"),
-    ("slim", "samples", "-1"), ("pareco", "samples", "0"), ("pareco", "lambda_sampling", "gaussian"),
+    ("slim", "epochs", "0"), ("slim", "lr", "0"), ("slim", "schedule", "step"),
+    ("slim", "distill_warmup", "2"), ("slim", "samples", "-1"), ("pareco", "samples", "0"),
+    ("pareco", "lambda_sampling", "gaussian"),
     ("twostage", "cost_model", "lut"), ("twostage", "epsilon", "1"), ("pareco", "remeasure", "-1"),
 ])
 def test_bad_train_setting_names_its_flag(algorithm, field, value, tmp_path, capsys, monkeypatch):
@@ -273,6 +274,7 @@ def test_bad_train_setting_names_its_flag(algorithm, field, value, tmp_path, cap
 
     flag = TrainConfig.flag(field)
     out = tmp_path / "o"
-    code, _, err = run_main(["train", "--algorithm", algorithm, flag, value, "--out", str(out)], capsys, monkeypatch)
+    code, _, err = run_main(["train", "--algorithm", algorithm, flag, value, "--out", str(out)],
+                            capsys, monkeypatch)
     assert code == 2 and err.startswith(f"error: {flag}") and len(err.strip().splitlines()) == 1, err
     assert not out.exists(), "a bad setting is refused before the out directory is touched"
