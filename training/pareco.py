@@ -17,7 +17,7 @@ TwoStage trains with the sandwich rule over independent random per-dimension wid
 same MOBO search over the trained weights, with as many evaluated configs as PareCO's H would reach.
 
 Both hand the approximate front of H (by measured loss and exact MACs), thinned to at most
-``num_candidates`` configs spread over MACs plus the largest and smallest, to the loop's BN
+``candidates`` configs spread over MACs plus the largest and smallest, to the loop's BN
 calibration, evaluation and non-dominated sort.
 """
 
@@ -158,7 +158,7 @@ class _BOStrategy(Strategy):
         return next(iter(self.data.calib_batches(self.cfg.probe_batch, 1, self.cfg.seed)))
 
     def _front(self) -> list[list[float]]:
-        """H's approximate front by measured loss and exact MACs, thinned to ``num_candidates`` configs
+        """H's approximate front by measured loss and exact MACs, thinned to ``candidates`` configs
         spread over MACs, plus the smallest and largest (the first and last warm-up widths)."""
         keep = [0, self.warmup - 1]
         return [self.history[i] for i in mobo.thin_front(self.costs, self.losses, keep, self.cfg.candidates)]
