@@ -26,7 +26,8 @@ import torch
 from bench.timing import interleaved
 from pareco_runtime import build_model
 from training import mobo
-from training.loop import TrainConfig, train_step
+from training.config import COST_MODELS, TrainConfig
+from training.loop import train_step
 from training.pareco import WARMUP_WIDTHS, bo_schedule, measure_losses
 from training.strategies import Slim
 
@@ -59,7 +60,7 @@ def bo_iterations(model, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[tuple[s
     per_config = (time.perf_counter() - t0) / len(probe)
     out: dict[tuple[str, int], dict[str, float]] = {}
     configs: list = []
-    for cost_model in mobo.COST_MODELS:
+    for cost_model in COST_MODELS:
         exact = mobo.CostPolynomial.from_model(model) if cost_model == "exact" else None
         for n in SIZES:
             X, cost, loss = _history(model, n, seed=n)
@@ -133,7 +134,7 @@ def main() -> None:
     model = build_model("resnet20", num_classes=10, input_size=32)
     x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
     rows, configs = bo_iterations(model, x, y)
-    for cost_model in mobo.COST_MODELS[1:]:
+    for cost_model in COST_MODELS[1:]:
         for n in SIZES:
             ratio = sum(rows[(cost_model, n)][k] for k in ("fit", "acquisition")) / \
                 sum(rows[("exact", n)][k] for k in ("fit", "acquisition"))
@@ -142,7 +143,7 @@ def main() -> None:
     print(f"training step: Slim {slim_s:.2f} s, PareCO {pareco_s:.2f} s (ratio {pareco_s / slim_s:.2f}x, before BO)")
     spe = CIFAR_TRAIN // BATCH
     for epochs in args.epochs:
-        for cost_model, measure in itertools.product(mobo.COST_MODELS, ("all", "subset")):
+        for cost_model, measure in itertools.product(COST_MODELS, ("all", "subset")):
             bo, n = mean_bo_seconds(rows, cost_model, measure, epochs * spe)
             amortised = pareco_s + bo / n
             print(f"{epochs:3d} epochs ({epochs * spe} steps, n = {n}), cost {cost_model:5s}, re-measure {measure:6s}: "

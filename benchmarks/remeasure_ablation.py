@@ -19,7 +19,8 @@ from pathlib import Path
 def run_one(args: argparse.Namespace, remeasure: int, seed: int, out: Path) -> dict[str, float | list]:
     """Train PareCO with ``remeasure`` and ``seed``; its front, re-measure seconds and wall time."""
     from pareco_runtime import Front
-    from training.loop import TrainConfig, train
+    from training.config import TrainConfig
+    from training.loop import train
 
     cfg = TrainConfig(arch="resnet20", data=args.data, algorithm="pareco", epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=seed, image_size=args.image_size,

@@ -39,7 +39,8 @@ def run_names(methods: list[str]) -> list[tuple[str, str, float]]:
 
 def train_all(args: argparse.Namespace, out: Path) -> None:
     """Train (or resume, or reuse) every run of the comparison."""
-    from training.loop import RUN_NAME, TrainConfig, train
+    from training.config import TrainConfig
+    from training.loop import RUN_NAME, train
 
     base = TrainConfig(arch=args.arch, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        width_factor=args.width_factor, candidates=args.candidates, calib_batches=args.calib_batches,

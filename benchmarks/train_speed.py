@@ -14,8 +14,9 @@ import argparse
 import torch
 
 from bench.timing import interleaved
+from training.config import TrainConfig
 from training.data import load_data
-from training.loop import TrainConfig, build_for_data, train_step
+from training.loop import build_for_data, train_step
 from training.strategies import Slim
 
 

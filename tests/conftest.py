@@ -149,7 +149,8 @@ def tiny_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Tests must not modify it: copy the folder first (see ``front_copy``).
     """
-    from training.loop import TrainConfig, train
+    from training.config import TrainConfig
+    from training.loop import train
 
     out = tmp_path_factory.mktemp("tiny_front")
     cfg = TrainConfig(arch="resnet20", data="synthetic:128:4", image_size=16, epochs=1, batch_size=32,

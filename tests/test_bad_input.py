@@ -231,3 +231,35 @@ def test_bad_cli_arguments(args, msg, tiny_front, tmp_path, cli):
     code, _, err = cli(*args)
     assert code == 2, err
     assert re.search(msg, err) and len(err.strip().splitlines()) == 1, err
+
+
+def test_every_train_setting_is_a_flag_of_pareco_train(capsys, monkeypatch):
+    """`pareco train` offers each TrainConfig field under its flag, beside its own few run options."""
+    import dataclasses
+    import re
+
+    from training.config import TrainConfig
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = run_main(["train", "--help"], capsys, monkeypatch)
+    assert code == 0, err
+    settings = {TrainConfig.flag(f.name) for f in dataclasses.fields(TrainConfig)}
+    own = {"--out", "--resume", "--force", "--device", "--cache-dir", "--log-every", "--help"}
+    assert set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", out)) == settings | own
+
+
+@pytest.mark.parametrize("algorithm,field,value", [
+    ("slim", "epochs", "0"), ("slim", "lr", "0"), ("slim", "schedule", "step"),
+    ("slim", "distill_warmup", "2"), ("slim", "samples", "-1"), ("pareco", "samples", "0"),
+    ("pareco", "lambda_sampling", "gaussian"),
+    ("twostage", "cost_model", "lut"), ("twostage", "epsilon", "1"), ("pareco", "remeasure", "-1"),
+])
+def test_bad_train_setting_names_its_flag(algorithm, field, value, tmp_path, capsys, monkeypatch):
+    from training.config import TrainConfig
+
+    flag = TrainConfig.flag(field)
+    out = tmp_path / "o"
+    code, _, err = run_main(["train", "--algorithm", algorithm, flag, value, "--out", str(out)],
+                            capsys, monkeypatch)
+    assert code == 2 and err.startswith(f"error: {flag}") and len(err.strip().splitlines()) == 1, err
+    assert not out.exists(), "a bad setting is refused before the out directory is touched"

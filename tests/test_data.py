@@ -16,8 +16,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from training import data as D
-from training.data import Data, DataError, StreamData, TensorData, load_data
+from training.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Data,
+    DataError,
+    StreamData,
+    TensorData,
+    decode,
+    folder,
+    load_data,
+    memory,
+    order,
+)
 
 CIFAR = Path("/work/shared/datasets/cifar10-jpg.tar.gz")
 CACHE_NAME = re.compile(r"[0-9a-f]{64}-(\d+)\.safetensors")
@@ -217,7 +228,7 @@ def test_second_load_reads_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def fail(*_: object) -> None:
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(D, "_decode_image", fail)
+    monkeypatch.setattr(decode, "_decode_image", fail)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a cache hit warns about nothing
         second = load_data(spec, cache_dir=str(tmp_path / "cache"), device="cpu")
@@ -249,7 +260,7 @@ def test_pool_decode_matches_inline(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     root = make_tree(tmp_path / "pets", split=True)
     archive = make_archive(root, tmp_path / "pets.tar.gz")
     inline = load_quiet(str(archive), cache_dir=str(tmp_path / "c1"), device="cpu")
-    monkeypatch.setattr(D, "_POOL_MIN_IMAGES", 4)
+    monkeypatch.setattr(decode, "_POOL_MIN_IMAGES", 4)
     pooled = load_quiet(str(archive), cache_dir=str(tmp_path / "c2"), device="cpu")
     pooled_dir = load_quiet(str(root), cache_dir=str(tmp_path / "c3"), device="cpu")
     for other in (pooled, pooled_dir):
@@ -264,13 +275,13 @@ def test_decoder_handles_grey_rgba_palette_and_garbage(tmp_path: Path) -> None:
     palette.info["transparency"] = 0
     buffer = io.BytesIO()
     palette.save(buffer, "PNG", transparency=0)
-    grey = D._decode_image(str(tmp_path / "grey.png"), 10)
+    grey = decode._decode_image(str(tmp_path / "grey.png"), 10)
     assert grey.shape == (10, 10, 3) and (grey[..., 0] == grey[..., 2]).all()
-    assert D._decode_image((tmp_path / "alpha.png").read_bytes(), 6).shape == (6, 6, 3)
+    assert decode._decode_image((tmp_path / "alpha.png").read_bytes(), 6).shape == (6, 6, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert D._decode_image(buffer.getvalue(), 4).shape == (4, 4, 3)
-    assert D._decode_image(b"junk", 4) is None
+        assert decode._decode_image(buffer.getvalue(), 4).shape == (4, 4, 3)
+    assert decode._decode_image(b"junk", 4) is None
 
 
 # --- errors
@@ -414,7 +425,7 @@ def test_crop_flip_is_exact() -> None:
     x = torch.randint(0, 256, (3, 3, 5, 6), dtype=torch.uint8)
     offsets = torch.tensor([[2, 2], [2, 2], [0, 4]])
     flips = torch.tensor([False, True, False])
-    out = D._crop_flip(x, offsets, flips, 2)
+    out = memory._crop_flip(x, offsets, flips, 2)
     assert out.shape == x.shape and out.dtype == torch.uint8
     assert torch.equal(out[0], x[0])
     assert torch.equal(out[1], x[1].flip(-1))
@@ -460,12 +471,12 @@ def test_split_is_seeded_stratified_disjoint_and_covering(
     labels: list[int], fraction: float, seed: int
 ) -> None:
     y = torch.tensor(labels)
-    train, val = D._split(y, 5, fraction, seed)
+    train, val = order._split(y, 5, fraction, seed)
     assert sorted(train.tolist() + val.tolist()) == list(range(len(labels)))
     assert len(val) <= round(len(labels) * fraction)
     counts = torch.bincount(y, minlength=5)
     assert (torch.bincount(y[val], minlength=5) <= (counts - 1).clamp(min=0)).all()
-    assert torch.equal(D._split(y, 5, fraction, seed)[1], val)
+    assert torch.equal(order._split(y, 5, fraction, seed)[1], val)
 
 
 # --- streaming
@@ -476,7 +487,7 @@ def test_large_images_stream_from_a_directory(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="ignored 1 file"):
         d = load_data(str(root), image_size=32, device="cpu")
     assert isinstance(d, StreamData)
-    assert d.info.mean == D.IMAGENET_MEAN and d.info.std == D.IMAGENET_STD
+    assert d.info.mean == IMAGENET_MEAN and d.info.std == IMAGENET_STD
     assert d.info.input_size == (3, 32, 32) and (d.info.num_train, d.info.num_val) == (11, 4)
     d.num_workers = 0
     state = torch.get_rng_state()
@@ -512,11 +523,11 @@ def test_memory_mode_for_large_images(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not CIFAR.exists(), reason="CIFAR-10 JPEG archive not present")
 def test_real_cifar_archive_first_members() -> None:
-    listing = D._Listing()
-    members = D._archive_members(CIFAR, listing)
+    listing = folder._Listing()
+    members = folder._archive_members(CIFAR, listing)
     first = [next(members) for _ in range(16)]
     members.close()
     assert all(name.split("/")[0] in ("train", "test") for name, _ in first)
-    assert D._first_image_size(source for _, source in first) == (32, 32)
-    decoded = [D._decode_image(source, 32) for _, source in first]
+    assert decode._first_image_size(source for _, source in first) == (32, 32)
+    decoded = [decode._decode_image(source, 32) for _, source in first]
     assert all(a is not None and a.shape == (32, 32, 3) and a.dtype == np.uint8 for a in decoded)

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from pareco_runtime import build_model
 from pareco_runtime.fileformat import load_manifest
 from training import mobo
+from training.config import TrainConfig, TrainingError
 from training.data import load_data
-from training.loop import TrainConfig, TrainingError, train
+from training.loop import train
 from training.pareco import PareCO, TwoStage, bo_schedule, make_bo_strategy, measure_losses
 
 
@@ -130,7 +131,7 @@ def _state(model):
 def test_pareco_strategy_grows_history_and_leaves_model_untouched(tiny):
     _, x, y = tiny
     m = build_model("resnet20", num_classes=4, input_size=16)
-    s = PareCO(0, samples=2, history_size=8, probe_batch=16)
+    s = PareCO(TrainConfig(algorithm="pareco", samples=2, history_size=8, probe_batch=16))
     s.setup(m, 8)
     assert (s.interval, s.target_size) == (2, 5 + 2 * 4) == (bo_schedule(8, 2, 8)[0], s.warmup + 8)
     m.set_widths(m.space.uniform(0.5))
@@ -154,7 +155,8 @@ def test_pareco_strategy_grows_history_and_leaves_model_untouched(tiny):
 
 def _pareco_with_history(model, losses: list[float], remeasure: int) -> PareCO:
     """A set-up PareCO whose H is len(losses) random configs with the given (stale) losses."""
-    s = PareCO(3, samples=2, history_size=50, probe_batch=16, remeasure=remeasure)
+    s = PareCO(TrainConfig(algorithm="pareco", seed=3, samples=2, history_size=50, probe_batch=16,
+                           remeasure=remeasure))
     s.setup(model, 100)
     s._set_history(model.space.sample(torch.Generator().manual_seed(0), len(losses)), list(losses))
     return s
@@ -189,7 +191,7 @@ def test_stale_losses_move_by_the_mean_change_of_the_remeasured(resnet):
 def test_pareco_bo_step_remeasures_only_the_subset(tiny):
     _, x, y = tiny
     m = build_model("resnet20", num_classes=4, input_size=16)
-    s = PareCO(0, samples=2, history_size=8, probe_batch=16, remeasure=6)
+    s = PareCO(TrainConfig(algorithm="pareco", samples=2, history_size=8, probe_batch=16, remeasure=6))
     s.setup(m, 8)
     for step in range(4):
         s.step_configs(step, m, x, y)
@@ -220,13 +222,13 @@ def test_measure_losses_matches_a_batch_statistics_forward(tiny):
 def test_pareco_state_round_trip_reproduces_next_configs(tiny):
     _, x, y = tiny
     m = build_model("resnet20", num_classes=4, input_size=16)
-    a = PareCO(0, samples=2, history_size=8, probe_batch=16)
+    a = PareCO(TrainConfig(algorithm="pareco", samples=2, history_size=8, probe_batch=16))
     a.setup(m, 8)
     a.step_configs(0, m, x, y)
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
-    b = PareCO(0, samples=2, history_size=8, probe_batch=16)
+    b = PareCO(TrainConfig(algorithm="pareco", samples=2, history_size=8, probe_batch=16))
     b.setup(m, 8)
     b.load_state_dict(torch.load(buf, weights_only=True))
     assert b.history == a.history and b.current == a.current
@@ -239,7 +241,7 @@ def test_pareco_state_round_trip_reproduces_next_configs(tiny):
 def test_twostage_trains_random_per_layer_widths_and_searches_after(tiny):
     data, x, y = tiny
     m = build_model("resnet20", num_classes=4, input_size=16)
-    s = TwoStage(0, samples=2, history_size=4, probe_batch=16, num_candidates=5)
+    s = TwoStage(TrainConfig(algorithm="twostage", samples=2, history_size=4, probe_batch=16, candidates=5))
     s.setup(m, 4)
     cfgs = s.step_configs(0, m, x, y)
     assert len(cfgs) == 4 and any(len(set(c)) > 1 for c in cfgs[1:3]), "per-dimension widths, not uniform"

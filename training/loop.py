@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,66 +26,12 @@ from pareco_runtime.models.base import SlimmableNet
 
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .config import TrainConfig, TrainingError
 from .front_builder import evaluate_candidates, pareto_candidates, write_outputs
 from .strategies import Independent, Slim, Strategy
 
 RUN_NAME = "run.json"
 LOG_NAME = "train.log.jsonl"
-
-
-class TrainingError(ValueError):
-    """A run that cannot start or continue, with what to do about it."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (the out directory's ``run.json``)."""
-
-    arch: str = "resnet20"
-    data: str = "digits"
-    algorithm: str = "slim"
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    seed: int = 0
-    width_factor: int = 1
-    image_size: int | None = None
-    samples: int = 2
-    width: float = 1.0
-    candidates: int = 40
-    calib_batches: int = 8
-    calib_batch_size: int = 128
-    history_size: int = 1000
-    epsilon: float = 0.02
-    lambda_sampling: str = "pas"
-    cost_model: str = "exact"
-    probe_batch: int = 128
-    remeasure: int = 64
-    distill_warmup: float = 0.3
-
-    def validate(self) -> None:
-        """Raise TrainingError naming the first bad value."""
-        if self.algorithm not in ALGORITHMS:
-            raise TrainingError(f"unknown algorithm '{self.algorithm}'; choose one of: {', '.join(ALGORITHMS)}")
-        if self.schedule not in ("cosine", "linear"):
-            raise TrainingError(f"unknown schedule '{self.schedule}'; choose cosine or linear")
-        for name in ("epochs", "batch_size", "calib_batches", "calib_batch_size", "candidates", "history_size"):
-            if getattr(self, name) < 1:
-                raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise TrainingError(f"--lr must be a positive number, got {self.lr}")
-        if not 0.0 <= self.distill_warmup <= 1.0:
-            raise TrainingError(f"--distill-warmup is a fraction of the run in [0, 1], got {self.distill_warmup}")
-        if self.samples < 0:
-            raise TrainingError(f"--samples must be >= 0, got {self.samples}")
-
-
-ALGORITHMS = ("independent", "slim", "pareco", "twostage")
 
 
 def make_strategy(cfg: TrainConfig) -> Strategy:

@@ -49,14 +49,14 @@ from torch import Tensor
 
 from pareco_runtime.models.base import SlimmableNet
 
+from .config import LAMBDA_SAMPLING
+
 # Exploration weight of the confidence bounds: LCB = mean - sqrt(UCB_BETA) * std (BoTorch's UCB convention).
 UCB_BETA = 0.1
 # β of the augmented Tchebyshev scalarisation (the paper's value): a tie-break towards the weighted sum.
 AUGMENTATION = 1e-6
 # The paper's cap on λ bisection steps per sampled config.
 MAX_BISECTION_STEPS = 10
-LAMBDA_SAMPLING = ("pas", "uniform")
-COST_MODELS = ("exact", "gp")
 
 
 @dataclass

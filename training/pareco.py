@@ -17,7 +17,7 @@ TwoStage trains with the sandwich rule over independent random per-dimension wid
 same MOBO search over the trained weights, with as many evaluated configs as PareCO's H would reach.
 
 Both hand the approximate front of H (by measured loss and exact MACs), thinned to at most
-``num_candidates`` configs spread over MACs plus the largest and smallest, to the loop's BN
+``candidates`` configs spread over MACs plus the largest and smallest, to the loop's BN
 calibration, evaluation and non-dominated sort.
 """
 
@@ -37,7 +37,7 @@ from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.ops import SlimBatchNorm2d
 
 from . import mobo
-from .loop import TrainConfig, TrainingError
+from .config import TrainConfig, TrainingError
 from .strategies import Strategy, widths_spread_over_macs
 
 # Uniform widths (spread evenly over MACs, smallest and largest included) that seed H.
@@ -92,20 +92,10 @@ class _BOStrategy(Strategy):
 
     distill = True
 
-    def __init__(self, seed: int, samples: int = 2, history_size: int = 1000, epsilon: float = 0.02,
-                 lambda_sampling: str = "pas", cost_model: str = "exact", probe_batch: int = 128,
-                 remeasure: int = 64, num_candidates: int = 40,
-                 settings: mobo.SearchSettings | None = None) -> None:
-        super().__init__(seed)
-        self.seed = seed
-        self.samples = samples
-        self.history_size = history_size
-        self.epsilon = epsilon
-        self.lambda_sampling = lambda_sampling
-        self.cost_model = cost_model
-        self.probe_batch = probe_batch
-        self.remeasure = remeasure
-        self.num_candidates = num_candidates
+    def __init__(self, cfg: TrainConfig, settings: mobo.SearchSettings | None = None) -> None:
+        """Read the run's seed and BO settings from ``cfg``; ``settings`` tune the acquisition search."""
+        super().__init__(cfg.seed)
+        self.cfg = cfg
         self.settings = settings or mobo.SearchSettings()
         self.data: Any = None
         self.history: list[list[float]] = []
@@ -123,11 +113,11 @@ class _BOStrategy(Strategy):
         s = model.space
         self.full_macs = float(model.macs(s.uniform(s.high)))
         self.bounds = torch.tensor([[s.low] * s.dims, [s.high] * s.dims], dtype=torch.float64)
-        self.exact_cost = mobo.CostPolynomial.from_model(model) if self.cost_model == "exact" else None
-        self.interval, iterations = bo_schedule(total_steps, self.samples, self.history_size)
+        self.exact_cost = mobo.CostPolynomial.from_model(model) if self.cfg.cost_model == "exact" else None
+        self.interval, iterations = bo_schedule(total_steps, self.cfg.samples, self.cfg.history_size)
         warmup = widths_spread_over_macs(model, WARMUP_WIDTHS)
         self.warmup = len(warmup)
-        self.target_size = self.warmup + self.samples * iterations
+        self.target_size = self.warmup + self.cfg.samples * iterations
         self._set_history([s.uniform(w) for w in warmup], [math.nan] * len(warmup))
         self.bisection_steps, self.lambdas = [], []
 
@@ -157,35 +147,35 @@ class _BOStrategy(Strategy):
                             torch.tensor(self.losses, dtype=torch.float64),
                             torch.tensor(self.costs, dtype=torch.float64), count, bounds=self.bounds,
                             cost_of=self._cost_of, exact_cost=self.exact_cost,
-                            lambda_sampling=self.lambda_sampling, epsilon=self.epsilon, generator=self.generator,
-                            settings=self.settings)
+                            lambda_sampling=self.cfg.lambda_sampling, epsilon=self.cfg.epsilon,
+                            generator=self.generator, settings=self.settings)
 
     def _probe(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A fixed batch of ``probe_batch`` un-augmented training images (seeded by the run's seed)."""
         if self.data is None:
             raise TrainingError(f"{self.name} measures configs on training data after training: the loop must "
                                 "call strategy.attach_data(data) before strategy.candidates(model)")
-        return next(iter(self.data.calib_batches(self.probe_batch, 1, self.seed)))
+        return next(iter(self.data.calib_batches(self.cfg.probe_batch, 1, self.cfg.seed)))
 
     def _front(self) -> list[list[float]]:
-        """H's approximate front by measured loss and exact MACs, thinned to ``num_candidates`` configs
+        """H's approximate front by measured loss and exact MACs, thinned to ``candidates`` configs
         spread over MACs, plus the smallest and largest (the first and last warm-up widths)."""
         keep = [0, self.warmup - 1]
-        return [self.history[i] for i in mobo.thin_front(self.costs, self.losses, keep, self.num_candidates)]
+        return [self.history[i] for i in mobo.thin_front(self.costs, self.losses, keep, self.cfg.candidates)]
 
     def record(self) -> dict[str, Any]:
         steps = self.bisection_steps
         return {
             "history_size": len(self.history),
-            "samples_per_iter": self.samples,
-            "epsilon": self.epsilon,
-            "lambda_sampling": self.lambda_sampling,
-            "cost_model": self.cost_model,
-            "probe_batch": self.probe_batch,
-            "remeasure": self.remeasure,
+            "samples_per_iter": self.cfg.samples,
+            "epsilon": self.cfg.epsilon,
+            "lambda_sampling": self.cfg.lambda_sampling,
+            "cost_model": self.cfg.cost_model,
+            "probe_batch": self.cfg.probe_batch,
+            "remeasure": self.cfg.remeasure,
             "bisection_steps_mean": round(sum(steps) / len(steps), 3) if steps else None,
             "lambda_mean": round(sum(self.lambdas) / len(self.lambdas), 4) if self.lambdas else None,
-            "candidates": self.num_candidates,
+            "candidates": self.cfg.candidates,
         }
 
 
@@ -203,8 +193,8 @@ class PareCO(_BOStrategy):
 
     name = "pareco"
 
-    def __init__(self, seed: int, **kwargs: Any) -> None:
-        super().__init__(seed, **kwargs)
+    def __init__(self, cfg: TrainConfig, settings: mobo.SearchSettings | None = None) -> None:
+        super().__init__(cfg, settings)
         self.current: list[list[float]] = []
         self.interval: int | None = None
         self.bo_seconds = 0.0
@@ -229,7 +219,7 @@ class PareCO(_BOStrategy):
         exact costs) and, to fill up to ``remeasure``, others drawn at random. The draw is seeded by
         (seed, step), so every rank and a resumed run pick the same subset."""
         n = len(self.history)
-        if self.remeasure == 0 or n <= self.remeasure:
+        if self.cfg.remeasure == 0 or n <= self.cfg.remeasure:
             return list(range(n))
         losses = torch.tensor(self.losses, dtype=torch.float64)
         known = ~losses.isnan()
@@ -240,8 +230,8 @@ class PareCO(_BOStrategy):
             front = mobo.pareto_mask(torch.tensor(self.costs, dtype=torch.float64)[idx], losses[idx])
             chosen[idx[front]] = True
         rest = (~chosen).nonzero().squeeze(-1)
-        fill = max(0, self.remeasure - int(chosen.sum()))
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        fill = max(0, self.cfg.remeasure - int(chosen.sum()))
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
         chosen[rest[torch.randperm(len(rest), generator=g)[:fill]]] = True
         return chosen.nonzero().squeeze(-1).tolist()
 
@@ -261,8 +251,8 @@ class PareCO(_BOStrategy):
     def _bo_step(self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> None:
         t0 = time.perf_counter()
         indices = self.remeasure_indices(step)
-        losses = measure_losses(model, [self.history[i] for i in indices], x[: self.probe_batch],
-                                y[: self.probe_batch])
+        losses = measure_losses(model, [self.history[i] for i in indices], x[: self.cfg.probe_batch],
+                                y[: self.cfg.probe_batch])
         rank, world = _world()
         if world > 1:
             dist.all_reduce(losses, op=dist.ReduceOp.SUM)
@@ -272,7 +262,7 @@ class PareCO(_BOStrategy):
         self.split["measure_s"] += t1 - t0
         payload: list[dict[str, Any]] | None = None
         if rank == 0:
-            proposals, timings = self._propose(self.samples)
+            proposals, timings = self._propose(self.cfg.samples)
             payload = [dataclasses.asdict(p) for p in proposals]
             self.split["fit_s"] += timings.fit_s
             self.split["acquisition_s"] += timings.acquisition_s
@@ -340,13 +330,13 @@ class TwoStage(_BOStrategy):
 
     name = "twostage"
 
-    def __init__(self, seed: int, **kwargs: Any) -> None:
-        super().__init__(seed, **kwargs)
+    def __init__(self, cfg: TrainConfig, settings: mobo.SearchSettings | None = None) -> None:
+        super().__init__(cfg, settings)
         self.search_seconds = 0.0
 
     def step_configs(self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> list[list[float]]:
         s = model.space
-        return [s.uniform(s.high), *s.sample(self.generator, self.samples), s.uniform(s.low)]
+        return [s.uniform(s.high), *s.sample(self.generator, self.cfg.samples), s.uniform(s.low)]
 
     def candidates(self, model: SlimmableNet) -> list[list[float]]:
         t0 = time.perf_counter()
@@ -354,7 +344,7 @@ class TwoStage(_BOStrategy):
         # The weights are fixed now, so each config is measured once, when it joins H.
         self.losses = measure_losses(model, self.history, x, y).double().cpu().tolist()
         while len(self.history) < self.target_size:
-            proposals, _ = self._propose(min(self.samples, self.target_size - len(self.history)))
+            proposals, _ = self._propose(min(self.cfg.samples, self.target_size - len(self.history)))
             new = self._add([dataclasses.asdict(p) for p in proposals])
             self.losses[len(self.history) - len(new):] = measure_losses(model, new, x, y).double().cpu().tolist()
         self.search_seconds += time.perf_counter() - t0
@@ -366,22 +356,9 @@ class TwoStage(_BOStrategy):
 
 def make_bo_strategy(cfg: TrainConfig) -> Strategy:
     """The PareCO or TwoStage strategy of ``cfg``; TrainingError naming the flag of a bad setting."""
-    if cfg.lambda_sampling not in mobo.LAMBDA_SAMPLING:
-        raise TrainingError(f"--lambda-sampling must be pas or uniform, got '{cfg.lambda_sampling}'")
-    if cfg.cost_model not in mobo.COST_MODELS:
-        raise TrainingError(f"--cost-model must be exact or gp, got '{cfg.cost_model}'")
-    if not 0.0 < cfg.epsilon < 1.0:
-        raise TrainingError(f"--epsilon must be in (0, 1) (a fraction of the full model's MACs), got {cfg.epsilon}")
-    if cfg.samples < 1:
-        raise TrainingError(f"--samples-per-iter must be at least 1 for {cfg.algorithm}, got {cfg.samples}")
-    if cfg.probe_batch < 1:
-        raise TrainingError(f"--probe-batch must be at least 1, got {cfg.probe_batch}")
-    if cfg.remeasure < 0:
-        raise TrainingError(f"--remeasure must be 0 (all of H) or a positive count, got {cfg.remeasure}")
-    classes = {"pareco": PareCO, "twostage": TwoStage}
+    cfg.validate()
+    classes: dict[str, type[_BOStrategy]] = {"pareco": PareCO, "twostage": TwoStage}
     if cfg.algorithm not in classes:
-        raise TrainingError(f"'{cfg.algorithm}' is not a BO algorithm; choose pareco or twostage")
-    return classes[cfg.algorithm](cfg.seed, samples=cfg.samples, history_size=cfg.history_size,
-                                  epsilon=cfg.epsilon, lambda_sampling=cfg.lambda_sampling,
-                                  cost_model=cfg.cost_model, probe_batch=cfg.probe_batch, remeasure=cfg.remeasure,
-                                  num_candidates=cfg.candidates)
+        raise TrainingError(f"{TrainConfig.flag('algorithm')}: '{cfg.algorithm}' is not a BO algorithm; "
+                            "choose pareco or twostage")
+    return classes[cfg.algorithm](cfg)

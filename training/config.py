@@ -1,0 +1,105 @@
+"""The settings of a training run, each declared once: its type, default, ``pareco train`` flag and help.
+
+A field's ``metadata`` holds its ``help`` text, its ``choices`` where it takes one of a few names, and a
+``flag`` where the flag is not the field's name in dashes. The CLI builds its options from these, and
+validation names the same flags. No torch here: the CLI reads this module to build ``pareco train --help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+ALGORITHMS = ("independent", "slim", "pareco", "twostage")
+BO_ALGORITHMS = ("pareco", "twostage")
+SCHEDULES = ("cosine", "linear")
+LAMBDA_SAMPLING = ("pas", "uniform")
+COST_MODELS = ("exact", "gp")
+
+
+class TrainingError(ValueError):
+    """A run that cannot start or continue, with what to do about it."""
+
+
+def _setting(default: Any, help: str, *, flag: str | None = None,
+             choices: tuple[str, ...] | None = None) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (the out directory's ``run.json``)."""
+
+    arch: str = _setting("resnet20", "resnet20/32/44/56, mobilenet_v2, mobilenet_v3_large.")
+    data: str = _setting("digits", "An ImageFolder tree or .tar(.gz) of one, 'digits' or 'synthetic[:N:C]'.")
+    algorithm: str = _setting("slim", "Training algorithm.", choices=ALGORITHMS)
+    epochs: int = _setting(5, "Passes over the training set.")
+    batch_size: int = _setting(128, "Images per step (per rank under torchrun).")
+    lr: float = _setting(0.1, "Peak learning rate of SGD.")
+    momentum: float = _setting(0.9, "SGD momentum (Nesterov when positive).")
+    weight_decay: float = _setting(5e-4, "SGD weight decay.")
+    schedule: str = _setting("cosine", "Learning-rate decay after warm-up.", choices=SCHEDULES)
+    warmup_epochs: float = _setting(0.0, "Epochs of linear learning-rate warm-up.")
+    label_smoothing: float = _setting(0.0, "Label smoothing of the cross-entropy.")
+    seed: int = _setting(0, "Seed of the weights, the data order and the sampled configs.")
+    width_factor: int = _setting(1, "k of k x ResNet (ResNet only).")
+    image_size: int | None = _setting(None, "Input resolution (default: the data's).")
+    samples: int = _setting(2, "M: sampled configs per iteration.", flag="--samples-per-iter")
+    width: float = _setting(1.0, "Uniform width trained by --algorithm independent.")
+    candidates: int = _setting(40, "Configs evaluated for the front (Slim: uniform widths; PareCO/TwoStage: "
+                                   "H's approximate front thinned to this many).")
+    calib_batches: int = _setting(8, "Batches for BN recalibration per candidate.")
+    calib_batch_size: int = _setting(128, "Images per BN recalibration batch.")
+    history_size: int = _setting(1000, "PareCO/TwoStage: target |H| over the run.")
+    epsilon: float = _setting(0.02, "PareCO/TwoStage: tolerance of the cost binary search, a fraction of "
+                                    "the full model's MACs.")
+    lambda_sampling: str = _setting("pas", "PareCO/TwoStage: how the scalarisation weight lambda is drawn.",
+                                    choices=LAMBDA_SAMPLING)
+    cost_model: str = _setting("exact", "PareCO/TwoStage: cost of a config in the BO.", choices=COST_MODELS)
+    probe_batch: int = _setting(128, "PareCO/TwoStage: images used to measure H's losses.")
+    remeasure: int = _setting(64, "PareCO: configs of H re-measured per BO step (new ones, the front, random "
+                                  "others); 0 re-measures all of H (the paper).")
+    distill_warmup: float = _setting(0.3, "Fraction of the run over which in-place distillation ramps in "
+                                          "(0: from the first step).")
+
+    @classmethod
+    def flag(cls, name: str) -> str:
+        """The ``pareco train`` flag of field ``name``."""
+        return _fields()[name].metadata["flag"] or "--" + name.replace("_", "-")
+
+    def validate(self) -> None:
+        """Raise TrainingError naming the flag of the first bad value (BO settings: PareCO/TwoStage only)."""
+        self._choose("algorithm")
+        self._choose("schedule")
+        counts = ("epochs", "batch_size", "calib_batches", "calib_batch_size", "candidates", "history_size")
+        for name in counts:
+            self._require(name, getattr(self, name) >= 1, "must be at least 1")
+        self._require("lr", self.lr > 0 and math.isfinite(self.lr), "must be a positive number")
+        self._require("distill_warmup", 0.0 <= self.distill_warmup <= 1.0,
+                      "is a fraction of the run in [0, 1]")
+        self._require("samples", self.samples >= 0, "must be >= 0")
+        if self.algorithm in BO_ALGORITHMS:
+            self._choose("lambda_sampling")
+            self._choose("cost_model")
+            self._require("epsilon", 0.0 < self.epsilon < 1.0,
+                          "must be in (0, 1) (a fraction of the full model's MACs)")
+            self._require("samples", self.samples >= 1, f"must be at least 1 for {self.algorithm}")
+            self._require("probe_batch", self.probe_batch >= 1, "must be at least 1")
+            self._require("remeasure", self.remeasure >= 0, "must be 0 (all of H) or a positive count")
+
+    def _choose(self, name: str) -> None:
+        choices = _fields()[name].metadata["choices"]
+        value = getattr(self, name)
+        if value not in choices:
+            raise TrainingError(f"{self.flag(name)}: unknown {name.replace('_', ' ')} '{value}'; "
+                                f"choose one of: {', '.join(choices)}")
+
+    def _require(self, name: str, ok: bool, requirement: str) -> None:
+        if not ok:
+            raise TrainingError(f"{self.flag(name)} {requirement}, got {getattr(self, name)}")
+
+
+def _fields() -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}

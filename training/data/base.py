@@ -1,0 +1,65 @@
+"""What every dataset offers the trainers: :class:`Data`, its :class:`DataInfo` and :class:`DataError`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message names the path, what is wrong and what to do."""
+
+
+@dataclass
+class DataInfo:
+    """What a trained model must know about its data: shapes, normalisation and class names."""
+
+    name: str
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str]
+    num_train: int
+    num_val: int
+
+
+class Data(ABC):
+    """A training/validation split that yields normalised NCHW float32 batches on ``device``."""
+
+    info: DataInfo
+    device: torch.device
+
+    def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
+        """Number of full batches per rank and epoch (the last partial global batch is dropped)."""
+        if batch_size < 1 or world_size < 1:
+            raise ValueError(f"batch_size and world_size must be >= 1, got {batch_size} and {world_size}")
+        steps = self.info.num_train // (batch_size * world_size)
+        if steps == 0:
+            raise DataError(
+                f"{self.info.name}: {self.info.num_train} training images are fewer than one global batch of "
+                f"{batch_size * world_size} ({batch_size} x {world_size} ranks); use a smaller batch size"
+            )
+        return steps
+
+    @abstractmethod
+    def train_batches(
+        self, batch_size: int, epoch: int, seed: int, augment: bool = True, rank: int = 0, world_size: int = 1
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield ``steps_per_epoch`` training batches ``(x, y)`` for this rank.
+
+        Order and augmentation depend only on ``(seed, epoch, rank, world_size)``. Global batch ``s`` is the
+        slice ``[s*B*W, (s+1)*B*W)`` of one seeded permutation shared by all ranks; rank ``r`` takes its
+        ``r``-th block of ``B``, so the shards are disjoint and equal in length.
+        """
+
+    @abstractmethod
+    def val_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield every validation image once, in a fixed order, without augmentation."""
+
+    @abstractmethod
+    def calib_batches(self, batch_size: int, num_batches: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield up to ``num_batches`` un-augmented training batches in a seeded order (BN recalibration)."""

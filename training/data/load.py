@@ -1,0 +1,201 @@
+""":func:`load_data`: a dataset spec (digits, synthetic, an ImageFolder tree or archive) to :class:`Data`."""
+
+from __future__ import annotations
+
+import tarfile
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pareco_runtime.fileformat import sha256_file
+
+from .base import Data, DataError
+from .builtin import _digits, _synthetic
+from .cache import _cache_dir, _Decoded, _read_cache, _sha256_listing, _write_cache
+from .decode import _decode_many, _first_image_size
+from .folder import (
+    ARCHIVE_SUFFIXES,
+    _archive_members,
+    _build_tree,
+    _dataset_name,
+    _Listing,
+    _Tree,
+    _walk,
+    _warn_ignored,
+)
+from .memory import TensorData, _tensor_data
+from .order import _split
+from .stream import StreamData
+
+SMALL_IMAGE_MAX = 64
+"""Images whose longer side is at most this many pixels are decoded into memory in ``mode="auto"``."""
+_MODES = ("auto", "memory", "stream")
+_DEFAULT_STREAM_SIZE = 224
+_DEFAULT_SIZE = 32
+_ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+
+
+def _assemble(where: str, tree: _Tree, arrays: dict[str, np.ndarray | None]) -> _Decoded:
+    """Stack the decoded images of ``tree`` in sample order, skipping (and reporting) unreadable ones."""
+    kept = [(arrays[path], label, is_val) for path, label, is_val in tree.samples if arrays[path] is not None]
+    bad = [path for path, _, _ in tree.samples if arrays[path] is None]
+    if bad:
+        warnings.warn(f"{where}: skipped {len(bad)} unreadable image(s) (e.g. '{bad[0]}')", stacklevel=3)
+    labels = torch.tensor([label for _, label, _ in kept], dtype=torch.int64)
+    missing = sorted(set(range(len(tree.class_names))) - set(labels.tolist()))
+    if missing:
+        raise DataError(
+            f"{where}: no readable image in class '{tree.class_names[missing[0]]}'; "
+            "replace its files or remove the folder"
+        )
+    images = torch.from_numpy(np.stack([a for a, _, _ in kept]))
+    return _Decoded(
+        images=images.permute(0, 3, 1, 2).contiguous(),
+        labels=labels,
+        is_val=torch.tensor([v for _, _, v in kept], dtype=torch.bool),
+        class_names=tree.class_names,
+        presplit=tree.presplit,
+    )
+
+
+def _from_decoded(
+    name: str, decoded: _Decoded, val_fraction: float, seed: int, device: torch.device
+) -> TensorData:
+    if not decoded.presplit:
+        return _tensor_data(
+            name, decoded.images, decoded.labels, decoded.class_names, val_fraction, seed, device
+        )
+    train, val = ~decoded.is_val, decoded.is_val
+    return TensorData(
+        name,
+        (decoded.images[train], decoded.labels[train]),
+        (decoded.images[val], decoded.labels[val]),
+        decoded.class_names,
+        device,
+    )
+
+
+def _load_directory(
+    root: Path,
+    image_size: int | None,
+    seed: int,
+    val_fraction: float,
+    cache: Path,
+    device: torch.device,
+    mode: str,
+) -> Data:
+    where = str(root)
+    listing = _walk(root)
+    tree = _build_tree(listing, where)
+    first = _first_image_size(str(root / path) for path, _, _ in tree.samples)
+    if first is None:
+        raise DataError(f"{where}: none of the {len(tree.samples)} image files can be read; check the files")
+    memory = mode == "memory" or (mode == "auto" and max(first) <= SMALL_IMAGE_MAX)
+    name = _dataset_name(root)
+    if not memory:
+        _warn_ignored(where, tree)
+        train = [(str(root / p), label) for p, label, is_val in tree.samples if not is_val]
+        val = [(str(root / p), label) for p, label, is_val in tree.samples if is_val]
+        if not tree.presplit:
+            labels = torch.tensor([label for _, label in train], dtype=torch.int64)
+            train_idx, val_idx = _split(labels, len(tree.class_names), val_fraction, seed)
+            train, val = [train[i] for i in train_idx.tolist()], [train[i] for i in val_idx.tolist()]
+        return StreamData(name, train, val, tree.class_names, image_size or _DEFAULT_STREAM_SIZE, device)
+    size = image_size or min(first)
+    file = cache / f"{_sha256_listing(root, [p for p, _, _ in tree.samples])}-{size}.safetensors"
+    decoded = _read_cache(file)
+    if decoded is None:
+        _warn_ignored(where, tree)
+        arrays = _decode_many(((p, str(root / p)) for p, _, _ in tree.samples), size)
+        decoded = _assemble(where, tree, arrays)
+        _write_cache(file, decoded)
+    return _from_decoded(name, decoded, val_fraction, seed, device)
+
+
+def _load_archive(
+    path: Path,
+    image_size: int | None,
+    seed: int,
+    val_fraction: float,
+    cache: Path,
+    device: torch.device,
+    mode: str,
+) -> Data:
+    where = str(path)
+    try:
+        digest = sha256_file(path)
+        peek = _Listing()
+        first = _first_image_size(source for _, source in _archive_members(path, peek))
+        if first is None:  # the whole archive was read: report a layout problem first, if there is one
+            _build_tree(peek, where)
+            raise DataError(f"{where}: no readable image in the archive; re-create it from good images")
+        if mode == "stream" or (mode == "auto" and max(first) > SMALL_IMAGE_MAX):
+            raise DataError(
+                f"{where}: images of {first[0]}x{first[1]} px stream from a directory, not an archive; "
+                "extract the archive and pass the folder, or use mode='memory'"
+            )
+        size = image_size or min(first)
+        file = cache / f"{digest}-{size}.safetensors"
+        decoded = _read_cache(file)
+        if decoded is None:
+            listing = _Listing()
+            arrays = _decode_many(_archive_members(path, listing), size)
+            tree = _build_tree(listing, where)
+            _warn_ignored(where, tree)
+            decoded = _assemble(where, tree, arrays)
+            _write_cache(file, decoded)
+    except _ARCHIVE_ERRORS as exc:
+        raise DataError(
+            f"{where}: cannot read the archive ({type(exc).__name__}: {exc}); re-download or re-create it"
+        ) from exc
+    return _from_decoded(_dataset_name(path), decoded, val_fraction, seed, device)
+
+
+def load_data(
+    spec: str,
+    image_size: int | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    cache_dir: str | None = None,
+    device: str | torch.device | None = None,
+    mode: str = "auto",
+) -> Data:
+    """Load a dataset for training.
+
+    ``spec`` is ``"digits"`` (scikit-learn's bundled 8x8 digits, no download), ``"synthetic"`` /
+    ``"synthetic:N:C"`` (seeded random data for tests), or a directory / ``.tar``, ``.tar.gz``, ``.tgz``
+    archive holding an ImageFolder tree (``train/<class>/*`` + ``val/`` or ``test/``, or bare ``<class>/*``,
+    in which case a seeded stratified ``val_fraction`` is held out). ``mode="auto"`` decodes small images
+    (longer side <= 64 px, judged from the first image) into memory, cached in ``cache_dir`` (default
+    ``$PARECO_CACHE`` or ``~/.cache/pareco``), and streams larger ones from a directory; ``"memory"`` and
+    ``"stream"`` force one. ``image_size`` defaults to 32 for digits/synthetic, the first image's shorter side
+    in memory and 224 when streaming. ``device`` defaults to CUDA when available. Raises ``DataError``.
+    """
+    if mode not in _MODES:
+        raise DataError(f"mode '{mode}' is not one of {', '.join(_MODES)}")
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if image_size is not None and image_size < 1:
+        raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
+    dev = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "digits" or spec == "synthetic" or spec.startswith("synthetic:"):
+        if mode == "stream":
+            raise DataError(f"'{spec}' is held in memory and cannot be streamed; use mode='auto' or 'memory'")
+        if spec == "digits":
+            return _digits(image_size or _DEFAULT_SIZE, val_fraction, seed, dev)
+        return _synthetic(spec, image_size or _DEFAULT_SIZE, val_fraction, seed, dev)
+    path = Path(spec).expanduser()
+    cache = _cache_dir(cache_dir)
+    if path.is_dir():
+        return _load_directory(path, image_size, seed, val_fraction, cache, dev, mode)
+    if not path.exists():
+        raise DataError(
+            f"{spec}: no such file or directory; pass an ImageFolder directory, a .tar/.tar.gz/.tgz archive "
+            "of one, 'digits' or 'synthetic'"
+        )
+    if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise DataError(f"{spec}: not a directory or a .tar/.tar.gz/.tgz archive; pass an ImageFolder tree")
+    return _load_archive(path, image_size, seed, val_fraction, cache, dev, mode)
