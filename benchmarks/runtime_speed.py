@@ -75,8 +75,6 @@ def bench_arch(arch: str, n_points: int, runs: int, threads: int) -> None:
         "standalone": lambda: rt.standalone(mid),
         "recalibrate": lambda: calibrate_bn(other, mid.alpha, calib),
     }, warmup=2, runs=max(5, runs // 4))
-    rt.switch(mid)  # calibrate_bn left the model in its own state: put the runtime back
-    rt.model.activate(rt.model.channels(mid.alpha), mid.alpha, rt.bn_stats(mid))
     print(f"[{arch}] switch median {sw.median * 1e6:.1f} us, p99 {sw.p99 * 1e6:.1f} us | building a standalone "
           f"model {heavy['standalone'].median * 1e3:.2f} ms ({heavy['standalone'].median / sw.median:,.0f}x) | "
           f"recalibrating BN at switch time (2 batches of 8) {heavy['recalibrate'].median * 1e3:.1f} ms "

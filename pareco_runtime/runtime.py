@@ -15,7 +15,7 @@ from .budget import BatteryPolicy, Budget, as_budget, select
 from .fileformat import FormatError, load_weights
 from .front import DeviceProfile, FrontPoint
 from .front_file import Front
-from .models.base import SlimmableNet
+from .models.base import BNStatsError, SlimmableNet
 from .slicing import slice_model
 
 BudgetLike = Union[str, Budget, Sequence[str | Budget]]
@@ -130,22 +130,11 @@ class SlimmableRuntime:
         return rt
 
     def _check_stat_shapes(self, pid: str, pairs: list[tuple[torch.Tensor, torch.Tensor]], source: Path) -> None:
-        with self._lock.write():
-            saved = list(self.model.ctx.ch)
-            self.model.ctx.ch[: self.model.space.dims] = self._channels[pid]
-            try:
-                for bn_name, bn, (mean, var) in zip(self.model.bn_names, self._bns(), pairs):
-                    k = self.model.ctx.ch[bn.out_slot]
-                    if mean.shape != (k,) or var.shape != (k,):
-                        raise FormatError(f"{source}: BN statistics of point '{pid}' for {bn_name} have shape "
-                                          f"{tuple(mean.shape)}, expected ({k},); re-train or re-export the model")
-            finally:
-                self.model.ctx.ch[:] = saved
-
-    def _bns(self) -> list[nn.Module]:
-        from .ops import SlimBatchNorm2d
-
-        return sorted((m for m in self.model.modules() if isinstance(m, SlimBatchNorm2d)), key=lambda m: m.bn_index)
+        try:
+            self.model.check_bn_stats(pairs, self.point(pid).alpha)
+        except BNStatsError as exc:
+            raise FormatError(f"{source}: BN statistics of point '{pid}': {exc.what}; re-train or re-export the "
+                              "model") from None
 
     @property
     def points(self) -> list[FrontPoint]:
@@ -232,11 +221,7 @@ class SlimmableRuntime:
         """The point as a standalone plain model (sliced tensors, its BN statistics), in eval mode."""
         p = self.point(point) if isinstance(point, str) else point
         with self._lock.write():
-            saved = self.active
-            try:
-                return slice_model(self.model, p.alpha, bn_stats=self._stats[p.id]).eval()
-            finally:
-                self._activate(saved)
+            return slice_model(self.model, p.alpha, bn_stats=self._stats[p.id]).eval()
 
     def bn_stats(self, point: FrontPoint | str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The calibrated BN statistics of a point, in the model's BN order."""

@@ -33,24 +33,18 @@ def slice_model(model: SlimmableNet, alpha: Sequence[float] | None = None,
     slices: no masks, hooks or references to the slimmable model. BatchNorm layers carry
     ``bn_stats`` when given (one ``(mean, var)`` per BN layer, as a front point stores them), else
     the context's per-point statistics if set, else the running buffers. In eval mode its outputs
-    equal the slimmable model's at that config. The model's active config is left as it was.
+    equal the slimmable model's at that config. The model is left exactly as it was (widths, statistics,
+    mode); statistics that do not fit the config raise ``BNStatsError``.
     """
-    saved_alpha, saved_ch, saved_stats = model.alpha, list(model.ctx.ch), model.ctx.bn_stats
-    try:
-        if alpha is not None:
-            model.set_widths(alpha)
-        if bn_stats is not None:
-            model.ctx.bn_stats = bn_stats
+    stats = model.ctx.bn_stats if bn_stats is None else bn_stats
+    with model.config(alpha, stats, train=model.training), torch.no_grad():
         root = model.plain_class.__new__(model.plain_class)
         nn.Module.__init__(root)
-        with torch.no_grad():
-            for name, child in model.named_children():
-                setattr(root, name, _plain_copy(child))
+        for name, child in model.named_children():
+            setattr(root, name, _plain_copy(child))
         root.arch = model.arch
         root.alpha = list(model.alpha)
         root.channels = model.channels()
         root.input_size = model.input_size
         root.train(model.training)
         return root
-    finally:
-        model.activate(saved_ch[: model.space.dims], saved_alpha, saved_stats)

@@ -233,15 +233,14 @@ def test_bad_cli_arguments(args, msg, tiny_front, tmp_path, cli):
     assert re.search(msg, err) and len(err.strip().splitlines()) == 1, err
 
 
-def test_every_train_setting_is_a_flag_of_pareco_train(capsys, monkeypatch):
+def test_every_train_setting_is_a_flag_of_pareco_train(cli):
     """`pareco train` offers each TrainConfig field under its flag, beside its own few run options."""
     import dataclasses
     import re
 
     from training.config import TrainConfig
 
-    monkeypatch.setenv("COLUMNS", "200")
-    code, out, err = run_main(["train", "--help"], capsys, monkeypatch)
+    code, out, err = cli("train", "--help")
     assert code == 0, err
     settings = {TrainConfig.flag(f.name) for f in dataclasses.fields(TrainConfig)}
     own = {"--out", "--resume", "--force", "--device", "--cache-dir", "--log-every", "--help"}
@@ -254,12 +253,11 @@ def test_every_train_setting_is_a_flag_of_pareco_train(capsys, monkeypatch):
     ("pareco", "lambda_sampling", "gaussian"),
     ("twostage", "cost_model", "lut"), ("twostage", "epsilon", "1"), ("pareco", "remeasure", "-1"),
 ])
-def test_bad_train_setting_names_its_flag(algorithm, field, value, tmp_path, capsys, monkeypatch):
+def test_bad_train_setting_names_its_flag(algorithm, field, value, tmp_path, cli):
     from training.config import TrainConfig
 
     flag = TrainConfig.flag(field)
     out = tmp_path / "o"
-    code, _, err = run_main(["train", "--algorithm", algorithm, flag, value, "--out", str(out)],
-                            capsys, monkeypatch)
+    code, _, err = cli("train", "--algorithm", algorithm, flag, value, "--out", str(out))
     assert code == 2 and err.startswith(f"error: {flag}") and len(err.strip().splitlines()) == 1, err
     assert not out.exists(), "a bad setting is refused before the out directory is touched"

@@ -8,14 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pareco_runtime.models.base import SlimmableNet
-from pareco_runtime.ops import SlimBatchNorm2d
-
-BNStats = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def _bns(model: SlimmableNet) -> list[SlimBatchNorm2d]:
-    return sorted((m for m in model.modules() if isinstance(m, SlimBatchNorm2d)), key=lambda m: m.bn_index)
+from pareco_runtime.models.base import BNStats, SlimmableNet
 
 
 @torch.no_grad()
@@ -24,33 +17,27 @@ def calibrate_bn(model: SlimmableNet, alpha: Sequence[float], batches: Iterable[
 
     Resets the running buffers and forwards in train mode with ``momentum=None`` (an exact mean of
     the per-batch statistics, as US-Nets recalibrate). Returns one ``(mean, var)`` pair per BN layer
-    in ``bn_index`` order, each of the active size and detached from the model's buffers. The
-    model's running buffers are left holding the calibrated values; its mode and momentum are
-    restored.
+    in ``model.bn_layers`` order, each of the active size and detached from the model's buffers. The
+    model is left exactly as it was: widths, running buffers, momentum and mode.
     """
-    bns = _bns(model)
-    saved = [(bn.momentum, bn.training) for bn in bns]
-    was_training = model.training
-    model.set_widths(alpha)
-    model.ctx.bn_stats = None
-    model.train()
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    seen = 0
-    for x in batches:
-        model(x)
-        seen += 1
-    if seen == 0:
-        raise ValueError("BN calibration got no batches; the training set is smaller than one calibration batch")
-    stats = []
-    for bn in bns:
-        k = model.ctx.ch[bn.out_slot]
-        stats.append((bn.running_mean[:k].clone(), bn.running_var[:k].clone()))
-    for bn, (momentum, _) in zip(bns, saved):
-        bn.momentum = momentum
-    model.train(was_training)
-    return stats
+    bns = [bn for _, bn in model.bn_layers]
+    momenta = [bn.momentum for bn in bns]
+    with model.config(alpha, train=True):
+        try:
+            for bn in bns:
+                bn.reset_running_stats()
+                bn.momentum = None
+            seen = 0
+            for x in batches:
+                model(x)
+                seen += 1
+            if seen == 0:
+                raise ValueError("BN calibration got no batches; the training set is smaller than one calibration "
+                                 "batch")
+            return model.current_bn_stats()
+        finally:
+            for bn, momentum in zip(bns, momenta):
+                bn.momentum = momentum
 
 
 @dataclass
@@ -64,21 +51,17 @@ class Evaluation:
 @torch.no_grad()
 def evaluate(model: SlimmableNet, alpha: Sequence[float], stats: BNStats | None,
              batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Evaluation:
-    """Top-1 and loss of config ``alpha`` with BN statistics ``stats`` (running buffers when None)."""
-    was_training = model.training
-    model.eval()
-    model.set_widths(alpha)
-    model.ctx.bn_stats = stats
+    """Top-1 and loss of config ``alpha`` with BN statistics ``stats`` (running buffers when None).
+
+    The model is left exactly as it was (widths, statistics, mode).
+    """
     correct, total, loss_sum = 0, 0, 0.0
-    try:
+    with model.config(alpha, stats):
         for x, y in batches:
             out = model(x).float()
             loss_sum += F.cross_entropy(out, y, reduction="sum").item()
             correct += (out.argmax(1) == y).sum().item()
             total += y.numel()
-    finally:
-        model.ctx.bn_stats = None
-        model.train(was_training)
     if total == 0:
         raise ValueError("evaluation got no validation images; the data has an empty validation split")
     return Evaluation(top1=100.0 * correct / total, loss=loss_sum / total)

@@ -33,7 +33,8 @@ def evaluate_candidates(model: SlimmableNet, configs: Sequence[Sequence[float]],
     """Calibrate BN for each distinct sub-network among ``configs`` and evaluate it on validation data.
 
     Configs that map to identical channel counts are the same sub-network and are evaluated once.
-    Every candidate is calibrated on the same seeded training batches (no augmentation).
+    Every candidate is calibrated on the same seeded training batches (no augmentation). The model is
+    left exactly as it was.
     """
     seen: set[tuple[int, ...]] = set()
     unique = []
@@ -51,7 +52,6 @@ def evaluate_candidates(model: SlimmableNet, configs: Sequence[Sequence[float]],
                              stats))
         if on_done:
             on_done(i + 1, len(unique))
-    model.set_widths(model.space.uniform(1.0))
     return out
 
 

@@ -34,7 +34,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from pareco_runtime.models.base import SlimmableNet
-from pareco_runtime.ops import SlimBatchNorm2d
 
 from . import mobo
 from .config import TrainConfig, TrainingError
@@ -60,22 +59,20 @@ def measure_losses(model: SlimmableNet, configs: Sequence[Sequence[float]], x: t
     statistic or ``num_batches_tracked`` is written, nothing has a gradient, and the mode and active
     config are restored. Returns a float32 tensor on ``x``'s device, one entry per config.
     """
-    bns = [m for m in model.modules() if isinstance(m, SlimBatchNorm2d)]
+    bns = [bn for _, bn in model.bn_layers]
     tracked = [bn.track_running_stats for bn in bns]
-    was_training, alpha = model.training, list(model.alpha)
     out = torch.empty(len(configs), device=x.device)
+    # Tracking goes off before entering: then no BN layer writes its buffers and config() copies none.
+    for bn in bns:
+        bn.track_running_stats = False
     try:
-        model.train()
-        for bn in bns:
-            bn.track_running_stats = False
-        for i, a in enumerate(configs):
-            model.set_widths(a)
-            out[i] = F.cross_entropy(model(x).float(), y)
+        with model.config(train=True):
+            for i, a in enumerate(configs):
+                model.set_widths(a)
+                out[i] = F.cross_entropy(model(x).float(), y)
     finally:
         for bn, t in zip(bns, tracked):
             bn.track_running_stats = t
-        model.set_widths(alpha)
-        model.train(was_training)
     return out
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,18 @@ from torch import nn
 
 from ..ops import SlimBatchNorm2d, SlimContext, SlimConv2d, SlimLinear, _Slim
 from ..space import WidthSpace
+
+# Per-point BN statistics: one ``(mean, var)`` pair per BN layer, in ``SlimmableNet.bn_layers`` order,
+# each of the layer's channel count at that point's config.
+BNStats = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class BNStatsError(ValueError):
+    """BN statistics that do not fit the model at the config they are meant for; ``what`` says which tensor."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(f"bn_stats: {what}; pass one (mean, var) pair per BN layer, of this config's sizes")
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,7 @@ class SlimmableNet(nn.Module):
 
     Subclasses build their layers through a :class:`LayerBuilder` and call :meth:`_finish`.
     ``set_widths(alpha)`` activates a config by writing integers into the shared context;
+    ``with config(alpha, bn_stats, train):`` runs code at a config and restores the previous one;
     ``macs(alpha)`` / ``params(alpha)`` are exact analytic counts for the model's input size
     (multiply-accumulates of convs and linears, as ``torch.utils.flop_counter`` counts them / 2;
     trainable parameters of the sliced model).
@@ -103,10 +117,9 @@ class SlimmableNet(nn.Module):
 
         for module, cin, cout in builder.bindings:
             module.bind(self.ctx, index(cin), index(cout))
-        bns = [m for m in self.modules() if isinstance(m, SlimBatchNorm2d)]
-        for i, bn in enumerate(bns):
+        self._bn_layers = tuple((n, m) for n, m in self.named_modules() if isinstance(m, SlimBatchNorm2d))
+        for i, (_, bn) in enumerate(self._bn_layers):
             bn.bn_index = i
-        self.bn_names = [n for n, m in self.named_modules() if isinstance(m, SlimBatchNorm2d)]
         self._build_cost_terms()
         self.alpha = self.space.uniform(1.0)
 
@@ -152,6 +165,19 @@ class SlimmableNet(nn.Module):
                 add(params, o, one, 1)
         self._macs_terms = [(c, a, b) for (a, b), c in macs.items()]
         self._params_terms = [(c, a, b) for (a, b), c in params.items()]
+
+    @property
+    def bn_layers(self) -> tuple[tuple[str, SlimBatchNorm2d], ...]:
+        """``(module name, layer)`` of every slimmable BN layer, in module order (= ``bn_index`` order).
+
+        The order of every per-point statistics list (:data:`BNStats`).
+        """
+        return self._bn_layers
+
+    @property
+    def bn_names(self) -> list[str]:
+        """Module names of the BN layers, in :attr:`bn_layers` order."""
+        return [name for name, _ in self._bn_layers]
 
     @property
     def macs_terms(self) -> list[tuple[int, int, int]]:
@@ -204,6 +230,58 @@ class SlimmableNet(nn.Module):
         self.ctx.ch[: self.space.dims] = channels
         self.ctx.bn_stats = bn_stats
         self.alpha = alpha
+
+    def check_bn_stats(self, bn_stats: BNStats, alpha: Sequence[float] | None = None) -> None:
+        """Raise :class:`BNStatsError` naming the first misfit unless ``bn_stats`` holds one pair per BN
+        layer, each tensor of shape ``(channels,)`` at config ``alpha`` (the active one when None)."""
+        v = self._slot_values(alpha)
+        if len(bn_stats) != len(self._bn_layers):
+            raise BNStatsError(f"{len(bn_stats)} (mean, var) pairs for {len(self._bn_layers)} BN layers")
+        for (name, bn), pair in zip(self._bn_layers, bn_stats):
+            k = v[bn.out_slot]
+            for tensor_name, t in zip(("running_mean", "running_var"), pair):
+                if tuple(t.shape) != (k,):
+                    raise BNStatsError(f"{name}.{tensor_name} has shape {tuple(t.shape)}, expected ({k},)")
+
+    def current_bn_stats(self) -> BNStats:
+        """Copies of the statistics eval mode uses at the active widths, as :meth:`config` takes them."""
+        ch = self.ctx.ch
+        return [(mean.clone(), var.clone()) for mean, var in
+                (bn.eval_stats(ch[bn.out_slot]) for _, bn in self._bn_layers)]
+
+    @contextmanager
+    def config(self, alpha: Sequence[float] | None = None, bn_stats: BNStats | None = None,
+               train: bool = False) -> Iterator[None]:
+        """Run the body at config ``alpha`` (the active widths when None), then put the model back exactly.
+
+        ``bn_stats`` (checked with :meth:`check_bn_stats`) become the statistics eval mode uses, held by
+        reference as :meth:`activate` holds them; None means the running buffers. Every module is in
+        train mode when ``train`` is True, else in eval mode. On exit, also when the body raises, the
+        previous widths, per-point statistics and per-module modes come back. With ``train`` True the
+        running buffers and ``num_batches_tracked`` of the BN layers that track them are copied on entry
+        and written back on exit (train-mode forwards update them in place); without it nothing is
+        copied, so entering allocates no tensor.
+        """
+        v = self._slot_values(alpha)
+        if bn_stats is not None:
+            self.check_bn_stats(bn_stats, alpha)
+        d = self.space.dims
+        saved_ch, saved_alpha, saved_stats = self.ctx.ch[:d], self.alpha, self.ctx.bn_stats
+        modules = list(self.modules())
+        saved_modes = [m.training for m in modules]
+        saved_buffers = [(t, t.clone()) for _, bn in self._bn_layers if train and bn.track_running_stats
+                         for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked) if t is not None]
+        try:
+            self.activate(v[:d], self.alpha if alpha is None else [float(a) for a in alpha], bn_stats)
+            self.train(train)
+            yield
+        finally:
+            self.activate(saved_ch, saved_alpha, saved_stats)
+            for m, mode in zip(modules, saved_modes):
+                m.training = mode
+            with torch.no_grad():
+                for live, copy in saved_buffers:
+                    live.copy_(copy)
 
     def describe(self) -> dict[str, Any]:
         """Architecture name and constructor arguments: enough for :func:`build_model` to rebuild it."""
