@@ -72,6 +72,7 @@ def test_battery_switch_is_monotone(rt):
     assert costs[-1] == min(p.mflops for p in rt.points)
 
 
+@pytest.mark.slow
 def test_concurrent_inference_never_mixes_configs(rt):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 16, 16)
