@@ -4,6 +4,7 @@ Depends on torch and safetensors only; training, export and benchmarking live in
 """
 
 from .budget import BatteryPolicy, parse_budget
+from .convert import ConversionError, make_slimmable
 from .front import DeviceProfile, FrontPoint
 from .front_file import Front
 from .models import ARCHITECTURES, SlimmableNet, build_model
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
            "ARCHITECTURES",
            "BatteryPolicy",
+           "ConversionError",
            "DeviceProfile",
            "Front",
            "FrontPoint",
@@ -24,6 +26,7 @@ __all__ = [
            "WidthSpace",
            "__version__",
            "build_model",
+           "make_slimmable",
            "parse_budget",
            "slice_model",
 ]

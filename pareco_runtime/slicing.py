@@ -42,6 +42,8 @@ def slice_model(model: SlimmableNet, alpha: Sequence[float] | None = None,
         nn.Module.__init__(root)
         for name, child in model.named_children():
             setattr(root, name, _plain_copy(child))
+        for name in model.plain_attributes:
+            setattr(root, name, copy.deepcopy(getattr(model, name)))
         root.arch = model.arch
         root.alpha = list(model.alpha)
         root.channels = model.channels()

@@ -98,6 +98,8 @@ class SlimmableNet(nn.Module):
     """
 
     arch: str = ""
+    # Non-module attributes the plain class's forward reads, copied into sliced models.
+    plain_attributes: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,0 +1,444 @@
+"""Any traceable CNN becomes slimmable: channel groups derived from its ``torch.fx`` graph.
+
+:func:`make_slimmable` traces a module, propagates the shapes of an example input, and unites the
+channel dimensions that must keep one width: the operands of an add or a mul (residuals,
+squeeze-excitation gates), a depthwise conv's input and output, everything a BatchNorm, an
+activation, a pooling or a flatten of a 1x1 map passes through. Each group that a conv or linear
+layer produces becomes one width dimension; the input's channels, the network's outputs, and
+whatever an unsupported op touches stay at full width. Conv2d, BatchNorm2d and Linear layers are
+then swapped for the slimmable ops of :mod:`pareco_runtime.ops`, reading one
+:class:`~pareco_runtime.ops.SlimContext`, and the result is a :class:`SlimmableNet` whose
+``forward`` is the original class's own: at full width its ``state_dict`` keys, shapes and outputs
+are the original's.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import operator
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .models.base import LayerBuilder, SlimmableNet, Slot
+from .ops import SlimBatchNorm2d, SlimConv2d, SlimLinear
+
+# Modules and functions that keep every channel where it is (pointwise in channels).
+_PASS_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity,
+    nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+)
+_PASS_FUNCTIONS: set[Any] = {
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
+    F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.dropout, F.dropout2d, F.max_pool2d, F.avg_pool2d,
+    F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.pad, torch.relu, torch.sigmoid, torch.tanh,
+    torch.nn.functional.relu_, torch.clamp, torch.clip,
+}
+_PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "contiguous", "clone",
+                 "float", "to", "detach"}
+_ELEMENTWISE_FUNCTIONS: set[Any] = {operator.add, operator.mul, operator.sub, operator.truediv, operator.iadd,
+                                    operator.imul, torch.add, torch.mul, torch.sub, torch.div}
+_ELEMENTWISE_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
+_REDUCE_FUNCTIONS: set[Any] = {torch.mean, torch.sum, torch.amax}
+_REDUCE_METHODS = {"mean", "sum", "amax"}
+
+
+class ConversionError(ValueError):
+    """A model :func:`make_slimmable` cannot convert; the message names the node and the way out."""
+
+
+@dataclass
+class _Groups:
+    """Union-find over channel variables, with each root's channel count and pin reasons."""
+
+    parent: list[int] = field(default_factory=list)
+    size: list[int] = field(default_factory=list)
+    pinned: dict[int, str] = field(default_factory=dict)
+
+    def new(self, channels: int) -> int:
+        self.parent.append(len(self.parent))
+        self.size.append(int(channels))
+        return len(self.parent) - 1
+
+    def find(self, v: int) -> int:
+        while self.parent[v] != v:
+            self.parent[v] = self.parent[self.parent[v]]
+            v = self.parent[v]
+        return v
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            keep, drop = min(ra, rb), max(ra, rb)
+            self.parent[drop] = keep
+            if drop in self.pinned:
+                self.pinned.setdefault(keep, self.pinned.pop(drop))
+        return self.find(a)
+
+    def pin(self, v: int, reason: str) -> None:
+        self.pinned.setdefault(self.find(v), reason)
+
+    def is_pinned(self, v: int) -> bool:
+        return self.find(v) in self.pinned
+
+
+@dataclass
+class _Layer:
+    name: str
+    module: nn.Module
+    cin: int
+    cout: int
+
+
+class TracedSlimmableNet(SlimmableNet):
+    """A :class:`SlimmableNet` made by :func:`make_slimmable`; ``forward`` is the original class's.
+
+    ``plain_class`` is the original class, so a sliced standalone model is an instance of it with
+    plain layers; ``plain_attributes`` are the original module's own non-module attributes that its
+    ``forward`` may read, copied into sliced models. ``pinned`` maps each layer whose output
+    channels stay at full width to the reason (the network's output, an op named in a warning, a
+    ``pin`` pattern).
+    """
+
+    pinned: dict[str, str]
+
+    plain_class: type[nn.Module] = nn.Module
+
+    def _build_cost_terms(self) -> None:
+        super()._build_cost_terms()
+        self._add_fixed_costs()
+
+    def _add_fixed_costs(self) -> None:
+        """Layers left as they are (grouped convs, pinned linears) cost the same in every config."""
+        positions: dict[nn.Module, int] = {}
+
+        def record(mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+            # Output positions per sample: H*W for a conv, the tokens for a linear.
+            positions[mod] = out.numel() // out.shape[1 if isinstance(mod, nn.Conv2d) else -1]
+
+        plain = [m for m in self.modules() if type(m) in (nn.Conv2d, nn.Linear)]
+        hooks = [m.register_forward_hook(record) for m in plain]
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            self(torch.zeros(1, *self.input_size))
+        self.train(was_training)
+        for h in hooks:
+            h.remove()
+        one = self._one
+        macs = sum(positions[m] * m.weight.numel() for m in plain if m in positions)
+        slim = {id(p) for m in self.modules() if isinstance(m, (SlimConv2d, SlimLinear, SlimBatchNorm2d))
+                for p in m.parameters(recurse=False)}
+        params = sum(p.numel() for p in self.parameters() if id(p) not in slim)
+        if macs:
+            self._macs_terms.append((macs, one, one))
+        if params:
+            self._params_terms.append((params, one, one))
+
+
+def _tensor_meta(node: torch.fx.Node) -> Any:
+    return node.meta.get("tensor_meta")
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    if not isinstance(node, torch.fx.Node):
+        return None
+    meta = _tensor_meta(node)
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+class _Analysis:
+    """Walks the traced graph once and records each tensor's channel variable and each layer's pair."""
+
+    def __init__(self, gm: torch.fx.GraphModule, on_unsupported: str) -> None:
+        self.gm = gm
+        self.groups = _Groups()
+        self.var: dict[torch.fx.Node, int] = {}
+        self.layers: dict[str, _Layer] = {}
+        self.unsupported: list[str] = []
+        self.on_unsupported = on_unsupported
+        for node in gm.graph.nodes:
+            self._visit(node)
+
+    def _channel_var(self, node: Any) -> int | None:
+        return self.var.get(node) if isinstance(node, torch.fx.Node) else None
+
+    def _fresh(self, node: torch.fx.Node) -> int | None:
+        shape = _shape(node)
+        if shape is None or len(shape) < 2:
+            return None
+        v = self.groups.new(shape[1])
+        self.var[node] = v
+        return v
+
+    def _same(self, node: torch.fx.Node, source: Any) -> None:
+        v = self._channel_var(source)
+        out, inp = _shape(node), _shape(source)
+        if v is None or out is None or inp is None or len(out) < 2 or out[1] != inp[1]:
+            self._unsupported(node, "its output's channels do not follow its input's")
+            return
+        self.var[node] = v
+
+    def _unsupported(self, node: torch.fx.Node, why: str) -> None:
+        where = node.target if node.op == "call_module" else f"{node.op} {getattr(node.target, '__name__', node.target)}"
+        text = f"{node.name} ({where}): {why}"
+        if self.on_unsupported == "error":
+            raise ConversionError(f"make_slimmable: {text}; pin the modules around it (pin=[...]) or pass "
+                                  f"on_unsupported='pin' to keep them at full width")
+        self.unsupported.append(text)
+        for arg in node.all_input_nodes:
+            v = self._channel_var(arg)
+            if v is not None:
+                self.groups.pin(v, text)
+        v = self._fresh(node)
+        if v is not None:
+            self.groups.pin(v, text)
+
+    def _tensor_args(self, node: torch.fx.Node) -> list[torch.fx.Node]:
+        return [a for a in node.args if isinstance(a, torch.fx.Node) and _shape(a) is not None]
+
+    def _visit(self, node: torch.fx.Node) -> None:
+        if node.op in ("placeholder", "get_attr"):
+            v = self._fresh(node)
+            if v is not None:
+                self.groups.pin(v, "the network's input" if node.op == "placeholder" else f"tensor {node.target}")
+        elif node.op == "output":
+            for arg in node.all_input_nodes:
+                v = self._channel_var(arg)
+                if v is not None:
+                    self.groups.pin(v, "the network's output")
+        elif node.op == "call_module":
+            self._visit_module(node, self.gm.get_submodule(str(node.target)))
+        elif node.op in ("call_function", "call_method"):
+            self._visit_function(node)
+
+    def _visit_module(self, node: torch.fx.Node, mod: nn.Module) -> None:
+        name = str(node.target)
+        src = node.args[0] if node.args else None
+        cin = self._channel_var(src)
+        if type(mod) in (nn.Conv2d, nn.BatchNorm2d, nn.Linear) and name in self.layers:
+            self._unsupported(node, "the module is called more than once")
+        elif type(mod) is nn.Conv2d and cin is not None and mod.padding_mode == "zeros":
+            if mod.groups == 1:
+                cout = self._fresh(node)
+            elif mod.groups == mod.in_channels == mod.out_channels:
+                cout = self.var[node] = cin
+            else:
+                self._unsupported(node, f"a grouped conv (groups={mod.groups}) keeps its channels")
+                cout = self.var[node]
+            self.layers[name] = _Layer(name, mod, cin, cout)  # type: ignore[arg-type]
+        elif type(mod) is nn.BatchNorm2d and cin is not None and mod.affine and mod.track_running_stats:
+            self._same(node, src)
+            self.layers[name] = _Layer(name, mod, cin, cin)
+        elif type(mod) is nn.Linear and cin is not None and len(_shape(src) or ()) == 2:
+            cout = self._fresh(node)
+            self.layers[name] = _Layer(name, mod, cin, cout)  # type: ignore[arg-type]
+        elif isinstance(mod, _PASS_MODULES):
+            self._same(node, src)
+        elif isinstance(mod, nn.Flatten):
+            self._flatten(node, src, mod.start_dim)
+        else:
+            self._unsupported(node, f"{type(mod).__name__} is not a layer make_slimmable can slim")
+
+    def _visit_function(self, node: torch.fx.Node) -> None:
+        target = node.target
+        method = node.op == "call_method"
+        args = self._tensor_args(node)
+        if _shape(node) is None:
+            # Sizes, shapes and python values carry no channels; any other op of a tensor that
+            # returns no single tensor (chunk, split, unbind) is one whose coupling is unknown.
+            if args and not ((target in ("size", "dim", "numel")) if method else (target is getattr)):
+                self._unsupported(node, "an op that splits or packs tensors")
+            return
+        if (target in _ELEMENTWISE_METHODS) if method else (target in _ELEMENTWISE_FUNCTIONS):
+            self._elementwise(node, args)
+        elif (target in _PASS_METHODS) if method else (target in _PASS_FUNCTIONS or _is_stochastic_depth(target)):
+            self._same(node, node.args[0])
+        elif (target == "flatten") if method else (target is torch.flatten):
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            self._flatten(node, node.args[0], int(start))  # type: ignore[arg-type]
+        elif (target in _REDUCE_METHODS) if method else (target in _REDUCE_FUNCTIONS):
+            self._reduce(node)
+        elif (target in ("view", "reshape")) if method else (target is torch.reshape):
+            self._flatten(node, node.args[0], 1)
+        else:
+            self._unsupported(node, "make_slimmable does not know how this op couples channels")
+
+    def _elementwise(self, node: torch.fx.Node, args: list[torch.fx.Node]) -> None:
+        out = _shape(node) or ()
+        tied = []
+        for a in args:
+            s = _shape(a) or ()
+            if len(s) == len(out) >= 2 and s[1] == out[1] and self._channel_var(a) is not None:
+                tied.append(a)
+            elif not (len(s) >= 2 and s[1] == 1 or len(s) < 2 and all(d == 1 for d in s)):
+                # Only an operand broadcast along channels (size 1) or a scalar leaves widths alone.
+                self._unsupported(node, "operands whose channels differ")
+                return
+        if not tied:
+            self._unsupported(node, "no operand carries the output's channels")
+            return
+        v = self._channel_var(tied[0])
+        for a in tied[1:]:
+            v = self.groups.union(v, self._channel_var(a))  # type: ignore[arg-type]
+        self.var[node] = v  # type: ignore[assignment]
+
+    def _flatten(self, node: torch.fx.Node, src: Any, start_dim: int) -> None:
+        inp, out = _shape(src), _shape(node)
+        v = self._channel_var(src)
+        spatial_one = inp is not None and all(d == 1 for d in inp[2:])
+        if v is not None and inp is not None and out is not None and len(out) == 2 and start_dim == 1 \
+                and spatial_one and out[1] == inp[1]:
+            self.var[node] = v
+        else:
+            self._unsupported(node, "a reshape that mixes channels with other dimensions")
+
+    def _reduce(self, node: torch.fx.Node) -> None:
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        inp = _shape(node.args[0])
+        if inp is not None and dims and all(int(d) % len(inp) >= 2 for d in dims):
+            self._same(node, node.args[0])
+        else:
+            self._unsupported(node, "a reduction over channels")
+
+
+def _is_stochastic_depth(target: Any) -> bool:
+    # torchvision's residual drop scales whole samples, never single channels.
+    return getattr(target, "__name__", "") == "stochastic_depth" and "torchvision" in getattr(target, "__module__", "")
+
+
+def _matching(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def _slim_twin(mod: nn.Module) -> nn.Module:
+    """The slimmable op replacing ``mod``, holding its parameters and buffers (same device and dtype)."""
+    twin: nn.Module
+    if isinstance(mod, nn.Conv2d):
+        twin = SlimConv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,  # type: ignore[arg-type]
+                          mod.dilation, groups=mod.groups, bias=mod.bias is not None)  # type: ignore[arg-type]
+    elif isinstance(mod, nn.BatchNorm2d):
+        twin = SlimBatchNorm2d(mod.num_features, eps=mod.eps, momentum=mod.momentum)
+    else:
+        twin = SlimLinear(mod.in_features, mod.out_features, bias=mod.bias is not None)  # type: ignore[arg-type]
+    twin = twin.to(device=next(mod.parameters()).device, dtype=next(mod.parameters()).dtype)
+    twin.load_state_dict(mod.state_dict())
+    twin.train(mod.training)
+    return twin
+
+
+def make_slimmable(module: nn.Module, example_input: torch.Tensor, *, low: float = 0.25,
+                   divisor: int | None = None, pin: Sequence[str] = (), tie: dict[str, Sequence[str]] | None = None,
+                   on_unsupported: str = "pin", arch: str | None = None,
+                   arch_kwargs: dict[str, Any] | None = None) -> TracedSlimmableNet:
+    """Convert a traceable CNN into a :class:`SlimmableNet` with one width dimension per channel group.
+
+    ``module`` is left untouched (its layers are copied). ``example_input`` (batch first, NCHW) sizes
+    the cost model. ``pin``: module-name patterns (``fnmatch``) whose output channels stay full.
+    ``tie``: ``{dimension name: [patterns]}`` joins the output groups of the matching layers into one
+    dimension (e.g. every stage's inner convs). ``on_unsupported``: ``"pin"`` keeps channels that an
+    op of unknown channel coupling touches at full width, with a warning naming it; ``"error"``
+    refuses with :class:`ConversionError`. ``low`` / ``divisor`` shape the width space.
+
+    At full width the result's ``state_dict`` has the original's keys and shapes and its outputs in
+    eval mode equal the original's.
+    """
+    if on_unsupported not in ("pin", "error"):
+        raise ValueError(f"on_unsupported must be 'pin' or 'error', got {on_unsupported!r}")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+        raise ConversionError("make_slimmable: example_input must be one NCHW tensor, e.g. torch.randn(1, 3, 224, 224)")
+    net = copy.deepcopy(module)
+    try:
+        gm = torch.fx.symbolic_trace(net)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"make_slimmable: torch.fx cannot trace {type(module).__name__} ({first}); make its "
+                              f"forward traceable (no control flow on tensor values) or convert a submodule") from None
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input[:1])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"make_slimmable: the example input {tuple(example_input.shape)} does not run through "
+                              f"{type(module).__name__} ({first}); give an input of the size the model takes") from None
+    finally:
+        net.train(was_training)
+
+    found = _Analysis(gm, on_unsupported)
+    groups = found.groups
+    layers = found.layers
+    for p in pin:
+        if not _matching(layers, [p]):
+            raise ConversionError(f"make_slimmable: pin pattern {p!r} matches no Conv2d/BatchNorm2d/Linear; "
+                                  f"layers are named like {next(iter(layers), '?')!r}")
+        for name in _matching(layers, [p]):
+            groups.pin(layers[name].cout, f"pinned by {p!r}")
+    names: dict[int, str] = {}
+    for dim_name, patterns in (tie or {}).items():
+        matched = _matching([n for n, la in layers.items() if not isinstance(la.module, nn.BatchNorm2d)], patterns)
+        if not matched:
+            raise ConversionError(f"make_slimmable: tie {dim_name!r} matches no Conv2d/Linear ({', '.join(patterns)})")
+        sizes = {groups.size[groups.find(layers[n].cout)] for n in matched}
+        if len(sizes) > 1:
+            raise ConversionError(f"make_slimmable: tie {dim_name!r} joins groups of different widths "
+                                  f"({sorted(sizes)}); tie layers of one width only")
+        root = layers[matched[0]].cout
+        for n in matched[1:]:
+            root = groups.union(root, layers[n].cout)
+        names[groups.find(root)] = dim_name
+    if found.unsupported:
+        shown = "; ".join(found.unsupported[:3]) + (f"; and {len(found.unsupported) - 3} more"
+                                                     if len(found.unsupported) > 3 else "")
+        warnings.warn(f"make_slimmable: {len(found.unsupported)} op(s) keep the channels around them at full width "
+                      f"(see .pinned): {shown}", stacklevel=2)
+
+    builder = LayerBuilder()
+    slots: dict[int, Slot] = {}
+    for layer in layers.values():
+        for v in (layer.cin, layer.cout):
+            root = groups.find(v)
+            if root in slots:
+                continue
+            if root in groups.pinned:
+                slots[root] = builder.fixed(groups.size[root])
+            else:
+                slots[root] = builder.dim(names.get(root, layer.name), groups.size[root])
+    if not builder.dim_names:
+        raise ConversionError(f"make_slimmable: every channel group of {type(module).__name__} is pinned, nothing "
+                              f"to slim; see the warnings for the ops that pinned them")
+
+    for layer in layers.values():
+        cin, cout = slots[groups.find(layer.cin)], slots[groups.find(layer.cout)]
+        if isinstance(layer.module, nn.Conv2d) and layer.module.groups not in (1, layer.module.out_channels):
+            continue  # a grouped conv stays a plain nn.Conv2d at full width (both sides pinned)
+        twin = _slim_twin(layer.module)
+        parent, _, child = layer.name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, child, twin)
+        builder.bind(twin, cin, cout)  # type: ignore[arg-type]
+
+    original = type(module)
+    cls = type(f"Slimmable{original.__name__}", (TracedSlimmableNet, original),
+               {"plain_class": original, "__module__": __name__})
+    own = tuple(k for k in vars(net) if not k.startswith("_") and k != "training")
+    net.__class__ = cls
+    slim: TracedSlimmableNet = net  # type: ignore[assignment]
+    slim.plain_attributes = own
+    slim.arch = arch or f"custom:{original.__module__}.{original.__qualname__}"
+    slim.arch_kwargs = dict(arch_kwargs or {})
+    slim.pinned = {layer.name: groups.pinned[groups.find(layer.cout)] for layer in layers.values()
+                   if groups.is_pinned(layer.cout)}
+    slim._finish(builder, low, divisor, tuple(example_input.shape[1:]))  # type: ignore[arg-type]
+    return slim
