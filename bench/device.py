@@ -25,7 +25,9 @@ def sanitise_profile_name(name: str) -> str:
     """``name`` with every run of characters outside ``[A-Za-z0-9_.-]`` replaced by '-' (budget syntax)."""
     clean = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
     if not clean:
-        raise BenchError(f"profile name {name!r} has no usable characters; use letters, digits, '_', '.', '-'")
+        raise BenchError(
+            f"profile name {name!r} has no usable characters; use letters, digits, '_', '.', '-'"
+        )
     return clean
 
 
@@ -82,8 +84,14 @@ def backend_runtime(backend: str) -> str:
     }[backend]
 
 
-def device_profile(backend: str, threads: int, batch: int, name: str | None = None,
-                   energy_source: str | None = None, allocator: str | None = None) -> DeviceProfile:
+def device_profile(
+    backend: str,
+    threads: int,
+    batch: int,
+    name: str | None = None,
+    energy_source: str | None = None,
+    allocator: str | None = None,
+) -> DeviceProfile:
     """The device profile of measurements made here with ``backend`` at ``threads`` and ``batch``.
 
     ``allocator``: how memory allocation was set up, when not the process default (recorded in
@@ -94,13 +102,23 @@ def device_profile(backend: str, threads: int, batch: int, name: str | None = No
         versions["allocator"] = allocator
     return DeviceProfile(
         name=sanitise_profile_name(name) if name else default_profile_name(backend, threads, batch),
-        runtime=backend_runtime(backend), threads=threads, batch=batch, host=host_description(backend),
-        date=utc_timestamp(), versions=versions, energy_source=energy_source)
+        runtime=backend_runtime(backend),
+        threads=threads,
+        batch=batch,
+        host=host_description(backend),
+        date=utc_timestamp(),
+        versions=versions,
+        energy_source=energy_source,
+    )
 
 
-def write_profile(manifest_path: str | Path, profile: DeviceProfile, latency_ms: Mapping[str, float],
-                  energy_mj: Mapping[str, float] | None = None,
-                  predicted_ms: Mapping[str, float] | None = None) -> None:
+def write_profile(
+    manifest_path: str | Path,
+    profile: DeviceProfile,
+    latency_ms: Mapping[str, float],
+    energy_mj: Mapping[str, float] | None = None,
+    predicted_ms: Mapping[str, float] | None = None,
+) -> None:
     """Record ``profile`` and its per-point figures in the manifest (:meth:`Front.record_profile`), validated
     and written atomically.
 

@@ -54,7 +54,7 @@ class EnergyMeter:
             pynvml.nvmlInit()
             handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
             pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-        except Exception:  # noqa: BLE001 - no pynvml, no driver, or a GPU without an energy counter
+        except Exception:
             return None
         return cls("nvml", lambda: float(pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)))
 
@@ -74,7 +74,11 @@ def energy_note(meters: dict[str, EnergyMeter | None]) -> str:
     """One line saying where energy comes from, or that none is measured here."""
     found = sorted({m.source for m in meters.values() if m is not None})
     if found:
-        return (f"energy from {' and '.join(found).upper()} (whole package or GPU, idle power included: an upper "
-                "bound per inference)")
-    return ("energy: not measured and not recorded (no readable RAPL counter or NVML on this host); no energy "
-            "figure is claimed")
+        return (
+            f"energy from {' and '.join(found).upper()} (whole package or GPU, idle power included: an upper "
+            "bound per inference)"
+        )
+    return (
+        "energy: not measured and not recorded (no readable RAPL counter or NVML on this host); no energy "
+        "figure is claimed"
+    )

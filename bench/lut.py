@@ -80,7 +80,7 @@ class UnitTable:
             j = min(max(bisect.bisect_right(lv, c) - 1, 0), len(lv) - 2)
             t = (c - lv[j]) / (lv[j + 1] - lv[j])
             axes.append(((j, 1.0 - t), (j + 1, t)))
-        strides = [int(np.prod([len(lv) for lv in self.levels[k + 1:]])) for k in range(len(self.levels))]
+        strides = [int(np.prod([len(lv) for lv in self.levels[k + 1 :]])) for k in range(len(self.levels))]
         total = 0.0
         for corner in itertools.product(*axes):
             weight = math.prod(w for _, w in corner)
@@ -118,8 +118,10 @@ class LatencyLUT:
     def predict_ms(self, channels: Sequence[int]) -> float:
         """Predicted latency of the config with these channel counts, in milliseconds."""
         if len(channels) != len(self.width_space["names"]):
-            raise BenchError(f"the look-up table is for {len(self.width_space['names'])} width dimensions, got "
-                             f"{len(channels)} channel counts; build a table for this architecture")
+            raise BenchError(
+                f"the look-up table is for {len(self.width_space['names'])} width dimensions, got "
+                f"{len(channels)} channel counts; build a table for this architecture"
+            )
         return self.offset_ms + self.scale * self.raw_ms(channels)
 
     def predict_alpha(self, alpha: Sequence[float]) -> float:
@@ -138,8 +140,10 @@ class LatencyLUT:
     def from_dict(cls, d: dict[str, Any]) -> LatencyLUT:
         """Inverse of :meth:`to_dict`."""
         if d.get("lut_format") != LUT_FORMAT:
-            raise BenchError(f"latency table format {d.get('lut_format')!r} is not {LUT_FORMAT}; rebuild it with "
-                             "`pareco bench MANIFEST --build-lut`")
+            raise BenchError(
+                f"latency table format {d.get('lut_format')!r} is not {LUT_FORMAT}; rebuild it with "
+                "`pareco bench MANIFEST --build-lut`"
+            )
         fields = {k: v for k, v in d.items() if k != "lut_format"}
         fields["units"] = [UnitTable(**u) for u in fields["units"]]
         return cls(**fields)
@@ -154,8 +158,10 @@ class LatencyLUT:
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise BenchError(f"{path}: not a readable latency table ({exc}); rebuild it with "
-                             "`pareco bench MANIFEST --build-lut`") from None
+            raise BenchError(
+                f"{path}: not a readable latency table ({exc}); rebuild it with "
+                "`pareco bench MANIFEST --build-lut`"
+            ) from None
 
 
 def lut_path(manifest_path: str | Path, profile: str) -> Path:
@@ -165,7 +171,9 @@ def lut_path(manifest_path: str | Path, profile: str) -> Path:
     return path.with_name(f"{stem}.lut.{profile}.json")
 
 
-def fitting_lut(manifest_path: str | Path, profile: str, backend: str, threads: int, batch: int) -> LatencyLUT | None:
+def fitting_lut(
+    manifest_path: str | Path, profile: str, backend: str, threads: int, batch: int
+) -> LatencyLUT | None:
     """The table saved beside the manifest for ``profile`` if it was built for the same backend, threads and
     batch (only then does it predict that profile's latencies), else None."""
     path = lut_path(manifest_path, profile)
@@ -235,8 +243,9 @@ def _covering(units: Sequence[_Unit], sizes: Sequence[int]) -> list[dict[int, in
     return out
 
 
-def _timed_in_context(model: nn.Module, names: Sequence[str], x: torch.Tensor, cuda: bool, warmup: int,
-                      store: list[list[float]]) -> tuple[Callable[[], None], Callable[[], None]]:
+def _timed_in_context(
+    model: nn.Module, names: Sequence[str], x: torch.Tensor, cuda: bool, warmup: int, store: list[list[float]]
+) -> tuple[Callable[[], None], Callable[[], None]]:
     """Two callables running ``model(x)``: the second appends each unit's time, in seconds, to ``store[unit]``.
 
     A unit's time runs from its start to the next unit's start (the last one's to the end of the
@@ -253,6 +262,7 @@ def _timed_in_context(model: nn.Module, names: Sequence[str], x: torch.Tensor, c
             if cuda:
                 torch.cuda.synchronize()
             marks.append((i, clock()))
+
         return mark
 
     for i, name in enumerate(names):
@@ -280,13 +290,17 @@ def _timed_in_context(model: nn.Module, names: Sequence[str], x: torch.Tensor, c
             spent[i] += (marks[k + 1][1] if k + 1 < len(marks) else end) - t
         for i, v in enumerate(spent):
             store[i].append(v)
+
     return untimed, recorded
 
 
 def _relative_errors(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float]:
     errs = [abs(p - m) / m for p, m in zip(pred, meas)]
-    return {"median_abs_rel_error": statistics.median(errs), "max_abs_rel_error": max(errs),
-            "within_10pct": sum(e <= 0.10 for e in errs) / len(errs)}
+    return {
+        "median_abs_rel_error": statistics.median(errs),
+        "max_abs_rel_error": max(errs),
+        "within_10pct": sum(e <= 0.10 for e in errs) / len(errs),
+    }
 
 
 def fit_calibration(raw: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
@@ -305,9 +319,22 @@ def fit_calibration(raw: Sequence[float], measured: Sequence[float]) -> tuple[fl
     return 0.0, float(np.sum(w * w * r * y) / np.sum(w * w * r * r))
 
 
-def build_lut(model: SlimmableNet, *, profile: str, backend: str = "torch", threads: int = 1, batch: int = 1,
-              levels: int = 3, warmup: int = 30, runs: int = 200, calibrate: int = 5, validate: int = 20,
-              seed: int = 0, steady_memory: bool = True, on_stage: Callable[[str], None] | None = None) -> LatencyLUT:
+def build_lut(
+    model: SlimmableNet,
+    *,
+    profile: str,
+    backend: str = "torch",
+    threads: int = 1,
+    batch: int = 1,
+    levels: int = 3,
+    warmup: int = 30,
+    runs: int = 200,
+    calibrate: int = 5,
+    validate: int = 20,
+    seed: int = 0,
+    steady_memory: bool = True,
+    on_stage: Callable[[str], None] | None = None,
+) -> LatencyLUT:
     """Time ``model``'s blocks on a channel grid, calibrate on ``calibrate`` configs, validate on ``validate``.
 
     ``model``: a slimmable model (weights do not matter for timing: a fresh ``build_model`` is
@@ -320,16 +347,24 @@ def build_lut(model: SlimmableNet, *, profile: str, backend: str = "torch", thre
     filled in.
     """
     if backend not in LUT_BACKENDS:
-        raise BenchError(f"the latency table times blocks with {' or '.join(LUT_BACKENDS)}; backend '{backend}' "
-                         "would need one export per block shape; build it with --backend torch")
+        raise BenchError(
+            f"the latency table times blocks with {' or '.join(LUT_BACKENDS)}; backend '{backend}' "
+            "would need one export per block shape; build it with --backend torch"
+        )
     if backend == "cuda" and not torch.cuda.is_available():
-        raise BenchError("no CUDA device here: torch.cuda.is_available() is False; build the table with --backend torch")
+        raise BenchError(
+            "no CUDA device here: torch.cuda.is_available() is False; build the table with --backend torch"
+        )
     if levels < 2 or calibrate < 1 or validate < 1 or runs < 1 or warmup < 0:
-        raise BenchError(f"need levels >= 2, calibrate >= 1, validate >= 1, runs >= 1 and warmup >= 0; got "
-                         f"{levels}, {calibrate}, {validate}, {runs}, {warmup}")
+        raise BenchError(
+            f"need levels >= 2, calibrate >= 1, validate >= 1, runs >= 1 and warmup >= 0; got "
+            f"{levels}, {calibrate}, {validate}, {runs}, {warmup}"
+        )
     if model.ctx.bn_stats is not None:
-        raise BenchError("build the latency table from a model without a front point's BN statistics active, "
-                         "e.g. a fresh build_model(arch, **kwargs): timing does not depend on weights")
+        raise BenchError(
+            "build the latency table from a model without a front point's BN statistics active, "
+            "e.g. a fresh build_model(arch, **kwargs): timing does not depend on weights"
+        )
     say = on_stage or (lambda _msg: None)
     allocator = STEADY_MALLOC if steady_memory and steady_malloc() else None
     cuda = backend == "cuda"
@@ -353,15 +388,20 @@ def build_lut(model: SlimmableNet, *, profile: str, backend: str = "torch", thre
         # that load changes on the host hit the table and the configs it is checked on alike.
         candidates: dict[str, Any] = {}
         for j, assignment in enumerate(assignments):
-            sliced = slice_model(model, [widths[d][assignment[d]] for d in range(space.dims)]).eval().to(device)
+            sliced = (
+                slice_model(model, [widths[d][assignment[d]] for d in range(space.dims)]).eval().to(device)
+            )
             x = torch.randn(batch, *model.input_size, generator=gen).to(device)
             candidates[f"grid{j}"] = _timed_in_context(sliced, names, x, cuda, warmup, stores[j])
         for i, a in enumerate(configs):
-            candidates[f"config{i}"] = torch_callable(slice_model(model, a).eval(),
-                                                      torch.randn(batch, *model.input_size, generator=gen), cuda)
-        say(f"timing {len(assignments)} grid configs ({len(units)} blocks timed in place, {levels} widths per "
+            candidates[f"config{i}"] = torch_callable(
+                slice_model(model, a).eval(), torch.randn(batch, *model.input_size, generator=gen), cuda
+            )
+        say(
+            f"timing {len(assignments)} grid configs ({len(units)} blocks timed in place, {levels} widths per "
             f"dimension) and {len(configs)} whole-model configs ({len(calib)} to calibrate, {len(check)} to "
-            "validate), interleaved")
+            "validate), interleaved"
+        )
         timings = interleaved_warm(candidates, warmup=warmup, runs=runs)
         del candidates
     tables = []
@@ -371,29 +411,63 @@ def build_lut(model: SlimmableNet, *, profile: str, backend: str = "torch", thre
             pooled.setdefault(tuple(assignment[d] for d in u.dims), []).extend(store[i])
         combos = list(itertools.product(*[range(sizes[d]) for d in u.dims]))
         if any(not pooled.get(c) for c in combos):
-            raise BenchError(f"block '{u.name}' of {model.arch} did not run in the forward pass; the latency "
-                             "table needs every slimmable block to run once per inference")
-        tables.append(UnitTable(u.name, list(u.dims), [list(grid[d]) for d in u.dims],
-                                [statistics.median(pooled[c]) * 1e3 for c in combos]))
+            raise BenchError(
+                f"block '{u.name}' of {model.arch} did not run in the forward pass; the latency "
+                "table needs every slimmable block to run once per inference"
+            )
+        tables.append(
+            UnitTable(
+                u.name,
+                list(u.dims),
+                [list(grid[d]) for d in u.dims],
+                [statistics.median(pooled[c]) * 1e3 for c in combos],
+            )
+        )
     measured = [timings[f"config{i}"].median * 1e3 for i in range(len(configs))]
-    lut = LatencyLUT(profile=profile, backend=backend, threads=threads, batch=batch, arch=model.arch,
-                     arch_kwargs=dict(model.arch_kwargs), input_size=list(model.input_size),
-                     width_space=space.to_dict(), units=tables,
-                     created=utc_timestamp())
+    lut = LatencyLUT(
+        profile=profile,
+        backend=backend,
+        threads=threads,
+        batch=batch,
+        arch=model.arch,
+        arch_kwargs=dict(model.arch_kwargs),
+        input_size=list(model.input_size),
+        width_space=space.to_dict(),
+        units=tables,
+        created=utc_timestamp(),
+    )
     raw = [lut.raw_ms(space.channels(a)) for a in configs]
     k = len(calib)
     lut.offset_ms, lut.scale = fit_calibration(raw[:k], measured[:k])
     pred = [lut.offset_ms + lut.scale * r for r in raw]
     lut.report = {
-        "levels": levels, "units": len(units), "grid_configs": len(assignments), "warmup": warmup, "runs": runs,
+        "levels": levels,
+        "units": len(units),
+        "grid_configs": len(assignments),
+        "warmup": warmup,
+        "runs": runs,
         "allocator": allocator,
-        "calibration": {"configs": k, "offset_ms": lut.offset_ms, "scale": lut.scale,
-                        "raw_errors": _relative_errors(raw[:k], measured[:k])},
-        "validation": {"configs": len(check), "raw": _relative_errors(raw[k:], measured[k:]),
-                       **_relative_errors(pred[k:], measured[k:])},
-        "rows": [{"role": "calibrate" if i < k else "validate", "alpha": [round(v, 4) for v in a],
-                  "measured_ms": measured[i], "raw_ms": raw[i], "predicted_ms": pred[i]}
-                 for i, a in enumerate(configs)],
+        "calibration": {
+            "configs": k,
+            "offset_ms": lut.offset_ms,
+            "scale": lut.scale,
+            "raw_errors": _relative_errors(raw[:k], measured[:k]),
+        },
+        "validation": {
+            "configs": len(check),
+            "raw": _relative_errors(raw[k:], measured[k:]),
+            **_relative_errors(pred[k:], measured[k:]),
+        },
+        "rows": [
+            {
+                "role": "calibrate" if i < k else "validate",
+                "alpha": [round(v, 4) for v in a],
+                "measured_ms": measured[i],
+                "raw_ms": raw[i],
+                "predicted_ms": pred[i],
+            }
+            for i, a in enumerate(configs)
+        ],
     }
     return lut
 
@@ -412,10 +486,22 @@ class FrontTable:
     predicted_ms: dict[str, float]
 
 
-def build_front_lut(front: Front, backend: str, *, threads: int = 1, batch: int = 1, profile: str | None = None,
-                    levels: int = 3, warmup: int = 30, runs: int = 200, calibrate: int = 5, validate: int = 20,
-                    steady_memory: bool = True, update: bool = False,
-                    on_stage: Callable[[str], None] | None = None) -> FrontTable:
+def build_front_lut(
+    front: Front,
+    backend: str,
+    *,
+    threads: int = 1,
+    batch: int = 1,
+    profile: str | None = None,
+    levels: int = 3,
+    warmup: int = 30,
+    runs: int = 200,
+    calibrate: int = 5,
+    validate: int = 20,
+    steady_memory: bool = True,
+    update: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+) -> FrontTable:
     """Build the latency table of ``front``'s architecture (:func:`build_lut`) and save it as
     ``NAME.lut.<profile>.json`` beside the manifest.
 
@@ -426,9 +512,20 @@ def build_front_lut(front: Front, backend: str, *, threads: int = 1, batch: int 
     if front.path is None:
         raise BenchError("the front has no manifest file to save the table beside; save it first")
     name = device_profile(backend, threads, batch, profile).name
-    lut = build_lut(front.architecture.build(), profile=name, backend=backend, threads=threads, batch=batch,
-                    levels=levels, warmup=warmup, runs=runs, calibrate=calibrate, validate=validate,
-                    steady_memory=steady_memory, on_stage=on_stage)
+    lut = build_lut(
+        front.architecture.build(),
+        profile=name,
+        backend=backend,
+        threads=threads,
+        batch=batch,
+        levels=levels,
+        warmup=warmup,
+        runs=runs,
+        calibrate=calibrate,
+        validate=validate,
+        steady_memory=steady_memory,
+        on_stage=on_stage,
+    )
     prof = device_profile(backend, threads, batch, profile, allocator=lut.report["allocator"])
     path = lut_path(front.path, prof.name)
     lut.save(path)

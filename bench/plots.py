@@ -51,7 +51,9 @@ def plot_fronts(fronts: dict[str, Sequence[tuple[float, float]]], path: Path, ti
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, pts in fronts.items():
         pts = sorted(pts)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "s", label=name, markersize=4)
+        ax.plot(
+            [p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "s", label=name, markersize=4
+        )
     ax.set_xlabel("MFLOPs (multiply-accumulates)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title)

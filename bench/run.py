@@ -73,10 +73,16 @@ class BenchReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``--json``)."""
-        return {"threads": self.threads, "batch": self.batch, "warmup": self.warmup, "runs": self.runs,
-                "energy": self.energy, "notes": self.notes,
-                "profiles": {b: p.to_dict() for b, p in self.profiles.items()},
-                "measurements": [asdict(m) for m in self.measurements]}
+        return {
+            "threads": self.threads,
+            "batch": self.batch,
+            "warmup": self.warmup,
+            "runs": self.runs,
+            "energy": self.energy,
+            "notes": self.notes,
+            "profiles": {b: p.to_dict() for b, p in self.profiles.items()},
+            "measurements": [asdict(m) for m in self.measurements],
+        }
 
 
 def check_backends(backends: Sequence[str]) -> list[str]:
@@ -88,15 +94,25 @@ def check_backends(backends: Sequence[str]) -> list[str]:
         if b not in BACKENDS:
             raise BenchError(f"unknown backend '{b}'; choose from {', '.join(BACKENDS)}")
         if b == "cuda" and not torch.cuda.is_available():
-            raise BenchError("no CUDA device here: torch.cuda.is_available() is False; bench a CPU backend "
-                             "(torch, onnxruntime, executorch) or run on a machine with a GPU")
+            raise BenchError(
+                "no CUDA device here: torch.cuda.is_available() is False; bench a CPU backend "
+                "(torch, onnxruntime, executorch) or run on a machine with a GPU"
+            )
         if b not in out:
             out.append(b)
     return out
 
 
-def _exported_file(rt: SlimmableRuntime, point: FrontPoint, model: torch.nn.Module, backend: str, batch: int,
-                   exports: Path | None, scratch: Path, say: Callable[[str], None]) -> Path:
+def _exported_file(
+    rt: SlimmableRuntime,
+    point: FrontPoint,
+    model: torch.nn.Module,
+    backend: str,
+    batch: int,
+    exports: Path | None,
+    scratch: Path,
+    say: Callable[[str], None],
+) -> Path:
     """The ONNX or ``.pte`` file of ``point``: reused from ``exports`` when it holds a matching one, else
     exported there (or to ``scratch`` when no export folder is given) with its parity check."""
     fmt = _EXPORT_FORMAT[backend]
@@ -108,17 +124,29 @@ def _exported_file(rt: SlimmableRuntime, point: FrontPoint, model: torch.nn.Modu
             return found
     say(f"exporting {point.id} for {backend}")
     folder = exports if exports is not None else scratch
-    res = export_point(model, rt.input_size, fmt, folder / f"{point.id}{get_format(fmt).ext}", batch=batch,
-                       point=point.id)
+    res = export_point(
+        model, rt.input_size, fmt, folder / f"{point.id}{get_format(fmt).ext}", batch=batch, point=point.id
+    )
     if exports is not None:
         merge_index(exports, [res.to_entry(sha)])
     return res.path
 
 
-def run_bench(rt: SlimmableRuntime, points: Sequence[FrontPoint], backends: Sequence[str], *, threads: int = 1,
-              batch: int = 1, warmup: int = 30, runs: int = 200, profile: str | None = None,
-              exports: str | Path | None = None, seed: int = 0, steady_memory: bool = True,
-              on_stage: Callable[[str], None] | None = None) -> BenchReport:
+def run_bench(
+    rt: SlimmableRuntime,
+    points: Sequence[FrontPoint],
+    backends: Sequence[str],
+    *,
+    threads: int = 1,
+    batch: int = 1,
+    warmup: int = 30,
+    runs: int = 200,
+    profile: str | None = None,
+    exports: str | Path | None = None,
+    seed: int = 0,
+    steady_memory: bool = True,
+    on_stage: Callable[[str], None] | None = None,
+) -> BenchReport:
     """Time every point of ``points`` on every backend of ``backends``, interleaved in this process.
 
     ``threads``: torch's thread count, onnxruntime's intra-op threads and ExecuTorch's thread
@@ -132,11 +160,15 @@ def run_bench(rt: SlimmableRuntime, points: Sequence[FrontPoint], backends: Sequ
     """
     backends = check_backends(backends)
     if threads < 1 or batch < 1 or runs < 1 or warmup < 0:
-        raise BenchError(f"need threads >= 1, batch >= 1, runs >= 1 and warmup >= 0; got threads={threads}, "
-                         f"batch={batch}, runs={runs}, warmup={warmup}")
+        raise BenchError(
+            f"need threads >= 1, batch >= 1, runs >= 1 and warmup >= 0; got threads={threads}, "
+            f"batch={batch}, runs={runs}, warmup={warmup}"
+        )
     if profile is not None and len(backends) > 1:
-        raise BenchError("--profile names one device profile but several --backend values were given; leave "
-                         "--profile out (each backend gets its own default name) or run once per backend")
+        raise BenchError(
+            "--profile names one device profile but several --backend values were given; leave "
+            "--profile out (each backend gets its own default name) or run once per backend"
+        )
     if not points:
         raise BenchError("no points to benchmark")
     for b in backends:
@@ -151,8 +183,10 @@ def run_bench(rt: SlimmableRuntime, points: Sequence[FrontPoint], backends: Sequ
     if allocator:
         notes.append(allocator)
     meters = {b: EnergyMeter.for_backend(b) for b in backends}
-    profiles = {b: device_profile(b, threads, batch, profile, meters[b].source if meters[b] else None, allocator)
-                for b in backends}
+    profiles = {
+        b: device_profile(b, threads, batch, profile, meters[b].source if meters[b] else None, allocator)
+        for b in backends
+    }
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *rt.input_size, generator=gen)
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="pareco-bench-") as scratch:
@@ -161,16 +195,23 @@ def run_bench(rt: SlimmableRuntime, points: Sequence[FrontPoint], backends: Sequ
             model = rt.standalone(p)
             for b in backends:
                 if b in ("torch", "cuda"):
-                    candidates[(p.id, b)] = torch_callable(model if b == "torch" else rt.standalone(p), x, b == "cuda")
+                    candidates[(p.id, b)] = torch_callable(
+                        model if b == "torch" else rt.standalone(p), x, b == "cuda"
+                    )
                     continue
                 path = _exported_file(rt, p, model, b, batch, export_dir, Path(scratch), say)
                 candidates[(p.id, b)] = load_runner(_EXPORT_FORMAT[b], path, threads).bind(x)
         if et_threads is not None:
-            notes.append(f"ExecuTorch thread pool set to {threads} via its experimental _unsafe_reset_threadpool "
-                         "(process-wide)" if et_threads else
-                         "this ExecuTorch build cannot set its thread count; it used its default pool")
-        say(f"timing {len(candidates)} candidates: {warmup} warm-up and {runs} timed rounds, interleaved (each timed "
-            "call right after an untimed one of the same candidate)")
+            notes.append(
+                f"ExecuTorch thread pool set to {threads} via its experimental _unsafe_reset_threadpool "
+                "(process-wide)"
+                if et_threads
+                else "this ExecuTorch build cannot set its thread count; it used its default pool"
+            )
+        say(
+            f"timing {len(candidates)} candidates: {warmup} warm-up and {runs} timed rounds, interleaved (each timed "
+            "call right after an untimed one of the same candidate)"
+        )
         named = {f"{pid}|{b}": fn for (pid, b), fn in candidates.items()}
         timings = interleaved_warm(named, warmup=warmup, runs=runs)
         energy: dict[tuple[str, str], float] = {}
@@ -183,10 +224,20 @@ def run_bench(rt: SlimmableRuntime, points: Sequence[FrontPoint], backends: Sequ
         base = timings[f"{p.id}|torch"].median if "torch" in backends else None
         for b in backends:
             t = timings[f"{p.id}|{b}"]
-            measurements.append(Measurement(
-                point=p.id, backend=b, profile=profiles[b].name, mflops=p.mflops, median_ms=t.median * 1e3,
-                p90_ms=t.p90 * 1e3, iqr_ms=t.iqr * 1e3, runs=runs,
-                ratio_to_torch=None if base is None else t.median / base, energy_mj=energy.get((p.id, b))))
+            measurements.append(
+                Measurement(
+                    point=p.id,
+                    backend=b,
+                    profile=profiles[b].name,
+                    mflops=p.mflops,
+                    median_ms=t.median * 1e3,
+                    p90_ms=t.p90 * 1e3,
+                    iqr_ms=t.iqr * 1e3,
+                    runs=runs,
+                    ratio_to_torch=None if base is None else t.median / base,
+                    energy_mj=energy.get((p.id, b)),
+                )
+            )
     if warmup < 30 or runs < 200:
         notes.append(f"{warmup} warm-up / {runs} timed runs is below the 30 / 200 used for reported figures")
     return BenchReport(measurements, profiles, threads, batch, warmup, runs, energy_note(meters), notes)
@@ -206,8 +257,12 @@ def record_report(front: Front, report: BenchReport) -> list[str]:
     for backend, profile in report.profiles.items():
         mine = [m for m in report.measurements if m.backend == backend]
         lut = fitting_lut(front.path, profile.name, backend, report.threads, report.batch)
-        write_profile(front.path, profile, {m.point: m.median_ms for m in mine},
-                      {m.point: m.energy_mj for m in mine if m.energy_mj is not None},
-                      None if lut is None else lut.predict_points(front.points))
+        write_profile(
+            front.path,
+            profile,
+            {m.point: m.median_ms for m in mine},
+            {m.point: m.energy_mj for m in mine if m.energy_mj is not None},
+            None if lut is None else lut.predict_points(front.points),
+        )
         written.append(profile.name)
     return written

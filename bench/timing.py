@@ -47,8 +47,9 @@ class Timing:
         return self.quantile(0.75) - self.quantile(0.25)
 
 
-def interleaved(candidates: Mapping[str, Callable[[], object]], warmup: int = 30, runs: int = 200,
-                inner: int = 1) -> dict[str, Timing]:
+def interleaved(
+    candidates: Mapping[str, Callable[[], object]], warmup: int = 30, runs: int = 200, inner: int = 1
+) -> dict[str, Timing]:
     """Time each callable ``runs`` times, one call of each per round, after ``warmup`` rounds.
 
     ``inner`` calls are made per sample (for microsecond-scale work), and the sample is the mean.
@@ -69,8 +70,11 @@ def interleaved(candidates: Mapping[str, Callable[[], object]], warmup: int = 30
     return {n: Timing(s) for n, s in samples.items()}
 
 
-def interleaved_warm(candidates: Mapping[str, Callable[[], object] | tuple[Callable[[], object], Callable[[], object]]],
-                     warmup: int, runs: int) -> dict[str, Timing]:
+def interleaved_warm(
+    candidates: Mapping[str, Callable[[], object] | tuple[Callable[[], object], Callable[[], object]]],
+    warmup: int,
+    runs: int,
+) -> dict[str, Timing]:
     """:func:`interleaved` where every timed call comes right after an untimed one of the same candidate.
 
     Round-robin keeps drift from favouring any candidate, but with many models it also leaves
@@ -108,7 +112,9 @@ def steady_malloc() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    )
 
 
 @contextlib.contextmanager
@@ -125,9 +131,11 @@ def torch_threads(threads: int) -> Iterator[None]:
 def torch_callable(model: torch.nn.Module, x: torch.Tensor, cuda: bool = False) -> Callable[[], object]:
     """A zero-argument callable running ``model(x)`` under ``inference_mode`` (synchronised on a GPU)."""
     if not cuda:
+
         def run() -> object:
             with torch.inference_mode():
                 return model(x)
+
         return run
 
     model, x = model.cuda(), x.cuda()
@@ -137,4 +145,5 @@ def torch_callable(model: torch.nn.Module, x: torch.Tensor, cuda: bool = False) 
             y = model(x)
         torch.cuda.synchronize()
         return y
+
     return run_cuda

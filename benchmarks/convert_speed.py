@@ -18,8 +18,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.timing import interleaved
 from pareco_runtime import make_slimmable, slice_model
 
-MODELS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
-          "mnasnet1_0", "regnet_y_400mf"]
+MODELS = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "mnasnet1_0",
+    "regnet_y_400mf",
+]
 
 
 def convert(name: str, size: int) -> tuple[torch.nn.Module, torch.nn.Module, float]:
@@ -74,14 +82,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"input {args.size}x{args.size}, {args.threads} thread(s); forward ratio = slimmable / original "
-          f"at full width, medians of {args.runs} interleaved rounds")
+    print(
+        f"input {args.size}x{args.size}, {args.threads} thread(s); forward ratio = slimmable / original "
+        f"at full width, medians of {args.runs} interleaved rounds"
+    )
     for name in args.models.split(","):
         original, slim, seconds = convert(name, args.size)
         b1 = forward_ratio(original, slim, args.size, 1, args.runs)
         b32 = forward_ratio(original, slim, args.size, 32, max(3, args.runs // 4))
-        line = (f"{name}: {slim.space.dims} dims, converted in {seconds:.2f} s; forward ratio batch 1 {b1}, "
-                f"batch 32 {b32}; switch {switch_us(slim)}")
+        line = (
+            f"{name}: {slim.space.dims} dims, converted in {seconds:.2f} s; forward ratio batch 1 {b1}, "
+            f"batch 32 {b32}; switch {switch_us(slim)}"
+        )
         if name in ("resnet50", "efficientnet_b0"):
             line += f"; cost model {cost_model(slim)}"
         print(line, flush=True)

@@ -50,9 +50,31 @@ FILES = ("checkpoint.pt", "model.safetensors", "model.front.json")
 
 def train_args(out: Path, epochs: int, resume: bool) -> list[str]:
     """A small, deterministic Slim run (synthetic data) into ``out``."""
-    args = ["train", "--arch", "resnet20", "--data", "synthetic:128:4", "--image-size", "16", "--batch-size", "32",
-            "--lr", "0.05", "--epochs", str(epochs), "--candidates", "4", "--calib-batches", "1",
-            "--calib-batch-size", "32", "--out", str(out), "--log-every", "1"]
+    args = [
+        "train",
+        "--arch",
+        "resnet20",
+        "--data",
+        "synthetic:128:4",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.05",
+        "--epochs",
+        str(epochs),
+        "--candidates",
+        "4",
+        "--calib-batches",
+        "1",
+        "--calib-batch-size",
+        "32",
+        "--out",
+        str(out),
+        "--log-every",
+        "1",
+    ]
     return args + (["--resume"] if resume else ["--force"])
 
 
@@ -61,8 +83,13 @@ def _env() -> dict[str, str]:
 
 
 def run_to_end(out: Path, epochs: int, resume: bool) -> None:
-    r = subprocess.run([sys.executable, "-m", "pareco_cli.main", *train_args(out, epochs, resume)], cwd=ROOT,
-                       capture_output=True, text=True, env=_env())
+    r = subprocess.run(
+        [sys.executable, "-m", "pareco_cli.main", *train_args(out, epochs, resume)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
     if r.returncode != 0:
         raise RuntimeError(f"training failed: {r.stderr.strip()[-500:]}")
 
@@ -110,8 +137,13 @@ def kill_once(out: Path, epochs: int, kill: Kill, resume: bool) -> bool:
         cmd = [sys.executable, "-c", _INJECT, kill.target, kill.mode, str(kill.nth), *args]
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env())
         return r.returncode == -signal.SIGKILL
-    proc = subprocess.Popen([sys.executable, "-m", "pareco_cli.main", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pareco_cli.main", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+    )
     time.sleep(kill.delay)
     if proc.poll() is not None:
         return False
@@ -154,7 +186,9 @@ def harness(kills: list[Kill], epochs: int, workdir: Path) -> tuple[int, int]:
         print(f"  {k.describe()}: killed; intact: {', '.join(present) or 'nothing written yet'}")
     run_to_end(out, epochs, resume=started)
     same = weights_equal(ref / "model.safetensors", out / "model.safetensors")
-    print(f"final weights after all kills and resumes {'equal' if same else 'DIFFER FROM'} the uninterrupted run's")
+    print(
+        f"final weights after all kills and resumes {'equal' if same else 'DIFFER FROM'} the uninterrupted run's"
+    )
     return landed, survived if same else 0
 
 
@@ -178,8 +212,10 @@ def main() -> None:
     kills = default_kills(args.random_kills, args.seed, args.max_delay)
     with tempfile.TemporaryDirectory() as tmp:
         landed, survived = harness(kills, args.epochs, Path(tmp))
-    print(f"{len(kills)} kill points tried, {landed} landed, {survived} survived with intact files and an "
-          "identical final result")
+    print(
+        f"{len(kills)} kill points tried, {landed} landed, {survived} survived with intact files and an "
+        "identical final result"
+    )
     if survived != landed:
         sys.exit(1)
 

@@ -34,15 +34,21 @@ def zoo_table() -> None:
         for w in (1.0, m.space.low):
             a = m.space.uniform(w)
             rows.append((arch, m.space.dims, f"{w:g}", f"{m.macs(a) / 1e6:.2f}", f"{m.params(a) / 1e6:.3f}"))
-    print_table("model zoo (MFLOPs = multiply-accumulates at the default input size)",
-                ["arch", "dims", "width", "MFLOPs", "Mparams"], rows)
+    print_table(
+        "model zoo (MFLOPs = multiply-accumulates at the default input size)",
+        ["arch", "dims", "width", "MFLOPs", "Mparams"],
+        rows,
+    )
 
 
 def pareco(*args: str, capture: bool = False) -> str:
     """Run ``pareco ARGS`` as a user would, echoing the command; stop the demo if it fails."""
     print(f"\n$ pareco {' '.join(shlex.quote(a) for a in args)}", flush=True)
-    r = subprocess.run([sys.executable, "-m", "pareco_cli.main", *args], text=True,
-                       stdout=subprocess.PIPE if capture else None)
+    r = subprocess.run(
+        [sys.executable, "-m", "pareco_cli.main", *args],
+        text=True,
+        stdout=subprocess.PIPE if capture else None,
+    )
     if r.returncode != 0:
         sys.exit(f"demo stopped: 'pareco {args[0]}' exited with {r.returncode}")
     return r.stdout or ""
@@ -64,20 +70,68 @@ def main() -> None:
     if manifest.exists():
         print(f"\nreusing the finished run in {out} (pass --fresh to retrain)")
     else:
-        pareco("train", "--arch", "resnet20", "--data", "digits", "--image-size", "16", "--algorithm",
-               args.algorithm, "--epochs", str(args.epochs), "--batch-size", "64", "--lr", "0.05",
-               "--candidates", "12", "--calib-batches", "4", "--history-size", "120", "--out", str(out), "--force")
+        pareco(
+            "train",
+            "--arch",
+            "resnet20",
+            "--data",
+            "digits",
+            "--image-size",
+            "16",
+            "--algorithm",
+            args.algorithm,
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            "64",
+            "--lr",
+            "0.05",
+            "--candidates",
+            "12",
+            "--calib-batches",
+            "4",
+            "--history-size",
+            "120",
+            "--out",
+            str(out),
+            "--force",
+        )
     pareco("show", str(manifest))
     points = Front.load(manifest).points
     mid = points[len(points) // 2].mflops
-    chosen = json.loads(pareco("select", str(manifest), "--budget", f"{mid:.2f}MFLOPs", "--json", capture=True))
+    chosen = json.loads(
+        pareco("select", str(manifest), "--budget", f"{mid:.2f}MFLOPs", "--json", capture=True)
+    )
     p = chosen["point"]
     print(f"chosen under {chosen['budget']}: {p['id']} ({p['mflops']:.2f} MFLOPs, top-1 {p['top1']:.2f}%)")
     pareco("select", str(manifest), "--budget", "battery=30%")
-    pareco("export", str(manifest), "--point", chosen["point"]["id"], "--onnx", "--executorch", "--out",
-           str(out / "export"))
-    pareco("bench", str(manifest), "--backend", "torch", "--backend", "onnxruntime", "--backend", "executorch",
-           "--threads", "1", "--warmup", "30", "--runs", "200", "--update")
+    pareco(
+        "export",
+        str(manifest),
+        "--point",
+        chosen["point"]["id"],
+        "--onnx",
+        "--executorch",
+        "--out",
+        str(out / "export"),
+    )
+    pareco(
+        "bench",
+        str(manifest),
+        "--backend",
+        "torch",
+        "--backend",
+        "onnxruntime",
+        "--backend",
+        "executorch",
+        "--threads",
+        "1",
+        "--warmup",
+        "30",
+        "--runs",
+        "200",
+        "--update",
+    )
     front = Front.load(manifest)
     phone = next(name for name in front.profile_names if name.endswith("-executorch-t1-b1"))
     times = sorted(p.latency_ms[phone] for p in front.points if phone in p.latency_ms)

@@ -29,8 +29,10 @@ def cost_model_speed(arch: str, n: int = 10_000, ref: int = 10) -> None:
         with FlopCounterMode(display=False), torch.no_grad():
             sub(torch.zeros(1, *m.input_size))
     counted = (time.perf_counter() - t0) / ref
-    print(f"cost model {arch}: {1 / analytic:,.0f} configs/s analytic; slice + torch flop counter "
-          f"{1 / counted:,.1f} configs/s; speed-up {counted / analytic:,.0f}x")
+    print(
+        f"cost model {arch}: {1 / analytic:,.0f} configs/s analytic; slice + torch flop counter "
+        f"{1 / counted:,.1f} configs/s; speed-up {counted / analytic:,.0f}x"
+    )
 
 
 def forward_ratio(arch: str, width: float, batch: int, threads: int, runs: int) -> None:
@@ -43,8 +45,10 @@ def forward_ratio(arch: str, width: float, batch: int, threads: int, runs: int) 
     with torch.inference_mode():
         t = interleaved({"slimmable": lambda: m(x), "sliced": lambda: sub(x)}, warmup=5, runs=runs)
     ratio = t["slimmable"].median / t["sliced"].median
-    print(f"forward {arch} width {width} batch {batch} threads {threads}: slimmable "
-          f"{t['slimmable'].median * 1e3:.2f} ms, sliced {t['sliced'].median * 1e3:.2f} ms, ratio {ratio:.3f}")
+    print(
+        f"forward {arch} width {width} batch {batch} threads {threads}: slimmable "
+        f"{t['slimmable'].median * 1e3:.2f} ms, sliced {t['sliced'].median * 1e3:.2f} ms, ratio {ratio:.3f}"
+    )
 
 
 def switch_time(arch: str) -> None:
@@ -58,8 +62,10 @@ def switch_time(arch: str) -> None:
 
     t = interleaved({"switch": switch, "slice": lambda: slice_model(m, a)}, warmup=5, runs=50, inner=1)
     sw = interleaved({"switch": switch}, warmup=100, runs=2000)["switch"]
-    print(f"switch {arch}: median {sw.median * 1e6:.1f} us, p99 {sw.p99 * 1e6:.1f} us; building a sliced "
-          f"model instead {t['slice'].median * 1e3:.2f} ms ({t['slice'].median / sw.median:,.0f}x)")
+    print(
+        f"switch {arch}: median {sw.median * 1e6:.1f} us, p99 {sw.p99 * 1e6:.1f} us; building a sliced "
+        f"model instead {t['slice'].median * 1e3:.2f} ms ({t['slice'].median / sw.median:,.0f}x)"
+    )
 
 
 def main() -> None:

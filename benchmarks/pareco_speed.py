@@ -44,11 +44,18 @@ def _history(model, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torc
     full = model.macs(model.space.uniform(1.0))
     X = torch.tensor(model.space.sample(g, n), dtype=torch.float64)
     cost = torch.tensor([model.macs(a) / full for a in X.tolist()], dtype=torch.float64)
-    loss = 0.5 + 1.0 / (0.3 + cost) - 0.3 * X[:, 1::2].mean(-1) + 0.02 * torch.randn(n, generator=g, dtype=torch.float64)
+    loss = (
+        0.5
+        + 1.0 / (0.3 + cost)
+        - 0.3 * X[:, 1::2].mean(-1)
+        + 0.02 * torch.randn(n, generator=g, dtype=torch.float64)
+    )
     return X, cost, loss
 
 
-def bo_iterations(model, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[tuple[str, int], dict[str, float]], list]:
+def bo_iterations(
+    model, x: torch.Tensor, y: torch.Tensor
+) -> tuple[dict[tuple[str, int], dict[str, float]], list]:
     """Per (cost model, |H|): seconds of re-measurement, GP fit, acquisition, and mean bisection steps."""
     full = model.macs(model.space.uniform(1.0))
     d = model.space.dims
@@ -64,22 +71,41 @@ def bo_iterations(model, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[tuple[s
         exact = mobo.CostPolynomial.from_model(model) if cost_model == "exact" else None
         for n in SIZES:
             X, cost, loss = _history(model, n, seed=n)
-            props, t = mobo.propose(X, loss, cost, SAMPLES, bounds=bounds, cost_of=lambda a: model.macs(a) / full,
-                                    exact_cost=exact, lambda_sampling="pas", epsilon=0.02,
-                                    generator=torch.Generator().manual_seed(n))
+            props, t = mobo.propose(
+                X,
+                loss,
+                cost,
+                SAMPLES,
+                bounds=bounds,
+                cost_of=lambda a: model.macs(a) / full,
+                exact_cost=exact,
+                lambda_sampling="pas",
+                epsilon=0.02,
+                generator=torch.Generator().manual_seed(n),
+            )
             subset = min(n, max(REMEASURE, int(mobo.pareto_mask(cost, loss).sum()) + SAMPLES))
-            out[(cost_model, n)] = {"all": per_config * n, "subset": per_config * subset, "fit": t.fit_s,
-                                    "acquisition": t.acquisition_s, "steps": sum(p.steps for p in props) / len(props)}
+            out[(cost_model, n)] = {
+                "all": per_config * n,
+                "subset": per_config * subset,
+                "fit": t.fit_s,
+                "acquisition": t.acquisition_s,
+                "steps": sum(p.steps for p in props) / len(props),
+            }
             configs = configs or [p.alpha for p in props]
             row = out[(cost_model, n)]
             for measure in ("all", "subset"):
                 total = row[measure] + row["fit"] + row["acquisition"]
-                print(f"BO iteration {cost_model:5s} |H| {n:4d}, re-measure {measure:6s}: {total:6.1f} s = "
-                      f"re-measure {row[measure]:5.1f} s ({subset if measure == 'subset' else n} configs) + GP fit "
-                      f"{row['fit']:4.1f} s + acquisition {row['acquisition']:4.1f} s "
-                      f"({row['acquisition'] / row['steps'] / SAMPLES:.2f} s per optimisation, "
-                      f"{row['steps']:.1f} bisection steps)", flush=True)
-    print(f"re-measurement: {per_config * 1e3:.0f} ms per config (probe {BATCH} images, timed on {SIZES[0]} configs)")
+                print(
+                    f"BO iteration {cost_model:5s} |H| {n:4d}, re-measure {measure:6s}: {total:6.1f} s = "
+                    f"re-measure {row[measure]:5.1f} s ({subset if measure == 'subset' else n} configs) + GP fit "
+                    f"{row['fit']:4.1f} s + acquisition {row['acquisition']:4.1f} s "
+                    f"({row['acquisition'] / row['steps'] / SAMPLES:.2f} s per optimisation, "
+                    f"{row['steps']:.1f} bisection steps)",
+                    flush=True,
+                )
+    print(
+        f"re-measurement: {per_config * 1e3:.0f} ms per config (probe {BATCH} images, timed on {SIZES[0]} configs)"
+    )
     return out, configs
 
 
@@ -94,8 +120,9 @@ def _interp(points: dict[int, float], n: float) -> float:
     return points[xs[-1]]
 
 
-def mean_bo_seconds(rows: dict[tuple[str, int], dict[str, float]], cost_model: str, measure: str,
-                    total_steps: int) -> tuple[float, int]:
+def mean_bo_seconds(
+    rows: dict[tuple[str, int], dict[str, float]], cost_model: str, measure: str, total_steps: int
+) -> tuple[float, int]:
     """(mean BO iteration seconds over a run of ``total_steps``, n) for |H| = 1000 and M = 2, re-measuring
     ``measure`` ("all" of H or the default "subset")."""
     n, iterations = bo_schedule(total_steps, SAMPLES, 1000)
@@ -104,7 +131,9 @@ def mean_bo_seconds(rows: dict[tuple[str, int], dict[str, float]], cost_model: s
     return sum(times) / len(times), n
 
 
-def step_times(model, x: torch.Tensor, y: torch.Tensor, pareco_configs: list, runs: int) -> tuple[float, float]:
+def step_times(
+    model, x: torch.Tensor, y: torch.Tensor, pareco_configs: list, runs: int
+) -> tuple[float, float]:
     """Median seconds of one Slim and one PareCO training step, interleaved."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     slim = Slim(0, samples=SAMPLES)
@@ -116,39 +145,55 @@ def step_times(model, x: torch.Tensor, y: torch.Tensor, pareco_configs: list, ru
         model.train()
         train_step(model, model, opt, configs, x, y, 1.0, 0.0, False)  # distillation at full weight
 
-    t = interleaved({"slim": lambda: run(slim.step_configs(0, model, x, y)), "pareco": lambda: run(pareco)},
-                    warmup=1, runs=runs)
+    t = interleaved(
+        {"slim": lambda: run(slim.step_configs(0, model, x, y)), "pareco": lambda: run(pareco)},
+        warmup=1,
+        runs=runs,
+    )
     return t["slim"].median, t["pareco"].median
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="intra-op threads for training work (BO always uses 1); 1 is stable on a shared box")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads for training work (BO always uses 1); 1 is stable on a shared box",
+    )
     ap.add_argument("--runs", type=int, default=5, help="timed training steps per algorithm")
-    ap.add_argument("--epochs", type=int, nargs="+", default=[30, 200], help="run lengths for the amortised ratio")
+    ap.add_argument(
+        "--epochs", type=int, nargs="+", default=[30, 200], help="run lengths for the amortised ratio"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s); ResNet-20, 32x32, batch {BATCH}, M = {SAMPLES}")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s); ResNet-20, 32x32, batch {BATCH}, M = {SAMPLES}"
+    )
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=10, input_size=32)
     x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
     rows, configs = bo_iterations(model, x, y)
     for cost_model in COST_MODELS[1:]:
         for n in SIZES:
-            ratio = sum(rows[(cost_model, n)][k] for k in ("fit", "acquisition")) / \
-                sum(rows[("exact", n)][k] for k in ("fit", "acquisition"))
+            ratio = sum(rows[(cost_model, n)][k] for k in ("fit", "acquisition")) / sum(
+                rows[("exact", n)][k] for k in ("fit", "acquisition")
+            )
             print(f"GP cost model / exact cost, fit + acquisition at |H| {n}: {ratio:.2f}x")
     slim_s, pareco_s = step_times(model, x, y, configs, args.runs)
-    print(f"training step: Slim {slim_s:.2f} s, PareCO {pareco_s:.2f} s (ratio {pareco_s / slim_s:.2f}x, before BO)")
+    print(
+        f"training step: Slim {slim_s:.2f} s, PareCO {pareco_s:.2f} s (ratio {pareco_s / slim_s:.2f}x, before BO)"
+    )
     spe = CIFAR_TRAIN // BATCH
     for epochs in args.epochs:
         for cost_model, measure in itertools.product(COST_MODELS, ("all", "subset")):
             bo, n = mean_bo_seconds(rows, cost_model, measure, epochs * spe)
             amortised = pareco_s + bo / n
-            print(f"{epochs:3d} epochs ({epochs * spe} steps, n = {n}), cost {cost_model:5s}, re-measure {measure:6s}: "
-                  f"mean BO iteration {bo:.1f} s; PareCO step / Slim step = {amortised / slim_s:.2f}x "
-                  f"(BO share {bo / n / amortised:.0%})")
+            print(
+                f"{epochs:3d} epochs ({epochs * spe} steps, n = {n}), cost {cost_model:5s}, re-measure {measure:6s}: "
+                f"mean BO iteration {bo:.1f} s; PareCO step / Slim step = {amortised / slim_s:.2f}x "
+                f"(BO share {bo / n / amortised:.0%})"
+            )
 
 
 if __name__ == "__main__":

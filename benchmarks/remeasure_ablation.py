@@ -22,14 +22,29 @@ def run_one(args: argparse.Namespace, remeasure: int, seed: int, out: Path) -> d
     from training.config import TrainConfig
     from training.loop import train
 
-    cfg = TrainConfig(arch="resnet20", data=args.data, algorithm="pareco", epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, seed=seed, image_size=args.image_size,
-                      candidates=args.candidates, calib_batches=4, history_size=args.history_size,
-                      probe_batch=args.probe_batch, remeasure=remeasure)
+    cfg = TrainConfig(
+        arch="resnet20",
+        data=args.data,
+        algorithm="pareco",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=seed,
+        image_size=args.image_size,
+        candidates=args.candidates,
+        calib_batches=4,
+        history_size=args.history_size,
+        probe_batch=args.probe_batch,
+        remeasure=remeasure,
+    )
     front = Front.load(train(cfg, out, show_progress=False, cache_dir=args.cache_dir))
     t = front.training
-    return {"points": [(p.mflops, p.top1) for p in front.points], "measure_s": t.extra["bo_measure_s"],
-            "wall_s": t.wall_time_s, "full_mflops": front.architecture.build().macs() / 1e6}
+    return {
+        "points": [(p.mflops, p.top1) for p in front.points],
+        "measure_s": t.extra["bo_measure_s"],
+        "wall_s": t.wall_time_s,
+        "full_mflops": front.architecture.build().macs() / 1e6,
+    }
 
 
 def main() -> None:
@@ -56,22 +71,33 @@ def main() -> None:
             for seed in range(args.seeds):
                 r = run_one(args, k, seed, Path(tmp) / f"k{k}-s{seed}")
                 results.setdefault(k, []).append(r)
-                print(f"remeasure {k:4d} seed {seed}: hypervolume "
-                      f"{hypervolume(upper_front(r['points']), r['full_mflops'], 100 / args.classes):.2f}, "
-                      f"re-measure {r['measure_s']:.1f} s, wall {r['wall_s']:.0f} s", flush=True)
+                print(
+                    f"remeasure {k:4d} seed {seed}: hypervolume "
+                    f"{hypervolume(upper_front(r['points']), r['full_mflops'], 100 / args.classes):.2f}, "
+                    f"re-measure {r['measure_s']:.1f} s, wall {r['wall_s']:.0f} s",
+                    flush=True,
+                )
     full = results[args.remeasure[0]][0]["full_mflops"]
     levels = [full * f for f in (0.15, 0.4, 1.0)]
-    print(f"\nPareCO on {args.data}, {args.epochs} epochs, |H| target {args.history_size}, probe {args.probe_batch}, "
-          f"{args.seeds} seeds (remeasure 0 = all of H)")
-    print("| remeasure | hypervolume | " + " | ".join(f"top-1 @ {v:.2f} MFLOPs" for v in levels)
-          + " | re-measure s | wall s |")
+    print(
+        f"\nPareCO on {args.data}, {args.epochs} epochs, |H| target {args.history_size}, probe {args.probe_batch}, "
+        f"{args.seeds} seeds (remeasure 0 = all of H)"
+    )
+    print(
+        "| remeasure | hypervolume | "
+        + " | ".join(f"top-1 @ {v:.2f} MFLOPs" for v in levels)
+        + " | re-measure s | wall s |"
+    )
     print("|---" * (len(levels) + 4) + "|")
     for k, rs in results.items():
         hv = [hypervolume(upper_front(r["points"]), full, 100 / args.classes) for r in rs]
         tops = [statistics.mean(top1_at(upper_front(r["points"]), v) or 0.0 for r in rs) for v in levels]
         sd = statistics.stdev(hv) if len(hv) > 1 else 0.0
-        print(f"| {k} | {statistics.mean(hv):.2f} ± {sd:.2f} | " + " | ".join(f"{t:.2f}" for t in tops)
-              + f" | {statistics.mean(r['measure_s'] for r in rs):.1f} | {statistics.mean(r['wall_s'] for r in rs):.0f} |")
+        print(
+            f"| {k} | {statistics.mean(hv):.2f} ± {sd:.2f} | "
+            + " | ".join(f"{t:.2f}" for t in tops)
+            + f" | {statistics.mean(r['measure_s'] for r in rs):.1f} | {statistics.mean(r['wall_s'] for r in rs):.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -42,9 +42,19 @@ def train_all(args: argparse.Namespace, out: Path) -> None:
     from training.config import TrainConfig
     from training.loop import RUN_NAME, train
 
-    base = TrainConfig(arch=args.arch, data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       width_factor=args.width_factor, candidates=args.candidates, calib_batches=args.calib_batches,
-                       history_size=args.history_size, probe_batch=args.probe_batch, seed=args.seed)
+    base = TrainConfig(
+        arch=args.arch,
+        data=args.data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        width_factor=args.width_factor,
+        candidates=args.candidates,
+        calib_batches=args.calib_batches,
+        history_size=args.history_size,
+        probe_batch=args.probe_batch,
+        seed=args.seed,
+    )
     for name, algorithm, width in run_names(args.methods):
         folder = out / name
         if (folder / "model.front.json").exists():
@@ -66,8 +76,9 @@ def load_fronts(out: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
         if not path.exists():
             continue
         front = Front.load(path, verify_weights=False)
-        entry = fronts.setdefault(algorithm, {"points": [], "wall_s": 0.0, "epoch_s": 0.0,
-                                              "epochs": front.training.epochs})
+        entry = fronts.setdefault(
+            algorithm, {"points": [], "wall_s": 0.0, "epoch_s": 0.0, "epochs": front.training.epochs}
+        )
         entry["points"] += [(p.mflops, p.top1) for p in front.points]
         entry["wall_s"] += front.training.wall_time_s
         entry["epoch_s"] += median_epoch_seconds(out / name / "train.log.jsonl")
@@ -82,21 +93,37 @@ def search_rows(fronts: dict[str, dict[str, Any]]) -> list[str]:
         if k not in fronts:
             continue
         e = fronts[k]["extra"]
-        bo = (f"{e['bo_time_share']:.1%} of training (re-measure {e['bo_measure_s']:.0f} s, GP fit {e['bo_fit_s']:.0f} s, "
-              f"acquisition {e['bo_acquisition_s']:.0f} s)" if k == "pareco" else
-              f"search after training {e['search_time_s']:.0f} s")
-        rows.append(f"| {k} | {e['history_size']} | {e.get('remeasure', 'all') if k == 'pareco' else 'once each'} | "
-                    f"{e['bisection_steps_mean']} | {bo} |")
-    return (["", r"| method | \|H\| | re-measured per BO step | mean bisection steps | BO time |", "|---|---|---|---|---|",
-             *rows] if rows else [])
+        bo = (
+            f"{e['bo_time_share']:.1%} of training (re-measure {e['bo_measure_s']:.0f} s, GP fit {e['bo_fit_s']:.0f} s, "
+            f"acquisition {e['bo_acquisition_s']:.0f} s)"
+            if k == "pareco"
+            else f"search after training {e['search_time_s']:.0f} s"
+        )
+        rows.append(
+            f"| {k} | {e['history_size']} | {e.get('remeasure', 'all') if k == 'pareco' else 'once each'} | "
+            f"{e['bisection_steps_mean']} | {bo} |"
+        )
+    return (
+        [
+            "",
+            r"| method | \|H\| | re-measured per BO step | mean bisection steps | BO time |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
+        if rows
+        else []
+    )
 
 
 def median_epoch_seconds(log: Path) -> float:
     """Median of the ``epoch_time_s`` records of a run's JSON-lines log (0 when it has none)."""
     import statistics
 
-    times = [r["epoch_time_s"] for r in map(json.loads, log.read_text().splitlines()) if "epoch_time_s" in r] \
-        if log.exists() else []
+    times = (
+        [r["epoch_time_s"] for r in map(json.loads, log.read_text().splitlines()) if "epoch_time_s" in r]
+        if log.exists()
+        else []
+    )
     return statistics.median(times) if times else 0.0
 
 
@@ -135,8 +162,15 @@ def hypervolume(front: list[tuple[float, float]], full_mflops: float, chance: fl
     return float(Hypervolume(ref_point=torch.zeros(2, dtype=torch.float64)).compute(y.clamp(min=0.0)))
 
 
-def report(out: Path, methods: list[str], targets: list[float], full_mflops: float, chance: float, plot: Path,
-           command: str) -> str:
+def report(
+    out: Path,
+    methods: list[str],
+    targets: list[float],
+    full_mflops: float,
+    chance: float,
+    plot: Path,
+    command: str,
+) -> str:
     """Tables (markdown) of the comparison at the MFLOPs ``targets``; also draws ``plot``."""
     from bench.plots import plot_fronts
 
@@ -144,21 +178,37 @@ def report(out: Path, methods: list[str], targets: list[float], full_mflops: flo
     if not fronts:
         raise SystemExit(f"no finished runs in {out}; train first")
     upper = {k: upper_front(v["points"]) for k, v in fronts.items()}
-    lines = [f"Command: `{command}`", "",
-             "| method | " + " | ".join(f"top-1 @ {t:.1f} MFLOPs" for t in targets) + " | hypervolume | wall time vs Slim | median epoch vs Slim |",
-             "|---" * (len(targets) + 4) + "|"]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        "| method | "
+        + " | ".join(f"top-1 @ {t:.1f} MFLOPs" for t in targets)
+        + " | hypervolume | wall time vs Slim | median epoch vs Slim |",
+        "|---" * (len(targets) + 4) + "|",
+    ]
     slim = fronts.get("slim")
     for k in (m for m in METHODS if m in fronts):
         cells = []
         for t in targets:
             v = top1_at(upper[k], t)
             cells.append("–" if v is None else f"{v:.2f}")
-        ratios = [f"{fronts[k][key] / slim[key]:.2f}×" if slim and slim[key] else "–" for key in ("wall_s", "epoch_s")]
-        lines.append(f"| {k} | " + " | ".join(cells) + f" | {hypervolume(upper[k], full_mflops, chance):.2f} | "
-                     + " | ".join(ratios) + " |")
+        ratios = [
+            f"{fronts[k][key] / slim[key]:.2f}×" if slim and slim[key] else "–"
+            for key in ("wall_s", "epoch_s")
+        ]
+        lines.append(
+            f"| {k} | "
+            + " | ".join(cells)
+            + f" | {hypervolume(upper[k], full_mflops, chance):.2f} | "
+            + " | ".join(ratios)
+            + " |"
+        )
     lines += search_rows(fronts)
-    plot_fronts({k: v["points"] for k, v in fronts.items()}, plot,
-                f"ResNet20, CIFAR-10, {next(iter(fronts.values()))['epochs']} epochs")
+    plot_fronts(
+        {k: v["points"] for k, v in fronts.items()},
+        plot,
+        f"ResNet20, CIFAR-10, {next(iter(fronts.values()))['epochs']} epochs",
+    )
     return "\n".join(lines)
 
 
@@ -177,7 +227,9 @@ def main() -> None:
     ap.add_argument("--probe-batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=None)
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    ap.add_argument(
+        "--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS)
+    )
     ap.add_argument("--plot", default=None, help="PNG path (default OUT/front.png)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
@@ -198,8 +250,10 @@ def main() -> None:
     targets = [model.macs(model.space.uniform(w)) / 1e6 for w in sorted(INDEPENDENT_WIDTHS)]
     chance = 100.0 / len(any_front.dataset.class_names)
     command = "python -m benchmarks.reproduce_cifar " + " ".join(
-        f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()
-        if v not in (None, False) and k not in ("report_only",))
+        f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if v not in (None, False) and k not in ("report_only",)
+    )
     table = report(out, args.methods, targets, full, chance, Path(args.plot or out / "front.png"), command)
     atomic_write_text(out / "RESULTS.md", table + "\n")
     print(table)

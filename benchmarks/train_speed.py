@@ -43,18 +43,26 @@ def main() -> None:
     slim_opt, solo_opts = opt(), [opt() for _ in configs]
     cands = {"slim": lambda: train_step(model, model, slim_opt, configs, x, y, 1.0, 0.0, False)}
     for i, (a, o) in enumerate(zip(configs, solo_opts)):
-        cands[f"solo{i}"] = (lambda a=a, o=o: train_step(model, model, o, [a], x, y, 0.0, 0.0, False))
+        cands[f"solo{i}"] = lambda a=a, o=o: train_step(model, model, o, [a], x, y, 0.0, 0.0, False)
     t = interleaved(cands, warmup=2, runs=args.runs)
     solo = [t[f"solo{i}"].median for i in range(len(configs))]
     spe = data.steps_per_epoch(args.batch_size)
-    print(f"{args.arch} on {data.info.name} {tuple(data.info.input_size)}, batch {args.batch_size}, "
-          f"{args.threads} threads, {spe} steps/epoch")
+    print(
+        f"{args.arch} on {data.info.name} {tuple(data.info.input_size)}, batch {args.batch_size}, "
+        f"{args.threads} threads, {spe} steps/epoch"
+    )
     for i, a in enumerate(configs):
-        print(f"  standalone step width {a[0]:.3f} ({model.macs(a) / 1e6:.2f} MFLOPs): {solo[i] * 1e3:.0f} ms")
-    print(f"  Slim step ({len(configs)} configs): {t['slim'].median * 1e3:.0f} ms; sum of its standalone steps "
-          f"{sum(solo) * 1e3:.0f} ms; ratio {t['slim'].median / sum(solo):.3f}")
-    print(f"  projected epoch: Independent(full width) {solo[0] * spe:.0f} s, Slim {t['slim'].median * spe:.0f} s "
-          f"({t['slim'].median / solo[0]:.2f}x)")
+        print(
+            f"  standalone step width {a[0]:.3f} ({model.macs(a) / 1e6:.2f} MFLOPs): {solo[i] * 1e3:.0f} ms"
+        )
+    print(
+        f"  Slim step ({len(configs)} configs): {t['slim'].median * 1e3:.0f} ms; sum of its standalone steps "
+        f"{sum(solo) * 1e3:.0f} ms; ratio {t['slim'].median / sum(solo):.3f}"
+    )
+    print(
+        f"  projected epoch: Independent(full width) {solo[0] * spe:.0f} s, Slim {t['slim'].median * spe:.0f} s "
+        f"({t['slim'].median / solo[0]:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ from pareco_runtime.front_file import DatasetSpec, TrainingRecord, write_front
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _estimate_bn_stats(model: nn.Module, input_size: Sequence[int], seed: int, batches: int = 2,
-                       batch_size: int = 16) -> None:
+def _estimate_bn_stats(
+    model: nn.Module, input_size: Sequence[int], seed: int, batches: int = 2, batch_size: int = 16
+) -> None:
     """Replace every BN layer's running statistics by their average over a few random batches."""
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in bns:
@@ -40,8 +41,9 @@ def _estimate_bn_stats(model: nn.Module, input_size: Sequence[int], seed: int, b
     model.eval()
 
 
-def write_untrained_front(arch: str, widths: Sequence[float], out_dir: str | Path, seed: int = 0,
-                          **kwargs: Any) -> Path:
+def write_untrained_front(
+    arch: str, widths: Sequence[float], out_dir: str | Path, seed: int = 0, **kwargs: Any
+) -> Path:
     """Write ``model.safetensors`` and ``model.front.json`` for ``arch`` at uniform ``widths``; the manifest path.
 
     ``kwargs`` go to :func:`build_model` (``input_size``, ``num_classes``, ...). Each point's BN
@@ -59,14 +61,29 @@ def write_untrained_front(arch: str, widths: Sequence[float], out_dir: str | Pat
         _estimate_bn_stats(sliced, model.input_size, seed)
         # The sliced model keeps the slimmable model's module names.
         modules = dict(sliced.named_modules())
-        stats[pid] = {name: (modules[name].running_mean, modules[name].running_var) for name in model.bn_names}
-        points.append(FrontPoint(id=pid, alpha=alpha, channels=model.channels(alpha),
-                                 mflops=model.macs(alpha) / 1e6, params=model.params(alpha)))
+        stats[pid] = {
+            name: (modules[name].running_mean, modules[name].running_var) for name in model.bn_names
+        }
+        points.append(
+            FrontPoint(
+                id=pid,
+                alpha=alpha,
+                channels=model.channels(alpha),
+                mflops=model.macs(alpha) / 1e6,
+                params=model.params(alpha),
+            )
+        )
     c = model.input_size[0]
-    dataset = DatasetSpec(name="untrained", input_size=tuple(model.input_size), mean=list(_MEAN[:c]),
-                          std=list(_STD[:c]))
-    training = TrainingRecord(algorithm="independent", epochs=0, seed=seed, wall_time_s=0.0,
-                              extra={"untrained": True, "widths": [float(w) for w in widths]})
+    dataset = DatasetSpec(
+        name="untrained", input_size=tuple(model.input_size), mean=list(_MEAN[:c]), std=list(_STD[:c])
+    )
+    training = TrainingRecord(
+        algorithm="independent",
+        epochs=0,
+        seed=seed,
+        wall_time_s=0.0,
+        extra={"untrained": True, "widths": [float(w) for w in widths]},
+    )
     return write_front(out_dir, model, points, stats, dataset, training)
 
 

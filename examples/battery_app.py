@@ -19,8 +19,12 @@ from pareco_runtime import SlimmableRuntime
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("manifest")
-    ap.add_argument("--data", default="digits", help="dataset the model was trained on (for its validation images)")
-    ap.add_argument("--drain", type=float, default=0.004, help="battery %% used per image by the largest point")
+    ap.add_argument(
+        "--data", default="digits", help="dataset the model was trained on (for its validation images)"
+    )
+    ap.add_argument(
+        "--drain", type=float, default=0.004, help="battery %% used per image by the largest point"
+    )
     ap.add_argument("--check-every", type=int, default=25, help="images between battery checks")
     args = ap.parse_args()
 
@@ -38,8 +42,10 @@ def main() -> None:
                 if current is None or point.id != current["id"]:
                     current = {"id": point.id, "from": level, "mflops": point.mflops, "n": 0, "correct": 0}
                     segments.append(current)
-                    print(f"battery {level:5.1f}%: switched to {point.id} ({point.mflops:.2f} MFLOPs, "
-                          f"validation top-1 {point.top1:.1f}%)")
+                    print(
+                        f"battery {level:5.1f}%: switched to {point.id} ({point.mflops:.2f} MFLOPs, "
+                        f"validation top-1 {point.top1:.1f}%)"
+                    )
             pred = rt(x).argmax(1)
             current["n"] += 1
             current["correct"] += int((pred == y).sum())
@@ -50,7 +56,9 @@ def main() -> None:
     print(f"\n{images} images classified before the battery ran out")
     print(f"{'from battery':>12} {'point':>6} {'MFLOPs':>8} {'images':>7} {'accuracy':>9}")
     for s in segments:
-        print(f"{s['from']:11.1f}% {s['id']:>6} {s['mflops']:8.2f} {s['n']:7d} {100 * s['correct'] / s['n']:8.1f}%")
+        print(
+            f"{s['from']:11.1f}% {s['id']:>6} {s['mflops']:8.2f} {s['n']:7d} {100 * s['correct'] / s['n']:8.1f}%"
+        )
     fixed = int(100 / args.drain)
     print(f"the largest point alone would have classified about {fixed} images on one charge")
 

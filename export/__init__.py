@@ -11,18 +11,35 @@ place; ``export_points`` exports several points and keeps ``export.json`` up to 
 
 from .exporter import DEFAULT_ATOL, ExportResult, export_point, export_points, parity_inputs
 from .formats import (
-                      FORMATS,
-                      ExportError,
-                      Format,
-                      MissingDependencyError,
-                      Runner,
-                      get_format,
-                      load_runner,
-                      require,
-                      versions,
+    FORMATS,
+    ExportError,
+    Format,
+    MissingDependencyError,
+    Runner,
+    get_format,
+    load_runner,
+    require,
+    versions,
 )
 from .index import INDEX_NAME, find_export, merge_index, read_index
 
-__all__ = ["DEFAULT_ATOL", "FORMATS", "INDEX_NAME", "ExportError", "ExportResult", "Format", "MissingDependencyError",
-           "Runner", "export_point", "export_points", "find_export", "get_format", "load_runner", "merge_index",
-           "parity_inputs", "read_index", "require", "versions"]
+__all__ = [
+    "DEFAULT_ATOL",
+    "FORMATS",
+    "INDEX_NAME",
+    "ExportError",
+    "ExportResult",
+    "Format",
+    "MissingDependencyError",
+    "Runner",
+    "export_point",
+    "export_points",
+    "find_export",
+    "get_format",
+    "load_runner",
+    "merge_index",
+    "parity_inputs",
+    "read_index",
+    "require",
+    "versions",
+]

@@ -61,9 +61,15 @@ class ExportResult:
     def to_entry(self, weights_sha256: str | None = None) -> dict[str, Any]:
         """The record ``export.json`` keeps for this file (its name relative to the folder)."""
         entry: dict[str, Any] = {
-            "point": self.point, "format": self.format, "file": self.path.name, "bytes": self.bytes,
-            "max_abs_diff": self.max_abs_diff, "versions": self.versions, "input_size": list(self.input_size),
-            "batch": "dynamic" if self.batch is None else self.batch, "seconds": round(self.seconds, 3),
+            "point": self.point,
+            "format": self.format,
+            "file": self.path.name,
+            "bytes": self.bytes,
+            "max_abs_diff": self.max_abs_diff,
+            "versions": self.versions,
+            "input_size": list(self.input_size),
+            "batch": "dynamic" if self.batch is None else self.batch,
+            "seconds": round(self.seconds, 3),
             "created": utc_timestamp(),
         }
         if weights_sha256 is not None:
@@ -78,9 +84,18 @@ def parity_inputs(input_size: Sequence[int], batches: Sequence[int], seed: int =
     return [torch.randn(b, *input_size, generator=gen) for b in batches]
 
 
-def export_point(model: nn.Module, input_size: Sequence[int], fmt: str, path: str | os.PathLike[str], *,
-                 batch: int = 1, atol: float = DEFAULT_ATOL, opset: int | None = None, seed: int = 0,
-                 point: str | None = None) -> ExportResult:
+def export_point(
+    model: nn.Module,
+    input_size: Sequence[int],
+    fmt: str,
+    path: str | os.PathLike[str],
+    *,
+    batch: int = 1,
+    atol: float = DEFAULT_ATOL,
+    opset: int | None = None,
+    seed: int = 0,
+    point: str | None = None,
+) -> ExportResult:
     """Export ``model`` (a plain eval-mode model, e.g. ``rt.standalone(point)``) to ``path`` as ``fmt``.
 
     ``fmt``: onnx | torchscript | pt2 | executorch. ``input_size``: (C, H, W). ONNX, TorchScript
@@ -112,14 +127,18 @@ def export_point(model: nn.Module, input_size: Sequence[int], fmt: str, path: st
             raise
         except Exception as exc:  # exporters fail in many types; the CLI needs one line
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ExportError(f"{target.name}: {fmt} export failed ({type(exc).__name__}: {first}); nothing was "
-                              "written; run with --debug for the exporter's traceback") from exc
+            raise ExportError(
+                f"{target.name}: {fmt} export failed ({type(exc).__name__}: {first}); nothing was "
+                "written; run with --debug for the exporter's traceback"
+            ) from exc
         with torch.no_grad():
             expected = [model(x).numpy() for x in checks]
         extra = sorted(p.name for p in staging.iterdir() if p != staged)
         if extra:
-            raise ExportError(f"{target.name}: the {fmt} exporter wrote side files ({', '.join(extra)}) but a "
-                              "single self-contained file is required; the model is too large for one file")
+            raise ExportError(
+                f"{target.name}: the {fmt} exporter wrote side files ({', '.join(extra)}) but a "
+                "single self-contained file is required; the model is too large for one file"
+            )
         runner = load_runner(fmt, staged)
         diff = _max_abs_diff(runner, checks, expected, target, fmt, atol)
         # The outputs' scale, so that an absolute difference can be read (1e-6 of what?).
@@ -129,33 +148,59 @@ def export_point(model: nn.Module, input_size: Sequence[int], fmt: str, path: st
             os.replace(staged, tmp)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(format=fmt, path=target, bytes=nbytes, max_abs_diff=diff, input_size=size,
-                        batch=None if spec.dynamic_batch else batch, versions=versions(fmt),
-                        seconds=time.perf_counter() - started, point=point, details=details)
+    return ExportResult(
+        format=fmt,
+        path=target,
+        bytes=nbytes,
+        max_abs_diff=diff,
+        input_size=size,
+        batch=None if spec.dynamic_batch else batch,
+        versions=versions(fmt),
+        seconds=time.perf_counter() - started,
+        point=point,
+        details=details,
+    )
 
 
-def _max_abs_diff(runner: Callable[[torch.Tensor], np.ndarray], inputs: Sequence[torch.Tensor],
-                  expected: Sequence[np.ndarray], target: Path, fmt: str, atol: float) -> float:
+def _max_abs_diff(
+    runner: Callable[[torch.Tensor], np.ndarray],
+    inputs: Sequence[torch.Tensor],
+    expected: Sequence[np.ndarray],
+    target: Path,
+    fmt: str,
+    atol: float,
+) -> float:
     """The largest absolute difference between the file's outputs and PyTorch's; ExportError above ``atol``."""
     worst = 0.0
     for x, want in zip(inputs, expected):
         got = runner(x)
         if got.shape != want.shape:
-            raise ExportError(f"{target.name}: the {fmt} file returns shape {tuple(got.shape)} for batch "
-                              f"{x.shape[0]}, PyTorch {tuple(want.shape)}; nothing was written")
+            raise ExportError(
+                f"{target.name}: the {fmt} file returns shape {tuple(got.shape)} for batch "
+                f"{x.shape[0]}, PyTorch {tuple(want.shape)}; nothing was written"
+            )
         diff = float(np.max(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
         if not np.isfinite(diff) or diff > atol:
-            raise ExportError(f"{target.name}: the {fmt} file differs from PyTorch by up to {diff:.3g} at batch "
-                              f"{x.shape[0]} (allowed {atol:g}); nothing was written; report the model, or raise "
-                              "the tolerance (--atol) if the difference is acceptable")
+            raise ExportError(
+                f"{target.name}: the {fmt} file differs from PyTorch by up to {diff:.3g} at batch "
+                f"{x.shape[0]} (allowed {atol:g}); nothing was written; report the model, or raise "
+                "the tolerance (--atol) if the difference is acceptable"
+            )
         worst = max(worst, diff)
     return worst
 
 
-def export_points(rt: SlimmableRuntime, points: Sequence[FrontPoint], formats: Sequence[str],
-                  out_dir: str | os.PathLike[str], *, batch: int = 1, atol: float = DEFAULT_ATOL,
-                  opset: int | None = None,
-                  on_done: Callable[[ExportResult], None] | None = None) -> list[ExportResult]:
+def export_points(
+    rt: SlimmableRuntime,
+    points: Sequence[FrontPoint],
+    formats: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    batch: int = 1,
+    atol: float = DEFAULT_ATOL,
+    opset: int | None = None,
+    on_done: Callable[[ExportResult], None] | None = None,
+) -> list[ExportResult]:
     """Export every point of ``points`` in every format of ``formats`` to ``out_dir/<point><ext>``.
 
     Each point is sliced once (``rt.standalone``, with its calibrated BN statistics); after each
@@ -171,8 +216,16 @@ def export_points(rt: SlimmableRuntime, points: Sequence[FrontPoint], formats: S
     for p in points:
         model = rt.standalone(p)
         for fmt in formats:
-            res = export_point(model, rt.input_size, fmt, directory / f"{p.id}{get_format(fmt).ext}", batch=batch,
-                               atol=atol, opset=opset, point=p.id)
+            res = export_point(
+                model,
+                rt.input_size,
+                fmt,
+                directory / f"{p.id}{get_format(fmt).ext}",
+                batch=batch,
+                atol=atol,
+                opset=opset,
+                point=p.id,
+            )
             merge_index(directory, [res.to_entry(sha)])
             results.append(res)
             if on_done is not None:

@@ -57,7 +57,9 @@ FORMATS: dict[str, Format] = {
 # The smallest opset the ONNX files use (the torch.export-based exporter emits 18 or newer).
 MIN_OPSET = 18
 
-_ONNX_HINT = "ONNX export needs onnx, onnxscript and onnxruntime, the export extra: pip install 'pareco[export]'"
+_ONNX_HINT = (
+    "ONNX export needs onnx, onnxscript and onnxruntime, the export extra: pip install 'pareco[export]'"
+)
 _ORT_HINT = "running ONNX files needs onnxruntime, the export extra: pip install 'pareco[export]'"
 _MOBILE_HINT = "ExecuTorch export needs the mobile extra: pip install 'pareco[mobile]'"
 _MOBILE_RUN_HINT = "running ExecuTorch files needs the mobile extra: pip install 'pareco[mobile]'"
@@ -85,13 +87,22 @@ def require(fmt: str, for_export: bool = True) -> None:
     ``for_export=False`` checks only what loading and running a file needs.
     """
     if fmt == "onnx":
-        _import(("onnx", "onnxscript", "onnxruntime") if for_export else ("onnxruntime",),
-                _ONNX_HINT if for_export else _ORT_HINT)
+        _import(
+            ("onnx", "onnxscript", "onnxruntime") if for_export else ("onnxruntime",),
+            _ONNX_HINT if for_export else _ORT_HINT,
+        )
     elif fmt == "executorch":
         with _quiet_executorch():
-            _import(("executorch.exir", "executorch.backends.xnnpack.partition.xnnpack_partitioner",
-                     "executorch.runtime") if for_export else ("executorch.runtime",),
-                    _MOBILE_HINT if for_export else _MOBILE_RUN_HINT)
+            _import(
+                (
+                    "executorch.exir",
+                    "executorch.backends.xnnpack.partition.xnnpack_partitioner",
+                    "executorch.runtime",
+                )
+                if for_export
+                else ("executorch.runtime",),
+                _MOBILE_HINT if for_export else _MOBILE_RUN_HINT,
+            )
 
 
 def versions(fmt: str) -> dict[str, str]:
@@ -173,7 +184,9 @@ def _batch_dim() -> tuple[dict[int, Any], ...]:
     return ({0: torch.export.Dim("batch")},)
 
 
-def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None) -> dict[str, Any]:
+def write_onnx(
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None
+) -> dict[str, Any]:
     """Export with the torch.export-based ONNX exporter to one self-contained file with a dynamic batch.
 
     The graph is optimised by onnxscript, checked with ``onnx.checker`` and must use opset
@@ -181,8 +194,17 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int |
     """
     import onnx
 
-    program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=_batch_dim(), external_data=False,
-                                verbose=False, opset_version=opset, input_names=["input"], output_names=["output"])
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        dynamic_shapes=_batch_dim(),
+        external_data=False,
+        verbose=False,
+        opset_version=opset,
+        input_names=["input"],
+        output_names=["output"],
+    )
     # external_data=False keeps the weights inside the file; models over ONNX's 2 GB limit would
     # still be split, which export_point reports as a side file.
     program.save(path, external_data=False)
@@ -190,12 +212,16 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int |
     proto = onnx.load(str(path), load_external_data=False)
     version = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if version < MIN_OPSET:
-        raise ExportError(f"{path.name}: ONNX opset {version} is older than {MIN_OPSET}; export with "
-                          f"opset {MIN_OPSET} or newer")
+        raise ExportError(
+            f"{path.name}: ONNX opset {version} is older than {MIN_OPSET}; export with "
+            f"opset {MIN_OPSET} or newer"
+        )
     return {"opset": int(version)}
 
 
-def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None) -> dict[str, Any]:
+def write_torchscript(
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None
+) -> dict[str, Any]:
     """Trace and save as TorchScript (the plain traced module: never ``optimize_for_inference``'s output,
     which bakes in CPU-specific ops and does not load everywhere)."""
     with quiet_torchscript():
@@ -204,14 +230,18 @@ def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset
     return {}
 
 
-def write_pt2(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None) -> dict[str, Any]:
+def write_pt2(
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None
+) -> dict[str, Any]:
     """``torch.export.export`` with a dynamic batch, saved with ``torch.export.save``."""
     program = torch.export.export(model, (example,), dynamic_shapes=_batch_dim())
     torch.export.save(program, str(path))
     return {}
 
 
-def write_executorch(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None) -> dict[str, Any]:
+def write_executorch(
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None
+) -> dict[str, Any]:
     """Lower to ExecuTorch with the XNNPACK partitioner and write the ``.pte`` program (static shapes).
 
     Returns ``{"undelegated_ops": [...]}``: the operators XNNPACK did not take, which run on
@@ -224,8 +254,11 @@ def write_executorch(model: nn.Module, example: torch.Tensor, path: Path, opset:
         program = torch.export.export(model, (example,))
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         # Read before to_executorch(), which rewrites the graph into out-variants and memory allocations.
-        names = {getattr(node.target, "__name__", str(node.target)) for node in edge.exported_program().graph.nodes
-                 if node.op == "call_function"}
+        names = {
+            getattr(node.target, "__name__", str(node.target))
+            for node in edge.exported_program().graph.nodes
+            if node.op == "call_function"
+        }
         buffer = edge.to_executorch().buffer
     undelegated = sorted(n for n in names if "call_delegate" not in n and n != "getitem")
     path.write_bytes(buffer)
@@ -233,7 +266,10 @@ def write_executorch(model: nn.Module, example: torch.Tensor, path: Path, opset:
 
 
 WRITERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, int | None], dict[str, Any]]] = {
-    "onnx": write_onnx, "torchscript": write_torchscript, "pt2": write_pt2, "executorch": write_executorch,
+    "onnx": write_onnx,
+    "torchscript": write_torchscript,
+    "pt2": write_pt2,
+    "executorch": write_executorch,
 }
 
 
@@ -248,8 +284,15 @@ class Runner:
     static-shape file accepts (None: any).
     """
 
-    def __init__(self, fmt: str, path: Path, run: Callable[[Any], Any], prepare: Callable[[Any], Any],
-                 batch: int | None = None, keep: Any = None) -> None:
+    def __init__(
+        self,
+        fmt: str,
+        path: Path,
+        run: Callable[[Any], Any],
+        prepare: Callable[[Any], Any],
+        batch: int | None = None,
+        keep: Any = None,
+    ) -> None:
         self.fmt = fmt
         self.path = path
         self.batch = batch
@@ -259,8 +302,10 @@ class Runner:
 
     def _check(self, x: Any) -> None:
         if self.batch is not None and x.shape[0] != self.batch:
-            raise ExportError(f"{self.path.name} was exported for batch {self.batch} (ExecuTorch files have static "
-                              f"shapes) but got batch {x.shape[0]}; export it again with --batch {x.shape[0]}")
+            raise ExportError(
+                f"{self.path.name} was exported for batch {self.batch} (ExecuTorch files have static "
+                f"shapes) but got batch {x.shape[0]}; export it again with --batch {x.shape[0]}"
+            )
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """Run one batch; the output as a float NumPy array."""
@@ -277,7 +322,9 @@ class Runner:
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))).float().contiguous()
+    return (
+        (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))).float().contiguous()
+    )
 
 
 def _as_array(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -334,8 +381,10 @@ def set_executorch_threads(threads: int) -> bool:
         now = current()
         if now != threads:
             if len(_LIVE_PROGRAMS):
-                raise ExportError(f"ExecuTorch's thread pool is process-wide and runs {now} thread(s) for the "
-                                  f"programs already loaded; load files with {threads} thread(s) in a new process")
+                raise ExportError(
+                    f"ExecuTorch's thread pool is process-wide and runs {now} thread(s) for the "
+                    f"programs already loaded; load files with {threads} thread(s) in a new process"
+                )
             reset(int(threads))
     return True
 
@@ -359,8 +408,9 @@ def load_runner(fmt: str, path: str | os.PathLike[str], threads: int | None = No
         if fmt == "onnx":
             import onnxruntime as ort
 
-            session = ort.InferenceSession(str(source), onnx_session_options(threads),
-                                           providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                str(source), onnx_session_options(threads), providers=["CPUExecutionProvider"]
+            )
             name = session.get_inputs()[0].name
             return Runner(fmt, source, lambda x: session.run(None, {name: x})[0], _as_array)
         if fmt == "torchscript":
@@ -374,10 +424,12 @@ def load_runner(fmt: str, path: str | os.PathLike[str], threads: int | None = No
         return _load_executorch(source, threads)
     except ExportError:
         raise
-    except Exception as exc:  # noqa: BLE001 - runtimes fail in their own types (onnxruntime's pybind errors)
+    except Exception as exc:
         text = str(exc).strip().splitlines()
-        raise ExportError(f"{source}: cannot load as {fmt} ({text[0] if text else type(exc).__name__}); "
-                          "export it again with this version of pareco") from None
+        raise ExportError(
+            f"{source}: cannot load as {fmt} ({text[0] if text else type(exc).__name__}); "
+            "export it again with this version of pareco"
+        ) from None
 
 
 def _load_executorch(source: Path, threads: int | None) -> Runner:
@@ -391,8 +443,10 @@ def _load_executorch(source: Path, threads: int | None) -> Runner:
             program = Runtime.get().load_program(source)
             method = program.load_method("forward")
         except RuntimeError as exc:
-            raise ExportError(f"{source}: ExecuTorch cannot load it ({exc}){_last_line(said())}; export it "
-                              "again with this version of pareco and executorch") from None
+            raise ExportError(
+                f"{source}: ExecuTorch cannot load it ({exc}){_last_line(said())}; export it "
+                "again with this version of pareco and executorch"
+            ) from None
     _LIVE_PROGRAMS.add(program)
     batch = int(method.metadata.input_tensor_meta(0).sizes()[0])
 

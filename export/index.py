@@ -33,10 +33,13 @@ def read_index(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ExportError(f"{path}: not a valid export record ({exc}); move it away or delete it") from None
-    if not isinstance(data, list) or not all(isinstance(e, dict) and {"point", "format", "file"} <= set(e)
-                                             for e in data):
-        raise ExportError(f"{path}: not a pareco export record (expected a list of objects with point, format "
-                          "and file); move it away or delete it")
+    if not isinstance(data, list) or not all(
+        isinstance(e, dict) and {"point", "format", "file"} <= set(e) for e in data
+    ):
+        raise ExportError(
+            f"{path}: not a pareco export record (expected a list of objects with point, format "
+            "and file); move it away or delete it"
+        )
     return data
 
 
@@ -49,8 +52,9 @@ def merge_index(directory: str | os.PathLike[str], entries: Sequence[dict[str, A
     return merged
 
 
-def find_export(directory: str | os.PathLike[str], point: str, fmt: str, weights_sha256: str,
-                batch: int) -> Path | None:
+def find_export(
+    directory: str | os.PathLike[str], point: str, fmt: str, weights_sha256: str, batch: int
+) -> Path | None:
     """The file of an earlier export of ``point`` as ``fmt`` usable at ``batch``, or None.
 
     Usable: recorded in ``export.json`` for the same weight file, present on disk, and either

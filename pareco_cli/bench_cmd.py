@@ -30,31 +30,64 @@ def _fmt(v: float | None, spec: str) -> str | None:
 
 def bench(
     manifest: Annotated[Path, typer.Argument(help="A front manifest (NAME.front.json).")],
-    backend: Annotated[list[str] | None, typer.Option(
-        "--backend", help="torch | onnxruntime | executorch | cuda; repeat to compare (default: torch).")] = None,
-    threads: Annotated[int, typer.Option("--threads", help="Threads per inference (1 stands for one phone core).")] = 1,
+    backend: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--backend", help="torch | onnxruntime | executorch | cuda; repeat to compare (default: torch)."
+        ),
+    ] = None,
+    threads: Annotated[
+        int, typer.Option("--threads", help="Threads per inference (1 stands for one phone core).")
+    ] = 1,
     batch: Annotated[int, typer.Option("--batch", help="Batch size timed.")] = 1,
     points: Annotated[str, typer.Option("--points", help="Comma-separated point ids, or 'all'.")] = "all",
     warmup: Annotated[int, typer.Option("--warmup", help="Warm-up rounds before timing.")] = 30,
-    runs: Annotated[int, typer.Option(
-        "--runs", help="Timed rounds (one call of every point and backend per round).")] = 200,
-    update: Annotated[bool, typer.Option(
-        "--update", help="Write the medians into the manifest as a device profile (and predicted latencies of "
-        "unmeasured points, where a look-up table exists).")] = False,
-    profile: Annotated[str | None, typer.Option(
-        "--profile", help="Device profile name (one backend; default <host>-<backend>-t<threads>-b<batch>).")] = None,
-    exports: Annotated[Path | None, typer.Option(
-        "--exports", help="Reuse (and add) exported files of this folder.")] = None,
-    build_lut: Annotated[bool, typer.Option(
-        "--build-lut", help="Build and validate the latency look-up table (NAME.lut.<profile>.json) instead of "
-        "timing the front points.")] = False,
-    lut_levels: Annotated[int, typer.Option("--lut-levels", help="Grid widths per dimension in the look-up table.")] = 3,
-    lut_validate: Annotated[int, typer.Option(
-        "--lut-validate", help="Random configs the look-up table is checked on.")] = 20,
-    lut_calibrate: Annotated[int, typer.Option("--lut-calibrate", help="Configs its correction is fitted on.")] = 5,
-    default_malloc: Annotated[bool, typer.Option(
-        "--default-malloc", help="Leave glibc's malloc as it is (by default freed memory is kept, so that "
-        "inferences do not page-fault).")] = False,
+    runs: Annotated[
+        int, typer.Option("--runs", help="Timed rounds (one call of every point and backend per round).")
+    ] = 200,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help="Write the medians into the manifest as a device profile (and predicted latencies of "
+            "unmeasured points, where a look-up table exists).",
+        ),
+    ] = False,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            help="Device profile name (one backend; default <host>-<backend>-t<threads>-b<batch>).",
+        ),
+    ] = None,
+    exports: Annotated[
+        Path | None, typer.Option("--exports", help="Reuse (and add) exported files of this folder.")
+    ] = None,
+    build_lut: Annotated[
+        bool,
+        typer.Option(
+            "--build-lut",
+            help="Build and validate the latency look-up table (NAME.lut.<profile>.json) instead of "
+            "timing the front points.",
+        ),
+    ] = False,
+    lut_levels: Annotated[
+        int, typer.Option("--lut-levels", help="Grid widths per dimension in the look-up table.")
+    ] = 3,
+    lut_validate: Annotated[
+        int, typer.Option("--lut-validate", help="Random configs the look-up table is checked on.")
+    ] = 20,
+    lut_calibrate: Annotated[
+        int, typer.Option("--lut-calibrate", help="Configs its correction is fitted on.")
+    ] = 5,
+    default_malloc: Annotated[
+        bool,
+        typer.Option(
+            "--default-malloc",
+            help="Leave glibc's malloc as it is (by default freed memory is kept, so that "
+            "inferences do not page-fault).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Measure latency per front point and backend (interleaved, medians); optionally store it in the manifest."""
@@ -64,11 +97,36 @@ def bench(
     backends = check_backends(list(backend) if backend else ["torch"])
     rt = SlimmableRuntime.load(manifest)
     if build_lut:
-        _build_lut(rt, backends, threads, batch, warmup, runs, update, profile, lut_levels, lut_validate,
-                   lut_calibrate, not default_malloc, as_json)
+        _build_lut(
+            rt,
+            backends,
+            threads,
+            batch,
+            warmup,
+            runs,
+            update,
+            profile,
+            lut_levels,
+            lut_validate,
+            lut_calibrate,
+            not default_malloc,
+            as_json,
+        )
         return
-    _measure(rt, backends, threads, batch, _choose_points(rt, points), warmup, runs, update, profile, exports,
-             not default_malloc, as_json)
+    _measure(
+        rt,
+        backends,
+        threads,
+        batch,
+        _choose_points(rt, points),
+        warmup,
+        runs,
+        update,
+        profile,
+        exports,
+        not default_malloc,
+        as_json,
+    )
 
 
 def _stage_printer(as_json: bool) -> Callable[[str], None]:
@@ -78,58 +136,142 @@ def _stage_printer(as_json: bool) -> Callable[[str], None]:
     return (lambda _msg: None) if as_json else (lambda msg: console.print(f"[dim]{msg}[/dim]"))
 
 
-def _measure(rt: SlimmableRuntime, backends: list[str], threads: int, batch: int, chosen: list[FrontPoint],
-             warmup: int, runs: int, update: bool, profile: str | None, exports: Path | None, steady_memory: bool,
-             as_json: bool) -> None:
+def _measure(
+    rt: SlimmableRuntime,
+    backends: list[str],
+    threads: int,
+    batch: int,
+    chosen: list[FrontPoint],
+    warmup: int,
+    runs: int,
+    update: bool,
+    profile: str | None,
+    exports: Path | None,
+    steady_memory: bool,
+    as_json: bool,
+) -> None:
     from bench.run import record_report, run_bench
 
-    report = run_bench(rt, chosen, backends, threads=threads, batch=batch, warmup=warmup, runs=runs, profile=profile,
-                       exports=exports, steady_memory=steady_memory, on_stage=_stage_printer(as_json))
+    report = run_bench(
+        rt,
+        chosen,
+        backends,
+        threads=threads,
+        batch=batch,
+        warmup=warmup,
+        runs=runs,
+        profile=profile,
+        exports=exports,
+        steady_memory=steady_memory,
+        on_stage=_stage_printer(as_json),
+    )
     written = record_report(rt.front, report) if update else []
     if as_json:
         print_json({**report.to_dict(), "updated_profiles": written})
         return
     with_energy = any(m.energy_mj is not None for m in report.measurements)
-    columns = ["point", "MFLOPs", "backend", "median ms", "p90 ms", "IQR ms", "x torch"] + (["mJ"] if with_energy else [])
-    rows = [[m.point, f"{m.mflops:.2f}", m.backend, f"{m.median_ms:.3f}", f"{m.p90_ms:.3f}", f"{m.iqr_ms:.3f}",
-             _fmt(m.ratio_to_torch, ".2f")] + ([_fmt(m.energy_mj, ".3f")] if with_energy else [])
-            for m in report.measurements]
-    print_table(f"latency at batch {batch}, {threads} thread(s), {runs} runs after {warmup} warm-up, interleaved",
-                columns, rows)
+    columns = ["point", "MFLOPs", "backend", "median ms", "p90 ms", "IQR ms", "x torch"] + (
+        ["mJ"] if with_energy else []
+    )
+    rows = [
+        [
+            m.point,
+            f"{m.mflops:.2f}",
+            m.backend,
+            f"{m.median_ms:.3f}",
+            f"{m.p90_ms:.3f}",
+            f"{m.iqr_ms:.3f}",
+            _fmt(m.ratio_to_torch, ".2f"),
+        ]
+        + ([_fmt(m.energy_mj, ".3f")] if with_energy else [])
+        for m in report.measurements
+    ]
+    print_table(
+        f"latency at batch {batch}, {threads} thread(s), {runs} runs after {warmup} warm-up, interleaved",
+        columns,
+        rows,
+    )
     for prof in report.profiles.values():
         typer.echo(f"profile {prof.name}: {prof.runtime}; {prof.host}")
-    for note in report.notes + [report.energy]:
+    for note in [*report.notes, report.energy]:
         typer.echo(note)
     for name in written:
         typer.echo(f"manifest updated: latency_ms[{name}]; select with --budget <ms>ms@{name}")
 
 
-def _build_lut(rt: SlimmableRuntime, backends: list[str], threads: int, batch: int, warmup: int, runs: int,
-               update: bool, profile: str | None, levels: int, validate: int, calibrate: int, steady_memory: bool,
-               as_json: bool) -> None:
+def _build_lut(
+    rt: SlimmableRuntime,
+    backends: list[str],
+    threads: int,
+    batch: int,
+    warmup: int,
+    runs: int,
+    update: bool,
+    profile: str | None,
+    levels: int,
+    validate: int,
+    calibrate: int,
+    steady_memory: bool,
+    as_json: bool,
+) -> None:
     from bench.lut import build_front_lut
 
     if len(backends) != 1:
         raise ValueError("--build-lut builds one table: give one --backend (torch or cuda)")
-    table = build_front_lut(rt.front, backends[0], threads=threads, batch=batch, profile=profile, levels=levels,
-                            warmup=warmup, runs=runs, calibrate=calibrate, validate=validate,
-                            steady_memory=steady_memory, update=update, on_stage=_stage_printer(as_json))
+    table = build_front_lut(
+        rt.front,
+        backends[0],
+        threads=threads,
+        batch=batch,
+        profile=profile,
+        levels=levels,
+        warmup=warmup,
+        runs=runs,
+        calibrate=calibrate,
+        validate=validate,
+        steady_memory=steady_memory,
+        update=update,
+        on_stage=_stage_printer(as_json),
+    )
     path, prof, predicted, rep = table.path, table.profile, table.predicted_ms, table.lut.report
     if as_json:
-        print_json({"lut": str(path), "profile": prof.to_dict(), "predicted_ms": predicted,
-                    "updated": update, **{k: v for k, v in rep.items() if k != "rows"}})
+        print_json(
+            {
+                "lut": str(path),
+                "profile": prof.to_dict(),
+                "predicted_ms": predicted,
+                "updated": update,
+                **{k: v for k, v in rep.items() if k != "rows"},
+            }
+        )
         return
     val, cal = rep["validation"], rep["calibration"]
-    print_table(f"latency look-up table {path.name}: {rep['units']} blocks timed in {rep['grid_configs']} configs, "
-                f"{val['configs']} validation configs",
-                ["name", "median |err| %", "max |err| %", "within ±10 %"],
-                [("sum of blocks", f"{100 * val['raw']['median_abs_rel_error']:.1f}",
-                  f"{100 * val['raw']['max_abs_rel_error']:.1f}", f"{100 * val['raw']['within_10pct']:.0f} %"),
-                 ("calibrated", f"{100 * val['median_abs_rel_error']:.1f}", f"{100 * val['max_abs_rel_error']:.1f}",
-                  f"{100 * val['within_10pct']:.0f} %")])
-    typer.echo(f"correction (fitted on {cal['configs']} configs): predicted = {cal['offset_ms']:.4f} ms + "
-               f"{cal['scale']:.4f} x sum of blocks")
+    print_table(
+        f"latency look-up table {path.name}: {rep['units']} blocks timed in {rep['grid_configs']} configs, "
+        f"{val['configs']} validation configs",
+        ["name", "median |err| %", "max |err| %", "within ±10 %"],
+        [
+            (
+                "sum of blocks",
+                f"{100 * val['raw']['median_abs_rel_error']:.1f}",
+                f"{100 * val['raw']['max_abs_rel_error']:.1f}",
+                f"{100 * val['raw']['within_10pct']:.0f} %",
+            ),
+            (
+                "calibrated",
+                f"{100 * val['median_abs_rel_error']:.1f}",
+                f"{100 * val['max_abs_rel_error']:.1f}",
+                f"{100 * val['within_10pct']:.0f} %",
+            ),
+        ],
+    )
+    typer.echo(
+        f"correction (fitted on {cal['configs']} configs): predicted = {cal['offset_ms']:.4f} ms + "
+        f"{cal['scale']:.4f} x sum of blocks"
+    )
     typer.echo("predicted ms per point: " + ", ".join(f"{k} {v:.3f}" for k, v in predicted.items()))
     if update:
-        typer.echo(f"manifest updated: latency_predicted_ms[{prof.name}] for points without a measurement; "
-                   f"select with --budget <ms>ms@{prof.name} --allow-predicted")
+        typer.echo(
+            f"manifest updated: latency_predicted_ms[{prof.name}] for points without a measurement; "
+            f"select with --budget <ms>ms@{prof.name} --allow-predicted"
+        )

@@ -13,26 +13,53 @@ from .output import print_json, print_table
 def export(
     manifest: Annotated[Path, typer.Argument(help="A front manifest (NAME.front.json).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder: <point>.<ext> files and export.json.")],
-    budget: Annotated[list[str] | None, typer.Option(
-        "--budget", help="Export the point chosen under this budget; repeat to AND (e.g. 100MFLOPs, 5ms@PROFILE).")] = None,
-    point: Annotated[list[str] | None, typer.Option("--point", help="Export this point id; repeat for several.")] = None,
+    budget: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--budget",
+            help="Export the point chosen under this budget; repeat to AND (e.g. 100MFLOPs, 5ms@PROFILE).",
+        ),
+    ] = None,
+    point: Annotated[
+        list[str] | None, typer.Option("--point", help="Export this point id; repeat for several.")
+    ] = None,
     all_points: Annotated[bool, typer.Option("--all", help="Export every point of the front.")] = False,
-    onnx: Annotated[bool, typer.Option("--onnx", help="ONNX (dynamic batch, opset >= 18), checked in onnxruntime.")] = False,
+    onnx: Annotated[
+        bool, typer.Option("--onnx", help="ONNX (dynamic batch, opset >= 18), checked in onnxruntime.")
+    ] = False,
     torchscript: Annotated[bool, typer.Option("--torchscript", help="TorchScript (traced), .pt.")] = False,
     pt2: Annotated[bool, typer.Option("--pt2", help="torch.export program, .pt2 (dynamic batch).")] = False,
-    executorch: Annotated[bool, typer.Option(
-        "--executorch", help="ExecuTorch .pte lowered to XNNPACK (static batch).")] = False,
-    fallback: Annotated[str | None, typer.Option(
-        "--fallback", help="'cheapest': with --budget, take the cheapest point if no point meets it.")] = None,
-    allow_predicted: Annotated[bool, typer.Option(
-        "--allow-predicted", help="With --budget, use predicted latency where unmeasured.")] = False,
-    batch: Annotated[int, typer.Option("--batch", help="Batch size of ExecuTorch files (the others take any batch).")] = 1,
-    atol: Annotated[float, typer.Option("--atol", help="Largest absolute difference to PyTorch a file may show.")] = 1e-4,
+    executorch: Annotated[
+        bool, typer.Option("--executorch", help="ExecuTorch .pte lowered to XNNPACK (static batch).")
+    ] = False,
+    fallback: Annotated[
+        str | None,
+        typer.Option(
+            "--fallback", help="'cheapest': with --budget, take the cheapest point if no point meets it."
+        ),
+    ] = None,
+    allow_predicted: Annotated[
+        bool, typer.Option("--allow-predicted", help="With --budget, use predicted latency where unmeasured.")
+    ] = False,
+    batch: Annotated[
+        int, typer.Option("--batch", help="Batch size of ExecuTorch files (the others take any batch).")
+    ] = 1,
+    atol: Annotated[
+        float, typer.Option("--atol", help="Largest absolute difference to PyTorch a file may show.")
+    ] = 1e-4,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Export front points; each file is loaded back in its runtime and checked against PyTorch."""
-    formats = [name for name, on in (("onnx", onnx), ("torchscript", torchscript), ("pt2", pt2),
-                                     ("executorch", executorch)) if on]
+    formats = [
+        name
+        for name, on in (
+            ("onnx", onnx),
+            ("torchscript", torchscript),
+            ("pt2", pt2),
+            ("executorch", executorch),
+        )
+        if on
+    ]
     if not formats:
         raise ValueError("choose at least one format: --onnx, --torchscript, --pt2 or --executorch")
     chosen = sum((bool(budget), bool(point), all_points))
@@ -43,7 +70,6 @@ def export(
 
     from export.exporter import export_points
     from export.formats import require
-
     from pareco_runtime.runtime import SlimmableRuntime
 
     for fmt in formats:
@@ -60,16 +86,31 @@ def export(
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("{task.description}"), console=Console(stderr=True)) as bar:
+        with Progress(
+            TextColumn("exporting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=Console(stderr=True),
+        ) as bar:
             task = bar.add_task("", total=total)
-            results = export_points(rt, points, formats, out, batch=batch, atol=atol,
-                                    on_done=lambda r: bar.update(task, advance=1, description=r.path.name))
+            results = export_points(
+                rt,
+                points,
+                formats,
+                out,
+                batch=batch,
+                atol=atol,
+                on_done=lambda r: bar.update(task, advance=1, description=r.path.name),
+            )
     else:
         results = export_points(rt, points, formats, out, batch=batch, atol=atol)
     if as_json:
         print_json({"out": str(out), "exports": [r.to_entry(rt.front.weights_sha256) for r in results]})
         return
-    print_table(f"{len(results)} file(s) in {out} (records in export.json)",
-                ["point", "format", "file", "KiB", "max abs diff"],
-                [(r.point, r.format, r.path.name, f"{r.bytes / 1024:.1f}", f"{r.max_abs_diff:.2e}") for r in results])
+    print_table(
+        f"{len(results)} file(s) in {out} (records in export.json)",
+        ["point", "format", "file", "KiB", "max abs diff"],
+        [(r.point, r.format, r.path.name, f"{r.bytes / 1024:.1f}", f"{r.max_abs_diff:.2e}") for r in results],
+    )

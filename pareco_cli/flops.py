@@ -14,12 +14,16 @@ def parse_alpha(text: str) -> list[float]:
         try:
             out.append(float(item))
         except ValueError:
-            raise ValueError(f"--alpha: '{item.strip()}' is not a number; give comma-separated widths") from None
+            raise ValueError(
+                f"--alpha: '{item.strip()}' is not a number; give comma-separated widths"
+            ) from None
     return out
 
 
 def flops(
-    arch: str = typer.Option(..., "--arch", help="Architecture: resnet20/32/44/56, mobilenet_v2, mobilenet_v3_large."),
+    arch: str = typer.Option(
+        ..., "--arch", help="Architecture: resnet20/32/44/56, mobilenet_v2, mobilenet_v3_large."
+    ),
     width: float | None = typer.Option(None, "--width", help="Uniform width multiplier for every group."),
     alpha: str | None = typer.Option(None, "--alpha", help="Per-group widths, comma-separated."),
     divisor: int | None = typer.Option(None, "--divisor", help="Round channels to multiples of this."),
@@ -32,16 +36,33 @@ def flops(
 
     if (width is None) == (alpha is None):
         raise ValueError("give exactly one of --width W or --alpha a1,a2,...")
-    kwargs = {k: v for k, v in (("divisor", divisor), ("num_classes", num_classes), ("input_size", input_size))
-              if v is not None}
+    kwargs = {
+        k: v
+        for k, v in (("divisor", divisor), ("num_classes", num_classes), ("input_size", input_size))
+        if v is not None
+    }
     model = build_model(arch, **kwargs)
     config = model.space.uniform(width) if width is not None else parse_alpha(alpha or "")
     model.space.validate(config)
     macs, params, channels = model.macs(config), model.params(config), model.channels(config)
     if as_json:
-        print_json({"arch": model.arch, "alpha": config, "macs": macs, "mflops": macs / 1e6, "params": params,
-                    "channels": dict(zip(model.space.names, channels)), "input_size": list(model.input_size)})
+        print_json(
+            {
+                "arch": model.arch,
+                "alpha": config,
+                "macs": macs,
+                "mflops": macs / 1e6,
+                "params": params,
+                "channels": dict(zip(model.space.names, channels)),
+                "input_size": list(model.input_size),
+            }
+        )
         return
-    rows = [(n, f"{a:.3f}", c, f) for n, a, c, f in zip(model.space.names, config, channels, model.space.full)]
-    print_table(f"{model.arch} @ {tuple(model.input_size)}: {macs / 1e6:.2f} MFLOPs (MACs), {params / 1e6:.3f} M params",
-                ["group", "width", "channels", "full"], rows)
+    rows = [
+        (n, f"{a:.3f}", c, f) for n, a, c, f in zip(model.space.names, config, channels, model.space.full)
+    ]
+    print_table(
+        f"{model.arch} @ {tuple(model.input_size)}: {macs / 1e6:.2f} MFLOPs (MACs), {params / 1e6:.3f} M params",
+        ["group", "width", "channels", "full"],
+        rows,
+    )

@@ -18,10 +18,18 @@ from pathlib import Path
 # Top-level module -> the extra of pyproject.toml that installs it.
 EXTRA_OF = {
     "torchvision": "vision",
-    "botorch": "train", "gpytorch": "train", "linear_operator": "train", "sklearn": "train",
-    "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
+    "botorch": "train",
+    "gpytorch": "train",
+    "linear_operator": "train",
+    "sklearn": "train",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxruntime": "export",
     "executorch": "mobile",
-    "typer": "cli", "click": "cli", "rich": "cli", "matplotlib": "cli",
+    "typer": "cli",
+    "click": "cli",
+    "rich": "cli",
+    "matplotlib": "cli",
 }
 
 
@@ -39,7 +47,9 @@ def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
 LAYERS = ("pareco_runtime", "training", "export", "bench")
 
 
-def shadowed_layer_message(find_spec: Callable[[str], ModuleSpec | None] = importlib.util.find_spec) -> str | None:
+def shadowed_layer_message(
+    find_spec: Callable[[str], ModuleSpec | None] = importlib.util.find_spec,
+) -> str | None:
     """A one-line error if a layer package resolves outside the folder pareco_cli was installed in, else None.
 
     Only locates the packages (``find_spec`` of a top-level name executes nothing).
@@ -50,8 +60,10 @@ def shadowed_layer_message(find_spec: Callable[[str], ModuleSpec | None] = impor
         origin = spec.origin if spec is not None else None
         if origin is None or Path(origin).resolve().parent.parent != home:
             where = origin or "nowhere"
-            return (f"the package '{name}' resolves to {where}, not pareco's (in {home}); another installed "
-                    f"package of that name shadows it: uninstall it or install pareco in its own virtual environment")
+            return (
+                f"the package '{name}' resolves to {where}, not pareco's (in {home}); another installed "
+                f"package of that name shadows it: uninstall it or install pareco in its own virtual environment"
+            )
     return None
 
 

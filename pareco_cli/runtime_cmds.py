@@ -10,8 +10,13 @@ from .output import print_json, print_table
 
 
 def _point_row(p, profiles: list[str]) -> list:
-    row = [p.id, f"{p.mflops:.2f}", f"{p.params / 1e6:.3f}", None if p.top1 is None else f"{p.top1:.2f}",
-           None if p.loss is None else f"{p.loss:.4f}"]
+    row = [
+        p.id,
+        f"{p.mflops:.2f}",
+        f"{p.params / 1e6:.3f}",
+        None if p.top1 is None else f"{p.top1:.2f}",
+        None if p.loss is None else f"{p.loss:.4f}",
+    ]
     for name in profiles:
         if name in p.latency_ms:
             row.append(f"{p.latency_ms[name]:.3f}")
@@ -24,9 +29,15 @@ def _point_row(p, profiles: list[str]) -> list:
 
 def select(
     manifest: Path = typer.Argument(..., help="A front manifest (NAME.front.json)."),
-    budget: list[str] = typer.Option(..., "--budget", help="e.g. 100MFLOPs, 5ms@PROFILE, 2mJ, battery=30%; repeat to AND."),
-    fallback: str | None = typer.Option(None, "--fallback", help="'cheapest': take the cheapest point if unmet."),
-    allow_predicted: bool = typer.Option(False, "--allow-predicted", help="Use predicted latency where unmeasured."),
+    budget: list[str] = typer.Option(
+        ..., "--budget", help="e.g. 100MFLOPs, 5ms@PROFILE, 2mJ, battery=30%; repeat to AND."
+    ),
+    fallback: str | None = typer.Option(
+        None, "--fallback", help="'cheapest': take the cheapest point if unmet."
+    ),
+    allow_predicted: bool = typer.Option(
+        False, "--allow-predicted", help="Use predicted latency where unmeasured."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print the most accurate front point that meets every budget."""
@@ -41,8 +52,11 @@ def select(
     if as_json:
         print_json({"budget": b.describe(), "point": p.to_dict()})
         return
-    print_table(f"{manifest.name} under {b.describe()}", ["id", "MFLOPs", "Mparams", "top-1 %", "loss"] +
-                [f"{n} ms" for n in profiles], [_point_row(p, profiles)])
+    print_table(
+        f"{manifest.name} under {b.describe()}",
+        ["id", "MFLOPs", "Mparams", "top-1 %", "loss"] + [f"{n} ms" for n in profiles],
+        [_point_row(p, profiles)],
+    )
     typer.echo("widths: " + ", ".join(f"{a:.3f}" for a in p.alpha))
     typer.echo("channels: " + ", ".join(str(c) for c in p.channels))
 
@@ -58,15 +72,21 @@ def show(
     front = Front.load(manifest)
     profiles = front.profile_names
     if as_json:
-        print_json({"training": front.training.to_dict(),
-                    "device_profiles": [p.to_dict() for p in front.device_profiles],
-                    "points": [p.to_dict() for p in front.points]})
+        print_json(
+            {
+                "training": front.training.to_dict(),
+                "device_profiles": [p.to_dict() for p in front.device_profiles],
+                "points": [p.to_dict() for p in front.points],
+            }
+        )
     else:
         tr = front.training
-        print_table(f"{front.architecture.arch} front: {len(front.points)} points ({tr.algorithm}, "
-                    f"{tr.epochs} epochs, {front.dataset.name}); ~ = predicted",
-                    ["id", "MFLOPs", "Mparams", "top-1 %", "loss"] + [f"{n} ms" for n in profiles],
-                    [_point_row(p, profiles) for p in front.points])
+        print_table(
+            f"{front.architecture.arch} front: {len(front.points)} points ({tr.algorithm}, "
+            f"{tr.epochs} epochs, {front.dataset.name}); ~ = predicted",
+            ["id", "MFLOPs", "Mparams", "top-1 %", "loss"] + [f"{n} ms" for n in profiles],
+            [_point_row(p, profiles) for p in front.points],
+        )
     if plot is not None:
         from bench.plots import plot_front
 

@@ -20,20 +20,29 @@ from training.config import TrainConfig
 def train(
     *,
     out: Path = typer.Option(..., "--out", help="Output directory (model.safetensors, model.front.json)."),
-    resume: bool = typer.Option(False, "--resume",
-                                help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last checkpoint."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite a different run in --out."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
-    cache_dir: str | None = typer.Option(None, "--cache-dir",
-                                         help="Decoded-dataset cache (default ~/.cache/pareco)."),
+    cache_dir: str | None = typer.Option(
+        None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/pareco)."
+    ),
     log_every: int = typer.Option(20, "--log-every", help="Steps between JSON log lines."),
     **settings: Any,
 ) -> None:
     """Train one slimmable model; writes OUT/model.safetensors and OUT/model.front.json."""
     from training.loop import train as run
 
-    run(TrainConfig(**settings), out, resume=resume, force=force, device=device, cache_dir=cache_dir,
-        log_every=log_every)
+    run(
+        TrainConfig(**settings),
+        out,
+        resume=resume,
+        force=force,
+        device=device,
+        cache_dir=cache_dir,
+        log_every=log_every,
+    )
 
 
 def _setting_options() -> list[inspect.Parameter]:
@@ -45,12 +54,18 @@ def _setting_options() -> list[inspect.Parameter]:
         if f.metadata["choices"]:
             text += f" One of: {', '.join(f.metadata['choices'])}."
         option = typer.Option(f.default, TrainConfig.flag(f.name), help=text)
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=types[f.name]))
+        params.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=types[f.name]
+            )
+        )
     return params
 
 
 # typer reads a command's options from its signature: the settings first, then --out and the rest.
 train.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [*_setting_options(),
-     *(p for p in inspect.signature(train).parameters.values() if p.kind is not p.VAR_KEYWORD)])
+    [
+        *_setting_options(),
+        *(p for p in inspect.signature(train).parameters.values() if p.kind is not p.VAR_KEYWORD),
+    ]
+)

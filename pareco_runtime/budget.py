@@ -58,9 +58,21 @@ from pathlib import Path
 from .front import FrontPoint
 
 __all__ = [
-    "AllOf", "BatteryBudget", "BatteryPolicy", "Budget", "BudgetError", "BudgetUnmetError", "EnergyBudget",
-    "LatencyBudget", "MacsBudget", "ParamsBudget", "ProfileError", "as_budget", "parse_budget",
-    "read_host_battery", "select",
+    "AllOf",
+    "BatteryBudget",
+    "BatteryPolicy",
+    "Budget",
+    "BudgetError",
+    "BudgetUnmetError",
+    "EnergyBudget",
+    "LatencyBudget",
+    "MacsBudget",
+    "ParamsBudget",
+    "ProfileError",
+    "as_budget",
+    "parse_budget",
+    "read_host_battery",
+    "select",
 ]
 
 ACCEPTED_FORMS = (
@@ -223,14 +235,28 @@ _PROFILE = re.compile(r"[A-Za-z0-9_.\-]+", re.ASCII)
 # unit (lower case, no spaces) -> (budget class, power of ten that converts to the class's unit)
 _UNITS: dict[str, tuple[type, int]] = {}
 for _base in ("flop", "flops", "mac", "macs"):
-    _UNITS.update({_base: (MacsBudget, -6), "k" + _base: (MacsBudget, -3), "m" + _base: (MacsBudget, 0),
-                   "g" + _base: (MacsBudget, 3)})
+    _UNITS.update(
+        {
+            _base: (MacsBudget, -6),
+            "k" + _base: (MacsBudget, -3),
+            "m" + _base: (MacsBudget, 0),
+            "g" + _base: (MacsBudget, 3),
+        }
+    )
 for _base in ("param", "params"):
-    _UNITS.update({_base: (ParamsBudget, 0), "k" + _base: (ParamsBudget, 3), "m" + _base: (ParamsBudget, 6),
-                   "g" + _base: (ParamsBudget, 9)})
+    _UNITS.update(
+        {
+            _base: (ParamsBudget, 0),
+            "k" + _base: (ParamsBudget, 3),
+            "m" + _base: (ParamsBudget, 6),
+            "g" + _base: (ParamsBudget, 9),
+        }
+    )
 for _micro in ("u", "µ", "μ"):
     _UNITS.update({_micro + "s": (LatencyBudget, -3), _micro + "j": (EnergyBudget, -3)})
-_UNITS.update({"s": (LatencyBudget, 3), "ms": (LatencyBudget, 0), "j": (EnergyBudget, 3), "mj": (EnergyBudget, 0)})
+_UNITS.update(
+    {"s": (LatencyBudget, 3), "ms": (LatencyBudget, 0), "j": (EnergyBudget, 3), "mj": (EnergyBudget, 0)}
+)
 del _base, _micro
 
 
@@ -241,7 +267,7 @@ def _quote(text: str, limit: int = 120) -> str:
 
 def _scaled(num: str, power: int) -> float:
     value = float(num)
-    return value * 10 ** power if power >= 0 else value / 10 ** -power
+    return value * 10**power if power >= 0 else value / 10**-power
 
 
 def _parse_battery(rest: str) -> BatteryBudget:
@@ -265,11 +291,11 @@ def _parse_one(part: str) -> Budget:
     context)."""
     battery = _BATTERY.match(part)
     if battery:
-        return _parse_battery(part[battery.end():])
+        return _parse_battery(part[battery.end() :])
     number = _NUMBER.match(part)
     if not number:
         raise BudgetError("expected a number followed by a unit")
-    unit_text, at, profile = part[number.end():].partition("@")
+    unit_text, at, profile = part[number.end() :].partition("@")
     unit = _SPACE.sub("", unit_text).lower()
     if not unit:
         raise BudgetError("the number has no unit")
@@ -360,13 +386,16 @@ class BatteryPolicy:
 
     def _validate(self) -> None:
         if not 0 <= self.floor < self.full_at <= 1:
-            raise ValueError(f"BatteryPolicy needs 0 <= floor < full_at <= 1, got floor={self.floor!r}, "
-                             f"full_at={self.full_at!r}")
+            raise ValueError(
+                f"BatteryPolicy needs 0 <= floor < full_at <= 1, got floor={self.floor!r}, "
+                f"full_at={self.full_at!r}"
+            )
         if self.resource not in ("auto", "energy", "mflops"):
             raise ValueError(f"BatteryPolicy.resource is 'auto', 'energy' or 'mflops', got {self.resource!r}")
 
-    def cap(self, level: float, points: Sequence[FrontPoint],
-            profile: str | None) -> MacsBudget | EnergyBudget:
+    def cap(
+        self, level: float, points: Sequence[FrontPoint], profile: str | None
+    ) -> MacsBudget | EnergyBudget:
         """The cap for battery ``level`` (0..1) over ``points``, in energy of ``profile`` or in MFLOPs.
 
         Raises ``ValueError`` for a level outside [0, 1] or no points, :class:`ProfileError` when
@@ -380,8 +409,10 @@ class BatteryPolicy:
         has_energy = profile is not None and all(profile in p.energy_mj for p in points)
         if self.resource == "energy" and not has_energy:
             where = f"profile {profile!r} has" if profile else "no device profile has"
-            raise ProfileError(f"the battery policy caps energy, but {where} an energy for every point; "
-                               f"{BENCH_HINT}, or use BatteryPolicy(resource='auto')")
+            raise ProfileError(
+                f"the battery policy caps energy, but {where} an energy for every point; "
+                f"{BENCH_HINT}, or use BatteryPolicy(resource='auto')"
+            )
         energy_profile = profile if has_energy and self.resource != "mflops" else None
         costs = [p.energy_mj[energy_profile] if energy_profile is not None else p.mflops for p in points]
         lo, hi = min(costs), max(costs)
@@ -436,8 +467,12 @@ def _profiles_in(points: Sequence[FrontPoint]) -> set[str]:
     return {k for p in points for d in (p.latency_ms, p.energy_mj, p.latency_predicted_ms) for k in d}
 
 
-def _resolve_profile(b: LatencyBudget | EnergyBudget, points: Sequence[FrontPoint],
-                     profiles: Sequence[str], allow_predicted: bool) -> str:
+def _resolve_profile(
+    b: LatencyBudget | EnergyBudget,
+    points: Sequence[FrontPoint],
+    profiles: Sequence[str],
+    allow_predicted: bool,
+) -> str:
     """The profile a latency or energy budget applies to, checked to have measurements."""
     latency = isinstance(b, LatencyBudget)
     what = "latency" if latency else "energy"
@@ -453,14 +488,18 @@ def _resolve_profile(b: LatencyBudget | EnergyBudget, points: Sequence[FrontPoin
         if len(measured) == 1:
             return measured[0]
         if len(measured) > 1:
-            raise ProfileError(f"budget {b.describe()!r} names no device profile and the front has {what} for "
-                               f"several: {', '.join(measured)}; name one, e.g. {example}@{measured[0]}")
+            raise ProfileError(
+                f"budget {b.describe()!r} names no device profile and the front has {what} for "
+                f"several: {', '.join(measured)}; name one, e.g. {example}@{measured[0]}"
+            )
         profile = None
     else:
         known = sorted(set(profiles) | _profiles_in(points))
         if b.profile not in known:
-            raise ProfileError(f"unknown device profile {b.profile!r} in budget {b.describe()!r}; known "
-                               f"profiles: {', '.join(known) if known else 'none, ' + BENCH_HINT}")
+            raise ProfileError(
+                f"unknown device profile {b.profile!r} in budget {b.describe()!r}; known "
+                f"profiles: {', '.join(known) if known else 'none, ' + BENCH_HINT}"
+            )
         if b.profile in measured:
             return b.profile
         profile = b.profile
@@ -472,9 +511,16 @@ def _resolve_profile(b: LatencyBudget | EnergyBudget, points: Sequence[FrontPoin
     raise ProfileError(f"no point has a {what} for {where} (budget {b.describe()!r}); {BENCH_HINT}{hint}")
 
 
-def _bound(b: Budget, points: Sequence[FrontPoint], profiles: Sequence[str], policy: BatteryPolicy,
-           allow_predicted: bool, battery_profile: str | None) -> _Bound:
+def _bound(
+    b: Budget,
+    points: Sequence[FrontPoint],
+    profiles: Sequence[str],
+    policy: BatteryPolicy,
+    allow_predicted: bool,
+    battery_profile: str | None,
+) -> _Bound:
     """Resolve one non-AllOf budget against the front."""
+
     def ms(v: float) -> str:
         return f"{_fmt(v)} ms"
 
@@ -516,9 +562,14 @@ def _battery_profile(atoms: Sequence[Budget], points: Sequence[FrontPoint]) -> s
     return complete[0] if len(complete) == 1 else None
 
 
-def select(points: Sequence[FrontPoint], budget: str | Budget | Sequence[str | Budget],
-           profiles: Sequence[str] = (), policy: BatteryPolicy | None = None,
-           fallback: str | None = None, allow_predicted: bool = False) -> FrontPoint:
+def select(
+    points: Sequence[FrontPoint],
+    budget: str | Budget | Sequence[str | Budget],
+    profiles: Sequence[str] = (),
+    policy: BatteryPolicy | None = None,
+    fallback: str | None = None,
+    allow_predicted: bool = False,
+) -> FrontPoint:
     """The best point of ``points`` under ``budget`` (anything :func:`as_budget` accepts).
 
     Among the points satisfying every budget: the highest ``top1``; where no point of the front has
@@ -540,12 +591,15 @@ def select(points: Sequence[FrontPoint], budget: str | Budget | Sequence[str | B
     bounds = [_bound(a, points, profiles, policy, allow_predicted, battery_profile) for a in atoms]
 
     if any(p.top1 is not None for p in points):
+
         def merit(p: FrontPoint) -> float:
             return -p.top1 if p.top1 is not None else math.inf
     elif any(p.loss is not None for p in points):
+
         def merit(p: FrontPoint) -> float:
             return p.loss if p.loss is not None else math.inf
     else:
+
         def merit(p: FrontPoint) -> float:
             return -p.mflops
 
@@ -561,14 +615,21 @@ def select(points: Sequence[FrontPoint], budget: str | Budget | Sequence[str | B
     return min(eligible, key=rank)
 
 
-def _unmet(bound: _Bound, before: Sequence[_Bound], eligible: Sequence[FrontPoint], points: Sequence[FrontPoint],
-           fallback: str | None, rank: Callable[[FrontPoint], tuple[float, float, str]]) -> FrontPoint:
+def _unmet(
+    bound: _Bound,
+    before: Sequence[_Bound],
+    eligible: Sequence[FrontPoint],
+    points: Sequence[FrontPoint],
+    fallback: str | None,
+    rank: Callable[[FrontPoint], tuple[float, float, str]],
+) -> FrontPoint:
     """Handle the first budget that leaves no point: the fallback point, or BudgetUnmetError.
 
     ``eligible``: the points meeting the budgets ``before`` it. The fallback is the point cheapest in
     this budget's resource among them, else among all points (some point has a cost:
     :func:`_resolve_profile` checked).
     """
+
     def cheapest(pool: Sequence[FrontPoint]) -> tuple[FrontPoint, float] | None:
         costed = [(p, c) for p in pool if (c := bound.cost(p)) is not None]
         return min(costed, key=lambda pc: (pc[1], rank(pc[0]))) if costed else None
@@ -585,8 +646,12 @@ def _unmet(bound: _Bound, before: Sequence[_Bound], eligible: Sequence[FrontPoin
         why = cheapest_overall
     else:
         others = " and ".join(b.label for b in before)
-        why = (f"it conflicts with {others}: among the points meeting those, the cheapest is {among[0].id!r} at "
-               f"{bound.unit(among[1])}" if among is not None else
-               f"it conflicts with {others}: no point meeting those has this measurement; {cheapest_overall}")
-    raise BudgetUnmetError(f"no front point satisfies {bound.label}; {why}; loosen the budget or pass "
-                           f'fallback="cheapest"')
+        why = (
+            f"it conflicts with {others}: among the points meeting those, the cheapest is {among[0].id!r} at "
+            f"{bound.unit(among[1])}"
+            if among is not None
+            else f"it conflicts with {others}: no point meeting those has this measurement; {cheapest_overall}"
+        )
+    raise BudgetUnmetError(
+        f'no front point satisfies {bound.label}; {why}; loosen the budget or pass fallback="cheapest"'
+    )

@@ -33,21 +33,91 @@ from .ops import SlimBatchNorm2d, SlimConv2d, SlimLinear
 
 # Modules and functions that keep every channel where it is (pointwise in channels).
 _PASS_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.AlphaDropout,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
 )
 _PASS_FUNCTIONS: set[Any] = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
-    F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.dropout, F.dropout2d, F.max_pool2d, F.avg_pool2d,
-    F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.pad, torch.relu, torch.sigmoid, torch.tanh,
-    torch.nn.functional.relu_, torch.clamp, torch.clip,
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.softplus,
+    F.sigmoid,
+    F.tanh,
+    F.dropout,
+    F.dropout2d,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    F.pad,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.nn.functional.relu_,
+    torch.clamp,
+    torch.clip,
 }
-_PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "contiguous", "clone",
-                 "float", "to", "detach"}
-_ELEMENTWISE_FUNCTIONS: set[Any] = {operator.add, operator.mul, operator.sub, operator.truediv, operator.iadd,
-                                    operator.imul, torch.add, torch.mul, torch.sub, torch.div}
+_PASS_METHODS = {
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "clamp",
+    "clamp_",
+    "clip",
+    "contiguous",
+    "clone",
+    "float",
+    "to",
+    "detach",
+}
+_ELEMENTWISE_FUNCTIONS: set[Any] = {
+    operator.add,
+    operator.mul,
+    operator.sub,
+    operator.truediv,
+    operator.iadd,
+    operator.imul,
+    torch.add,
+    torch.mul,
+    torch.sub,
+    torch.div,
+}
 _ELEMENTWISE_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
 _REDUCE_FUNCTIONS: set[Any] = {torch.mean, torch.sum, torch.amax}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
@@ -137,8 +207,12 @@ class TracedSlimmableNet(SlimmableNet):
             h.remove()
         one = self._one
         macs = sum(positions[m] * m.weight.numel() for m in plain if m in positions)
-        slim = {id(p) for m in self.modules() if isinstance(m, (SlimConv2d, SlimLinear, SlimBatchNorm2d))
-                for p in m.parameters(recurse=False)}
+        slim = {
+            id(p)
+            for m in self.modules()
+            if isinstance(m, (SlimConv2d, SlimLinear, SlimBatchNorm2d))
+            for p in m.parameters(recurse=False)
+        }
         params = sum(p.numel() for p in self.parameters() if id(p) not in slim)
         if macs:
             self._macs_terms.append((macs, one, one))
@@ -190,11 +264,17 @@ class _Analysis:
         self.var[node] = v
 
     def _unsupported(self, node: torch.fx.Node, why: str) -> None:
-        where = node.target if node.op == "call_module" else f"{node.op} {getattr(node.target, '__name__', node.target)}"
+        where = (
+            node.target
+            if node.op == "call_module"
+            else f"{node.op} {getattr(node.target, '__name__', node.target)}"
+        )
         text = f"{node.name} ({where}): {why}"
         if self.on_unsupported == "error":
-            raise ConversionError(f"make_slimmable: {text}; pin the modules around it (pin=[...]) or pass "
-                                  f"on_unsupported='pin' to keep them at full width")
+            raise ConversionError(
+                f"make_slimmable: {text}; pin the modules around it (pin=[...]) or pass "
+                f"on_unsupported='pin' to keep them at full width"
+            )
         self.unsupported.append(text)
         for arg in node.all_input_nodes:
             v = self._channel_var(arg)
@@ -211,7 +291,9 @@ class _Analysis:
         if node.op in ("placeholder", "get_attr"):
             v = self._fresh(node)
             if v is not None:
-                self.groups.pin(v, "the network's input" if node.op == "placeholder" else f"tensor {node.target}")
+                self.groups.pin(
+                    v, "the network's input" if node.op == "placeholder" else f"tensor {node.target}"
+                )
         elif node.op == "output":
             for arg in node.all_input_nodes:
                 v = self._channel_var(arg)
@@ -262,7 +344,11 @@ class _Analysis:
             return
         if (target in _ELEMENTWISE_METHODS) if method else (target in _ELEMENTWISE_FUNCTIONS):
             self._elementwise(node, args)
-        elif (target in _PASS_METHODS) if method else (target in _PASS_FUNCTIONS or _is_stochastic_depth(target)):
+        elif (
+            (target in _PASS_METHODS)
+            if method
+            else (target in _PASS_FUNCTIONS or _is_stochastic_depth(target))
+        ):
             self._same(node, node.args[0])
         elif (target == "flatten") if method else (target is torch.flatten):
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
@@ -281,7 +367,7 @@ class _Analysis:
             s = _shape(a) or ()
             if len(s) == len(out) >= 2 and s[1] == out[1] and self._channel_var(a) is not None:
                 tied.append(a)
-            elif not (len(s) >= 2 and s[1] == 1 or len(s) < 2 and all(d == 1 for d in s)):
+            elif not ((len(s) >= 2 and s[1] == 1) or (len(s) < 2 and all(d == 1 for d in s))):
                 # Only an operand broadcast along channels (size 1) or a scalar leaves widths alone.
                 self._unsupported(node, "operands whose channels differ")
                 return
@@ -297,8 +383,15 @@ class _Analysis:
         inp, out = _shape(src), _shape(node)
         v = self._channel_var(src)
         spatial_one = inp is not None and all(d == 1 for d in inp[2:])
-        if v is not None and inp is not None and out is not None and len(out) == 2 and start_dim == 1 \
-                and spatial_one and out[1] == inp[1]:
+        if (
+            v is not None
+            and inp is not None
+            and out is not None
+            and len(out) == 2
+            and start_dim == 1
+            and spatial_one
+            and out[1] == inp[1]
+        ):
             self.var[node] = v
         else:
             self._unsupported(node, "a reshape that mixes channels with other dimensions")
@@ -315,7 +408,9 @@ class _Analysis:
 
 def _is_stochastic_depth(target: Any) -> bool:
     # torchvision's residual drop scales whole samples, never single channels.
-    return getattr(target, "__name__", "") == "stochastic_depth" and "torchvision" in getattr(target, "__module__", "")
+    return getattr(target, "__name__", "") == "stochastic_depth" and "torchvision" in getattr(
+        target, "__module__", ""
+    )
 
 
 def _matching(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
@@ -326,8 +421,16 @@ def _slim_twin(mod: nn.Module) -> nn.Module:
     """The slimmable op replacing ``mod``, holding its parameters and buffers (same device and dtype)."""
     twin: nn.Module
     if isinstance(mod, nn.Conv2d):
-        twin = SlimConv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,  # type: ignore[arg-type]
-                          mod.dilation, groups=mod.groups, bias=mod.bias is not None)  # type: ignore[arg-type]
+        twin = SlimConv2d(
+            mod.in_channels,
+            mod.out_channels,
+            mod.kernel_size,
+            mod.stride,
+            mod.padding,  # type: ignore[arg-type]
+            mod.dilation,
+            groups=mod.groups,
+            bias=mod.bias is not None,
+        )  # type: ignore[arg-type]
     elif isinstance(mod, nn.BatchNorm2d):
         twin = SlimBatchNorm2d(mod.num_features, eps=mod.eps, momentum=mod.momentum)
     else:
@@ -338,10 +441,18 @@ def _slim_twin(mod: nn.Module) -> nn.Module:
     return twin
 
 
-def make_slimmable(module: nn.Module, example_input: torch.Tensor, *, low: float = 0.25,
-                   divisor: int | None = None, pin: Sequence[str] = (), tie: dict[str, Sequence[str]] | None = None,
-                   on_unsupported: str = "pin", arch: str | None = None,
-                   arch_kwargs: dict[str, Any] | None = None) -> TracedSlimmableNet:
+def make_slimmable(
+    module: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    low: float = 0.25,
+    divisor: int | None = None,
+    pin: Sequence[str] = (),
+    tie: dict[str, Sequence[str]] | None = None,
+    on_unsupported: str = "pin",
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+) -> TracedSlimmableNet:
     """Convert a traceable CNN into a :class:`SlimmableNet` with one width dimension per channel group.
 
     ``module`` is left untouched (its layers are copied). ``example_input`` (batch first, NCHW) sizes
@@ -357,14 +468,18 @@ def make_slimmable(module: nn.Module, example_input: torch.Tensor, *, low: float
     if on_unsupported not in ("pin", "error"):
         raise ValueError(f"on_unsupported must be 'pin' or 'error', got {on_unsupported!r}")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
-        raise ConversionError("make_slimmable: example_input must be one NCHW tensor, e.g. torch.randn(1, 3, 224, 224)")
+        raise ConversionError(
+            "make_slimmable: example_input must be one NCHW tensor, e.g. torch.randn(1, 3, 224, 224)"
+        )
     net = copy.deepcopy(module)
     try:
         gm = torch.fx.symbolic_trace(net)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(f"make_slimmable: torch.fx cannot trace {type(module).__name__} ({first}); make its "
-                              f"forward traceable (no control flow on tensor values) or convert a submodule") from None
+        raise ConversionError(
+            f"make_slimmable: torch.fx cannot trace {type(module).__name__} ({first}); make its "
+            f"forward traceable (no control flow on tensor values) or convert a submodule"
+        ) from None
     was_training = net.training
     net.eval()
     try:
@@ -372,8 +487,10 @@ def make_slimmable(module: nn.Module, example_input: torch.Tensor, *, low: float
             ShapeProp(gm).propagate(example_input[:1])
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(f"make_slimmable: the example input {tuple(example_input.shape)} does not run through "
-                              f"{type(module).__name__} ({first}); give an input of the size the model takes") from None
+        raise ConversionError(
+            f"make_slimmable: the example input {tuple(example_input.shape)} does not run through "
+            f"{type(module).__name__} ({first}); give an input of the size the model takes"
+        ) from None
     finally:
         net.train(was_training)
 
@@ -382,28 +499,40 @@ def make_slimmable(module: nn.Module, example_input: torch.Tensor, *, low: float
     layers = found.layers
     for p in pin:
         if not _matching(layers, [p]):
-            raise ConversionError(f"make_slimmable: pin pattern {p!r} matches no Conv2d/BatchNorm2d/Linear; "
-                                  f"layers are named like {next(iter(layers), '?')!r}")
+            raise ConversionError(
+                f"make_slimmable: pin pattern {p!r} matches no Conv2d/BatchNorm2d/Linear; "
+                f"layers are named like {next(iter(layers), '?')!r}"
+            )
         for name in _matching(layers, [p]):
             groups.pin(layers[name].cout, f"pinned by {p!r}")
     names: dict[int, str] = {}
     for dim_name, patterns in (tie or {}).items():
-        matched = _matching([n for n, la in layers.items() if not isinstance(la.module, nn.BatchNorm2d)], patterns)
+        matched = _matching(
+            [n for n, la in layers.items() if not isinstance(la.module, nn.BatchNorm2d)], patterns
+        )
         if not matched:
-            raise ConversionError(f"make_slimmable: tie {dim_name!r} matches no Conv2d/Linear ({', '.join(patterns)})")
+            raise ConversionError(
+                f"make_slimmable: tie {dim_name!r} matches no Conv2d/Linear ({', '.join(patterns)})"
+            )
         sizes = {groups.size[groups.find(layers[n].cout)] for n in matched}
         if len(sizes) > 1:
-            raise ConversionError(f"make_slimmable: tie {dim_name!r} joins groups of different widths "
-                                  f"({sorted(sizes)}); tie layers of one width only")
+            raise ConversionError(
+                f"make_slimmable: tie {dim_name!r} joins groups of different widths "
+                f"({sorted(sizes)}); tie layers of one width only"
+            )
         root = layers[matched[0]].cout
         for n in matched[1:]:
             root = groups.union(root, layers[n].cout)
         names[groups.find(root)] = dim_name
     if found.unsupported:
-        shown = "; ".join(found.unsupported[:3]) + (f"; and {len(found.unsupported) - 3} more"
-                                                     if len(found.unsupported) > 3 else "")
-        warnings.warn(f"make_slimmable: {len(found.unsupported)} op(s) keep the channels around them at full width "
-                      f"(see .pinned): {shown}", stacklevel=2)
+        shown = "; ".join(found.unsupported[:3]) + (
+            f"; and {len(found.unsupported) - 3} more" if len(found.unsupported) > 3 else ""
+        )
+        warnings.warn(
+            f"make_slimmable: {len(found.unsupported)} op(s) keep the channels around them at full width "
+            f"(see .pinned): {shown}",
+            stacklevel=2,
+        )
 
     builder = LayerBuilder()
     slots: dict[int, Slot] = {}
@@ -417,8 +546,10 @@ def make_slimmable(module: nn.Module, example_input: torch.Tensor, *, low: float
             else:
                 slots[root] = builder.dim(names.get(root, layer.name), groups.size[root])
     if not builder.dim_names:
-        raise ConversionError(f"make_slimmable: every channel group of {type(module).__name__} is pinned, nothing "
-                              f"to slim; see the warnings for the ops that pinned them")
+        raise ConversionError(
+            f"make_slimmable: every channel group of {type(module).__name__} is pinned, nothing "
+            f"to slim; see the warnings for the ops that pinned them"
+        )
 
     for layer in layers.values():
         cin, cout = slots[groups.find(layer.cin)], slots[groups.find(layer.cout)]
@@ -430,15 +561,21 @@ def make_slimmable(module: nn.Module, example_input: torch.Tensor, *, low: float
         builder.bind(twin, cin, cout)  # type: ignore[arg-type]
 
     original = type(module)
-    cls = type(f"Slimmable{original.__name__}", (TracedSlimmableNet, original),
-               {"plain_class": original, "__module__": __name__})
+    cls = type(
+        f"Slimmable{original.__name__}",
+        (TracedSlimmableNet, original),
+        {"plain_class": original, "__module__": __name__},
+    )
     own = tuple(k for k in vars(net) if not k.startswith("_") and k != "training")
     net.__class__ = cls
     slim: TracedSlimmableNet = net  # type: ignore[assignment]
     slim.plain_attributes = own
     slim.arch = arch or f"custom:{original.__module__}.{original.__qualname__}"
     slim.arch_kwargs = dict(arch_kwargs or {})
-    slim.pinned = {layer.name: groups.pinned[groups.find(layer.cout)] for layer in layers.values()
-                   if groups.is_pinned(layer.cout)}
+    slim.pinned = {
+        layer.name: groups.pinned[groups.find(layer.cout)]
+        for layer in layers.values()
+        if groups.is_pinned(layer.cout)
+    }
     slim._finish(builder, low, divisor, tuple(example_input.shape[1:]))  # type: ignore[arg-type]
     return slim

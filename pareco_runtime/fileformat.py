@@ -86,9 +86,12 @@ class WeightFile:
     path: Path
 
 
-def save_weights(path: str | os.PathLike[str], state: dict[str, torch.Tensor],
-                 bn_stats: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]],
-                 metadata: dict[str, Any]) -> None:
+def save_weights(
+    path: str | os.PathLike[str],
+    state: dict[str, torch.Tensor],
+    bn_stats: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]],
+    metadata: dict[str, Any],
+) -> None:
     """Write a pareco weight file (safetensors) atomically: a crash leaves the old file or the new one.
 
     ``state`` is stored with its keys unchanged; ``bn_stats[point_id][module] = (mean, var)`` as
@@ -101,30 +104,48 @@ def save_weights(path: str | os.PathLike[str], state: dict[str, torch.Tensor],
     """
     target = Path(path)
     if not isinstance(metadata, dict):
-        raise _error(target, f"metadata must be a dict, got {type(metadata).__name__}",
-                     "pass a JSON-able dict")
+        raise _error(
+            target, f"metadata must be a dict, got {type(metadata).__name__}", "pass a JSON-able dict"
+        )
     try:
         meta_json = json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise _error(target, f"metadata is not JSON-serialisable ({exc})",
-                     "pass plain dicts, lists, strings, finite numbers and None") from None
+        raise _error(
+            target,
+            f"metadata is not JSON-serialisable ({exc})",
+            "pass plain dicts, lists, strings, finite numbers and None",
+        ) from None
     tensors: dict[str, Any] = {}
     for key, value in state.items():
         if key.startswith(_BN_PREFIX):
-            raise _error(target, f"state key '{key}' starts with '{_BN_PREFIX}', which is reserved for "
-                         "per-point BN statistics", "rename that module")
+            raise _error(
+                target,
+                f"state key '{key}' starts with '{_BN_PREFIX}', which is reserved for "
+                "per-point BN statistics",
+                "rename that module",
+            )
         tensors[key] = value
     for point_id, modules in bn_stats.items():
         if not _POINT_ID.fullmatch(point_id):
-            raise _error(target, f"point id '{point_id}' is not file-name safe (pattern {POINT_ID_PATTERN})",
-                         "use letters, digits, '_', '.' and '-'")
+            raise _error(
+                target,
+                f"point id '{point_id}' is not file-name safe (pattern {POINT_ID_PATTERN})",
+                "use letters, digits, '_', '.' and '-'",
+            )
         for module, pair in modules.items():
             if not module or "/" in module:
-                raise _error(target, f"BN module name '{module}' of point '{point_id}' is empty or "
-                             "contains '/'", "use the module names of named_modules()")
+                raise _error(
+                    target,
+                    f"BN module name '{module}' of point '{point_id}' is empty or contains '/'",
+                    "use the module names of named_modules()",
+                )
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-                raise _error(target, f"BN statistics of point '{point_id}', module '{module}' are not a "
-                             "(running_mean, running_var) pair", "pass two tensors")
+                raise _error(
+                    target,
+                    f"BN statistics of point '{point_id}', module '{module}' are not a "
+                    "(running_mean, running_var) pair",
+                    "pass two tensors",
+                )
             for stat, tensor in zip(_BN_STATS, pair):
                 tensors[f"{_BN_PREFIX}{point_id}/{module}.{stat}"] = tensor
     prepared = _standalone_tensors(target, tensors)
@@ -141,8 +162,11 @@ def _standalone_tensors(target: Path, tensors: dict[str, Any]) -> dict[str, torc
             raise _error(target, f"'{key}' is a {type(value).__name__}, not a tensor", "pass tensors only")
         tensor = value.detach().cpu()
         storage = tensor.untyped_storage()
-        owns_storage = (tensor.is_contiguous() and tensor.storage_offset() == 0
-                        and storage.nbytes() == tensor.numel() * tensor.element_size())
+        owns_storage = (
+            tensor.is_contiguous()
+            and tensor.storage_offset() == 0
+            and storage.nbytes() == tensor.numel() * tensor.element_size()
+        )
         if not owns_storage or storage.data_ptr() in seen:
             tensor = tensor.clone(memory_format=torch.contiguous_format)
         if tensor.untyped_storage().data_ptr():  # empty tensors have no storage to share
@@ -169,15 +193,18 @@ def load_weights(path: str | os.PathLike[str]) -> WeightFile:
             names = fh.keys()  # a list: safe_open objects are not iterable
             tensors = {key: fh.get_tensor(key) for key in names}
     except SafetensorError as exc:
-        raise _error(source, f"corrupt or truncated safetensors file ({exc})",
-                     "re-export the weights or copy the file again") from None
+        raise _error(
+            source,
+            f"corrupt or truncated safetensors file ({exc})",
+            "re-export the weights or copy the file again",
+        ) from None
     state: dict[str, torch.Tensor] = {}
     pairs: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
     for key, tensor in tensors.items():
         if not key.startswith(_BN_PREFIX):
             state[key] = tensor
             continue
-        point_id, _, name = key[len(_BN_PREFIX):].rpartition("/")
+        point_id, _, name = key[len(_BN_PREFIX) :].rpartition("/")
         module, _, stat = name.rpartition(".")
         if not point_id or not module or stat not in _BN_STATS:
             raise _error(source, f"malformed BN statistics key '{key}'", "re-export the weights")
@@ -188,8 +215,11 @@ def load_weights(path: str | os.PathLike[str]) -> WeightFile:
         for module, stats in modules.items():
             missing = [stat for stat in _BN_STATS if stat not in stats]
             if missing:
-                raise _error(source, f"BN statistics of point '{point_id}', module '{module}' lack "
-                             f"{missing[0]}", "re-export the weights")
+                raise _error(
+                    source,
+                    f"BN statistics of point '{point_id}', module '{module}' lack {missing[0]}",
+                    "re-export the weights",
+                )
             bn_stats[point_id][module] = (stats["running_mean"], stats["running_var"])
     return WeightFile(state=state, bn_stats=bn_stats, metadata=metadata, path=source)
 
@@ -210,52 +240,76 @@ def _check_safetensors_header(source: Path) -> None:
         with open(source, "rb") as fh:
             head = fh.read(9)
     except OSError as exc:
-        raise _error(source, f"cannot read the weight file ({exc.strerror})",
-                     "check its permissions") from None
+        raise _error(
+            source, f"cannot read the weight file ({exc.strerror})", "check its permissions"
+        ) from None
     if size == 0:
         raise _error(source, "empty file, not a weight file", "re-export the weights or copy the file again")
     header_len = struct.unpack("<Q", head[:8])[0] if size >= 9 else -1
     if 0 <= header_len <= min(size - 8, _MAX_HEADER_BYTES) and head[8:9] == b"{":
         return
     if head[:1] == b"\x80":
-        raise _error(source, "is a Python pickle (torch.save?), not a safetensors file, and pareco never "
-                     "unpickles files since that can run code",
-                     "export the weights with pareco (safetensors)")
+        raise _error(
+            source,
+            "is a Python pickle (torch.save?), not a safetensors file, and pareco never "
+            "unpickles files since that can run code",
+            "export the weights with pareco (safetensors)",
+        )
     if head[:2] == b"PK":
-        raise _error(source, "is a zip archive (torch.save's format, which holds a pickle), not a "
-                     "safetensors file, and pareco never unpickles files",
-                     "export the weights with pareco (safetensors)")
+        raise _error(
+            source,
+            "is a zip archive (torch.save's format, which holds a pickle), not a "
+            "safetensors file, and pareco never unpickles files",
+            "export the weights with pareco (safetensors)",
+        )
     if head[:1] in (b"{", b"["):
         raise _error(source, "is a JSON file, not a safetensors weight file", "pass the .safetensors file")
     if header_len > _MAX_HEADER_BYTES:
-        raise _error(source, f"not a safetensors file or corrupt: absurd header length of {header_len} bytes",
-                     "pass a .safetensors weight file written by pareco")
+        raise _error(
+            source,
+            f"not a safetensors file or corrupt: absurd header length of {header_len} bytes",
+            "pass a .safetensors weight file written by pareco",
+        )
     if size < 9 or header_len > size - 8:
-        raise _error(source, f"truncated or corrupt: {size} bytes, too short for the header it announces",
-                     "re-export the weights or copy the file again")
-    raise _error(source, "not a safetensors file (no JSON header after the header length)",
-                 "pass a .safetensors weight file written by pareco")
+        raise _error(
+            source,
+            f"truncated or corrupt: {size} bytes, too short for the header it announces",
+            "re-export the weights or copy the file again",
+        )
+    raise _error(
+        source,
+        "not a safetensors file (no JSON header after the header length)",
+        "pass a .safetensors weight file written by pareco",
+    )
 
 
 def _parse_weight_metadata(source: Path, file_metadata: dict[str, str]) -> dict[str, Any]:
     version_text = file_metadata.get(_META_VERSION)
     if version_text is None:
-        raise _error(source, "not a pareco weight file (a safetensors file without pareco metadata)",
-                     "pass the weight file pareco wrote next to the front manifest")
+        raise _error(
+            source,
+            "not a pareco weight file (a safetensors file without pareco metadata)",
+            "pass the weight file pareco wrote next to the front manifest",
+        )
     if not version_text.isdigit() or int(version_text) < 1:
-        raise _error(source, f"corrupt pareco metadata (format version '{version_text}')",
-                     "re-export the weights")
+        raise _error(
+            source, f"corrupt pareco metadata (format version '{version_text}')", "re-export the weights"
+        )
     version = int(version_text)
     if version > FORMAT_VERSION:
-        raise _error(source, f"written by a newer pareco (format {version} > {FORMAT_VERSION})",
-                     "upgrade pareco")
+        raise _error(
+            source, f"written by a newer pareco (format {version} > {FORMAT_VERSION})", "upgrade pareco"
+        )
     try:
         metadata = json.loads(file_metadata.get(_META_JSON, ""))
     except json.JSONDecodeError:
         metadata = None
     if not isinstance(metadata, dict):
-        raise _error(source, f"corrupt pareco metadata ('{_META_JSON}' is missing or not a JSON object)",
-                     "re-export the weights")
+        raise _error(
+            source,
+            f"corrupt pareco metadata ('{_META_JSON}' is missing or not a JSON object)",
+            "re-export the weights",
+        )
     return metadata
 
 
@@ -298,21 +352,31 @@ def check_manifest_consistency(manifest: dict[str, Any], source: str | os.PathLi
     space = manifest["width_space"]
     names, full, low, high = space["names"], space["full"], space["low"], space["high"]
     if len(full) != len(names):
-        raise _error(source, f"width_space.full has {len(full)} values but width_space.names has "
-                     f"{len(names)}", _REEXPORT)
+        raise _error(
+            source,
+            f"width_space.full has {len(full)} values but width_space.names has {len(names)}",
+            _REEXPORT,
+        )
     if not 0 < low <= high:
         raise _error(source, f"width_space needs 0 < low <= high, got low={low:g} high={high:g}", _REEXPORT)
     dataset = manifest["dataset"]
     in_channels = dataset["input_size"][0]
     for key in ("mean", "std"):
         if len(dataset[key]) != in_channels:
-            raise _error(source, f"dataset.{key} has {len(dataset[key])} values but input_size has "
-                         f"{in_channels} channels", _REEXPORT)
+            raise _error(
+                source,
+                f"dataset.{key} has {len(dataset[key])} values but input_size has {in_channels} channels",
+                _REEXPORT,
+            )
     num_classes = manifest["architecture"]["kwargs"].get("num_classes")
     class_names = dataset["class_names"]
     if class_names and schema_check.json_type(num_classes) == "integer" and len(class_names) != num_classes:
-        raise _error(source, f"dataset.class_names has {len(class_names)} names but architecture.kwargs."
-                     f"num_classes is {num_classes}", _REEXPORT)
+        raise _error(
+            source,
+            f"dataset.class_names has {len(class_names)} names but architecture.kwargs."
+            f"num_classes is {num_classes}",
+            _REEXPORT,
+        )
     profiles: set[str] = set()
     for profile in manifest["device_profiles"]:
         if profile["name"] in profiles:
@@ -323,8 +387,16 @@ def check_manifest_consistency(manifest: dict[str, Any], source: str | os.PathLi
         _check_point(point, names, full, low, high, profiles, ids, source)
 
 
-def _check_point(point: dict[str, Any], names: list[str], full: list[int], low: float, high: float,
-                 profiles: set[str], ids: set[str], source: str | os.PathLike[str]) -> None:
+def _check_point(
+    point: dict[str, Any],
+    names: list[str],
+    full: list[int],
+    low: float,
+    high: float,
+    profiles: set[str],
+    ids: set[str],
+    source: str | os.PathLike[str],
+) -> None:
     pid = point["id"]
     if not _POINT_ID.fullmatch(pid):  # the schema's pattern lets Python's '$' accept a final newline
         raise _error(source, f"point id {pid!r} is not file-name safe", _REEXPORT)
@@ -333,21 +405,36 @@ def _check_point(point: dict[str, Any], names: list[str], full: list[int], low: 
     ids.add(pid)
     for key in ("alpha", "channels"):
         if len(point[key]) != len(names):
-            raise _error(source, f"point '{pid}': {key} has {len(point[key])} values but width_space has "
-                         f"{len(names)} dimensions", _REEXPORT)
+            raise _error(
+                source,
+                f"point '{pid}': {key} has {len(point[key])} values but width_space has "
+                f"{len(names)} dimensions",
+                _REEXPORT,
+            )
     for i, a in enumerate(point["alpha"]):
         if not low - _ALPHA_TOL <= a <= high + _ALPHA_TOL:
-            raise _error(source, f"point '{pid}': alpha[{i}] = {a:g} ({names[i]}) is outside the width space "
-                         f"[{low:g}, {high:g}]", _REEXPORT)
+            raise _error(
+                source,
+                f"point '{pid}': alpha[{i}] = {a:g} ({names[i]}) is outside the width space "
+                f"[{low:g}, {high:g}]",
+                _REEXPORT,
+            )
     for i, (c, c_full) in enumerate(zip(point["channels"], full)):
         if c > c_full:
-            raise _error(source, f"point '{pid}': channels[{i}] = {c} exceeds width_space.full[{i}] = "
-                         f"{c_full}", _REEXPORT)
+            raise _error(
+                source,
+                f"point '{pid}': channels[{i}] = {c} exceeds width_space.full[{i}] = {c_full}",
+                _REEXPORT,
+            )
     for key in _PER_PROFILE_FIELDS:
         for name in point.get(key, {}):
             if name not in profiles:
-                raise _error(source, f"point '{pid}': {key} names device profile '{name}', which "
-                             "device_profiles does not list", _REEXPORT)
+                raise _error(
+                    source,
+                    f"point '{pid}': {key} names device profile '{name}', which "
+                    "device_profiles does not list",
+                    _REEXPORT,
+                )
 
 
 def save_manifest(path: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
@@ -362,8 +449,11 @@ def save_manifest(path: str | os.PathLike[str], manifest: dict[str, Any]) -> Non
     try:
         text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as exc:
-        raise _error(target, f"manifest is not JSON-serialisable ({exc})",
-                     "use dicts, lists, strings, finite numbers and None (null) only") from None
+        raise _error(
+            target,
+            f"manifest is not JSON-serialisable ({exc})",
+            "use dicts, lists, strings, finite numbers and None (null) only",
+        ) from None
     document = json.loads(text)
     _validate(document, target, "fix the manifest before saving it")
     check_manifest_consistency(document, target)
@@ -406,22 +496,33 @@ def load_manifest(path: str | os.PathLike[str], verify_weights: bool = True) -> 
         text = source.read_bytes().decode("utf-8-sig")
         manifest = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
     except UnicodeDecodeError as exc:
-        raise _error(source, f"not a JSON manifest (not UTF-8 text at byte {exc.start})",
-                     "pass the .front.json file, not the weight file") from None
+        raise _error(
+            source,
+            f"not a JSON manifest (not UTF-8 text at byte {exc.start})",
+            "pass the .front.json file, not the weight file",
+        ) from None
     except json.JSONDecodeError as exc:
-        raise _error(source, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-                     "fix the JSON or re-export the manifest") from None
+        raise _error(
+            source,
+            f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+            "fix the JSON or re-export the manifest",
+        ) from None
     except _BadJSON as exc:
-        raise _error(source, f"not valid manifest JSON ({exc})",
-                     "fix the JSON or re-export the manifest") from None
+        raise _error(
+            source, f"not valid manifest JSON ({exc})", "fix the JSON or re-export the manifest"
+        ) from None
     if not isinstance(manifest, dict):
         kind = schema_check.json_type(manifest)
-        raise _error(source, f"not a front manifest (the top level is a JSON {kind}, expected an object)",
-                     "pass the .front.json file pareco wrote")
+        raise _error(
+            source,
+            f"not a front manifest (the top level is a JSON {kind}, expected an object)",
+            "pass the .front.json file pareco wrote",
+        )
     version = manifest.get("format_version")
     if schema_check.json_type(version) == "integer" and version > FORMAT_VERSION:
-        raise _error(source, f"written by a newer pareco (format {int(version)} > {FORMAT_VERSION})",
-                     "upgrade pareco")
+        raise _error(
+            source, f"written by a newer pareco (format {int(version)} > {FORMAT_VERSION})", "upgrade pareco"
+        )
     _validate(manifest, source, _REEXPORT)
     check_manifest_consistency(manifest, source)
     weights = weights_path(source, manifest)
@@ -444,9 +545,12 @@ def weights_path(manifest_path: str | os.PathLike[str], manifest: dict[str, Any]
     file = manifest["weights"]["file"]
     parts = _inside_parts(file)
     if parts is None:
-        raise _error(manifest_path, f"weights.file '{file}' is not a file inside the manifest's folder, and "
-                     "pareco refuses to read weights outside its folder",
-                     "put the weight file beside the manifest and give its name, or a relative path with '/'")
+        raise _error(
+            manifest_path,
+            f"weights.file '{file}' is not a file inside the manifest's folder, and "
+            "pareco refuses to read weights outside its folder",
+            "put the weight file beside the manifest and give its name, or a relative path with '/'",
+        )
     return Path(os.path.abspath(manifest_path)).parent.joinpath(*parts)
 
 

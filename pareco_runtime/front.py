@@ -38,9 +38,15 @@ class FrontPoint:
     def from_dict(cls, d: dict[str, Any]) -> FrontPoint:
         """Inverse of :meth:`to_dict` (unknown keys are rejected by the manifest schema, not here)."""
         return cls(
-            id=str(d["id"]), alpha=[float(a) for a in d["alpha"]], channels=[int(c) for c in d["channels"]],
-            mflops=float(d["mflops"]), params=int(d["params"]), top1=d.get("top1"), loss=d.get("loss"),
-            latency_ms=dict(d.get("latency_ms") or {}), energy_mj=dict(d.get("energy_mj") or {}),
+            id=str(d["id"]),
+            alpha=[float(a) for a in d["alpha"]],
+            channels=[int(c) for c in d["channels"]],
+            mflops=float(d["mflops"]),
+            params=int(d["params"]),
+            top1=d.get("top1"),
+            loss=d.get("loss"),
+            latency_ms=dict(d.get("latency_ms") or {}),
+            energy_mj=dict(d.get("energy_mj") or {}),
             latency_predicted_ms=dict(d.get("latency_predicted_ms") or {}),
         )
 
@@ -69,9 +75,16 @@ class DeviceProfile:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeviceProfile:
         """Inverse of :meth:`to_dict`."""
-        return cls(name=d["name"], runtime=d["runtime"], threads=int(d["threads"]), batch=int(d["batch"]),
-                   host=d["host"], date=d["date"], versions=dict(d.get("versions") or {}),
-                   energy_source=d.get("energy_source"))
+        return cls(
+            name=d["name"],
+            runtime=d["runtime"],
+            threads=int(d["threads"]),
+            batch=int(d["batch"]),
+            host=d["host"],
+            date=d["date"],
+            versions=dict(d.get("versions") or {}),
+            energy_source=d.get("energy_source"),
+        )
 
 
 def non_dominated(items: Sequence[Any], objectives: Callable[[Any], Sequence[float]]) -> list[Any]:
@@ -85,7 +98,8 @@ def non_dominated(items: Sequence[Any], objectives: Callable[[Any], Sequence[flo
     for i, vi in enumerate(values):
         dominated = any(
             all(a <= b for a, b in zip(vj, vi)) and any(a < b for a, b in zip(vj, vi))
-            for j, vj in enumerate(values) if j != i
+            for j, vj in enumerate(values)
+            if j != i
         )
         if not dominated:
             keep.append(items[i])

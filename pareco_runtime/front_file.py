@@ -73,14 +73,24 @@ class DatasetSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``dataset`` object."""
-        return {"name": self.name, "input_size": list(self.input_size), "mean": list(self.mean),
-                "std": list(self.std), "class_names": list(self.class_names)}
+        return {
+            "name": self.name,
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "class_names": list(self.class_names),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DatasetSpec:
         """Inverse of :meth:`to_dict`."""
-        return cls(name=d["name"], input_size=tuple(int(v) for v in d["input_size"]), mean=[float(v) for v in d["mean"]],
-                   std=[float(v) for v in d["std"]], class_names=[str(n) for n in d.get("class_names") or []])
+        return cls(
+            name=d["name"],
+            input_size=tuple(int(v) for v in d["input_size"]),
+            mean=[float(v) for v in d["mean"]],
+            std=[float(v) for v in d["std"]],
+            class_names=[str(n) for n in d.get("class_names") or []],
+        )
 
 
 @dataclass
@@ -102,9 +112,14 @@ class TrainingRecord:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainingRecord:
         """Inverse of :meth:`to_dict` (``history_size`` and ``extra`` may be absent)."""
-        return cls(algorithm=d["algorithm"], epochs=int(d["epochs"]), seed=int(d["seed"]),
-                   wall_time_s=float(d["wall_time_s"]), history_size=d.get("history_size"),
-                   extra=dict(d.get("extra") or {}))
+        return cls(
+            algorithm=d["algorithm"],
+            epochs=int(d["epochs"]),
+            seed=int(d["seed"]),
+            wall_time_s=float(d["wall_time_s"]),
+            history_size=d.get("history_size"),
+            extra=dict(d.get("extra") or {}),
+        )
 
 
 @dataclass
@@ -132,8 +147,14 @@ class Front:
     path: Path | None = field(default=None, compare=False)
 
     @classmethod
-    def create(cls, model: SlimmableNet, points: Sequence[FrontPoint], dataset: DatasetSpec,
-               training: TrainingRecord, weights: str | os.PathLike[str]) -> Front:
+    def create(
+        cls,
+        model: SlimmableNet,
+        points: Sequence[FrontPoint],
+        dataset: DatasetSpec,
+        training: TrainingRecord,
+        weights: str | os.PathLike[str],
+    ) -> Front:
         """A new front of ``model``'s ``points`` whose weight file ``weights`` is already written.
 
         Records the format and pareco versions, the time now, the weight file's name and its
@@ -143,9 +164,17 @@ class Front:
         from . import __version__
 
         path = Path(weights)
-        return cls(architecture=Architecture.from_dict(model.describe()), width_space=model.space,
-                   dataset=dataset, training=training, points=list(points), weights_file=path.name,
-                   weights_sha256=sha256_file(path), pareco_version=__version__, created=utc_timestamp())
+        return cls(
+            architecture=Architecture.from_dict(model.describe()),
+            width_space=model.space,
+            dataset=dataset,
+            training=training,
+            points=list(points),
+            weights_file=path.name,
+            weights_sha256=sha256_file(path),
+            pareco_version=__version__,
+            created=utc_timestamp(),
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], verify_weights: bool = True) -> Front:
@@ -163,10 +192,14 @@ class Front:
             dataset=DatasetSpec.from_dict(manifest["dataset"]),
             training=TrainingRecord.from_dict(manifest["training"]),
             points=[FrontPoint.from_dict(p) for p in manifest["points"]],
-            weights_file=manifest["weights"]["file"], weights_sha256=manifest["weights"]["sha256"],
+            weights_file=manifest["weights"]["file"],
+            weights_sha256=manifest["weights"]["sha256"],
             device_profiles=[DeviceProfile.from_dict(p) for p in manifest["device_profiles"]],
-            pareco_version=manifest["pareco_version"], created=manifest["created"],
-            format_version=int(manifest["format_version"]), path=None if path is None else Path(path))
+            pareco_version=manifest["pareco_version"],
+            created=manifest["created"],
+            format_version=int(manifest["format_version"]),
+            path=None if path is None else Path(path),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as a JSON-ready dict, keys in the order the file lists them."""
@@ -200,7 +233,9 @@ class Front:
     def weights_path(self) -> Path:
         """Absolute path of the weight file, inside the manifest's folder (FormatError otherwise)."""
         if self.path is None:
-            raise ValueError("this front was never loaded or saved, so its weight file has no folder; save it first")
+            raise ValueError(
+                "this front was never loaded or saved, so its weight file has no folder; save it first"
+            )
         return weights_path(self.path, self.to_dict())
 
     @property
@@ -208,9 +243,13 @@ class Front:
         """The device profiles' names, in file order."""
         return [p.name for p in self.device_profiles]
 
-    def record_profile(self, profile: DeviceProfile, latency_ms: Mapping[str, float],
-                       energy_mj: Mapping[str, float] | None = None,
-                       predicted_ms: Mapping[str, float] | None = None) -> None:
+    def record_profile(
+        self,
+        profile: DeviceProfile,
+        latency_ms: Mapping[str, float],
+        energy_mj: Mapping[str, float] | None = None,
+        predicted_ms: Mapping[str, float] | None = None,
+    ) -> None:
         """Merge ``profile`` and its per-point figures into the front (not saved: call :meth:`save`).
 
         The profile replaces a same-named one; other profiles and their figures are kept.
@@ -221,8 +260,10 @@ class Front:
         ids = {p.id for p in self.points}
         unknown = sorted(set(latency_ms) - ids)
         if unknown:
-            raise ValueError(f"{self.path or 'front'}: no point {unknown[0]!r} in this manifest; it changed since "
-                             "the benchmark")
+            raise ValueError(
+                f"{self.path or 'front'}: no point {unknown[0]!r} in this manifest; it changed since "
+                "the benchmark"
+            )
         self.device_profiles = [p for p in self.device_profiles if p.name != profile.name] + [profile]
         name = profile.name
         for p in self.points:
@@ -234,8 +275,14 @@ class Front:
                 p.latency_predicted_ms[name] = round(float(predicted_ms[p.id]), 6)
 
 
-def write_front(out_dir: str | os.PathLike[str], model: SlimmableNet, points: Sequence[FrontPoint],
-                bn_stats: BNStatsByPoint, dataset: DatasetSpec, training: TrainingRecord) -> Path:
+def write_front(
+    out_dir: str | os.PathLike[str],
+    model: SlimmableNet,
+    points: Sequence[FrontPoint],
+    bn_stats: BNStatsByPoint,
+    dataset: DatasetSpec,
+    training: TrainingRecord,
+) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/model.front.json`` (each atomically); the manifest's path.
 
     The weight file holds ``model``'s full-width weights, ``bn_stats`` ({point id: {BN module
@@ -246,7 +293,14 @@ def write_front(out_dir: str | os.PathLike[str], model: SlimmableNet, points: Se
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_NAME
     stats = {pid: dict(per_module) for pid, per_module in bn_stats.items()}
-    save_weights(weights, model.state_dict(), stats, {"architecture": model.describe(),
-                                                      "width_space": model.space.to_dict(),
-                                                      "points": [p.id for p in points]})
+    save_weights(
+        weights,
+        model.state_dict(),
+        stats,
+        {
+            "architecture": model.describe(),
+            "width_space": model.space.to_dict(),
+            "points": [p.id for p in points],
+        },
+    )
     return Front.create(model, points, dataset, training, weights).save(folder / MANIFEST_NAME)

@@ -100,8 +100,14 @@ class SlimConv2d(_Slim, nn.Conv2d):
         if self.depthwise:
             i = o
         plain = nn.Conv2d(
-            i, o, self.kernel_size, self.stride, self.padding, self.dilation,
-            groups=o if self.depthwise else 1, bias=self.bias is not None,
+            i,
+            o,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            groups=o if self.depthwise else 1,
+            bias=self.bias is not None,
         )
         with torch.no_grad():
             plain.weight.copy_(self.weight[:o] if self.depthwise else self.weight[:o, :i])
@@ -150,8 +156,14 @@ class SlimBatchNorm2d(_Slim, nn.BatchNorm2d):
                 self.num_batches_tracked.add_(1)
                 factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 return F.batch_norm(
-                    x, self.running_mean[:k], self.running_var[:k], self.weight[:k], self.bias[:k],
-                    True, factor, self.eps,
+                    x,
+                    self.running_mean[:k],
+                    self.running_var[:k],
+                    self.weight[:k],
+                    self.bias[:k],
+                    True,
+                    factor,
+                    self.eps,
                 )
             return F.batch_norm(x, None, None, self.weight[:k], self.bias[:k], True, 0.0, self.eps)
         mean, var = self.eval_stats(k)

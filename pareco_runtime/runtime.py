@@ -71,8 +71,13 @@ class SlimmableRuntime:
     manifest (:class:`~pareco_runtime.front_file.Front`); ``points`` and ``profiles`` are its own.
     """
 
-    def __init__(self, model: SlimmableNet, front: Front, bn_stats: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
-                 policy: BatteryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        model: SlimmableNet,
+        front: Front,
+        bn_stats: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
+        policy: BatteryPolicy | None = None,
+    ) -> None:
         self.model = model.eval()
         self.front = front
         self.policy = policy or BatteryPolicy()
@@ -83,8 +88,13 @@ class SlimmableRuntime:
         self._activate(self.active)
 
     @classmethod
-    def load(cls, manifest_path: str | Path, device: str | torch.device = "cpu", policy: BatteryPolicy | None = None,
-             verify_hash: bool = True) -> SlimmableRuntime:
+    def load(
+        cls,
+        manifest_path: str | Path,
+        device: str | torch.device = "cpu",
+        policy: BatteryPolicy | None = None,
+        verify_hash: bool = True,
+    ) -> SlimmableRuntime:
         """Load a front manifest and its weight file.
 
         Validates the manifest (schema, format version, weight path inside its folder), checks the
@@ -98,28 +108,38 @@ class SlimmableRuntime:
         wpath = front.weights_path
         built, saved = model.space, front.width_space
         if (tuple(built.names), tuple(built.full)) != (tuple(saved.names), tuple(saved.full)):
-            raise FormatError(f"{path}: its width space does not match architecture '{arch.arch}'; the manifest "
-                              "was edited or belongs to another model")
+            raise FormatError(
+                f"{path}: its width space does not match architecture '{arch.arch}'; the manifest "
+                "was edited or belongs to another model"
+            )
         wf = load_weights(wpath)
         if wf.metadata.get("architecture") not in (None, arch.to_dict()):
-            raise FormatError(f"{wpath}: weight file of another architecture ({wf.metadata['architecture']}) than "
-                              f"its manifest ({arch.to_dict()}); use the weight file trained with this manifest")
+            raise FormatError(
+                f"{wpath}: weight file of another architecture ({wf.metadata['architecture']}) than "
+                f"its manifest ({arch.to_dict()}); use the weight file trained with this manifest"
+            )
         try:
             model.load_state_dict(wf.state, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
-            raise FormatError(f"{wpath}: weights do not fit architecture '{arch.arch}' ({first}); use the "
-                              "weight file trained with this manifest") from None
+            raise FormatError(
+                f"{wpath}: weights do not fit architecture '{arch.arch}' ({first}); use the "
+                "weight file trained with this manifest"
+            ) from None
         stats: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for p in front.points:
             per_module = wf.bn_stats.get(p.id)
             if per_module is None or set(per_module) != set(model.bn_names):
-                raise FormatError(f"{wpath}: BN statistics of point '{p.id}' are missing or incomplete; "
-                                  "re-train or re-export the model")
+                raise FormatError(
+                    f"{wpath}: BN statistics of point '{p.id}' are missing or incomplete; "
+                    "re-train or re-export the model"
+                )
             channels = model.space.channels(p.alpha)
             if channels != p.channels:
-                raise FormatError(f"{path}: point '{p.id}' lists channels {p.channels} but its widths give "
-                                  f"{channels}; the manifest was edited")
+                raise FormatError(
+                    f"{path}: point '{p.id}' lists channels {p.channels} but its widths give "
+                    f"{channels}; the manifest was edited"
+                )
             stats[p.id] = [per_module[name] for name in model.bn_names]
         model.to(device)
         for pid, pairs in stats.items():
@@ -129,12 +149,15 @@ class SlimmableRuntime:
             rt._check_stat_shapes(pid, pairs, wpath)
         return rt
 
-    def _check_stat_shapes(self, pid: str, pairs: list[tuple[torch.Tensor, torch.Tensor]], source: Path) -> None:
+    def _check_stat_shapes(
+        self, pid: str, pairs: list[tuple[torch.Tensor, torch.Tensor]], source: Path
+    ) -> None:
         try:
             self.model.check_bn_stats(pairs, self.point(pid).alpha)
         except BNStatsError as exc:
-            raise FormatError(f"{source}: BN statistics of point '{pid}': {exc.what}; re-train or re-export the "
-                              "model") from None
+            raise FormatError(
+                f"{source}: BN statistics of point '{pid}': {exc.what}; re-train or re-export the model"
+            ) from None
 
     @property
     def points(self) -> list[FrontPoint]:
@@ -172,19 +195,30 @@ class SlimmableRuntime:
         for p in self.points:
             if p.id == point_id:
                 return p
-        raise ValueError(f"no point '{point_id}' in this front; its points are {', '.join(p.id for p in self.points)}")
+        raise ValueError(
+            f"no point '{point_id}' in this front; its points are {', '.join(p.id for p in self.points)}"
+        )
 
-    def select(self, budget: BudgetLike, fallback: str | None = None, allow_predicted: bool = False) -> FrontPoint:
+    def select(
+        self, budget: BudgetLike, fallback: str | None = None, allow_predicted: bool = False
+    ) -> FrontPoint:
         """The most accurate point meeting ``budget`` (a string, a Budget, or a list of them, ANDed).
 
         Pure: the active point is unchanged. Unmet budgets raise ``BudgetUnmetError`` naming the
         cheapest point, unless ``fallback="cheapest"``.
         """
-        return select(self.points, as_budget(budget), profiles=[p.name for p in self.profiles], policy=self.policy,
-                      fallback=fallback, allow_predicted=allow_predicted)
+        return select(
+            self.points,
+            as_budget(budget),
+            profiles=[p.name for p in self.profiles],
+            policy=self.policy,
+            fallback=fallback,
+            allow_predicted=allow_predicted,
+        )
 
-    def switch(self, target: BudgetLike | FrontPoint, fallback: str | None = None,
-               allow_predicted: bool = False) -> FrontPoint:
+    def switch(
+        self, target: BudgetLike | FrontPoint, fallback: str | None = None, allow_predicted: bool = False
+    ) -> FrontPoint:
         """Make the point chosen for ``target`` (a budget, or a FrontPoint of this front) active, in place."""
         point = target if isinstance(target, FrontPoint) else self.select(target, fallback, allow_predicted)
         if point.id not in self._stats:
@@ -207,13 +241,18 @@ class SlimmableRuntime:
     def _check_input(self, x: Any) -> None:
         c, h, w = self.input_size
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor of shape (N, {c}, {h}, {w}), got {type(x).__name__}")
+            raise TypeError(
+                f"input must be a torch.Tensor of shape (N, {c}, {h}, {w}), got {type(x).__name__}"
+            )
         if x.dim() != 4 or tuple(x.shape[1:]) != (c, h, w):
-            raise ValueError(f"input has shape {tuple(x.shape)}, expected (N, {c}, {h}, {w}); resize and normalise "
-                             "images as the manifest's dataset section says")
+            raise ValueError(
+                f"input has shape {tuple(x.shape)}, expected (N, {c}, {h}, {w}); resize and normalise "
+                "images as the manifest's dataset section says"
+            )
         if x.dtype != torch.float32:
-            raise ValueError(f"input has dtype {x.dtype}, expected torch.float32; convert with x.float() after "
-                             "normalising")
+            raise ValueError(
+                f"input has dtype {x.dtype}, expected torch.float32; convert with x.float() after normalising"
+            )
         if not torch.isfinite(x).all():
             raise ValueError("input contains NaN or inf values; check the preprocessing that produced it")
 

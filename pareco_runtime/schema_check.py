@@ -23,14 +23,37 @@ from dataclasses import dataclass
 from typing import Any
 
 # Keywords this validator evaluates.
-_ASSERTIONS = frozenset({
-    "type", "properties", "required", "additionalProperties", "items", "enum", "const",
-    "minimum", "maximum", "minItems", "maxItems", "minLength", "pattern", "$ref",
-})
+_ASSERTIONS = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "enum",
+        "const",
+        "minimum",
+        "maximum",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "pattern",
+        "$ref",
+    }
+)
 # Keywords that carry no assertion and are skipped.
-_ANNOTATIONS = frozenset({
-    "$schema", "$id", "$defs", "$comment", "title", "description", "default", "examples",
-})
+_ANNOTATIONS = frozenset(
+    {
+        "$schema",
+        "$id",
+        "$defs",
+        "$comment",
+        "title",
+        "description",
+        "default",
+        "examples",
+    }
+)
 _TYPES = frozenset({"null", "boolean", "integer", "number", "string", "array", "object"})
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -233,8 +256,9 @@ def _errors(value: Any, schema: Any, root: Any, path: tuple[PathPart, ...]) -> I
         yield from _object_errors(value, schema, root, path)
 
 
-def _object_errors(value: dict[str, Any], schema: dict[str, Any], root: Any,
-                   path: tuple[PathPart, ...]) -> Iterator[SchemaError]:
+def _object_errors(
+    value: dict[str, Any], schema: dict[str, Any], root: Any, path: tuple[PathPart, ...]
+) -> Iterator[SchemaError]:
     properties = schema.get("properties", {})
     for key, sub in properties.items():
         if key in value:

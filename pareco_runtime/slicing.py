@@ -16,16 +16,21 @@ def _plain_copy(module: nn.Module) -> nn.Module:
     if isinstance(module, _Slim):
         return module.to_plain()  # type: ignore[attr-defined]
     new = copy.copy(module)
-    new.__dict__ = {k: v for k, v in module.__dict__.items()}
-    new._parameters = {k: (None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad))
-                       for k, p in module._parameters.items()}
+    new.__dict__ = dict(module.__dict__.items())
+    new._parameters = {
+        k: (None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad))
+        for k, p in module._parameters.items()
+    }
     new._buffers = {k: (None if b is None else b.detach().clone()) for k, b in module._buffers.items()}
     new._modules = {k: (None if m is None else _plain_copy(m)) for k, m in module._modules.items()}
     return new
 
 
-def slice_model(model: SlimmableNet, alpha: Sequence[float] | None = None,
-                bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> nn.Module:
+def slice_model(
+    model: SlimmableNet,
+    alpha: Sequence[float] | None = None,
+    bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> nn.Module:
     """A standalone copy of ``model`` at config ``alpha`` (the active one when None).
 
     The result is an instance of the architecture's plain class built from ordinary

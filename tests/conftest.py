@@ -86,8 +86,13 @@ def cli_process() -> Callable[..., subprocess.CompletedProcess]:
     """``cli_process(*args, timeout=300)`` runs ``pareco ARGS`` in a fresh Python process, as a user would."""
 
     def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pareco_cli.main", *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "pareco_cli.main", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return run
 
@@ -104,8 +109,12 @@ def kill_mid_epoch() -> Callable[..., None]:
     as soon as it logs a step of ``epoch`` into ``out/train.log.jsonl`` (the run needs ``--log-every 1``)."""
 
     def kill(args: list[str], out: Path, epoch: int = 2, timeout: float = 240) -> None:
-        proc = subprocess.Popen([sys.executable, "-m", "pareco_cli.main", *args], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pareco_cli.main", *args],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         log = out / "train.log.jsonl"
         deadline = time.time() + timeout
         while time.time() < deadline and proc.poll() is None:
@@ -124,8 +133,16 @@ def kill_mid_epoch() -> Callable[..., None]:
 @pytest.fixture
 def small_train_settings() -> dict[str, Any]:
     """``TrainConfig`` keywords for a run of seconds: resnet20 on 256 synthetic 16x16 images, 4 classes."""
-    return {"arch": "resnet20", "data": "synthetic:256:4", "image_size": 16, "batch_size": 32, "lr": 0.05,
-            "candidates": 6, "calib_batches": 2, "calib_batch_size": 32}
+    return {
+        "arch": "resnet20",
+        "data": "synthetic:256:4",
+        "image_size": 16,
+        "batch_size": 32,
+        "lr": 0.05,
+        "candidates": 6,
+        "calib_batches": 2,
+        "calib_batch_size": 32,
+    }
 
 
 @pytest.fixture
@@ -134,10 +151,34 @@ def train_cli_args() -> Callable[..., list[str]]:
     (resnet20, 128 synthetic 16x16 images) into ``out`` that logs every step."""
 
     def args(out: Path, epochs: int, algorithm: str = "slim", extra: tuple[str, ...] = ()) -> list[str]:
-        return ["train", "--arch", "resnet20", "--data", "synthetic:128:4", "--image-size", "16",
-                "--batch-size", "32", "--lr", "0.05", "--epochs", str(epochs), "--algorithm", algorithm,
-                "--candidates", "6", "--calib-batches", "2", "--calib-batch-size", "32", "--out", str(out),
-                "--log-every", "1", *extra]
+        return [
+            "train",
+            "--arch",
+            "resnet20",
+            "--data",
+            "synthetic:128:4",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.05",
+            "--epochs",
+            str(epochs),
+            "--algorithm",
+            algorithm,
+            "--candidates",
+            "6",
+            "--calib-batches",
+            "2",
+            "--calib-batch-size",
+            "32",
+            "--out",
+            str(out),
+            "--log-every",
+            "1",
+            *extra,
+        ]
 
     return args
 
@@ -153,8 +194,17 @@ def tiny_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.loop import train
 
     out = tmp_path_factory.mktemp("tiny_front")
-    cfg = TrainConfig(arch="resnet20", data="synthetic:128:4", image_size=16, epochs=1, batch_size=32,
-                      lr=0.05, candidates=5, calib_batches=1, calib_batch_size=32)
+    cfg = TrainConfig(
+        arch="resnet20",
+        data="synthetic:128:4",
+        image_size=16,
+        epochs=1,
+        batch_size=32,
+        lr=0.05,
+        candidates=5,
+        calib_batches=1,
+        calib_batch_size=32,
+    )
     return train(cfg, out, show_progress=False)
 
 

@@ -44,7 +44,9 @@ def snapshot(m) -> dict:
 
 def assert_unchanged(m, before: dict) -> None:
     after = snapshot(m)
-    assert all(torch.equal(before["state"][k], after["state"][k]) for k in before["state"]), "weights or BN buffers"
+    assert all(torch.equal(before["state"][k], after["state"][k]) for k in before["state"]), (
+        "weights or BN buffers"
+    )
     assert after["ptrs"] == before["ptrs"], "buffers were replaced instead of restored in place"
     assert after["alpha"] is before["alpha"] and after["ch"] == before["ch"]
     assert after["ch_list"] is before["ch_list"], "the context's slot list must stay the same object"
@@ -54,9 +56,11 @@ def assert_unchanged(m, before: dict) -> None:
 
 def stats_at(m, alpha, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    v = m.channels(alpha) + m.ctx.ch[m.space.dims:]
-    return [(torch.randn(v[bn.out_slot], generator=g), torch.rand(v[bn.out_slot], generator=g) + 0.5)
-            for _, bn in m.bn_layers]
+    v = m.channels(alpha) + m.ctx.ch[m.space.dims :]
+    return [
+        (torch.randn(v[bn.out_slot], generator=g), torch.rand(v[bn.out_slot], generator=g) + 0.5)
+        for _, bn in m.bn_layers
+    ]
 
 
 def test_bn_layers_are_the_slimmable_bns_in_module_order(net):
@@ -118,8 +122,10 @@ def test_statistics_are_not_aliased(net):
     for m, v in read:
         m.add_(1.0)
         v.mul_(2.0)
-    assert all(torch.equal(bn.running_mean, m) and torch.equal(bn.running_var, v)
-               for (_, bn), (m, v) in zip(net.bn_layers, buffers)), "current_bn_stats returns copies"
+    assert all(
+        torch.equal(bn.running_mean, m) and torch.equal(bn.running_var, v)
+        for (_, bn), (m, v) in zip(net.bn_layers, buffers)
+    ), "current_bn_stats returns copies"
 
 
 def test_current_bn_stats_are_what_eval_mode_uses(net):
@@ -127,11 +133,15 @@ def test_current_bn_stats_are_what_eval_mode_uses(net):
     given = stats_at(net, alpha)
     with net.config(alpha):
         ch = net.ctx.ch
-        assert all(torch.equal(m, bn.running_mean[:ch[bn.out_slot]]) for (_, bn), (m, _) in
-                   zip(net.bn_layers, net.current_bn_stats()))
+        assert all(
+            torch.equal(m, bn.running_mean[: ch[bn.out_slot]])
+            for (_, bn), (m, _) in zip(net.bn_layers, net.current_bn_stats())
+        )
     with net.config(alpha, given):
-        assert all(torch.equal(m, gm) and torch.equal(v, gv)
-                   for (m, v), (gm, gv) in zip(net.current_bn_stats(), given))
+        assert all(
+            torch.equal(m, gm) and torch.equal(v, gv)
+            for (m, v), (gm, gv) in zip(net.current_bn_stats(), given)
+        )
 
 
 def test_misfit_statistics_name_the_tensor_and_change_nothing(net):
@@ -198,7 +208,9 @@ def test_runtime_names_the_misfit_tensor_of_a_point(front_copy):
         SlimmableRuntime.load(front_copy)
     msg = str(info.value)
     assert len(msg.splitlines()) == 1 and msg.startswith(str(weights))
-    assert f"point '{pid}': {name}.running_mean has shape" in msg and msg.endswith("re-train or re-export the model")
+    assert f"point '{pid}': {name}.running_mean has shape" in msg and msg.endswith(
+        "re-train or re-export the model"
+    )
 
 
 def test_standalone_leaves_the_runtime_point_active(tiny_front):

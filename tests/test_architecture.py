@@ -65,19 +65,27 @@ def _files(package: str) -> list[Path]:
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_layer_imports_only_what_it_may(package):
-    wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
-             for path in _files(package) for line, name in _imports(path)
-             if name.split(".")[0] in PROJECT and name.split(".")[0] not in ALLOWED[package]]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in _files(package)
+        for line, name in _imports(path)
+        if name.split(".")[0] in PROJECT and name.split(".")[0] not in ALLOWED[package]
+    ]
     assert not wrong, "\n".join(wrong)
 
 
 def test_runtime_imports_no_third_party_beyond_torch_and_safetensors():
     import sys
 
-    wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
-             for path in _files("pareco_runtime") for line, name in _imports(path)
-             if (top := name.split(".")[0]) not in sys.stdlib_module_names
-             and top not in PROJECT and top not in RUNTIME_THIRD_PARTY and top != "__future__"]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in _files("pareco_runtime")
+        for line, name in _imports(path)
+        if (top := name.split(".")[0]) not in sys.stdlib_module_names
+        and top not in PROJECT
+        and top not in RUNTIME_THIRD_PARTY
+        and top != "__future__"
+    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -87,8 +95,12 @@ def _internal_graph(package: str) -> dict[str, set[str]]:
     for name, path in modules.items():
         for _, target in _imports(path):
             # A package's __init__ re-exporting its modules is not a cycle worth breaking.
-            if target in modules and target != name and not name.startswith(target + ".") \
-                    and not (path.name == "__init__.py" and target.startswith(name + ".")):
+            if (
+                target in modules
+                and target != name
+                and not name.startswith(target + ".")
+                and not (path.name == "__init__.py" and target.startswith(name + "."))
+            ):
                 graph[name].add(target)
     return graph
 
@@ -102,7 +114,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -122,9 +134,13 @@ def test_no_import_cycle_inside_a_layer(package):
 
 
 def test_nothing_installed_imports_developer_scripts_or_tests():
-    wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
-             for package in ALLOWED for path in _files(package) for line, name in _imports(path)
-             if name.split(".")[0] in ("benchmarks", "tests")]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for package in ALLOWED
+        for path in _files(package)
+        for line, name in _imports(path)
+        if name.split(".")[0] in ("benchmarks", "tests")
+    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -132,7 +148,9 @@ def test_the_rules_see_lazy_and_relative_imports(tmp_path, monkeypatch):
     """The checker itself: an import inside a function is found, relative ones are resolved."""
     (tmp_path / "pkg" / "sub").mkdir(parents=True)
     src = tmp_path / "pkg" / "sub" / "mod.py"
-    src.write_text("from . import sibling\nfrom ..base import x\n\ndef f():\n    from training.loop import train\n")
+    src.write_text(
+        "from . import sibling\nfrom ..base import x\n\ndef f():\n    from training.loop import train\n"
+    )
     monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
     found = {name for _, name in _imports(src)}
     assert {"training.loop", "pkg.sub.sibling", "pkg.base"} <= found

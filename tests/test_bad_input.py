@@ -47,32 +47,67 @@ def _weights(manifest: Path) -> Path:
 # (case id, how to damage the front copy, message fragment); each runs `pareco export --point ... --torchscript`
 # so that the manifest, the weight file and the model are all read.
 FRONT_CASES = [
-    ("weights-truncated", lambda m: (_weights(m).write_bytes(_weights(m).read_bytes()[:5000]), _resign(m)),
-     "truncated|corrupt|incomplete"),
+    (
+        "weights-truncated",
+        lambda m: (_weights(m).write_bytes(_weights(m).read_bytes()[:5000]), _resign(m)),
+        "truncated|corrupt|incomplete",
+    ),
     ("weights-empty", lambda m: (_weights(m).write_bytes(b""), _resign(m)), "empty"),
-    ("weights-header-bitflip", lambda m: (_weights(m).write_bytes(
-        _weights(m).read_bytes()[:12] + b"\x00" + _weights(m).read_bytes()[13:]), _resign(m)), "corrupt|header|JSON"),
-    ("weights-oversized-header", lambda m: (_weights(m).write_bytes(struct.pack("<Q", 2**40) + b"{}"), _resign(m)),
-     "header"),
+    (
+        "weights-header-bitflip",
+        lambda m: (
+            _weights(m).write_bytes(_weights(m).read_bytes()[:12] + b"\x00" + _weights(m).read_bytes()[13:]),
+            _resign(m),
+        ),
+        "corrupt|header|JSON",
+    ),
+    (
+        "weights-oversized-header",
+        lambda m: (_weights(m).write_bytes(struct.pack("<Q", 2**40) + b"{}"), _resign(m)),
+        "header",
+    ),
     ("weights-missing", lambda m: _weights(m).unlink(), "missing|not found|does not exist"),
     ("weights-changed", lambda m: _weights(m).write_bytes(_weights(m).read_bytes()[:-1] + b"\x01"), "sha256"),
     ("manifest-missing-points", lambda m: _edit(m, lambda d: d.pop("points")), "points"),
-    ("manifest-wrong-type", lambda m: _edit(m, lambda d: d["points"][0].update(mflops="big")), r"points\[0\].mflops"),
+    (
+        "manifest-wrong-type",
+        lambda m: _edit(m, lambda d: d["points"][0].update(mflops="big")),
+        r"points\[0\].mflops",
+    ),
     ("manifest-newer-version", lambda m: _edit(m, lambda d: d.update(format_version=99)), "newer"),
-    ("manifest-width-outside", lambda m: _edit(m, lambda d: d["points"][0]["alpha"].__setitem__(0, 3.0)), "outside"),
-    ("manifest-other-arch", lambda m: _edit(m, lambda d: d["architecture"].update(arch="resnet32")),
-     "another architecture|do not fit"),
-    ("manifest-unknown-arch", lambda m: _edit(m, lambda d: d["architecture"].update(arch="resnet99")),
-     "unknown architecture"),
+    (
+        "manifest-width-outside",
+        lambda m: _edit(m, lambda d: d["points"][0]["alpha"].__setitem__(0, 3.0)),
+        "outside",
+    ),
+    (
+        "manifest-other-arch",
+        lambda m: _edit(m, lambda d: d["architecture"].update(arch="resnet32")),
+        "another architecture|do not fit",
+    ),
+    (
+        "manifest-unknown-arch",
+        lambda m: _edit(m, lambda d: d["architecture"].update(arch="resnet99")),
+        "unknown architecture",
+    ),
     ("manifest-not-json", lambda m: m.write_text("{ not json"), "JSON"),
-    ("manifest-escapes-folder", lambda m: _edit(m, lambda d: d["weights"].update(file="../model.safetensors")),
-     "outside its folder|folder"),
-    ("manifest-absolute-weights", lambda m: _edit(m, lambda d: d["weights"].update(file="/etc/passwd")),
-     "absolute|folder"),
+    (
+        "manifest-escapes-folder",
+        lambda m: _edit(m, lambda d: d["weights"].update(file="../model.safetensors")),
+        "outside its folder|folder",
+    ),
+    (
+        "manifest-absolute-weights",
+        lambda m: _edit(m, lambda d: d["weights"].update(file="/etc/passwd")),
+        "absolute|folder",
+    ),
     ("manifest-extra-field", lambda m: _edit(m, lambda d: d.update(surprise=1)), "surprise"),
     ("manifest-empty-points", lambda m: _edit(m, lambda d: d.update(points=[])), "points"),
-    ("manifest-duplicate-ids", lambda m: _edit(m, lambda d: d["points"].append(dict(d["points"][0]))),
-     "more than one point"),
+    (
+        "manifest-duplicate-ids",
+        lambda m: _edit(m, lambda d: d["points"].append(dict(d["points"][0]))),
+        "more than one point",
+    ),
     ("manifest-missing", lambda m: m.unlink(), "no such manifest"),
 ]
 
@@ -81,8 +116,9 @@ FRONT_CASES = [
 def test_damaged_front_rejected(case, damage, msg, front_copy, tmp_path, cli):
     point = json.loads(front_copy.read_text())["points"][0]["id"]
     damage(front_copy)
-    code, _, err = cli("export", str(front_copy), "--point", point, "--torchscript", "--out",
-                       str(tmp_path / "exp"))
+    code, _, err = cli(
+        "export", str(front_copy), "--point", point, "--torchscript", "--out", str(tmp_path / "exp")
+    )
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
@@ -121,9 +157,19 @@ def test_pickle_as_manifest_and_checkpoint_do_not_run(tmp_path, cli):
 
 
 BUDGETS = [
-    ("", "budget"), ("abc", "abc"), ("-5ms", "-5ms"), ("5", "'5'"), ("5 parsecs", "parsecs"),
-    ("battery=120%", "battery"), ("nan ms", "nan"), ("inf MFLOPs", "inf"), ("1e400 MFLOPs", "1e400"),
-    ("5ms@nope", "nope"), ("0.00001MFLOPs", "cheapest point"), ("5ms", "pareco bench"), ("2mJ", "pareco bench"),
+    ("", "budget"),
+    ("abc", "abc"),
+    ("-5ms", "-5ms"),
+    ("5", "'5'"),
+    ("5 parsecs", "parsecs"),
+    ("battery=120%", "battery"),
+    ("nan ms", "nan"),
+    ("inf MFLOPs", "inf"),
+    ("1e400 MFLOPs", "1e400"),
+    ("5ms@nope", "nope"),
+    ("0.00001MFLOPs", "cheapest point"),
+    ("5ms", "pareco bench"),
+    ("2mJ", "pareco bench"),
 ]
 
 
@@ -180,9 +226,13 @@ def _data_bad_archive(root: Path) -> Path:
 
 
 DATA_CASES = [
-    ("missing", _data_missing, "nope"), ("empty", _data_empty, "no images"), ("no-images", _data_no_images, "image"),
-    ("one-class", _data_one_class, "one class|only one|single"), ("empty-class", _data_empty_class, "'b'|b\\b|empty"),
-    ("all-corrupt", _data_all_corrupt, "image|corrupt"), ("bad-archive", _data_bad_archive, "archive|corrupt|read"),
+    ("missing", _data_missing, "nope"),
+    ("empty", _data_empty, "no images"),
+    ("no-images", _data_no_images, "image"),
+    ("one-class", _data_one_class, "one class|only one|single"),
+    ("empty-class", _data_empty_class, "'b'|b\\b|empty"),
+    ("all-corrupt", _data_all_corrupt, "image|corrupt"),
+    ("bad-archive", _data_bad_archive, "archive|corrupt|read"),
 ]
 
 
@@ -191,8 +241,17 @@ def test_bad_data_folders(case, make, msg, tmp_path, cli):
     import re
 
     path = make(tmp_path)
-    code, _, err = cli("train", "--data", str(path), "--out", str(tmp_path / "out"), "--epochs", "1",
-                       "--cache-dir", str(tmp_path / "cache"))
+    code, _, err = cli(
+        "train",
+        "--data",
+        str(path),
+        "--out",
+        str(tmp_path / "out"),
+        "--epochs",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
     assert code == 2, err
     assert re.search(msg, err, re.IGNORECASE) and len(err.strip().splitlines()) == 1, err
 
@@ -223,7 +282,9 @@ CLI_CASES = [
 ]
 
 
-@pytest.mark.parametrize("args,msg", CLI_CASES, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(CLI_CASES)])
+@pytest.mark.parametrize(
+    "args,msg", CLI_CASES, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(CLI_CASES)]
+)
 def test_bad_cli_arguments(args, msg, tiny_front, tmp_path, cli):
     import re
 
@@ -247,12 +308,21 @@ def test_every_train_setting_is_a_flag_of_pareco_train(cli):
     assert set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", out)) == settings | own
 
 
-@pytest.mark.parametrize("algorithm,field,value", [
-    ("slim", "epochs", "0"), ("slim", "lr", "0"), ("slim", "schedule", "step"),
-    ("slim", "distill_warmup", "2"), ("slim", "samples", "-1"), ("pareco", "samples", "0"),
-    ("pareco", "lambda_sampling", "gaussian"),
-    ("twostage", "cost_model", "lut"), ("twostage", "epsilon", "1"), ("pareco", "remeasure", "-1"),
-])
+@pytest.mark.parametrize(
+    "algorithm,field,value",
+    [
+        ("slim", "epochs", "0"),
+        ("slim", "lr", "0"),
+        ("slim", "schedule", "step"),
+        ("slim", "distill_warmup", "2"),
+        ("slim", "samples", "-1"),
+        ("pareco", "samples", "0"),
+        ("pareco", "lambda_sampling", "gaussian"),
+        ("twostage", "cost_model", "lut"),
+        ("twostage", "epsilon", "1"),
+        ("pareco", "remeasure", "-1"),
+    ],
+)
 def test_bad_train_setting_names_its_flag(algorithm, field, value, tmp_path, cli):
     from training.config import TrainConfig
 

@@ -28,8 +28,21 @@ def test_bench_torch_and_onnxruntime_updates_the_manifest(front_copy, cli):
     manifest = front_copy
     ids = _ids(manifest)
     chosen = [ids[0], ids[-1]]
-    code, out, err = cli("bench", str(manifest), "--backend", "torch", "--backend", "onnxruntime", "--warmup",
-                         "2", "--runs", "5", "--points", ",".join(chosen), "--update")
+    code, out, err = cli(
+        "bench",
+        str(manifest),
+        "--backend",
+        "torch",
+        "--backend",
+        "onnxruntime",
+        "--warmup",
+        "2",
+        "--runs",
+        "5",
+        "--points",
+        ",".join(chosen),
+        "--update",
+    )
     assert code == 0, err
     for text in ("median ms", "p90 ms", "IQR ms", "x torch", "onnxruntime", "torch", *chosen):
         assert text in out
@@ -56,8 +69,21 @@ def test_bench_torch_and_onnxruntime_updates_the_manifest(front_copy, cli):
 
 
 def test_bench_json_report_and_profile_name(tiny_front, cli):
-    code, out, err = cli("bench", str(tiny_front), "--warmup", "1", "--runs", "3", "--points",
-                         _ids(tiny_front)[0], "--profile", "my phone!", "--threads", "1", "--json")
+    code, out, err = cli(
+        "bench",
+        str(tiny_front),
+        "--warmup",
+        "1",
+        "--runs",
+        "3",
+        "--points",
+        _ids(tiny_front)[0],
+        "--profile",
+        "my phone!",
+        "--threads",
+        "1",
+        "--json",
+    )
     assert code == 0, err
     rep = json.loads(out)
     assert rep["profiles"]["torch"]["name"] == "my-phone"
@@ -69,12 +95,15 @@ def test_bench_json_report_and_profile_name(tiny_front, cli):
     assert (allocator is not None) == any("glibc malloc" in n for n in rep["notes"])
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--backend", "tpu"], "unknown backend 'tpu'"),
-    (["--points", "nope"], "no point 'nope' in this front"),
-    (["--backend", "torch", "--backend", "onnxruntime", "--profile", "x"], "several --backend"),
-    (["--runs", "0"], "need threads >= 1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--backend", "tpu"], "unknown backend 'tpu'"),
+        (["--points", "nope"], "no point 'nope' in this front"),
+        (["--backend", "torch", "--backend", "onnxruntime", "--profile", "x"], "several --backend"),
+        (["--runs", "0"], "need threads >= 1"),
+    ],
+)
 def test_bench_errors(tiny_front, cli, args, message):
     code, _, err = cli("bench", str(tiny_front), *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
@@ -92,8 +121,9 @@ def test_untrained_front_loads_and_benches(tmp_path):
     manifest = write_untrained_front("resnet20", [1.0, 0.5], tmp_path, input_size=16, num_classes=4)
     rt = SlimmableRuntime.load(manifest)
     assert [p.alpha[0] for p in rt.points] == [0.5, 1.0] and all(p.top1 is None for p in rt.points)
-    assert rt.points[1].mflops == pytest.approx(build_model("resnet20", input_size=16, num_classes=4).macs(
-        [1.0] * 6) / 1e6)
+    assert rt.points[1].mflops == pytest.approx(
+        build_model("resnet20", input_size=16, num_classes=4).macs([1.0] * 6) / 1e6
+    )
     assert rt(torch.randn(2, 3, 16, 16)).shape == (2, 4)
 
 
@@ -116,10 +146,12 @@ def test_profile_names_and_write_profile(front_copy):
     manifest = front_copy
     ids = _ids(manifest)
     old = device_profile("torch", 1, 1, "dev")
-    write_profile(manifest, old, {ids[0]: 2.0, ids[1]: 3.0}, predicted_ms={pid: 9.0 for pid in ids})
+    write_profile(manifest, old, {ids[0]: 2.0, ids[1]: 3.0}, predicted_ms=dict.fromkeys(ids, 9.0))
     write_profile(manifest, device_profile("torch", 4, 1, "dev"), {ids[0]: 1.5})
     data = load_manifest(manifest)
-    assert [(p["name"], p["threads"]) for p in data["device_profiles"]] == [("dev", 4)]  # replaced, not doubled
+    assert [(p["name"], p["threads"]) for p in data["device_profiles"]] == [
+        ("dev", 4)
+    ]  # replaced, not doubled
     pts = {p["id"]: p for p in data["points"]}
     assert pts[ids[0]]["latency_ms"]["dev"] == 1.5 and pts[ids[1]]["latency_ms"]["dev"] == 3.0
     assert "dev" not in pts[ids[0]].get("latency_predicted_ms", {})  # measured points get no prediction
@@ -154,7 +186,10 @@ def test_lut_builds_predicts_and_round_trips(tmp_path):
         assert math.isfinite(rep["validation"][key]) and math.isfinite(rep["validation"]["raw"][key])
     assert lut.scale > 0 and lut.offset_ms >= 0
     assert len(rep["rows"]) == 23 and all(r["measured_ms"] > 0 for r in rep["rows"])
-    configs = model.space.sample(torch.Generator().manual_seed(5), 10) + [model.space.uniform(model.space.low)]
+    configs = [
+        *model.space.sample(torch.Generator().manual_seed(5), 10),
+        model.space.uniform(model.space.low),
+    ]
     preds = [lut.predict_alpha(a) for a in configs]
     assert all(math.isfinite(p) and p > 0 for p in preds)
     # Loose: within 5x of a crude measurement-free bound (the prediction tracks cost, not noise).
@@ -171,9 +206,25 @@ def test_lut_builds_predicts_and_round_trips(tmp_path):
 def test_cli_build_lut_writes_predictions_then_bench_keeps_them_apart(front_copy, cli):
     manifest = front_copy
     ids = _ids(manifest)
-    code, out, err = cli("bench", str(manifest), "--build-lut", "--lut-levels", "2", "--lut-validate", "20",
-                         "--lut-calibrate", "3", "--warmup", "1", "--runs", "3", "--update", "--profile",
-                         "dev", "--json")
+    code, out, err = cli(
+        "bench",
+        str(manifest),
+        "--build-lut",
+        "--lut-levels",
+        "2",
+        "--lut-validate",
+        "20",
+        "--lut-calibrate",
+        "3",
+        "--warmup",
+        "1",
+        "--runs",
+        "3",
+        "--update",
+        "--profile",
+        "dev",
+        "--json",
+    )
     assert code == 0, err
     rep = json.loads(out)
     assert rep["lut"].endswith("model.lut.dev.json") and (manifest.parent / "model.lut.dev.json").is_file()
@@ -188,10 +239,23 @@ def test_cli_build_lut_writes_predictions_then_bench_keeps_them_apart(front_copy
         rt.select(f"{top}ms@dev")
     assert rt.select(f"{top * 1.01}ms@dev", allow_predicted=True).id in ids
     # Measuring one point with the same profile keeps the table's predictions for the others.
-    code, out, err = cli("bench", str(manifest), "--points", ids[0], "--warmup", "1", "--runs", "3",
-                         "--profile", "dev", "--update")
+    code, out, err = cli(
+        "bench",
+        str(manifest),
+        "--points",
+        ids[0],
+        "--warmup",
+        "1",
+        "--runs",
+        "3",
+        "--profile",
+        "dev",
+        "--update",
+    )
     assert code == 0, err
     pts = {p["id"]: p for p in load_manifest(manifest)["points"]}
     assert "dev" in pts[ids[0]]["latency_ms"]
-    assert all("dev" in pts[pid]["latency_predicted_ms"] and "dev" not in pts[pid].get("latency_ms", {})
-               for pid in ids[1:])
+    assert all(
+        "dev" in pts[pid]["latency_predicted_ms"] and "dev" not in pts[pid].get("latency_ms", {})
+        for pid in ids[1:]
+    )

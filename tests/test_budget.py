@@ -29,11 +29,29 @@ from pareco_runtime.budget import (
 from pareco_runtime.front import FrontPoint
 
 
-def point(id: str, mflops: float, top1: float | None = None, *, params: int = 1000, loss: float | None = None,
-          latency: dict[str, float] | None = None, energy: dict[str, float] | None = None,
-          predicted: dict[str, float] | None = None) -> FrontPoint:
-    return FrontPoint(id=id, alpha=[1.0], channels=[8], mflops=mflops, params=params, top1=top1, loss=loss,
-                      latency_ms=latency or {}, energy_mj=energy or {}, latency_predicted_ms=predicted or {})
+def point(
+    id: str,
+    mflops: float,
+    top1: float | None = None,
+    *,
+    params: int = 1000,
+    loss: float | None = None,
+    latency: dict[str, float] | None = None,
+    energy: dict[str, float] | None = None,
+    predicted: dict[str, float] | None = None,
+) -> FrontPoint:
+    return FrontPoint(
+        id=id,
+        alpha=[1.0],
+        channels=[8],
+        mflops=mflops,
+        params=params,
+        top1=top1,
+        loss=loss,
+        latency_ms=latency or {},
+        energy_mj=energy or {},
+        latency_predicted_ms=predicted or {},
+    )
 
 
 FRONT = [
@@ -46,39 +64,42 @@ FRONT = [
 # ------------------------------------------------------------------------------------------- grammar
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("100MFLOPs", MacsBudget(100)),
-    (" 100 mflops ", MacsBudget(100)),
-    ("100 M FLOPs", MacsBudget(100)),
-    ("1.2GFLOPs", MacsBudget(1200)),
-    ("1.2 gflops", MacsBudget(1200)),
-    ("300kFLOPs", MacsBudget(0.3)),
-    ("2500000FLOPs", MacsBudget(2.5)),
-    ("50MMACs", MacsBudget(50)),
-    ("1gmacs", MacsBudget(1000)),
-    ("2e2 MFLOPs", MacsBudget(200)),
-    (".5MFLOPs", MacsBudget(0.5)),
-    ("2.5Mparams", ParamsBudget(2_500_000)),
-    ("800Kparams", ParamsBudget(800_000)),
-    ("1200params", ParamsBudget(1200)),
-    ("1200 PARAMS", ParamsBudget(1200)),
-    ("5ms", LatencyBudget(5, None)),
-    ("5 MS", LatencyBudget(5, None)),
-    ("5ms@pixel7", LatencyBudget(5, "pixel7")),
-    ("5 ms @ cpu-1t_x86.v2", LatencyBudget(5, "cpu-1t_x86.v2")),
-    ("250us", LatencyBudget(0.25, None)),
-    ("250 µs", LatencyBudget(0.25, None)),
-    ("0.01s", LatencyBudget(10, None)),
-    ("2mJ", EnergyBudget(2, None)),
-    ("2mJ@pixel7", EnergyBudget(2, "pixel7")),
-    ("0.5J", EnergyBudget(500, None)),
-    ("300uJ", EnergyBudget(0.3, None)),
-    ("battery=30%", BatteryBudget(0.3)),
-    ("Battery = 30 %", BatteryBudget(0.3)),
-    ("battery=0.3", BatteryBudget(0.3)),
-    ("battery=100%", BatteryBudget(1.0)),
-    ("battery=0", BatteryBudget(0.0)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("100MFLOPs", MacsBudget(100)),
+        (" 100 mflops ", MacsBudget(100)),
+        ("100 M FLOPs", MacsBudget(100)),
+        ("1.2GFLOPs", MacsBudget(1200)),
+        ("1.2 gflops", MacsBudget(1200)),
+        ("300kFLOPs", MacsBudget(0.3)),
+        ("2500000FLOPs", MacsBudget(2.5)),
+        ("50MMACs", MacsBudget(50)),
+        ("1gmacs", MacsBudget(1000)),
+        ("2e2 MFLOPs", MacsBudget(200)),
+        (".5MFLOPs", MacsBudget(0.5)),
+        ("2.5Mparams", ParamsBudget(2_500_000)),
+        ("800Kparams", ParamsBudget(800_000)),
+        ("1200params", ParamsBudget(1200)),
+        ("1200 PARAMS", ParamsBudget(1200)),
+        ("5ms", LatencyBudget(5, None)),
+        ("5 MS", LatencyBudget(5, None)),
+        ("5ms@pixel7", LatencyBudget(5, "pixel7")),
+        ("5 ms @ cpu-1t_x86.v2", LatencyBudget(5, "cpu-1t_x86.v2")),
+        ("250us", LatencyBudget(0.25, None)),
+        ("250 µs", LatencyBudget(0.25, None)),
+        ("0.01s", LatencyBudget(10, None)),
+        ("2mJ", EnergyBudget(2, None)),
+        ("2mJ@pixel7", EnergyBudget(2, "pixel7")),
+        ("0.5J", EnergyBudget(500, None)),
+        ("300uJ", EnergyBudget(0.3, None)),
+        ("battery=30%", BatteryBudget(0.3)),
+        ("Battery = 30 %", BatteryBudget(0.3)),
+        ("battery=0.3", BatteryBudget(0.3)),
+        ("battery=100%", BatteryBudget(1.0)),
+        ("battery=0", BatteryBudget(0.0)),
+    ],
+)
 def test_grammar_forms(text: str, expected: object) -> None:
     assert parse_budget(text) == expected
 
@@ -90,10 +111,16 @@ def test_unit_conversions() -> None:
     assert parse_budget("2.5Mparams") == parse_budget("2500Kparams") == parse_budget("2500000 params")
 
 
-@pytest.mark.parametrize("text", [
-    "100MFLOPs, 5ms@cpu", "100MFLOPs & 5ms@cpu", "100MFLOPs and 5ms@cpu", "100 MFLOPs AND 5 ms @ cpu",
-    " 100MFLOPs ,5ms@cpu ",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "100MFLOPs, 5ms@cpu",
+        "100MFLOPs & 5ms@cpu",
+        "100MFLOPs and 5ms@cpu",
+        "100 MFLOPs AND 5 ms @ cpu",
+        " 100MFLOPs ,5ms@cpu ",
+    ],
+)
 def test_combined(text: str) -> None:
     assert parse_budget(text) == AllOf((MacsBudget(100), LatencyBudget(5, "cpu")))
 
@@ -103,12 +130,39 @@ def test_combined_three_kinds() -> None:
     assert b == AllOf((BatteryBudget(0.2), ParamsBudget(2.5e6), EnergyBudget(2, "cpu")))
 
 
-@pytest.mark.parametrize("text", [
-    "", "   ", "abc", "-5ms", "5", "5 parsecs", "battery=120%", "battery=1.5", "battery=-5%", "battery 30%",
-    "nan ms", "inf MFLOPs", "1e400 MFLOPs", "1e306 GFLOPs", "5 MFLOPs@cpu", "5ms@", "5ms@bad name",
-    "5ms@a@b", "100MFLOPs,", ",5ms", "100MFLOPs and", "5ms,,2mJ", "5 m", "MFLOPs", "1.2.3ms", "5msx",
-    "battery=30%@cpu", "5ms\n@\ncpu x",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        "abc",
+        "-5ms",
+        "5",
+        "5 parsecs",
+        "battery=120%",
+        "battery=1.5",
+        "battery=-5%",
+        "battery 30%",
+        "nan ms",
+        "inf MFLOPs",
+        "1e400 MFLOPs",
+        "1e306 GFLOPs",
+        "5 MFLOPs@cpu",
+        "5ms@",
+        "5ms@bad name",
+        "5ms@a@b",
+        "100MFLOPs,",
+        ",5ms",
+        "100MFLOPs and",
+        "5ms,,2mJ",
+        "5 m",
+        "MFLOPs",
+        "1.2.3ms",
+        "5msx",
+        "battery=30%@cpu",
+        "5ms\n@\ncpu x",
+    ],
+)
 def test_malformed_raise_budget_error_quoting_input(text: str) -> None:
     with pytest.raises(BudgetError) as info:
         parse_budget(text)
@@ -123,10 +177,17 @@ def test_error_names_bad_part_of_combined() -> None:
         parse_budget("100MFLOPs, 5 parsecs")
 
 
-@pytest.mark.parametrize("text", [
-    "5" + " " * 100_000 + "x", "5ms@" + "a " * 50_000, "5 " * 50_000 + "and", "battery" + " " * 100_000,
-    "1" * 100_000 + "ms", ", " * 50_000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "5" + " " * 100_000 + "x",
+        "5ms@" + "a " * 50_000,
+        "5 " * 50_000 + "and",
+        "battery" + " " * 100_000,
+        "1" * 100_000 + "ms",
+        ", " * 50_000,
+    ],
+)
 def test_parse_time_is_linear(text: str) -> None:
     # A backtracking regex would take minutes on these; the parser must answer at once.
     start = time.perf_counter()
@@ -184,11 +245,19 @@ def test_describe() -> None:
     assert parse_budget("100MFLOPs & 5ms").describe() == "≤ 100 MFLOPs and ≤ 5 ms"
 
 
-@pytest.mark.parametrize("make", [
-    lambda: MacsBudget(-1), lambda: MacsBudget(math.nan), lambda: ParamsBudget(math.inf),
-    lambda: LatencyBudget(5, "bad name"), lambda: EnergyBudget(-2), lambda: BatteryBudget(1.5),
-    lambda: AllOf(()), lambda: AllOf(("5ms",)),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MacsBudget(-1),
+        lambda: MacsBudget(math.nan),
+        lambda: ParamsBudget(math.inf),
+        lambda: LatencyBudget(5, "bad name"),
+        lambda: EnergyBudget(-2),
+        lambda: BatteryBudget(1.5),
+        lambda: AllOf(()),
+        lambda: AllOf(("5ms",)),
+    ],
+)
 def test_invalid_budget_objects(make) -> None:
     with pytest.raises(BudgetError):
         make()
@@ -198,9 +267,12 @@ def test_as_budget() -> None:
     assert as_budget("100MFLOPs") == MacsBudget(100)
     assert as_budget(MacsBudget(100)) == MacsBudget(100)
     assert as_budget(["100MFLOPs"]) == MacsBudget(100)
-    assert as_budget(["100MFLOPs", LatencyBudget(5, "cpu")]) == AllOf((MacsBudget(100), LatencyBudget(5, "cpu")))
+    assert as_budget(["100MFLOPs", LatencyBudget(5, "cpu")]) == AllOf(
+        (MacsBudget(100), LatencyBudget(5, "cpu"))
+    )
     assert as_budget([AllOf((MacsBudget(1), MacsBudget(2))), "3ms, 4mJ"]) == AllOf(
-        (MacsBudget(1), MacsBudget(2), LatencyBudget(3), EnergyBudget(4)))
+        (MacsBudget(1), MacsBudget(2), LatencyBudget(3), EnergyBudget(4))
+    )
     with pytest.raises(BudgetError):
         as_budget([])
     with pytest.raises(BudgetError):
@@ -245,19 +317,28 @@ def test_unmet_names_cheapest_point_and_fallback() -> None:
     assert select(FRONT, "1GFLOPs, 0.4ms@cpu", fallback="cheapest").id == "small"
 
 
-CONFLICT = [point("a", 10, 50.0, latency={"cpu": 5.0}), point("b", 50, 60.0, latency={"cpu": 1.0}),
-            point("c", 5, 40.0)]
+CONFLICT = [
+    point("a", 10, 50.0, latency={"cpu": 5.0}),
+    point("b", 50, 60.0, latency={"cpu": 1.0}),
+    point("c", 5, 40.0),
+]
 
 
 def test_unmet_conflicting_budgets() -> None:
     # Each holds alone, together none: the message says so; the fallback keeps the earlier budgets.
-    with pytest.raises(BudgetUnmetError, match=r"satisfies ≤ 2 ms @ cpu; it conflicts with ≤ 20 MFLOPs: among the "
-                                               r"points meeting those, the cheapest is 'a' at 5 ms"):
+    with pytest.raises(
+        BudgetUnmetError,
+        match=r"satisfies ≤ 2 ms @ cpu; it conflicts with ≤ 20 MFLOPs: among the "
+        r"points meeting those, the cheapest is 'a' at 5 ms",
+    ):
         select(CONFLICT, "20MFLOPs & 2ms@cpu")
     assert select(CONFLICT, "20MFLOPs & 2ms@cpu", fallback="cheapest").id == "a"
     # The points meeting the earlier budget have no latency: the cheapest point overall is named.
-    with pytest.raises(BudgetUnmetError, match=r"no point meeting those has this measurement; the cheapest point "
-                                               r"is 'b' at 1 ms"):
+    with pytest.raises(
+        BudgetUnmetError,
+        match=r"no point meeting those has this measurement; the cheapest point "
+        r"is 'b' at 1 ms",
+    ):
         select(CONFLICT, "7MFLOPs & 2ms@cpu")
     assert select(CONFLICT, "7MFLOPs & 2ms@cpu", fallback="cheapest").id == "b"
     with pytest.raises(BudgetUnmetError, match="'small' at 20 MFLOPs"):
@@ -300,8 +381,11 @@ def test_unmeasured_point_is_not_eligible() -> None:
 
 
 def test_predicted_latency_only_when_allowed() -> None:
-    front = [point("a", 10, 50.0, latency={"cpu": 1.0}), point("b", 20, 60.0, predicted={"cpu": 2.0}),
-             point("c", 30, 70.0, latency={"cpu": 9.0}, predicted={"cpu": 2.0})]
+    front = [
+        point("a", 10, 50.0, latency={"cpu": 1.0}),
+        point("b", 20, 60.0, predicted={"cpu": 2.0}),
+        point("c", 30, 70.0, latency={"cpu": 9.0}, predicted={"cpu": 2.0}),
+    ]
     assert select(front, "5ms@cpu").id == "a"
     assert select(front, "5ms@cpu", allow_predicted=True).id == "b"  # c's measured 9 ms beats its prediction
     only_predicted = [point("a", 10, 50.0, predicted={"cpu": 1.0})]
@@ -344,8 +428,9 @@ def test_battery_policy_cap() -> None:
         policy.cap(1.5, no_energy, None)
 
 
-@pytest.mark.parametrize("kwargs", [{"full_at": 0.1, "floor": 0.5}, {"floor": -0.1}, {"full_at": 1.2},
-                                    {"resource": "joules"}])
+@pytest.mark.parametrize(
+    "kwargs", [{"full_at": 0.1, "floor": 0.5}, {"floor": -0.1}, {"full_at": 1.2}, {"resource": "joules"}]
+)
 def test_battery_policy_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         BatteryPolicy(**kwargs)
@@ -359,7 +444,9 @@ def test_select_battery() -> None:
     assert select(FRONT, "battery=27%").id == "small"
     assert select(FRONT, "battery=27%", policy=BatteryPolicy(resource="mflops")).id == "mid"
     assert select(FRONT, "battery=0.3", policy=BatteryPolicy(floor=0.0, full_at=0.3)).id == "big"
-    with pytest.raises(BudgetUnmetError, match=r"satisfies battery 5% \(≤ 5 MFLOPs\); it conflicts with ≤ 2 ms"):
+    with pytest.raises(
+        BudgetUnmetError, match=r"satisfies battery 5% \(≤ 5 MFLOPs\); it conflicts with ≤ 2 ms"
+    ):
         select(CONFLICT, "2ms@cpu & battery=5%")
     assert select(CONFLICT, "2ms@cpu & battery=5%", fallback="cheapest").id == "b"
 
@@ -390,9 +477,17 @@ def fronts(draw, energy: bool = False) -> list[FrontPoint]:
         maybe = st.one_of(st.none(), pos)
         lat = draw(maybe)
         en = draw(pos) if energy else draw(maybe)
-        pts.append(point(f"p{i}", draw(pos), draw(st.one_of(st.none(), st.floats(0, 100))),
-                         params=draw(st.integers(1, 10**7)), loss=draw(st.one_of(st.none(), st.floats(0, 10))),
-                         latency={} if lat is None else {"cpu": lat}, energy={} if en is None else {"cpu": en}))
+        pts.append(
+            point(
+                f"p{i}",
+                draw(pos),
+                draw(st.one_of(st.none(), st.floats(0, 100))),
+                params=draw(st.integers(1, 10**7)),
+                loss=draw(st.one_of(st.none(), st.floats(0, 10))),
+                latency={} if lat is None else {"cpu": lat},
+                energy={} if en is None else {"cpu": en},
+            )
+        )
     return pts
 
 
@@ -408,12 +503,16 @@ def best(points: list[FrontPoint], field: str) -> float | None:
     return (min if field == "loss" else max)(values, default=None)
 
 
-budgets = st.lists(st.one_of(
-    st.builds(MacsBudget, st.floats(0, 1200, allow_nan=False)),
-    st.builds(ParamsBudget, st.floats(0, 1.2e7, allow_nan=False)),
-    st.builds(LatencyBudget, st.floats(0, 1200, allow_nan=False), st.just("cpu")),
-    st.builds(EnergyBudget, st.floats(0, 1200, allow_nan=False), st.just("cpu")),
-), min_size=1, max_size=3)
+budgets = st.lists(
+    st.one_of(
+        st.builds(MacsBudget, st.floats(0, 1200, allow_nan=False)),
+        st.builds(ParamsBudget, st.floats(0, 1.2e7, allow_nan=False)),
+        st.builds(LatencyBudget, st.floats(0, 1200, allow_nan=False), st.just("cpu")),
+        st.builds(EnergyBudget, st.floats(0, 1200, allow_nan=False), st.just("cpu")),
+    ),
+    min_size=1,
+    max_size=3,
+)
 
 
 def satisfies(p: FrontPoint, b: object) -> bool:
@@ -429,8 +528,9 @@ def satisfies(p: FrontPoint, b: object) -> bool:
 @settings(max_examples=200, deadline=None)
 @given(fronts(), budgets)
 def test_select_property(points: list[FrontPoint], parts: list) -> None:
-    unmeasured = any(isinstance(b, LatencyBudget) for b in parts) and not any(p.latency_ms for p in points) \
-        or any(isinstance(b, EnergyBudget) for b in parts) and not any(p.energy_mj for p in points)
+    unmeasured = (
+        any(isinstance(b, LatencyBudget) for b in parts) and not any(p.latency_ms for p in points)
+    ) or (any(isinstance(b, EnergyBudget) for b in parts) and not any(p.energy_mj for p in points))
     if unmeasured:
         with pytest.raises(ProfileError):
             select(points, parts, profiles=["cpu"])
@@ -461,8 +561,14 @@ def test_unmet_and_fallback_property(points: list[FrontPoint], cap: float) -> No
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.one_of(fronts(), fronts(energy=True)), st.floats(0, 1), st.floats(0, 1),
-       st.sampled_from([BatteryPolicy(), BatteryPolicy(full_at=1.0, floor=0.0), BatteryPolicy(resource="mflops")]))
+@given(
+    st.one_of(fronts(), fronts(energy=True)),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.sampled_from(
+        [BatteryPolicy(), BatteryPolicy(full_at=1.0, floor=0.0), BatteryPolicy(resource="mflops")]
+    ),
+)
 def test_battery_monotone(points: list[FrontPoint], a: float, b: float, policy: BatteryPolicy) -> None:
     low, high = sorted((a, b))
     energy = policy.resource != "mflops" and all("cpu" in p.energy_mj for p in points)

@@ -30,13 +30,16 @@ def test_flops_table(cli):
     assert r.returncode == 0 and "MFLOPs" in r.stdout
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--arch", "resnet21", "--width", "1"], "unknown architecture 'resnet21'"),
-    (["--arch", "resnet20", "--alpha", "1,2"], "has 2 width multipliers but this space has 6"),
-    (["--arch", "resnet20", "--width", "0.1"], "outside the space"),
-    (["--arch", "resnet20", "--alpha", "1,x,1,1,1,1"], "'x' is not a number"),
-    (["--arch", "resnet20"], "exactly one of --width"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--arch", "resnet21", "--width", "1"], "unknown architecture 'resnet21'"),
+        (["--arch", "resnet20", "--alpha", "1,2"], "has 2 width multipliers but this space has 6"),
+        (["--arch", "resnet20", "--width", "0.1"], "outside the space"),
+        (["--arch", "resnet20", "--alpha", "1,x,1,1,1,1"], "'x' is not a number"),
+        (["--arch", "resnet20"], "exactly one of --width"),
+    ],
+)
 def test_flops_bad_input(cli, args, msg):
     r = cli("flops", *args)
     assert r.returncode == 2

@@ -23,8 +23,16 @@ torchvision = pytest.importorskip("torchvision")
 
 # Small inputs keep the passes cheap; every model here runs at 64x64.
 SIZE = (3, 64, 64)
-TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-               "efficientnet_b0", "mnasnet1_0", "regnet_y_400mf"]
+TORCHVISION = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "mnasnet1_0",
+    "regnet_y_400mf",
+]
 
 
 class SqueezeExcite(nn.Module):
@@ -103,8 +111,9 @@ MODELS = ["user_cnn", *TORCHVISION]
 @pytest.mark.parametrize("name", MODELS)
 def test_full_width_is_the_original(name):
     original, slim = _pair(name)
-    assert [(k, v.shape) for k, v in slim.state_dict().items()] == \
-        [(k, v.shape) for k, v in original.state_dict().items()]
+    assert [(k, v.shape) for k, v in slim.state_dict().items()] == [
+        (k, v.shape) for k, v in original.state_dict().items()
+    ]
     slim.load_state_dict(original.state_dict())
     x = torch.randn(3, *SIZE)
     with torch.no_grad():
@@ -155,8 +164,14 @@ def test_tie_and_pin_reshape_the_space():
     tie = {f"stage{i}.inner": [f"layer{i}.*.conv1"] for i in (1, 2, 3)}
     slim = make_slimmable(original, torch.randn(1, *SIZE), tie=tie, pin=["layer4.*"])
     # Residual widths of stem+layer1, layer2, layer3; one inner width per stage; layer4 stays full.
-    assert slim.space.names == ("conv1", "stage1.inner", "stage2.inner", "layer2.0.conv2", "stage3.inner",
-                                "layer3.0.conv2")
+    assert slim.space.names == (
+        "conv1",
+        "stage1.inner",
+        "stage2.inner",
+        "layer2.0.conv2",
+        "stage3.inner",
+        "layer3.0.conv2",
+    )
     assert slim.pinned["layer4.0.conv1"] == "pinned by 'layer4.*'"
     with pytest.raises(ConversionError, match=r"tie 'mixed' joins groups of different widths"):
         make_slimmable(original, torch.randn(1, *SIZE), tie={"mixed": ["layer1.0.conv1", "layer2.0.conv1"]})
@@ -200,7 +215,9 @@ def test_unknown_coupling_is_pinned_with_a_warning_naming_the_node():
 
 
 def test_unknown_coupling_refused_on_request():
-    with pytest.raises(ConversionError, match=r"^make_slimmable: cat \(call_function cat\): .*; pin the modules"):
+    with pytest.raises(
+        ConversionError, match=r"^make_slimmable: cat \(call_function cat\): .*; pin the modules"
+    ):
         make_slimmable(Shuffle(), torch.randn(1, *SIZE), on_unsupported="error")
 
 
@@ -237,7 +254,9 @@ def test_wrong_example_input_is_one_line():
 
 
 def test_nothing_to_slim_is_refused():
-    with pytest.raises(ConversionError, match=r"every channel group of Sequential is pinned, nothing to slim"):
+    with pytest.raises(
+        ConversionError, match=r"every channel group of Sequential is pinned, nothing to slim"
+    ):
         make_slimmable(nn.Sequential(nn.Conv2d(3, 4, 1)), torch.randn(1, *SIZE))
 
 

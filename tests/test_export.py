@@ -20,9 +20,15 @@ def rt(tiny_front):
     return SlimmableRuntime.load(tiny_front)
 
 
-@pytest.mark.parametrize("fmt,ext", [pytest.param("onnx", ".onnx", marks=pytest.mark.slow),
-                                     ("torchscript", ".pt"), ("pt2", ".pt2"),
-                                     pytest.param("executorch", ".pte", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "fmt,ext",
+    [
+        pytest.param("onnx", ".onnx", marks=pytest.mark.slow),
+        ("torchscript", ".pt"),
+        ("pt2", ".pt2"),
+        pytest.param("executorch", ".pte", marks=pytest.mark.slow),
+    ],
+)
 def test_format_exports_loads_back_and_matches(rt, tmp_path, fmt, ext):
     pid = rt.points[1].id
     model = rt.standalone(pid)
@@ -79,7 +85,9 @@ def test_failed_export_leaves_no_partial_file(rt, tmp_path, monkeypatch):
         raise RuntimeError("exporter crashed")
 
     monkeypatch.setitem(WRITERS, "torchscript", crashing_writer)
-    with pytest.raises(ExportError, match="torchscript export failed .*exporter crashed.*nothing was written"):
+    with pytest.raises(
+        ExportError, match="torchscript export failed .*exporter crashed.*nothing was written"
+    ):
         export_point(rt.standalone("p00"), rt.input_size, "torchscript", target)
     assert target.read_bytes() == b"previous export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p00.pt"], "staging folder removed"
@@ -100,10 +108,17 @@ def test_parity_failure_writes_nothing(rt, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("fmt,module,message", [
-    ("executorch", "executorch.exir", "ExecuTorch export needs the mobile extra: pip install 'pareco[mobile]'"),
-    ("onnx", "onnxscript", "ONNX export needs onnx, onnxscript and onnxruntime"),
-])
+@pytest.mark.parametrize(
+    "fmt,module,message",
+    [
+        (
+            "executorch",
+            "executorch.exir",
+            "ExecuTorch export needs the mobile extra: pip install 'pareco[mobile]'",
+        ),
+        ("onnx", "onnxscript", "ONNX export needs onnx, onnxscript and onnxruntime"),
+    ],
+)
 def test_missing_dependency_is_a_clear_error(rt, tmp_path, monkeypatch, fmt, module, message):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
     with pytest.raises(MissingDependencyError, match=message.replace("[", r"\[").replace("(", r"\(")):
@@ -111,8 +126,15 @@ def test_missing_dependency_is_a_clear_error(rt, tmp_path, monkeypatch, fmt, mod
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("fmt,ext", [("onnx", ".onnx"), ("torchscript", ".pt"), ("pt2", ".pt2"),
-                                     pytest.param("executorch", ".pte", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "fmt,ext",
+    [
+        ("onnx", ".onnx"),
+        ("torchscript", ".pt"),
+        ("pt2", ".pt2"),
+        pytest.param("executorch", ".pte", marks=pytest.mark.slow),
+    ],
+)
 def test_loading_a_broken_file_is_a_clear_error(tmp_path, fmt, ext):
     path = tmp_path / f"broken{ext}"
     path.write_bytes(b"not a model" * 20)
@@ -145,14 +167,17 @@ def test_index_merge_and_lookup(tmp_path):
 @pytest.mark.slow
 def test_cli_export_point_writes_files_table_and_index(tiny_front, tmp_path, cli):
     out = tmp_path / "exports"
-    code, stdout, err = cli("export", str(tiny_front), "--point", "p01", "--torchscript", "--pt2", "--out",
-                            str(out))
+    code, stdout, err = cli(
+        "export", str(tiny_front), "--point", "p01", "--torchscript", "--pt2", "--out", str(out)
+    )
     assert code == 0, err
     for col in ("point", "format", "file", "KiB", "max abs diff", "p01.pt2", "torchscript"):
         assert col in stdout
     entries = read_index(out)
-    assert [(e["point"], e["format"], e["file"]) for e in entries] == [("p01", "pt2", "p01.pt2"),
-                                                                       ("p01", "torchscript", "p01.pt")]
+    assert [(e["point"], e["format"], e["file"]) for e in entries] == [
+        ("p01", "pt2", "p01.pt2"),
+        ("p01", "torchscript", "p01.pt"),
+    ]
     ids = [p["id"] for p in json.loads(tiny_front.read_text())["points"]]
     sha = json.loads(tiny_front.read_text())["weights"]["sha256"]
     for e in entries:
@@ -165,24 +190,29 @@ def test_cli_export_point_writes_files_table_and_index(tiny_front, tmp_path, cli
     assert code == 0, err
     assert [e["point"] for e in json.loads(stdout)["exports"]] == ids
     assert sorted((e["point"], e["format"]) for e in read_index(out)) == sorted(
-        [("p01", "pt2")] + [(pid, "torchscript") for pid in ids])
+        [("p01", "pt2")] + [(pid, "torchscript") for pid in ids]
+    )
 
 
 def test_cli_export_budget_picks_one_point(tiny_front, tmp_path, cli):
-    code, stdout, err = cli("export", str(tiny_front), "--budget", "1e9MFLOPs", "--pt2", "--out",
-                            str(tmp_path), "--json")
+    code, stdout, err = cli(
+        "export", str(tiny_front), "--budget", "1e9MFLOPs", "--pt2", "--out", str(tmp_path), "--json"
+    )
     assert code == 0, err
     richest = max(json.loads(tiny_front.read_text())["points"], key=lambda p: p["top1"])["id"]
     assert [e["file"] for e in json.loads(stdout)["exports"]] == [f"{richest}.pt2"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--point", "p00"], "choose at least one format: --onnx, --torchscript, --pt2 or --executorch"),
-    (["--point", "nope", "--pt2"], "no point 'nope' in this front"),
-    (["--budget", "0.001MFLOPs", "--pt2"], "no front point satisfies"),
-    (["--pt2"], "give exactly one of --budget B, --point ID or --all"),
-    (["--all", "--point", "p00", "--pt2"], "give exactly one of --budget B, --point ID or --all"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--point", "p00"], "choose at least one format: --onnx, --torchscript, --pt2 or --executorch"),
+        (["--point", "nope", "--pt2"], "no point 'nope' in this front"),
+        (["--budget", "0.001MFLOPs", "--pt2"], "no front point satisfies"),
+        (["--pt2"], "give exactly one of --budget B, --point ID or --all"),
+        (["--all", "--point", "p00", "--pt2"], "give exactly one of --budget B, --point ID or --all"),
+    ],
+)
 def test_cli_export_errors(tiny_front, tmp_path, cli, args, message):
     code, _, err = cli("export", str(tiny_front), *args, "--out", str(tmp_path / "o"))
     assert code == 2
@@ -192,8 +222,18 @@ def test_cli_export_errors(tiny_front, tmp_path, cli, args, message):
 
 
 def test_cli_export_unmet_budget_with_fallback(tiny_front, tmp_path, cli):
-    code, stdout, err = cli("export", str(tiny_front), "--budget", "0.001MFLOPs", "--fallback", "cheapest",
-                            "--pt2", "--out", str(tmp_path), "--json")
+    code, stdout, err = cli(
+        "export",
+        str(tiny_front),
+        "--budget",
+        "0.001MFLOPs",
+        "--fallback",
+        "cheapest",
+        "--pt2",
+        "--out",
+        str(tmp_path),
+        "--json",
+    )
     assert code == 0, err
     cheapest = min(json.loads(tiny_front.read_text())["points"], key=lambda p: p["mflops"])["id"]
     assert [e["point"] for e in json.loads(stdout)["exports"]] == [cheapest]

@@ -57,8 +57,11 @@ def bn_stats_for(model: Any, point_ids: list[str]) -> dict[str, dict[str, tuple[
 
 
 def metadata_for(model: Any) -> dict[str, Any]:
-    return {"architecture": model.describe(), "width_space": model.space.to_dict(),
-            "extra": {"nested": [1, 2.5, None, "x"], "flag": True}}
+    return {
+        "architecture": model.describe(),
+        "width_space": model.space.to_dict(),
+        "extra": {"nested": [1, 2.5, None, "x"], "flag": True},
+    }
 
 
 @functools.cache
@@ -66,19 +69,32 @@ def resnet20_space() -> WidthSpace:
     return build_model("resnet20").space
 
 
-def make_manifest(space: WidthSpace | None = None, weights_file: str = "model.safetensors",
-                  sha: str = "0" * 64, n_points: int = 4) -> dict[str, Any]:
+def make_manifest(
+    space: WidthSpace | None = None,
+    weights_file: str = "model.safetensors",
+    sha: str = "0" * 64,
+    n_points: int = 4,
+) -> dict[str, Any]:
     """A valid manifest for ResNet20's width space (or ``space``)."""
     space = space or resnet20_space()
     points = []
     for i in range(n_points):
         w = space.low + (space.high - space.low) * i / max(1, n_points - 1)
         alpha = space.uniform(w)
-        points.append({
-            "id": f"p{i}", "alpha": alpha, "channels": space.channels(alpha), "mflops": 10.0 + i,
-            "params": 1000 * (i + 1), "top1": 80.0 + i, "loss": 0.5, "latency_ms": {"cpu1": 1.5 + i},
-            "energy_mj": {"cpu1": 3.0}, "latency_predicted_ms": {},
-        })
+        points.append(
+            {
+                "id": f"p{i}",
+                "alpha": alpha,
+                "channels": space.channels(alpha),
+                "mflops": 10.0 + i,
+                "params": 1000 * (i + 1),
+                "top1": 80.0 + i,
+                "loss": 0.5,
+                "latency_ms": {"cpu1": 1.5 + i},
+                "energy_mj": {"cpu1": 3.0},
+                "latency_predicted_ms": {},
+            }
+        )
     return {
         "format_version": 1,
         "pareco_version": "0.1.0",
@@ -86,13 +102,33 @@ def make_manifest(space: WidthSpace | None = None, weights_file: str = "model.sa
         "weights": {"file": weights_file, "sha256": sha},
         "architecture": {"arch": "resnet20", "kwargs": {"width": 1, "num_classes": 10}},
         "width_space": space.to_dict(),
-        "dataset": {"name": "cifar10", "input_size": [3, 32, 32], "mean": [0.49, 0.48, 0.45],
-                    "std": [0.25, 0.24, 0.26], "class_names": [f"c{i}" for i in range(10)]},
-        "training": {"algorithm": "pareco", "epochs": 2, "seed": 0, "wall_time_s": 12.5, "history_size": 32,
-                     "extra": {"anything": [1, 2]}},
-        "device_profiles": [{"name": "cpu1", "runtime": "torch", "threads": 1, "batch": 1, "host": "box",
-                             "date": "2026-11-23", "versions": {"torch": "2.14"},
-                             "energy_source": "estimate"}],
+        "dataset": {
+            "name": "cifar10",
+            "input_size": [3, 32, 32],
+            "mean": [0.49, 0.48, 0.45],
+            "std": [0.25, 0.24, 0.26],
+            "class_names": [f"c{i}" for i in range(10)],
+        },
+        "training": {
+            "algorithm": "pareco",
+            "epochs": 2,
+            "seed": 0,
+            "wall_time_s": 12.5,
+            "history_size": 32,
+            "extra": {"anything": [1, 2]},
+        },
+        "device_profiles": [
+            {
+                "name": "cpu1",
+                "runtime": "torch",
+                "threads": 1,
+                "batch": 1,
+                "host": "box",
+                "date": "2026-11-23",
+                "versions": {"torch": "2.14"},
+                "energy_source": "estimate",
+            }
+        ],
         "points": points,
     }
 
@@ -158,11 +194,14 @@ def test_weights_shared_noncontiguous_and_empty_tensors(tmp_path: Path) -> None:
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     buffer = torch.arange(10, dtype=torch.float64)
     state = {
-        "tied.a": base, "tied.b": base,                 # same tensor twice
-        "transposed": base.t(),                          # non-contiguous view
-        "slice": base[1:3],                              # contiguous view of part of a storage
+        "tied.a": base,
+        "tied.b": base,  # same tensor twice
+        "transposed": base.t(),  # non-contiguous view
+        "slice": base[1:3],  # contiguous view of part of a storage
         "grad": torch.ones(3, requires_grad=True),
-        "empty": torch.zeros(0), "empty2": torch.zeros(0, 5), "scalar": torch.tensor(7, dtype=torch.int64),
+        "empty": torch.zeros(0),
+        "empty2": torch.zeros(0, 5),
+        "scalar": torch.tensor(7, dtype=torch.int64),
     }
     stats = {"p0": {"bn": (buffer[:4], buffer[4:8])}, "p1": {"bn": (buffer[:4], buffer[4:8])}}
     path = tmp_path / "w.safetensors"
@@ -174,34 +213,39 @@ def test_weights_shared_noncontiguous_and_empty_tensors(tmp_path: Path) -> None:
     assert base.is_contiguous() and not state["transposed"].is_contiguous()  # inputs untouched
 
 
-@pytest.mark.parametrize("state, stats, metadata, words", [
-    ({}, {}, {"x": float("nan")}, "not JSON"),
-    ({}, {}, {"x": object()}, "not JSON"),
-    ({}, {}, [1, 2], "must be a dict"),
-    ({"bn/p0/x.running_mean": torch.zeros(1)}, {}, {}, "reserved"),
-    ({}, {"a/b": {"bn": (torch.zeros(1), torch.ones(1))}}, {}, "file-name safe"),
-    ({}, {"..": {"bn": (torch.zeros(1), torch.ones(1))}}, {}, "file-name safe"),
-    ({}, {"p0\n": {"bn": (torch.zeros(1), torch.ones(1))}}, {}, "file-name safe"),
-    ({}, {"p0": {"a/bn": (torch.zeros(1), torch.ones(1))}}, {}, "contains '/'"),
-    ({}, {"p0": {"bn": (torch.zeros(1),)}}, {}, "pair"),
-    ({"w": [1.0, 2.0]}, {}, {}, "not a tensor"),
-])
-def test_save_weights_refuses_bad_input(tmp_path: Path, state: Any, stats: Any, metadata: Any,
-                                        words: str) -> None:
+@pytest.mark.parametrize(
+    "state, stats, metadata, words",
+    [
+        ({}, {}, {"x": float("nan")}, "not JSON"),
+        ({}, {}, {"x": object()}, "not JSON"),
+        ({}, {}, [1, 2], "must be a dict"),
+        ({"bn/p0/x.running_mean": torch.zeros(1)}, {}, {}, "reserved"),
+        ({}, {"a/b": {"bn": (torch.zeros(1), torch.ones(1))}}, {}, "file-name safe"),
+        ({}, {"..": {"bn": (torch.zeros(1), torch.ones(1))}}, {}, "file-name safe"),
+        ({}, {"p0\n": {"bn": (torch.zeros(1), torch.ones(1))}}, {}, "file-name safe"),
+        ({}, {"p0": {"a/bn": (torch.zeros(1), torch.ones(1))}}, {}, "contains '/'"),
+        ({}, {"p0": {"bn": (torch.zeros(1),)}}, {}, "pair"),
+        ({"w": [1.0, 2.0]}, {}, {}, "not a tensor"),
+    ],
+)
+def test_save_weights_refuses_bad_input(
+    tmp_path: Path, state: Any, stats: Any, metadata: Any, words: str
+) -> None:
     path = tmp_path / "w.safetensors"
     with pytest.raises(FormatError, match=words):
         save_weights(path, state, stats, metadata)
     assert listing(tmp_path) == []
 
 
-def test_save_weights_atomic_when_writer_fails(tmp_path: Path, model: Any,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_save_weights_atomic_when_writer_fails(
+    tmp_path: Path, model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "w.safetensors"
     save_weights(path, {"a": torch.ones(3)}, {}, {"v": 1})
     before = path.read_bytes()
 
     def half_then_crash(tensors: Any, filename: str, metadata: Any = None) -> None:
-        Path(filename).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+        Path(filename).write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":')
         raise OSError("disk full")
 
     monkeypatch.setattr(fileformat, "save_file", half_then_crash)
@@ -234,32 +278,36 @@ def _good_weights(tmp_path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _with_metadata(tmp_path: Path, metadata: dict[str, str] | None,
-                   tensors: dict[str, torch.Tensor] | None = None) -> bytes:
+def _with_metadata(
+    tmp_path: Path, metadata: dict[str, str] | None, tensors: dict[str, torch.Tensor] | None = None
+) -> bytes:
     path = tmp_path / "raw.safetensors"
     save_file(tensors or {"a": torch.ones(2)}, str(path), metadata=metadata)
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("case, words", [
-    ("empty", "empty file"),
-    ("truncated_tail", "corrupt or truncated"),
-    ("truncated_header", "truncated"),
-    ("four_bytes", "truncated"),
-    ("garbled_header", "corrupt or truncated"),
-    ("garbage", "not a safetensors file"),
-    ("absurd_header", "absurd header length"),
-    ("pickle", "pickle.*never unpickles"),
-    ("zip", "zip archive.*never unpickles"),
-    ("pickle_protocol0", "not a safetensors file"),
-    ("json", "JSON file"),
-    ("plain_safetensors", "not a pareco weight file"),
-    ("newer", r"written by a newer pareco \(format 2 > 1\); upgrade pareco"),
-    ("bad_version", "corrupt pareco metadata"),
-    ("bad_metadata_json", "corrupt pareco metadata"),
-    ("bad_bn_key", "malformed BN statistics key"),
-    ("bn_missing_var", "lack running_var"),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("empty", "empty file"),
+        ("truncated_tail", "corrupt or truncated"),
+        ("truncated_header", "truncated"),
+        ("four_bytes", "truncated"),
+        ("garbled_header", "corrupt or truncated"),
+        ("garbage", "not a safetensors file"),
+        ("absurd_header", "absurd header length"),
+        ("pickle", "pickle.*never unpickles"),
+        ("zip", "zip archive.*never unpickles"),
+        ("pickle_protocol0", "not a safetensors file"),
+        ("json", "JSON file"),
+        ("plain_safetensors", "not a pareco weight file"),
+        ("newer", r"written by a newer pareco \(format 2 > 1\); upgrade pareco"),
+        ("bad_version", "corrupt pareco metadata"),
+        ("bad_metadata_json", "corrupt pareco metadata"),
+        ("bad_bn_key", "malformed BN statistics key"),
+        ("bn_missing_var", "lack running_var"),
+    ],
+)
 def test_load_weights_refusals(tmp_path: Path, case: str, words: str) -> None:
     good = _good_weights(tmp_path)
     (header_len,) = struct.unpack("<Q", good[:8])
@@ -269,7 +317,7 @@ def test_load_weights_refusals(tmp_path: Path, case: str, words: str) -> None:
         "truncated_tail": good[:-7],
         "truncated_header": good[:40],
         "four_bytes": good[:4],
-        "garbled_header": good[:8] + b"{" + b"\x00" * (header_len - 1) + good[8 + header_len:],
+        "garbled_header": good[:8] + b"{" + b"\x00" * (header_len - 1) + good[8 + header_len :],
         "garbage": struct.pack("<Q", 10) + b"hello, this is not JSON",
         "absurd_header": struct.pack("<Q", 2**62) + b"{}" + b"\x00" * 100,
         "pickle": pickle.dumps({"a": torch.ones(2).numpy().tolist()}, protocol=4),
@@ -367,14 +415,19 @@ def test_save_manifest_normalises_tuples(tmp_path: Path) -> None:
     assert loaded["dataset"]["input_size"] == [3, 32, 32]
 
 
-@pytest.mark.parametrize("change, words", [
-    (lambda m: m.pop("points"), "missing required field 'points'"),
-    (lambda m: m["points"][0].update(top1=float("nan")), "not JSON"),
-    (lambda m: m["points"][0].update(alpha=[1.0]), "alpha has 1 values"),
-    (lambda m: m["weights"].update(file="../model.safetensors"),
-     "refuses to read weights outside its folder"),
-    (lambda m: m.update(format_version=2), r"format_version: expected 1, got 2"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda m: m.pop("points"), "missing required field 'points'"),
+        (lambda m: m["points"][0].update(top1=float("nan")), "not JSON"),
+        (lambda m: m["points"][0].update(alpha=[1.0]), "alpha has 1 values"),
+        (
+            lambda m: m["weights"].update(file="../model.safetensors"),
+            "refuses to read weights outside its folder",
+        ),
+        (lambda m: m.update(format_version=2), r"format_version: expected 1, got 2"),
+    ],
+)
 def test_save_manifest_refuses_and_writes_nothing(tmp_path: Path, change: Any, words: str) -> None:
     manifest = make_manifest()
     change(manifest)
@@ -432,25 +485,34 @@ def _set_alpha_string(m: dict[str, Any]) -> None:
     m["points"][3]["alpha"][2] = "0.5"
 
 
-@pytest.mark.parametrize("change, words", [
-    (_set_alpha_string, r"invalid manifest: points\[3\]\.alpha\[2\]: expected number, got string"),
-    (lambda m: m["points"][1].pop("mflops"), r"points\[1\]: missing required field 'mflops'"),
-    (lambda m: m["points"][0].update(colour="red"), r"points\[0\]: unexpected field\(s\) 'colour'"),
-    (lambda m: m.update(extra=1), r"\(top level\): unexpected field\(s\) 'extra'"),
-    (lambda m: m["points"][0].update(top1=101), r"points\[0\]\.top1: must be <= 100, got 101"),
-    (lambda m: m["points"][0].update(channels=[0] * 6), r"points\[0\]\.channels\[0\]: must be >= 1"),
-    (lambda m: m["points"][0]["latency_ms"].update({"cpu 1": "fast"}),
-     r'points\[0\]\.latency_ms\["cpu 1"\]: expected number, got string'),
-    (lambda m: m.update(points=[]), r"points: needs at least 1 item"),
-    (lambda m: m["training"].update(algorithm="magic"), r"training\.algorithm: expected one of"),
-    (lambda m: m["weights"].update(sha256="ABC"), r"weights\.sha256: .* does not match the pattern"),
-    (lambda m: m["device_profiles"][0].update(energy_source="battery"),
-     r"device_profiles\[0\]\.energy_source: expected one of"),
-    (lambda m: m["width_space"].update(divisor="8"),
-     r"width_space\.divisor: expected integer or null, got string"),
-    (lambda m: m.update(created="yesterday"), r"created: .* does not match"),
-    (lambda m: m["points"][0].update(id="a/b"), r"points\[0\]\.id: .* does not match"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (_set_alpha_string, r"invalid manifest: points\[3\]\.alpha\[2\]: expected number, got string"),
+        (lambda m: m["points"][1].pop("mflops"), r"points\[1\]: missing required field 'mflops'"),
+        (lambda m: m["points"][0].update(colour="red"), r"points\[0\]: unexpected field\(s\) 'colour'"),
+        (lambda m: m.update(extra=1), r"\(top level\): unexpected field\(s\) 'extra'"),
+        (lambda m: m["points"][0].update(top1=101), r"points\[0\]\.top1: must be <= 100, got 101"),
+        (lambda m: m["points"][0].update(channels=[0] * 6), r"points\[0\]\.channels\[0\]: must be >= 1"),
+        (
+            lambda m: m["points"][0]["latency_ms"].update({"cpu 1": "fast"}),
+            r'points\[0\]\.latency_ms\["cpu 1"\]: expected number, got string',
+        ),
+        (lambda m: m.update(points=[]), r"points: needs at least 1 item"),
+        (lambda m: m["training"].update(algorithm="magic"), r"training\.algorithm: expected one of"),
+        (lambda m: m["weights"].update(sha256="ABC"), r"weights\.sha256: .* does not match the pattern"),
+        (
+            lambda m: m["device_profiles"][0].update(energy_source="battery"),
+            r"device_profiles\[0\]\.energy_source: expected one of",
+        ),
+        (
+            lambda m: m["width_space"].update(divisor="8"),
+            r"width_space\.divisor: expected integer or null, got string",
+        ),
+        (lambda m: m.update(created="yesterday"), r"created: .* does not match"),
+        (lambda m: m["points"][0].update(id="a/b"), r"points\[0\]\.id: .* does not match"),
+    ],
+)
 def test_schema_errors_name_the_field(exported: Path, change: Any, words: str) -> None:
     rewrite_manifest(exported, change)
     with pytest.raises(FormatError, match=words) as info:
@@ -458,29 +520,50 @@ def test_schema_errors_name_the_field(exported: Path, change: Any, words: str) -
     assert str(info.value).startswith(f"{exported}: ")
 
 
-@pytest.mark.parametrize("change, words", [
-    (lambda m: m["points"][2].update(alpha=[0.5] * 5),
-     r"point 'p2': alpha has 5 values but width_space has 6"),
-    (lambda m: m["points"][1]["alpha"].__setitem__(4, 0.2), r"point 'p1': alpha\[4\] = 0\.2 .* outside"),
-    (lambda m: m["points"][1]["alpha"].__setitem__(4, 1.01), r"point 'p1': alpha\[4\] = 1\.01 .* outside"),
-    (lambda m: m["points"][3].update(channels=[16] * 7), r"point 'p3': channels has 7 values"),
-    (lambda m: m["points"][3]["channels"].__setitem__(0, 17), r"point 'p3': channels\[0\] = 17 exceeds"),
-    (lambda m: m["points"][2].update(id="p1"), r"point 'p1': id is used by more than one point"),
-    (lambda m: m["points"][2].update(id="p2\n"), r"point id 'p2\\n' is not file-name safe"),
-    (lambda m: m["points"][0]["latency_ms"].update(gpu=1.0),
-     r"point 'p0': latency_ms names device profile 'gpu'"),
-    (lambda m: m["points"][0]["energy_mj"].update(phone=1.0),
-     r"point 'p0': energy_mj names device profile 'phone'"),
-    (lambda m: m["points"][0]["latency_predicted_ms"].update(x=1.0),
-     r"point 'p0': latency_predicted_ms names"),
-    (lambda m: m["device_profiles"].append(dict(m["device_profiles"][0])),
-     r"profile name 'cpu1' is used twice"),
-    (lambda m: m["width_space"].update(full=[16]), r"width_space\.full has 1 values"),
-    (lambda m: m["width_space"].update(low=0.9, high=0.5), r"width_space needs 0 < low <= high"),
-    (lambda m: m["dataset"].update(mean=[0.5]), r"dataset\.mean has 1 values but input_size has 3 channels"),
-    (lambda m: m["dataset"].update(class_names=["a", "b"]),
-     r"class_names has 2 names but .*num_classes is 10"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (
+            lambda m: m["points"][2].update(alpha=[0.5] * 5),
+            r"point 'p2': alpha has 5 values but width_space has 6",
+        ),
+        (lambda m: m["points"][1]["alpha"].__setitem__(4, 0.2), r"point 'p1': alpha\[4\] = 0\.2 .* outside"),
+        (
+            lambda m: m["points"][1]["alpha"].__setitem__(4, 1.01),
+            r"point 'p1': alpha\[4\] = 1\.01 .* outside",
+        ),
+        (lambda m: m["points"][3].update(channels=[16] * 7), r"point 'p3': channels has 7 values"),
+        (lambda m: m["points"][3]["channels"].__setitem__(0, 17), r"point 'p3': channels\[0\] = 17 exceeds"),
+        (lambda m: m["points"][2].update(id="p1"), r"point 'p1': id is used by more than one point"),
+        (lambda m: m["points"][2].update(id="p2\n"), r"point id 'p2\\n' is not file-name safe"),
+        (
+            lambda m: m["points"][0]["latency_ms"].update(gpu=1.0),
+            r"point 'p0': latency_ms names device profile 'gpu'",
+        ),
+        (
+            lambda m: m["points"][0]["energy_mj"].update(phone=1.0),
+            r"point 'p0': energy_mj names device profile 'phone'",
+        ),
+        (
+            lambda m: m["points"][0]["latency_predicted_ms"].update(x=1.0),
+            r"point 'p0': latency_predicted_ms names",
+        ),
+        (
+            lambda m: m["device_profiles"].append(dict(m["device_profiles"][0])),
+            r"profile name 'cpu1' is used twice",
+        ),
+        (lambda m: m["width_space"].update(full=[16]), r"width_space\.full has 1 values"),
+        (lambda m: m["width_space"].update(low=0.9, high=0.5), r"width_space needs 0 < low <= high"),
+        (
+            lambda m: m["dataset"].update(mean=[0.5]),
+            r"dataset\.mean has 1 values but input_size has 3 channels",
+        ),
+        (
+            lambda m: m["dataset"].update(class_names=["a", "b"]),
+            r"class_names has 2 names but .*num_classes is 10",
+        ),
+    ],
+)
 def test_consistency_errors(exported: Path, change: Any, words: str) -> None:
     rewrite_manifest(exported, change)
     with pytest.raises(FormatError, match=words):
@@ -496,11 +579,22 @@ def test_alpha_tolerance(tmp_path: Path) -> None:
     check_manifest_consistency(manifest)
 
 
-@pytest.mark.parametrize("file", [
-    "/etc/passwd", "../model.safetensors", "sub/../../model.safetensors", "..", ".", "./",
-    "C:model.safetensors", "C:\\x\\model.safetensors", "..\\model.safetensors",
-    "\\\\server\\share\\m.safetensors", "//server/share/m",
-])
+@pytest.mark.parametrize(
+    "file",
+    [
+        "/etc/passwd",
+        "../model.safetensors",
+        "sub/../../model.safetensors",
+        "..",
+        ".",
+        "./",
+        "C:model.safetensors",
+        "C:\\x\\model.safetensors",
+        "..\\model.safetensors",
+        "\\\\server\\share\\m.safetensors",
+        "//server/share/m",
+    ],
+)
 def test_weights_outside_folder_refused(exported: Path, file: str) -> None:
     rewrite_manifest(exported, lambda m: m["weights"].update(file=file))
     with pytest.raises(FormatError, match="refuses to read weights outside its folder"):
@@ -576,14 +670,17 @@ def test_schema_check_basics() -> None:
     assert not list(schema_check.iter_errors(1.0, {"const": 1}))
 
 
-@pytest.mark.parametrize("schema, words", [
-    ({"anyOf": [{"type": "string"}]}, "unsupported keyword"),
-    ({"properties": {"a": {"format": "date-time"}}}, "unsupported keyword"),
-    ({"type": "float"}, "unknown type"),
-    ({"$ref": "#/$defs/missing"}, "points nowhere"),
-    ({"$ref": "other.json#/x"}, "same-document"),
-    ({"items": 3}, "not a schema"),
-])
+@pytest.mark.parametrize(
+    "schema, words",
+    [
+        ({"anyOf": [{"type": "string"}]}, "unsupported keyword"),
+        ({"properties": {"a": {"format": "date-time"}}}, "unsupported keyword"),
+        ({"type": "float"}, "unknown type"),
+        ({"$ref": "#/$defs/missing"}, "points nowhere"),
+        ({"$ref": "other.json#/x"}, "same-document"),
+        ({"items": 3}, "not a schema"),
+    ],
+)
 def test_check_schema_refuses_what_it_cannot_check(schema: dict[str, Any], words: str) -> None:
     with pytest.raises((ValueError, TypeError), match=words):
         schema_check.check_schema(schema)
@@ -592,16 +689,44 @@ def test_check_schema_refuses_what_it_cannot_check(schema: dict[str, Any], words
 # hypothesis: valid manifests, then random mutations; schema_check must agree with jsonschema.
 
 _JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=True, width=64)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=True, width=64)
     | st.text(max_size=6),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=6,
 )
 
 # Values at the edges of the schema's bounds, patterns and types.
-_EDGE_VALUES = [-1, 0, 0.5, 1, 1.0, 2, 100, 100.5, 10**20, True, False, None, "", "1", "a/b", "p.1", ".p",
-                [], {}, "0" * 64, "F" * 64, "2026-01-01T00:00:00Z", "2026-01-01", [1, 2, 3], [3, 32, 32, 1],
-                ["x"]]
+_EDGE_VALUES = [
+    -1,
+    0,
+    0.5,
+    1,
+    1.0,
+    2,
+    100,
+    100.5,
+    10**20,
+    True,
+    False,
+    None,
+    "",
+    "1",
+    "a/b",
+    "p.1",
+    ".p",
+    [],
+    {},
+    "0" * 64,
+    "F" * 64,
+    "2026-01-01T00:00:00Z",
+    "2026-01-01",
+    [1, 2, 3],
+    [3, 32, 32, 1],
+    ["x"],
+]
 
 _DELETE, _ADD_FIELD = object(), object()
 
@@ -612,15 +737,20 @@ def valid_manifests(draw: st.DrawFn) -> dict[str, Any]:
     low = draw(st.floats(0.05, 1.0))
     high = draw(st.floats(low, 1.0))
     full = draw(st.lists(st.integers(1, 64), min_size=dims, max_size=dims))
-    space = WidthSpace(tuple(f"g{i}" for i in range(dims)), tuple(full), low, high,
-                       draw(st.none() | st.integers(1, 8)))
+    space = WidthSpace(
+        tuple(f"g{i}" for i in range(dims)), tuple(full), low, high, draw(st.none() | st.integers(1, 8))
+    )
     profiles = draw(st.lists(st.sampled_from(["cpu1", "cpu4", "cuda", "phone 1"]), max_size=3, unique=True))
     manifest = make_manifest(space, n_points=draw(st.integers(1, 4)))
     manifest["device_profiles"] = [dict(manifest["device_profiles"][0], name=p) for p in profiles]
     for point in manifest["points"]:
         alpha = [draw(st.floats(low, high)) for _ in range(dims)]
-        point.update(alpha=alpha, channels=space.channels(alpha),
-                     top1=draw(st.none() | st.floats(0, 100)), loss=draw(st.none() | st.floats(0, 10)))
+        point.update(
+            alpha=alpha,
+            channels=space.channels(alpha),
+            top1=draw(st.none() | st.floats(0, 100)),
+            loss=draw(st.none() | st.floats(0, 10)),
+        )
         for key in ("latency_ms", "energy_mj", "latency_predicted_ms"):
             point[key] = {p: draw(st.floats(0, 1e3)) for p in profiles if draw(st.booleans())}
             if draw(st.booleans()):
@@ -669,15 +799,17 @@ def mutated_manifests(draw: st.DrawFn) -> dict[str, Any]:
         elif op == "append" and isinstance(target, list):
             target.append(draw(_JSON))
         elif op == "truncate" and isinstance(target, list):
-            del target[draw(st.integers(0, len(target))):]
+            del target[draw(st.integers(0, len(target))) :]
     return doc
 
 
 def _both_verdicts(doc: Any) -> tuple[list[tuple[tuple[Any, ...], str]], list[tuple[tuple[Any, ...], str]]]:
     schema = manifest_schema()
     ours = sorted((e.path, e.keyword) for e in schema_check.iter_errors(doc, schema))
-    theirs = sorted((tuple(e.absolute_path), e.validator)
-                    for e in jsonschema.Draft202012Validator(schema).iter_errors(doc))
+    theirs = sorted(
+        (tuple(e.absolute_path), e.validator)
+        for e in jsonschema.Draft202012Validator(schema).iter_errors(doc)
+    )
     return ours, theirs
 
 
@@ -703,8 +835,19 @@ def test_schema_check_agrees_with_jsonschema_on_every_edge_value_everywhere() ->
             ours, theirs = _both_verdicts(doc)
             assert ours == theirs, (path, value)
             seen_keywords.update(keyword for _, keyword in ours)
-    assert seen_keywords == {"type", "required", "additionalProperties", "enum", "const", "minimum",
-                             "maximum", "minItems", "maxItems", "minLength", "pattern"}
+    assert seen_keywords == {
+        "type",
+        "required",
+        "additionalProperties",
+        "enum",
+        "const",
+        "minimum",
+        "maximum",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "pattern",
+    }
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -41,12 +41,17 @@ def test_typed_fields(tmp_path: Path) -> None:
     path = tmp_path / "m.front.json"
     save_manifest(path, make_manifest())
     front = Front.load(path, verify_weights=False)
-    assert front.architecture.arch == "resnet20" and front.architecture.kwargs == {"width": 1, "num_classes": 10}
+    assert front.architecture.arch == "resnet20" and front.architecture.kwargs == {
+        "width": 1,
+        "num_classes": 10,
+    }
     assert front.width_space == build_model("resnet20").space
     assert front.dataset.input_size == (3, 32, 32) and front.dataset.class_names[0] == "c0"
     assert front.training.algorithm == "pareco" and front.training.history_size == 32
     assert front.profile_names == ["cpu1"] and isinstance(front.device_profiles[0], DeviceProfile)
-    assert all(isinstance(p, FrontPoint) for p in front.points) and front.points[0].latency_ms == {"cpu1": 1.5}
+    assert all(isinstance(p, FrontPoint) for p in front.points) and front.points[0].latency_ms == {
+        "cpu1": 1.5
+    }
     assert front.weights_file == "model.safetensors" and front.weights_sha256 == "0" * 64
     assert front.weights_path == tmp_path / "model.safetensors"
 
@@ -72,8 +77,9 @@ def test_record_profile_merges_without_losing_other_profiles(tmp_path: Path) -> 
     save_manifest(path, make_manifest())
     front = Front.load(path, verify_weights=False)
     ids = [p.id for p in front.points]
-    front.record_profile(_profile("dev"), {ids[0]: 2.0, ids[1]: 3.0}, {ids[0]: 0.5},
-                         predicted_ms={pid: 9.0 for pid in ids})
+    front.record_profile(
+        _profile("dev"), {ids[0]: 2.0, ids[1]: 3.0}, {ids[0]: 0.5}, predicted_ms=dict.fromkeys(ids, 9.0)
+    )
     front.record_profile(_profile("dev", threads=4), {ids[0]: 1.5})
     front.save()
     again = Front.load(path, verify_weights=False)
@@ -103,19 +109,33 @@ def test_write_front_creates_both_files(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_model("resnet20", input_size=16, num_classes=4)
     alpha = model.space.uniform(1.0)
-    points = [FrontPoint(id="p00", alpha=alpha, channels=model.channels(alpha), mflops=model.macs(alpha) / 1e6,
-                         params=model.params(alpha))]
-    stats = {"p00": {name: (model.get_submodule(name).running_mean, model.get_submodule(name).running_var)
-                     for name in model.bn_names}}
-    dataset = DatasetSpec(name="random", input_size=(3, 16, 16), mean=[0.0] * 3, std=[1.0] * 3,
-                          class_names=["a", "b", "c", "d"])
+    points = [
+        FrontPoint(
+            id="p00",
+            alpha=alpha,
+            channels=model.channels(alpha),
+            mflops=model.macs(alpha) / 1e6,
+            params=model.params(alpha),
+        )
+    ]
+    stats = {
+        "p00": {
+            name: (model.get_submodule(name).running_mean, model.get_submodule(name).running_var)
+            for name in model.bn_names
+        }
+    }
+    dataset = DatasetSpec(
+        name="random", input_size=(3, 16, 16), mean=[0.0] * 3, std=[1.0] * 3, class_names=["a", "b", "c", "d"]
+    )
     training = TrainingRecord(algorithm="slim", epochs=1, seed=3, wall_time_s=1.5)
     path = write_front(tmp_path / "out", model, points, stats, dataset, training)
     assert path == tmp_path / "out" / MANIFEST_NAME
     front = Front.load(path)
     assert front.format_version == FORMAT_VERSION and front.pareco_version
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", front.created)
-    assert front.weights_file == WEIGHTS_NAME and front.weights_sha256 == sha256_file(path.with_name(WEIGHTS_NAME))
+    assert front.weights_file == WEIGHTS_NAME and front.weights_sha256 == sha256_file(
+        path.with_name(WEIGHTS_NAME)
+    )
     assert front.architecture.to_dict() == model.describe() and front.dataset == dataset
     assert front.training == training and front.device_profiles == []
     _assert_canonical(path, tmp_path)
@@ -131,7 +151,9 @@ def test_every_writer_writes_a_canonical_valid_manifest(tiny_front: Path, tmp_pa
     from benchmarks.untrained_front import write_untrained_front
 
     _assert_canonical(tiny_front, tmp_path)  # training.front_builder.write_outputs
-    untrained = write_untrained_front("resnet20", [0.5, 1.0], tmp_path / "untrained", input_size=16, num_classes=4)
+    untrained = write_untrained_front(
+        "resnet20", [0.5, 1.0], tmp_path / "untrained", input_size=16, num_classes=4
+    )
     _assert_canonical(untrained, tmp_path)
     write_profile(untrained, _profile("dev"), {"p00": 1.0}, {"p01": 2.0}, {"p01": 3.0})
     _assert_canonical(untrained, tmp_path)

@@ -142,8 +142,10 @@ def test_full_width_equals_torchvision(arch):
     assert m.macs() == flop_counter_macs(ref, (3, 64, 64))
 
 
-@pytest.mark.parametrize("arch,macs", [("mobilenet_v2", 300_774_272), ("mobilenet_v3_large", 216_589_760),
-                                       ("resnet20", 40_551_040)])
+@pytest.mark.parametrize(
+    "arch,macs",
+    [("mobilenet_v2", 300_774_272), ("mobilenet_v3_large", 216_589_760), ("resnet20", 40_551_040)],
+)
 def test_reference_macs(arch, macs):
     assert build_model(arch).macs() == macs
 
@@ -174,8 +176,10 @@ def test_divisor_gives_multiples():
 def test_width_space_properties(full, low, divisor, data):
     space = WidthSpace(tuple(f"g{i}" for i in range(len(full))), tuple(full), low, 1.0, divisor)
     a = data.draw(st.lists(st.floats(low, 1.0), min_size=len(full), max_size=len(full)))
-    b = [max(x, y) for x, y in zip(a, data.draw(st.lists(st.floats(low, 1.0), min_size=len(full),
-                                                          max_size=len(full))))]
+    b = [
+        max(x, y)
+        for x, y in zip(a, data.draw(st.lists(st.floats(low, 1.0), min_size=len(full), max_size=len(full))))
+    ]
     ca, cb = space.channels(a), space.channels(b)
     assert all(1 <= c <= f for c, f in zip(ca, full))
     assert all(x <= y for x, y in zip(ca, cb)), "channels grow with width"
@@ -185,12 +189,15 @@ def test_width_space_properties(full, low, divisor, data):
     space.validate(sample)
 
 
-@pytest.mark.parametrize("bad,msg", [
-    ([0.5] * 5, "has 5 width multipliers but this space has 6"),
-    ([0.5] * 5 + [1.2], "outside the space"),
-    ([0.5] * 5 + [0.1], "outside the space"),
-    ([0.5] * 5 + [float("nan")], "outside the space"),
-])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        ([0.5] * 5, "has 5 width multipliers but this space has 6"),
+        ([0.5] * 5 + [1.2], "outside the space"),
+        ([0.5] * 5 + [0.1], "outside the space"),
+        ([0.5] * 5 + [float("nan")], "outside the space"),
+    ],
+)
 def test_bad_configs_rejected(bad, msg):
     m = model("resnet20")
     with pytest.raises(ValueError, match=msg):

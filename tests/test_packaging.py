@@ -22,8 +22,20 @@ import torch
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTRAS_PACKAGES = ["botorch", "gpytorch", "onnx", "onnxscript", "onnxruntime", "executorch", "typer", "rich",
-                   "matplotlib", "sklearn", "torchvision", "jsonschema"]
+EXTRAS_PACKAGES = [
+    "botorch",
+    "gpytorch",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "executorch",
+    "typer",
+    "rich",
+    "matplotlib",
+    "sklearn",
+    "torchvision",
+    "jsonschema",
+]
 
 
 def _base_requirements(wheel: Path) -> list[Requirement]:
@@ -64,18 +76,54 @@ def bare_env(tmp_path_factory) -> Path:
     """A fresh venv with the pareco wheel and its base requirements only; returns its python."""
     tmp = tmp_path_factory.mktemp("bare")
     wheels = tmp / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(wheels), str(ROOT)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     wheel = next(wheels.glob("pareco-*.whl"))
     reqs = _base_requirements(wheel)
     assert sorted(r.name for r in reqs) == ["safetensors", "torch"], [str(r) for r in reqs]
     env = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=120)
     python = env / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                    "--no-index", str(wheel)], check=True, capture_output=True, timeout=300)
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     _link_distributions(_closure(reqs), tmp / "base-deps")
     (site / "base_deps.pth").write_text(str(tmp / "base-deps") + "\n")
     return python
@@ -105,7 +153,9 @@ print(json.dumps({{"found_extras": missing, "point": p.id, "equal": bool(torch.e
                   "runtime": pareco_runtime.__file__, "heavy": sorted({{m.split('.')[0] for m in sys.modules}}
                   & set({EXTRAS_PACKAGES!r}))}}))
 """
-    r = subprocess.run([str(bare_env), "-I", "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = subprocess.run(
+        [str(bare_env), "-I", "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["found_extras"] == [] and out["heavy"] == []
@@ -116,11 +166,14 @@ print(json.dumps({{"found_extras": missing, "point": p.id, "equal": bool(torch.e
 @pytest.mark.slow
 @pytest.mark.parametrize(("args", "extra"), [(["flops", "--arch", "resnet20", "--width", "1"], "cli")])
 def test_command_without_its_extra_names_the_pip_install(bare_env, args, extra, tmp_path):
-    r = subprocess.run([str(bare_env.parent / "pareco"), *args], capture_output=True, text=True, timeout=120,
-                       cwd=tmp_path)
+    r = subprocess.run(
+        [str(bare_env.parent / "pareco"), *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"error: this command needs typer, which comes with pareco's '{extra}' extra; "
-                                f"run: pip install 'pareco[{extra}]'")
+    assert r.stderr.strip() == (
+        f"error: this command needs typer, which comes with pareco's '{extra}' extra; "
+        f"run: pip install 'pareco[{extra}]'"
+    )
 
 
 def test_every_extra_module_maps_to_a_declared_extra():
@@ -137,8 +190,10 @@ def test_missing_training_extra_message():
     from pareco_cli.main import missing_extra_message
 
     exc = ModuleNotFoundError("No module named 'botorch'", name="botorch")
-    assert missing_extra_message(exc) == ("this command needs botorch, which comes with pareco's 'train' extra; "
-                                          "run: pip install 'pareco[train]'")
+    assert missing_extra_message(exc) == (
+        "this command needs botorch, which comes with pareco's 'train' extra; "
+        "run: pip install 'pareco[train]'"
+    )
     assert missing_extra_message(ModuleNotFoundError("x", name="not_an_extra")) is None
 
 
@@ -146,10 +201,18 @@ def test_a_foreign_package_shadowing_a_layer_is_one_line(tmp_path):
     (tmp_path / "training").mkdir()
     (tmp_path / "training" / "__init__.py").write_text("")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-m", "pareco_cli.main", "flops", "--arch", "resnet20", "--width", "1"],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "pareco_cli.main", "flops", "--arch", "resnet20", "--width", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 2
-    assert r.stderr.startswith(f"error: the package 'training' resolves to {tmp_path / 'training' / '__init__.py'}")
+    assert r.stderr.startswith(
+        f"error: the package 'training' resolves to {tmp_path / 'training' / '__init__.py'}"
+    )
     assert r.stderr.count("\n") == 1 and "uninstall it" in r.stderr
 
 

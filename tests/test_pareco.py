@@ -40,8 +40,9 @@ def test_cost_polynomial_is_exact_on_integer_channels(resnet):
     for a in resnet.space.sample(torch.Generator().manual_seed(1), 5):
         # α whose channel counts are integers: no rounding, so the relaxation is exact.
         alpha = [round(x * f) / f for x, f in zip(a, resnet.space.full)]
-        assert poly(torch.tensor(alpha, dtype=torch.float64)).item() == pytest.approx(resnet.macs(alpha) / full,
-                                                                                        rel=1e-12)
+        assert poly(torch.tensor(alpha, dtype=torch.float64)).item() == pytest.approx(
+            resnet.macs(alpha) / full, rel=1e-12
+        )
 
 
 def test_cost_polynomial_is_within_rounding_on_mobilenet():
@@ -50,7 +51,9 @@ def test_cost_polynomial_is_within_rounding_on_mobilenet():
     full = m.macs(m.space.uniform(1.0))
     alphas = m.space.sample(torch.Generator().manual_seed(1), 20)
     err = poly(torch.tensor(alphas, dtype=torch.float64)) - torch.tensor([m.macs(a) / full for a in alphas])
-    assert err.abs().max() < 0.02 and poly(torch.ones(m.space.dims, dtype=torch.float64)).item() == pytest.approx(1.0)
+    assert err.abs().max() < 0.02 and poly(
+        torch.ones(m.space.dims, dtype=torch.float64)
+    ).item() == pytest.approx(1.0)
 
 
 def test_pas_draws_targets_in_under_explored_gaps():
@@ -65,7 +68,7 @@ def test_pas_draws_targets_in_under_explored_gaps():
     share = float(areas[2] / areas.sum())
     assert in_gap == pytest.approx(share, abs=0.03)
     assert in_gap > 0.6 / 0.9 + 0.15, "PAS favours the under-explored gap more than a uniform cost would"
-    assert 0.1 <= targets.min() and targets.max() <= 1.0
+    assert targets.min() >= 0.1 and targets.max() <= 1.0
 
 
 def test_pas_falls_back_to_uniform_targets_on_a_single_point_front():
@@ -79,9 +82,18 @@ def test_pas_falls_back_to_uniform_targets_on_a_single_point_front():
 @pytest.mark.slow
 def test_bisection_meets_epsilon_and_records_steps(resnet):
     X, loss, cost, bounds, cost_of = _search_inputs(resnet, 30)
-    props, timings = mobo.propose(X, loss, cost, 2, bounds=bounds, cost_of=cost_of,
-                                  exact_cost=mobo.CostPolynomial.from_model(resnet), lambda_sampling="pas",
-                                  epsilon=0.02, generator=torch.Generator().manual_seed(3))
+    props, timings = mobo.propose(
+        X,
+        loss,
+        cost,
+        2,
+        bounds=bounds,
+        cost_of=cost_of,
+        exact_cost=mobo.CostPolynomial.from_model(resnet),
+        lambda_sampling="pas",
+        epsilon=0.02,
+        generator=torch.Generator().manual_seed(3),
+    )
     for p in props:
         assert abs(p.cost - p.target) <= 0.02
         assert 1 <= p.steps <= mobo.MAX_BISECTION_STEPS and 0 < p.lam < 1
@@ -96,14 +108,34 @@ def test_both_cost_models_return_in_box_configs(resnet, cost_model):
     exact = mobo.CostPolynomial.from_model(resnet) if cost_model == "exact" else None
     g = torch.Generator().manual_seed(0)
     state = torch.get_rng_state()
-    props, _ = mobo.propose(X, loss, cost, 2, bounds=bounds, cost_of=cost_of, exact_cost=exact,
-                            lambda_sampling="uniform", epsilon=0.02, generator=g)
+    props, _ = mobo.propose(
+        X,
+        loss,
+        cost,
+        2,
+        bounds=bounds,
+        cost_of=cost_of,
+        exact_cost=exact,
+        lambda_sampling="uniform",
+        epsilon=0.02,
+        generator=g,
+    )
     assert torch.equal(torch.get_rng_state(), state), "BO leaves the global RNG alone"
     for p in props:
         resnet.space.validate(p.alpha)
         assert p.steps == 1 and p.target is None
-    again, _ = mobo.propose(X, loss, cost, 2, bounds=bounds, cost_of=cost_of, exact_cost=exact,
-                            lambda_sampling="uniform", epsilon=0.02, generator=torch.Generator().manual_seed(0))
+    again, _ = mobo.propose(
+        X,
+        loss,
+        cost,
+        2,
+        bounds=bounds,
+        cost_of=cost_of,
+        exact_cost=exact,
+        lambda_sampling="uniform",
+        epsilon=0.02,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert [p.alpha for p in props] == [p.alpha for p in again], "same generator state, same proposals"
 
 
@@ -155,8 +187,11 @@ def test_pareco_strategy_grows_history_and_leaves_model_untouched(tiny):
 
 def _pareco_with_history(model, losses: list[float], remeasure: int) -> PareCO:
     """A set-up PareCO whose H is len(losses) random configs with the given (stale) losses."""
-    s = PareCO(TrainConfig(algorithm="pareco", seed=3, samples=2, history_size=50, probe_batch=16,
-                           remeasure=remeasure))
+    s = PareCO(
+        TrainConfig(
+            algorithm="pareco", seed=3, samples=2, history_size=50, probe_batch=16, remeasure=remeasure
+        )
+    )
     s.setup(model, 100)
     s._set_history(model.space.sample(torch.Generator().manual_seed(0), len(losses)), list(losses))
     return s
@@ -169,7 +204,9 @@ def test_remeasure_subset_holds_new_configs_the_front_and_a_seeded_draw(resnet):
     s = _pareco_with_history(resnet, losses, remeasure=12)
     idx = s.remeasure_indices(step=8)
     known = [i for i in range(40) if not math.isnan(losses[i])]
-    front = mobo.pareto_mask(torch.tensor([s.costs[i] for i in known]), torch.tensor([losses[i] for i in known]))
+    front = mobo.pareto_mask(
+        torch.tensor([s.costs[i] for i in known]), torch.tensor([losses[i] for i in known])
+    )
     must = {5, 17} | {known[i] for i in front.nonzero().squeeze(-1).tolist()}
     assert must <= set(idx) and len(idx) == max(12, len(must)) and idx == sorted(set(idx))
     assert s.remeasure_indices(step=8) == idx, "the draw depends only on (seed, step)"
@@ -257,14 +294,17 @@ def test_twostage_trains_random_per_layer_widths_and_searches_after(tiny):
     assert s.record()["search_time_s"] > 0
 
 
-@pytest.mark.parametrize("field,value,flag", [
-    ("lambda_sampling", "gaussian", "--lambda-sampling"),
-    ("cost_model", "lut", "--cost-model"),
-    ("epsilon", 0.0, "--epsilon"),
-    ("samples", 0, "--samples-per-iter"),
-    ("probe_batch", 0, "--probe-batch"),
-    ("remeasure", -1, "--remeasure"),
-])
+@pytest.mark.parametrize(
+    "field,value,flag",
+    [
+        ("lambda_sampling", "gaussian", "--lambda-sampling"),
+        ("cost_model", "lut", "--cost-model"),
+        ("epsilon", 0.0, "--epsilon"),
+        ("samples", 0, "--samples-per-iter"),
+        ("probe_batch", 0, "--probe-batch"),
+        ("remeasure", -1, "--remeasure"),
+    ],
+)
 def test_bad_bo_settings_name_the_flag(field, value, flag):
     with pytest.raises(TrainingError, match=flag):
         make_bo_strategy(TrainConfig(algorithm="pareco", **{field: value}))

@@ -36,14 +36,24 @@ def test_search_rows_describe_each_bo_method():
 
     fronts = {
         "slim": {"extra": {}},
-        "pareco": {"extra": {"history_size": 105, "remeasure": 64, "bisection_steps_mean": 4.5, "bo_time_share": 0.125,
-                             "bo_measure_s": 100.0, "bo_fit_s": 20.0, "bo_acquisition_s": 30.0}},
+        "pareco": {
+            "extra": {
+                "history_size": 105,
+                "remeasure": 64,
+                "bisection_steps_mean": 4.5,
+                "bo_time_share": 0.125,
+                "bo_measure_s": 100.0,
+                "bo_fit_s": 20.0,
+                "bo_acquisition_s": 30.0,
+            }
+        },
         "twostage": {"extra": {"history_size": 105, "bisection_steps_mean": 3.0, "search_time_s": 42.0}},
     }
     rows = search_rows(fronts)
     assert rows[-2] == "| twostage | 105 | once each | 3.0 | search after training 42 s |"
-    assert rows[-1] == ("| pareco | 105 | 64 | 4.5 | 12.5% of training (re-measure 100 s, GP fit 20 s, "
-                        "acquisition 30 s) |")
+    assert rows[-1] == (
+        "| pareco | 105 | 64 | 4.5 | 12.5% of training (re-measure 100 s, GP fit 20 s, acquisition 30 s) |"
+    )
     assert search_rows({"slim": fronts["slim"]}) == []
 
 
@@ -53,8 +63,12 @@ def test_median_epoch_seconds_ignores_step_records_and_one_slow_epoch(tmp_path):
     from benchmarks.reproduce_cifar import median_epoch_seconds
 
     log = tmp_path / "train.log.jsonl"
-    rows = [{"epoch": 1, "step": 20, "loss": 1.0}, {"epoch": 1, "epoch_time_s": 200.0},
-            {"epoch": 2, "epoch_time_s": 530.0}, {"epoch": 3, "epoch_time_s": 210.0}]
+    rows = [
+        {"epoch": 1, "step": 20, "loss": 1.0},
+        {"epoch": 1, "epoch_time_s": 200.0},
+        {"epoch": 2, "epoch_time_s": 530.0},
+        {"epoch": 3, "epoch_time_s": 210.0},
+    ]
     log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert median_epoch_seconds(log) == 210.0
     assert median_epoch_seconds(tmp_path / "missing.jsonl") == 0.0

@@ -109,12 +109,15 @@ def test_concurrent_inference_never_mixes_configs(rt):
         assert diffs[0] <= 1e-5 < diffs[1], diffs
 
 
-@pytest.mark.parametrize("x,msg", [
-    (torch.randn(2, 3, 32, 32), r"shape \(2, 3, 32, 32\), expected \(N, 3, 16, 16\)"),
-    (torch.randn(3, 16, 16), "expected \\(N, 3, 16, 16\\)"),
-    (torch.randn(1, 3, 16, 16, dtype=torch.float64), "dtype torch.float64"),
-    (torch.full((1, 3, 16, 16), float("nan")), "NaN or inf"),
-])
+@pytest.mark.parametrize(
+    "x,msg",
+    [
+        (torch.randn(2, 3, 32, 32), r"shape \(2, 3, 32, 32\), expected \(N, 3, 16, 16\)"),
+        (torch.randn(3, 16, 16), "expected \\(N, 3, 16, 16\\)"),
+        (torch.randn(1, 3, 16, 16, dtype=torch.float64), "dtype torch.float64"),
+        (torch.full((1, 3, 16, 16), float("nan")), "NaN or inf"),
+    ],
+)
 def test_bad_inputs_rejected(rt, x, msg):
     with pytest.raises(ValueError, match=msg):
         rt(x)
@@ -161,9 +164,13 @@ def test_runtime_import_stays_light():
     import subprocess
     import sys
 
-    heavy = "botorch gpytorch onnx onnxruntime matplotlib typer rich training export bench jsonschema executorch"
-    code = (f"import sys, pareco_runtime; heavy = set({heavy.split()!r}); "
-            "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
+    heavy = (
+        "botorch gpytorch onnx onnxruntime matplotlib typer rich training export bench jsonschema executorch"
+    )
+    code = (
+        f"import sys, pareco_runtime; heavy = set({heavy.split()!r}); "
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

@@ -17,20 +17,22 @@ from training.calibrate import calibrate_bn, evaluate
 from training.config import TrainConfig, TrainingError
 from training.loop import lr_at, train
 from training.strategies import Slim, widths_spread_over_macs
+import itertools
 
 SYN = "synthetic:256:4"
 
 
 def test_slim_run_writes_a_valid_front(tmp_path, small_train_settings):
-    manifest_path = train(TrainConfig(epochs=2, **small_train_settings), tmp_path, show_progress=False,
-                          log_every=1)
+    manifest_path = train(
+        TrainConfig(epochs=2, **small_train_settings), tmp_path, show_progress=False, log_every=1
+    )
     manifest = load_manifest(manifest_path)
     pts = manifest["points"]
     assert pts and manifest["training"]["algorithm"] == "slim"
     macs = [p["mflops"] for p in pts]
     top1 = [p["top1"] for p in pts]
     assert macs == sorted(macs)
-    assert all(b > a for a, b in zip(top1, top1[1:])), "a front's accuracy rises with cost"
+    assert all(b > a for a, b in itertools.pairwise(top1)), "a front's accuracy rises with cost"
     wf = load_weights(tmp_path / "model.safetensors")
     assert set(wf.bn_stats) == {p["id"] for p in pts}
     m = build_model("resnet20", num_classes=4, input_size=16)
@@ -42,8 +44,11 @@ def test_slim_run_writes_a_valid_front(tmp_path, small_train_settings):
 
 
 def test_independent_trains_one_config(tmp_path, small_train_settings):
-    path = train(TrainConfig(epochs=1, algorithm="independent", width=0.5, **small_train_settings), tmp_path,
-                 show_progress=False)
+    path = train(
+        TrainConfig(epochs=1, algorithm="independent", width=0.5, **small_train_settings),
+        tmp_path,
+        show_progress=False,
+    )
     pts = load_manifest(path)["points"]
     assert len(pts) == 1 and pts[0]["alpha"] == [0.5] * 6
 
@@ -62,7 +67,7 @@ def test_candidates_spread_over_macs():
     ws = widths_spread_over_macs(m, 40)
     macs = [m.macs(m.space.uniform(w)) for w in ws]
     assert ws[0] == 0.316 and ws[-1] == 1.0 and len(ws) >= 35
-    gaps = [b - a for a, b in zip(macs, macs[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(macs)]
     assert max(gaps) < 3 * (macs[-1] - macs[0]) / 39
 
 
@@ -103,7 +108,10 @@ def test_resume_after_kill_is_bit_identical(tmp_path, cli_process, kill_mid_epoc
     a, b = load_file(ref / "model.safetensors"), load_file(killed / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert load_manifest(ref / "model.front.json")["points"] == load_manifest(killed / "model.front.json")["points"]
+    assert (
+        load_manifest(ref / "model.front.json")["points"]
+        == load_manifest(killed / "model.front.json")["points"]
+    )
 
 
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, cli, train_cli_args):
@@ -122,11 +130,14 @@ def test_out_dir_with_another_run_is_refused(tmp_path, small_train_settings):
     train(TrainConfig(epochs=1, **small_train_settings), tmp_path, force=True, show_progress=False)
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--algorithm", "bogus"], "unknown algorithm 'bogus'"),
-    (["--epochs", "0"], "--epochs must be at least 1"),
-    (["--data", "/nonexistent/data"], "/nonexistent/data"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--algorithm", "bogus"], "unknown algorithm 'bogus'"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--data", "/nonexistent/data"], "/nonexistent/data"),
+    ],
+)
 def test_train_bad_input(tmp_path, cli, args, msg):
     r = cli("train", "--out", str(tmp_path / "o"), "--data", SYN, *args)
     assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
@@ -134,8 +145,18 @@ def test_train_bad_input(tmp_path, cli, args, msg):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_stay_in_sync(tmp_path, repo_root, train_cli_args):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "pareco_cli.main", *train_cli_args(tmp_path, 1)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "pareco_cli.main",
+        *train_cli_args(tmp_path, 1),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -145,10 +166,14 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path, repo_root, train_cli_args)
 
 def test_slim_run_leaves_botorch_unimported(tmp_path, small_train_settings, repo_root):
     """BoTorch is imported only by PareCO and TwoStage: a Slim run never loads it."""
-    code = ("import sys; from training.config import TrainConfig; from training.loop import train; "
-            f"train(TrainConfig(epochs=1, **{small_train_settings!r}), {str(tmp_path / 'api')!r}, show_progress=False); "
-            "heavy = ('botorch', 'gpytorch', 'training.mobo', 'training.pareco'); "
-            "print(sorted(m for m in heavy if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys; from training.config import TrainConfig; from training.loop import train; "
+        f"train(TrainConfig(epochs=1, **{small_train_settings!r}), {str(tmp_path / 'api')!r}, show_progress=False); "
+        "heavy = ('botorch', 'gpytorch', 'training.mobo', 'training.pareco'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"

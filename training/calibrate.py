@@ -32,8 +32,9 @@ def calibrate_bn(model: SlimmableNet, alpha: Sequence[float], batches: Iterable[
                 model(x)
                 seen += 1
             if seen == 0:
-                raise ValueError("BN calibration got no batches; the training set is smaller than one calibration "
-                                 "batch")
+                raise ValueError(
+                    "BN calibration got no batches; the training set is smaller than one calibration batch"
+                )
             return model.current_bn_stats()
         finally:
             for bn, momentum in zip(bns, momenta):
@@ -49,8 +50,12 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: SlimmableNet, alpha: Sequence[float], stats: BNStats | None,
-             batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Evaluation:
+def evaluate(
+    model: SlimmableNet,
+    alpha: Sequence[float],
+    stats: BNStats | None,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+) -> Evaluation:
     """Top-1 and loss of config ``alpha`` with BN statistics ``stats`` (running buffers when None).
 
     The model is left exactly as it was (widths, statistics, mode).

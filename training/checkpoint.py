@@ -30,5 +30,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError or EOFError depending on damage
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a usable checkpoint ({first}); delete it and pass --force to start "
-                              "afresh") from None
+        raise CheckpointError(
+            f"{path}: not a usable checkpoint ({first}); delete it and pass --force to start afresh"
+        ) from None

@@ -23,8 +23,9 @@ class TrainingError(ValueError):
     """A run that cannot start or continue, with what to do about it."""
 
 
-def _setting(default: Any, help: str, *, flag: str | None = None,
-             choices: tuple[str, ...] | None = None) -> Any:
+def _setting(
+    default: Any, help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None
+) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
 
 
@@ -48,21 +49,30 @@ class TrainConfig:
     image_size: int | None = _setting(None, "Input resolution (default: the data's).")
     samples: int = _setting(2, "M: sampled configs per iteration.", flag="--samples-per-iter")
     width: float = _setting(1.0, "Uniform width trained by --algorithm independent.")
-    candidates: int = _setting(40, "Configs evaluated for the front (Slim: uniform widths; PareCO/TwoStage: "
-                                   "H's approximate front thinned to this many).")
+    candidates: int = _setting(
+        40,
+        "Configs evaluated for the front (Slim: uniform widths; PareCO/TwoStage: "
+        "H's approximate front thinned to this many).",
+    )
     calib_batches: int = _setting(8, "Batches for BN recalibration per candidate.")
     calib_batch_size: int = _setting(128, "Images per BN recalibration batch.")
     history_size: int = _setting(1000, "PareCO/TwoStage: target |H| over the run.")
-    epsilon: float = _setting(0.02, "PareCO/TwoStage: tolerance of the cost binary search, a fraction of "
-                                    "the full model's MACs.")
-    lambda_sampling: str = _setting("pas", "PareCO/TwoStage: how the scalarisation weight lambda is drawn.",
-                                    choices=LAMBDA_SAMPLING)
+    epsilon: float = _setting(
+        0.02, "PareCO/TwoStage: tolerance of the cost binary search, a fraction of the full model's MACs."
+    )
+    lambda_sampling: str = _setting(
+        "pas", "PareCO/TwoStage: how the scalarisation weight lambda is drawn.", choices=LAMBDA_SAMPLING
+    )
     cost_model: str = _setting("exact", "PareCO/TwoStage: cost of a config in the BO.", choices=COST_MODELS)
     probe_batch: int = _setting(128, "PareCO/TwoStage: images used to measure H's losses.")
-    remeasure: int = _setting(64, "PareCO: configs of H re-measured per BO step (new ones, the front, random "
-                                  "others); 0 re-measures all of H (the paper).")
-    distill_warmup: float = _setting(0.3, "Fraction of the run over which in-place distillation ramps in "
-                                          "(0: from the first step).")
+    remeasure: int = _setting(
+        64,
+        "PareCO: configs of H re-measured per BO step (new ones, the front, random "
+        "others); 0 re-measures all of H (the paper).",
+    )
+    distill_warmup: float = _setting(
+        0.3, "Fraction of the run over which in-place distillation ramps in (0: from the first step)."
+    )
 
     @classmethod
     def flag(cls, name: str) -> str:
@@ -77,14 +87,16 @@ class TrainConfig:
         for name in counts:
             self._require(name, getattr(self, name) >= 1, "must be at least 1")
         self._require("lr", self.lr > 0 and math.isfinite(self.lr), "must be a positive number")
-        self._require("distill_warmup", 0.0 <= self.distill_warmup <= 1.0,
-                      "is a fraction of the run in [0, 1]")
+        self._require(
+            "distill_warmup", 0.0 <= self.distill_warmup <= 1.0, "is a fraction of the run in [0, 1]"
+        )
         self._require("samples", self.samples >= 0, "must be >= 0")
         if self.algorithm in BO_ALGORITHMS:
             self._choose("lambda_sampling")
             self._choose("cost_model")
-            self._require("epsilon", 0.0 < self.epsilon < 1.0,
-                          "must be in (0, 1) (a fraction of the full model's MACs)")
+            self._require(
+                "epsilon", 0.0 < self.epsilon < 1.0, "must be in (0, 1) (a fraction of the full model's MACs)"
+            )
             self._require("samples", self.samples >= 1, f"must be at least 1 for {self.algorithm}")
             self._require("probe_batch", self.probe_batch >= 1, "must be at least 1")
             self._require("remeasure", self.remeasure >= 0, "must be 0 (all of H) or a positive count")
@@ -93,8 +105,10 @@ class TrainConfig:
         choices = _fields()[name].metadata["choices"]
         value = getattr(self, name)
         if value not in choices:
-            raise TrainingError(f"{self.flag(name)}: unknown {name.replace('_', ' ')} '{value}'; "
-                                f"choose one of: {', '.join(choices)}")
+            raise TrainingError(
+                f"{self.flag(name)}: unknown {name.replace('_', ' ')} '{value}'; "
+                f"choose one of: {', '.join(choices)}"
+            )
 
     def _require(self, name: str, ok: bool, requirement: str) -> None:
         if not ok:

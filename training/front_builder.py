@@ -27,9 +27,16 @@ class Candidate:
     stats: BNStats
 
 
-def evaluate_candidates(model: SlimmableNet, configs: Sequence[Sequence[float]], data: Any, calib_batches: int,
-                        calib_batch_size: int, seed: int, eval_batch_size: int = 500,
-                        on_done: Callable[[int, int], None] | None = None) -> list[Candidate]:
+def evaluate_candidates(
+    model: SlimmableNet,
+    configs: Sequence[Sequence[float]],
+    data: Any,
+    calib_batches: int,
+    calib_batch_size: int,
+    seed: int,
+    eval_batch_size: int = 500,
+    on_done: Callable[[int, int], None] | None = None,
+) -> list[Candidate]:
     """Calibrate BN for each distinct sub-network among ``configs`` and evaluate it on validation data.
 
     Configs that map to identical channel counts are the same sub-network and are evaluated once.
@@ -48,8 +55,11 @@ def evaluate_candidates(model: SlimmableNet, configs: Sequence[Sequence[float]],
         batches = (x for x, _ in data.calib_batches(calib_batch_size, calib_batches, seed))
         stats = calibrate_bn(model, alpha, batches)
         ev = evaluate(model, alpha, stats, data.val_batches(eval_batch_size))
-        out.append(Candidate(alpha, model.channels(alpha), model.macs(alpha), model.params(alpha), ev.top1, ev.loss,
-                             stats))
+        out.append(
+            Candidate(
+                alpha, model.channels(alpha), model.macs(alpha), model.params(alpha), ev.top1, ev.loss, stats
+            )
+        )
         if on_done:
             on_done(i + 1, len(unique))
     return out
@@ -61,8 +71,9 @@ def pareto_candidates(cands: Sequence[Candidate]) -> list[Candidate]:
     return sorted(front, key=lambda c: (c.macs, -c.top1))
 
 
-def write_outputs(out_dir: Path, model: SlimmableNet, front: Sequence[Candidate], data_info: Any,
-                  training: dict[str, Any]) -> tuple[Path, Path]:
+def write_outputs(
+    out_dir: Path, model: SlimmableNet, front: Sequence[Candidate], data_info: Any, training: dict[str, Any]
+) -> tuple[Path, Path]:
     """Write the weight file and the front manifest into ``out_dir`` (both atomically).
 
     Points get ids ``p00``, ``p01``, ... in increasing MACs. ``data_info``: the data's name, input
@@ -72,11 +83,23 @@ def write_outputs(out_dir: Path, model: SlimmableNet, front: Sequence[Candidate]
     ids = [f"p{i:02d}" for i in range(len(front))]
     bn_stats = {pid: dict(zip(model.bn_names, c.stats)) for pid, c in zip(ids, front)}
     points = [
-        FrontPoint(id=pid, alpha=[round(a, 6) for a in c.alpha], channels=c.channels, mflops=c.macs / 1e6,
-                   params=c.params, top1=round(c.top1, 4), loss=round(c.loss, 6))
+        FrontPoint(
+            id=pid,
+            alpha=[round(a, 6) for a in c.alpha],
+            channels=c.channels,
+            mflops=c.macs / 1e6,
+            params=c.params,
+            top1=round(c.top1, 4),
+            loss=round(c.loss, 6),
+        )
         for pid, c in zip(ids, front)
     ]
-    dataset = DatasetSpec(name=data_info.name, input_size=tuple(data_info.input_size), mean=list(data_info.mean),
-                          std=list(data_info.std), class_names=list(data_info.class_names))
+    dataset = DatasetSpec(
+        name=data_info.name,
+        input_size=tuple(data_info.input_size),
+        mean=list(data_info.mean),
+        std=list(data_info.std),
+        class_names=list(data_info.class_names),
+    )
     manifest = write_front(out_dir, model, points, bn_stats, dataset, TrainingRecord.from_dict(training))
     return manifest.with_name(WEIGHTS_NAME), manifest

@@ -78,12 +78,15 @@ def _prepare_out_dir(out: Path, cfg: TrainConfig, resume: bool, force: bool) -> 
         if resume:
             if previous != current:
                 diff = sorted(k for k in current if previous is None or previous.get(k) != current[k])
-                raise TrainingError(f"{out}: --resume with settings that differ from the run there "
-                                    f"({', '.join(diff)}); use the same settings, or --force to start afresh")
+                raise TrainingError(
+                    f"{out}: --resume with settings that differ from the run there "
+                    f"({', '.join(diff)}); use the same settings, or --force to start afresh"
+                )
             return
         if not force:
-            raise TrainingError(f"{out} already holds a training run; pass --resume to continue it or --force to "
-                                "overwrite it")
+            raise TrainingError(
+                f"{out} already holds a training run; pass --resume to continue it or --force to overwrite it"
+            )
     elif resume:
         raise TrainingError(f"{out}: no run to resume (no {RUN_NAME}); run without --resume")
     if force:
@@ -105,9 +108,17 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def train_step(net: torch.nn.Module, model: SlimmableNet, opt: torch.optim.Optimizer, configs: list[list[float]],
-               x: torch.Tensor, y: torch.Tensor, distill: float, label_smoothing: float,
-               ddp: bool) -> list[float]:
+def train_step(
+    net: torch.nn.Module,
+    model: SlimmableNet,
+    opt: torch.optim.Optimizer,
+    configs: list[list[float]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    distill: float,
+    label_smoothing: float,
+    ddp: bool,
+) -> list[float]:
     """One update on the mean of the losses of ``configs``; returns each config's cross-entropy.
 
     The first config learns from the labels. With ``distill`` = w > 0 it is also the teacher: the
@@ -157,8 +168,14 @@ class _Progress:
         if show:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
             self.bar.start()
             self.task = self.bar.add_task("train", total=total, completed=done, info="")
 
@@ -167,8 +184,7 @@ class _Progress:
             info = f"loss {record['loss']:.3f} lr {record['lr']:.4f} {record['img_per_s']:.0f} img/s"
             if record.get("strategy"):
                 info += f" {record['strategy']}"
-            self.bar.update(self.task, advance=advance, info=info,
-                            description=f"epoch {record['epoch']}")
+            self.bar.update(self.task, advance=advance, info=info, description=f"epoch {record['epoch']}")
 
     def write(self, record: dict[str, Any]) -> None:
         if self.log is not None:
@@ -182,8 +198,16 @@ class _Progress:
             self.log.close()
 
 
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool = False, device: str | None = None,
-          cache_dir: str | None = None, log_every: int = 20, show_progress: bool = True) -> Path:
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    force: bool = False,
+    device: str | None = None,
+    cache_dir: str | None = None,
+    log_every: int = 20,
+    show_progress: bool = True,
+) -> Path:
     """Train ``cfg`` into ``out`` and write ``model.safetensors`` + ``model.front.json``; returns the manifest path.
 
     ``resume`` continues from the last epoch checkpoint bit for bit (CPU); ``force`` discards a
@@ -199,18 +223,27 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
             _prepare_out_dir(out, cfg, resume, force)
         dist.barrier()
         torch.manual_seed(cfg.seed)
-        data = load_data(cfg.data, image_size=cfg.image_size, seed=cfg.seed, cache_dir=cache_dir, device=dist.device)
+        data = load_data(
+            cfg.data, image_size=cfg.image_size, seed=cfg.seed, cache_dir=cache_dir, device=dist.device
+        )
         model = build_for_data(cfg, len(data.info.class_names), data.info.input_size).to(dist.device)
         strategy = make_strategy(cfg)
         strategy.attach_data(data)
         spe = data.steps_per_epoch(cfg.batch_size, dist.world_size)
         if spe < 1:
-            raise TrainingError(f"--batch-size {cfg.batch_size} is larger than the training set "
-                                f"({data.info.num_train} images); lower it")
+            raise TrainingError(
+                f"--batch-size {cfg.batch_size} is larger than the training set "
+                f"({data.info.num_train} images); lower it"
+            )
         total = spe * cfg.epochs
         strategy.setup(model, total)
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                              weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
         start_epoch, wall = 0, 0.0
         ckpt_path = out / CHECKPOINT_NAME
         if resume and ckpt_path.exists():
@@ -223,15 +256,20 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         net: torch.nn.Module = model
         if dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-        progress = _Progress(out / LOG_NAME if dist.is_main else None, dist.is_main and show_progress, total,
-                             start_epoch * spe)
+                model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
+            )
+        progress = _Progress(
+            out / LOG_NAME if dist.is_main else None, dist.is_main and show_progress, total, start_epoch * spe
+        )
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 t_epoch = time.perf_counter()
                 seen = 0
-                for i, (x, y) in enumerate(data.train_batches(cfg.batch_size, epoch, cfg.seed, rank=dist.rank,
-                                                              world_size=dist.world_size)):
+                for i, (x, y) in enumerate(
+                    data.train_batches(
+                        cfg.batch_size, epoch, cfg.seed, rank=dist.rank, world_size=dist.world_size
+                    )
+                ):
                     step = epoch * spe + i
                     lr = lr_at(cfg, step, total, spe)
                     for g in opt.param_groups:
@@ -242,33 +280,61 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
                     losses = train_step(net, model, opt, configs, x, y, w, cfg.label_smoothing, dist.enabled)
                     if not all(math.isfinite(v) for v in losses):
                         bad = next(v for v in losses if not math.isfinite(v))
-                        kept = f"the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}" if epoch else \
-                            "no checkpoint was written yet"
-                        raise TrainingError(f"loss became {bad} at epoch {epoch + 1} step {step}: training diverged; "
-                                            f"{kept}; lower --lr (now {cfg.lr}) or add --warmup-epochs and "
-                                            "start again with --force")
+                        kept = (
+                            f"the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}"
+                            if epoch
+                            else "no checkpoint was written yet"
+                        )
+                        raise TrainingError(
+                            f"loss became {bad} at epoch {epoch + 1} step {step}: training diverged; "
+                            f"{kept}; lower --lr (now {cfg.lr}) or add --warmup-epochs and "
+                            "start again with --force"
+                        )
                     seen += x.shape[0] * dist.world_size
                     elapsed = time.perf_counter() - t_epoch
-                    record = {"epoch": epoch + 1, "step": step + 1, "loss": losses[0], "lr": lr,
-                              "img_per_s": seen / max(elapsed, 1e-9), "strategy": strategy.progress()}
+                    record = {
+                        "epoch": epoch + 1,
+                        "step": step + 1,
+                        "loss": losses[0],
+                        "lr": lr,
+                        "img_per_s": seen / max(elapsed, 1e-9),
+                        "strategy": strategy.progress(),
+                    }
                     progress.update(record)
                     if (step + 1) % log_every == 0:
                         progress.write({**record, "time": time.time()})
                 epoch_time = time.perf_counter() - t_epoch
                 wall += epoch_time
-                progress.write({"epoch": epoch + 1, "epoch_time_s": epoch_time, "steps": spe, "time": time.time(),
-                                **strategy.record()})
+                progress.write(
+                    {
+                        "epoch": epoch + 1,
+                        "epoch_time_s": epoch_time,
+                        "steps": spe,
+                        "time": time.time(),
+                        **strategy.record(),
+                    }
+                )
                 if dist.is_main:
-                    save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                                "strategy": strategy.state_dict(), "rng": _rng_state(),
-                                                "epoch": epoch + 1, "wall_time_s": wall})
+                    save_checkpoint(
+                        ckpt_path,
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": opt.state_dict(),
+                            "strategy": strategy.state_dict(),
+                            "rng": _rng_state(),
+                            "epoch": epoch + 1,
+                            "wall_time_s": wall,
+                        },
+                    )
                 dist.barrier()
         finally:
             progress.close()
         checksum = float(sum(p.double().sum().item() for p in model.parameters()))
         in_sync = dist.same_on_all_ranks(checksum)
         if not in_sync:
-            raise TrainingError("ranks finished with different weights; report this as a bug with the command used")
+            raise TrainingError(
+                "ranks finished with different weights; report this as a bug with the command used"
+            )
         manifest = out / MANIFEST_NAME
         if dist.is_main:
             manifest = _finish(cfg, out, model, strategy, data, wall, dist.world_size, show_progress)
@@ -278,25 +344,43 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool =
         distributed.teardown()
 
 
-def _finish(cfg: TrainConfig, out: Path, model: SlimmableNet, strategy: Strategy, data: Any, wall: float,
-            world_size: int, show_progress: bool) -> Path:
+def _finish(
+    cfg: TrainConfig,
+    out: Path,
+    model: SlimmableNet,
+    strategy: Strategy,
+    data: Any,
+    wall: float,
+    world_size: int,
+    show_progress: bool,
+) -> Path:
     t0 = time.perf_counter()
     configs = strategy.candidates(model)
     cands = evaluate_candidates(model, configs, data, cfg.calib_batches, cfg.calib_batch_size, cfg.seed)
     front = pareto_candidates(cands)
     strategy_record = strategy.record()
     record = {
-        "algorithm": cfg.algorithm, "epochs": cfg.epochs, "seed": cfg.seed, "wall_time_s": round(wall, 3),
+        "algorithm": cfg.algorithm,
+        "epochs": cfg.epochs,
+        "seed": cfg.seed,
+        "wall_time_s": round(wall, 3),
         "history_size": strategy_record.get("history_size"),
-        "extra": {**strategy_record, "config": dataclasses.asdict(cfg), "world_size": world_size,
-                  "candidates_evaluated": len(cands), "finalize_time_s": round(time.perf_counter() - t0, 3)},
+        "extra": {
+            **strategy_record,
+            "config": dataclasses.asdict(cfg),
+            "world_size": world_size,
+            "candidates_evaluated": len(cands),
+            "finalize_time_s": round(time.perf_counter() - t0, 3),
+        },
     }
     _, manifest = write_outputs(out, model, front, data.info, record)
     if show_progress:
         from rich.console import Console
 
         best = max(front, key=lambda c: c.top1)
-        Console().print(f"front: {len(front)} points from {len(cands)} candidates, "
-                        f"{front[0].macs / 1e6:.2f}-{front[-1].macs / 1e6:.2f} MFLOPs, best top-1 {best.top1:.2f}% "
-                        f"-> {manifest}")
+        Console().print(
+            f"front: {len(front)} points from {len(cands)} candidates, "
+            f"{front[0].macs / 1e6:.2f}-{front[-1].macs / 1e6:.2f} MFLOPs, best top-1 {best.top1:.2f}% "
+            f"-> {manifest}"
+        )
     return manifest

@@ -137,8 +137,12 @@ class ScalarizedLCB(AcquisitionFunction):
     ``scalarization`` is BoTorch's ``get_chebyshev_scalarization`` with negative weights (minimisation).
     """
 
-    def __init__(self, loss_model: SingleTaskGP, cost: Callable[[Tensor], Tensor],
-                 scalarization: Callable[[Tensor], Tensor]) -> None:
+    def __init__(
+        self,
+        loss_model: SingleTaskGP,
+        cost: Callable[[Tensor], Tensor],
+        scalarization: Callable[[Tensor], Tensor],
+    ) -> None:
         super().__init__(model=loss_model)
         self.loss_ucb = UpperConfidenceBound(loss_model, beta=UCB_BETA, maximize=False)
         self.cost = cost
@@ -156,15 +160,21 @@ def fit_gp(X: Tensor, y: Tensor, bounds: Tensor) -> SingleTaskGP:
     BoTorch's dimension-scaled lengthscale prior, inputs normalised to the unit cube, outcome standardised.
     If every fitting attempt fails it warns and keeps the prior's initial hyperparameters."""
     d = X.shape[-1]
-    gp = SingleTaskGP(X, y.unsqueeze(-1), covar_module=get_covar_module_with_dim_scaled_prior(d, use_rbf_kernel=False),
-                      input_transform=Normalize(d, bounds=bounds), outcome_transform=Standardize(m=1))
+    gp = SingleTaskGP(
+        X,
+        y.unsqueeze(-1),
+        covar_module=get_covar_module_with_dim_scaled_prior(d, use_rbf_kernel=False),
+        input_transform=Normalize(d, bounds=bounds),
+        outcome_transform=Standardize(m=1),
+    )
     try:
         fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
     except ModelFittingError:
         # Every restart failed (e.g. a degenerate H); BoTorch rolled back to the prior's initial
         # hyperparameters, which still give a valid posterior: a BO step must not stop a training run.
-        warnings.warn("GP fit failed on this history; using the prior's hyperparameters", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "GP fit failed on this history; using the prior's hyperparameters", RuntimeWarning, stacklevel=2
+        )
         gp.eval()
     return gp
 
@@ -189,7 +199,9 @@ def under_explored_areas(cost: Tensor, loss: Tensor) -> tuple[Tensor, Tensor]:
     return c, (cn[1:] - cn[:-1]) * (ln[:-1] - ln[1:])
 
 
-def draw_target(cost: Tensor, loss: Tensor, cost_range: tuple[float, float], generator: torch.Generator) -> float:
+def draw_target(
+    cost: Tensor, loss: Tensor, cost_range: tuple[float, float], generator: torch.Generator
+) -> float:
     """A target cost: a front gap drawn with probability ∝ its area A_i, then a uniform point inside it.
 
     Falls back to a uniform draw over ``cost_range`` while the front has no gap with area (one point).
@@ -259,11 +271,17 @@ class MoboRS:
         weights = -torch.tensor([1.0 - lam, lam], dtype=torch.float64)
         scalarization = get_chebyshev_scalarization(weights, self._reference, alpha=AUGMENTATION)
         acq = ScalarizedLCB(self.loss_gp, self._cost_fn, scalarization)
-        x, _ = optimize_acqf(acq, bounds=self.bounds, q=1, num_restarts=self.settings.num_restarts,
-                             raw_samples=self.settings.raw_samples, options={"maxiter": self.settings.maxiter},
-                             # The max() in the scalarisation has kinks where L-BFGS-B's line search may stop
-                             # early; its point is still the best found, so a costly second round is not run.
-                             retry_on_optimization_warning=False)
+        x, _ = optimize_acqf(
+            acq,
+            bounds=self.bounds,
+            q=1,
+            num_restarts=self.settings.num_restarts,
+            raw_samples=self.settings.raw_samples,
+            options={"maxiter": self.settings.maxiter},
+            # The max() in the scalarisation has kinks where L-BFGS-B's line search may stop
+            # early; its point is still the best found, so a costly second round is not run.
+            retry_on_optimization_warning=False,
+        )
         self.timings.acquisition_s += time.perf_counter() - t0
         return x[0].tolist()  # optimize_acqf clamps its candidates to the bounds
 
@@ -292,10 +310,20 @@ class MoboRS:
         return best
 
 
-def propose(X: Tensor, loss: Tensor, cost: Tensor, count: int, *, bounds: Tensor,
-            cost_of: Callable[[Sequence[float]], float], exact_cost: CostPolynomial | None, lambda_sampling: str,
-            epsilon: float, generator: torch.Generator,
-            settings: SearchSettings | None = None) -> tuple[list[Proposal], Timings]:
+def propose(
+    X: Tensor,
+    loss: Tensor,
+    cost: Tensor,
+    count: int,
+    *,
+    bounds: Tensor,
+    cost_of: Callable[[Sequence[float]], float],
+    exact_cost: CostPolynomial | None,
+    lambda_sampling: str,
+    epsilon: float,
+    generator: torch.Generator,
+    settings: SearchSettings | None = None,
+) -> tuple[list[Proposal], Timings]:
     """Fit the GPs on H = (X, loss, cost) and propose ``count`` configs by PAS or uniform λ.
 
     Deterministic given ``generator``'s state (which it advances); leaves the global RNG and the thread
@@ -303,7 +331,9 @@ def propose(X: Tensor, loss: Tensor, cost: Tensor, count: int, *, bounds: Tensor
     """
     settings = settings or SearchSettings()
     if lambda_sampling not in LAMBDA_SAMPLING:
-        raise ValueError(f"lambda_sampling must be one of {', '.join(LAMBDA_SAMPLING)}, got '{lambda_sampling}'")
+        raise ValueError(
+            f"lambda_sampling must be one of {', '.join(LAMBDA_SAMPLING)}, got '{lambda_sampling}'"
+        )
     if not torch.isfinite(loss).all():
         raise ValueError("every config in H needs a measured, finite loss before a BO iteration")
     X, loss, cost = (t.detach().to("cpu", torch.float64) for t in (X, loss, cost))
@@ -336,7 +366,9 @@ def thin_front(cost: Sequence[float], loss: Sequence[float], keep: Sequence[int]
     room = max(0, limit - len(chosen))
     if pool and room:
         lo, hi = min(cost[i] for i in pool), max(cost[i] for i in pool)
-        targets = [lo + (hi - lo) * k / max(1, room - 1) for k in range(room)] if room > 1 else [(lo + hi) / 2]
+        targets = (
+            [lo + (hi - lo) * k / max(1, room - 1) for k in range(room)] if room > 1 else [(lo + hi) / 2]
+        )
         for t in targets:
             if not pool:
                 break

@@ -51,8 +51,9 @@ def bo_schedule(total_steps: int, samples: int, history_size: int) -> tuple[int,
 
 
 @torch.no_grad()
-def measure_losses(model: SlimmableNet, configs: Sequence[Sequence[float]], x: torch.Tensor,
-                   y: torch.Tensor) -> torch.Tensor:
+def measure_losses(
+    model: SlimmableNet, configs: Sequence[Sequence[float]], x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """Mean cross-entropy of each config on ``(x, y)``, BN normalising with the batch's own statistics.
 
     Leaves the model bit-identical: BN layers run with ``track_running_stats`` off, so no running
@@ -136,22 +137,31 @@ class _BOStrategy(Strategy):
             self.costs.append(self._cost_of(r["alpha"]))
             self.lambdas.append(float(r["lam"]))
             self.bisection_steps.append(int(r["steps"]))
-        return self.history[len(self.history) - len(rows):]
+        return self.history[len(self.history) - len(rows) :]
 
     def _propose(self, count: int) -> tuple[list[mobo.Proposal], mobo.Timings]:
         """``count`` new configs from a BO iteration over H (every loss in H must be measured)."""
-        return mobo.propose(torch.tensor(self.history, dtype=torch.float64),
-                            torch.tensor(self.losses, dtype=torch.float64),
-                            torch.tensor(self.costs, dtype=torch.float64), count, bounds=self.bounds,
-                            cost_of=self._cost_of, exact_cost=self.exact_cost,
-                            lambda_sampling=self.cfg.lambda_sampling, epsilon=self.cfg.epsilon,
-                            generator=self.generator, settings=self.settings)
+        return mobo.propose(
+            torch.tensor(self.history, dtype=torch.float64),
+            torch.tensor(self.losses, dtype=torch.float64),
+            torch.tensor(self.costs, dtype=torch.float64),
+            count,
+            bounds=self.bounds,
+            cost_of=self._cost_of,
+            exact_cost=self.exact_cost,
+            lambda_sampling=self.cfg.lambda_sampling,
+            epsilon=self.cfg.epsilon,
+            generator=self.generator,
+            settings=self.settings,
+        )
 
     def _probe(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A fixed batch of ``probe_batch`` un-augmented training images (seeded by the run's seed)."""
         if self.data is None:
-            raise TrainingError(f"{self.name} measures configs on training data after training: the loop must "
-                                "call strategy.attach_data(data) before strategy.candidates(model)")
+            raise TrainingError(
+                f"{self.name} measures configs on training data after training: the loop must "
+                "call strategy.attach_data(data) before strategy.candidates(model)"
+            )
         return next(iter(self.data.calib_batches(self.cfg.probe_batch, 1, self.cfg.seed)))
 
     def _front(self) -> list[list[float]]:
@@ -204,7 +214,9 @@ class PareCO(_BOStrategy):
         self.current = []
         self.started = time.perf_counter()
 
-    def step_configs(self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> list[list[float]]:
+    def step_configs(
+        self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor
+    ) -> list[list[float]]:
         if step % self.interval == 0 or not self.current:
             self._bo_step(step, model, x, y)
         s = model.space
@@ -248,8 +260,9 @@ class PareCO(_BOStrategy):
     def _bo_step(self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> None:
         t0 = time.perf_counter()
         indices = self.remeasure_indices(step)
-        losses = measure_losses(model, [self.history[i] for i in indices], x[: self.cfg.probe_batch],
-                                y[: self.cfg.probe_batch])
+        losses = measure_losses(
+            model, [self.history[i] for i in indices], x[: self.cfg.probe_batch], y[: self.cfg.probe_batch]
+        )
         rank, world = _world()
         if world > 1:
             dist.all_reduce(losses, op=dist.ReduceOp.SUM)
@@ -287,22 +300,30 @@ class PareCO(_BOStrategy):
         return self.bo_seconds / max(self._elapsed(), 1e-9)
 
     def record(self) -> dict[str, Any]:
-        return {**super().record(), "bo_interval_steps": self.interval, "bo_time_s": round(self.bo_seconds, 3),
-                "bo_time_share": round(self._bo_share(), 4),
-                **{f"bo_{k}": round(v, 3) for k, v in self.split.items()}}
+        return {
+            **super().record(),
+            "bo_interval_steps": self.interval,
+            "bo_time_s": round(self.bo_seconds, 3),
+            "bo_time_share": round(self._bo_share(), 4),
+            **{f"bo_{k}": round(v, 3) for k, v in self.split.items()},
+        }
 
     def progress(self) -> str:
         return f"|H| {len(self.history)} BO {self._bo_share():.0%}"
 
     def state_dict(self) -> dict[str, Any]:
         d = self.model.space.dims if self.model is not None else 0
-        return {**super().state_dict(),
-                "history": torch.tensor(self.history, dtype=torch.float64),
-                "losses": torch.tensor(self.losses, dtype=torch.float64),
-                "current": torch.tensor(self.current, dtype=torch.float64).reshape(-1, d),
-                "lambdas": torch.tensor(self.lambdas, dtype=torch.float64),
-                "bisection_steps": torch.tensor(self.bisection_steps, dtype=torch.int64),
-                "bo_seconds": self.bo_seconds, "split": dict(self.split), "elapsed_s": self._elapsed()}
+        return {
+            **super().state_dict(),
+            "history": torch.tensor(self.history, dtype=torch.float64),
+            "losses": torch.tensor(self.losses, dtype=torch.float64),
+            "current": torch.tensor(self.current, dtype=torch.float64).reshape(-1, d),
+            "lambdas": torch.tensor(self.lambdas, dtype=torch.float64),
+            "bisection_steps": torch.tensor(self.bisection_steps, dtype=torch.int64),
+            "bo_seconds": self.bo_seconds,
+            "split": dict(self.split),
+            "elapsed_s": self._elapsed(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -331,7 +352,9 @@ class TwoStage(_BOStrategy):
         super().__init__(cfg, settings)
         self.search_seconds = 0.0
 
-    def step_configs(self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> list[list[float]]:
+    def step_configs(
+        self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor
+    ) -> list[list[float]]:
         s = model.space
         return [s.uniform(s.high), *s.sample(self.generator, self.cfg.samples), s.uniform(s.low)]
 
@@ -343,7 +366,9 @@ class TwoStage(_BOStrategy):
         while len(self.history) < self.target_size:
             proposals, _ = self._propose(min(self.cfg.samples, self.target_size - len(self.history)))
             new = self._add([dataclasses.asdict(p) for p in proposals])
-            self.losses[len(self.history) - len(new):] = measure_losses(model, new, x, y).double().cpu().tolist()
+            self.losses[len(self.history) - len(new) :] = (
+                measure_losses(model, new, x, y).double().cpu().tolist()
+            )
         self.search_seconds += time.perf_counter() - t0
         return self._front()
 
@@ -356,6 +381,8 @@ def make_bo_strategy(cfg: TrainConfig) -> Strategy:
     cfg.validate()
     classes: dict[str, type[_BOStrategy]] = {"pareco": PareCO, "twostage": TwoStage}
     if cfg.algorithm not in classes:
-        raise TrainingError(f"{TrainConfig.flag('algorithm')}: '{cfg.algorithm}' is not a BO algorithm; "
-                            "choose pareco or twostage")
+        raise TrainingError(
+            f"{TrainConfig.flag('algorithm')}: '{cfg.algorithm}' is not a BO algorithm; "
+            "choose pareco or twostage"
+        )
     return classes[cfg.algorithm](cfg)

@@ -63,7 +63,9 @@ class Strategy(ABC):
         self.total_steps = total_steps
 
     @abstractmethod
-    def step_configs(self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> list[list[float]]:
+    def step_configs(
+        self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor
+    ) -> list[list[float]]:
         """Configs to train at ``step``; the first is the teacher when ``distill`` is set."""
 
     @abstractmethod
@@ -134,11 +136,14 @@ class Slim(Strategy):
 
     def step_configs(self, step, model, x, y):
         s = model.space
-        return [s.uniform(s.high)] + [s.uniform(self._uniform()) for _ in range(self.samples)] + [s.uniform(s.low)]
+        return (
+            [s.uniform(s.high)]
+            + [s.uniform(self._uniform()) for _ in range(self.samples)]
+            + [s.uniform(s.low)]
+        )
 
     def candidates(self, model):
         return [model.space.uniform(w) for w in widths_spread_over_macs(model, self.num_candidates)]
 
     def record(self):
         return {"samples_per_step": self.samples, "candidates": self.num_candidates}
-

@@ -14,7 +14,9 @@ def _resnet(depth: int) -> Callable[..., SlimmableNet]:
     def make(**kw: Any) -> SlimmableNet:
         return ResNetCifar(depth=depth, **kw)
 
-    make.__doc__ = f"Slimmable ResNet{depth} for CIFAR (kwargs: width, num_classes, low, divisor, input_size)."
+    make.__doc__ = (
+        f"Slimmable ResNet{depth} for CIFAR (kwargs: width, num_classes, low, divisor, input_size)."
+    )
     return make
 
 

@@ -59,13 +59,21 @@ class LayerBuilder:
         self.fixed_values.append(int(n))
         return Slot("fixed", len(self.fixed_values) - 1, int(n))
 
-    def conv(self, cin: Slot, cout: Slot, kernel: int, stride: int = 1, depthwise: bool = False,
-             bias: bool = False) -> SlimConv2d:
+    def conv(
+        self, cin: Slot, cout: Slot, kernel: int, stride: int = 1, depthwise: bool = False, bias: bool = False
+    ) -> SlimConv2d:
         """A slimmable conv with 'same' padding (torchvision's (k-1)//2)."""
         if depthwise and cin != cout:
             raise ValueError("a depthwise conv reads and writes the same slot")
-        layer = SlimConv2d(cin.full, cout.full, kernel, stride, (kernel - 1) // 2,
-                           groups=cout.full if depthwise else 1, bias=bias)
+        layer = SlimConv2d(
+            cin.full,
+            cout.full,
+            kernel,
+            stride,
+            (kernel - 1) // 2,
+            groups=cout.full if depthwise else 1,
+            bias=bias,
+        )
         self.bindings.append((layer, cin, cout))
         return layer
 
@@ -105,8 +113,9 @@ class SlimmableNet(nn.Module):
         super().__init__()
         self.arch_kwargs: dict[str, Any] = {}
 
-    def _finish(self, builder: LayerBuilder, low: float, divisor: int | None,
-                input_size: tuple[int, int, int]) -> None:
+    def _finish(
+        self, builder: LayerBuilder, low: float, divisor: int | None, input_size: tuple[int, int, int]
+    ) -> None:
         d = len(builder.dim_names)
         self.space = WidthSpace(tuple(builder.dim_names), tuple(builder.dim_full), low, 1.0, divisor)
         self.input_size = tuple(int(v) for v in input_size)
@@ -222,8 +231,12 @@ class SlimmableNet(nn.Module):
         self.ctx.ch[:d] = self.space.channels(alpha)
         self.alpha = [float(a) for a in alpha]
 
-    def activate(self, channels: Sequence[int], alpha: Sequence[float],
-                 bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+    def activate(
+        self,
+        channels: Sequence[int],
+        alpha: Sequence[float],
+        bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    ) -> None:
         """Activate precomputed ``channels`` (from ``space.channels(alpha)``) and per-point BN statistics.
 
         The runtime's switch: no validation, no allocation (integers copied into the context, the
@@ -248,12 +261,15 @@ class SlimmableNet(nn.Module):
     def current_bn_stats(self) -> BNStats:
         """Copies of the statistics eval mode uses at the active widths, as :meth:`config` takes them."""
         ch = self.ctx.ch
-        return [(mean.clone(), var.clone()) for mean, var in
-                (bn.eval_stats(ch[bn.out_slot]) for _, bn in self._bn_layers)]
+        return [
+            (mean.clone(), var.clone())
+            for mean, var in (bn.eval_stats(ch[bn.out_slot]) for _, bn in self._bn_layers)
+        ]
 
     @contextmanager
-    def config(self, alpha: Sequence[float] | None = None, bn_stats: BNStats | None = None,
-               train: bool = False) -> Iterator[None]:
+    def config(
+        self, alpha: Sequence[float] | None = None, bn_stats: BNStats | None = None, train: bool = False
+    ) -> Iterator[None]:
         """Run the body at config ``alpha`` (the active widths when None), then put the model back exactly.
 
         ``bn_stats`` (checked with :meth:`check_bn_stats`) become the statistics eval mode uses, held by
@@ -271,8 +287,13 @@ class SlimmableNet(nn.Module):
         saved_ch, saved_alpha, saved_stats = self.ctx.ch[:d], self.alpha, self.ctx.bn_stats
         modules = list(self.modules())
         saved_modes = [m.training for m in modules]
-        saved_buffers = [(t, t.clone()) for _, bn in self._bn_layers if train and bn.track_running_stats
-                         for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked) if t is not None]
+        saved_buffers = [
+            (t, t.clone())
+            for _, bn in self._bn_layers
+            if train and bn.track_running_stats
+            for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked)
+            if t is not None
+        ]
         try:
             self.activate(v[:d], self.alpha if alpha is None else [float(a) for a in alpha], bn_stats)
             self.train(train)

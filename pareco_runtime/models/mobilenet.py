@@ -21,16 +21,33 @@ from torch import nn
 from ..space import make_divisible
 from .base import LayerBuilder, SlimmableNet, Slot
 
-_V2_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-               (6, 320, 1, 1)]
+_V2_SETTING = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 # (kernel, expanded, out, use_se, activation, stride), torchvision's mobilenet_v3_large table.
 _V3_LARGE_SETTING = [
-    (3, 16, 16, False, "RE", 1), (3, 64, 24, False, "RE", 2), (3, 72, 24, False, "RE", 1),
-    (5, 72, 40, True, "RE", 2), (5, 120, 40, True, "RE", 1), (5, 120, 40, True, "RE", 1),
-    (3, 240, 80, False, "HS", 2), (3, 200, 80, False, "HS", 1), (3, 184, 80, False, "HS", 1),
-    (3, 184, 80, False, "HS", 1), (3, 480, 112, True, "HS", 1), (3, 672, 112, True, "HS", 1),
-    (5, 672, 160, True, "HS", 2), (5, 960, 160, True, "HS", 1), (5, 960, 160, True, "HS", 1),
+    (3, 16, 16, False, "RE", 1),
+    (3, 64, 24, False, "RE", 2),
+    (3, 72, 24, False, "RE", 1),
+    (5, 72, 40, True, "RE", 2),
+    (5, 120, 40, True, "RE", 1),
+    (5, 120, 40, True, "RE", 1),
+    (3, 240, 80, False, "HS", 2),
+    (3, 200, 80, False, "HS", 1),
+    (3, 184, 80, False, "HS", 1),
+    (3, 184, 80, False, "HS", 1),
+    (3, 480, 112, True, "HS", 1),
+    (3, 672, 112, True, "HS", 1),
+    (5, 672, 160, True, "HS", 2),
+    (5, 960, 160, True, "HS", 1),
+    (5, 960, 160, True, "HS", 1),
 ]
 
 
@@ -38,9 +55,17 @@ _V3_LARGE_SETTING = [
 _V3_BN_EPS, _V3_BN_MOMENTUM = 0.001, 0.01
 
 
-def conv_norm_act(b: LayerBuilder, cin: Slot, cout: Slot, kernel: int, stride: int = 1,
-                  depthwise: bool = False, act: type[nn.Module] | None = nn.ReLU6,
-                  eps: float = 1e-5, momentum: float = 0.1) -> nn.Sequential:
+def conv_norm_act(
+    b: LayerBuilder,
+    cin: Slot,
+    cout: Slot,
+    kernel: int,
+    stride: int = 1,
+    depthwise: bool = False,
+    act: type[nn.Module] | None = nn.ReLU6,
+    eps: float = 1e-5,
+    momentum: float = 0.1,
+) -> nn.Sequential:
     """torchvision's Conv2dNormActivation: keys 0 (conv), 1 (BN), 2 (activation, if any)."""
     layers: list[nn.Module] = [b.conv(cin, cout, kernel, stride, depthwise), b.bn(cout, eps, momentum)]
     if act is not None:
@@ -51,13 +76,18 @@ def conv_norm_act(b: LayerBuilder, cin: Slot, cout: Slot, kernel: int, stride: i
 class InvertedResidualV2(nn.Module):
     """MobileNetV2 block; ``conv`` mirrors torchvision's Sequential."""
 
-    def __init__(self, b: LayerBuilder, cin: Slot, hidden: Slot, cout: Slot, stride: int, expand: bool) -> None:
+    def __init__(
+        self, b: LayerBuilder, cin: Slot, hidden: Slot, cout: Slot, stride: int, expand: bool
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         if expand:
             layers.append(conv_norm_act(b, cin, hidden, 1))
-        layers += [conv_norm_act(b, hidden, hidden, 3, stride, depthwise=True),
-                   b.conv(hidden, cout, 1), b.bn(cout)]
+        layers += [
+            conv_norm_act(b, hidden, hidden, 3, stride, depthwise=True),
+            b.conv(hidden, cout, 1),
+            b.bn(cout),
+        ]
         self.conv = nn.Sequential(*layers)
         self.use_res_connect = stride == 1 and cin == cout
 
@@ -85,11 +115,22 @@ class MobileNetV2(SlimmableNet, MobileNetV2Plain):
     arch = "mobilenet_v2"
     plain_class = MobileNetV2Plain
 
-    def __init__(self, num_classes: int = 1000, low: float = 0.42, divisor: int | None = None,
-                 input_size: int = 224, dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        low: float = 0.42,
+        divisor: int | None = None,
+        input_size: int = 224,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
-        self.arch_kwargs = {"num_classes": num_classes, "low": low, "divisor": divisor,
-                            "input_size": input_size, "dropout": dropout}
+        self.arch_kwargs = {
+            "num_classes": num_classes,
+            "low": low,
+            "divisor": divisor,
+            "input_size": input_size,
+            "dropout": dropout,
+        }
         b = LayerBuilder()
         rgb = b.fixed(3)
         prev = b.dim("stem", 32)
@@ -129,13 +170,34 @@ class SqueezeExcitation(nn.Module):
 class InvertedResidualV3(nn.Module):
     """MobileNetV3 block; ``block`` mirrors torchvision's Sequential."""
 
-    def __init__(self, b: LayerBuilder, cin: Slot, hidden: Slot, cout: Slot, kernel: int, use_se: bool,
-                 act: type[nn.Module], stride: int) -> None:
+    def __init__(
+        self,
+        b: LayerBuilder,
+        cin: Slot,
+        hidden: Slot,
+        cout: Slot,
+        kernel: int,
+        use_se: bool,
+        act: type[nn.Module],
+        stride: int,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         if hidden != cin:
             layers.append(conv_norm_act(b, cin, hidden, 1, act=act, eps=_V3_BN_EPS, momentum=_V3_BN_MOMENTUM))
-        layers.append(conv_norm_act(b, hidden, hidden, kernel, stride, depthwise=True, act=act, eps=_V3_BN_EPS, momentum=_V3_BN_MOMENTUM))
+        layers.append(
+            conv_norm_act(
+                b,
+                hidden,
+                hidden,
+                kernel,
+                stride,
+                depthwise=True,
+                act=act,
+                eps=_V3_BN_EPS,
+                momentum=_V3_BN_MOMENTUM,
+            )
+        )
         if use_se:
             layers.append(SqueezeExcitation(b, hidden, b.fixed(make_divisible(hidden.full // 4, 8))))
         layers.append(conv_norm_act(b, hidden, cout, 1, act=None, eps=_V3_BN_EPS, momentum=_V3_BN_MOMENTUM))
@@ -167,28 +229,46 @@ class MobileNetV3Large(SlimmableNet, MobileNetV3Plain):
     arch = "mobilenet_v3_large"
     plain_class = MobileNetV3Plain
 
-    def __init__(self, num_classes: int = 1000, low: float = 0.42, divisor: int | None = None,
-                 input_size: int = 224, dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        low: float = 0.42,
+        divisor: int | None = None,
+        input_size: int = 224,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
-        self.arch_kwargs = {"num_classes": num_classes, "low": low, "divisor": divisor,
-                            "input_size": input_size, "dropout": dropout}
+        self.arch_kwargs = {
+            "num_classes": num_classes,
+            "low": low,
+            "divisor": divisor,
+            "input_size": input_size,
+            "dropout": dropout,
+        }
         b = LayerBuilder()
         rgb = b.fixed(3)
         prev = b.dim("group16", 16)
-        features: list[nn.Module] = [conv_norm_act(b, rgb, prev, 3, 2, act=nn.Hardswish, eps=_V3_BN_EPS, momentum=_V3_BN_MOMENTUM)]
+        features: list[nn.Module] = [
+            conv_norm_act(b, rgb, prev, 3, 2, act=nn.Hardswish, eps=_V3_BN_EPS, momentum=_V3_BN_MOMENTUM)
+        ]
         for i, (k, exp, c, se, act, s) in enumerate(_V3_LARGE_SETTING, start=1):
             out = prev if (s == 1 and prev.full == c) else b.dim(f"group{c}", c)
             hidden = prev if exp == prev.full else b.dim(f"block{i}.expand", exp)
-            features.append(InvertedResidualV3(b, prev, hidden, out, k, se,
-                                               nn.Hardswish if act == "HS" else nn.ReLU, s))
+            features.append(
+                InvertedResidualV3(b, prev, hidden, out, k, se, nn.Hardswish if act == "HS" else nn.ReLU, s)
+            )
             prev = out
         last = b.dim("last_conv", 6 * prev.full)
-        features.append(conv_norm_act(b, prev, last, 1, act=nn.Hardswish, eps=_V3_BN_EPS, momentum=_V3_BN_MOMENTUM))
+        features.append(
+            conv_norm_act(b, prev, last, 1, act=nn.Hardswish, eps=_V3_BN_EPS, momentum=_V3_BN_MOMENTUM)
+        )
         self.features = nn.Sequential(*features)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         head = b.dim("classifier.hidden", 1280)
         self.classifier = nn.Sequential(
-            b.linear(last, head), nn.Hardswish(inplace=True), nn.Dropout(p=dropout, inplace=True),
+            b.linear(last, head),
+            nn.Hardswish(inplace=True),
+            nn.Dropout(p=dropout, inplace=True),
             b.linear(head, b.fixed(num_classes)),
         )
         _torchvision_init(self)

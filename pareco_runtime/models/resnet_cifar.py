@@ -95,8 +95,15 @@ class ResNetCifar(SlimmableNet, ResNetCifarPlain):
 
     plain_class = ResNetCifarPlain
 
-    def __init__(self, depth: int = 20, width: int = 1, num_classes: int = 10, low: float = 0.316,
-                 divisor: int | None = None, input_size: int = 32) -> None:
+    def __init__(
+        self,
+        depth: int = 20,
+        width: int = 1,
+        num_classes: int = 10,
+        low: float = 0.316,
+        divisor: int | None = None,
+        input_size: int = 32,
+    ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"ResNet-CIFAR depth must be 6n+2 (20, 32, 44, 56, ...), got {depth}")
@@ -104,8 +111,13 @@ class ResNetCifar(SlimmableNet, ResNetCifarPlain):
             raise ValueError(f"width factor must be >= 1, got {width}")
         n = (depth - 2) // 6
         self.arch = f"resnet{depth}"
-        self.arch_kwargs = {"width": width, "num_classes": num_classes, "low": low, "divisor": divisor,
-                            "input_size": input_size}
+        self.arch_kwargs = {
+            "width": width,
+            "num_classes": num_classes,
+            "low": low,
+            "divisor": divisor,
+            "input_size": input_size,
+        }
         b = LayerBuilder()
         dims = []
         for s, c in enumerate((16 * width, 32 * width, 64 * width), start=1):

@@ -16,5 +16,14 @@ from .load import SMALL_IMAGE_MAX, load_data
 from .memory import TensorData
 from .stream import IMAGENET_MEAN, IMAGENET_STD, StreamData
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SMALL_IMAGE_MAX", "Data", "DataError", "DataInfo", "StreamData",
-           "TensorData", "load_data"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SMALL_IMAGE_MAX",
+    "Data",
+    "DataError",
+    "DataInfo",
+    "StreamData",
+    "TensorData",
+    "load_data",
+]
