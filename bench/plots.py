@@ -49,8 +49,8 @@ def plot_fronts(fronts: dict[str, Sequence[tuple[float, float]]], path: Path, ti
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, pts in fronts.items():
-        pts = sorted(pts)
+    for name, front in fronts.items():
+        pts = sorted(front)
         ax.plot(
             [p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "s", label=name, markersize=4
         )

@@ -519,7 +519,11 @@ def load_manifest(path: str | os.PathLike[str], verify_weights: bool = True) -> 
             "pass the .front.json file pareco wrote",
         )
     version = manifest.get("format_version")
-    if schema_check.json_type(version) == "integer" and version > FORMAT_VERSION:
+    if (
+        isinstance(version, (int, float))
+        and schema_check.json_type(version) == "integer"
+        and version > FORMAT_VERSION
+    ):
         raise _error(
             source, f"written by a newer pareco (format {int(version)} > {FORMAT_VERSION})", "upgrade pareco"
         )

@@ -69,6 +69,20 @@ class _Slim:
         object.__setattr__(self, "_cache", (full_key, tensors))
         return tensors
 
+    def slice_tensors(self, key: tuple[int, ...]) -> tuple:
+        """Views of this layer's tensors at widths ``key``; each layer that calls :meth:`views` defines it."""
+        raise NotImplementedError
+
+    def to_plain(self) -> nn.Module:
+        """A plain torch layer holding copies of the active slices."""
+        raise NotImplementedError
+
+
+def _pair(size: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d size attribute as the pair its constructor takes (torch types them ``tuple[int, ...]``)."""
+    h, w = size
+    return h, w
+
 
 class SlimConv2d(_Slim, nn.Conv2d):
     """``nn.Conv2d`` using the first (out, in) channels of its weight.
@@ -102,16 +116,16 @@ class SlimConv2d(_Slim, nn.Conv2d):
         plain = nn.Conv2d(
             i,
             o,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
+            _pair(self.kernel_size),
+            _pair(self.stride),
+            self.padding if isinstance(self.padding, str) else _pair(self.padding),
+            _pair(self.dilation),
             groups=o if self.depthwise else 1,
             bias=self.bias is not None,
         )
         with torch.no_grad():
             plain.weight.copy_(self.weight[:o] if self.depthwise else self.weight[:o, :i])
-            if self.bias is not None:
+            if self.bias is not None and plain.bias is not None:
                 plain.bias.copy_(self.bias[:o])
         return plain
 
@@ -148,6 +162,11 @@ class SlimBatchNorm2d(_Slim, nn.BatchNorm2d):
     """
 
     bn_index: int = -1
+    # Every SlimBatchNorm2d is built tracking running statistics (models/base.py, convert.py) and
+    # training only toggles ``track_running_stats``, so the buffers nn.BatchNorm2d types as optional exist.
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.ctx.ch[self.out_slot]
@@ -185,6 +204,9 @@ class SlimBatchNorm2d(_Slim, nn.BatchNorm2d):
         k = self.ctx.ch[self.out_slot]
         plain = nn.BatchNorm2d(k, eps=self.eps, momentum=self.momentum)
         mean, var = self.eval_stats(k)
+        # Built with the default track_running_stats=True, so it has its running buffers.
+        assert plain.running_mean is not None and plain.running_var is not None
+        assert plain.num_batches_tracked is not None
         with torch.no_grad():
             plain.weight.copy_(self.weight[:k])
             plain.bias.copy_(self.bias[:k])

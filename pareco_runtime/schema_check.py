@@ -154,8 +154,8 @@ def _resolve(root: Any, ref: str) -> Any:
     if not ref.startswith("#"):
         raise ValueError(f"schema: only same-document references are supported, got $ref {ref!r}")
     node = root
-    for token in [t for t in ref[1:].split("/") if t]:
-        token = token.replace("~1", "/").replace("~0", "~")
+    for escaped in [t for t in ref[1:].split("/") if t]:
+        token = escaped.replace("~1", "/").replace("~0", "~")
         if isinstance(node, list):
             node = node[int(token)]
         elif isinstance(node, dict) and token in node:

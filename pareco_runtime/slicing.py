@@ -14,7 +14,7 @@ from .ops import _Slim
 
 def _plain_copy(module: nn.Module) -> nn.Module:
     if isinstance(module, _Slim):
-        return module.to_plain()  # type: ignore[attr-defined]
+        return module.to_plain()
     new = copy.copy(module)
     new.__dict__ = dict(module.__dict__.items())
     new._parameters = {
@@ -49,9 +49,14 @@ def slice_model(
             setattr(root, name, _plain_copy(child))
         for name in model.plain_attributes:
             setattr(root, name, copy.deepcopy(getattr(model, name)))
-        root.arch = model.arch
-        root.alpha = list(model.alpha)
-        root.channels = model.channels()
-        root.input_size = model.input_size
+        # setattr: torch types nn.Module attribute assignment as tensors and modules only.
+        described = {
+            "arch": model.arch,
+            "alpha": list(model.alpha),
+            "channels": model.channels(),
+            "input_size": model.input_size,
+        }
+        for name, value in described.items():
+            setattr(root, name, value)
         root.train(model.training)
         return root

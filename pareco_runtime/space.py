@@ -76,8 +76,8 @@ class WidthSpace:
                 f"config has {len(alpha)} width multipliers but this space has {self.dims} "
                 f"({', '.join(self.names[:4])}{', ...' if self.dims > 4 else ''})"
             )
-        for i, a in enumerate(alpha):
-            a = float(a)
+        for i, given in enumerate(alpha):
+            a = float(given)
             if not (self.low - _TOL <= a <= self.high + _TOL) or math.isnan(a):
                 raise ValueError(
                     f"width {a:g} for '{self.names[i]}' is outside the space [{self.low:g}, {self.high:g}]"

@@ -401,7 +401,7 @@ def test_energy_budget() -> None:
     assert select(FRONT, "0.005J@cpu").id == "big"
     with pytest.raises(ProfileError, match="energy"):
         select(FRONT, "2mJ@gpu")
-    with pytest.raises(BudgetUnmetError, match="'small' at 0.5 mJ"):
+    with pytest.raises(BudgetUnmetError, match=r"'small' at 0\.5 mJ"):
         select(FRONT, "100uJ")
 
 

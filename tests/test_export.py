@@ -86,7 +86,7 @@ def test_failed_export_leaves_no_partial_file(rt, tmp_path, monkeypatch):
 
     monkeypatch.setitem(WRITERS, "torchscript", crashing_writer)
     with pytest.raises(
-        ExportError, match="torchscript export failed .*exporter crashed.*nothing was written"
+        ExportError, match=r"torchscript export failed .*exporter crashed.*nothing was written"
     ):
         export_point(rt.standalone("p00"), rt.input_size, "torchscript", target)
     assert target.read_bytes() == b"previous export"
@@ -103,7 +103,7 @@ def test_parity_failure_writes_nothing(rt, tmp_path, monkeypatch):
         return real(other, example, path, opset)
 
     monkeypatch.setitem(WRITERS, "torchscript", wrong_model_writer)
-    with pytest.raises(ExportError, match="differs from PyTorch by up to .* nothing was written"):
+    with pytest.raises(ExportError, match=r"differs from PyTorch by up to .* nothing was written"):
         export_point(rt.standalone("p00"), rt.input_size, "torchscript", tmp_path / "p00.pt")
     assert list(tmp_path.iterdir()) == []
 

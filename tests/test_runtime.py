@@ -124,7 +124,7 @@ def test_bad_inputs_rejected(rt, x, msg):
 
 
 def test_load_errors(front_copy, tmp_path):
-    with pytest.raises(FormatError, match="missing|not found|no such|does not exist"):
+    with pytest.raises(FormatError, match=r"missing|not found|no such|does not exist"):
         SlimmableRuntime.load(tmp_path / "nope.front.json")
     weights = front_copy.parent / "model.safetensors"
     data = bytearray(weights.read_bytes())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -17,7 +18,6 @@ from training.calibrate import calibrate_bn, evaluate
 from training.config import TrainConfig, TrainingError
 from training.loop import lr_at, train
 from training.strategies import Slim, widths_spread_over_macs
-import itertools
 
 SYN = "synthetic:256:4"
 

@@ -53,9 +53,10 @@ class Strategy(ABC):
         self.generator = torch.Generator().manual_seed(seed + 7919)
         self.model: SlimmableNet | None = None
 
-    def attach_data(self, data: Any) -> None:
-        """Called once with the training data before :meth:`setup`; strategies that measure configs
-        after training (TwoStage's search, PareCO's final re-measurement) keep it."""
+    def attach_data(self, data: Any) -> None:  # noqa: B027  # an optional hook, not an abstract method
+        """Optional hook, called once with the training data before :meth:`setup`; the base keeps
+        nothing. Strategies that measure configs after training (TwoStage's search, PareCO's final
+        re-measurement) override it to keep the data."""
 
     def setup(self, model: SlimmableNet, total_steps: int) -> None:
         """Called once before the first step (also after a resume, before loading state)."""

@@ -106,6 +106,8 @@ class SlimmableNet(nn.Module):
     """
 
     arch: str = ""
+    # The architecture's class of plain layers, which sliced models are instances of.
+    plain_class: type[nn.Module]
     # Non-module attributes the plain class's forward reads, copied into sliced models.
     plain_attributes: tuple[str, ...] = ()
 
@@ -234,7 +236,7 @@ class SlimmableNet(nn.Module):
     def activate(
         self,
         channels: Sequence[int],
-        alpha: Sequence[float],
+        alpha: list[float],
         bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None,
     ) -> None:
         """Activate precomputed ``channels`` (from ``space.channels(alpha)``) and per-point BN statistics.
