@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from .loading import MODEL_HELP, load_runtime
 from .output import print_json, print_table
 
 if TYPE_CHECKING:
@@ -88,14 +89,14 @@ def bench(
             "inferences do not page-fault).",
         ),
     ] = False,
+    model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Measure latency per front point and backend (interleaved, medians); optionally store it in the manifest."""
     from bench.run import check_backends
-    from pareco_runtime.runtime import SlimmableRuntime
 
     backends = check_backends(list(backend) if backend else ["torch"])
-    rt = SlimmableRuntime.load(manifest)
+    rt = load_runtime(manifest, model)
     if build_lut:
         _build_lut(
             rt,

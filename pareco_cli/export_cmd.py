@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from .loading import MODEL_HELP, load_runtime
 from .output import print_json, print_table
 
 
@@ -47,6 +48,7 @@ def export(
     atol: Annotated[
         float, typer.Option("--atol", help="Largest absolute difference to PyTorch a file may show.")
     ] = 1e-4,
+    model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Export front points; each file is loaded back in its runtime and checked against PyTorch."""
@@ -70,11 +72,10 @@ def export(
 
     from export.exporter import export_points
     from export.formats import require
-    from pareco_runtime.runtime import SlimmableRuntime
 
     for fmt in formats:
         require(fmt)
-    rt = SlimmableRuntime.load(manifest)
+    rt = load_runtime(manifest, model)
     if budget:
         points = [rt.select(list(budget), fallback=fallback, allow_predicted=allow_predicted)]
     elif point:

@@ -30,6 +30,7 @@ EXTRA_OF = {
     "click": "cli",
     "rich": "cli",
     "matplotlib": "cli",
+    "timm": "timm",
 }
 
 

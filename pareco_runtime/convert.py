@@ -30,6 +30,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .models.base import LayerBuilder, SlimmableNet, Slot
 from .ops import SlimBatchNorm2d, SlimConv2d, SlimLinear
+from .sources import ModelFactory, original_module
 
 # Modules and functions that keep every channel where it is (pointwise in channels).
 _PASS_MODULES: tuple[type[nn.Module], ...] = (
@@ -206,7 +207,7 @@ class TracedSlimmableNet(SlimmableNet):
         for h in hooks:
             h.remove()
         one = self._one
-        macs = sum(positions[m] * m.weight.numel() for m in plain if m in positions)
+        macs = sum(positions[m] * _weight(m).numel() for m in plain if m in positions)
         slim = {
             id(p)
             for m in self.modules()
@@ -218,6 +219,13 @@ class TracedSlimmableNet(SlimmableNet):
             self._macs_terms.append((macs, one, one))
         if params:
             self._params_terms.append((params, one, one))
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor")
+    return weight
 
 
 def _tensor_meta(node: torch.fx.Node) -> Any:
@@ -397,10 +405,10 @@ class _Analysis:
             self._unsupported(node, "a reshape that mixes channels with other dimensions")
 
     def _reduce(self, node: torch.fx.Node) -> None:
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        given = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = [given] if isinstance(given, int) else list(given) if isinstance(given, (list, tuple)) else []
         inp = _shape(node.args[0])
-        if inp is not None and dims and all(int(d) % len(inp) >= 2 for d in dims):
+        if inp is not None and dims and all(isinstance(d, int) and d % len(inp) >= 2 for d in dims):
             self._same(node, node.args[0])
         else:
             self._unsupported(node, "a reduction over channels")
@@ -426,11 +434,11 @@ def _slim_twin(mod: nn.Module) -> nn.Module:
             mod.out_channels,
             mod.kernel_size,
             mod.stride,
-            mod.padding,  # type: ignore[arg-type]
+            mod.padding,
             mod.dilation,
             groups=mod.groups,
             bias=mod.bias is not None,
-        )  # type: ignore[arg-type]
+        )
     elif isinstance(mod, nn.BatchNorm2d):
         twin = SlimBatchNorm2d(mod.num_features, eps=mod.eps, momentum=mod.momentum)
     else:
@@ -451,7 +459,7 @@ def make_slimmable(
     tie: dict[str, Sequence[str]] | None = None,
     on_unsupported: str = "pin",
     arch: str | None = None,
-    arch_kwargs: dict[str, Any] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> TracedSlimmableNet:
     """Convert a traceable CNN into a :class:`SlimmableNet` with one width dimension per channel group.
 
@@ -461,6 +469,9 @@ def make_slimmable(
     dimension (e.g. every stage's inner convs). ``on_unsupported``: ``"pin"`` keeps channels that an
     op of unknown channel coupling touches at full width, with a warning naming it; ``"error"``
     refuses with :class:`ConversionError`. ``low`` / ``divisor`` shape the width space.
+    ``arch`` / ``model_kwargs``: how the original module is rebuilt (``torchvision:NAME``,
+    ``timm:NAME`` or ``pkg.module:factory`` called with ``model_kwargs``), recorded with these
+    settings in :meth:`~SlimmableNet.describe` so that a manifest can rebuild the same network.
 
     At full width the result's ``state_dict`` has the original's keys and shapes and its outputs in
     eval mode equal the original's.
@@ -571,7 +582,17 @@ def make_slimmable(
     slim: TracedSlimmableNet = net  # type: ignore[assignment]
     slim.plain_attributes = own
     slim.arch = arch or f"custom:{original.__module__}.{original.__qualname__}"
-    slim.arch_kwargs = dict(arch_kwargs or {})
+    slim.arch_kwargs = {
+        "model": dict(model_kwargs or {}),
+        "convert": {
+            "input_size": [int(v) for v in example_input.shape[1:]],
+            "low": low,
+            "divisor": divisor,
+            "pin": list(pin),
+            "tie": {k: list(v) for k, v in (tie or {}).items()},
+            "on_unsupported": on_unsupported,
+        },
+    }
     slim.pinned = {
         layer.name: groups.pinned[groups.find(layer.cout)]
         for layer in layers.values()
@@ -579,3 +600,24 @@ def make_slimmable(
     }
     slim._finish(builder, low, divisor, tuple(example_input.shape[1:]))  # type: ignore[arg-type]
     return slim
+
+
+def rebuild(arch: str, kwargs: dict[str, Any], factory: ModelFactory | None = None) -> TracedSlimmableNet:
+    """The converted network that ``make_slimmable(..., arch=arch)`` described as ``kwargs``
+    (``{"model": builder arguments, "convert": settings}``), rebuilt with random weights.
+
+    The warnings of the first conversion are not repeated.
+    """
+    if set(kwargs) != {"model", "convert"}:
+        raise ValueError(
+            f"architecture '{arch}': kwargs must hold 'model' and 'convert' (what "
+            f"make_slimmable records), got {sorted(kwargs)}"
+        )
+    settings = dict(kwargs["convert"])
+    size = settings.pop("input_size")
+    module = original_module(arch, dict(kwargs["model"]), factory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make_slimmable(
+            module, torch.zeros(1, *size), arch=arch, model_kwargs=kwargs["model"], **settings
+        )

@@ -20,6 +20,7 @@ import torch
 from .fileformat import FORMAT_VERSION, load_manifest, save_manifest, save_weights, sha256_file, weights_path
 from .front import DeviceProfile, FrontPoint
 from .models import build_model
+from .sources import ModelFactory
 from .space import WidthSpace
 
 if TYPE_CHECKING:
@@ -43,9 +44,10 @@ class Architecture:
     arch: str
     kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def build(self) -> SlimmableNet:
-        """A freshly initialised model of this architecture."""
-        return build_model(self.arch, **self.kwargs)
+    def build(self, factory: ModelFactory | None = None) -> SlimmableNet:
+        """A freshly initialised model of this architecture (``factory``: the builder of a user's own
+        converted architecture, see :mod:`pareco_runtime.sources`)."""
+        return build_model(self.arch, factory=factory, **self.kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``architecture`` object (also what ``SlimmableNet.describe()`` returns)."""

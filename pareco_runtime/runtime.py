@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,8 +17,9 @@ from .front import DeviceProfile, FrontPoint
 from .front_file import Front
 from .models.base import BNStatsError, SlimmableNet
 from .slicing import slice_model
+from .sources import ModelFactory
 
-BudgetLike = Union[str, Budget, Sequence[str | Budget]]
+BudgetLike = str | Budget | Sequence[str | Budget]
 
 
 class _ReadWriteLock:
@@ -94,19 +95,25 @@ class SlimmableRuntime:
         device: str | torch.device = "cpu",
         policy: BatteryPolicy | None = None,
         verify_hash: bool = True,
+        model: ModelFactory | None = None,
     ) -> SlimmableRuntime:
         """Load a front manifest and its weight file.
 
         Validates the manifest (schema, format version, weight path inside its folder), checks the
         weight file's SHA-256, reads it with safetensors (no pickle), rebuilds the architecture and
         preloads every point's BN statistics. Errors are ``ValueError`` subclasses naming the file.
+        ``model``: the builder of an architecture that is the user's own code (a front trained with
+        ``--arch pkg.module:factory``); the manifest's name for it is never imported.
         """
         path = Path(manifest_path)
         front = Front.load(path, verify_weights=verify_hash)
         arch = front.architecture
-        model = arch.build()
+        try:
+            net = arch.build(factory=model)
+        except ValueError as exc:
+            raise FormatError(f"{path}: {exc}") from None
         wpath = front.weights_path
-        built, saved = model.space, front.width_space
+        built, saved = net.space, front.width_space
         if (tuple(built.names), tuple(built.full)) != (tuple(saved.names), tuple(saved.full)):
             raise FormatError(
                 f"{path}: its width space does not match architecture '{arch.arch}'; the manifest "
@@ -119,7 +126,7 @@ class SlimmableRuntime:
                 f"its manifest ({arch.to_dict()}); use the weight file trained with this manifest"
             )
         try:
-            model.load_state_dict(wf.state, strict=True)
+            net.load_state_dict(wf.state, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise FormatError(
@@ -129,22 +136,22 @@ class SlimmableRuntime:
         stats: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for p in front.points:
             per_module = wf.bn_stats.get(p.id)
-            if per_module is None or set(per_module) != set(model.bn_names):
+            if per_module is None or set(per_module) != set(net.bn_names):
                 raise FormatError(
                     f"{wpath}: BN statistics of point '{p.id}' are missing or incomplete; "
                     "re-train or re-export the model"
                 )
-            channels = model.space.channels(p.alpha)
+            channels = net.space.channels(p.alpha)
             if channels != p.channels:
                 raise FormatError(
                     f"{path}: point '{p.id}' lists channels {p.channels} but its widths give "
                     f"{channels}; the manifest was edited"
                 )
-            stats[p.id] = [per_module[name] for name in model.bn_names]
-        model.to(device)
+            stats[p.id] = [per_module[name] for name in net.bn_names]
+        net.to(device)
         for pid, pairs in stats.items():
             stats[pid] = [(m.to(device), v.to(device)) for m, v in pairs]
-        rt = cls(model, front, stats, policy)
+        rt = cls(net, front, stats, policy)
         for pid, pairs in stats.items():
             rt._check_stat_shapes(pid, pairs, wpath)
         return rt

@@ -11,7 +11,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "setting up .venv (first time: a few minutes) ..." >&2
   # torch first, pinned, so pip takes the build this machine holds instead of resolving a newer one.
   .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
-  .venv/bin/pip install -q -e ".[all,dev]"
+  .venv/bin/pip install -q -e ".[all,dev,timm]"
   echo "$want" > "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"

@@ -19,6 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pareco_runtime import ConversionError, SlimmableNet, make_slimmable, slice_model
 
+from .user_models import UserCNN
+
 torchvision = pytest.importorskip("torchvision")
 
 # Small inputs keep the passes cheap; every model here runs at 64x64.
@@ -33,45 +35,6 @@ TORCHVISION = [
     "mnasnet1_0",
     "regnet_y_400mf",
 ]
-
-
-class SqueezeExcite(nn.Module):
-    def __init__(self, c: int, r: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Conv2d(c, r, 1)
-        self.fc2 = nn.Conv2d(r, c, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = F.adaptive_avg_pool2d(x, 1)
-        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
-
-
-class UserCNN(nn.Module):
-    """The kind of network a user writes: stem, a residual block, depthwise + SE, a linear head."""
-
-    def __init__(self, classes: int = 7) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
-        self.conv_a = nn.Conv2d(24, 40, 3, padding=1, bias=False)
-        self.bn_a = nn.BatchNorm2d(40)
-        self.conv_b = nn.Conv2d(40, 24, 3, padding=1, bias=False)
-        self.bn_b = nn.BatchNorm2d(24)
-        self.expand = nn.Conv2d(24, 64, 1, bias=False)
-        self.dw = nn.Conv2d(64, 64, 3, stride=2, padding=1, groups=64, bias=False)
-        self.bn_dw = nn.BatchNorm2d(64)
-        self.se = SqueezeExcite(64, 16)
-        self.project = nn.Conv2d(64, 32, 1)
-        self.hidden = nn.Linear(32, 48)
-        self.head = nn.Linear(48, classes)
-        self.scale = 0.5  # a plain attribute the forward reads
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = F.relu(x + self.bn_b(self.conv_b(F.relu(self.bn_a(self.conv_a(x))))))
-        x = F.relu6(self.bn_dw(self.dw(self.expand(x))))
-        x = self.project(self.se(x)) * self.scale
-        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return self.head(F.relu(self.hidden(x)))
 
 
 def _flop_counter_macs(net: nn.Module, size) -> int:

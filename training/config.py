@@ -33,7 +33,20 @@ def _setting(
 class TrainConfig:
     """Everything that defines a training run (the out directory's ``run.json``)."""
 
-    arch: str = _setting("resnet20", "resnet20/32/44/56, mobilenet_v2, mobilenet_v3_large.")
+    arch: str = _setting(
+        "resnet20",
+        "resnet20/32/44/56, mobilenet_v2, mobilenet_v3_large; or any CNN made slimmable from its graph: "
+        "torchvision:NAME (e.g. torchvision:resnet18), timm:NAME, or your own pkg.module:factory "
+        "(called with num_classes=N).",
+    )
+    init: str | None = _setting(
+        None,
+        "A state_dict the full-width model starts from: a .safetensors file or a torch.save'd "
+        "model.state_dict() (read with weights_only=True); keys and shapes must match --arch.",
+    )
+    low: float = _setting(
+        0.25, "Smallest width multiplier of a converted --arch (the zoo keeps the paper's)."
+    )
     data: str = _setting("digits", "An ImageFolder tree or .tar(.gz) of one, 'digits' or 'synthetic[:N:C]'.")
     algorithm: str = _setting("slim", "Training algorithm.", choices=ALGORITHMS)
     epochs: int = _setting(5, "Passes over the training set.")
@@ -91,6 +104,7 @@ class TrainConfig:
             "distill_warmup", 0.0 <= self.distill_warmup <= 1.0, "is a fraction of the run in [0, 1]"
         )
         self._require("samples", self.samples >= 0, "must be >= 0")
+        self._require("low", 0.0 < self.low <= 1.0, "must be in (0, 1]")
         if self.algorithm in BO_ALGORITHMS:
             self._choose("lambda_sampling")
             self._choose("cost_model")

@@ -19,15 +19,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pareco_runtime import build_model
+from pareco_runtime import build_model, make_slimmable
 from pareco_runtime.atomic import atomic_write_text
 from pareco_runtime.front_file import MANIFEST_NAME
 from pareco_runtime.models.base import SlimmableNet
+from pareco_runtime.sources import LIBRARIES, import_factory, is_converted, original_module
 
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, TrainingError
 from .front_builder import evaluate_candidates, pareto_candidates, write_outputs
+from .init_weights import load_initial_state
 from .strategies import Independent, Slim, Strategy
 
 RUN_NAME = "run.json"
@@ -46,11 +48,36 @@ def make_strategy(cfg: TrainConfig) -> Strategy:
 
 
 def build_for_data(cfg: TrainConfig, num_classes: int, input_size: tuple[int, int, int]) -> SlimmableNet:
-    """The slimmable model of ``cfg.arch`` sized for the data's classes and resolution."""
+    """The slimmable model of ``cfg.arch`` sized for the data's classes and resolution, at ``cfg.init``'s
+    weights when given.
+
+    A converted architecture is built as the original module, given the initial weights (the keys a
+    user's checkpoint has), then made slimmable; ``pkg.module:factory`` is imported because the user
+    named it on the command line.
+    """
+    if is_converted(cfg.arch):
+        own_code = cfg.arch.partition(":")[0] not in LIBRARIES
+        factory = import_factory(cfg.arch) if own_code else None
+        try:
+            original = original_module(cfg.arch, {"num_classes": num_classes}, factory)
+        except ValueError as exc:
+            raise TrainingError(f"--arch {cfg.arch}: {exc}") from None
+        if cfg.init:
+            load_initial_state(original, cfg.init, cfg.arch)
+        return make_slimmable(
+            original,
+            torch.zeros(1, *input_size),
+            low=cfg.low,
+            arch=cfg.arch,
+            model_kwargs={"num_classes": num_classes},
+        )
     kwargs: dict[str, Any] = {"num_classes": num_classes, "input_size": input_size[-1]}
     if cfg.arch.startswith("resnet"):
         kwargs["width"] = cfg.width_factor
-    return build_model(cfg.arch, **kwargs)
+    model = build_model(cfg.arch, **kwargs)
+    if cfg.init:
+        load_initial_state(model, cfg.init, cfg.arch)
+    return model
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
@@ -163,7 +190,8 @@ class _Progress:
     """rich progress on the main rank plus JSON lines in the log file."""
 
     def __init__(self, log_path: Path | None, show: bool, total: int, done: int) -> None:
-        self.log = open(log_path, "a", encoding="utf-8") if log_path is not None else None
+        # Held open for the whole run (closed by close()), one line per record.
+        self.log = open(log_path, "a", encoding="utf-8") if log_path is not None else None  # noqa: SIM115
         self.bar = None
         if show:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..sources import ModelFactory, is_converted
 from .base import SlimmableNet
 from .mobilenet import MobileNetV2, MobileNetV3Large
 from .resnet_cifar import ResNetCifar
@@ -27,12 +28,18 @@ ARCHITECTURES: dict[str, Callable[..., SlimmableNet]] = {
 }
 
 
-def build_model(name: str, **kwargs: Any) -> SlimmableNet:
-    """Build a slimmable model of the zoo by name (see ``ARCHITECTURES``), at full width.
+def build_model(name: str, factory: ModelFactory | None = None, **kwargs: Any) -> SlimmableNet:
+    """Build a slimmable model by name, at full width: one of the zoo (see ``ARCHITECTURES``), or a
+    converted architecture (``torchvision:NAME``, ``timm:NAME``, or the user's ``pkg.module:factory``
+    with ``factory`` given) rebuilt from the ``kwargs`` its :meth:`~SlimmableNet.describe` recorded.
 
     Raises ``ValueError`` naming the known architectures for an unknown name, and for arguments
     the architecture does not take.
     """
+    if is_converted(name):
+        from ..convert import rebuild
+
+        return rebuild(name, kwargs, factory)
     key = name.lower().replace("-", "_")
     if key not in ARCHITECTURES:
         raise ValueError(f"unknown architecture '{name}'; choose one of: {', '.join(ARCHITECTURES)}")

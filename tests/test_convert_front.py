@@ -1,0 +1,216 @@
+"""Fronts of converted models: `pareco train --arch torchvision:NAME | pkg.module:factory [--init W]`, then
+the runtime, select and export work on them unchanged, and no manifest makes pareco import code."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from pareco_runtime import SlimmableRuntime, slice_model
+from pareco_runtime.fileformat import FormatError
+
+from .user_models import user_cnn
+
+pytest.importorskip("torchvision")
+
+TRAIN = [
+    "--data",
+    "synthetic:64:4",
+    "--image-size",
+    "32",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--candidates",
+    "4",
+    "--calib-batches",
+    "1",
+    "--calib-batch-size",
+    "32",
+]
+USER_ARCH = "tests.user_models:user_cnn"
+
+
+@pytest.fixture(scope="module")
+def torchvision_front(tmp_path_factory) -> Path:
+    from training.config import TrainConfig
+    from training.loop import train
+
+    out = tmp_path_factory.mktemp("tv_front")
+    cfg = TrainConfig(
+        arch="torchvision:mobilenet_v3_small",
+        data="synthetic:64:4",
+        image_size=32,
+        epochs=1,
+        batch_size=32,
+        candidates=4,
+        calib_batches=1,
+        calib_batch_size=32,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the conversion names the ops it pins; asserted in test_convert.py
+        return train(cfg, out, show_progress=False)
+
+
+def test_manifest_records_how_to_rebuild(torchvision_front):
+    arch = json.loads(torchvision_front.read_text())["architecture"]
+    assert arch["arch"] == "torchvision:mobilenet_v3_small"
+    assert arch["kwargs"]["model"] == {"num_classes": 4}
+    assert arch["kwargs"]["convert"]["input_size"] == [3, 32, 32]
+
+
+def test_runtime_serves_a_converted_front(torchvision_front):
+    rt = SlimmableRuntime.load(torchvision_front)
+    x = torch.randn(2, *rt.input_size)
+    for p in rt.points:
+        rt.switch(p)
+        with torch.no_grad():
+            assert torch.equal(rt(x), rt.standalone(p)(x))
+
+
+def test_select_and_export_a_converted_front(torchvision_front, tmp_path, cli):
+    r = cli("select", str(torchvision_front), "--budget", "1GFLOPs", "--json")
+    assert r.returncode == 0, r.stderr
+    pid = json.loads(r.stdout)["point"]["id"]
+    r = cli("export", str(torchvision_front), "--point", pid, "--torchscript", "--out", str(tmp_path / "e"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "e" / f"{pid}.pt").is_file()
+
+
+@pytest.fixture(scope="module")
+def user_front(tmp_path_factory) -> Path:
+    from training.config import TrainConfig
+    from training.loop import train
+
+    out = tmp_path_factory.mktemp("user_front")
+    cfg = TrainConfig(
+        arch=USER_ARCH,
+        data="synthetic:64:4",
+        image_size=32,
+        epochs=1,
+        batch_size=32,
+        candidates=4,
+        calib_batches=1,
+        calib_batch_size=32,
+    )
+    return train(cfg, out, show_progress=False)
+
+
+def test_user_architecture_is_never_imported_on_a_manifests_word(user_front, tmp_path, cli):
+    with pytest.raises(
+        FormatError, match=r"is the user's own code, which pareco never imports .*model=<factory>"
+    ):
+        SlimmableRuntime.load(user_front)
+    r = cli("export", str(user_front), "--all", "--torchscript", "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "--model tests.user_models:user_cnn" in r.stderr
+    rt = SlimmableRuntime.load(user_front, model=user_cnn)
+    assert rt.front.architecture.arch == USER_ARCH
+    r = cli(
+        "export",
+        str(user_front),
+        "--all",
+        "--torchscript",
+        "--out",
+        str(tmp_path / "b"),
+        "--model",
+        USER_ARCH,
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_init_weights_are_the_start(tmp_path, cli):
+    import torchvision
+
+    torch.manual_seed(3)
+    start = torchvision.models.mobilenet_v3_small(num_classes=4)
+    torch.save(start.state_dict(), tmp_path / "start.pt")
+    out = tmp_path / "run"
+    # lr 1e-9: one epoch barely moves the weights, so the run's weights are the file's.
+    r = cli(
+        "train",
+        "--arch",
+        "torchvision:mobilenet_v3_small",
+        "--init",
+        str(tmp_path / "start.pt"),
+        "--lr",
+        "1e-9",
+        "--weight-decay",
+        "0",
+        *TRAIN,
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    rt = SlimmableRuntime.load(out / "model.front.json")
+    saved = rt.model.state_dict()
+    for key, value in start.state_dict().items():
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.allclose(saved[key], value, atol=1e-6), key
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda p: torch.save({"conv.weight": torch.zeros(1)}, p),
+            r"unknown key 'conv.weight' \(1 unknown in all\)",
+        ),
+        (
+            lambda p: torch.save(
+                __import__("torchvision").models.mobilenet_v3_small(num_classes=9).state_dict(), p
+            ),
+            r"'classifier.3.weight' has shape \(9, 1024\), the model's is \(4, 1024\)",
+        ),
+        (lambda p: torch.save([1, 2], p), r"holds a list, not a state_dict"),
+        (lambda p: p.write_bytes(b"\x80\x04junk"), r"not a readable state_dict"),
+    ],
+    ids=["unknown-key", "wrong-classes", "not-a-dict", "corrupt"],
+)
+def test_bad_init_is_one_line(make, message, tmp_path, cli):
+    path = tmp_path / "w.pt"
+    make(path)
+    r = cli(
+        "train",
+        "--arch",
+        "torchvision:mobilenet_v3_small",
+        "--init",
+        str(path),
+        *TRAIN,
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(f"error: --init {path}: ")
+    assert re.search(message, r.stderr), r.stderr
+
+
+def test_unknown_library_model_is_one_line(tmp_path, cli):
+    r = cli("train", "--arch", "torchvision:resnet_nope", *TRAIN, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2
+    assert "torchvision has no classification model 'resnet_nope'" in r.stderr
+
+
+def test_timm_models_convert_exactly():
+    timm = pytest.importorskip("timm")
+    from pareco_runtime import make_slimmable
+
+    for name in ("resnet18", "mobilenetv3_small_100"):
+        original = timm.create_model(name, pretrained=False, num_classes=5).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slim = make_slimmable(original, torch.randn(1, 3, 64, 64)).eval()
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            assert (slim(x) - original(x)).abs().max().item() <= 1e-6
+        alpha = slim.space.sample(torch.Generator().manual_seed(0))
+        sub = slice_model(slim, alpha).eval()
+        slim.set_widths(alpha)
+        with torch.no_grad():
+            assert torch.equal(sub(x), slim(x)), name
