@@ -7,7 +7,10 @@
 5. ``pareco export`` of the chosen point to ONNX and ExecuTorch, each checked against PyTorch;
 6. ``pareco bench``: batch-1 latency of every point on torch eager, onnxruntime and ExecuTorch,
    written into the manifest as a device profile;
-7. ``pareco select`` under a latency budget on that profile, and the front plot.
+7. ``pareco select`` under a latency budget on that profile, and the front plot;
+8. bring your own model: a torchvision ResNet-18 whose weights the user already has (here: two
+   epochs of plain PyTorch training on an ImageFolder of digits PNGs) becomes slimmable with
+   ``pareco train --arch torchvision:resnet18 --init start.pt``, then ``select`` and ``export``.
 
 Each step prints the command it runs, so the same can be typed by hand. A finished run in
 ``--out`` is reused (pass ``--fresh`` to retrain).
@@ -22,6 +25,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from pareco_cli.output import print_table
 from pareco_runtime import ARCHITECTURES, Front, build_model
@@ -52,6 +57,61 @@ def pareco(*args: str, capture: bool = False) -> str:
     if r.returncode != 0:
         sys.exit(f"demo stopped: 'pareco {args[0]}' exited with {r.returncode}")
     return r.stdout or ""
+
+
+def write_digits_folder(root: Path) -> None:
+    """scikit-learn's digits as an ImageFolder of 32x32 RGB PNGs (train/ and test/, 80/20 per class)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images, digits.target)):
+        split = "test" if i % 5 == 0 else "train"
+        folder = root / split / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (image * (255 / 16)).astype("uint8")
+        Image.fromarray(pixels).convert("RGB").resize((32, 32)).save(folder / f"{i:04d}.png")
+
+
+def plain_pytorch_start(root: Path, epochs: int = 2) -> dict[str, torch.Tensor]:
+    """The weights a user has before pareco: torchvision's ResNet-18 trained the usual way, a few epochs."""
+    import torchvision
+    from torchvision.transforms import v2
+
+    torch.manual_seed(0)
+    tf = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    data = torchvision.datasets.ImageFolder(str(root / "train"), transform=tf)
+    loader = torch.utils.data.DataLoader(data, batch_size=64, shuffle=True)
+    model = torchvision.models.resnet18(num_classes=len(data.classes))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(epochs):
+        for x, y in loader:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model.state_dict()
+
+
+def bring_your_own_model(out: Path) -> None:
+    """Step 8: a torchvision model and its existing weights become a slimmable front."""
+    folder, start, run = out / "digits-folder", out / "resnet18-start.pt", out / "resnet18"
+    if not folder.exists():
+        write_digits_folder(folder)
+    if not start.exists():
+        print(f"\ntraining a plain torchvision ResNet-18 for 2 epochs on {folder} (the weights a user has)")
+        torch.save(plain_pytorch_start(folder), start)
+    manifest = run / "model.front.json"
+    if not manifest.exists():
+        pareco(
+            "train", "--arch", "torchvision:resnet18", "--init", str(start), "--data", str(folder),
+            "--epochs", "2", "--batch-size", "64", "--lr", "0.02", "--candidates", "6",
+            "--calib-batches", "4", "--out", str(run), "--force",
+        )  # fmt: skip
+    pareco("show", str(manifest))
+    cheapest = min(p.mflops for p in Front.load(manifest).points)
+    budget = f"{max(cheapest * 1.01, 0.5 * max(p.mflops for p in Front.load(manifest).points)):.2f}MFLOPs"
+    pareco("select", str(manifest), "--budget", budget)
+    pareco("export", str(manifest), "--budget", budget, "--onnx", "--out", str(run / "export"))
 
 
 def main() -> None:
@@ -137,6 +197,7 @@ def main() -> None:
     times = sorted(p.latency_ms[phone] for p in front.points if phone in p.latency_ms)
     pareco("select", str(manifest), "--budget", f"{times[len(times) // 2]:.3f}ms@{phone}")
     pareco("show", str(manifest), "--plot", str(out / "front.png"))
+    bring_your_own_model(out)
 
 
 if __name__ == "__main__":

@@ -558,8 +558,9 @@ def make_slimmable(
                 slots[root] = builder.dim(names.get(root, layer.name), groups.size[root])
     if not builder.dim_names:
         raise ConversionError(
-            f"make_slimmable: every channel group of {type(module).__name__} is pinned, nothing "
-            f"to slim; see the warnings for the ops that pinned them"
+            f"make_slimmable: every channel group of {type(module).__name__} is pinned, nothing to slim "
+            f"(first: {found.unsupported[0] if found.unsupported else 'pin patterns'}); slim a CNN built from "
+            f"Conv2d/BatchNorm2d/Linear"
         )
 
     for layer in layers.values():

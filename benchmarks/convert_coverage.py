@@ -1,0 +1,83 @@
+"""Which torchvision classification models make_slimmable converts, which in part, which it refuses, and why.
+
+Run: ``.venv/bin/python -m benchmarks.convert_coverage [--size 224] [--skip-large]`` (random weights, no
+download). For each model: width dimensions found, layers kept at full width, the reasons (grouped by
+the op that pinned them), and a check that a random config's slice equals the slimmable model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import time
+import warnings
+
+import torch
+import torchvision
+
+from pareco_runtime import ConversionError, make_slimmable, slice_model
+
+# Hundreds of millions of parameters: minutes and gigabytes each on a CPU host.
+LARGE = {
+    "vit_h_14",
+    "vit_l_16",
+    "vit_l_32",
+    "regnet_y_128gf",
+    "regnet_y_32gf",
+    "regnet_y_16gf",
+    "regnet_x_32gf",
+}
+
+
+def _reason(text: str) -> str:
+    # "node (where): why" -> "why" with the op name, so that reasons group across nodes.
+    why = text.split(": ", 1)[-1]
+    op = re.search(r"\((call_\w+ \w+|[\w.]+)\)", text)
+    return f"{why} [{op.group(1).split('.')[-1] if op else '?'}]" if "does not know" in why else why
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--skip-large", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    names = torchvision.models.list_models(module=torchvision.models)
+    for name in names:
+        if args.skip_large and name in LARGE:
+            print(f"{name}: skipped (large)", flush=True)
+            continue
+        original = torchvision.models.get_model(name, weights=None).eval()
+        x = torch.randn(1, 3, args.size, args.size)
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                slim = make_slimmable(original, x).eval()
+        except ConversionError as exc:
+            print(f"{name}: REFUSED: {str(exc)[:160]}", flush=True)
+            continue
+        seconds = time.perf_counter() - t0
+        reasons = collections.Counter(
+            _reason(r) for layer, r in slim.pinned.items() if r != "the network's output"
+        )
+        alpha = slim.space.sample(torch.Generator().manual_seed(0))
+        sub = slice_model(slim, alpha).eval()
+        slim.set_widths(alpha)
+        with torch.no_grad():
+            exact = torch.equal(sub(x), slim(x))
+        dense = (torch.nn.Conv2d, torch.nn.Linear)
+        layers = sum(1 for m in slim.modules() if isinstance(m, dense))
+        full = sum(1 for n in slim.pinned if isinstance(slim.get_submodule(n), dense))
+        kind = "converts" if not reasons else "in part"
+        detail = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
+        print(
+            f"{name}: {kind}, {slim.space.dims} dims, {full}/{layers} conv/linear layers at full width, "
+            f"{seconds:.1f} s, slice equal: {exact}{'; ' + detail if detail else ''}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
