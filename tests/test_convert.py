@@ -223,9 +223,14 @@ def test_nothing_to_slim_is_refused():
         make_slimmable(nn.Sequential(nn.Conv2d(3, 4, 1)), torch.randn(1, *SIZE))
 
 
+# ONNX for every model; ExecuTorch lowering costs 10-20 s a model here, so three representatives.
+EXPORTS = [(name, "onnx") for name in MODELS] + [
+    (name, "executorch") for name in ("user_cnn", "resnet18", "mobilenet_v3_small")
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["user_cnn", "mobilenet_v3_small"])
-@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+@pytest.mark.parametrize(("name", "fmt"), EXPORTS)
 def test_sliced_point_exports_with_parity(name, fmt, tmp_path):
     from export.exporter import export_point
     from export.formats import require
