@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from .output import print_json, print_table
+
+if TYPE_CHECKING:
+    from pareco_runtime.models.base import SlimmableNet
 
 
 def parse_alpha(text: str) -> list[float]:
@@ -20,9 +25,33 @@ def parse_alpha(text: str) -> list[float]:
     return out
 
 
+def _converted(
+    arch: str, num_classes: int | None, input_size: int | None, divisor: int | None
+) -> SlimmableNet:
+    """``arch`` converted by make_slimmable at ``input_size`` (default 224), as ``pareco train`` would."""
+    import warnings
+
+    import torch
+
+    from pareco_runtime import make_slimmable
+    from pareco_runtime.sources import original_from_user
+
+    model_kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    size = input_size or 224
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the ops it pins show in the table: their groups are absent
+        return make_slimmable(
+            original_from_user(arch, model_kwargs), torch.zeros(1, 3, size, size), divisor=divisor, arch=arch,
+            model_kwargs=model_kwargs,
+        )  # fmt: skip
+
+
 def flops(
     arch: str = typer.Option(
-        ..., "--arch", help="Architecture: resnet20/32/44/56, mobilenet_v2, mobilenet_v3_large."
+        ...,
+        "--arch",
+        help="Architecture: resnet20/32/44/56, mobilenet_v2, mobilenet_v3_large, or a CNN made slimmable: "
+        "torchvision:NAME, timm:NAME, pkg.module:factory.",
     ),
     width: float | None = typer.Option(None, "--width", help="Uniform width multiplier for every group."),
     alpha: str | None = typer.Option(None, "--alpha", help="Per-group widths, comma-separated."),
@@ -33,6 +62,7 @@ def flops(
 ) -> None:
     """MACs (the field's FLOPs), parameters and per-group channels of one config."""
     from pareco_runtime import build_model
+    from pareco_runtime.sources import is_converted
 
     if (width is None) == (alpha is None):
         raise ValueError("give exactly one of --width W or --alpha a1,a2,...")
@@ -41,7 +71,11 @@ def flops(
         for k, v in (("divisor", divisor), ("num_classes", num_classes), ("input_size", input_size))
         if v is not None
     }
-    model = build_model(arch, **kwargs)
+    model = (
+        _converted(arch, num_classes, input_size, divisor)
+        if is_converted(arch)
+        else build_model(arch, **kwargs)
+    )
     config = model.space.uniform(width) if width is not None else parse_alpha(alpha or "")
     model.space.validate(config)
     macs, params, channels = model.macs(config), model.params(config), model.channels(config)

@@ -69,18 +69,26 @@ def original_module(
     return module
 
 
-def import_factory(spec: str) -> ModelFactory:
-    """The callable named ``pkg.module:function``, imported: only for a name the user typed themselves."""
+def import_factory(spec: str, flag: str = "--model") -> ModelFactory:
+    """The callable named ``pkg.module:function``, imported: only for a name the user typed themselves
+    (``flag`` names where, in errors)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr or module_name in LIBRARIES:
-        raise ValueError(f"--model {spec}: give the builder as pkg.module:function")
+        raise ValueError(f"{flag} {spec}: give the builder as pkg.module:function")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(
-            f"--model {spec}: cannot import {module_name} ({exc}); check the name and PYTHONPATH"
+            f"{flag} {spec}: cannot import {module_name} ({exc}); check the name and PYTHONPATH"
         ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ValueError(f"--model {spec}: {module_name} has no callable '{attr}'")
+        raise ValueError(f"{flag} {spec}: {module_name} has no callable '{attr}'")
     return factory
+
+
+def original_from_user(arch: str, model_kwargs: dict[str, Any]) -> nn.Module:
+    """:func:`original_module` for a name the user typed (a flag, not a manifest): their own
+    ``pkg.module:factory`` is imported."""
+    own_code = arch.partition(":")[0] not in LIBRARIES
+    return original_module(arch, model_kwargs, import_factory(arch, "--arch") if own_code else None)

@@ -57,3 +57,18 @@ def test_bad_input_exits_2_with_one_line_from_a_real_process(cli_process):
     r = cli_process("flops", "--arch", "resnet21", "--width", "1")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("error: unknown architecture 'resnet21'") and len(r.stderr.splitlines()) == 1
+
+
+def test_flops_of_a_converted_torchvision_model(cli):
+    torchvision = pytest.importorskip("torchvision")
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    r = cli("flops", "--arch", "torchvision:resnet18", "--width", "1", "--num-classes", "10", "--input-size", "32",
+            "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        torchvision.models.resnet18(num_classes=10)(torch.zeros(1, 3, 32, 32))
+    assert out["macs"] == fc.get_total_flops() // 2
+    assert out["input_size"] == [3, 32, 32] and len(out["channels"]) == 12

@@ -23,7 +23,7 @@ from pareco_runtime import build_model, make_slimmable
 from pareco_runtime.atomic import atomic_write_text
 from pareco_runtime.front_file import MANIFEST_NAME
 from pareco_runtime.models.base import SlimmableNet
-from pareco_runtime.sources import LIBRARIES, import_factory, is_converted, original_module
+from pareco_runtime.sources import is_converted, original_from_user
 
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -56,12 +56,10 @@ def build_for_data(cfg: TrainConfig, num_classes: int, input_size: tuple[int, in
     named it on the command line.
     """
     if is_converted(cfg.arch):
-        own_code = cfg.arch.partition(":")[0] not in LIBRARIES
-        factory = import_factory(cfg.arch) if own_code else None
         try:
-            original = original_module(cfg.arch, {"num_classes": num_classes}, factory)
+            original = original_from_user(cfg.arch, {"num_classes": num_classes})
         except ValueError as exc:
-            raise TrainingError(f"--arch {cfg.arch}: {exc}") from None
+            raise TrainingError(str(exc)) from None
         if cfg.init:
             load_initial_state(original, cfg.init, cfg.arch)
         return make_slimmable(
