@@ -69,6 +69,6 @@ def test_flops_of_a_converted_torchvision_model(cli):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
-        torchvision.models.resnet18(num_classes=10)(torch.zeros(1, 3, 32, 32))
+        torchvision.models.resnet18(num_classes=10).eval()(torch.zeros(1, 3, 32, 32))
     assert out["macs"] == fc.get_total_flops() // 2
     assert out["input_size"] == [3, 32, 32] and len(out["channels"]) == 12
