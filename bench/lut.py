@@ -368,7 +368,6 @@ def build_lut(
     say = on_stage or (lambda _msg: None)
     allocator = STEADY_MALLOC if steady_memory and steady_malloc() else None
     cuda = backend == "cuda"
-    model = model.eval()
     space = model.space
     units = discover_units(model)
     names = [u.name for u in units]
