@@ -164,6 +164,7 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path, repo_root, train_cli_args)
     assert extra["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_slim_run_leaves_botorch_unimported(tmp_path, small_train_settings, repo_root):
     """BoTorch is imported only by PareCO and TwoStage: a Slim run never loads it."""
     code = (
