@@ -14,7 +14,7 @@ from pareco_runtime.fileformat import FORMAT_VERSION, FormatError, load_manifest
 from pareco_runtime.front import DeviceProfile
 from pareco_runtime.front_file import MANIFEST_NAME, WEIGHTS_NAME, DatasetSpec, TrainingRecord, write_front
 
-from .test_fileformat import make_manifest
+from .manifests import make_manifest
 
 
 def _profile(name: str, threads: int = 1) -> DeviceProfile:
