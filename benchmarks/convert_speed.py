@@ -13,10 +13,10 @@ import warnings
 
 import torch
 import torchvision
-from torch.utils.flop_counter import FlopCounterMode
 
 from bench.timing import interleaved
-from pareco_runtime import make_slimmable, slice_model
+from benchmarks.foundation import cost_model_rates
+from pareco_runtime import make_slimmable
 
 MODELS = [
     "resnet18",
@@ -46,19 +46,9 @@ def forward_ratio(original: torch.nn.Module, slim: torch.nn.Module, size: int, b
     return f"{t['slim'].median / t['original'].median:.3f}"
 
 
-def cost_model(slim, n: int = 2000, ref: int = 3) -> str:
-    configs = slim.space.sample(torch.Generator().manual_seed(0), n)
-    t0 = time.perf_counter()
-    for a in configs:
-        slim.macs(a)
-    analytic = (time.perf_counter() - t0) / n
-    t0 = time.perf_counter()
-    for a in configs[:ref]:
-        sub = slice_model(slim, a).eval()
-        with FlopCounterMode(display=False), torch.no_grad():
-            sub(torch.zeros(1, *slim.input_size))
-    counted = (time.perf_counter() - t0) / ref
-    return f"{1 / analytic:,.0f} configs/s ({counted / analytic:,.0f}x slice + flop counter)"
+def cost_model(slim) -> str:
+    analytic, counted = cost_model_rates(slim, n=2000, ref=3)
+    return f"{analytic:,.0f} configs/s ({analytic / counted:,.0f}x slice + flop counter)"
 
 
 def switch_us(slim) -> str:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from pareco_runtime.atomic import atomic_path
+from pareco_runtime.fileformat import first_line
 from pareco_runtime.front_file import utc_timestamp
 
 from .formats import WRITERS, ExportError, get_format, load_runner, require, versions
@@ -126,7 +127,7 @@ def export_point(
         except ExportError:
             raise
         except Exception as exc:  # exporters fail in many types; the CLI needs one line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise ExportError(
                 f"{target.name}: {fmt} export failed ({type(exc).__name__}: {first}); nothing was "
                 "written; run with --debug for the exporter's traceback"

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .fileformat import first_line
 from .models.base import LayerBuilder, SlimmableNet, Slot
 from .ops import SlimBatchNorm2d, SlimConv2d, SlimLinear
 from .sources import ModelFactory, original_module
@@ -182,50 +183,6 @@ class TracedSlimmableNet(SlimmableNet):
     """
 
     pinned: dict[str, str]
-
-    plain_class: type[nn.Module] = nn.Module
-
-    def _build_cost_terms(self) -> None:
-        super()._build_cost_terms()
-        self._add_fixed_costs()
-
-    def _add_fixed_costs(self) -> None:
-        """Layers left as they are (grouped convs, pinned linears) cost the same in every config."""
-        positions: dict[nn.Module, int] = {}
-
-        def record(mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            # Output positions per sample: H*W for a conv, the tokens for a linear.
-            positions[mod] = out.numel() // out.shape[1 if isinstance(mod, nn.Conv2d) else -1]
-
-        plain = [m for m in self.modules() if type(m) in (nn.Conv2d, nn.Linear)]
-        hooks = [m.register_forward_hook(record) for m in plain]
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            self(torch.zeros(1, *self.input_size))
-        self.train(was_training)
-        for h in hooks:
-            h.remove()
-        one = self._one
-        macs = sum(positions[m] * _weight(m).numel() for m in plain if m in positions)
-        slim = {
-            id(p)
-            for m in self.modules()
-            if isinstance(m, (SlimConv2d, SlimLinear, SlimBatchNorm2d))
-            for p in m.parameters(recurse=False)
-        }
-        params = sum(p.numel() for p in self.parameters() if id(p) not in slim)
-        if macs:
-            self._macs_terms.append((macs, one, one))
-        if params:
-            self._params_terms.append((params, one, one))
-
-
-def _weight(module: nn.Module) -> torch.Tensor:
-    weight = module.weight
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{type(module).__name__} has no weight tensor")
-    return weight
 
 
 def _tensor_meta(node: torch.fx.Node) -> Any:
@@ -486,7 +443,7 @@ def make_slimmable(
     try:
         gm = torch.fx.symbolic_trace(net)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConversionError(
             f"make_slimmable: torch.fx cannot trace {type(module).__name__} ({first}); make its "
             f"forward traceable (no control flow on tensor values) or convert a submodule"
@@ -497,7 +454,7 @@ def make_slimmable(
         with torch.no_grad():
             ShapeProp(gm).propagate(example_input[:1])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConversionError(
             f"make_slimmable: the example input {tuple(example_input.shape)} does not run through "
             f"{type(module).__name__} ({first}); give an input of the size the model takes"

@@ -62,6 +62,12 @@ def _error(file: str | os.PathLike[str], what: str, todo: str) -> FormatError:
     return FormatError(message.replace("\r", " ").replace("\n", " "))
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Lower-case hex SHA-256 of the file's bytes, read in chunks (``OSError`` if it cannot be read)."""
     digest = hashlib.sha256()

@@ -8,6 +8,8 @@ is set, and forward passes use views of the full-width parameters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,6 +47,10 @@ class _Slim:
     out_slot: int
     ctx: SlimContext
     _cache: tuple = ((), ())
+    # Each slimmable layer defines these two: views of its tensors at widths ``key`` (read by
+    # :meth:`views`), and a plain torch layer holding copies of the active slices.
+    slice_tensors: Callable[[tuple[int, ...]], tuple]
+    to_plain: Callable[[], nn.Module]
 
     def bind(self, ctx: SlimContext, in_slot: int, out_slot: int) -> None:
         object.__setattr__(self, "ctx", ctx)
@@ -68,14 +74,6 @@ class _Slim:
         tensors = tuple(None if t is None else t.contiguous() for t in self.slice_tensors(key))
         object.__setattr__(self, "_cache", (full_key, tensors))
         return tensors
-
-    def slice_tensors(self, key: tuple[int, ...]) -> tuple:
-        """Views of this layer's tensors at widths ``key``; each layer that calls :meth:`views` defines it."""
-        raise NotImplementedError
-
-    def to_plain(self) -> nn.Module:
-        """A plain torch layer holding copies of the active slices."""
-        raise NotImplementedError
 
 
 def _pair(size: tuple[int, ...]) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .budget import BatteryPolicy, Budget, as_budget, select
-from .fileformat import FormatError, load_weights
+from .fileformat import FormatError, first_line, load_weights
 from .front import DeviceProfile, FrontPoint
 from .front_file import Front
 from .models.base import BNStatsError, SlimmableNet
@@ -128,7 +128,7 @@ class SlimmableRuntime:
         try:
             net.load_state_dict(wf.state, strict=True)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
+            first = first_line(exc)
             raise FormatError(
                 f"{wpath}: weights do not fit architecture '{arch.arch}' ({first}); use the "
                 "weight file trained with this manifest"

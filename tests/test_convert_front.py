@@ -37,25 +37,21 @@ TRAIN = [
 USER_ARCH = "tests.user_models:user_cnn"
 
 
-@pytest.fixture(scope="module")
-def torchvision_front(tmp_path_factory) -> Path:
+def _small_front(tmp_path_factory, folder: str, arch: str) -> Path:
+    """A one-epoch Slim front of ``arch`` on 64 synthetic 32x32 images; returns its manifest."""
     from training.config import TrainConfig
     from training.loop import train
 
-    out = tmp_path_factory.mktemp("tv_front")
-    cfg = TrainConfig(
-        arch="torchvision:mobilenet_v3_small",
-        data="synthetic:64:4",
-        image_size=32,
-        epochs=1,
-        batch_size=32,
-        candidates=4,
-        calib_batches=1,
-        calib_batch_size=32,
-    )
+    cfg = TrainConfig(arch=arch, data="synthetic:64:4", image_size=32, epochs=1, batch_size=32, candidates=4,
+                      calib_batches=1, calib_batch_size=32)  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the conversion names the ops it pins; asserted in test_convert.py
-        return train(cfg, out, show_progress=False)
+        return train(cfg, tmp_path_factory.mktemp(folder), show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def torchvision_front(tmp_path_factory) -> Path:
+    return _small_front(tmp_path_factory, "tv_front", "torchvision:mobilenet_v3_small")
 
 
 def test_manifest_records_how_to_rebuild(torchvision_front):
@@ -85,21 +81,7 @@ def test_select_and_export_a_converted_front(torchvision_front, tmp_path, cli):
 
 @pytest.fixture(scope="module")
 def user_front(tmp_path_factory) -> Path:
-    from training.config import TrainConfig
-    from training.loop import train
-
-    out = tmp_path_factory.mktemp("user_front")
-    cfg = TrainConfig(
-        arch=USER_ARCH,
-        data="synthetic:64:4",
-        image_size=32,
-        epochs=1,
-        batch_size=32,
-        candidates=4,
-        calib_batches=1,
-        calib_batch_size=32,
-    )
-    return train(cfg, out, show_progress=False)
+    return _small_front(tmp_path_factory, "user_front", USER_ARCH)
 
 
 def test_user_architecture_is_never_imported_on_a_manifests_word(user_front, tmp_path, cli):

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from pareco_runtime.atomic import atomic_path
+from pareco_runtime.fileformat import first_line
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -29,7 +30,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError or EOFError depending on damage
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(
             f"{path}: not a usable checkpoint ({first}); delete it and pass --force to start afresh"
         ) from None

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pareco_runtime.fileformat import first_line
+
 from .config import TrainingError
 
 _HOW = "save it with torch.save(model.state_dict(), PATH) or safetensors.torch.save_file"
@@ -30,7 +32,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 warnings.simplefilter("ignore")
                 state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise TrainingError(f"--init {source}: not a readable state_dict ({first}); {_HOW}") from None
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()

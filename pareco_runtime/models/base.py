@@ -137,13 +137,14 @@ class SlimmableNet(nn.Module):
         self.alpha = self.space.uniform(1.0)
 
     def _build_cost_terms(self) -> None:
-        spatial: dict[nn.Module, int] = {}
+        # Output positions per sample of every conv and linear (H*W, or a linear's tokens), from one pass.
+        positions: dict[nn.Module, int] = {}
 
         def record(module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            spatial[module] = out.shape[-1] * out.shape[-2]
+            positions[module] = out.numel() // out.shape[1 if isinstance(module, nn.Conv2d) else -1]
 
-        convs = [m for m in self.modules() if isinstance(m, SlimConv2d)]
-        hooks = [m.register_forward_hook(record) for m in convs]
+        dense = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        hooks = [m.register_forward_hook(record) for m in dense]
         was_training = self.training
         self.eval()
         with torch.no_grad():
@@ -159,9 +160,11 @@ class SlimmableNet(nn.Module):
             table[(a, b)] = table.get((a, b), 0) + coef
 
         one = self._one
+        slim_params: set[int] = set()
         for m in self.modules():
             if not isinstance(m, (SlimConv2d, SlimLinear, SlimBatchNorm2d)):
                 continue
+            slim_params.update(id(p) for p in m.parameters(recurse=False))
             o = m.out_slot
             if isinstance(m, SlimBatchNorm2d):
                 add(params, o, one, 2)
@@ -169,13 +172,25 @@ class SlimmableNet(nn.Module):
             if isinstance(m, SlimConv2d):
                 kk = m.kernel_size[0] * m.kernel_size[1]
                 i = one if m.depthwise else m.in_slot
-                add(macs, o, i, spatial[m] * kk)
+                add(macs, o, i, positions[m] * kk)
             else:
                 kk, i = 1, m.in_slot
                 add(macs, o, i, 1)
             add(params, o, i, kk)
             if m.bias is not None:
                 add(params, o, one, 1)
+        # Layers a converted network leaves plain (grouped convs, pinned linears) and any other
+        # parameters cost the same in every config: constant terms (none in the zoo).
+        fixed_macs = sum(
+            positions[m] * m.weight.numel()
+            for m in dense
+            if m in positions and not isinstance(m, (SlimConv2d, SlimLinear))
+        )
+        fixed_params = sum(p.numel() for p in self.parameters() if id(p) not in slim_params)
+        if fixed_macs:
+            add(macs, one, one, fixed_macs)
+        if fixed_params:
+            add(params, one, one, fixed_params)
         self._macs_terms = [(c, a, b) for (a, b), c in macs.items()]
         self._params_terms = [(c, a, b) for (a, b), c in params.items()]
 
