@@ -212,7 +212,7 @@ def discover_units(model: SlimmableNet) -> list[_Unit]:
 
 def grid_levels(space: WidthSpace, levels: int) -> list[dict[int, float]]:
     """Per width dimension, ``{channel count: width multiplier giving it}`` for ``levels`` uniform widths
-    from the space's low to 1 (fewer where rounding merges them)."""
+    from the space's low to 1, raised to each dimension's floor (fewer where rounding merges them)."""
     out: list[dict[int, float]] = [{} for _ in range(space.dims)]
     for w in np.linspace(space.low, space.high, max(2, levels)):
         for d, c in enumerate(space.channels(space.uniform(float(w)))):
@@ -376,7 +376,7 @@ def build_lut(
     widths = [list(lv.values()) for lv in grid]
     gen = torch.Generator().manual_seed(seed)
     device = "cuda" if cuda else "cpu"
-    calib = [space.uniform(space.low), space.uniform((space.low + space.high) / 2), space.uniform(space.high)]
+    calib = [space.smallest(), space.uniform((space.low + space.high) / 2), space.uniform(space.high)]
     calib = (calib + space.sample(gen, max(0, calibrate - 3)))[:calibrate]
     check = space.sample(gen, validate)
     configs = calib + check

@@ -18,7 +18,7 @@ import copy
 import fnmatch
 import operator
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .fileformat import first_line
 from .models.base import LayerBuilder, SlimmableNet, Slot
-from .ops import SlimBatchNorm2d, SlimConv2d, SlimLinear
+from .ops import SlimBatchNorm2d, SlimBatchNormAct2d, SlimConv2d, SlimLinear
 from .sources import ModelFactory, original_module
 
 # Modules and functions that keep every channel where it is (pointwise in channels).
@@ -123,6 +123,33 @@ _ELEMENTWISE_FUNCTIONS: set[Any] = {
 _ELEMENTWISE_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
 _REDUCE_FUNCTIONS: set[Any] = {torch.mean, torch.sum, torch.amax}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
+
+
+def _is_bn_act(mod: nn.Module) -> bool:
+    """timm's fused BatchNorm + activation, whose ``drop`` and ``act`` act per element.
+
+    Matched by its exact class: a BatchNorm2d subclass of unknown ``forward`` is traced through
+    instead (its ``F.batch_norm`` then pins the channels around it).
+    """
+    kind = type(mod)
+    return (
+        kind.__module__ == "timm.layers.norm_act"
+        and kind.__name__ == "BatchNormAct2d"
+        and not any(True for _ in mod.drop.parameters())  # type: ignore[union-attr]
+        and not any(True for _ in mod.act.parameters())  # type: ignore[union-attr]
+    )
+
+
+def _is_timm_linear(mod: nn.Module) -> bool:
+    """timm's ``Linear``: an ``nn.Linear`` whose forward differs only under TorchScript."""
+    return type(mod).__module__ == "timm.layers.linear" and type(mod).__name__ == "Linear"
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, keeping the timm layers :func:`make_slimmable` slims as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return _is_bn_act(m) or _is_timm_linear(m) or super().is_leaf_module(m, module_qualified_name)
 
 
 class ConversionError(ValueError):
@@ -273,7 +300,9 @@ class _Analysis:
         name = str(node.target)
         src = node.args[0] if node.args else None
         cin = self._channel_var(src)
-        if type(mod) in (nn.Conv2d, nn.BatchNorm2d, nn.Linear) and name in self.layers:
+        batch_norm = type(mod) is nn.BatchNorm2d or _is_bn_act(mod)
+        linear = type(mod) is nn.Linear or _is_timm_linear(mod)
+        if (batch_norm or linear or type(mod) is nn.Conv2d) and name in self.layers:
             self._unsupported(node, "the module is called more than once")
         elif type(mod) is nn.Conv2d and cin is not None and mod.padding_mode == "zeros":
             if mod.groups == 1:
@@ -284,10 +313,10 @@ class _Analysis:
                 self._unsupported(node, f"a grouped conv (groups={mod.groups}) keeps its channels")
                 cout = self.var[node]
             self.layers[name] = _Layer(name, mod, cin, cout)  # type: ignore[arg-type]
-        elif type(mod) is nn.BatchNorm2d and cin is not None and mod.affine and mod.track_running_stats:
+        elif batch_norm and cin is not None and mod.affine and mod.track_running_stats:
             self._same(node, src)
             self.layers[name] = _Layer(name, mod, cin, cin)
-        elif type(mod) is nn.Linear and cin is not None and len(_shape(src) or ()) == 2:
+        elif linear and cin is not None and len(_shape(src) or ()) == 2:
             cout = self._fresh(node)
             self.layers[name] = _Layer(name, mod, cin, cout)  # type: ignore[arg-type]
         elif isinstance(mod, _PASS_MODULES):
@@ -396,6 +425,14 @@ def _slim_twin(mod: nn.Module) -> nn.Module:
             groups=mod.groups,
             bias=mod.bias is not None,
         )
+    elif _is_bn_act(mod):
+        twin = SlimBatchNormAct2d(
+            mod.num_features,  # type: ignore[arg-type]
+            copy.deepcopy(mod.drop),  # type: ignore[arg-type]
+            copy.deepcopy(mod.act),  # type: ignore[arg-type]
+            eps=mod.eps,
+            momentum=mod.momentum,
+        )
     elif isinstance(mod, nn.BatchNorm2d):
         twin = SlimBatchNorm2d(mod.num_features, eps=mod.eps, momentum=mod.momentum)
     else:
@@ -411,6 +448,7 @@ def make_slimmable(
     example_input: torch.Tensor,
     *,
     low: float = 0.25,
+    lows: Mapping[str, float] | None = None,
     divisor: int | None = None,
     pin: Sequence[str] = (),
     tie: dict[str, Sequence[str]] | None = None,
@@ -425,7 +463,9 @@ def make_slimmable(
     ``tie``: ``{dimension name: [patterns]}`` joins the output groups of the matching layers into one
     dimension (e.g. every stage's inner convs). ``on_unsupported``: ``"pin"`` keeps channels that an
     op of unknown channel coupling touches at full width, with a warning naming it; ``"error"``
-    refuses with :class:`ConversionError`. ``low`` / ``divisor`` shape the width space.
+    refuses with :class:`ConversionError`. ``low`` / ``divisor`` shape the width space; ``lows``:
+    ``{dimension-name pattern: lowest width}`` raises ``low`` for the matching dimensions (the first
+    matching pattern wins), e.g. ``{"layer4.*": 0.5}`` where the last stage loses accuracy fast.
     ``arch`` / ``model_kwargs``: how the original module is rebuilt (``torchvision:NAME``,
     ``timm:NAME`` or ``pkg.module:factory`` called with ``model_kwargs``), recorded with these
     settings in :meth:`~SlimmableNet.describe` so that a manifest can rebuild the same network.
@@ -441,7 +481,7 @@ def make_slimmable(
         )
     net = copy.deepcopy(module)
     try:
-        gm = torch.fx.symbolic_trace(net)
+        gm = torch.fx.GraphModule(net, _Tracer().trace(net))
     except Exception as exc:
         first = first_line(exc)
         raise ConversionError(
@@ -551,13 +591,36 @@ def make_slimmable(
             "on_unsupported": on_unsupported,
         },
     }
+    if lows:
+        # Recorded only when set, so conversions without it keep the form older versions rebuild.
+        slim.arch_kwargs["convert"]["lows"] = {k: float(v) for k, v in lows.items()}
     slim.pinned = {
         layer.name: groups.pinned[groups.find(layer.cout)]
         for layer in layers.values()
         if groups.is_pinned(layer.cout)
     }
-    slim._finish(builder, low, divisor, tuple(example_input.shape[1:]))  # type: ignore[arg-type]
+    floors = _dimension_lows(builder.dim_names, low, lows or {})
+    slim._finish(builder, low, divisor, tuple(example_input.shape[1:]), floors)  # type: ignore[arg-type]
     return slim
+
+
+def _dimension_lows(dims: Sequence[str], low: float, lows: Mapping[str, float]) -> tuple[float, ...] | None:
+    """Each dimension's lowest width under the ``lows`` patterns (None when there are none)."""
+    if not lows:
+        return None
+    for pattern, value in lows.items():
+        if not _matching(dims, [pattern]):
+            raise ConversionError(
+                f"make_slimmable: lows pattern {pattern!r} matches no width dimension; "
+                f"dimensions are named like {dims[0]!r}"
+            )
+        if not (low <= float(value) <= 1.0):
+            raise ConversionError(
+                f"make_slimmable: lows {pattern!r}={value:g} is outside [low={low:g}, 1]; give a width in that range"
+            )
+    return tuple(
+        next((float(v) for p, v in lows.items() if fnmatch.fnmatchcase(name, p)), low) for name in dims
+    )
 
 
 def rebuild(arch: str, kwargs: dict[str, Any], factory: ModelFactory | None = None) -> TracedSlimmableNet:

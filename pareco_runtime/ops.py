@@ -8,7 +8,10 @@ is set, and forward passes use views of the full-width parameters.
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -212,6 +215,28 @@ class SlimBatchNorm2d(_Slim, nn.BatchNorm2d):
             plain.running_var.copy_(var)
             plain.num_batches_tracked.fill_(int(self.num_batches_tracked))
         return plain
+
+
+class SlimBatchNormAct2d(SlimBatchNorm2d):
+    """A :class:`SlimBatchNorm2d` followed by its channel-wise ``drop`` and ``act`` modules: the fused
+    BatchNorm + activation layer of timm (``BatchNormAct2d``), with the same ``state_dict`` keys.
+
+    Its plain twin is ``nn.Sequential(bn=BatchNorm2d, drop=..., act=...)``.
+    """
+
+    def __init__(self, num_features: int, drop: nn.Module, act: nn.Module, **kwargs: Any) -> None:
+        super().__init__(num_features, **kwargs)
+        self.drop = drop
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+    def to_plain(self) -> nn.Sequential:  # type: ignore[override]
+        """The plain BatchNorm2d of the active slice, then copies of ``drop`` and ``act``."""
+        return nn.Sequential(
+            OrderedDict(bn=super().to_plain(), drop=copy.deepcopy(self.drop), act=copy.deepcopy(self.act))
+        )
 
 
 SLIM_TYPES = (SlimConv2d, SlimLinear, SlimBatchNorm2d)

@@ -32,9 +32,11 @@ class WidthSpace:
     """A box of width multipliers, one per independent channel group.
 
     ``full[i]`` is the channel count of group ``i`` at width 1.0. A config α (one float per
-    dimension, each in ``[low, high]``) maps to channel counts with :meth:`channels`: the nearest
+    dimension, each in ``[floor_i, high]``) maps to channel counts with :meth:`channels`: the nearest
     integer to ``α_i · full_i`` (at least 1), or, with a ``divisor``, the nearest multiple of it
     (torchvision's rule), never above ``full_i``; width 1.0 is always the full count.
+    ``low`` is the space's lowest width; ``lows`` optionally raises it per dimension (a group that
+    loses accuracy fast when thinned, say), each in ``[low, high]``.
     """
 
     names: tuple[str, ...]
@@ -42,6 +44,7 @@ class WidthSpace:
     low: float
     high: float = 1.0
     divisor: int | None = None
+    lows: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.full):
@@ -50,6 +53,25 @@ class WidthSpace:
             raise ValueError(f"width space: need 0 < low <= high <= 1, got low={self.low} high={self.high}")
         if self.divisor is not None and self.divisor < 1:
             raise ValueError(f"width space: divisor must be a positive integer, got {self.divisor}")
+        if self.lows is not None:
+            if len(self.lows) != len(self.names):
+                raise ValueError(
+                    f"width space: {len(self.lows)} per-dimension lows for {len(self.names)} dimensions"
+                )
+            for name, floor in zip(self.names, self.lows):
+                if not self.low <= floor <= self.high:
+                    raise ValueError(
+                        f"width space: low {floor:g} of '{name}' is outside [{self.low:g}, {self.high:g}]"
+                    )
+
+    @property
+    def floor(self) -> tuple[float, ...]:
+        """The lowest width of each dimension (``lows``, or ``low`` everywhere)."""
+        return self.lows if self.lows is not None else (self.low,) * len(self.names)
+
+    def smallest(self) -> list[float]:
+        """The cheapest config: every dimension at its lowest width."""
+        return list(self.floor)
 
     @property
     def dims(self) -> int:
@@ -57,16 +79,18 @@ class WidthSpace:
         return len(self.names)
 
     def uniform(self, w: float) -> list[float]:
-        """The config with every multiplier equal to ``w`` (validated against the space)."""
-        alpha = [float(w)] * self.dims
-        self.validate(alpha)
-        return alpha
+        """The config with every multiplier equal to ``w`` in ``[low, high]``, raised to each
+        dimension's floor where ``lows`` sets one (ValueError outside the space)."""
+        if not (self.low - _TOL <= float(w) <= self.high + _TOL) or math.isnan(float(w)):
+            raise ValueError(f"uniform width {float(w):g} is outside the space [{self.low:g}, {self.high:g}]")
+        return [max(float(w), f) for f in self.floor]
 
     def sample(self, generator: torch.Generator | None = None, n: int | None = None) -> Any:
         """Uniform random config(s) inside the box; a list of floats, or a list of ``n`` lists."""
         count = 1 if n is None else n
         u = torch.rand(count, self.dims, generator=generator, dtype=torch.float64)
-        rows = (self.low + (self.high - self.low) * u).tolist()
+        floor = torch.tensor(self.floor, dtype=torch.float64)
+        rows = (floor + (self.high - floor) * u).tolist()
         return rows[0] if n is None else rows
 
     def validate(self, alpha: Sequence[float]) -> None:
@@ -76,11 +100,11 @@ class WidthSpace:
                 f"config has {len(alpha)} width multipliers but this space has {self.dims} "
                 f"({', '.join(self.names[:4])}{', ...' if self.dims > 4 else ''})"
             )
-        for i, given in enumerate(alpha):
+        for i, (given, floor) in enumerate(zip(alpha, self.floor)):
             a = float(given)
-            if not (self.low - _TOL <= a <= self.high + _TOL) or math.isnan(a):
+            if not (floor - _TOL <= a <= self.high + _TOL) or math.isnan(a):
                 raise ValueError(
-                    f"width {a:g} for '{self.names[i]}' is outside the space [{self.low:g}, {self.high:g}]"
+                    f"width {a:g} for '{self.names[i]}' is outside the space [{floor:g}, {self.high:g}]"
                 )
 
     def channels(self, alpha: Sequence[float]) -> list[int]:
@@ -91,14 +115,18 @@ class WidthSpace:
         return [c if a >= 1.0 - _TOL else min(c, make_divisible(a * c, d)) for a, c in zip(alpha, self.full)]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description, the form stored in weight files and manifests."""
-        return {
+        """JSON-ready description, the form stored in weight files and manifests (``lows`` only when set,
+        so spaces without them keep the form older versions read)."""
+        d: dict[str, Any] = {
             "names": list(self.names),
             "full": list(self.full),
             "low": self.low,
             "high": self.high,
             "divisor": self.divisor,
         }
+        if self.lows is not None:
+            d["lows"] = list(self.lows)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WidthSpace:
@@ -109,4 +137,5 @@ class WidthSpace:
             low=float(d["low"]),
             high=float(d.get("high", 1.0)),
             divisor=d.get("divisor"),
+            lows=tuple(float(v) for v in d["lows"]) if d.get("lows") is not None else None,
         )

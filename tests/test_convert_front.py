@@ -145,14 +145,17 @@ def test_init_weights_are_the_start(tmp_path, cli):
         ),
         (
             lambda p: torch.save(
-                __import__("torchvision").models.mobilenet_v3_small(num_classes=9).state_dict(), p
+                __import__("torchvision")
+                .models.mobilenet_v3_small(num_classes=4, width_mult=0.5)
+                .state_dict(),
+                p,
             ),
-            r"'classifier.3.weight' has shape \(9, 1024\), the model's is \(4, 1024\)",
+            r"'features.0.0.weight' has shape \(8, 3, 3, 3\), the model's is \(16, 3, 3, 3\)",
         ),
         (lambda p: torch.save([1, 2], p), r"holds a list, not a state_dict"),
         (lambda p: p.write_bytes(b"\x80\x04junk"), r"not a readable state_dict"),
     ],
-    ids=["unknown-key", "wrong-classes", "not-a-dict", "corrupt"],
+    ids=["unknown-key", "other-width", "not-a-dict", "corrupt"],
 )
 def test_bad_init_is_one_line(make, message, tmp_path, cli):
     path = tmp_path / "w.pt"
@@ -173,6 +176,55 @@ def test_bad_init_is_one_line(make, message, tmp_path, cli):
     assert re.search(message, r.stderr), r.stderr
 
 
+def test_init_from_another_class_count_starts_a_fresh_classifier(tmp_path):
+    import torchvision
+
+    from training.config import TrainConfig
+    from training.loop import build_for_data
+
+    imagenet_like = torchvision.models.resnet18(num_classes=1000)
+    torch.save(imagenet_like.state_dict(), tmp_path / "start.pt")
+    cfg = TrainConfig(arch="torchvision:resnet18", init=str(tmp_path / "start.pt"))
+    with pytest.warns(
+        UserWarning, match=r"fc.weight, fc.bias hold 1000 classes, the data 10; the classifier starts fresh"
+    ):
+        slim = build_for_data(cfg, 10, (3, 32, 32))
+    got = slim.state_dict()
+    assert got["fc.weight"].shape == (10, 512)
+    for key, value in imagenet_like.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(got[key], value), key
+
+
+def test_group_low_and_pin_shape_the_space(tmp_path):
+    from training.config import TrainConfig, TrainingError
+    from training.loop import build_for_data
+
+    cfg = TrainConfig(arch="torchvision:resnet18", low=0.25, group_low="layer4.*=0.5", pin="layer1.*")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slim = build_for_data(cfg, 10, (3, 32, 32))
+    floor = dict(zip(slim.space.names, slim.space.floor))
+    assert {n: f for n, f in floor.items() if n.startswith("layer4")} == {
+        "layer4.0.conv1": 0.5, "layer4.0.conv2": 0.5, "layer4.1.conv1": 0.5
+    }  # fmt: skip
+    assert all(f == 0.25 for n, f in floor.items() if not n.startswith("layer4"))
+    assert not any(n.startswith("layer1") for n in slim.space.names)
+    assert slim.macs(slim.space.smallest()) < slim.macs(slim.space.uniform(1.0))
+    for bad, message in (
+        (TrainConfig(arch="torchvision:resnet18", group_low="layer9.*=0.5"), "--group-low pattern 'layer9.*' matches no width dimension"),
+        (TrainConfig(arch="torchvision:resnet18", pin="nope*"), "--pin pattern 'nope\\*' matches no"),
+        (TrainConfig(arch="torchvision:resnet18", group_low="layer4"), "--group-low: 'layer4' is not PATTERN=WIDTH"),
+    ):  # fmt: skip
+        with pytest.raises(TrainingError, match=message):
+            bad.validate()
+            build_for_data(bad, 10, (3, 32, 32))
+    with pytest.raises(TrainingError, match="--group-low applies to a converted --arch only"):
+        TrainConfig(arch="resnet20", group_low="*=0.5").validate()
+    with pytest.raises(TrainingError, match="--group-low width of 'layer4' must be in"):
+        TrainConfig(arch="torchvision:resnet18", group_low="layer4=0.1").validate()
+
+
 def test_unknown_library_model_is_one_line(tmp_path, cli):
     r = cli("train", "--arch", "torchvision:resnet_nope", *TRAIN, "--out", str(tmp_path / "o"))
     assert r.returncode == 2
@@ -181,13 +233,16 @@ def test_unknown_library_model_is_one_line(tmp_path, cli):
 
 def test_timm_models_convert_exactly():
     timm = pytest.importorskip("timm")
+    from torch.utils.flop_counter import FlopCounterMode
+
     from pareco_runtime import make_slimmable
 
     for name in ("resnet18", "mobilenetv3_small_100"):
         original = timm.create_model(name, pretrained=False, num_classes=5).eval()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("error")  # timm's fused BatchNormAct2d and Linear slim: nothing pinned
             slim = make_slimmable(original, torch.randn(1, 3, 64, 64)).eval()
+        assert list(slim.pinned) in (["fc"], ["classifier"]), slim.pinned
         x = torch.randn(2, 3, 64, 64)
         with torch.no_grad():
             assert (slim(x) - original(x)).abs().max().item() <= 1e-6
@@ -196,3 +251,28 @@ def test_timm_models_convert_exactly():
         slim.set_widths(alpha)
         with torch.no_grad():
             assert torch.equal(sub(x), slim(x)), name
+            with FlopCounterMode(display=False) as counter:
+                sub(x[:1])
+        assert counter.get_total_flops() == 2 * slim.macs(alpha), name
+
+
+def test_every_algorithm_keeps_to_per_group_lows():
+    from pareco_runtime import make_slimmable
+    from training.config import TrainConfig
+    from training.pareco import PareCO, TwoStage
+    from training.strategies import Slim
+
+    slim = make_slimmable(user_cnn(4), torch.zeros(1, 3, 16, 16), low=0.25, lows={"stem*": 0.75})
+    floor = slim.space.floor
+    assert max(floor) == 0.75 and min(floor) == 0.25
+    x = torch.randn(8, 3, 16, 16)
+    y = torch.randint(0, 4, (8,))
+    pareco = PareCO(TrainConfig(algorithm="pareco", samples=2, history_size=8, probe_batch=8))
+    twostage = TwoStage(TrainConfig(algorithm="twostage", samples=2))
+    for strategy in (Slim(seed=0, samples=3), pareco, twostage):
+        strategy.setup(slim, 8)
+        for step in range(3):
+            for config in strategy.step_configs(step, slim, x, y):
+                slim.space.validate(config)
+        assert strategy.step_configs(3, slim, x, y)[-1] == list(floor)
+    assert pareco.bounds[0].tolist() == list(floor)

@@ -189,6 +189,36 @@ def test_width_space_properties(full, low, divisor, data):
     space.validate(sample)
 
 
+@given(
+    floors=st.lists(st.floats(0.05, 1.0), min_size=1, max_size=12),
+    data=st.data(),
+)
+def test_per_dimension_lows_bound_every_config(floors, data):
+    low = min(floors)
+    space = WidthSpace(
+        tuple(f"g{i}" for i in range(len(floors))), (64,) * len(floors), low, 1.0, None, tuple(floors)
+    )
+    assert space.smallest() == floors
+    w = data.draw(st.floats(low, 1.0))
+    assert space.uniform(w) == [max(w, f) for f in floors]
+    for config in (space.uniform(w), space.smallest(), *space.sample(torch.Generator().manual_seed(1), 8)):
+        space.validate(config)
+        assert all(a >= f for a, f in zip(config, floors))
+    assert WidthSpace.from_dict(space.to_dict()) == space
+    if max(floors) > low:
+        i = floors.index(max(floors))
+        below = space.smallest()
+        below[i] = low
+        with pytest.raises(ValueError, match=f"outside the space \\[{floors[i]:g}, 1\\]"):
+            space.validate(below)
+
+
+def test_spaces_without_lows_keep_their_stored_form():
+    assert "lows" not in model("resnet20").space.to_dict()
+    with pytest.raises(ValueError, match=r"low 0\.1 of 'b' is outside"):
+        WidthSpace(("a", "b"), (8, 8), 0.25, 1.0, None, (0.5, 0.1))
+
+
 @pytest.mark.parametrize(
     "bad,msg",
     [

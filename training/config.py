@@ -47,6 +47,16 @@ class TrainConfig:
     low: float = _setting(
         0.25, "Smallest width multiplier of a converted --arch (the zoo keeps the paper's)."
     )
+    group_low: str | None = _setting(
+        None,
+        "Converted --arch: PATTERN=W[,PATTERN=W...] raises --low to W for the width dimensions whose "
+        "names match PATTERN (fnmatch; 'pareco flops --arch A' lists them), e.g. 'layer4.*=0.5'.",
+    )
+    pin: str | None = _setting(
+        None,
+        "Converted --arch: comma-separated layer-name patterns (fnmatch) whose output channels stay "
+        "at full width, e.g. 'layer4.*'.",
+    )
     data: str = _setting("digits", "An ImageFolder tree or .tar(.gz) of one, 'digits' or 'synthetic[:N:C]'.")
     algorithm: str = _setting("slim", "Training algorithm.", choices=ALGORITHMS)
     epochs: int = _setting(5, "Passes over the training set.")
@@ -105,6 +115,14 @@ class TrainConfig:
         )
         self._require("samples", self.samples >= 0, "must be >= 0")
         self._require("low", 0.0 < self.low <= 1.0, "must be in (0, 1]")
+        for name in ("group_low", "pin"):
+            self._require(
+                name, getattr(self, name) is None or ":" in self.arch, "applies to a converted --arch only"
+            )
+        for pattern, value in self.group_lows().items():
+            self._require(
+                "group_low", self.low <= value <= 1.0, f"width of '{pattern}' must be in [--low, 1]"
+            )
         if self.algorithm in BO_ALGORITHMS:
             self._choose("lambda_sampling")
             self._choose("cost_model")
@@ -114,6 +132,28 @@ class TrainConfig:
             self._require("samples", self.samples >= 1, f"must be at least 1 for {self.algorithm}")
             self._require("probe_batch", self.probe_batch >= 1, "must be at least 1")
             self._require("remeasure", self.remeasure >= 0, "must be 0 (all of H) or a positive count")
+
+    def pin_patterns(self) -> list[str]:
+        """The layer-name patterns of ``--pin``."""
+        return [p.strip() for p in (self.pin or "").split(",") if p.strip()]
+
+    def group_lows(self) -> dict[str, float]:
+        """``--group-low`` as ``{dimension-name pattern: lowest width}``; TrainingError if malformed."""
+        out: dict[str, float] = {}
+        if not self.group_low:
+            return out
+        for item in self.group_low.split(","):
+            pattern, sep, value = item.strip().rpartition("=")
+            try:
+                width = float(value) if sep and pattern else math.nan
+            except ValueError:
+                width = math.nan
+            if not math.isfinite(width):
+                raise TrainingError(
+                    f"{self.flag('group_low')}: '{item.strip()}' is not PATTERN=WIDTH; write e.g. 'layer4.*=0.5'"
+                )
+            out[pattern.strip()] = width
+        return out
 
     def _choose(self, name: str) -> None:
         choices = _fields()[name].metadata["choices"]

@@ -43,8 +43,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def load_initial_state(model: nn.Module, path: str | Path, arch: str) -> None:
-    """Load the state_dict at ``path`` into ``model``; every key and shape must match, else one-line TrainingError."""
+def load_initial_state(model: nn.Module, path: str | Path, arch: str, num_classes: int | None = None) -> None:
+    """Load the state_dict at ``path`` into ``model``; every key and shape must match, else one-line TrainingError.
+
+    The one exception is the classifier of a checkpoint trained for another class count (ImageNet's
+    1000 for a 10-class dataset, the usual start): tensors whose first dimension is the class count
+    in ``model`` and another count in the file, the rest of the shape equal, keep ``model``'s fresh
+    initialisation, with a warning naming them.
+    """
     state = read_state_dict(path)
     own = model.state_dict()
     unknown = [k for k in state if k not in own]
@@ -55,10 +61,33 @@ def load_initial_state(model: nn.Module, path: str | Path, arch: str) -> None:
                 f"--init {path}: {what} key '{keys[0]}' ({len(keys)} {what} in all) for --arch {arch}; "
                 f"use a state_dict of this architecture"
             )
+    reheaded = []
     for key, tensor in state.items():
-        if tensor.shape != own[key].shape:
-            raise TrainingError(
-                f"--init {path}: '{key}' has shape {tuple(tensor.shape)}, the model's is {tuple(own[key].shape)}; "
-                f"use a state_dict of this architecture with as many classes as the data"
-            )
+        mine = own[key].shape
+        if tensor.shape == mine:
+            continue
+        if _is_head(tensor.shape, mine, num_classes):
+            reheaded.append(key)
+            continue
+        raise TrainingError(
+            f"--init {path}: '{key}' has shape {tuple(tensor.shape)}, the model's is {tuple(mine)}; "
+            f"use a state_dict of this architecture"
+        )
+    if reheaded:
+        warnings.warn(
+            f"--init {path}: {', '.join(reheaded)} hold {state[reheaded[0]].shape[0]} classes, the data "
+            f"{num_classes}; the classifier starts fresh, the rest from the file",
+            stacklevel=2,
+        )
+        for key in reheaded:
+            state[key] = own[key]
     model.load_state_dict(state)
+
+
+def _is_head(theirs: torch.Size, mine: torch.Size, num_classes: int | None) -> bool:
+    return (
+        num_classes is not None
+        and len(theirs) == len(mine) >= 1
+        and mine[0] == num_classes != theirs[0]
+        and theirs[1:] == mine[1:]
+    )

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pareco_runtime import build_model, make_slimmable
+from pareco_runtime import ConversionError, build_model, make_slimmable
 from pareco_runtime.atomic import atomic_write_text
 from pareco_runtime.front_file import MANIFEST_NAME
 from pareco_runtime.models.base import SlimmableNet
@@ -61,20 +61,29 @@ def build_for_data(cfg: TrainConfig, num_classes: int, input_size: tuple[int, in
         except ValueError as exc:
             raise TrainingError(str(exc)) from None
         if cfg.init:
-            load_initial_state(original, cfg.init, cfg.arch)
-        return make_slimmable(
-            original,
-            torch.zeros(1, *input_size),
-            low=cfg.low,
-            arch=cfg.arch,
-            model_kwargs={"num_classes": num_classes},
-        )
+            load_initial_state(original, cfg.init, cfg.arch, num_classes)
+        try:
+            return make_slimmable(
+                original,
+                torch.zeros(1, *input_size),
+                low=cfg.low,
+                lows=cfg.group_lows(),
+                pin=cfg.pin_patterns(),
+                arch=cfg.arch,
+                model_kwargs={"num_classes": num_classes},
+            )
+        except ConversionError as exc:
+            # The library names its keyword arguments; the user typed flags.
+            text = str(exc).removeprefix("make_slimmable: ").replace("lows pattern", "--group-low pattern")
+            raise TrainingError(
+                f"--arch {cfg.arch}: {text.replace('pin pattern', '--pin pattern')}"
+            ) from None
     kwargs: dict[str, Any] = {"num_classes": num_classes, "input_size": input_size[-1]}
     if cfg.arch.startswith("resnet"):
         kwargs["width"] = cfg.width_factor
     model = build_model(cfg.arch, **kwargs)
     if cfg.init:
-        load_initial_state(model, cfg.init, cfg.arch)
+        load_initial_state(model, cfg.init, cfg.arch, num_classes)
     return model
 
 

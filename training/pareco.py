@@ -110,7 +110,7 @@ class _BOStrategy(Strategy):
         super().setup(model, total_steps)
         s = model.space
         self.full_macs = float(model.macs(s.uniform(s.high)))
-        self.bounds = torch.tensor([[s.low] * s.dims, [s.high] * s.dims], dtype=torch.float64)
+        self.bounds = torch.tensor([s.smallest(), [s.high] * s.dims], dtype=torch.float64)
         self.exact_cost = mobo.CostPolynomial.from_model(model) if self.cfg.cost_model == "exact" else None
         self.interval, iterations = bo_schedule(total_steps, self.cfg.samples, self.cfg.history_size)
         warmup = widths_spread_over_macs(model, WARMUP_WIDTHS)
@@ -220,7 +220,7 @@ class PareCO(_BOStrategy):
         if step % self.interval == 0 or not self.current:
             self._bo_step(step, model, x, y)
         s = model.space
-        return [s.uniform(s.high), *self.current, s.uniform(s.low)]
+        return [s.uniform(s.high), *self.current, s.smallest()]
 
     def remeasure_indices(self, step: int) -> list[int]:
         """Indices of H to re-measure at the BO step of ``step``: all of H when ``remeasure`` is 0 or
@@ -356,7 +356,7 @@ class TwoStage(_BOStrategy):
         self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor
     ) -> list[list[float]]:
         s = model.space
-        return [s.uniform(s.high), *s.sample(self.generator, self.cfg.samples), s.uniform(s.low)]
+        return [s.uniform(s.high), *s.sample(self.generator, self.cfg.samples), s.smallest()]
 
     def candidates(self, model: SlimmableNet) -> list[list[float]]:
         t0 = time.perf_counter()

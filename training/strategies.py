@@ -34,7 +34,7 @@ def uniform_width_for_macs(model: SlimmableNet, target_macs: float, tol: float =
 
 def widths_spread_over_macs(model: SlimmableNet, n: int) -> list[float]:
     """``n`` uniform widths whose MACs are evenly spaced from the smallest to the largest model."""
-    lo = model.macs(model.space.uniform(model.space.low))
+    lo = model.macs(model.space.smallest())
     hi = model.macs(model.space.uniform(model.space.high))
     if n == 1:
         return [model.space.high]
@@ -138,9 +138,7 @@ class Slim(Strategy):
     def step_configs(self, step, model, x, y):
         s = model.space
         return (
-            [s.uniform(s.high)]
-            + [s.uniform(self._uniform()) for _ in range(self.samples)]
-            + [s.uniform(s.low)]
+            [s.uniform(s.high)] + [s.uniform(self._uniform()) for _ in range(self.samples)] + [s.smallest()]
         )
 
     def candidates(self, model):

@@ -116,10 +116,15 @@ class SlimmableNet(nn.Module):
         self.arch_kwargs: dict[str, Any] = {}
 
     def _finish(
-        self, builder: LayerBuilder, low: float, divisor: int | None, input_size: tuple[int, int, int]
+        self,
+        builder: LayerBuilder,
+        low: float,
+        divisor: int | None,
+        input_size: tuple[int, int, int],
+        lows: tuple[float, ...] | None = None,
     ) -> None:
         d = len(builder.dim_names)
-        self.space = WidthSpace(tuple(builder.dim_names), tuple(builder.dim_full), low, 1.0, divisor)
+        self.space = WidthSpace(tuple(builder.dim_names), tuple(builder.dim_full), low, 1.0, divisor, lows)
         self.input_size = tuple(int(v) for v in input_size)
         ch = list(builder.dim_full) + list(builder.fixed_values) + [1]
         self.ctx = SlimContext(ch)
