@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -241,3 +243,15 @@ def test_unknown_architecture():
         build_model("resnet21")
     with pytest.raises(ValueError, match="bad arguments"):
         build_model("mobilenet_v2", width=3)
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenet_v2", "mobilenet_v3_large"])
+@pytest.mark.parametrize("classes", [3, 10])
+def test_initial_loss_is_near_chance(arch, classes):
+    torch.manual_seed(0)
+    m = build_model(arch, num_classes=classes, input_size=32).train()
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(
+            m(torch.randn(64, 3, 32, 32)), torch.randint(0, classes, (64,))
+        )
+    assert abs(loss.item() - math.log(classes)) < 0.25 * math.log(classes), loss.item()

@@ -178,3 +178,34 @@ def test_slim_run_leaves_botorch_unimported(tmp_path, small_train_settings, repo
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_end_of_run_report_names_weak_points_gaps_and_the_bo_schedule():
+    from types import SimpleNamespace as P
+
+    from training.report import bo_line, front_warnings
+
+    good = [P(macs=1e6, top1=60.0), P(macs=2.5e6, top1=70.0), P(macs=5e6, top1=75.0)]
+    assert front_warnings(good, 10) == []
+    weak = [P(macs=1e6, top1=11.0), P(macs=4e6, top1=70.0)]
+    got = front_warnings(weak, 10)
+    assert got[0].startswith("1 of 2 front points are at chance level (top-1 <= 11.0%, chance 10.0%)")
+    assert "--epochs" in got[0]
+    assert got[1] == (
+        "the front has no point between 1.00 and 4.00 MFLOPs (4.0x); evaluate more candidates "
+        "(--candidates) or train longer"
+    )
+    rec = {"bo_interval_steps": 11, "history_size": 11, "bo_time_share": 0.25}
+    assert bo_line(rec, None) == (
+        "BO every 11 step(s), |H| 11 (from the run's length; set --history-size to change it), 25% of the training time"
+    )
+    assert "set by --history-size" in bo_line(rec, 50)
+    assert bo_line({"history_size": None}, None) is None
+
+
+def test_short_runs_get_a_bo_interval_of_at_least_ten_steps():
+    from training.pareco import bo_schedule
+
+    assert bo_schedule(28, 2, None) == (11, 3)
+    assert bo_schedule(250_000, 2, None) == bo_schedule(250_000, 2, 1000) == (500, 500)
+    assert bo_schedule(28, 2, 1000) == (1, 28), "an explicit --history-size is honoured"

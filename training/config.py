@@ -79,7 +79,11 @@ class TrainConfig:
     )
     calib_batches: int = _setting(8, "Batches for BN recalibration per candidate.")
     calib_batch_size: int = _setting(128, "Images per BN recalibration batch.")
-    history_size: int = _setting(1000, "PareCO/TwoStage: target |H| over the run.")
+    history_size: int | None = _setting(
+        None,
+        "PareCO/TwoStage: target |H| over the run (default 1000, fewer on short runs so that a BO "
+        "step comes at most every 10 training steps).",
+    )
     epsilon: float = _setting(
         0.02, "PareCO/TwoStage: tolerance of the cost binary search, a fraction of the full model's MACs."
     )
@@ -87,6 +91,11 @@ class TrainConfig:
         "pas", "PareCO/TwoStage: how the scalarisation weight lambda is drawn.", choices=LAMBDA_SAMPLING
     )
     cost_model: str = _setting("exact", "PareCO/TwoStage: cost of a config in the BO.", choices=COST_MODELS)
+    warmup_configs: int = _setting(
+        16,
+        "PareCO/TwoStage: the first proposals are this many uniform random per-layer configs, "
+        "then BO starts (untrained, the smallest config looks best and BO piles onto it).",
+    )
     probe_batch: int = _setting(128, "PareCO/TwoStage: images used to measure H's losses.")
     remeasure: int = _setting(
         64,
@@ -106,9 +115,12 @@ class TrainConfig:
         """Raise TrainingError naming the flag of the first bad value (BO settings: PareCO/TwoStage only)."""
         self._choose("algorithm")
         self._choose("schedule")
-        counts = ("epochs", "batch_size", "calib_batches", "calib_batch_size", "candidates", "history_size")
+        counts = ("epochs", "batch_size", "calib_batches", "calib_batch_size", "candidates")
         for name in counts:
             self._require(name, getattr(self, name) >= 1, "must be at least 1")
+        self._require(
+            "history_size", self.history_size is None or self.history_size >= 1, "must be at least 1"
+        )
         self._require("lr", self.lr > 0 and math.isfinite(self.lr), "must be a positive number")
         self._require(
             "distill_warmup", 0.0 <= self.distill_warmup <= 1.0, "is a fraction of the run in [0, 1]"
@@ -132,6 +144,7 @@ class TrainConfig:
             self._require("samples", self.samples >= 1, f"must be at least 1 for {self.algorithm}")
             self._require("probe_batch", self.probe_batch >= 1, "must be at least 1")
             self._require("remeasure", self.remeasure >= 0, "must be 0 (all of H) or a positive count")
+            self._require("warmup_configs", self.warmup_configs >= 0, "must be 0 or a positive count")
 
     def pin_patterns(self) -> list[str]:
         """The layer-name patterns of ``--pin``."""

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pareco_runtime.front_file import MANIFEST_NAME
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.sources import is_converted, original_from_user
 
-from . import distributed
+from . import distributed, report
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, TrainingError
 from .front_builder import evaluate_candidates, pareto_candidates, write_outputs
@@ -409,6 +410,8 @@ def _finish(
         },
     }
     _, manifest = write_outputs(out, model, front, data.info, record)
+    for problem in report.front_warnings(front, len(data.info.class_names)):
+        warnings.warn(f"{manifest}: {problem}", stacklevel=2)
     if show_progress:
         from rich.console import Console
 
@@ -418,4 +421,7 @@ def _finish(
             f"{front[0].macs / 1e6:.2f}-{front[-1].macs / 1e6:.2f} MFLOPs, best top-1 {best.top1:.2f}% "
             f"-> {manifest}"
         )
+        bo = report.bo_line(strategy_record, cfg.history_size)
+        if bo:
+            Console().print(bo)
     return manifest
