@@ -64,7 +64,8 @@ class DatasetSpec:
     """What the network's inputs must look like and what its outputs mean.
 
     ``input_size``: (C, H, W); ``mean`` / ``std``: the per-channel normalisation inputs get;
-    ``class_names``: in output order (empty when unknown).
+    ``class_names``: in output order (empty when unknown); ``preprocess``: the resize and crop
+    (:meth:`pareco_runtime.preprocess.Preprocess.to_dict`; None: the whole image to the input size).
     """
 
     name: str
@@ -72,16 +73,20 @@ class DatasetSpec:
     mean: list[float]
     std: list[float]
     class_names: list[str] = field(default_factory=list)
+    preprocess: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``dataset`` object."""
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "input_size": list(self.input_size),
             "mean": list(self.mean),
             "std": list(self.std),
             "class_names": list(self.class_names),
         }
+        if self.preprocess is not None:
+            d["preprocess"] = dict(self.preprocess)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DatasetSpec:
@@ -92,6 +97,7 @@ class DatasetSpec:
             mean=[float(v) for v in d["mean"]],
             std=[float(v) for v in d["std"]],
             class_names=[str(n) for n in d.get("class_names") or []],
+            preprocess=dict(d["preprocess"]) if d.get("preprocess") else None,
         )
 
 

@@ -16,6 +16,7 @@ from .fileformat import FormatError, first_line, load_weights
 from .front import DeviceProfile, FrontPoint
 from .front_file import Front
 from .models.base import BNStatsError, SlimmableNet
+from .preprocess import Preprocess
 from .slicing import slice_model
 from .sources import ModelFactory
 
@@ -262,6 +263,19 @@ class SlimmableRuntime:
             )
         if not torch.isfinite(x).all():
             raise ValueError("input contains NaN or inf values; check the preprocessing that produced it")
+
+    def preprocess(self, image: Any) -> torch.Tensor:
+        """``image`` (a PIL image, or uint8 RGB ``(3, H, W)`` / ``(H, W, 3)``) as the ``(1, C, H, W)``
+        input the network was evaluated on: the manifest's resize, crop and normalisation."""
+        return Preprocess.from_dataset(self.front.dataset.to_dict())(image)
+
+    def predict(self, image: Any) -> tuple[str, float]:
+        """The class name (its index as text when the manifest names none) and softmax score the
+        active point gives ``image`` (preprocessed with :meth:`preprocess`)."""
+        probs = torch.softmax(self(self.preprocess(image))[0].float(), dim=0)
+        score, index = probs.max(dim=0)
+        names = self.class_names
+        return (names[int(index)] if int(index) < len(names) else str(int(index))), float(score)
 
     def standalone(self, point: FrontPoint | str) -> nn.Module:
         """The point as a standalone plain model (sliced tensors, its BN statistics), in eval mode."""

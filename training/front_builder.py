@@ -100,6 +100,7 @@ def write_outputs(
         mean=list(data_info.mean),
         std=list(data_info.std),
         class_names=list(data_info.class_names),
+        preprocess=data_info.preprocess,
     )
     manifest = write_front(out_dir, model, points, bn_stats, dataset, TrainingRecord.from_dict(training))
     return manifest.with_name(WEIGHTS_NAME), manifest

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,6 +26,9 @@ class DataInfo:
     class_names: list[str]
     num_train: int
     num_val: int
+    # The evaluation resize (pareco_runtime.preprocess.Preprocess.to_dict); None: the whole image is
+    # resized to the input size, as small images are when decoded.
+    preprocess: dict[str, Any] | None = None
 
 
 class Data(ABC):

@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from pareco_runtime.preprocess import Preprocess
+
 from .base import Data, DataInfo
 from .decode import _DECODE_ERRORS, _to_rgb
 from .order import _calib_indices, _epoch_indices, _generator
@@ -69,6 +71,9 @@ class StreamData(Data):
             class_names=list(class_names),
             num_train=len(train),
             num_val=len(val),
+            preprocess=Preprocess(
+                (image_size, image_size), IMAGENET_MEAN, IMAGENET_STD, "shorter_side", int(image_size / 0.875)
+            ).to_dict(),
         )
         tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD))]
         augment = v2.Compose(
@@ -83,7 +88,7 @@ class StreamData(Data):
         plain = v2.Compose(
             [
                 v2.ToImage(),
-                v2.Resize(int(image_size / 0.875), antialias=True),
+                v2.Resize(self.info.preprocess["resize"], antialias=True),
                 v2.CenterCrop(image_size),
                 *tail,
             ]
