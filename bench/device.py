@@ -122,8 +122,8 @@ def write_profile(
     """Record ``profile`` and its per-point figures in the manifest (:meth:`Front.record_profile`), validated
     and written atomically.
 
-    The manifest is re-read just before writing, so figures other commands wrote meanwhile are kept.
+    The manifest is re-read and rewritten under its lock (:meth:`Front.update`), so figures other
+    commands wrote before or at the same time are kept.
     """
-    front = Front.load(manifest_path, verify_weights=False)
-    front.record_profile(profile, latency_ms, energy_mj, predicted_ms)
-    front.save()
+    with Front.update(manifest_path) as front:
+        front.record_profile(profile, latency_ms, energy_mj, predicted_ms)

@@ -48,6 +48,7 @@ from bench.device import device_profile, write_profile
 from bench.errors import BenchError
 from bench.timing import STEADY_MALLOC, interleaved_warm, steady_malloc, torch_callable, torch_threads
 from pareco_runtime.atomic import atomic_write_text
+from pareco_runtime.filelock import locked
 from pareco_runtime.front import DeviceProfile, FrontPoint
 from pareco_runtime.front_file import Front, utc_timestamp
 from pareco_runtime.models.base import SlimmableNet
@@ -527,8 +528,11 @@ def build_front_lut(
     )
     prof = device_profile(backend, threads, batch, profile, allocator=lut.report["allocator"])
     path = lut_path(front.path, prof.name)
-    lut.save(path)
     predicted = lut.predict_points(front.points)
-    if update:
-        write_profile(front.path, prof, {}, None, predicted)
+    # Two builds for one profile at once: the table's lock is held until the manifest has this
+    # table's predictions, so the file beside the manifest and its predictions come from one build.
+    with locked(path):
+        lut.save(path)
+        if update:
+            write_profile(front.path, prof, {}, None, predicted)
     return FrontTable(lut, path, prof, predicted)

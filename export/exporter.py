@@ -3,13 +3,13 @@
 Each export is staged in a temporary folder beside its target, loaded back in its own runtime and
 compared with the PyTorch model on random inputs; only a file that passes is moved into place
 (atomically), so a failed export or a crash leaves the previous file or none, never half of one.
+Staging folders a killed export left are removed by the next export into that folder.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pareco_runtime.atomic import atomic_path
+from pareco_runtime.atomic import atomic_path, remove_stale_temporaries, staging_dir
 from pareco_runtime.fileformat import first_line
 from pareco_runtime.front_file import utc_timestamp
 
@@ -119,7 +119,8 @@ def export_point(
     started = time.perf_counter()
     example = torch.randn(_TRACE_BATCH if spec.dynamic_batch else batch, *size)
     checks = parity_inputs(size, _DYNAMIC_CHECK_BATCHES if spec.dynamic_batch else (batch,), seed)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".export", dir=target.parent))
+    remove_stale_temporaries(target.parent)  # what killed exports left here
+    staging = staging_dir(target)
     try:
         staged = staging / target.name  # exporters see the real name and extension
         try:

@@ -6,7 +6,8 @@ static batch size), ``seconds``, ``created``, ``weights_sha256`` (the weight fil
 sliced from, so a later run can tell stale files), ``max_abs_output`` (the scale the difference is
 read against) and format details (``opset``, ``undelegated_ops``). A run merges its records into
 the existing list: a record for the same point and format replaces the old one. Written
-atomically.
+atomically, under the file's lock (:mod:`pareco_runtime.filelock`), so exports into one folder at
+the same time keep every record.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pareco_runtime.atomic import atomic_write_text
+from pareco_runtime.filelock import locked
 
 from .formats import ExportError
 
@@ -44,11 +46,16 @@ def read_index(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def merge_index(directory: str | os.PathLike[str], entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merge ``entries`` into ``directory/export.json`` (same point and format: replaced); returns the list."""
+    """Merge ``entries`` into ``directory/export.json`` (same point and format: replaced); returns the list.
+
+    The file is locked from the read to the atomic rename, so concurrent merges all survive.
+    """
+    path = Path(directory) / INDEX_NAME
     new = {(e["point"], e["format"]): e for e in entries}
-    kept = [e for e in read_index(directory) if (e["point"], e["format"]) not in new]
-    merged = sorted(kept + list(new.values()), key=lambda e: (str(e["point"]), str(e["format"])))
-    atomic_write_text(Path(directory) / INDEX_NAME, json.dumps(merged, indent=2) + "\n")
+    with locked(path):
+        kept = [e for e in read_index(directory) if (e["point"], e["format"]) not in new]
+        merged = sorted(kept + list(new.values()), key=lambda e: (str(e["point"]), str(e["format"])))
+        atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
     return merged
 
 

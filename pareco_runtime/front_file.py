@@ -4,20 +4,27 @@
 weight path, SHA-256); :class:`Front` turns a validated manifest into typed fields and back, builds
 a new front from a model, and merges device profiles into it. Every reader and writer of manifests
 goes through it, so the layout is defined once.
+
+Writers that change an existing manifest use :meth:`Front.update`, which holds the manifest's lock
+(:mod:`pareco_runtime.filelock`) from reading to the atomic rename, so two processes recording
+different profiles at once both keep theirs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .atomic import remove_stale_temporaries
 from .fileformat import FORMAT_VERSION, load_manifest, save_manifest, save_weights, sha256_file, weights_path
+from .filelock import locked
 from .front import DeviceProfile, FrontPoint
 from .models import build_model
 from .sources import ModelFactory
@@ -136,7 +143,8 @@ class Front:
     device profiles and points.
 
     :meth:`load` reads and validates a file; :meth:`create` builds a new front; :meth:`save` writes
-    it (validated, atomically); :meth:`record_profile` merges measured figures. ``path`` is the file
+    it (validated, atomically); :meth:`record_profile` merges measured figures; :meth:`update` is
+    load-change-save of one file with other writers kept out meanwhile. ``path`` is the file
     it was loaded from or last saved to (None for a front not yet saved); it is not part of the
     layout and is ignored when fronts are compared.
     """
@@ -192,6 +200,24 @@ class Front:
         return cls.from_dict(load_manifest(source, verify_weights=verify_weights), source)
 
     @classmethod
+    @contextlib.contextmanager
+    def update(cls, path: str | os.PathLike[str], verify_weights: bool = False) -> Iterator[Front]:
+        """Lock the manifest at ``path``, load it (:meth:`load`), yield the front, and save it when the
+        block ends without an exception (nothing is written otherwise).
+
+        The lock is held from the read to the atomic rename, so a change another process makes
+        meanwhile waits and is applied to this one's result instead of being overwritten; waiting
+        longer than :func:`~pareco_runtime.filelock.lock_timeout` raises
+        :class:`~pareco_runtime.filelock.LockTimeout`. Every read-modify-write of a manifest goes
+        through here. ``verify_weights`` defaults to False: recording figures does not depend on the
+        weight file's bytes, and hashing it would hold the lock for seconds on large models.
+        """
+        with locked(path):
+            front = cls.load(path, verify_weights=verify_weights)
+            yield front
+            front.save(path)
+
+    @classmethod
     def from_dict(cls, manifest: Mapping[str, Any], path: str | os.PathLike[str] | None = None) -> Front:
         """The front of a schema-valid manifest dict (validate it first: :meth:`load` does)."""
         return cls(
@@ -228,12 +254,17 @@ class Front:
         """Validate and write the manifest atomically to ``path`` (default: :attr:`path`); the path written.
 
         Raises :class:`~pareco_runtime.fileformat.FormatError` and writes nothing if the front is
-        not a valid manifest.
+        not a valid manifest. Holds the manifest's lock while writing, so a whole new manifest
+        waits for an :meth:`update` in progress instead of being overwritten by it; removes the
+        temporaries that killed writers left in the folder
+        (:func:`~pareco_runtime.atomic.remove_stale_temporaries`).
         """
         target = Path(path) if path is not None else self.path
         if target is None:
             raise ValueError("this front was never loaded or saved; give the path to save it to")
-        save_manifest(target, self.to_dict())
+        with locked(target):
+            remove_stale_temporaries(target.parent)
+            save_manifest(target, self.to_dict())
         self.path = target
         return target
 
@@ -258,7 +289,8 @@ class Front:
         energy_mj: Mapping[str, float] | None = None,
         predicted_ms: Mapping[str, float] | None = None,
     ) -> None:
-        """Merge ``profile`` and its per-point figures into the front (not saved: call :meth:`save`).
+        """Merge ``profile`` and its per-point figures into the front (not saved: call it inside
+        :meth:`update`, which saves).
 
         The profile replaces a same-named one; other profiles and their figures are kept.
         ``latency_ms`` / ``energy_mj`` ({point id: value}) are measured values and must name points

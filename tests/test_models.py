@@ -245,7 +245,7 @@ def test_unknown_architecture():
         build_model("mobilenet_v2", width=3)
 
 
-@pytest.mark.parametrize("arch", ["resnet20", "mobilenet_v2", "mobilenet_v3_large"])
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_large"])
 @pytest.mark.parametrize("classes", [3, 10])
 def test_initial_loss_is_near_chance(arch, classes):
     torch.manual_seed(0)

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from pareco_runtime import ConversionError, build_model, make_slimmable
-from pareco_runtime.atomic import atomic_write_text
+from pareco_runtime.atomic import atomic_write_text, remove_stale_temporaries
+from pareco_runtime.filelock import locked
 from pareco_runtime.front_file import MANIFEST_NAME
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.sources import is_converted, original_from_user
@@ -100,10 +101,15 @@ def lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> floa
 
 
 def _prepare_out_dir(out: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
+    remove_stale_temporaries(out)  # of writes that a killed run interrupted
+    # Checked and written under run.json's lock: of two runs started into one new folder at once,
+    # the second finds the first's run.json (and refuses without --resume / --force).
+    with locked(out / RUN_NAME):
+        _check_and_write_run(out, cfg, resume, force)
+
+
+def _check_and_write_run(out: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
     run_file = out / RUN_NAME
-    # Temporary files of writes that a crash interrupted (atomic_path names them ".<name>.*.tmp").
-    for stale in out.glob(".*.tmp") if out.is_dir() else ():
-        stale.unlink(missing_ok=True)
     current = dataclasses.asdict(cfg)
     if run_file.exists():
         try:

@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from pareco_runtime.atomic import atomic_path
+from pareco_runtime.atomic import atomic_path, remove_stale_temporaries
 
 CACHE_FORMAT = "pareco-data/1"
 
@@ -75,6 +75,7 @@ def _write_cache(file: Path, decoded: _Decoded) -> None:
         "presplit": "1" if decoded.presplit else "0",
     }
     try:
+        remove_stale_temporaries(file.parent)  # a decode killed mid-write leaves a file of its size
         with atomic_path(file) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
     except OSError as exc:
