@@ -207,7 +207,7 @@ def test_per_dimension_lows_bound_every_config(floors, data):
         space.validate(config)
         assert all(a >= f for a, f in zip(config, floors))
     assert WidthSpace.from_dict(space.to_dict()) == space
-    if max(floors) > low:
+    if max(floors) - low > 1e-5:  # validate() allows 1e-6 of slack for printed widths
         i = floors.index(max(floors))
         below = space.smallest()
         below[i] = low
