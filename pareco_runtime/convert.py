@@ -608,15 +608,12 @@ def _dimension_lows(dims: Sequence[str], low: float, lows: Mapping[str, float]) 
     """Each dimension's lowest width under the ``lows`` patterns (None when there are none)."""
     if not lows:
         return None
-    for pattern, value in lows.items():
+    # The range of each value is the width space's to check; here only what the patterns match.
+    for pattern in lows:
         if not _matching(dims, [pattern]):
             raise ConversionError(
                 f"make_slimmable: lows pattern {pattern!r} matches no width dimension; "
                 f"dimensions are named like {dims[0]!r}"
-            )
-        if not (low <= float(value) <= 1.0):
-            raise ConversionError(
-                f"make_slimmable: lows {pattern!r}={value:g} is outside [low={low:g}, 1]; give a width in that range"
             )
     return tuple(
         next((float(v) for p, v in lows.items() if fnmatch.fnmatchcase(name, p)), low) for name in dims

@@ -85,6 +85,7 @@ class SlimmableRuntime:
         self.policy = policy or BatteryPolicy()
         self._stats = bn_stats
         self._channels = {p.id: model.space.channels(p.alpha) for p in self.points}
+        self._preprocess = Preprocess.from_dataset(front.dataset.to_dict())
         self._lock = _ReadWriteLock()
         self.active = max(self.points, key=lambda p: p.mflops)
         self._activate(self.active)
@@ -267,7 +268,7 @@ class SlimmableRuntime:
     def preprocess(self, image: Any) -> torch.Tensor:
         """``image`` (a PIL image, or uint8 RGB ``(3, H, W)`` / ``(H, W, 3)``) as the ``(1, C, H, W)``
         input the network was evaluated on: the manifest's resize, crop and normalisation."""
-        return Preprocess.from_dataset(self.front.dataset.to_dict())(image)
+        return self._preprocess(image)
 
     def predict(self, image: Any) -> tuple[str, float]:
         """The class name (its index as text when the manifest names none) and softmax score the
