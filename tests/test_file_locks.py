@@ -119,7 +119,10 @@ def _held_elsewhere(path: Path) -> Iterator[multiprocessing.process.BaseProcess]
         assert ready.wait(timeout=60)
         yield proc
     finally:
-        release.set()
+        # Setting the event with a killed waiter hangs: multiprocessing's Condition waits for every
+        # sleeper to acknowledge the wake-up, and a dead one never does.
+        if proc.is_alive():
+            release.set()
         proc.join(timeout=60)
 
 
