@@ -264,7 +264,8 @@ class SlimmableRuntime:
             raise ValueError("input contains NaN or inf values; check the preprocessing that produced it")
 
     def standalone(self, point: FrontPoint | str) -> nn.Module:
-        """The point as a standalone plain model (sliced tensors, its BN statistics), in eval mode."""
+        """The point as a standalone model that needs only torch (:func:`slice_model`: a ``GraphModule`` of
+        torch layers holding the sliced tensors and the point's BN statistics), in eval mode."""
         p = self.point(point) if isinstance(point, str) else point
         with self._lock.write():
             return slice_model(self.model, p.alpha, bn_stats=self._stats[p.id]).eval()
