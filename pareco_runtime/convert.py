@@ -202,9 +202,9 @@ class _Layer:
 class TracedSlimmableNet(SlimmableNet):
     """A :class:`SlimmableNet` made by :func:`make_slimmable`; ``forward`` is the original class's.
 
-    ``plain_class`` is the original class, so a sliced standalone model is an instance of it with
-    plain layers; ``plain_attributes`` are the original module's own non-module attributes that its
-    ``forward`` may read, copied into sliced models. ``pinned`` maps each layer whose output
+    ``plain_class`` is the original class: slicing traces its ``forward`` on plain layers into a
+    standalone graph of torch layers; ``plain_attributes`` are the original module's own non-module
+    attributes that its ``forward`` may read, set on the plain copy that is traced. ``pinned`` maps each layer whose output
     channels stay at full width to the reason (the network's output, an op named in a warning, a
     ``pin`` pattern).
     """

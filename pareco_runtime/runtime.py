@@ -279,7 +279,8 @@ class SlimmableRuntime:
         return (names[int(index)] if int(index) < len(names) else str(int(index))), float(score)
 
     def standalone(self, point: FrontPoint | str) -> nn.Module:
-        """The point as a standalone plain model (sliced tensors, its BN statistics), in eval mode."""
+        """The point as a standalone model that needs only torch (:func:`slice_model`: a ``GraphModule`` of
+        torch layers holding the sliced tensors and the point's BN statistics), in eval mode."""
         p = self.point(point) if isinstance(point, str) else point
         with self._lock.write():
             return slice_model(self.model, p.alpha, bn_stats=self._stats[p.id]).eval()

@@ -1,15 +1,23 @@
-"""Slicing: turn one config of a slimmable model into a standalone model of plain layers."""
+"""Slicing: turn one config of a slimmable model into a standalone model that needs only torch."""
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+import torch.fx
 from torch import nn
 
+from .fileformat import first_line
 from .models.base import SlimmableNet
 from .ops import _Slim
+
+# Packages a standalone model's generated code may import: torch, and the stdlib modules torch.fx's
+# code generation itself refers to (math's inf/nan, operator for `+`, builtins for getattr).
+_TORCH_ONLY = frozenset({"torch", "math", "operator", "_operator", "builtins"})
 
 
 def _plain_copy(module: nn.Module) -> nn.Module:
@@ -26,37 +34,104 @@ def _plain_copy(module: nn.Module) -> nn.Module:
     return new
 
 
+def _plain_model(model: SlimmableNet) -> nn.Module:
+    """The active config as an instance of the architecture's plain class, in eval mode.
+
+    Its layers hold copies of the active slices; for a converted model the class is the original's.
+    """
+    root = model.plain_class.__new__(model.plain_class)
+    nn.Module.__init__(root)
+    for name, child in model.named_children():
+        setattr(root, name, _plain_copy(child))
+    for name in model.plain_attributes:
+        setattr(root, name, copy.deepcopy(getattr(model, name)))
+    return root.eval()
+
+
+def _package(target: Any) -> str:
+    module = getattr(target, "__module__", None) or type(target).__module__
+    return str(module).partition(".")[0]
+
+
+def _inline(graph: torch.fx.Graph, node: torch.fx.Node) -> None:
+    """Replace a call of ``node.target`` by the torch ops its body runs, traced on the node's inputs.
+
+    ``torch.fx.wrap`` keeps such functions (torchvision's ``stochastic_depth``) as one call, which a
+    pickled model would import its package for. A body torch.fx cannot follow stays a call, with a warning.
+    """
+    fn: Any = node.target
+    before = set(graph.nodes)
+    tracer = torch.fx.proxy.GraphAppendingTracer(graph)
+
+    def proxy(n: torch.fx.Node) -> Any:
+        return torch.fx.Proxy(n, tracer)
+
+    with graph.inserting_before(node):
+        inputs: Any = torch.fx.node.map_arg((node.args, node.kwargs), proxy)
+        args, kwargs = inputs
+        try:
+            out = fn(*args, **kwargs)
+            if not isinstance(out, torch.fx.Proxy):
+                raise TypeError(f"it returned {type(out).__name__}, not one tensor")
+        except Exception as exc:
+            for added in reversed([n for n in graph.nodes if n not in before]):
+                graph.erase_node(added)
+            warnings.warn(
+                f"slice_model: {getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)} stays a call "
+                f"({first_line(exc)}), so loading a torch.save'd standalone model imports "
+                f"{_package(fn)}; export it (TorchScript, ONNX, ExecuTorch) to run it without that package",
+                stacklevel=4,
+            )
+            return
+    node.replace_all_uses_with(out.node)
+    graph.erase_node(node)
+
+
+def _torch_graph(plain: nn.Module) -> torch.fx.GraphModule:
+    """``plain`` traced by ``torch.fx`` into a GraphModule whose pickle imports torch alone.
+
+    Its submodules are torch's layers (``nn.Conv2d``, ``nn.BatchNorm2d``, ...) under their original
+    dotted names, joined by plain ``nn.Module`` containers; the forward is the generated code of the
+    traced graph, which the pickle carries as source.
+    """
+    graph = torch.fx.Tracer().trace(plain)
+    for node in list(graph.nodes):
+        if node.op == "call_function" and _package(node.target) not in _TORCH_ONLY:
+            _inline(graph, node)
+    return torch.fx.GraphModule(plain, graph, class_name="StandaloneModel")
+
+
 def slice_model(
     model: SlimmableNet,
     alpha: Sequence[float] | None = None,
     bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> nn.Module:
-    """A standalone copy of ``model`` at config ``alpha`` (the active one when None).
+) -> torch.fx.GraphModule:
+    """A standalone copy of ``model`` at config ``alpha`` (the active one when None) that needs only torch.
 
-    The result is an instance of the architecture's plain class built from ordinary
-    ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.Linear`` layers whose tensors are copies of the active
-    slices: no masks, hooks or references to the slimmable model. BatchNorm layers carry
-    ``bn_stats`` when given (one ``(mean, var)`` per BN layer, as a front point stores them), else
-    the context's per-point statistics if set, else the running buffers. In eval mode its outputs
-    equal the slimmable model's at that config. The model is left exactly as it was (widths, statistics,
-    mode); statistics that do not fit the config raise ``BNStatsError``.
+    The result is a ``torch.fx.GraphModule`` of torch's own ``nn.Conv2d`` / ``nn.BatchNorm2d`` /
+    ``nn.Linear`` / activation layers, whose tensors are copies of the active slices: no masks, hooks
+    or references to the slimmable model, and no class of pareco, torchvision, timm or the user's
+    code, so ``torch.save(sub)`` loads (``torch.load(f, weights_only=False)``) where only torch is
+    installed. Submodules keep their dotted names (``sub.get_submodule("layer1.0.conv1")``) and
+    ``sub.arch``, ``sub.alpha``, ``sub.channels``, ``sub.input_size`` describe the config. The forward
+    is traced in eval mode: layers follow ``train()`` / ``eval()``, Python branches on
+    ``self.training`` are those of eval. BatchNorm layers carry ``bn_stats`` when given (one
+    ``(mean, var)`` per BN layer, as a front point stores them), else the context's per-point
+    statistics if set, else the running buffers. In eval mode its outputs equal the slimmable
+    model's at that config. The model is left exactly as it was (widths, statistics, mode);
+    statistics that do not fit the config raise ``BNStatsError``.
     """
     stats = model.ctx.bn_stats if bn_stats is None else bn_stats
     with model.config(alpha, stats, train=model.training), torch.no_grad():
-        root = model.plain_class.__new__(model.plain_class)
-        nn.Module.__init__(root)
-        for name, child in model.named_children():
-            setattr(root, name, _plain_copy(child))
-        for name in model.plain_attributes:
-            setattr(root, name, copy.deepcopy(getattr(model, name)))
-        # setattr: torch types nn.Module attribute assignment as tensors and modules only.
+        plain = _plain_model(model)
         described = {
             "arch": model.arch,
             "alpha": list(model.alpha),
             "channels": model.channels(),
             "input_size": model.input_size,
         }
-        for name, value in described.items():
-            setattr(root, name, value)
-        root.train(model.training)
-        return root
+    standalone = _torch_graph(plain)
+    # setattr: torch types nn.Module attribute assignment as tensors and modules only.
+    for name, value in described.items():
+        setattr(standalone, name, value)
+    return standalone.train(model.training)

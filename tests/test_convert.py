@@ -95,8 +95,7 @@ def test_random_config_slices_exactly(name, seed):
     _, slim = _pair(name)
     alpha = slim.space.sample(torch.Generator().manual_seed(seed))
     sub = slice_model(slim, alpha).eval()
-    assert not any(type(m).__module__.startswith("pareco_runtime") for m in sub.modules())
-    assert isinstance(sub, type(_pair(name)[0]))
+    assert {type(m).__module__.partition(".")[0] for m in sub.modules()} == {"torch"}
     x = torch.randn(2, *SIZE)
     slim.set_widths(alpha)
     try:

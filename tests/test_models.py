@@ -96,8 +96,8 @@ def test_sliced_tensors_are_the_sliced_shapes():
     sub = slice_model(m, alpha)
     ch = m.channels(alpha)
     assert sub.conv1.weight.shape == (ch[0], 3, 3, 3)
-    assert sub.layer1[0].conv1.weight.shape == (ch[1], ch[0], 3, 3)
-    assert sub.layer2[0].conv2.weight.shape == (ch[2], ch[3], 3, 3)
+    assert sub.get_submodule("layer1.0.conv1").weight.shape == (ch[1], ch[0], 3, 3)
+    assert sub.get_submodule("layer2.0.conv2").weight.shape == (ch[2], ch[3], 3, 3)
     assert sub.fc.weight.shape == (10, ch[4])
     assert sub.channels == ch and sub.alpha == alpha
 

@@ -106,9 +106,9 @@ class SlimmableNet(nn.Module):
     """
 
     arch: str = ""
-    # The architecture's class of plain layers, which sliced models are instances of.
+    # The architecture's class of plain layers, whose forward slicing traces into a torch-only graph.
     plain_class: type[nn.Module]
-    # Non-module attributes the plain class's forward reads, copied into sliced models.
+    # Non-module attributes the plain class's forward reads, set on the plain copy that slicing traces.
     plain_attributes: tuple[str, ...] = ()
 
     def __init__(self) -> None:

@@ -98,7 +98,7 @@ class InvertedResidualV2(nn.Module):
 
 
 class MobileNetV2Plain(nn.Module):
-    """The forward pass of MobileNetV2; sliced standalone models are instances of this class."""
+    """The forward pass of MobileNetV2; slicing traces it, on plain layers, into a standalone graph."""
 
     features: nn.Module
     classifier: nn.Module
@@ -212,7 +212,7 @@ class InvertedResidualV3(nn.Module):
 
 
 class MobileNetV3Plain(nn.Module):
-    """The forward pass of MobileNetV3; sliced standalone models are instances of this class."""
+    """The forward pass of MobileNetV3; slicing traces it, on plain layers, into a standalone graph."""
 
     features: nn.Module
     avgpool: nn.Module

@@ -21,35 +21,41 @@ from .base import LayerBuilder, SlimmableNet, Slot
 
 
 class ZeroPadShortcut(nn.Module):
-    """Option-A shortcut: spatial subsampling, then zero-pad or truncate channels to ``out_channels``."""
+    """Option-A shortcut: spatial subsampling, then zero-pad or truncate ``in_channels`` to ``out_channels``.
 
-    def __init__(self, stride: int, out_channels: int) -> None:
+    The channel counts are attributes, not read from the input's shape, so that ``torch.fx`` traces a
+    sliced model's shortcut into plain tensor ops.
+    """
+
+    def __init__(self, stride: int, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.stride = stride
+        self.in_channels = in_channels
         self.out_channels = out_channels
 
-    def target(self) -> int:
-        return self.out_channels
+    def widths(self) -> tuple[int, int]:
+        """(input channels, output channels)."""
+        return self.in_channels, self.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
-        diff = self.target() - x.shape[1]
-        if diff > 0:
-            return F.pad(x, (0, 0, 0, 0, 0, diff))
-        if diff < 0:
-            return x[:, : self.target()]
+        cin, cout = self.widths()
+        if cout > cin:
+            return F.pad(x, (0, 0, 0, 0, 0, cout - cin))
+        if cout < cin:
+            return x[:, :cout]
         return x
 
 
 class SlimZeroPadShortcut(_Slim, ZeroPadShortcut):
-    """The shortcut whose target width follows the residual slot of the next stage."""
+    """The shortcut whose widths follow its slots: the previous and the next stage's residual widths."""
 
-    def target(self) -> int:
-        return self.ctx.ch[self.out_slot]
+    def widths(self) -> tuple[int, int]:
+        return self.active()
 
     def to_plain(self) -> ZeroPadShortcut:
-        return ZeroPadShortcut(self.stride, self.target())
+        return ZeroPadShortcut(self.stride, *self.active())
 
 
 class BasicBlock(nn.Module):
@@ -62,7 +68,7 @@ class BasicBlock(nn.Module):
         self.conv2 = b.conv(inner, cout, 3)
         self.bn2 = b.bn(cout)
         if stride != 1 or cin != cout:
-            self.shortcut: nn.Module = SlimZeroPadShortcut(stride, cout.full)
+            self.shortcut: nn.Module = SlimZeroPadShortcut(stride, cin.full, cout.full)
             b.bind(self.shortcut, cin, cout)
         else:
             self.shortcut = nn.Identity()
@@ -74,7 +80,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNetCifarPlain(nn.Module):
-    """The forward pass of ResNet-CIFAR; sliced standalone models are instances of this class."""
+    """The forward pass of ResNet-CIFAR; slicing traces it, on plain layers, into a standalone graph."""
 
     conv1: nn.Module
     bn1: nn.Module
