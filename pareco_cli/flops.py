@@ -55,6 +55,11 @@ def flops(
     ),
     width: float | None = typer.Option(None, "--width", help="Uniform width multiplier for every group."),
     alpha: str | None = typer.Option(None, "--alpha", help="Per-group widths, comma-separated."),
+    width_mult: float | None = typer.Option(
+        None,
+        "--width-mult",
+        help="torchvision's network at this width_mult (mobilenet_v2: e.g. 0.5 is mobilenet_v2(width_mult=0.5)).",
+    ),
     divisor: int | None = typer.Option(None, "--divisor", help="Round channels to multiples of this."),
     num_classes: int | None = typer.Option(None, "--num-classes", help="Classes of the head."),
     input_size: int | None = typer.Option(None, "--input-size", help="Input resolution (default per arch)."),
@@ -64,8 +69,8 @@ def flops(
     from pareco_runtime import build_model
     from pareco_runtime.sources import is_converted
 
-    if (width is None) == (alpha is None):
-        raise ValueError("give exactly one of --width W or --alpha a1,a2,...")
+    if sum(v is not None for v in (width, alpha, width_mult)) != 1:
+        raise ValueError("give exactly one of --width W, --alpha a1,a2,... or --width-mult W")
     kwargs = {
         k: v
         for k, v in (("divisor", divisor), ("num_classes", num_classes), ("input_size", input_size))
@@ -76,7 +81,10 @@ def flops(
         if is_converted(arch)
         else build_model(arch, **kwargs)
     )
-    config = model.space.uniform(width) if width is not None else parse_alpha(alpha or "")
+    if width_mult is not None:
+        config = model.torchvision_config(width_mult)
+    else:
+        config = model.space.uniform(width) if width is not None else parse_alpha(alpha or "")
     model.space.validate(config)
     macs, params, channels = model.macs(config), model.params(config), model.channels(config)
     if as_json:

@@ -72,6 +72,12 @@ class TrainConfig:
     image_size: int | None = _setting(None, "Input resolution (default: the data's).")
     samples: int = _setting(2, "M: sampled configs per iteration.", flag="--samples-per-iter")
     width: float = _setting(1.0, "Uniform width trained by --algorithm independent.")
+    torchvision_widths: bool = _setting(
+        False,
+        "mobilenet_v2: use torchvision's width_mult networks instead of uniform widths (Independent: "
+        "--width is the width_mult trained; Slim: the front's candidates), to compare with the models "
+        "users know.",
+    )
     candidates: int = _setting(
         40,
         "Configs evaluated for the front (Slim: uniform widths; PareCO/TwoStage: "
@@ -133,6 +139,11 @@ class TrainConfig:
         )
         self._require("samples", self.samples >= 0, "must be >= 0")
         self._require("select_fraction", 0.0 <= self.select_fraction < 1.0, "must be in [0, 1)")
+        self._require(
+            "torchvision_widths",
+            not self.torchvision_widths or self.algorithm in ("slim", "independent"),
+            "applies to --algorithm slim or independent",
+        )
         self._require("low", 0.0 < self.low <= 1.0, "must be in (0, 1]")
         for name in ("group_low", "pin"):
             self._require(

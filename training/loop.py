@@ -47,9 +47,14 @@ LOG_NAME = "train.log.jsonl"
 def make_strategy(cfg: TrainConfig) -> Strategy:
     """The strategy object for ``cfg.algorithm``."""
     if cfg.algorithm == "independent":
-        return Independent(cfg.seed, width=cfg.width)
+        return Independent(cfg.seed, width=cfg.width, torchvision_widths=cfg.torchvision_widths)
     if cfg.algorithm == "slim":
-        return Slim(cfg.seed, samples=cfg.samples, num_candidates=cfg.candidates)
+        return Slim(
+            cfg.seed,
+            samples=cfg.samples,
+            num_candidates=cfg.candidates,
+            torchvision_widths=cfg.torchvision_widths,
+        )
     from .pareco import make_bo_strategy  # BoTorch is heavy: imported only when asked for
 
     return make_bo_strategy(cfg)

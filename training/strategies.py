@@ -100,14 +100,32 @@ class Independent(Strategy):
 
     name = "independent"
 
-    def __init__(self, seed: int, width: float = 1.0, alpha: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        width: float = 1.0,
+        alpha: Sequence[float] | None = None,
+        torchvision_widths: bool = False,
+    ) -> None:
         super().__init__(seed)
         self.width = width
         self.alpha = None if alpha is None else [float(a) for a in alpha]
+        self.torchvision_widths = torchvision_widths
+
+    def setup(self, model: SlimmableNet, total_steps: int) -> None:
+        super().setup(model, total_steps)
+        self.config(
+            model
+        )  # an arch without torchvision widths, or a width outside them, fails before training
 
     def config(self, model: SlimmableNet) -> list[float]:
-        """The config this run trains."""
-        return list(self.alpha) if self.alpha is not None else model.space.uniform(self.width)
+        """The config this run trains: ``alpha``, else torchvision's network at ``width`` with
+        ``torchvision_widths``, else the uniform ``width``."""
+        if self.alpha is not None:
+            return list(self.alpha)
+        if self.torchvision_widths:
+            return model.torchvision_config(self.width)
+        return model.space.uniform(self.width)
 
     def step_configs(self, step, model, x, y):
         return [self.config(model)]
@@ -124,16 +142,25 @@ class Slim(Strategy):
 
     Each step trains the largest config (on the labels), the smallest and ``samples`` random
     uniform widths (on the largest one's soft predictions). Candidates: ``num_candidates``
-    uniform widths spread evenly over MACs.
+    uniform widths spread evenly over MACs; with ``torchvision_widths``, torchvision's networks at
+    those width multipliers (``model.torchvision_config``) wherever they are configs of the space.
     """
 
     name = "slim"
     distill = True
 
-    def __init__(self, seed: int, samples: int = 2, num_candidates: int = 40) -> None:
+    def __init__(
+        self, seed: int, samples: int = 2, num_candidates: int = 40, torchvision_widths: bool = False
+    ) -> None:
         super().__init__(seed)
         self.samples = samples
         self.num_candidates = num_candidates
+        self.torchvision_widths = torchvision_widths
+
+    def setup(self, model: SlimmableNet, total_steps: int) -> None:
+        super().setup(model, total_steps)
+        if self.torchvision_widths:
+            model.torchvision_config(1.0)  # an arch without them fails before training, not after
 
     def step_configs(self, step, model, x, y):
         s = model.space
@@ -142,7 +169,16 @@ class Slim(Strategy):
         )
 
     def candidates(self, model):
-        return [model.space.uniform(w) for w in widths_spread_over_macs(model, self.num_candidates)]
+        widths = widths_spread_over_macs(model, self.num_candidates)
+        if not self.torchvision_widths:
+            return [model.space.uniform(w) for w in widths]
+        configs = []
+        for w in widths:
+            try:
+                configs.append(model.torchvision_config(w))
+            except ValueError:
+                continue  # below the space's floor at this width_mult: not one of torchvision's here
+        return configs
 
     def record(self):
         return {"samples_per_step": self.samples, "candidates": self.num_candidates}

@@ -242,6 +242,17 @@ class SlimmableNet(nn.Module):
         """Channel count of each width group (current config when ``alpha`` is None)."""
         return list(self._slot_values(alpha)[: self.space.dims])
 
+    def torchvision_config(self, width_mult: float) -> list[float]:
+        """The config that is torchvision's network of this architecture at ``width_mult``.
+
+        Only architectures whose torchvision ``width_mult`` networks are configs of their space offer
+        it; the others raise ``ValueError`` saying so.
+        """
+        raise ValueError(
+            f"{self.arch or type(self).__name__}: no torchvision width_mult networks in this width space; "
+            "use --width or --alpha (mobilenet_v2 has them)"
+        )
+
     def set_widths(self, alpha: Sequence[float]) -> None:
         """Activate config ``alpha`` in place: validates it, then rewrites the context's slots.
 

@@ -150,6 +150,37 @@ class MobileNetV2(SlimmableNet, MobileNetV2Plain):
         _torchvision_init(self)
         self._finish(b, low, divisor, (3, input_size, input_size))
 
+    def torchvision_config(self, width_mult: float) -> list[float]:
+        """The config that is ``torchvision.models.mobilenet_v2(width_mult=width_mult)``.
+
+        torchvision rounds the stem and each stage's output to multiples of 8, derives each expansion
+        from the rounded input (``round(inp * t)``) and keeps the last conv at 1280 below width 1, so
+        its networks are non-uniform configs here (width 0.5: expansions at 0.67 of full in stage 2).
+        ``ValueError`` where a group falls outside the space (below ``low``) or ``width_mult`` > 1.
+        """
+        if not 0 < width_mult <= 1:
+            raise ValueError(
+                f"--width-mult {width_mult:g}: must be in (0, 1] (the space's full width is 1.0)"
+            )
+        target = {"stem": make_divisible(32 * width_mult, 8), "last_conv": make_divisible(1280, 8)}
+        inp, block = target["stem"], 1
+        for stage, (t, c, n, _) in enumerate(_V2_SETTING, start=1):
+            out = make_divisible(c * width_mult, 8)
+            target[f"stage{stage}.out"] = out
+            for _ in range(n):
+                if t != 1:
+                    target[f"block{block}.expand"] = round(inp * t)
+                inp, block = out, block + 1
+        space = self.space
+        alpha = [target[name] / full for name, full in zip(space.names, space.full, strict=True)]
+        for name, a, floor in zip(space.names, alpha, space.floor, strict=True):
+            if a < floor:
+                raise ValueError(
+                    f"--width-mult {width_mult:g}: torchvision's '{name}' has {a:.3f} of its full width, "
+                    f"below this space's lowest ({floor:g}); use a larger width_mult"
+                )
+        return alpha
+
 
 class SqueezeExcitation(nn.Module):
     """torchvision's SqueezeExcitation with a slimmable input/output and a fixed squeeze width."""
