@@ -127,6 +127,11 @@ def export_point(
             details = WRITERS[fmt](model, example, staged, opset)
         except ExportError:
             raise
+        except OSError as exc:
+            raise ExportError(
+                f"{target.name}: cannot write it in {target.parent} ({exc.strerror or first_line(exc)}); "
+                "free space there or choose another --out; nothing was written"
+            ) from exc
         except Exception as exc:  # exporters fail in many types; the CLI needs one line
             first = first_line(exc)
             raise ExportError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
+import io
 import logging
 import os
 import tempfile
@@ -219,6 +220,15 @@ def write_onnx(
     return {"opset": int(version)}
 
 
+def _save_via_memory(save: Callable[[io.BytesIO], None], path: Path) -> None:
+    """Serialise into memory, then write the bytes: torch's C++ file writer aborts the whole process
+    when the disk fills mid-write (measured on a full tmpfs: exit 134 for TorchScript and .pt2),
+    while a failed Python write is an ``OSError`` the caller reports in one line."""
+    buffer = io.BytesIO()
+    save(buffer)
+    path.write_bytes(buffer.getbuffer())
+
+
 def write_torchscript(
     model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None
 ) -> dict[str, Any]:
@@ -226,7 +236,7 @@ def write_torchscript(
     which bakes in CPU-specific ops and does not load everywhere)."""
     with quiet_torchscript():
         traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path))
+        _save_via_memory(lambda f: torch.jit.save(traced, f), path)
     return {}
 
 
@@ -235,7 +245,7 @@ def write_pt2(
 ) -> dict[str, Any]:
     """``torch.export.export`` with a dynamic batch, saved with ``torch.export.save``."""
     program = torch.export.export(model, (example,), dynamic_shapes=_batch_dim())
-    torch.export.save(program, str(path))
+    _save_via_memory(lambda f: torch.export.save(program, f), path)
     return {}
 
 

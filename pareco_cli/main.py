@@ -9,6 +9,7 @@ themselves) is reported as the ``pip install`` that fixes it.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -68,6 +69,24 @@ def shadowed_layer_message(
     return None
 
 
+def os_error_message(exc: OSError) -> str:
+    """An ``OSError`` the commands did not explain, as ``<file>: <what>; <what to do>``.
+
+    A full disk names the folder to free; other errors their file and the system's reason.
+    """
+    where = exc.filename or "a file"
+    if exc.errno == errno.ENOSPC:
+        folder = Path(exc.filename).parent if exc.filename else "the output folder"
+        return (
+            f"{folder}: no space left on the device; free space there (or write elsewhere) and run "
+            "again; the previous files are unchanged"
+        )
+    if exc.errno is None:  # raised with a message of its own
+        return str(exc).strip() or type(exc).__name__
+    reason = exc.strerror or str(exc).strip()
+    return f"{where}: {reason}; check the path and its permissions"
+
+
 def _fail(text: str) -> None:
     print(f"error: {text.splitlines()[0] if text else 'unknown error'}", file=sys.stderr)
     sys.exit(2)
@@ -88,7 +107,11 @@ def main() -> None:
         if debug or message is None:
             raise
         _fail(message)
-    except (ValueError, OSError, KeyError) as exc:
+    except OSError as exc:
+        if debug:
+            raise
+        _fail(os_error_message(exc))
+    except (ValueError, KeyError) as exc:
         if debug:
             raise
         _fail(str(exc).strip() or type(exc).__name__)

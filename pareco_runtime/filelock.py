@@ -121,7 +121,10 @@ def _flock(path: Path, lockfile: Path, deadline: float, timeout: float) -> int:
                     raise _timeout_error(path, lockfile, timeout) from None
                 time.sleep(_POLL_S)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        with contextlib.suppress(
+            OSError
+        ):  # the pid only names the holder; a full disk must not stop the lock
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     except BaseException:
         os.close(fd)  # closing drops the flock too, if it was taken
         raise

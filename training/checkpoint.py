@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pareco_runtime.atomic import atomic_path
+from pareco_runtime.atomic import atomic_write_bytes
 from pareco_runtime.fileformat import first_line
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -19,8 +20,11 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # Serialised in memory first: torch's C++ writer fails on a full disk with a RuntimeError that names
+    # no file, a Python write with an OSError the CLI reports as "no space left" in one line.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
