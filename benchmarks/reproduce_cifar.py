@@ -54,6 +54,7 @@ def train_all(args: argparse.Namespace, out: Path) -> None:
         history_size=args.history_size,
         probe_batch=args.probe_batch,
         seed=args.seed,
+        select_fraction=args.select_fraction,
     )
     for name, algorithm, width in run_names(args.methods):
         folder = out / name
@@ -226,6 +227,12 @@ def main() -> None:
     ap.add_argument("--history-size", type=int, default=100)
     ap.add_argument("--probe-batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--select-fraction",
+        type=float,
+        default=0.1,
+        help="training images held out to choose each front on (0: choose on the test split, as before)",
+    )
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument(
         "--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS)

@@ -9,14 +9,40 @@ import typer
 from .output import print_json, print_table
 
 
-def _point_row(p, profiles: list[str]) -> list:
+def _columns(front, profiles: list[str]) -> list[str]:
+    """The table's header: top-1 named by its split, the selection top-1 where the front has one."""
+    splits = front.dataset.splits or {}
+    top1 = f"top-1 % ({splits['top1']['name']})" if "top1" in splits else "top-1 %"
+    chosen = ["chosen-on %"] if "selection" in splits else []
+    return ["id", "MFLOPs", "Mparams", top1, *chosen, "loss"] + [f"{n} ms" for n in profiles]
+
+
+def _splits_line(front) -> str | None:
+    """Which images the top-1 figures are from, or None where the manifest does not record it."""
+    splits = front.dataset.splits
+    if not splits:
+        return None
+    top1 = splits["top1"]
+    line = f"top-1: {top1['images']} {top1['name']} images"
+    sel = splits.get("selection")
+    if sel is None:
+        return line + "; the points were chosen on these same images, so their top-1 is optimistic"
+    return (
+        line
+        + f"; chosen-on: {sel['images']} training images held out of training, the points were chosen on them"
+    )
+
+
+def _point_row(p, profiles: list[str], selected: bool) -> list:
     row = [
         p.id,
         f"{p.mflops:.2f}",
         f"{p.params / 1e6:.3f}",
         None if p.top1 is None else f"{p.top1:.2f}",
-        None if p.loss is None else f"{p.loss:.4f}",
     ]
+    if selected:
+        row.append(None if p.selection_top1 is None else f"{p.selection_top1:.2f}")
+    row.append(None if p.loss is None else f"{p.loss:.4f}")
     for name in profiles:
         if name in p.latency_ms:
             row.append(f"{p.latency_ms[name]:.3f}")
@@ -54,8 +80,8 @@ def select(
         return
     print_table(
         f"{manifest.name} under {b.describe()}",
-        ["id", "MFLOPs", "Mparams", "top-1 %", "loss"] + [f"{n} ms" for n in profiles],
-        [_point_row(p, profiles)],
+        _columns(front, profiles),
+        [_point_row(p, profiles, "selection" in (front.dataset.splits or {}))],
     )
     typer.echo("widths: " + ", ".join(f"{a:.3f}" for a in p.alpha))
     typer.echo("channels: " + ", ".join(str(c) for c in p.channels))
@@ -74,6 +100,7 @@ def show(
     if as_json:
         print_json(
             {
+                "dataset": front.dataset.to_dict(),
                 "training": front.training.to_dict(),
                 "device_profiles": [p.to_dict() for p in front.device_profiles],
                 "points": [p.to_dict() for p in front.points],
@@ -84,9 +111,12 @@ def show(
         print_table(
             f"{front.architecture.arch} front: {len(front.points)} points ({tr.algorithm}, "
             f"{tr.epochs} epochs, {front.dataset.name}); ~ = predicted",
-            ["id", "MFLOPs", "Mparams", "top-1 %", "loss"] + [f"{n} ms" for n in profiles],
-            [_point_row(p, profiles) for p in front.points],
+            _columns(front, profiles),
+            [_point_row(p, profiles, "selection" in (front.dataset.splits or {})) for p in front.points],
         )
+        splits = _splits_line(front)
+        if splits:
+            typer.echo(splits)
     if plot is not None:
         from bench.plots import plot_front
 

@@ -42,7 +42,8 @@ point, else none. A lower level never selects a costlier point.
 Selection
 ---------
 :func:`select` keeps the points that satisfy every budget and returns the one with the highest
-top-1; where no point of the front has a top-1, the lowest loss; where neither, the most MFLOPs.
+top-1 it was chosen on (``selection_top1``, held out of training), else the highest reported top-1;
+where no point of the front has a top-1, the lowest loss; where neither, the most MFLOPs.
 Ties go to fewer MFLOPs, then to the smaller id. When no point satisfies, :class:`BudgetUnmetError`
 names the cheapest point, unless ``fallback="cheapest"``.
 """
@@ -562,6 +563,24 @@ def _battery_profile(atoms: Sequence[Budget], points: Sequence[FrontPoint]) -> s
     return complete[0] if len(complete) == 1 else None
 
 
+# What ranks the points that meet a budget, best first: the top-1 they were chosen on (held out of
+# training, so choosing on it leaves the reported top-1 unbiased), the reported top-1, the loss.
+_MERITS = (("selection_top1", -1.0), ("top1", -1.0), ("loss", 1.0))
+
+
+def _merit(points: Sequence[FrontPoint]) -> Callable[[FrontPoint], float]:
+    """The first of :data:`_MERITS` some point has (lower is better; points without it last), else -MFLOPs."""
+    for field_name, sign in _MERITS:
+        if any(getattr(p, field_name) is not None for p in points):
+
+            def merit(p: FrontPoint, name: str = field_name, s: float = sign) -> float:
+                value = getattr(p, name)
+                return s * value if value is not None else math.inf
+
+            return merit
+    return lambda p: -p.mflops
+
+
 def select(
     points: Sequence[FrontPoint],
     budget: str | Budget | Sequence[str | Budget],
@@ -572,8 +591,8 @@ def select(
 ) -> FrontPoint:
     """The best point of ``points`` under ``budget`` (anything :func:`as_budget` accepts).
 
-    Among the points satisfying every budget: the highest ``top1``; where no point of the front has
-    a top-1, the lowest ``loss``; where neither, the most MFLOPs; ties to fewer MFLOPs, then the
+    Among the points satisfying every budget: the highest ``selection_top1`` (the top-1 the front was
+    chosen on); where no point has one, the highest ``top1``; where no point has a top-1, the lowest ``loss``; where neither, the most MFLOPs; ties to fewer MFLOPs, then the
     smaller id. ``profiles``: the device profiles the manifest declares (a profile named in a budget
     must be one of them or appear in the points). ``policy``: the battery policy (default
     :class:`BatteryPolicy()`). ``allow_predicted``: a point without a measured latency may use its
@@ -590,18 +609,7 @@ def select(
     battery_profile = _battery_profile(atoms, points)
     bounds = [_bound(a, points, profiles, policy, allow_predicted, battery_profile) for a in atoms]
 
-    if any(p.top1 is not None for p in points):
-
-        def merit(p: FrontPoint) -> float:
-            return -p.top1 if p.top1 is not None else math.inf
-    elif any(p.loss is not None for p in points):
-
-        def merit(p: FrontPoint) -> float:
-            return p.loss if p.loss is not None else math.inf
-    else:
-
-        def merit(p: FrontPoint) -> float:
-            return -p.mflops
+    merit = _merit(points)
 
     def rank(p: FrontPoint) -> tuple[float, float, str]:
         return merit(p), p.mflops, p.id

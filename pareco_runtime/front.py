@@ -13,8 +13,10 @@ class FrontPoint:
 
     ``alpha``: width multipliers; ``channels``: channel count per width group; ``mflops``:
     multiply-accumulates in millions at batch 1 (the field's "FLOPs"); ``params``: trainable
-    parameters; ``top1``: validation top-1 in percent (None if not measured); ``loss``: validation
-    cross-entropy; ``latency_ms`` / ``energy_mj``: per device-profile name, measured;
+    parameters; ``top1``: top-1 in percent on the split the manifest's ``dataset.splits`` names (the test
+    split where the data has one; None if not measured); ``loss``: cross-entropy on that split;
+    ``selection_top1``: top-1 on the split the point was chosen on, held out of the training images
+    (None where points were chosen on the ``top1`` split itself); ``latency_ms`` / ``energy_mj``: per device-profile name, measured;
     ``latency_predicted_ms``: per profile, estimated by a latency look-up table (never mixed with
     measured values).
     """
@@ -26,13 +28,18 @@ class FrontPoint:
     params: int
     top1: float | None = None
     loss: float | None = None
+    selection_top1: float | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     energy_mj: dict[str, float] = field(default_factory=dict)
     latency_predicted_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, with the manifest's field names."""
-        return asdict(self)
+        """JSON-ready form, with the manifest's field names (``selection_top1`` only when set, so files
+        written before it existed keep their form)."""
+        d = asdict(self)
+        if d["selection_top1"] is None:
+            del d["selection_top1"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FrontPoint:
@@ -45,6 +52,7 @@ class FrontPoint:
             params=int(d["params"]),
             top1=d.get("top1"),
             loss=d.get("loss"),
+            selection_top1=d.get("selection_top1"),
             latency_ms=dict(d.get("latency_ms") or {}),
             energy_mj=dict(d.get("energy_mj") or {}),
             latency_predicted_ms=dict(d.get("latency_predicted_ms") or {}),

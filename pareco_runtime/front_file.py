@@ -72,7 +72,10 @@ class DatasetSpec:
 
     ``input_size``: (C, H, W); ``mean`` / ``std``: the per-channel normalisation inputs get;
     ``class_names``: in output order (empty when unknown); ``preprocess``: the resize and crop
-    (:meth:`pareco_runtime.preprocess.Preprocess.to_dict`; None: the whole image to the input size).
+    (:meth:`pareco_runtime.preprocess.Preprocess.to_dict`; None: the whole image to the input size);
+    ``splits``: which images the points' ``top1`` and ``selection_top1`` are from (``{"top1": split,
+    "selection": split}``, each ``{"name", "images"[, "fraction", "seed"]}``; no ``selection``: the
+    points were chosen on the ``top1`` split; None: not recorded).
     """
 
     name: str
@@ -81,6 +84,7 @@ class DatasetSpec:
     std: list[float]
     class_names: list[str] = field(default_factory=list)
     preprocess: dict[str, Any] | None = None
+    splits: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``dataset`` object."""
@@ -93,6 +97,8 @@ class DatasetSpec:
         }
         if self.preprocess is not None:
             d["preprocess"] = dict(self.preprocess)
+        if self.splits is not None:
+            d["splits"] = dict(self.splits)
         return d
 
     @classmethod
@@ -105,6 +111,7 @@ class DatasetSpec:
             std=[float(v) for v in d["std"]],
             class_names=[str(n) for n in d.get("class_names") or []],
             preprocess=dict(d["preprocess"]) if d.get("preprocess") else None,
+            splits=dict(d["splits"]) if d.get("splits") else None,
         )
 
 

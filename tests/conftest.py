@@ -185,7 +185,7 @@ def train_cli_args() -> Callable[..., list[str]]:
 
 @pytest.fixture(scope="session")
 def tiny_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small trained Slim front (resnet20, 16x16 synthetic data, 4 classes), trained once per session;
+    """A small trained Slim front (resnet20, 256 16x16 synthetic images, 4 classes), trained once per session;
     returns the manifest path.
 
     Tests must not modify it: copy the folder first (see ``front_copy``).
@@ -194,9 +194,11 @@ def tiny_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.loop import train
 
     out = tmp_path_factory.mktemp("tiny_front")
+    # 256 images: 51 for validation, 20 held out for selection (with 128, ties on 10 selection images
+    # left a 1-point front)
     cfg = TrainConfig(
         arch="resnet20",
-        data="synthetic:128:4",
+        data="synthetic:256:4",
         image_size=16,
         epochs=1,
         batch_size=32,

@@ -580,3 +580,14 @@ def test_battery_monotone(points: list[FrontPoint], a: float, b: float, policy: 
     chosen_high = select(points, BatteryBudget(high), policy=policy)
     assert cost(chosen_low) <= cost(chosen_high)
     assert cost(select(points, BatteryBudget(0.0), policy=policy)) == min(cost(p) for p in points)
+
+
+def test_points_are_ranked_by_the_top1_they_were_chosen_on() -> None:
+    # The reported (test) top-1 of a cheaper point can exceed a costlier one's; choosing on it would
+    # select on the test images. The selection split's figure decides.
+    from dataclasses import replace
+
+    cheap = replace(point("cheap", 20.0, 71.0), selection_top1=68.0)
+    dear = replace(point("dear", 40.0, 70.5), selection_top1=69.0)
+    assert select([cheap, dear], "100MFLOPs").id == "dear"
+    assert select([point("cheap", 20.0, 71.0), point("dear", 40.0, 70.5)], "100MFLOPs").id == "cheap"

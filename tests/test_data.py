@@ -112,11 +112,13 @@ def test_digits_shapes_counts_and_split() -> None:
     assert d.info.name == "digits"
     assert d.info.input_size == (3, 32, 32)
     assert d.info.class_names == [str(i) for i in range(10)]
-    assert (d.info.num_train, d.info.num_val) == (1797 - 359, 359)
+    # 20 % validation, then 10 % of the remaining 1438 held out for selection (never trained on)
+    assert (d.info.num_train, d.info.num_val, d.info.num_selection) == (1438 - 144, 359, 144)
+    assert d.info.val_split == "val"
     assert len(set(d.info.mean)) == 1 and len(d.info.std) == 3  # grey replicated to RGB
     x, y = next(d.train_batches(128, epoch=0, seed=0))
     assert x.shape == (128, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert d.steps_per_epoch(128) == 1438 // 128
+    assert d.steps_per_epoch(128) == 1294 // 128
     vx, vy = everything(d)
     assert vx.shape == (359, 3, 32, 32)
     counts = torch.bincount(vy, minlength=10)
@@ -134,15 +136,57 @@ def test_digits_size_fraction_and_seed() -> None:
     assert not torch.equal(everything(d)[1], everything(other)[1])
 
 
+def _rows(x: torch.Tensor) -> set[bytes]:
+    return {row.numpy().tobytes() for row in x.flatten(1)}
+
+
+def _selection(data: Data) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*data.selection_batches(64), strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def test_the_selection_split_is_held_out_of_training_seeded_and_stratified() -> None:
+    d = load_data("synthetic:400:4", image_size=8, seed=5, device="cpu")
+    train, val, sel = _rows(all_train(d)[0]), _rows(everything(d)[0]), _rows(_selection(d)[0])
+    assert (len(train), len(val), len(sel)) == (d.info.num_train, d.info.num_val, d.info.num_selection)
+    assert (len(val), len(sel)) == (80, 32)  # 20 % of 400, then 10 % of the remaining 320
+    assert not train & sel and not val & sel and not train & val  # never trained on, never the val images
+    assert torch.bincount(_selection(d)[1], minlength=4).tolist() == [8, 8, 8, 8]
+    again = load_data("synthetic:400:4", image_size=8, seed=5, device="cpu")
+    assert torch.equal(_selection(again)[0], _selection(d)[0])
+    other = load_data("synthetic:400:4", image_size=8, seed=6, device="cpu")
+    assert not torch.equal(_selection(other)[1], _selection(d)[1])
+
+
+def test_without_a_selection_split_points_are_chosen_on_validation() -> None:
+    d = load_data("synthetic:100:4", image_size=8, select_fraction=0, device="cpu")
+    assert d.info.num_selection == 0 and d.info.num_train == 80
+    assert torch.equal(_selection(d)[0], everything(d)[0])
+
+
+def test_streamed_data_holds_out_a_selection_split(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "big", split=True, size=80)
+    d = load_quiet(str(root), image_size=16, select_fraction=0.3, device="cpu")
+    assert isinstance(d, StreamData) and (d.info.num_train, d.info.num_selection) == (8, 3)
+    assert not {p for p, _ in d._selection.samples} & {p for p, _ in d._train_plain.samples}
+    assert sum(len(y) for _, y in d.selection_batches(2)) == 3
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])
+def test_a_bad_select_fraction_is_refused(fraction: float) -> None:
+    with pytest.raises(DataError, match="select_fraction must be in"):
+        load_data("digits", select_fraction=fraction)
+
+
 # --- synthetic
 
 
 def test_synthetic_default_and_spec() -> None:
     d = load_data("synthetic", device="cpu")
-    assert d.info.num_train + d.info.num_val == 512 and len(d.info.class_names) == 10
+    assert d.info.num_train + d.info.num_val + d.info.num_selection == 512 and len(d.info.class_names) == 10
     d = load_data("synthetic:200:4", image_size=16, device="cpu")
     assert d.info.input_size == (3, 16, 16)
-    assert (d.info.num_train, d.info.num_val) == (160, 40)
+    assert (d.info.num_train, d.info.num_val, d.info.num_selection) == (144, 40, 16)
     tx, ty = all_train(d)
     vx, vy = everything(d)
     # learnable: the nearest class mean classifies held-out images
@@ -177,7 +221,7 @@ def test_directory_without_split(tmp_path: Path) -> None:
     assert d.info.name == "pets"
     assert d.info.class_names == ["cat", "dog"]
     assert d.info.input_size == (3, 12, 12)
-    assert d.info.num_train + d.info.num_val == 10 and d.info.num_val == 2
+    assert d.info.num_train + d.info.num_val + d.info.num_selection == 10 and d.info.num_val == 2
     assert sorted(everything(d)[1].tolist()) == [0, 1]  # stratified: one of each
     files = list((tmp_path / "cache").iterdir())
     assert len(files) == 1 and CACHE_NAME.fullmatch(files[0].name).group(1) == "12"
@@ -186,7 +230,9 @@ def test_directory_without_split(tmp_path: Path) -> None:
 def test_directory_with_train_test_split(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "pets", split=True)
     d = load_quiet(str(root), cache_dir=str(tmp_path / "cache"), device="cpu", val_fraction=0.5)
-    assert (d.info.num_train, d.info.num_val) == (10, 4)  # val_fraction is ignored for split trees
+    # val_fraction is ignored for split trees; 10 % of train/ is held out for selection
+    assert (d.info.num_train, d.info.num_val, d.info.num_selection) == (9, 4, 1)
+    assert d.info.val_split == "test"
     assert everything(d)[1].tolist() == [0, 0, 1, 1]
     resized = load_quiet(str(root), image_size=8, cache_dir=str(tmp_path / "cache"), device="cpu")
     assert resized.info.input_size == (3, 8, 8)
@@ -391,7 +437,7 @@ def test_large_images_in_an_archive_need_a_directory(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def synth() -> TensorData:
-    return load_data("synthetic:120:4", image_size=16, device="cpu")
+    return load_data("synthetic:120:4", image_size=16, select_fraction=0, device="cpu")
 
 
 def _epoch(data: Data, **kwargs: object) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -485,10 +531,11 @@ def test_split_is_seeded_stratified_disjoint_and_covering(
 def test_large_images_stream_from_a_directory(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "big", split=True, size=80)
     with pytest.warns(UserWarning, match="ignored 1 file"):
-        d = load_data(str(root), image_size=32, device="cpu")
+        d = load_data(str(root), image_size=32, select_fraction=0, device="cpu")
     assert isinstance(d, StreamData)
     assert d.info.mean == IMAGENET_MEAN and d.info.std == IMAGENET_STD
     assert d.info.input_size == (3, 32, 32) and (d.info.num_train, d.info.num_val) == (11, 4)
+    assert (d.info.num_selection, d.info.val_split) == (0, "test")
     d.num_workers = 0
     state = torch.get_rng_state()
     with warnings.catch_warnings():

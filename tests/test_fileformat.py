@@ -572,7 +572,7 @@ def test_manifest_fields_match_front_dataclasses() -> None:
     from pareco_runtime.front import DeviceProfile, FrontPoint
 
     schema = manifest_schema()
-    point = FrontPoint(id="p", alpha=[0.5], channels=[8], mflops=1.0, params=10)
+    point = FrontPoint(id="p", alpha=[0.5], channels=[8], mflops=1.0, params=10, selection_top1=50.0)
     profile = DeviceProfile(name="d", runtime="torch", threads=1, batch=1, host="h", date="2026-01-01")
     assert set(point.to_dict()) == set(schema["$defs"]["point"]["properties"])
     assert set(profile.to_dict()) == set(schema["$defs"]["device_profile"]["properties"])

@@ -31,7 +31,7 @@ def test_select_is_pure_and_honours_budget(rt):
     limit = (cheap.mflops + max(p.mflops for p in rt.points)) / 2
     p = rt.select(f"{limit}MFLOPs")
     assert p.mflops <= limit
-    assert all(q.top1 <= p.top1 for q in rt.points if q.mflops <= limit)
+    assert all(q.selection_top1 <= p.selection_top1 for q in rt.points if q.mflops <= limit)
     assert rt.active == before
     assert rt.select(parse_budget(f"{limit}MFLOPs")) == p
 
@@ -153,6 +153,13 @@ def test_cli_select_and_show(tiny_front, tmp_path, cli):
     assert r.returncode == 2 and "parsecs" in r.stderr
     r = cli("select", str(tiny_front), "--budget", "5ms")
     assert r.returncode == 2 and "pareco bench" in r.stderr
+    r = cli("show", str(tiny_front))
+    assert r.returncode == 0, r.stderr
+    assert "top-1 % (val)" in r.stdout and "chosen-on %" in r.stdout
+    assert "top-1: 51 val images; chosen-on: 20 training images held out of training" in r.stdout
+    shown = json.loads(cli("show", str(tiny_front), "--json").stdout)
+    assert shown["dataset"]["splits"]["selection"]["images"] == 20
+    assert all(p["selection_top1"] is not None for p in shown["points"])
     png = tmp_path / "front.png"
     r = cli("show", str(tiny_front), "--plot", str(png))
     assert r.returncode == 0, r.stderr

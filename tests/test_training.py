@@ -16,6 +16,7 @@ from pareco_runtime import build_model
 from pareco_runtime.fileformat import load_manifest, load_weights
 from training.calibrate import calibrate_bn, evaluate
 from training.config import TrainConfig, TrainingError
+from training.data import load_data
 from training.loop import lr_at, train
 from training.strategies import Slim, widths_spread_over_macs
 
@@ -30,15 +31,26 @@ def test_slim_run_writes_a_valid_front(tmp_path, small_train_settings):
     pts = manifest["points"]
     assert pts and manifest["training"]["algorithm"] == "slim"
     macs = [p["mflops"] for p in pts]
-    top1 = [p["top1"] for p in pts]
+    chosen_by = [p["selection_top1"] for p in pts]
     assert macs == sorted(macs)
-    assert all(b > a for a, b in itertools.pairwise(top1)), "a front's accuracy rises with cost"
+    assert all(b > a for a, b in itertools.pairwise(chosen_by)), "a front's accuracy rises with cost"
+    splits = manifest["dataset"]["splits"]
+    # synthetic:256:4: 51 validation images, then 10 % of the other 205 held out for selection
+    assert splits["top1"] == {"name": "val", "images": 51}
+    assert splits["selection"] == {"name": "train-holdout", "images": 20, "fraction": 0.1, "seed": 0}
     wf = load_weights(tmp_path / "model.safetensors")
     assert set(wf.bn_stats) == {p["id"] for p in pts}
     m = build_model("resnet20", num_classes=4, input_size=16)
     assert set(wf.state) == set(m.state_dict())
     for p in pts:
         assert p["mflops"] * 1e6 == pytest.approx(m.macs(p["alpha"]))
+    # top1 is each point's figure on the validation split, with its stored statistics
+    data = load_data(SYN, image_size=16, device="cpu")
+    m.load_state_dict(wf.state)
+    for p in pts:
+        stats = [wf.bn_stats[p["id"]][name] for name in m.bn_names]
+        ev = evaluate(m, p["alpha"], stats, data.val_batches(500))
+        assert p["top1"] == round(ev.top1, 4)
     log = [json.loads(line) for line in (tmp_path / "train.log.jsonl").read_text().splitlines()]
     assert any("epoch_time_s" in r for r in log) and any("img_per_s" in r for r in log)
 

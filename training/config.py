@@ -79,6 +79,12 @@ class TrainConfig:
     )
     calib_batches: int = _setting(8, "Batches for BN recalibration per candidate.")
     calib_batch_size: int = _setting(128, "Images per BN recalibration batch.")
+    select_fraction: float = _setting(
+        0.1,
+        "Fraction of the training images held out (seeded, never trained on) to choose the front's "
+        "points on, so the top-1 reported on the validation/test split is not the one they were chosen "
+        "by; 0 chooses on the validation split itself.",
+    )
     history_size: int | None = _setting(
         None,
         "PareCO/TwoStage: target |H| over the run (default 1000, fewer on short runs so that a BO "
@@ -126,6 +132,7 @@ class TrainConfig:
             "distill_warmup", 0.0 <= self.distill_warmup <= 1.0, "is a fraction of the run in [0, 1]"
         )
         self._require("samples", self.samples >= 0, "must be >= 0")
+        self._require("select_fraction", 0.0 <= self.select_fraction < 1.0, "must be in [0, 1)")
         self._require("low", 0.0 < self.low <= 1.0, "must be in (0, 1]")
         for name in ("group_low", "pin"):
             self._require(

@@ -1,4 +1,9 @@
-"""After training: calibrate and evaluate candidates, keep the non-dominated ones, write the files."""
+"""After training: calibrate and evaluate candidates, keep the non-dominated ones, write the files.
+
+Candidates are evaluated on the selection split (held out of the training images) and the front is
+chosen there; only the chosen points are then evaluated on the validation/test split, once, so the
+top-1 a manifest reports is not the figure its points were picked by.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from .calibrate import BNStats, calibrate_bn, evaluate
 
 @dataclass
 class Candidate:
-    """A calibrated and evaluated config."""
+    """A calibrated config: ``top1`` / ``loss`` on the selection split, ``val_top1`` / ``val_loss`` on
+    the validation split (None until :func:`evaluate_chosen`)."""
 
     alpha: list[float]
     channels: list[int]
@@ -25,6 +31,8 @@ class Candidate:
     top1: float
     loss: float
     stats: BNStats
+    val_top1: float | None = None
+    val_loss: float | None = None
 
 
 def evaluate_candidates(
@@ -37,7 +45,7 @@ def evaluate_candidates(
     eval_batch_size: int = 500,
     on_done: Callable[[int, int], None] | None = None,
 ) -> list[Candidate]:
-    """Calibrate BN for each distinct sub-network among ``configs`` and evaluate it on validation data.
+    """Calibrate BN for each distinct sub-network among ``configs`` and evaluate it on the selection split.
 
     Configs that map to identical channel counts are the same sub-network and are evaluated once.
     Every candidate is calibrated on the same seeded training batches (no augmentation). The model is
@@ -54,7 +62,7 @@ def evaluate_candidates(
     for i, alpha in enumerate(unique):
         batches = (x for x, _ in data.calib_batches(calib_batch_size, calib_batches, seed))
         stats = calibrate_bn(model, alpha, batches)
-        ev = evaluate(model, alpha, stats, data.val_batches(eval_batch_size))
+        ev = evaluate(model, alpha, stats, data.selection_batches(eval_batch_size))
         out.append(
             Candidate(
                 alpha, model.channels(alpha), model.macs(alpha), model.params(alpha), ev.top1, ev.loss, stats
@@ -65,21 +73,56 @@ def evaluate_candidates(
     return out
 
 
+def evaluate_chosen(
+    model: SlimmableNet, chosen: Sequence[Candidate], data: Any, eval_batch_size: int = 500
+) -> None:
+    """Set ``val_top1`` / ``val_loss`` of each chosen candidate: evaluated on the validation split with its
+    calibrated statistics, or copied where the data has no selection split (it was evaluated there)."""
+    for c in chosen:
+        if data.info.num_selection == 0:
+            c.val_top1, c.val_loss = c.top1, c.loss
+            continue
+        ev = evaluate(model, c.alpha, c.stats, data.val_batches(eval_batch_size))
+        c.val_top1, c.val_loss = ev.top1, ev.loss
+
+
+def split_record(info: Any, select_fraction: float, seed: int) -> dict[str, Any]:
+    """The manifest's ``dataset.splits``: the validation split the points report, and the selection
+    split they were chosen on (absent where they were chosen on the validation split)."""
+    splits: dict[str, Any] = {"top1": {"name": info.val_split, "images": info.num_val}}
+    if info.num_selection:
+        splits["selection"] = {
+            "name": "train-holdout",
+            "images": info.num_selection,
+            "fraction": select_fraction,
+            "seed": seed,
+        }
+    return splits
+
+
 def pareto_candidates(cands: Sequence[Candidate]) -> list[Candidate]:
-    """The non-dominated candidates on (error, MACs), cheapest first."""
+    """The non-dominated candidates on (selection error, MACs), cheapest first."""
     front = non_dominated(list(cands), lambda c: (-c.top1, c.macs))
     return sorted(front, key=lambda c: (c.macs, -c.top1))
 
 
 def write_outputs(
-    out_dir: Path, model: SlimmableNet, front: Sequence[Candidate], data_info: Any, training: dict[str, Any]
+    out_dir: Path,
+    model: SlimmableNet,
+    front: Sequence[Candidate],
+    data_info: Any,
+    training: dict[str, Any],
+    splits: dict[str, Any],
 ) -> tuple[Path, Path]:
     """Write the weight file and the front manifest into ``out_dir`` (both atomically).
 
-    Points get ids ``p00``, ``p01``, ... in increasing MACs. ``data_info``: the data's name, input
-    size, normalisation and class names (``training.data.DataInfo``); ``training``: the manifest's
-    training record. Returns (weights path, manifest path).
+    Points get ids ``p00``, ``p01``, ... in increasing MACs; their ``top1`` / ``loss`` are the
+    validation figures (:func:`evaluate_chosen`), ``selection_top1`` the selection split's where there
+    is one. ``data_info``: the data's name, input size, normalisation and class names
+    (``training.data.DataInfo``); ``training``: the manifest's training record; ``splits``:
+    :func:`split_record`. Returns (weights path, manifest path).
     """
+    selected = "selection" in splits
     ids = [f"p{i:02d}" for i in range(len(front))]
     bn_stats = {pid: dict(zip(model.bn_names, c.stats)) for pid, c in zip(ids, front)}
     points = [
@@ -89,8 +132,9 @@ def write_outputs(
             channels=c.channels,
             mflops=c.macs / 1e6,
             params=c.params,
-            top1=round(c.top1, 4),
-            loss=round(c.loss, 6),
+            top1=None if c.val_top1 is None else round(c.val_top1, 4),
+            loss=None if c.val_loss is None else round(c.val_loss, 6),
+            selection_top1=round(c.top1, 4) if selected else None,
         )
         for pid, c in zip(ids, front)
     ]
@@ -101,6 +145,7 @@ def write_outputs(
         std=list(data_info.std),
         class_names=list(data_info.class_names),
         preprocess=data_info.preprocess,
+        splits=splits,
     )
     manifest = write_front(out_dir, model, points, bn_stats, dataset, TrainingRecord.from_dict(training))
     return manifest.with_name(WEIGHTS_NAME), manifest

@@ -31,7 +31,13 @@ from pareco_runtime.untrusted import FormatError, read_json
 from . import distributed, report
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, TrainingError
-from .front_builder import evaluate_candidates, pareto_candidates, write_outputs
+from .front_builder import (
+    evaluate_candidates,
+    evaluate_chosen,
+    pareto_candidates,
+    split_record,
+    write_outputs,
+)
 from .init_weights import load_initial_state
 from .strategies import Independent, Slim, Strategy
 
@@ -267,7 +273,12 @@ def train(
         dist.barrier()
         torch.manual_seed(cfg.seed)
         data = load_data(
-            cfg.data, image_size=cfg.image_size, seed=cfg.seed, cache_dir=cache_dir, device=dist.device
+            cfg.data,
+            image_size=cfg.image_size,
+            seed=cfg.seed,
+            select_fraction=cfg.select_fraction,
+            cache_dir=cache_dir,
+            device=dist.device,
         )
         model = build_for_data(cfg, len(data.info.class_names), data.info.input_size).to(dist.device)
         strategy = make_strategy(cfg)
@@ -401,6 +412,7 @@ def _finish(
     configs = strategy.candidates(model)
     cands = evaluate_candidates(model, configs, data, cfg.calib_batches, cfg.calib_batch_size, cfg.seed)
     front = pareto_candidates(cands)
+    evaluate_chosen(model, front, data)
     strategy_record = strategy.record()
     record = {
         "algorithm": cfg.algorithm,
@@ -416,17 +428,23 @@ def _finish(
             "finalize_time_s": round(time.perf_counter() - t0, 3),
         },
     }
-    _, manifest = write_outputs(out, model, front, data.info, record)
+    splits = split_record(data.info, cfg.select_fraction, cfg.seed)
+    _, manifest = write_outputs(out, model, front, data.info, record, splits)
     for problem in report.front_warnings(front, len(data.info.class_names)):
         warnings.warn(f"{manifest}: {problem}", stacklevel=2)
     if show_progress:
         from rich.console import Console
 
-        best = max(front, key=lambda c: c.top1)
+        best = max(front, key=lambda c: c.val_top1 or 0.0)
+        chosen_on = (
+            f"chosen on {data.info.num_selection} held-out training images"
+            if data.info.num_selection
+            else (f"chosen on {data.info.val_split} itself")
+        )
         Console().print(
-            f"front: {len(front)} points from {len(cands)} candidates, "
-            f"{front[0].macs / 1e6:.2f}-{front[-1].macs / 1e6:.2f} MFLOPs, best top-1 {best.top1:.2f}% "
-            f"-> {manifest}"
+            f"front: {len(front)} points from {len(cands)} candidates ({chosen_on}), "
+            f"{front[0].macs / 1e6:.2f}-{front[-1].macs / 1e6:.2f} MFLOPs, "
+            f"best {data.info.val_split} top-1 {best.val_top1:.2f}% -> {manifest}"
         )
         bo = report.bo_line(strategy_record, cfg.history_size)
         if bo:

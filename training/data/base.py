@@ -26,9 +26,26 @@ class DataInfo:
     class_names: list[str]
     num_train: int
     num_val: int
+    # Images of the selection split, held out of the training images (never trained on); front points
+    # are chosen on it. 0: no such split, points are chosen on the validation split itself.
+    num_selection: int = 0
+    # The validation split's name: "test" or "val" for a train/ + test/ (or val/) tree, "val" for a
+    # seeded hold-out of a tree without one.
+    val_split: str = "val"
     # The evaluation resize (pareco_runtime.preprocess.Preprocess.to_dict); None: the whole image is
     # resized to the input size, as small images are when decoded.
     preprocess: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """How images are held out of training: ``val_fraction`` as validation where the tree has no
+    validation split, then ``select_fraction`` of the remaining training images for choosing front
+    points (0: none, points are chosen on the validation split); both seeded and stratified by ``seed``."""
+
+    val_fraction: float = 0.2
+    select_fraction: float = 0.1
+    seed: int = 0
 
 
 class Data(ABC):
@@ -63,6 +80,11 @@ class Data(ABC):
     @abstractmethod
     def val_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield every validation image once, in a fixed order, without augmentation."""
+
+    @abstractmethod
+    def selection_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield every selection image once, in a fixed order, without augmentation; the validation
+        images when the data has no selection split (``info.num_selection == 0``)."""
 
     @abstractmethod
     def calib_batches(self, batch_size: int, num_batches: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:

@@ -17,7 +17,7 @@ from torch import Tensor
 from pareco_runtime.atomic import atomic_path, remove_stale_temporaries
 from pareco_runtime.untrusted import parse_json
 
-CACHE_FORMAT = "pareco-data/1"
+CACHE_FORMAT = "pareco-data/2"  # 2: the validation split's name (val_split), not a presplit flag
 
 
 def _cache_dir(cache_dir: str | None) -> Path:
@@ -40,7 +40,7 @@ class _Decoded:
     labels: Tensor
     is_val: Tensor
     class_names: list[str]
-    presplit: bool
+    val_split: str | None
 
 
 def _read_cache(file: Path) -> _Decoded | None:
@@ -57,7 +57,7 @@ def _read_cache(file: Path) -> _Decoded | None:
             labels=tensors["labels"],
             is_val=tensors["is_val"].bool(),
             class_names=parse_json(meta["class_names"], file, "data cache", "it is decoded again"),
-            presplit=meta["presplit"] == "1",
+            val_split=meta["val_split"] or None,
         )
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         warnings.warn(f"{file}: unreadable data cache ({exc}); decoding the images again", stacklevel=3)
@@ -73,7 +73,7 @@ def _write_cache(file: Path, decoded: _Decoded) -> None:
     meta = {
         "format": CACHE_FORMAT,
         "class_names": json.dumps(decoded.class_names),
-        "presplit": "1" if decoded.presplit else "0",
+        "val_split": decoded.val_split or "",
     }
     try:
         remove_stale_temporaries(file.parent)  # a decode killed mid-write leaves a file of its size

@@ -46,7 +46,7 @@ class _Tree:
 
     class_names: list[str]
     samples: list[tuple[str, int, bool]]
-    presplit: bool
+    val_split: str | None  # "val" or "test" for a train/ + val/ (or test/) tree; None without one
     ignored: list[str]
 
 
@@ -80,7 +80,6 @@ def _build_tree(listing: _Listing, where: str) -> _Tree:
         roots = {("train",): False}
     else:
         roots = {(): False}
-    presplit = len(roots) == 2
     counts: dict[tuple[tuple[str, ...], str], int] = {}
     for d in dir_parts:
         for root in roots:
@@ -125,7 +124,8 @@ def _build_tree(listing: _Listing, where: str) -> _Tree:
                 "rename or remove it"
             )
     samples = sorted((path, label[cls], is_val) for path, _, cls, is_val in members)
-    return _Tree(class_names=class_names, samples=samples, presplit=presplit, ignored=sorted(ignored))
+    val_split = val_name if len(roots) == 2 else None
+    return _Tree(class_names=class_names, samples=samples, val_split=val_split, ignored=sorted(ignored))
 
 
 def _warn_ignored(where: str, tree: _Tree) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from pareco_runtime.fileformat import sha256_file
 
-from .base import Data, DataError
+from .base import Data, DataError, Holdout
 from .builtin import _digits, _synthetic
 from .cache import _cache_dir, _Decoded, _read_cache, _sha256_listing, _write_cache
 from .decode import _decode_many, _first_image_size
@@ -57,32 +57,38 @@ def _assemble(where: str, tree: _Tree, arrays: dict[str, np.ndarray | None]) -> 
         labels=labels,
         is_val=torch.tensor([v for _, _, v in kept], dtype=torch.bool),
         class_names=tree.class_names,
-        presplit=tree.presplit,
+        val_split=tree.val_split,
     )
 
 
-def _from_decoded(
-    name: str, decoded: _Decoded, val_fraction: float, seed: int, device: torch.device
-) -> TensorData:
-    if not decoded.presplit:
-        return _tensor_data(
-            name, decoded.images, decoded.labels, decoded.class_names, val_fraction, seed, device
-        )
+def _from_decoded(name: str, decoded: _Decoded, split: Holdout, device: torch.device) -> TensorData:
+    if decoded.val_split is None:
+        return _tensor_data(name, (decoded.images, decoded.labels), None, decoded.class_names, split, device)
     train, val = ~decoded.is_val, decoded.is_val
-    return TensorData(
+    return _tensor_data(
         name,
         (decoded.images[train], decoded.labels[train]),
         (decoded.images[val], decoded.labels[val]),
         decoded.class_names,
+        split,
         device,
+        decoded.val_split,
     )
+
+
+def _hold_out(
+    samples: list[tuple[str, int]], num_classes: int, fraction: float, seed: int, purpose: str
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(kept, held out): a seeded stratified ``fraction`` of ``(path, label)`` samples held out."""
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    kept, held = _split(labels, num_classes, fraction, seed, purpose)
+    return [samples[i] for i in kept.tolist()], [samples[i] for i in held.tolist()]
 
 
 def _load_directory(
     root: Path,
     image_size: int | None,
-    seed: int,
-    val_fraction: float,
+    split: Holdout,
     cache: Path,
     device: torch.device,
     mode: str,
@@ -99,11 +105,20 @@ def _load_directory(
         _warn_ignored(where, tree)
         train = [(str(root / p), label) for p, label, is_val in tree.samples if not is_val]
         val = [(str(root / p), label) for p, label, is_val in tree.samples if is_val]
-        if not tree.presplit:
-            labels = torch.tensor([label for _, label in train], dtype=torch.int64)
-            train_idx, val_idx = _split(labels, len(tree.class_names), val_fraction, seed)
-            train, val = [train[i] for i in train_idx.tolist()], [train[i] for i in val_idx.tolist()]
-        return StreamData(name, train, val, tree.class_names, image_size or _DEFAULT_STREAM_SIZE, device)
+        num_classes = len(tree.class_names)
+        if tree.val_split is None:
+            train, val = _hold_out(train, num_classes, split.val_fraction, split.seed, "split")
+        selection = None
+        if split.select_fraction > 0:
+            train, selection = _hold_out(train, num_classes, split.select_fraction, split.seed, "selection")
+        return StreamData(
+            name,
+            (train, val, selection),
+            tree.class_names,
+            image_size or _DEFAULT_STREAM_SIZE,
+            device,
+            val_split=tree.val_split or "val",
+        )
     size = image_size or min(first)
     file = cache / f"{_sha256_listing(root, [p for p, _, _ in tree.samples])}-{size}.safetensors"
     decoded = _read_cache(file)
@@ -112,14 +127,13 @@ def _load_directory(
         arrays = _decode_many(((p, str(root / p)) for p, _, _ in tree.samples), size)
         decoded = _assemble(where, tree, arrays)
         _write_cache(file, decoded)
-    return _from_decoded(name, decoded, val_fraction, seed, device)
+    return _from_decoded(name, decoded, split, device)
 
 
 def _load_archive(
     path: Path,
     image_size: int | None,
-    seed: int,
-    val_fraction: float,
+    split: Holdout,
     cache: Path,
     device: torch.device,
     mode: str,
@@ -151,7 +165,7 @@ def _load_archive(
         raise DataError(
             f"{where}: cannot read the archive ({type(exc).__name__}: {exc}); re-download or re-create it"
         ) from exc
-    return _from_decoded(_dataset_name(path), decoded, val_fraction, seed, device)
+    return _from_decoded(_dataset_name(path), decoded, split, device)
 
 
 def load_data(
@@ -159,6 +173,7 @@ def load_data(
     image_size: int | None = None,
     seed: int = 0,
     val_fraction: float = 0.2,
+    select_fraction: float = 0.1,
     cache_dir: str | None = None,
     device: str | torch.device | None = None,
     mode: str = "auto",
@@ -168,7 +183,9 @@ def load_data(
     ``spec`` is ``"digits"`` (scikit-learn's bundled 8x8 digits, no download), ``"synthetic"`` /
     ``"synthetic:N:C"`` (seeded random data for tests), or a directory / ``.tar``, ``.tar.gz``, ``.tgz``
     archive holding an ImageFolder tree (``train/<class>/*`` + ``val/`` or ``test/``, or bare ``<class>/*``,
-    in which case a seeded stratified ``val_fraction`` is held out). ``mode="auto"`` decodes small images
+    in which case a seeded stratified ``val_fraction`` is held out as validation); then a seeded stratified
+    ``select_fraction`` of the training images is held out, never trained on, to choose front points on
+    (``Data.selection_batches``; 0: choose on the validation split). ``mode="auto"`` decodes small images
     (longer side <= 64 px, judged from the first image) into memory, cached in ``cache_dir`` (default
     ``$PARECO_CACHE`` or ``~/.cache/pareco``), and streams larger ones from a directory; ``"memory"`` and
     ``"stream"`` force one. ``image_size`` defaults to 32 for digits/synthetic, the first image's shorter side
@@ -178,6 +195,9 @@ def load_data(
         raise DataError(f"mode '{mode}' is not one of {', '.join(_MODES)}")
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not 0 <= select_fraction < 1:
+        raise DataError(f"select_fraction must be in [0, 1), got {select_fraction}")
+    split = Holdout(val_fraction, select_fraction, seed)
     if image_size is not None and image_size < 1:
         raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
     dev = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
@@ -185,12 +205,12 @@ def load_data(
         if mode == "stream":
             raise DataError(f"'{spec}' is held in memory and cannot be streamed; use mode='auto' or 'memory'")
         if spec == "digits":
-            return _digits(image_size or _DEFAULT_SIZE, val_fraction, seed, dev)
-        return _synthetic(spec, image_size or _DEFAULT_SIZE, val_fraction, seed, dev)
+            return _digits(image_size or _DEFAULT_SIZE, split, dev)
+        return _synthetic(spec, image_size or _DEFAULT_SIZE, split, dev)
     path = Path(spec).expanduser()
     cache = _cache_dir(cache_dir)
     if path.is_dir():
-        return _load_directory(path, image_size, seed, val_fraction, cache, dev, mode)
+        return _load_directory(path, image_size, split, cache, dev, mode)
     if not path.exists():
         raise DataError(
             f"{spec}: no such file or directory; pass an ImageFolder directory, a .tar/.tar.gz/.tgz archive "
@@ -198,4 +218,4 @@ def load_data(
         )
     if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise DataError(f"{spec}: not a directory or a .tar/.tar.gz/.tgz archive; pass an ImageFolder tree")
-    return _load_archive(path, image_size, seed, val_fraction, cache, dev, mode)
+    return _load_archive(path, image_size, split, cache, dev, mode)

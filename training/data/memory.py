@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Data, DataInfo
+from .base import Data, DataInfo, Holdout
 from .order import _calib_indices, _epoch_indices, _generator, _split
 
 CROP_PADDING = 4
@@ -52,10 +52,16 @@ class TensorData(Data):
         val: tuple[Tensor, Tensor],
         class_names: list[str],
         device: torch.device,
+        selection: tuple[Tensor, Tensor] | None = None,
+        val_split: str = "val",
     ) -> None:
-        """Build from uint8 ``(N, 3, H, W)`` images and int64 labels; mean/std come from the training set."""
+        """Build from uint8 ``(N, 3, H, W)`` images and int64 labels; mean/std come from the training set.
+
+        ``selection``: images held out of training to choose front points on (None: choose on ``val``).
+        """
         train_x, train_y = train
         val_x, val_y = val
+        sel_x, sel_y = selection if selection is not None else val
         mean, std = _channel_stats(train_x)
         self.device = device
         self.info = DataInfo(
@@ -66,11 +72,15 @@ class TensorData(Data):
             class_names=list(class_names),
             num_train=int(train_x.shape[0]),
             num_val=int(val_x.shape[0]),
+            num_selection=0 if selection is None else int(sel_x.shape[0]),
+            val_split=val_split,
         )
         self._train_x = train_x.to(device)
         self._train_y = train_y.to(device=device, dtype=torch.int64)
         self._val_x = val_x.to(device)
         self._val_y = val_y.to(device=device, dtype=torch.int64)
+        self._sel_x = sel_x.to(device)
+        self._sel_y = sel_y.to(device=device, dtype=torch.int64)
         self._scale = (torch.tensor(std, device=device) * 255).view(1, -1, 1, 1)
         self._shift = (torch.tensor(mean, device=device) * 255).view(1, -1, 1, 1)
 
@@ -101,11 +111,18 @@ class TensorData(Data):
                 x = _crop_flip(x, offsets[step], flips[step], CROP_PADDING)
             yield self._normalise(x), self._train_y[sel]
 
+    def _in_order(self, x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(0, x.shape[0], batch_size):
+            stop = start + batch_size
+            yield self._normalise(x[start:stop]), y[start:stop]
+
     def val_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield all validation images in stored order; the last batch may be short."""
-        for start in range(0, self.info.num_val, batch_size):
-            stop = start + batch_size
-            yield self._normalise(self._val_x[start:stop]), self._val_y[start:stop]
+        return self._in_order(self._val_x, self._val_y, batch_size)
+
+    def selection_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield all selection images (the validation images without a selection split) in stored order."""
+        return self._in_order(self._sel_x, self._sel_y, batch_size)
 
     def calib_batches(self, batch_size: int, num_batches: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield seeded batches of un-augmented training images."""
@@ -116,15 +133,26 @@ class TensorData(Data):
 
 def _tensor_data(
     name: str,
-    images: Tensor,
-    labels: Tensor,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor] | None,
     class_names: list[str],
-    val_fraction: float,
-    seed: int,
+    split: Holdout,
     device: torch.device,
+    val_split: str = "val",
 ) -> TensorData:
-    """Hold out a seeded stratified ``val_fraction`` of ``images`` and build in-memory data."""
-    train_idx, val_idx = _split(labels, len(class_names), val_fraction, seed)
-    return TensorData(
-        name, (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx]), class_names, device
-    )
+    """In-memory data from training images and, when the tree has one, a validation split.
+
+    ``val_split`` names ``val``. Without ``val``, a seeded stratified ``split.val_fraction`` of the training images is held out as
+    validation; then a ``split.select_fraction`` of the remaining training images is held out for selection.
+    """
+    images, labels = train
+    if val is None:
+        train_idx, val_idx = _split(labels, len(class_names), split.val_fraction, split.seed)
+        val = images[val_idx], labels[val_idx]
+        images, labels = images[train_idx], labels[train_idx]
+    selection = None
+    if split.select_fraction > 0:
+        train_idx, sel_idx = _split(labels, len(class_names), split.select_fraction, split.seed, "selection")
+        selection = images[sel_idx], labels[sel_idx]
+        images, labels = images[train_idx], labels[train_idx]
+    return TensorData(name, (images, labels), val, class_names, device, selection, val_split)

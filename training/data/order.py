@@ -1,4 +1,4 @@
-"""Seeded orders: each epoch's batches, calibration batches and the hold-out split.
+"""Seeded orders: each epoch's batches, calibration batches and the hold-out splits.
 
 Each is a pure function of its seeds (never the global RNG), so a resumed run repeats them bit for bit.
 """
@@ -37,11 +37,14 @@ def _calib_indices(num: int, batch_size: int, num_batches: int, seed: int) -> li
     return list(perm.split(batch_size))
 
 
-def _split(labels: Tensor, num_classes: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+def _split(
+    labels: Tensor, num_classes: int, val_fraction: float, seed: int, purpose: str = "split"
+) -> tuple[Tensor, Tensor]:
     """Seeded stratified hold-out: ``(train_idx, val_idx)``, sorted, disjoint and covering.
 
     Each class contributes its share of ``round(n * val_fraction)`` validation images (largest remainders get
-    the rounding), and always keeps at least one training image.
+    the rounding), and always keeps at least one training image. ``purpose`` keys the permutation, so the
+    validation split and the selection split carved out of the training images are drawn independently.
     """
     n = labels.numel()
     counts = torch.bincount(labels, minlength=num_classes)
@@ -52,7 +55,7 @@ def _split(labels: Tensor, num_classes: int, val_fraction: float, seed: int) -> 
         order = torch.sort(ideal - take, descending=True, stable=True).indices
         take[order[:remainder]] += 1
     take = torch.minimum(take, (counts - 1).clamp(min=0))
-    perm = torch.randperm(n, generator=_generator("split", seed))
+    perm = torch.randperm(n, generator=_generator(purpose, seed))
     shuffled = labels[perm]
     is_val = torch.zeros(n, dtype=torch.bool)
     for c in range(num_classes):

@@ -51,14 +51,18 @@ class StreamData(Data):
     def __init__(
         self,
         name: str,
-        train: list[tuple[str, int]],
-        val: list[tuple[str, int]],
+        splits: tuple[list[tuple[str, int]], list[tuple[str, int]], list[tuple[str, int]] | None],
         class_names: list[str],
         image_size: int,
         device: torch.device,
         num_workers: int | None = None,
+        val_split: str = "val",
     ) -> None:
-        """Build from ``(path, label)`` lists; ``num_workers`` defaults to min(8, CPU count)."""
+        """Build from ``(path, label)`` lists: (train, val, selection; None: choose points on val).
+
+        ``val_split`` names the validation list; ``num_workers`` defaults to min(8, CPU count).
+        """
+        train, val, selection = splits
         from torchvision.transforms import v2
 
         self.device = device
@@ -71,6 +75,8 @@ class StreamData(Data):
             class_names=list(class_names),
             num_train=len(train),
             num_val=len(val),
+            num_selection=0 if selection is None else len(selection),
+            val_split=val_split,
             preprocess=Preprocess(
                 (image_size, image_size), IMAGENET_MEAN, IMAGENET_STD, "shorter_side", int(image_size / 0.875)
             ).to_dict(),
@@ -96,6 +102,7 @@ class StreamData(Data):
         self._train_aug = _StreamDataset(train, augment, image_size)
         self._train_plain = _StreamDataset(train, plain, image_size)
         self._val = _StreamDataset(val, plain, image_size)
+        self._selection = self._val if selection is None else _StreamDataset(selection, plain, image_size)
 
     def _load(
         self, dataset: _StreamDataset, batches: Iterable[list[tuple[int, int]]]
@@ -126,12 +133,19 @@ class StreamData(Data):
         ]
         return self._load(self._train_aug if augment else self._train_plain, batches)
 
+    def _in_order(self, dataset: _StreamDataset, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(dataset)
+        return self._load(
+            dataset, ([(i, 0) for i in range(s, min(s + batch_size, n))] for s in range(0, n, batch_size))
+        )
+
     def val_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield all validation images (resize + centre crop) in fixed order; the last batch may be short."""
-        n = self.info.num_val
-        return self._load(
-            self._val, ([(i, 0) for i in range(s, min(s + batch_size, n))] for s in range(0, n, batch_size))
-        )
+        return self._in_order(self._val, batch_size)
+
+    def selection_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield all selection images (the validation images without a selection split) in fixed order."""
+        return self._in_order(self._selection, batch_size)
 
     def calib_batches(self, batch_size: int, num_batches: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield seeded batches of training images with the validation transform."""
