@@ -51,10 +51,12 @@ from pareco_runtime.atomic import atomic_write_text
 from pareco_runtime.filelock import locked
 from pareco_runtime.front import DeviceProfile, FrontPoint
 from pareco_runtime.front_file import Front, utc_timestamp
+from pareco_runtime.model_check import build_front_model
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.ops import SLIM_TYPES
 from pareco_runtime.slicing import slice_model
 from pareco_runtime.space import WidthSpace
+from pareco_runtime.untrusted import FormatError, read_json
 
 LUT_FORMAT = 1
 LUT_BACKENDS = ("torch", "cuda")
@@ -155,14 +157,15 @@ class LatencyLUT:
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyLUT:
-        """Read a table written by :meth:`save` (BenchError if it is not one)."""
+        """Read a table written by :meth:`save` (BenchError if it is not one: also a FIFO, a device, a file
+        over 64 MiB or JSON nested too deep, as :func:`~pareco_runtime.untrusted.read_json` refuses them)."""
+        todo = "rebuild it with `pareco bench MANIFEST --build-lut`"
         try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise BenchError(
-                f"{path}: not a readable latency table ({exc}); rebuild it with "
-                "`pareco bench MANIFEST --build-lut`"
-            ) from None
+            return cls.from_dict(read_json(path, "latency table", todo))
+        except FormatError as exc:
+            raise BenchError(f"{path}: not a readable latency table ({exc.what}); {todo}") from None
+        except (KeyError, TypeError) as exc:
+            raise BenchError(f"{path}: not a readable latency table ({exc}); {todo}") from None
 
 
 def lut_path(manifest_path: str | Path, profile: str) -> Path:
@@ -178,7 +181,9 @@ def fitting_lut(
     """The table saved beside the manifest for ``profile`` if it was built for the same backend, threads and
     batch (only then does it predict that profile's latencies), else None."""
     path = lut_path(manifest_path, profile)
-    if not path.exists():
+    if not (
+        path.exists() or path.is_symlink()
+    ):  # a link loop is not "no table": LatencyLUT.load says what it is
         return None
     lut = LatencyLUT.load(path)
     return lut if (lut.backend, lut.threads, lut.batch) == (backend, threads, batch) else None
@@ -502,7 +507,8 @@ def build_front_lut(
     update: bool = False,
     on_stage: Callable[[str], None] | None = None,
 ) -> FrontTable:
-    """Build the latency table of ``front``'s architecture (:func:`build_lut`) and save it as
+    """Build the latency table of ``front``'s architecture (built once it fits the front's weight file:
+    :func:`~pareco_runtime.model_check.build_front_model`; timed by :func:`build_lut`) and save it as
     ``NAME.lut.<profile>.json`` beside the manifest.
 
     ``profile``: the device profile name (default ``<host>-<backend>-t<threads>-b<batch>``). With
@@ -513,7 +519,7 @@ def build_front_lut(
         raise BenchError("the front has no manifest file to save the table beside; save it first")
     name = device_profile(backend, threads, batch, profile).name
     lut = build_lut(
-        front.architecture.build(),
+        build_front_model(front),
         profile=name,
         backend=backend,
         threads=threads,

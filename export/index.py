@@ -20,6 +20,7 @@ from typing import Any
 
 from pareco_runtime.atomic import atomic_write_text
 from pareco_runtime.filelock import locked
+from pareco_runtime.untrusted import FormatError, read_json
 
 from .formats import ExportError
 
@@ -27,14 +28,17 @@ INDEX_NAME = "export.json"
 
 
 def read_index(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of ``directory/export.json`` ([] when there is none); ExportError if it is not one."""
+    """The records of ``directory/export.json`` ([] when there is none); ExportError if it is not one (also
+    a FIFO, a device, a file over 64 MiB or JSON nested too deep: :func:`~pareco_runtime.untrusted.read_json`)."""
     path = Path(directory) / INDEX_NAME
-    if not path.exists():
+    if not os.path.lexists(path):
         return []
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{path}: not a valid export record ({exc}); move it away or delete it") from None
+        data = read_json(path, "export record", "move it away or delete it")
+    except FormatError as exc:
+        raise ExportError(
+            f"{path}: not a valid export record ({exc.what}); move it away or delete it"
+        ) from None
     if not isinstance(data, list) or not all(
         isinstance(e, dict) and {"point", "format", "file"} <= set(e) for e in data
     ):

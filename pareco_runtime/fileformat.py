@@ -25,10 +25,11 @@ import json
 import os
 import re
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -37,6 +38,8 @@ from safetensors.torch import safe_open, save_file
 from . import schema_check
 from .atomic import atomic_write_text, atomic_write_with
 from .space import _TOL as _ALPHA_TOL
+from .untrusted import FormatError, parse_json, read_json, regular_file
+from .untrusted import format_error as _error
 
 FORMAT_VERSION = 1
 
@@ -49,17 +52,15 @@ _META_VERSION = "pareco_format"
 _META_JSON = "pareco_metadata"
 # safetensors refuses headers above 100 MB; anything larger is not a weight file.
 _MAX_HEADER_BYTES = 100_000_000
+# Sizes a manifest may ask for. A model, its example inputs and its exports are built from these
+# before any weight is read, so a stranger's manifest must not name gigabytes. ImageNet classifiers
+# take 224-600 px and their widest layers have 2,048-4,096 channels; the limits leave room for any
+# classifier while one float32 input image stays within 64 MiB (2**24 values).
+MAX_CHANNELS = 1 << 16
+MAX_INPUT_SIDE = 4096
+MAX_INPUT_VALUES = 1 << 24
 _PER_PROFILE_FIELDS = ("latency_ms", "energy_mj", "latency_predicted_ms")
 _REEXPORT = "fix the manifest or re-export it"
-
-
-class FormatError(ValueError):
-    """A file pareco cannot use; the message is one line: ``'<file>: <what is wrong>; <what to do>'``."""
-
-
-def _error(file: str | os.PathLike[str], what: str, todo: str) -> FormatError:
-    message = f"{file}: {what}; {todo}"
-    return FormatError(message.replace("\r", " ").replace("\n", " "))
 
 
 def first_line(exc: BaseException) -> str:
@@ -184,38 +185,125 @@ def _standalone_tensors(target: Path, tensors: dict[str, Any]) -> dict[str, torc
 def load_weights(path: str | os.PathLike[str]) -> WeightFile:
     """Read a pareco weight file; never unpickles anything.
 
-    Checks, each failing with a :class:`FormatError` that says what to do: the file exists and is
-    not empty; it is not a pickle or zip (``torch.save``) file; its header length is sane and fits
-    the file; safetensors can parse it (corrupt or truncated files are reported, not crashed on);
-    it carries pareco metadata; its format is not newer than :data:`FORMAT_VERSION`; the BN
-    statistics keys are complete. Tensors are returned on the CPU.
+    First :func:`read_weight_header` (every check that needs no tensor data: file type, not a
+    pickle or zip, a sane header, pareco metadata, format version, complete BN statistics keys,
+    dtypes pareco reads), then the tensors, on the CPU. Failures are :class:`FormatError`\\ s that
+    say what to do.
+    """
+    header = read_weight_header(path)
+    try:
+        with safe_open(str(header.path), framework="pt", device="cpu") as fh:
+            names = fh.keys()  # a list: safe_open objects are not iterable
+            tensors = {key: fh.get_tensor(key) for key in names}
+    except SafetensorError as exc:
+        raise _corrupt(header.path, exc) from None
+    state, bn_stats = _split_bn_stats(header.path, tensors)
+    return WeightFile(state=state, bn_stats=bn_stats, metadata=header.metadata, path=header.path)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor as a safetensors header describes it, before any of its data is read."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+@dataclass
+class WeightHeader:
+    """What a weight file holds, from its header alone: :class:`TensorInfo` of each ``state`` tensor and
+    of each point's BN statistics (``bn_stats[point][module] = (mean, var)``), the ``metadata`` and the
+    ``path``. Building a model from a manifest is checked against it before any memory is spent."""
+
+    state: dict[str, TensorInfo]
+    bn_stats: dict[str, dict[str, tuple[TensorInfo, TensorInfo]]]
+    metadata: dict[str, Any]
+    path: Path
+
+    @property
+    def tensor_count(self) -> int:
+        """How many tensors the file holds."""
+        return len(self.state) + 2 * sum(len(modules) for modules in self.bn_stats.values())
+
+
+# The dtypes a weight file may hold: those a model's parameters and buffers have (num_batches_tracked
+# is int64); the others safetensors knows (float8 variants, unsigned ints, complex) no model here has.
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_weight_header(path: str | os.PathLike[str]) -> WeightHeader:
+    """The :class:`WeightHeader` of a pareco weight file; no tensor data is read.
+
+    Checks, each failing with a :class:`FormatError` that says what to do: the path is a regular
+    file (:func:`~pareco_runtime.untrusted.regular_file`: not missing, a folder, a FIFO, a device
+    or a link loop) and not empty; it is not a pickle or zip (``torch.save``) file; its header
+    length is sane and fits the file; safetensors can parse the header (corrupt or truncated files
+    are reported, not crashed on); it carries pareco metadata (JSON, bounded as
+    :func:`~pareco_runtime.untrusted.parse_json` bounds it); its format is not newer than
+    :data:`FORMAT_VERSION`; the BN statistics keys are complete; every dtype is one a model has.
     """
     source = Path(path)
     _check_safetensors_header(source)
     try:
         with safe_open(str(source), framework="pt", device="cpu") as fh:
-            file_metadata = fh.metadata() or {}
-            metadata = _parse_weight_metadata(source, file_metadata)
+            metadata = _parse_weight_metadata(source, fh.metadata() or {})
             names = fh.keys()  # a list: safe_open objects are not iterable
-            tensors = {key: fh.get_tensor(key) for key in names}
+            infos = {key: _tensor_info(source, key, fh.get_slice(key)) for key in names}
     except SafetensorError as exc:
+        raise _corrupt(source, exc) from None
+    state, bn_stats = _split_bn_stats(source, infos)
+    return WeightHeader(state=state, bn_stats=bn_stats, metadata=metadata, path=source)
+
+
+def _corrupt(source: Path, exc: SafetensorError) -> FormatError:
+    return _error(
+        source,
+        f"corrupt or truncated safetensors file ({exc})",
+        "re-export the weights or copy the file again",
+    )
+
+
+def _tensor_info(source: Path, key: str, tensor_slice: Any) -> TensorInfo:
+    name = tensor_slice.get_dtype()
+    if name not in _DTYPES:
         raise _error(
             source,
-            f"corrupt or truncated safetensors file ({exc})",
-            "re-export the weights or copy the file again",
-        ) from None
-    state: dict[str, torch.Tensor] = {}
-    pairs: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
-    for key, tensor in tensors.items():
+            f"tensor '{key}' has dtype {name}, which no pareco model holds",
+            "re-export the weights from the trained model",
+        )
+    return TensorInfo(_DTYPES[name], tuple(int(n) for n in tensor_slice.get_shape()))
+
+
+_Item = TypeVar("_Item")
+
+
+def _split_bn_stats(
+    source: Path, items: Mapping[str, _Item]
+) -> tuple[dict[str, _Item], dict[str, dict[str, tuple[_Item, _Item]]]]:
+    """``items`` by key (tensors or their infos) as the state and ``{point: {module: (mean, var)}}``."""
+    state: dict[str, _Item] = {}
+    pairs: dict[str, dict[str, dict[str, _Item]]] = {}
+    for key, item in items.items():
         if not key.startswith(_BN_PREFIX):
-            state[key] = tensor
+            state[key] = item
             continue
         point_id, _, name = key[len(_BN_PREFIX) :].rpartition("/")
         module, _, stat = name.rpartition(".")
         if not point_id or not module or stat not in _BN_STATS:
             raise _error(source, f"malformed BN statistics key '{key}'", "re-export the weights")
-        pairs.setdefault(point_id, {}).setdefault(module, {})[stat] = tensor
-    bn_stats: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        pairs.setdefault(point_id, {}).setdefault(module, {})[stat] = item
+    bn_stats: dict[str, dict[str, tuple[_Item, _Item]]] = {}
     for point_id, modules in pairs.items():
         bn_stats[point_id] = {}
         for module, stats in modules.items():
@@ -227,22 +315,19 @@ def load_weights(path: str | os.PathLike[str]) -> WeightFile:
                     "re-export the weights",
                 )
             bn_stats[point_id][module] = (stats["running_mean"], stats["running_var"])
-    return WeightFile(state=state, bn_stats=bn_stats, metadata=metadata, path=source)
+    return state, bn_stats
 
 
 def _check_safetensors_header(source: Path) -> None:
-    """Reject, before safetensors sees it, a file that is missing, empty, a pickle or has an absurd header.
+    """Reject, before safetensors sees it, a file that is not a regular file, is empty, a pickle or has an
+    absurd header.
 
     A safetensors file starts with an 8-byte little-endian header length followed by a JSON
     object; only a file that does not look like that is sniffed for other formats, since a header
     length can begin with any byte.
     """
-    if not source.exists():
-        raise _error(source, "no such weight file", "check the path")
-    if source.is_dir():
-        raise _error(source, "is a folder, not a weight file", "pass the .safetensors file")
+    size = regular_file(source, "weight file", "check the path").st_size
     try:
-        size = source.stat().st_size
         with open(source, "rb") as fh:
             head = fh.read(9)
     except OSError as exc:
@@ -306,10 +391,11 @@ def _parse_weight_metadata(source: Path, file_metadata: dict[str, str]) -> dict[
         raise _error(
             source, f"written by a newer pareco (format {version} > {FORMAT_VERSION})", "upgrade pareco"
         )
+    text = file_metadata.get(_META_JSON)
     try:
-        metadata = json.loads(file_metadata.get(_META_JSON, ""))
-    except json.JSONDecodeError:
-        metadata = None
+        metadata = None if text is None else parse_json(text, source, "metadata", "re-export the weights")
+    except FormatError as exc:
+        raise _error(source, f"corrupt pareco metadata ({exc.what})", "re-export the weights") from None
     if not isinstance(metadata, dict):
         raise _error(
             source,
@@ -353,10 +439,27 @@ def check_manifest_consistency(manifest: dict[str, Any], source: str | os.PathLi
     channels have one value per width dimension, alpha within [low, high] (tolerance 1e-6) and
     channels at most the full width; every profile a point's latency_ms / energy_mj /
     latency_predicted_ms names is listed in device_profiles.
-    ``source`` (the file name) starts the message.
+    ``source`` (the file name) starts the message. Sizes are bounded first: width_space.full at most
+    :data:`MAX_CHANNELS` each, dataset.input_size and preprocess within :func:`check_input_size`.
     """
     space = manifest["width_space"]
     names, full, low, high = space["names"], space["full"], space["low"], space["high"]
+    for i, c in enumerate(full):
+        if c > MAX_CHANNELS:
+            raise _error(
+                source,
+                f"width_space.full[{i}] = {c} exceeds the {MAX_CHANNELS} channels pareco allows a layer",
+                _REEXPORT,
+            )
+    check_input_size(manifest["dataset"]["input_size"], "dataset.input_size", source)
+    preprocess = manifest["dataset"].get("preprocess") or {}
+    for side in [preprocess.get("resize") or 1, *preprocess.get("size", [])]:
+        if side > MAX_INPUT_SIDE:
+            raise _error(
+                source,
+                f"dataset.preprocess resizes to {side} px, more than the {MAX_INPUT_SIDE} px pareco allows",
+                _REEXPORT,
+            )
     if len(full) != len(names):
         raise _error(
             source,
@@ -391,6 +494,21 @@ def check_manifest_consistency(manifest: dict[str, Any], source: str | os.PathLi
     ids: set[str] = set()
     for point in manifest["points"]:
         _check_point(point, names, full, low, high, profiles, ids, source)
+
+
+def check_input_size(size: Sequence[int], where: str, source: str | os.PathLike[str]) -> None:
+    """Raise :class:`FormatError` unless an input size ``[C, H, W]`` has each side at most
+    :data:`MAX_INPUT_SIDE` and at most :data:`MAX_INPUT_VALUES` values (``where`` names the field)."""
+    values = 1
+    for n in size:
+        values *= n
+    if max(size[1:], default=0) > MAX_INPUT_SIDE or values > MAX_INPUT_VALUES:
+        raise _error(
+            source,
+            f"{where} {list(size)} exceeds pareco's input limits ({MAX_INPUT_SIDE} px a side, "
+            f"{MAX_INPUT_VALUES} values an image)",
+            "use the manifest pareco wrote for this model",
+        )
 
 
 def _check_point(
@@ -467,56 +585,21 @@ def save_manifest(path: str | os.PathLike[str], manifest: dict[str, Any]) -> Non
     atomic_write_text(target, text)
 
 
-class _BadJSON(ValueError):
-    """Raised by the JSON parser hooks; its message is the problem."""
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _BadJSON(f"duplicate key '{key}' in an object")
-        obj[key] = value
-    return obj
-
-
-def _no_constants(name: str) -> Any:
-    raise _BadJSON(f"{name} is not a JSON value (use null)")
-
-
 def load_manifest(path: str | os.PathLike[str], verify_weights: bool = True) -> dict[str, Any]:
     """Read, check and return a front manifest (a dict); every failure is a :class:`FormatError`.
 
-    Checks in order: the file exists; it is JSON (with the line and column of a syntax error;
-    duplicate keys and NaN/Infinity refused); the top level is an object; ``format_version`` is not
+    Checks in order: the path is a regular file of at most
+    :data:`~pareco_runtime.untrusted.MAX_JSON_BYTES` (not missing, a folder, a FIFO, a device or a
+    link loop); it is JSON nested at most :data:`~pareco_runtime.untrusted.MAX_JSON_DEPTH` levels
+    (with the line and column of a syntax error; duplicate keys and NaN/Infinity refused); the top
+    level is an object; ``format_version`` is not
     newer than :data:`FORMAT_VERSION` (so a newer file asks for an upgrade, not a schema fix); the
     schema (the message names the field path); :func:`check_manifest_consistency`; the weight file
     lies inside the manifest's folder (see :func:`weights_path`); with ``verify_weights``, the
-    weight file exists and its SHA-256 equals ``weights.sha256``.
+    weight file is a regular file and its SHA-256 equals ``weights.sha256``.
     """
     source = Path(path)
-    if not source.is_file():
-        what = "is a folder, not a manifest" if source.is_dir() else "no such manifest file"
-        raise _error(source, what, "pass the .front.json file pareco wrote")
-    try:
-        text = source.read_bytes().decode("utf-8-sig")
-        manifest = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
-    except UnicodeDecodeError as exc:
-        raise _error(
-            source,
-            f"not a JSON manifest (not UTF-8 text at byte {exc.start})",
-            "pass the .front.json file, not the weight file",
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise _error(
-            source,
-            f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-            "fix the JSON or re-export the manifest",
-        ) from None
-    except _BadJSON as exc:
-        raise _error(
-            source, f"not valid manifest JSON ({exc})", "fix the JSON or re-export the manifest"
-        ) from None
+    manifest = read_json(source, "manifest file", "pass the .front.json file pareco wrote, or re-export it")
     if not isinstance(manifest, dict):
         kind = schema_check.json_type(manifest)
         raise _error(
@@ -537,8 +620,9 @@ def load_manifest(path: str | os.PathLike[str], verify_weights: bool = True) -> 
     check_manifest_consistency(manifest, source)
     weights = weights_path(source, manifest)
     if verify_weights:
-        if not weights.is_file():
+        if not os.path.lexists(weights):
             raise _error(source, f"weight file {weights} not found", "put it beside the manifest")
+        regular_file(weights, "weight file", "put the weight file pareco wrote beside the manifest")
         if sha256_file(weights) != manifest["weights"]["sha256"]:
             raise _error(weights, "weight file changed or corrupt (sha256 mismatch)", "re-export or re-train")
     return manifest

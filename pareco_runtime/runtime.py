@@ -15,7 +15,8 @@ from .budget import BatteryPolicy, Budget, as_budget, select
 from .fileformat import FormatError, first_line, load_weights
 from .front import DeviceProfile, FrontPoint
 from .front_file import Front
-from .models.base import BNStatsError, SlimmableNet
+from .model_check import build_front_model
+from .models.base import SlimmableNet
 from .preprocess import Preprocess
 from .slicing import slice_model
 from .sources import ModelFactory
@@ -101,72 +102,33 @@ class SlimmableRuntime:
     ) -> SlimmableRuntime:
         """Load a front manifest and its weight file.
 
-        Validates the manifest (schema, format version, weight path inside its folder), checks the
-        weight file's SHA-256, reads it with safetensors (no pickle), rebuilds the architecture and
+        Validates the manifest (schema, format version, sizes, weight path inside its folder), checks
+        the weight file's SHA-256, checks that the architecture fits the weight file's header before
+        building it (:func:`~pareco_runtime.model_check.build_front_model`: tensor names, shapes and
+        dtypes, each point's BN statistics), reads the weights with safetensors (no pickle) and
         preloads every point's BN statistics. Errors are ``ValueError`` subclasses naming the file.
         ``model``: the builder of an architecture that is the user's own code (a front trained with
         ``--arch pkg.module:factory``); the manifest's name for it is never imported.
         """
         path = Path(manifest_path)
         front = Front.load(path, verify_weights=verify_hash)
-        arch = front.architecture
-        try:
-            net = arch.build(factory=model)
-        except ValueError as exc:
-            raise FormatError(f"{path}: {exc}") from None
+        net = build_front_model(front, factory=model)
         wpath = front.weights_path
-        built, saved = net.space, front.width_space
-        if (tuple(built.names), tuple(built.full)) != (tuple(saved.names), tuple(saved.full)):
-            raise FormatError(
-                f"{path}: its width space does not match architecture '{arch.arch}'; the manifest "
-                "was edited or belongs to another model"
-            )
         wf = load_weights(wpath)
-        if wf.metadata.get("architecture") not in (None, arch.to_dict()):
-            raise FormatError(
-                f"{wpath}: weight file of another architecture ({wf.metadata['architecture']}) than "
-                f"its manifest ({arch.to_dict()}); use the weight file trained with this manifest"
-            )
         try:
+            # build_front_model checked the header; this fails only for a file replaced since.
             net.load_state_dict(wf.state, strict=True)
         except RuntimeError as exc:
-            first = first_line(exc)
             raise FormatError(
-                f"{wpath}: weights do not fit architecture '{arch.arch}' ({first}); use the "
-                "weight file trained with this manifest"
+                f"{wpath}: weights do not fit architecture '{front.architecture.arch}' ({first_line(exc)}); "
+                "use the weight file trained with this manifest"
             ) from None
-        stats: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        for p in front.points:
-            per_module = wf.bn_stats.get(p.id)
-            if per_module is None or set(per_module) != set(net.bn_names):
-                raise FormatError(
-                    f"{wpath}: BN statistics of point '{p.id}' are missing or incomplete; "
-                    "re-train or re-export the model"
-                )
-            channels = net.space.channels(p.alpha)
-            if channels != p.channels:
-                raise FormatError(
-                    f"{path}: point '{p.id}' lists channels {p.channels} but its widths give "
-                    f"{channels}; the manifest was edited"
-                )
-            stats[p.id] = [per_module[name] for name in net.bn_names]
         net.to(device)
-        for pid, pairs in stats.items():
-            stats[pid] = [(m.to(device), v.to(device)) for m, v in pairs]
-        rt = cls(net, front, stats, policy)
-        for pid, pairs in stats.items():
-            rt._check_stat_shapes(pid, pairs, wpath)
-        return rt
-
-    def _check_stat_shapes(
-        self, pid: str, pairs: list[tuple[torch.Tensor, torch.Tensor]], source: Path
-    ) -> None:
-        try:
-            self.model.check_bn_stats(pairs, self.point(pid).alpha)
-        except BNStatsError as exc:
-            raise FormatError(
-                f"{source}: BN statistics of point '{pid}': {exc.what}; re-train or re-export the model"
-            ) from None
+        stats = {
+            p.id: [(m.to(device), v.to(device)) for m, v in (wf.bn_stats[p.id][n] for n in net.bn_names)]
+            for p in front.points
+        }
+        return cls(net, front, stats, policy)
 
     @property
     def points(self) -> list[FrontPoint]:
@@ -208,6 +170,21 @@ class SlimmableRuntime:
             f"no point '{point_id}' in this front; its points are {', '.join(p.id for p in self.points)}"
         )
 
+    def own_point(self, point: FrontPoint) -> FrontPoint:
+        """This front's point that ``point`` is: itself when it is one of :attr:`points`, else the point
+        of its id if every field is equal (a copy). A point of another front, whose id this front
+        also uses but whose widths or figures differ, is refused with a ValueError, so that
+        :attr:`active` always describes the sub-network that runs."""
+        if any(p is point for p in self.points):
+            return point
+        own = self.point(point.id)
+        if own != point:
+            raise ValueError(
+                f"point '{point.id}' is not this front's: this front's point of that id has other "
+                f"widths or figures (alpha {own.alpha} vs {point.alpha}); pass one of rt.points or its id"
+            )
+        return own
+
     def select(
         self, budget: BudgetLike, fallback: str | None = None, allow_predicted: bool = False
     ) -> FrontPoint:
@@ -228,11 +205,14 @@ class SlimmableRuntime:
     def switch(
         self, target: BudgetLike | FrontPoint, fallback: str | None = None, allow_predicted: bool = False
     ) -> FrontPoint:
-        """Make the point chosen for ``target`` (a budget, or a FrontPoint of this front) active, in place."""
-        point = target if isinstance(target, FrontPoint) else self.select(target, fallback, allow_predicted)
-        if point.id not in self._stats:
-            raise ValueError(f"point '{point.id}' is not part of this front")
-        if point.id != self.active.id:
+        """Make the point chosen for ``target`` (a budget, or a FrontPoint of this front: see :meth:`own_point`)
+        active, in place; returns that point, this front's own object."""
+        point = (
+            self.own_point(target)
+            if isinstance(target, FrontPoint)
+            else self.select(target, fallback, allow_predicted)
+        )
+        if point is not self.active:
             with self._lock.write():
                 self._activate(point)
         return point
@@ -281,7 +261,7 @@ class SlimmableRuntime:
     def standalone(self, point: FrontPoint | str) -> nn.Module:
         """The point as a standalone model that needs only torch (:func:`slice_model`: a ``GraphModule`` of
         torch layers holding the sliced tensors and the point's BN statistics), in eval mode."""
-        p = self.point(point) if isinstance(point, str) else point
+        p = self.point(point) if isinstance(point, str) else self.own_point(point)
         with self._lock.write():
             return slice_model(self.model, p.alpha, bn_stats=self._stats[p.id]).eval()
 

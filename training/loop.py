@@ -26,6 +26,7 @@ from pareco_runtime.filelock import locked
 from pareco_runtime.front_file import MANIFEST_NAME
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.sources import is_converted, original_from_user
+from pareco_runtime.untrusted import FormatError, read_json
 
 from . import distributed, report
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -124,9 +125,9 @@ def _check_and_write_run(out: Path, cfg: TrainConfig, resume: bool, force: bool)
     current = dataclasses.asdict(cfg)
     if run_file.exists():
         try:
-            previous = json.loads(run_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            previous = None
+            previous = read_json(run_file, "run settings file", "move it away or pass --force")
+        except FormatError:
+            previous = None  # unreadable settings differ from any: --resume refuses, --force overwrites
         if resume:
             if previous != current:
                 diff = sorted(k for k in current if previous is None or previous.get(k) != current[k])

@@ -281,7 +281,8 @@ class SlimmableNet(nn.Module):
 
     def check_bn_stats(self, bn_stats: BNStats, alpha: Sequence[float] | None = None) -> None:
         """Raise :class:`BNStatsError` naming the first misfit unless ``bn_stats`` holds one pair per BN
-        layer, each tensor of shape ``(channels,)`` at config ``alpha`` (the active one when None)."""
+        layer, each tensor of shape ``(channels,)`` at config ``alpha`` (the active one when None) and of
+        the layer's own dtype (its running buffers'), which eval-mode batch norm requires."""
         v = self._slot_values(alpha)
         if len(bn_stats) != len(self._bn_layers):
             raise BNStatsError(f"{len(bn_stats)} (mean, var) pairs for {len(self._bn_layers)} BN layers")
@@ -290,6 +291,10 @@ class SlimmableNet(nn.Module):
             for tensor_name, t in zip(("running_mean", "running_var"), pair):
                 if tuple(t.shape) != (k,):
                     raise BNStatsError(f"{name}.{tensor_name} has shape {tuple(t.shape)}, expected ({k},)")
+                if t.dtype != bn.running_mean.dtype:
+                    raise BNStatsError(
+                        f"{name}.{tensor_name} has dtype {t.dtype}, expected {bn.running_mean.dtype}"
+                    )
 
     def current_bn_stats(self) -> BNStats:
         """Copies of the statistics eval mode uses at the active widths, as :meth:`config` takes them."""

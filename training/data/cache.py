@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from pareco_runtime.atomic import atomic_path, remove_stale_temporaries
+from pareco_runtime.untrusted import parse_json
 
 CACHE_FORMAT = "pareco-data/2"  # 2: the validation split's name (val_split), not a presplit flag
 
@@ -55,7 +56,7 @@ def _read_cache(file: Path) -> _Decoded | None:
             images=tensors["images"],
             labels=tensors["labels"],
             is_val=tensors["is_val"].bool(),
-            class_names=json.loads(meta["class_names"]),
+            class_names=parse_json(meta["class_names"], file, "data cache", "it is decoded again"),
             val_split=meta["val_split"] or None,
         )
     except (OSError, ValueError, KeyError, SafetensorError) as exc:

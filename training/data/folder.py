@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pareco_runtime.untrusted import FormatError, regular_file
+
 from .base import DataError
 
 IMAGE_EXTENSIONS = frozenset(
@@ -17,6 +19,9 @@ IMAGE_EXTENSIONS = frozenset(
 )
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _SPLIT_NAMES = ("train", "val", "test")
+MAX_IMAGE_BYTES = 256 << 20
+"""The largest image file an archive member may be: an uncompressed 8-bit RGB image of 9,000 x 9,000 px
+(243 MB) fits, PIL refuses to decode larger ones (its decompression-bomb limit is 179 megapixels)."""
 
 
 def _is_image(name: str) -> bool:
@@ -138,20 +143,51 @@ def _warn_ignored(where: str, tree: _Tree) -> None:
 
 
 def _walk(root: Path) -> _Listing:
-    """List a directory tree (following links, skipping hidden entries), sorted."""
+    """List a directory tree (following links, skipping hidden entries), sorted.
+
+    DataError for an image that is not a regular file (a FIFO or a device would block its decoder
+    for ever) and for a link to a folder that leads back to one above it (the walk would not end).
+    """
     listing = _Listing()
+    # Per folder still to walk, the (device, inode) of it and of every folder above it.
+    above = {os.fspath(root): frozenset({_folder_id(root)})}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        chain = above.pop(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            folder = os.path.join(dirpath, d)
+            if _folder_id(folder) in chain:
+                raise DataError(
+                    f"{folder}: a link to a folder above it, so the tree has no end; remove the link"
+                )
+            above[folder] = chain | {_folder_id(folder)}
         rel = Path(dirpath).relative_to(root).as_posix()
         prefix = "" if rel == "." else rel + "/"
         if prefix:
             listing.dirs.add(rel)
         for name in sorted(filenames):
-            if not name.startswith("."):
-                (listing.images if _is_image(name) else listing.others).append(prefix + name)
+            if name.startswith("."):
+                continue
+            if _is_image(name):
+                _check_regular(os.path.join(dirpath, name))
+                listing.images.append(prefix + name)
+            else:
+                listing.others.append(prefix + name)
     listing.images.sort()
     listing.others.sort()
     return listing
+
+
+def _folder_id(path: str | Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _check_regular(path: str) -> None:
+    try:
+        regular_file(path, "image file", "remove it from the tree or replace it with the image")
+    except FormatError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _archive_members(path: Path, listing: _Listing) -> Iterator[tuple[str, bytes]]:
@@ -165,6 +201,11 @@ def _archive_members(path: Path, listing: _Listing) -> Iterator[tuple[str, bytes
                 listing.dirs.add(name)
             elif member.isfile():
                 if _is_image(name):
+                    if member.size > MAX_IMAGE_BYTES:  # a .tar.gz can inflate one member to any size
+                        raise DataError(
+                            f"{path}: member '{name}' is {member.size} bytes, more than the "
+                            f"{MAX_IMAGE_BYTES} an image may take; re-create the archive from good images"
+                        )
                     listing.images.append(name)
                     handle = archive.extractfile(member)
                     yield name, handle.read() if handle is not None else b""

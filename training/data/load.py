@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from pareco_runtime.fileformat import sha256_file
+from pareco_runtime.untrusted import FormatError, regular_file
 
 from .base import Data, DataError, Holdout
 from .builtin import _digits, _synthetic
@@ -36,6 +37,7 @@ _MODES = ("auto", "memory", "stream")
 _DEFAULT_STREAM_SIZE = 224
 _DEFAULT_SIZE = 32
 _ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+_PASS_DATA = "pass an ImageFolder directory, a .tar/.tar.gz/.tgz archive of one, 'digits' or 'synthetic'"
 
 
 def _assemble(where: str, tree: _Tree, arrays: dict[str, np.ndarray | None]) -> _Decoded:
@@ -211,11 +213,10 @@ def load_data(
     cache = _cache_dir(cache_dir)
     if path.is_dir():
         return _load_directory(path, image_size, split, cache, dev, mode)
-    if not path.exists():
-        raise DataError(
-            f"{spec}: no such file or directory; pass an ImageFolder directory, a .tar/.tar.gz/.tgz archive "
-            "of one, 'digits' or 'synthetic'"
-        )
+    try:  # a FIFO or a device would block the archive reader or stream without end
+        regular_file(path, "file or directory", _PASS_DATA)
+    except FormatError as exc:
+        raise DataError(str(exc)) from None
     if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise DataError(f"{spec}: not a directory or a .tar/.tar.gz/.tgz archive; pass an ImageFolder tree")
     return _load_archive(path, image_size, split, cache, dev, mode)
