@@ -32,7 +32,7 @@ from bench.lut import fitting_lut
 from bench.timing import STEADY_MALLOC, interleaved_warm, steady_malloc, torch_callable, torch_threads
 from export.exporter import export_point
 from export.formats import get_format, load_runner, require, set_executorch_threads
-from export.index import find_export, merge_index
+from export.index import find_export, merge_index, recorded_exports
 from pareco_runtime.front import DeviceProfile
 
 if TYPE_CHECKING:
@@ -113,8 +113,9 @@ def _exported_file(
     scratch: Path,
     say: Callable[[str], None],
 ) -> Path:
-    """The ONNX or ``.pte`` file of ``point``: reused from ``exports`` when it holds a matching one, else
-    exported there (or to ``scratch`` when no export folder is given) with its parity check."""
+    """The ONNX or ``.pte`` file of ``point``: reused from ``exports`` when it holds one recorded as
+    accepting ``batch``, else exported there (replacing a record for another batch) or to
+    ``scratch`` when no export folder is given, with its parity check."""
     fmt = _EXPORT_FORMAT[backend]
     sha = rt.front.weights_sha256
     if exports is not None:
@@ -122,7 +123,11 @@ def _exported_file(
         if found is not None:
             say(f"reusing {found} for {backend}")
             return found
-    say(f"exporting {point.id} for {backend}")
+    unfit = "".join(
+        f" ({path.name} accepts {'an unrecorded batch' if r is None else r.describe()}, not batch {batch})"
+        for path, r in ([] if exports is None else recorded_exports(exports, point.id, fmt, sha))
+    )
+    say(f"exporting {point.id} for {backend}{unfit}")
     folder = exports if exports is not None else scratch
     res = export_point(
         model, rt.input_size, fmt, folder / f"{point.id}{get_format(fmt).ext}", batch=batch, point=point.id
@@ -132,13 +137,38 @@ def _exported_file(
     return res.path
 
 
+def recorded_batch(
+    exports: Path | None, points: Sequence[FrontPoint], backends: Sequence[str], weights_sha256: str
+) -> int:
+    """The batch to time when none is given: the static batch N of the ExecuTorch files recorded in
+    ``exports`` for ``points``, when they have one that every recorded file accepts; 1 when none
+    is static (or nothing is recorded); BenchError when the recorded files share no batch."""
+    if exports is None or "executorch" not in backends:
+        return 1
+    recorded = {
+        p.id: r
+        for p in points
+        for _, r in recorded_exports(exports, p.id, "executorch", weights_sha256)
+        if r is not None
+    }
+    statics = sorted({r.low for r in recorded.values() if r.is_static})
+    batch = statics[0] if statics else 1
+    if len(statics) > 1 or not all(r.accepts(batch) for r in recorded.values()):
+        listing = ", ".join(f"{pid} {r.describe()}" for pid, r in recorded.items())
+        raise BenchError(
+            f"{exports}: the ExecuTorch files recorded there share no batch size ({listing}); give "
+            "--batch B (a file that does not accept B is exported again for it)"
+        )
+    return batch
+
+
 def run_bench(
     rt: SlimmableRuntime,
     points: Sequence[FrontPoint],
     backends: Sequence[str],
     *,
     threads: int = 1,
-    batch: int = 1,
+    batch: int | None = None,
     warmup: int = 30,
     runs: int = 200,
     profile: str | None = None,
@@ -150,7 +180,9 @@ def run_bench(
     """Time every point of ``points`` on every backend of ``backends``, interleaved in this process.
 
     ``threads``: torch's thread count, onnxruntime's intra-op threads and ExecuTorch's thread
-    pool. ``batch``: the batch size timed (ExecuTorch files are exported for it). ``profile``: the
+    pool. ``batch``: the batch size timed (ExecuTorch files are exported for it); None: the batch
+    the ``.pte`` files recorded in ``exports`` for these points were exported for
+    (:func:`recorded_batch`), else 1. ``profile``: the
     profile name (one backend only; default ``<host>-<backend>-t<threads>-b<batch>``).
     ``exports``: a folder of earlier ``pareco export`` files to reuse (matching weights, format and
     batch); missing ones are exported into it. Without it, files go to a temporary folder.
@@ -159,6 +191,9 @@ def run_bench(
     where RAPL/NVML is readable.
     """
     backends = check_backends(backends)
+    export_dir = Path(exports) if exports is not None else None
+    if batch is None:
+        batch = recorded_batch(export_dir, points, backends, rt.front.weights_sha256)
     if threads < 1 or batch < 1 or runs < 1 or warmup < 0:
         raise BenchError(
             f"need threads >= 1, batch >= 1, runs >= 1 and warmup >= 0; got threads={threads}, "
@@ -177,7 +212,6 @@ def run_bench(
     # Before any ExecuTorch program is loaded (parity checks included): the pool cannot change after.
     et_threads = set_executorch_threads(threads) if "executorch" in backends else None
     say = on_stage or (lambda _msg: None)
-    export_dir = Path(exports) if exports is not None else None
     notes: list[str] = []
     allocator = STEADY_MALLOC if steady_memory and steady_malloc() else None
     if allocator:

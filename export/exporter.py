@@ -24,6 +24,7 @@ from pareco_runtime.atomic import atomic_path, remove_stale_temporaries, staging
 from pareco_runtime.fileformat import first_line
 from pareco_runtime.front_file import utc_timestamp
 
+from .batch import BatchRange, as_batch_range
 from .formats import WRITERS, ExportError, get_format, load_runner, require, versions
 from .index import merge_index
 
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 # fp32 files must reproduce PyTorch's logits to this absolute difference.
 DEFAULT_ATOL = 1e-4
-# Batch sizes a dynamic-batch file is checked at: the smallest one and one that was not traced.
+# Batch sizes a dynamic-batch file is checked at: the smallest one and one that was not traced (and,
+# for a bounded range, its bound, where the planned memory is full).
 _DYNAMIC_CHECK_BATCHES = (1, 3)
 # Traced with batch 2: torch.export specialises dimensions of size 0 and 1, so they cannot be dynamic.
 _TRACE_BATCH = 2
@@ -42,7 +44,8 @@ _TRACE_BATCH = 2
 class ExportResult:
     """One exported file and its parity check.
 
-    ``batch``: the batch size a static-shape file (ExecuTorch) runs, None for a dynamic batch.
+    ``batch``: the batch sizes the file accepts (static N for an ExecuTorch ``--batch N``, 1 to MAX
+    for ``--batch dynamic:MAX``, unbounded for ONNX, TorchScript and ``.pt2``).
     ``max_abs_diff``: the largest absolute difference to PyTorch over the checked batches.
     ``details``: the largest absolute PyTorch output over the checked batches (``max_abs_output``)
     and format-specific facts (ONNX opset, operators XNNPACK did not delegate).
@@ -53,7 +56,7 @@ class ExportResult:
     bytes: int
     max_abs_diff: float
     input_size: tuple[int, ...]
-    batch: int | None
+    batch: BatchRange
     versions: dict[str, str]
     seconds: float
     point: str | None = None
@@ -69,7 +72,7 @@ class ExportResult:
             "max_abs_diff": self.max_abs_diff,
             "versions": self.versions,
             "input_size": list(self.input_size),
-            "batch": "dynamic" if self.batch is None else self.batch,
+            "batch": self.batch.record(),
             "seconds": round(self.seconds, 3),
             "created": utc_timestamp(),
         }
@@ -91,7 +94,7 @@ def export_point(
     fmt: str,
     path: str | os.PathLike[str],
     *,
-    batch: int = 1,
+    batch: int | str | BatchRange = 1,
     atol: float = DEFAULT_ATOL,
     opset: int | None = None,
     seed: int = 0,
@@ -100,16 +103,19 @@ def export_point(
     """Export ``model`` (a plain eval-mode model, e.g. ``rt.standalone(point)``) to ``path`` as ``fmt``.
 
     ``fmt``: onnx | torchscript | pt2 | executorch. ``input_size``: (C, H, W). ONNX, TorchScript
-    and ``.pt2`` files take any batch size and are checked at batches 1 and 3; an ExecuTorch file
-    runs batch ``batch`` only and is checked at it. The file is loaded back in its own runtime and
-    must match PyTorch within ``atol`` (absolute, on the outputs), else :class:`ExportError` and
-    nothing is written. ``opset``: the ONNX opset (default: the exporter's, at least 18).
+    and ``.pt2`` files take any batch size and are checked at batches 1 and 3. An ExecuTorch file
+    runs ``batch``: an int N (or ``"N"``) is that batch only, checked at it; ``"dynamic:MAX"`` (or
+    a :class:`BatchRange`) any batch from 1 to MAX, checked at 1, 3 and MAX. The file is loaded
+    back in its own runtime and must match PyTorch within ``atol`` (absolute, on the outputs), else
+    :class:`ExportError` and nothing is written. ``opset``: the ONNX opset (default: the exporter's, at least 18).
     ``point`` names the front point in the result. The model is put in eval mode.
     """
     spec = get_format(fmt)
     require(fmt)
-    if batch < 1:
-        raise ExportError(f"batch must be at least 1, got {batch}")
+    try:
+        batches = BatchRange.unbounded() if spec.dynamic_batch else as_batch_range(batch)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     if opset is not None and opset < 18:
         raise ExportError(f"ONNX opset {opset} is too old; use 18 or newer")
     target = Path(path)
@@ -117,14 +123,14 @@ def export_point(
     size = tuple(int(v) for v in input_size)
     model = model.eval()
     started = time.perf_counter()
-    example = torch.randn(_TRACE_BATCH if spec.dynamic_batch else batch, *size)
-    checks = parity_inputs(size, _DYNAMIC_CHECK_BATCHES if spec.dynamic_batch else (batch,), seed)
+    example = torch.randn(batches.low if batches.is_static else _TRACE_BATCH, *size)
+    checks = parity_inputs(size, _check_batches(batches), seed)
     remove_stale_temporaries(target.parent)  # what killed exports left here
     staging = staging_dir(target)
     try:
         staged = staging / target.name  # exporters see the real name and extension
         try:
-            details = WRITERS[fmt](model, example, staged, opset)
+            details = WRITERS[fmt](model, example, staged, opset, batches)
         except ExportError:
             raise
         except OSError as exc:
@@ -161,12 +167,20 @@ def export_point(
         bytes=nbytes,
         max_abs_diff=diff,
         input_size=size,
-        batch=None if spec.dynamic_batch else batch,
+        batch=batches,
         versions=versions(fmt),
         seconds=time.perf_counter() - started,
         point=point,
         details=details,
     )
+
+
+def _check_batches(batches: BatchRange) -> tuple[int, ...]:
+    """The batch sizes a file accepting ``batches`` is checked at (:data:`_DYNAMIC_CHECK_BATCHES`)."""
+    if batches.is_static:
+        return (batches.low,)
+    wanted = (*_DYNAMIC_CHECK_BATCHES, *(() if batches.high is None else (batches.high,)))
+    return tuple(sorted({b for b in wanted if batches.accepts(b)}))
 
 
 def _max_abs_diff(
@@ -203,7 +217,7 @@ def export_points(
     formats: Sequence[str],
     out_dir: str | os.PathLike[str],
     *,
-    batch: int = 1,
+    batch: int | str | BatchRange = 1,
     atol: float = DEFAULT_ATOL,
     opset: int | None = None,
     on_done: Callable[[ExportResult], None] | None = None,
@@ -212,7 +226,8 @@ def export_points(
 
     Each point is sliced once (``rt.standalone``, with its calibrated BN statistics); after each
     file, ``out_dir/export.json`` is updated (merged with earlier runs' records, atomically), so an
-    interrupted run keeps the records of the files it finished. ``on_done`` is called per file.
+    interrupted run keeps the records of the files it finished. ``batch``: as for
+    :func:`export_point` (ExecuTorch files only). ``on_done`` is called per file.
     """
     for fmt in formats:
         get_format(fmt)

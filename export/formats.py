@@ -27,6 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from pareco_runtime.fileformat import first_line
+
+from .batch import BatchRange
+
 
 class ExportError(ValueError):
     """An export or a parity check failed; the message is one line naming the file and what to do."""
@@ -54,6 +58,9 @@ FORMATS: dict[str, Format] = {
     # ExecuTorch plans memory for fixed shapes: a .pte file runs one batch size, the one it was exported for.
     "executorch": Format("executorch", ".pte", False, ("torch", "executorch")),
 }
+
+# Constant methods of every .pte pareco writes: the smallest and largest batch its forward accepts.
+BATCH_METHODS = ("pareco_batch_low", "pareco_batch_high")
 
 # The smallest opset the ONNX files use (the torch.export-based exporter emits 18 or newer).
 MIN_OPSET = 18
@@ -180,13 +187,17 @@ def _last_line(text: str) -> str:
 # ---------------------------------------------------------------------------------------------- writers
 
 
-def _batch_dim() -> tuple[dict[int, Any], ...]:
-    # The model's one positional input gets a symbolic batch dimension (no upper bound).
-    return ({0: torch.export.Dim("batch")},)
+def _batch_dim(batch: BatchRange) -> tuple[dict[int, Any], ...] | None:
+    """``dynamic_shapes`` for the model's one positional input: None for a static batch, else a
+    symbolic batch dimension with the range's upper bound (if any)."""
+    if batch.is_static:
+        return None
+    bound = {} if batch.high is None else {"min": batch.low, "max": batch.high}
+    return ({0: torch.export.Dim("batch", **bound)},)
 
 
 def write_onnx(
-    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, batch: BatchRange
 ) -> dict[str, Any]:
     """Export with the torch.export-based ONNX exporter to one self-contained file with a dynamic batch.
 
@@ -199,7 +210,7 @@ def write_onnx(
         model,
         (example,),
         dynamo=True,
-        dynamic_shapes=_batch_dim(),
+        dynamic_shapes=_batch_dim(batch),
         external_data=False,
         verbose=False,
         opset_version=opset,
@@ -230,7 +241,7 @@ def _save_via_memory(save: Callable[[io.BytesIO], None], path: Path) -> None:
 
 
 def write_torchscript(
-    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, batch: BatchRange
 ) -> dict[str, Any]:
     """Trace and save as TorchScript (the plain traced module: never ``optimize_for_inference``'s output,
     which bakes in CPU-specific ops and does not load everywhere)."""
@@ -241,19 +252,23 @@ def write_torchscript(
 
 
 def write_pt2(
-    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, batch: BatchRange
 ) -> dict[str, Any]:
     """``torch.export.export`` with a dynamic batch, saved with ``torch.export.save``."""
-    program = torch.export.export(model, (example,), dynamic_shapes=_batch_dim())
+    program = torch.export.export(model, (example,), dynamic_shapes=_batch_dim(batch))
     _save_via_memory(lambda f: torch.export.save(program, f), path)
     return {}
 
 
 def write_executorch(
-    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None
+    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, batch: BatchRange
 ) -> dict[str, Any]:
-    """Lower to ExecuTorch with the XNNPACK partitioner and write the ``.pte`` program (static shapes).
+    """Lower to ExecuTorch with the XNNPACK partitioner and write the ``.pte`` program for ``batch``.
 
+    A static batch gives static shapes; a bounded range (``dynamic:MAX``) a ``torch.export`` Dim whose
+    bound sizes the planned memory. The range is also stored in the program as two constant methods
+    (:data:`BATCH_METHODS`), so that a runner knows it without ``export.json``. A model whose batch
+    cannot be made dynamic is an :class:`ExportError` that names the static ``--batch N`` instead.
     Returns ``{"undelegated_ops": [...]}``: the operators XNNPACK did not take, which run on
     ExecuTorch's portable kernels (for ResNet-CIFAR: the strided slice of the option-A shortcut).
     """
@@ -261,8 +276,22 @@ def write_executorch(
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
-        program = torch.export.export(model, (example,))
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        low, high = BATCH_METHODS
+        try:
+            program = torch.export.export(model, (example,), dynamic_shapes=_batch_dim(batch))
+            edge = to_edge_transform_and_lower(
+                program,
+                partitioner=[XnnpackPartitioner()],
+                constant_methods={low: batch.low, high: batch.high},
+            )
+        except Exception as exc:
+            if batch.is_static:
+                raise
+            raise ExportError(
+                f"{path.name}: this model cannot be lowered to ExecuTorch with a dynamic batch "
+                f"(--batch {batch.record()}: {type(exc).__name__}: {first_line(exc)}); export it "
+                f"with a static batch instead, --batch N"
+            ) from exc
         # Read before to_executorch(), which rewrites the graph into out-variants and memory allocations.
         names = {
             getattr(node.target, "__name__", str(node.target))
@@ -270,12 +299,14 @@ def write_executorch(
             if node.op == "call_function"
         }
         buffer = edge.to_executorch().buffer
-    undelegated = sorted(n for n in names if "call_delegate" not in n and n != "getitem")
+    undelegated = sorted(
+        n for n in names if "call_delegate" not in n and n not in ("getitem", "sym_size.int")
+    )
     path.write_bytes(buffer)
     return {"undelegated_ops": undelegated}
 
 
-WRITERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, int | None], dict[str, Any]]] = {
+WRITERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, int | None, BatchRange], dict[str, Any]]] = {
     "onnx": write_onnx,
     "torchscript": write_torchscript,
     "pt2": write_pt2,
@@ -290,8 +321,9 @@ class Runner:
     """A loaded export: ``runner(x)`` runs a batch (NumPy array or tensor) and returns the output as NumPy.
 
     ``bind(x)`` converts ``x`` once to the runtime's own input type and returns a zero-argument
-    callable running just the inference, for timing loops. ``batch`` is the one batch size a
-    static-shape file accepts (None: any).
+    callable running just the inference, for timing loops. ``batches``: the batch sizes the file
+    accepts (None: any); a batch outside it is an :class:`ExportError` naming the ``--batch`` to
+    export with, before the runtime sees it.
     """
 
     def __init__(
@@ -300,22 +332,30 @@ class Runner:
         path: Path,
         run: Callable[[Any], Any],
         prepare: Callable[[Any], Any],
-        batch: int | None = None,
+        batches: BatchRange | None = None,
         keep: Any = None,
     ) -> None:
         self.fmt = fmt
         self.path = path
-        self.batch = batch
+        self.batches = batches
         self._keep = keep  # native objects the runtime needs alive while ``run`` is used
         self._run = run
         self._prepare = prepare
 
     def _check(self, x: Any) -> None:
-        if self.batch is not None and x.shape[0] != self.batch:
+        n = int(x.shape[0])
+        if self.batches is None or self.batches.accepts(n):
+            return
+        if self.batches.is_static:
             raise ExportError(
-                f"{self.path.name} was exported for batch {self.batch} (ExecuTorch files have static "
-                f"shapes) but got batch {x.shape[0]}; export it again with --batch {x.shape[0]}"
+                f"{self.path.name} was exported for batch {self.batches.low} but got batch {n}; "
+                f"export it again with --batch {n}, or --batch dynamic:MAX for any batch up to MAX"
             )
+        raise ExportError(
+            f"{self.path.name} runs {self.batches.describe()} (exported with --batch "
+            f"{self.batches.record()}) but got batch {n}; export it again with --batch dynamic:{max(n, 2)} "
+            "or a larger bound"
+        )
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """Run one batch; the output as a float NumPy array."""
@@ -458,10 +498,21 @@ def _load_executorch(source: Path, threads: int | None) -> Runner:
                 "again with this version of pareco and executorch"
             ) from None
     _LIVE_PROGRAMS.add(program)
-    batch = int(method.metadata.input_tensor_meta(0).sizes()[0])
+    batches = _program_batches(program, method)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return method.execute((x,))[0]
 
     # The method's native object points into the program: the runner keeps the program alive.
-    return Runner("executorch", source, run, _as_tensor, batch=batch, keep=program)
+    return Runner("executorch", source, run, _as_tensor, batches=batches, keep=program)
+
+
+def _program_batches(program: Any, method: Any) -> BatchRange:
+    """The batch range a loaded program accepts: its :data:`BATCH_METHODS`, or, in a program without
+    them (written by pareco before bounded batches, or by another tool), the planned input's batch
+    taken as static (the largest a dynamic one accepts, so never a batch it cannot run)."""
+    planned = int(method.metadata.input_tensor_meta(0).sizes()[0])
+    if not set(BATCH_METHODS) <= set(program.method_names):
+        return BatchRange.static(planned)
+    low, high = (int(program.load_method(name).execute(())[0]) for name in BATCH_METHODS)
+    return BatchRange(low, high)

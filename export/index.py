@@ -1,9 +1,11 @@
 """``export.json``: the record of the files in an export folder.
 
 A JSON list with one object per exported file: ``point``, ``format``, ``file`` (relative to the
-folder), ``bytes``, ``max_abs_diff``, ``versions``, ``input_size``, ``batch`` ("dynamic" or the
-static batch size), ``seconds``, ``created``, ``weights_sha256`` (the weight file the point was
-sliced from, so a later run can tell stale files), ``max_abs_output`` (the scale the difference is
+folder), ``bytes``, ``max_abs_diff``, ``versions``, ``input_size``, ``batch`` (the batch sizes
+the file accepts, as ``--batch`` spells them: the static size N, ``"dynamic:MAX"`` for 1 to MAX,
+or ``"dynamic"`` for any; absent in records of older versions, read as any batch for ONNX,
+TorchScript and ``.pt2`` and as unknown for ExecuTorch), ``seconds``, ``created``,
+``weights_sha256`` (the weight file the point was sliced from, so a later run can tell stale files), ``max_abs_output`` (the scale the difference is
 read against) and format details (``opset``, ``undelegated_ops``). A run merges its records into
 the existing list: a record for the same point and format replaces the old one. Written
 atomically, under the file's lock (:mod:`pareco_runtime.filelock`), so exports into one folder at
@@ -22,7 +24,8 @@ from pareco_runtime.atomic import atomic_write_text
 from pareco_runtime.filelock import locked
 from pareco_runtime.untrusted import FormatError, read_json
 
-from .formats import ExportError
+from .batch import BatchRange, recorded_batch
+from .formats import ExportError, get_format
 
 INDEX_NAME = "export.json"
 
@@ -63,20 +66,35 @@ def merge_index(directory: str | os.PathLike[str], entries: Sequence[dict[str, A
     return merged
 
 
+def _entry_batches(entry: dict[str, Any]) -> BatchRange | None:
+    """The batch sizes a record's file accepts (:func:`export.batch.recorded_batch`); None if unknown."""
+    return recorded_batch(entry.get("batch"), get_format(str(entry["format"])).dynamic_batch)
+
+
+def recorded_exports(
+    directory: str | os.PathLike[str], point: str, fmt: str, weights_sha256: str
+) -> list[tuple[Path, BatchRange | None]]:
+    """The files of earlier exports of ``point`` as ``fmt`` from the same weight file that are on disk
+    in ``directory``, each with the batch sizes it accepts (None: not recorded)."""
+    found = []
+    for e in read_index(directory):
+        if e["point"] != point or e["format"] != fmt or e.get("weights_sha256") != weights_sha256:
+            continue
+        path = Path(directory) / e["file"]
+        if path.is_file() and path.parent == Path(directory):
+            found.append((path, _entry_batches(e)))
+    return found
+
+
 def find_export(
     directory: str | os.PathLike[str], point: str, fmt: str, weights_sha256: str, batch: int
 ) -> Path | None:
     """The file of an earlier export of ``point`` as ``fmt`` usable at ``batch``, or None.
 
-    Usable: recorded in ``export.json`` for the same weight file, present on disk, and either
-    dynamic in batch or exported for exactly ``batch``.
+    Usable: recorded in ``export.json`` for the same weight file, present on disk, and recorded as
+    accepting ``batch`` (any batch, a range holding it, or exactly it).
     """
-    for e in read_index(directory):
-        if e["point"] != point or e["format"] != fmt or e.get("weights_sha256") != weights_sha256:
-            continue
-        if e.get("batch") not in ("dynamic", batch):
-            continue
-        path = Path(directory) / e["file"]
-        if path.is_file() and path.parent == Path(directory):
+    for path, batches in recorded_exports(directory, point, fmt, weights_sha256):
+        if batches is not None and batches.accepts(batch):
             return path
     return None

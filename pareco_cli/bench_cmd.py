@@ -40,7 +40,14 @@ def bench(
     threads: Annotated[
         int, typer.Option("--threads", help="Threads per inference (1 stands for one phone core).")
     ] = 1,
-    batch: Annotated[int, typer.Option("--batch", help="Batch size timed.")] = 1,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            "--batch",
+            help="Batch size timed (default: the batch the ExecuTorch files of --exports were "
+            "exported for, else 1).",
+        ),
+    ] = None,
     points: Annotated[str, typer.Option("--points", help="Comma-separated point ids, or 'all'.")] = "all",
     warmup: Annotated[int, typer.Option("--warmup", help="Warm-up rounds before timing.")] = 30,
     runs: Annotated[
@@ -102,7 +109,7 @@ def bench(
             rt,
             backends,
             threads,
-            batch,
+            1 if batch is None else batch,
             warmup,
             runs,
             update,
@@ -141,7 +148,7 @@ def _measure(
     rt: SlimmableRuntime,
     backends: list[str],
     threads: int,
-    batch: int,
+    batch: int | None,
     chosen: list[FrontPoint],
     warmup: int,
     runs: int,
@@ -188,7 +195,7 @@ def _measure(
         for m in report.measurements
     ]
     print_table(
-        f"latency at batch {batch}, {threads} thread(s), {runs} runs after {warmup} warm-up, interleaved",
+        f"latency at batch {report.batch}, {threads} thread(s), {runs} runs after {warmup} warm-up, interleaved",
         columns,
         rows,
     )

@@ -31,7 +31,8 @@ def export(
     torchscript: Annotated[bool, typer.Option("--torchscript", help="TorchScript (traced), .pt.")] = False,
     pt2: Annotated[bool, typer.Option("--pt2", help="torch.export program, .pt2 (dynamic batch).")] = False,
     executorch: Annotated[
-        bool, typer.Option("--executorch", help="ExecuTorch .pte lowered to XNNPACK (static batch).")
+        bool,
+        typer.Option("--executorch", help="ExecuTorch .pte lowered to XNNPACK (the batch of --batch)."),
     ] = False,
     fallback: Annotated[
         str | None,
@@ -43,8 +44,13 @@ def export(
         bool, typer.Option("--allow-predicted", help="With --budget, use predicted latency where unmeasured.")
     ] = False,
     batch: Annotated[
-        int, typer.Option("--batch", help="Batch size of ExecuTorch files (the others take any batch).")
-    ] = 1,
+        str,
+        typer.Option(
+            "--batch",
+            help="Batch of ExecuTorch files: N (that batch only) or dynamic:MAX (any batch from 1 to "
+            "MAX, e.g. dynamic:8); ONNX, TorchScript and .pt2 files take any batch.",
+        ),
+    ] = "1",
     atol: Annotated[
         float, typer.Option("--atol", help="Largest absolute difference to PyTorch a file may show.")
     ] = 1e-4,
@@ -70,8 +76,11 @@ def export(
     if fallback is not None and not budget:
         raise ValueError("--fallback applies to --budget only")
 
+    from export.batch import parse_batch
     from export.exporter import export_points
     from export.formats import require
+
+    batches = parse_batch(batch)
 
     for fmt in formats:
         require(fmt)
@@ -101,17 +110,27 @@ def export(
                 points,
                 formats,
                 out,
-                batch=batch,
+                batch=batches,
                 atol=atol,
                 on_done=lambda r: bar.update(task, advance=1, description=r.path.name),
             )
     else:
-        results = export_points(rt, points, formats, out, batch=batch, atol=atol)
+        results = export_points(rt, points, formats, out, batch=batches, atol=atol)
     if as_json:
         print_json({"out": str(out), "exports": [r.to_entry(rt.front.weights_sha256) for r in results]})
         return
     print_table(
         f"{len(results)} file(s) in {out} (records in export.json)",
-        ["point", "format", "file", "KiB", "max abs diff"],
-        [(r.point, r.format, r.path.name, f"{r.bytes / 1024:.1f}", f"{r.max_abs_diff:.2e}") for r in results],
+        ["point", "format", "file", "batch", "KiB", "max abs diff"],
+        [
+            (
+                r.point,
+                r.format,
+                r.path.name,
+                str(r.batch.record()),
+                f"{r.bytes / 1024:.1f}",
+                f"{r.max_abs_diff:.2e}",
+            )
+            for r in results
+        ],
     )

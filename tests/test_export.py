@@ -39,7 +39,7 @@ def test_format_exports_loads_back_and_matches(rt, tmp_path, fmt, ext):
     assert res.versions["torch"] == torch.__version__.split("+")[0]
     runner = load_runner(fmt, res.path, threads=1)
     batches = (1,) if fmt == "executorch" else (1, 3)  # .pte files have static shapes
-    assert res.batch == (1 if fmt == "executorch" else None)
+    assert res.batch.record() == (1 if fmt == "executorch" else "dynamic")
     for b in batches:
         x = torch.randn(b, *rt.input_size)
         with torch.no_grad():
@@ -80,7 +80,7 @@ def test_failed_export_leaves_no_partial_file(rt, tmp_path, monkeypatch):
     target = tmp_path / "p00.pt"
     target.write_bytes(b"previous export")
 
-    def crashing_writer(model, example, path, opset):
+    def crashing_writer(model, example, path, opset, batch):
         path.write_bytes(b"half a file")
         raise RuntimeError("exporter crashed")
 
@@ -96,11 +96,11 @@ def test_failed_export_leaves_no_partial_file(rt, tmp_path, monkeypatch):
 def test_parity_failure_writes_nothing(rt, tmp_path, monkeypatch):
     real = WRITERS["torchscript"]
 
-    def wrong_model_writer(model, example, path, opset):
+    def wrong_model_writer(model, example, path, opset, batch):
         other = rt.standalone("p00")
         with torch.no_grad():
             other.fc.bias.add_(1.0)
-        return real(other, example, path, opset)
+        return real(other, example, path, opset, batch)
 
     monkeypatch.setitem(WRITERS, "torchscript", wrong_model_writer)
     with pytest.raises(ExportError, match=r"differs from PyTorch by up to .* nothing was written"):
