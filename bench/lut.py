@@ -361,11 +361,15 @@ def build_lut(
         raise BenchError(
             "no CUDA device here: torch.cuda.is_available() is False; build the table with --backend torch"
         )
-    if levels < 2 or calibrate < 1 or validate < 1 or runs < 1 or warmup < 0:
-        raise BenchError(
-            f"need levels >= 2, calibrate >= 1, validate >= 1, runs >= 1 and warmup >= 0; got "
-            f"{levels}, {calibrate}, {validate}, {runs}, {warmup}"
-        )
+    for flag, value, least in (
+        ("--lut-levels", levels, 2),
+        ("--lut-calibrate", calibrate, 1),
+        ("--lut-validate", validate, 1),
+        ("--runs", runs, 1),
+        ("--warmup", warmup, 0),
+    ):
+        if value < least:
+            raise BenchError(f"{flag} {value}: must be at least {least}")
     if model.ctx.bn_stats is not None:
         raise BenchError(
             "build the latency table from a model without a front point's BN statistics active, "

@@ -102,6 +102,10 @@ def bench(
     """Measure latency per front point and backend (interleaved, medians); optionally store it in the manifest."""
     from bench.run import check_backends
 
+    if exports is not None and exports.exists() and not exports.is_dir():
+        raise ValueError(
+            f"--exports {exports}: not a folder; pass the folder pareco export wrote, or a new one"
+        )
     backends = check_backends(list(backend) if backend else ["torch"])
     rt = load_runtime(manifest, model)
     if build_lut:

@@ -9,6 +9,7 @@ import typer
 
 from .loading import MODEL_HELP, load_runtime
 from .output import print_json, print_table
+from .runtime_cmds import check_fallback
 
 
 def export(
@@ -75,6 +76,8 @@ def export(
         raise ValueError("give exactly one of --budget B, --point ID or --all to say which points to export")
     if fallback is not None and not budget:
         raise ValueError("--fallback applies to --budget only")
+    check_fallback(fallback)
+    _check_out(out)
 
     from export.batch import parse_batch
     from export.exporter import export_points
@@ -134,3 +137,13 @@ def export(
             for r in results
         ],
     )
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot become a folder (a file on its path) before anything is exported;
+    nothing is created here."""
+    for place in (out, *out.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise ValueError(f"--out {out}: {place} is a file, not a folder; choose another --out")
+            return

@@ -71,16 +71,27 @@ def flops(
 
     if sum(v is not None for v in (width, alpha, width_mult)) != 1:
         raise ValueError("give exactly one of --width W, --alpha a1,a2,... or --width-mult W")
+    for flag, value in (("--num-classes", num_classes), ("--input-size", input_size), ("--divisor", divisor)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} {value}: must be a positive integer")
     kwargs = {
         k: v
         for k, v in (("divisor", divisor), ("num_classes", num_classes), ("input_size", input_size))
         if v is not None
     }
-    model = (
-        _converted(arch, num_classes, input_size, divisor)
-        if is_converted(arch)
-        else build_model(arch, **kwargs)
-    )
+    try:
+        model = (
+            _converted(arch, num_classes, input_size, divisor)
+            if is_converted(arch)
+            else build_model(arch, **kwargs)
+        )
+    except RuntimeError as exc:  # torch's own failure of the example forward, e.g. an input too small
+        from pareco_runtime.fileformat import first_line
+
+        raise ValueError(
+            f"--arch {arch}: cannot run it at --input-size {input_size or 'default'} ({first_line(exc)}); "
+            "use a larger --input-size"
+        ) from None
     if width_mult is not None:
         config = model.torchvision_config(width_mult)
     else:

@@ -101,7 +101,9 @@ def main() -> None:
     try:
         from .app import app
 
-        app()
+        # Not standalone: typer's usage errors (a missing argument, an unknown option, a bad value)
+        # reach the handler below and print as one line, like pareco's own errors, not as a box.
+        code = app(standalone_mode=False)
     except ModuleNotFoundError as exc:
         message = missing_extra_message(exc)
         if debug or message is None:
@@ -115,6 +117,27 @@ def main() -> None:
         if debug:
             raise
         _fail(str(exc).strip() or type(exc).__name__)
+    except Exception as exc:
+        message = usage_message(exc)
+        if debug or message is None:
+            raise
+        _fail(message)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_message(exc: BaseException) -> str | None:
+    """A command-line usage error of the CLI framework (it has ``format_message`` and the command's
+    context) as ``<what>; see 'pareco CMD --help'``; None for any other exception."""
+    format_message = getattr(exc, "format_message", None)
+    ctx = getattr(exc, "ctx", None)
+    if format_message is None or not hasattr(exc, "exit_code"):
+        return None
+    names = []
+    while ctx is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    command = " ".join(["pareco", *reversed(names[:-1])])
+    return f"{format_message().strip().rstrip('.')}; see '{command} --help'"
 
 
 if __name__ == "__main__":

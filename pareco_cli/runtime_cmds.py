@@ -9,6 +9,14 @@ import typer
 from .output import print_json, print_table
 
 
+def check_fallback(fallback: str | None) -> None:
+    """``--fallback`` is absent or 'cheapest' (the runtime's only fallback); ValueError naming the flag."""
+    if fallback not in (None, "cheapest"):
+        raise ValueError(
+            f"--fallback {fallback}: the only fallback is 'cheapest'; pass --fallback cheapest or leave it out"
+        )
+
+
 def _columns(front, profiles: list[str]) -> list[str]:
     """The table's header: top-1 named by its split, the selection top-1 where the front has one."""
     splits = front.dataset.splits or {}
@@ -71,6 +79,7 @@ def select(
     from pareco_runtime.budget import select as choose
     from pareco_runtime.front_file import Front
 
+    check_fallback(fallback)
     front = Front.load(manifest)
     profiles = front.profile_names
     b = as_budget(list(budget))

@@ -221,3 +221,48 @@ def test_short_runs_get_a_bo_interval_of_at_least_ten_steps():
     assert bo_schedule(28, 2, None) == (11, 3)
     assert bo_schedule(250_000, 2, None) == bo_schedule(250_000, 2, 1000) == (500, 500)
     assert bo_schedule(28, 2, 1000) == (1, 28), "an explicit --history-size is honoured"
+
+
+def _image_tree(root, classes: int) -> None:
+    from PIL import Image
+
+    for c in range(classes):
+        folder = root / f"c{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(16):
+            Image.new("RGB", (8, 8), (80 * c, 15 * i, 0)).save(folder / f"{i}.png")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("class", "does not fit this run's model"),
+        ("rng", "RNG state is damaged"),
+        ("epoch", "epoch -1 is outside 0..2"),
+    ],
+)
+def test_a_resume_that_does_not_fit_is_refused_in_one_line(tmp_path, damage: str, message: str) -> None:
+    data, out = tmp_path / "data", tmp_path / "run"
+    _image_tree(data, 2)
+    cfg = TrainConfig(
+        data=str(data),
+        epochs=2,
+        batch_size=8,
+        candidates=2,
+        calib_batches=1,
+        calib_batch_size=8,
+        image_size=8,
+    )
+    train(cfg, out, show_progress=False, cache_dir=str(tmp_path / "cache"))
+    (out / "model.front.json").unlink()  # as if stopped after the last epoch's checkpoint
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    if damage == "class":
+        _image_tree(data, 3)  # the data gained a class since the checkpoint
+    elif damage == "rng":
+        ckpt["rng"]["cpu"] = torch.zeros(3, dtype=torch.uint8)
+    else:
+        ckpt["epoch"] = -1
+    torch.save(ckpt, out / "checkpoint.pt")
+    with pytest.raises(TrainingError, match=message) as err:
+        train(cfg, out, resume=True, show_progress=False, cache_dir=str(tmp_path / "cache"))
+    assert "--force" in str(err.value) and "\n" not in str(err.value)

@@ -139,6 +139,11 @@ class TrainConfig:
         )
         self._require("samples", self.samples >= 0, "must be >= 0")
         self._require("select_fraction", 0.0 <= self.select_fraction < 1.0, "must be in [0, 1)")
+        self._require("width_factor", self.width_factor >= 1, "must be at least 1")
+        self._require("warmup_epochs", self.warmup_epochs >= 0, "must be >= 0")
+        self._require("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "must be in [0, 1)")
+        self._require("momentum", 0.0 <= self.momentum < 1.0, "must be in [0, 1)")
+        self._require("weight_decay", 0.0 <= self.weight_decay < math.inf, "must be >= 0")
         self._require(
             "torchvision_widths",
             not self.torchvision_widths or self.algorithm in ("slim", "independent"),

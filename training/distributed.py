@@ -54,8 +54,33 @@ class Dist:
         return all(v == vals[0] for v in vals)
 
 
+def check_device(device: str | None) -> torch.device | None:
+    """``device`` parsed and checked to exist on this machine (None: the default); ``ValueError`` naming
+    ``--device`` for a name torch does not know, or a GPU this machine does not have."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device}: not a device name; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {device}: this machine has no usable CUDA GPU; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"--device {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}"
+            )
+    elif parsed.type != "cpu":
+        raise ValueError(f"--device {device}: pareco trains on cpu or cuda; use one of them")
+    return parsed
+
+
 def setup(device: str | None = None) -> Dist:
-    """Join the process group when launched by torchrun (gloo on CPU, nccl on GPU); else run alone."""
+    """Join the process group when launched by torchrun (gloo on CPU, nccl on GPU); else run alone.
+
+    ``device`` is checked first (:func:`check_device`)."""
+    check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available() and device != "cpu"
     if world <= 1:

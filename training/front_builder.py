@@ -35,9 +35,10 @@ class Candidate:
     val_loss: float | None = None
 
 
-# Calibration batches are the same for every candidate; made once, they saved 16 % of the front's
-# time after a 2-epoch digits run (2.2 s of 14.2 s per 10 candidates: normalising, or for streamed
-# data decoding, 1024 images again each time). Above this size they are made again per candidate.
+# Calibration batches are the same for every candidate, so they are made once: for in-memory data
+# that is 1-9 % of the front's time (benchmarks/front_build_speed.py, digits: 0.57 s and 2.06 s of
+# 47.4 s and 22.1 s per 10 candidates, two runs on a busy machine); for streamed data it is decoding
+# 1024 images per candidate. Above this size they are made again per candidate instead.
 CALIB_KEEP_BYTES = 1 << 30
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from pareco_runtime import ConversionError, build_model, make_slimmable
 from pareco_runtime.atomic import atomic_write_text, remove_stale_temporaries
+from pareco_runtime.fileformat import first_line
 from pareco_runtime.filelock import locked
 from pareco_runtime.front_file import MANIFEST_NAME
 from pareco_runtime.models.base import SlimmableNet
@@ -148,6 +149,40 @@ def _check_and_write_run(out: Path, cfg: TrainConfig, resume: bool, force: bool)
     atomic_write_text(run_file, json.dumps(current, indent=2))
 
 
+def _restore(
+    ckpt: dict[str, Any],
+    path: Path,
+    cfg: TrainConfig,
+    model: SlimmableNet,
+    opt: torch.optim.Optimizer,
+    strategy: Strategy,
+) -> tuple[int, float]:
+    """Load a checkpoint into the run; (epoch to continue from, wall time so far). A checkpoint that
+    does not fit (the data gained a class, a damaged RNG state or epoch) is a one-line TrainingError."""
+    redo = "start afresh with --force, or restore what changed"
+    epoch = int(ckpt["epoch"])
+    if not 0 <= epoch <= cfg.epochs:
+        raise TrainingError(
+            f"{path}: epoch {epoch} is outside 0..{cfg.epochs} (--epochs); the checkpoint is damaged; {redo}"
+        )
+    try:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise TrainingError(
+            f"{path}: does not fit this run's model ({first_line(exc).strip()}); the data or the "
+            f"architecture changed since it was written (e.g. a class folder was added); {redo}"
+        ) from None
+    try:
+        strategy.load_state_dict(ckpt["strategy"])
+        _set_rng_state(ckpt["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(
+            f"{path}: its strategy or RNG state is damaged ({first_line(exc)}); {redo}"
+        ) from None
+    return epoch, float(ckpt["wall_time_s"])
+
+
 def _rng_state() -> dict[str, torch.Tensor]:
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -270,6 +305,8 @@ def train(
     from .data import load_data
 
     cfg.validate()
+    if log_every < 1:
+        raise TrainingError(f"--log-every {log_every}: must be at least 1 (steps between log lines)")
     out = Path(out)
     dist = distributed.setup(device)
     try:
@@ -306,12 +343,7 @@ def train(
         start_epoch, wall = 0, 0.0
         ckpt_path = out / CHECKPOINT_NAME
         if resume and ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path)
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            strategy.load_state_dict(ckpt["strategy"])
-            _set_rng_state(ckpt["rng"])
-            start_epoch, wall = int(ckpt["epoch"]), float(ckpt["wall_time_s"])
+            start_epoch, wall = _restore(load_checkpoint(ckpt_path), ckpt_path, cfg, model, opt, strategy)
         net: torch.nn.Module = model
         if dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(
