@@ -142,9 +142,10 @@ class LatencyLUT:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LatencyLUT:
         """Inverse of :meth:`to_dict`."""
-        if d.get("lut_format") != LUT_FORMAT:
+        if not isinstance(d, dict) or d.get("lut_format") != LUT_FORMAT:
+            found = d.get("lut_format") if isinstance(d, dict) else f"a JSON {type(d).__name__}"
             raise BenchError(
-                f"latency table format {d.get('lut_format')!r} is not {LUT_FORMAT}; rebuild it with "
+                f"latency table format {found!r} is not {LUT_FORMAT}; rebuild it with "
                 "`pareco bench MANIFEST --build-lut`"
             )
         fields = {k: v for k, v in d.items() if k != "lut_format"}
@@ -164,8 +165,10 @@ class LatencyLUT:
             return cls.from_dict(read_json(path, "latency table", todo))
         except FormatError as exc:
             raise BenchError(f"{path}: not a readable latency table ({exc.what}); {todo}") from None
-        except (KeyError, TypeError) as exc:
-            raise BenchError(f"{path}: not a readable latency table ({exc}); {todo}") from None
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise BenchError(
+                f"{path}: not a readable latency table ({type(exc).__name__}: {exc}); {todo}"
+            ) from None
 
 
 def lut_path(manifest_path: str | Path, profile: str) -> Path:

@@ -259,3 +259,17 @@ def test_cli_build_lut_writes_predictions_then_bench_keeps_them_apart(front_copy
         "dev" in pts[pid]["latency_predicted_ms"] and "dev" not in pts[pid].get("latency_ms", {})
         for pid in ids[1:]
     )
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["[1, 2]", '"a string"', '{"lut_format": 1, "units": [1]}', '{"lut_format": 1, "units": "x"}', "{}"],
+)
+def test_a_latency_table_of_the_wrong_shape_is_one_error(tmp_path, content: str) -> None:
+    from bench.lut import LatencyLUT
+
+    path = tmp_path / "model.lut.p.json"
+    path.write_text(content)
+    with pytest.raises(BenchError, match="latency table") as err:
+        LatencyLUT.load(path)
+    assert "--build-lut" in str(err.value) and "\n" not in str(err.value)
