@@ -74,7 +74,6 @@ def os_error_message(exc: OSError) -> str:
 
     A full disk names the folder to free; other errors their file and the system's reason.
     """
-    where = exc.filename or "a file"
     if exc.errno == errno.ENOSPC:
         folder = Path(exc.filename).parent if exc.filename else "the output folder"
         return (
@@ -84,7 +83,7 @@ def os_error_message(exc: OSError) -> str:
     if exc.errno is None:  # raised with a message of its own
         return str(exc).strip() or type(exc).__name__
     reason = exc.strerror or str(exc).strip()
-    return f"{where}: {reason}; check the path and its permissions"
+    return f"{exc.filename or 'a file'}: {reason}; check the path and its permissions"
 
 
 def _fail(text: str) -> None:

@@ -17,11 +17,16 @@ def check_fallback(fallback: str | None) -> None:
         )
 
 
+def _chosen_on_holdout(front) -> bool:
+    """Whether the front's points were chosen on a selection split (so they carry ``selection_top1``)."""
+    return "selection" in (front.dataset.splits or {})
+
+
 def _columns(front, profiles: list[str]) -> list[str]:
     """The table's header: top-1 named by its split, the selection top-1 where the front has one."""
     splits = front.dataset.splits or {}
     top1 = f"top-1 % ({splits['top1']['name']})" if "top1" in splits else "top-1 %"
-    chosen = ["chosen-on %"] if "selection" in splits else []
+    chosen = ["chosen-on %"] if _chosen_on_holdout(front) else []
     return ["id", "MFLOPs", "Mparams", top1, *chosen, "loss"] + [f"{n} ms" for n in profiles]
 
 
@@ -90,7 +95,7 @@ def select(
     print_table(
         f"{manifest.name} under {b.describe()}",
         _columns(front, profiles),
-        [_point_row(p, profiles, "selection" in (front.dataset.splits or {}))],
+        [_point_row(p, profiles, _chosen_on_holdout(front))],
     )
     typer.echo("widths: " + ", ".join(f"{a:.3f}" for a in p.alpha))
     typer.echo("channels: " + ", ".join(str(c) for c in p.channels))
@@ -121,7 +126,7 @@ def show(
             f"{front.architecture.arch} front: {len(front.points)} points ({tr.algorithm}, "
             f"{tr.epochs} epochs, {front.dataset.name}); ~ = predicted",
             _columns(front, profiles),
-            [_point_row(p, profiles, "selection" in (front.dataset.splits or {})) for p in front.points],
+            [_point_row(p, profiles, _chosen_on_holdout(front)) for p in front.points],
         )
         splits = _splits_line(front)
         if splits:

@@ -111,8 +111,8 @@ def slice_model(
     The result is a ``torch.fx.GraphModule`` of torch's own ``nn.Conv2d`` / ``nn.BatchNorm2d`` /
     ``nn.Linear`` / activation layers, whose tensors are copies of the active slices: no masks, hooks
     or references to the slimmable model, and no class of pareco, torchvision, timm or the user's
-    code, so ``torch.save(sub)`` loads (``torch.load(f, weights_only=False)``) where only torch is
-    installed. Submodules keep their dotted names (``sub.get_submodule("layer1.0.conv1")``) and
+    code, so a ``torch.save(sub)`` pickle loads where only torch is installed (a pickle runs code when
+    loaded: load only files you made; to hand a model to someone else, export it). Submodules keep their dotted names (``sub.get_submodule("layer1.0.conv1")``) and
     ``sub.arch``, ``sub.alpha``, ``sub.channels``, ``sub.input_size`` describe the config. The forward
     is traced in eval mode: layers follow ``train()`` / ``eval()``, Python branches on
     ``self.training`` are those of eval. BatchNorm layers carry ``bn_stats`` when given (one
