@@ -723,7 +723,9 @@ def mutated_manifests(draw: st.DrawFn) -> dict[str, Any]:
         if op == "replace":
             parent[path[-1]] = draw(_JSON)
         elif op == "edge":
-            parent[path[-1]] = draw(st.sampled_from(_EDGE_VALUES))
+            # A copy: an edge list or object placed as it is would be shared, and a later "append" or
+            # "edge" into it grows the constant or puts it inside itself (hypothesis found such a cycle).
+            parent[path[-1]] = copy.deepcopy(draw(st.sampled_from(_EDGE_VALUES)))
         elif op == "delete":
             del parent[path[-1]]
         elif op == "add" and isinstance(target, dict):
