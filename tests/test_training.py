@@ -266,3 +266,20 @@ def test_a_resume_that_does_not_fit_is_refused_in_one_line(tmp_path, damage: str
     with pytest.raises(TrainingError, match=message) as err:
         train(cfg, out, resume=True, show_progress=False, cache_dir=str(tmp_path / "cache"))
     assert "--force" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_run_from_before_a_setting_existed_resumes_and_a_changed_one_is_named(tmp_path) -> None:
+    import dataclasses
+    import json
+
+    from training.loop import _check_and_write_run
+
+    cfg = TrainConfig(data="somewhere", epochs=2)
+    saved = dataclasses.asdict(cfg)
+    del saved["torchvision_widths"]  # a run.json written before pareco had this setting
+    (tmp_path / "run.json").write_text(json.dumps(saved))
+    _check_and_write_run(tmp_path, cfg, resume=True, force=False)
+    with pytest.raises(TrainingError, match=r"differ from the run there \(torchvision_widths\)"):
+        _check_and_write_run(tmp_path, dataclasses.replace(cfg, torchvision_widths=True), resume=True, force=False)
+    with pytest.raises(TrainingError, match=r"\(epochs\)"):
+        _check_and_write_run(tmp_path, dataclasses.replace(cfg, epochs=3), resume=True, force=False)

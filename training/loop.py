@@ -130,8 +130,8 @@ def _check_and_write_run(out: Path, cfg: TrainConfig, resume: bool, force: bool)
         except FormatError:
             previous = None  # unreadable settings differ from any: --resume refuses, --force overwrites
         if resume:
-            if previous != current:
-                diff = sorted(k for k in current if previous is None or previous.get(k) != current[k])
+            diff = _settings_changed(previous, cfg)
+            if diff:
                 raise TrainingError(
                     f"{out}: --resume with settings that differ from the run there "
                     f"({', '.join(diff)}); use the same settings, or --force to start afresh"
@@ -147,6 +147,17 @@ def _check_and_write_run(out: Path, cfg: TrainConfig, resume: bool, force: bool)
         for name in (CHECKPOINT_NAME, LOG_NAME):
             (out / name).unlink(missing_ok=True)
     atomic_write_text(run_file, json.dumps(current, indent=2))
+
+
+def _settings_changed(previous: dict[str, Any] | None, cfg: TrainConfig) -> list[str]:
+    """Names of the settings in which ``cfg`` differs from a run's saved ``previous`` ones. A setting
+    that a newer pareco added is absent from an older run.json and reads as its default (the value
+    that keeps the old behaviour), so a run started before an upgrade still resumes."""
+    current = dataclasses.asdict(cfg)
+    if previous is None:
+        return sorted(current)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return sorted(k for k in current if previous.get(k, defaults[k]) != current[k])
 
 
 def _restore(
