@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .loading import MODEL_HELP, load_runtime
+from .loading import MODEL_HELP, ManifestArg, load_runtime, resolve_manifest
 from .output import print_json, print_table
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def _fmt(v: float | None, spec: str) -> str | None:
 
 
 def bench(
-    manifest: Annotated[Path, typer.Argument(help="A front manifest (NAME.front.json).")],
+    manifest: ManifestArg = None,
     backend: Annotated[
         list[str] | None,
         typer.Option(
@@ -107,6 +107,7 @@ def bench(
             f"--exports {exports}: not a folder; pass the folder pareco export wrote, or a new one"
         )
     backends = check_backends(list(backend) if backend else ["torch"])
+    manifest = resolve_manifest(manifest)
     rt = load_runtime(manifest, model)
     if build_lut:
         _build_lut(

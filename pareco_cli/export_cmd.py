@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .loading import MODEL_HELP, load_runtime
+from .loading import MODEL_HELP, ManifestArg, load_runtime, resolve_manifest
 from .output import print_json, print_table
-from .runtime_cmds import check_fallback
+from .runtime_cmds import check_fallback, choose_point
+
+if TYPE_CHECKING:
+    from pareco_runtime.runtime import SlimmableRuntime
 
 
 def export(
-    manifest: Annotated[Path, typer.Argument(help="A front manifest (NAME.front.json).")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder: <point>.<ext> files and export.json.")],
+    manifest: ManifestArg = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Output folder: <point>.<ext> files and export.json (default: export/ beside the manifest).",
+            show_default=False,
+        ),
+    ] = None,
     budget: Annotated[
         list[str] | None,
         typer.Option(
@@ -72,11 +83,16 @@ def export(
     if not formats:
         raise ValueError("choose at least one format: --onnx, --torchscript, --pt2 or --executorch")
     chosen = sum((bool(budget), bool(point), all_points))
-    if chosen != 1:
-        raise ValueError("give exactly one of --budget B, --point ID or --all to say which points to export")
+    if chosen > 1:
+        raise ValueError(
+            "give one of --budget B, --point ID or --all to say which points to export, not several"
+        )
     if fallback is not None and not budget:
         raise ValueError("--fallback applies to --budget only")
     check_fallback(fallback)
+    manifest = resolve_manifest(manifest)
+    if out is None:
+        out = manifest.parent / "export"
     _check_out(out)
 
     from export.batch import parse_batch
@@ -88,8 +104,18 @@ def export(
     for fmt in formats:
         require(fmt)
     rt = load_runtime(manifest, model)
+    if not chosen:
+        raise ValueError(_which_points(rt))
     if budget:
-        points = [rt.select(list(budget), fallback=fallback, allow_predicted=allow_predicted)]
+        chosen_point, met = choose_point(
+            lambda fb: rt.select(list(budget), fallback=fb, allow_predicted=allow_predicted), fallback
+        )
+        if not met:
+            typer.echo(
+                f"--budget not met: exporting the cheapest point, {chosen_point.id} (--fallback cheapest)",
+                err=True,
+            )
+        points = [chosen_point]
     elif point:
         points = [rt.point(pid) for pid in dict.fromkeys(point)]
     else:
@@ -136,6 +162,18 @@ def export(
             )
             for r in results
         ],
+    )
+
+
+def _which_points(rt: SlimmableRuntime) -> str:
+    """The error for an export that names no point: the three ways to name them, with this front's ids
+    and a budget its middle point meets (MFLOPs rounded up, so the example selects it)."""
+    pts = rt.points
+    ids = ", ".join(p.id for p in pts)
+    mflops = math.ceil(pts[len(pts) // 2].mflops * 10) / 10
+    return (
+        f"say which points to export: --budget B (e.g. --budget {mflops:.1f}MFLOPs), --point ID "
+        f"(this front's: {ids}) or --all"
     )
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from .loading import ManifestArg, resolve_manifest
 from .output import print_json, print_table
+
+if TYPE_CHECKING:
+    from pareco_runtime.front import FrontPoint
 
 
 def check_fallback(fallback: str | None) -> None:
@@ -15,6 +21,23 @@ def check_fallback(fallback: str | None) -> None:
         raise ValueError(
             f"--fallback {fallback}: the only fallback is 'cheapest'; pass --fallback cheapest or leave it out"
         )
+
+
+def choose_point(choose: Callable[[str | None], FrontPoint], fallback: str | None) -> tuple[FrontPoint, bool]:
+    """The point ``choose(fallback)`` picks under the command's ``--budget``, and whether it meets the
+    budget (False: ``--fallback cheapest`` took the cheapest point). Unmet without ``--fallback``: a
+    one-line ValueError naming the flags."""
+    from pareco_runtime.budget import BudgetUnmetError
+
+    check_fallback(fallback)
+    try:
+        return choose(None), True
+    except BudgetUnmetError as exc:
+        if fallback is None:
+            raise ValueError(
+                f"--budget: {exc.reason}; loosen the budget or pass --fallback cheapest"
+            ) from None
+    return choose(fallback), False
 
 
 def _chosen_on_holdout(front) -> bool:
@@ -67,7 +90,7 @@ def _point_row(p, profiles: list[str], selected: bool) -> list:
 
 
 def select(
-    manifest: Path = typer.Argument(..., help="A front manifest (NAME.front.json)."),
+    manifest: ManifestArg = None,
     budget: list[str] = typer.Option(
         ..., "--budget", help="e.g. 100MFLOPs, 5ms@PROFILE, 2mJ, battery=30%; repeat to AND."
     ),
@@ -80,17 +103,28 @@ def select(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print the most accurate front point that meets every budget."""
-    from pareco_runtime.budget import as_budget
+    from pareco_runtime.budget import as_budget, budget_parts
     from pareco_runtime.budget import select as choose
     from pareco_runtime.front_file import Front
 
     check_fallback(fallback)
+    manifest = resolve_manifest(manifest)
     front = Front.load(manifest)
     profiles = front.profile_names
     b = as_budget(list(budget))
-    p = choose(front.points, b, profiles=profiles, fallback=fallback, allow_predicted=allow_predicted)
+    p, met = choose_point(
+        lambda fb: choose(front.points, b, profiles=profiles, fallback=fb, allow_predicted=allow_predicted),
+        fallback,
+    )
     if as_json:
-        print_json({"budget": b.describe(), "point": p.to_dict()})
+        print_json(
+            {
+                "budget": {"text": b.describe(), "parts": budget_parts(b)},
+                "met": met,
+                "fallback": None if met else fallback,
+                "point": p.to_dict(),
+            }
+        )
         return
     print_table(
         f"{manifest.name} under {b.describe()}",
@@ -99,27 +133,22 @@ def select(
     )
     typer.echo("widths: " + ", ".join(f"{a:.3f}" for a in p.alpha))
     typer.echo("channels: " + ", ".join(str(c) for c in p.channels))
+    if not met:
+        typer.echo("budget not met: no point satisfies it; this is the cheapest point (--fallback cheapest)")
 
 
 def show(
-    manifest: Path = typer.Argument(..., help="A front manifest (NAME.front.json)."),
+    manifest: ManifestArg = None,
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG: top-1 against MFLOPs and latency."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print the front as a table (and draw it)."""
     from pareco_runtime.front_file import Front
 
-    front = Front.load(manifest)
+    front = Front.load(resolve_manifest(manifest))
     profiles = front.profile_names
     if as_json:
-        print_json(
-            {
-                "dataset": front.dataset.to_dict(),
-                "training": front.training.to_dict(),
-                "device_profiles": [p.to_dict() for p in front.device_profiles],
-                "points": [p.to_dict() for p in front.points],
-            }
-        )
+        print_json({"manifest": str(front.path), **front.to_dict()})
     else:
         tr = front.training
         print_table(

@@ -50,6 +50,7 @@ names the cheapest point, unless ``fallback="cheapest"``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -88,7 +89,14 @@ class BudgetError(ValueError):
 
 
 class BudgetUnmetError(ValueError):
-    """No front point satisfies the budget; the message names the cheapest point and its cost."""
+    """No front point satisfies the budget; the message names the cheapest point and its cost.
+
+    ``reason`` is the message without its remedy, for callers that name the fallback their own way
+    (the CLI's ``--fallback cheapest``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f'{reason}; loosen the budget or pass fallback="cheapest"')
+        self.reason = reason
 
 
 class ProfileError(ValueError):
@@ -362,6 +370,22 @@ def as_budget(b: str | Budget | Sequence[str | Budget]) -> Budget:
 def _atoms(b: Budget) -> list[Budget]:
     """The non-AllOf budgets of ``b``, in order."""
     return [a for sub in b.budgets for a in _atoms(sub)] if isinstance(b, AllOf) else [b]
+
+
+_KINDS: dict[type, str] = {
+    MacsBudget: "flops",
+    ParamsBudget: "params",
+    LatencyBudget: "latency",
+    EnergyBudget: "energy",
+    BatteryBudget: "battery",
+}
+
+
+def budget_parts(b: Budget) -> list[dict[str, float | str | None]]:
+    """The budgets ``b`` ANDs as plain dicts, in order: ``kind`` (flops, params, latency, energy,
+    battery) and the budget's fields, units in their names (``max_mflops``, ``max_params`` as a count,
+    ``max_ms``, ``max_mj``, ``profile``; ``level`` in 0..1)."""
+    return [{"kind": _KINDS[type(a)], **dataclasses.asdict(a)} for a in _atoms(b)]
 
 
 # ---------------------------------------------------------------------------------------------- battery
@@ -660,6 +684,4 @@ def _unmet(
             if among is not None
             else f"it conflicts with {others}: no point meeting those has this measurement; {cheapest_overall}"
         )
-    raise BudgetUnmetError(
-        f'no front point satisfies {bound.label}; {why}; loosen the budget or pass fallback="cheapest"'
-    )
+    raise BudgetUnmetError(f"no front point satisfies {bound.label}; {why}")

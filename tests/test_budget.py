@@ -591,3 +591,15 @@ def test_points_are_ranked_by_the_top1_they_were_chosen_on() -> None:
     dear = replace(point("dear", 40.0, 70.5), selection_top1=69.0)
     assert select([cheap, dear], "100MFLOPs").id == "dear"
     assert select([point("cheap", 20.0, 71.0), point("dear", 40.0, 70.5)], "100MFLOPs").id == "cheap"
+
+
+def test_budget_parts_give_each_anded_budget_with_its_numbers_and_units():
+    from pareco_runtime.budget import budget_parts, parse_budget
+
+    assert budget_parts(parse_budget("1.2GFLOPs & 2.5Mparams & 5ms@pixel7 & 2mJ & battery=30%")) == [
+        {"kind": "flops", "max_mflops": 1200.0},
+        {"kind": "params", "max_params": 2.5e6},
+        {"kind": "latency", "max_ms": 5.0, "profile": "pixel7"},
+        {"kind": "energy", "max_mj": 2.0, "profile": None},
+        {"kind": "battery", "level": 0.3},
+    ]

@@ -146,9 +146,18 @@ def test_cli_select_and_show(tiny_front, tmp_path, cli):
     r = cli("select", str(tiny_front), "--budget", "1000MFLOPs", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["point"]["id"] and out["budget"]
+    assert out["point"]["id"] and out["met"] is True and out["fallback"] is None
+    assert out["budget"] == {"text": "≤ 1000 MFLOPs", "parts": [{"kind": "flops", "max_mflops": 1000.0}]}
     r = cli("select", str(tiny_front), "--budget", "0.0001MFLOPs")
     assert r.returncode == 2 and "cheapest point" in r.stderr
+    assert r.stderr.rstrip().endswith("loosen the budget or pass --fallback cheapest")
+    r = cli("select", str(tiny_front), "--budget", "0.0001MFLOPs", "--fallback", "cheapest", "--json")
+    unmet = json.loads(r.stdout)
+    assert unmet["met"] is False and unmet["fallback"] == "cheapest"
+    assert unmet["point"]["mflops"] == min(p["mflops"] for p in json.loads(tiny_front.read_text())["points"])
+    assert "budget not met: no point satisfies it; this is the cheapest point (--fallback cheapest)" in cli(
+        "select", str(tiny_front), "--budget", "0.0001MFLOPs", "--fallback", "cheapest"
+    ).stdout
     r = cli("select", str(tiny_front), "--budget", "5 parsecs")
     assert r.returncode == 2 and "parsecs" in r.stderr
     r = cli("select", str(tiny_front), "--budget", "5ms")
@@ -158,6 +167,8 @@ def test_cli_select_and_show(tiny_front, tmp_path, cli):
     assert "top-1 % (val)" in r.stdout and "chosen-on %" in r.stdout
     assert "top-1: 51 val images; chosen-on: 20 training images held out of training" in r.stdout
     shown = json.loads(cli("show", str(tiny_front), "--json").stdout)
+    assert shown["architecture"]["arch"] == "resnet20" and shown["width_space"]["names"]
+    assert shown["dataset"]["class_names"] and shown["manifest"] == str(tiny_front)
     assert shown["dataset"]["splits"]["selection"]["images"] == 20
     assert all(p["selection_top1"] is not None for p in shown["points"])
     png = tmp_path / "front.png"
