@@ -12,6 +12,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click help: rich's boxes showed flags as "<bool>", lists as "<list[str]>" and turned
+    # "pkg.module:factory:" into an emoji
+    rich_markup_mode=None,
 )
 
 

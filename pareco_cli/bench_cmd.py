@@ -34,24 +34,33 @@ def bench(
     backend: Annotated[
         list[str] | None,
         typer.Option(
-            "--backend", help="torch | onnxruntime | executorch | cuda; repeat to compare (default: torch)."
+            "--backend",
+            metavar="BACKEND",
+            help="torch | onnxruntime | executorch | cuda; repeat to compare (default: torch).",
         ),
     ] = None,
     threads: Annotated[
-        int, typer.Option("--threads", help="Threads per inference (1 stands for one phone core).")
+        int,
+        typer.Option("--threads", metavar="N", help="Threads per inference (1 stands for one phone core)."),
     ] = 1,
     batch: Annotated[
         int | None,
         typer.Option(
             "--batch",
+            metavar="N",
             help="Batch size timed (default: the batch the ExecuTorch files of --exports were "
             "exported for, else 1).",
         ),
     ] = None,
-    points: Annotated[str, typer.Option("--points", help="Comma-separated point ids, or 'all'.")] = "all",
-    warmup: Annotated[int, typer.Option("--warmup", help="Warm-up rounds before timing.")] = 30,
+    points: Annotated[
+        str, typer.Option("--points", metavar="IDS|all", help="Comma-separated point ids, or 'all'.")
+    ] = "all",
+    warmup: Annotated[int, typer.Option("--warmup", metavar="N", help="Warm-up rounds before timing.")] = 30,
     runs: Annotated[
-        int, typer.Option("--runs", help="Timed rounds (one call of every point and backend per round).")
+        int,
+        typer.Option(
+            "--runs", metavar="N", help="Timed rounds (one call of every point and backend per round)."
+        ),
     ] = 200,
     update: Annotated[
         bool,
@@ -65,11 +74,13 @@ def bench(
         str | None,
         typer.Option(
             "--profile",
+            metavar="NAME",
             help="Device profile name (one backend; default <host>-<backend>-t<threads>-b<batch>).",
         ),
     ] = None,
     exports: Annotated[
-        Path | None, typer.Option("--exports", help="Reuse (and add) exported files of this folder.")
+        Path | None,
+        typer.Option("--exports", metavar="DIR", help="Reuse (and add) exported files of this folder."),
     ] = None,
     build_lut: Annotated[
         bool,
@@ -80,13 +91,14 @@ def bench(
         ),
     ] = False,
     lut_levels: Annotated[
-        int, typer.Option("--lut-levels", help="Grid widths per dimension in the look-up table.")
+        int, typer.Option("--lut-levels", metavar="N", help="Grid widths per dimension in the look-up table.")
     ] = 3,
     lut_validate: Annotated[
-        int, typer.Option("--lut-validate", help="Random configs the look-up table is checked on.")
+        int,
+        typer.Option("--lut-validate", metavar="N", help="Random configs the look-up table is checked on."),
     ] = 20,
     lut_calibrate: Annotated[
-        int, typer.Option("--lut-calibrate", help="Configs its correction is fitted on.")
+        int, typer.Option("--lut-calibrate", metavar="N", help="Configs its correction is fitted on.")
     ] = 5,
     default_malloc: Annotated[
         bool,
@@ -96,7 +108,9 @@ def bench(
             "inferences do not page-fault).",
         ),
     ] = False,
-    model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", metavar="pkg.module:factory", help=MODEL_HELP)
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Measure latency per front point and backend (interleaved, medians); optionally store it in the manifest."""

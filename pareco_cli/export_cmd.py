@@ -22,6 +22,7 @@ def export(
         Path | None,
         typer.Option(
             "--out",
+            metavar="DIR",
             help="Output folder: <point>.<ext> files and export.json (default: export/ beside the manifest).",
             show_default=False,
         ),
@@ -30,11 +31,13 @@ def export(
         list[str] | None,
         typer.Option(
             "--budget",
+            metavar="BUDGET",
             help="Export the point chosen under this budget; repeat to AND (e.g. 100MFLOPs, 5ms@PROFILE).",
         ),
     ] = None,
     point: Annotated[
-        list[str] | None, typer.Option("--point", help="Export this point id; repeat for several.")
+        list[str] | None,
+        typer.Option("--point", metavar="ID", help="Export this point id; repeat for several."),
     ] = None,
     all_points: Annotated[bool, typer.Option("--all", help="Export every point of the front.")] = False,
     onnx: Annotated[
@@ -49,7 +52,9 @@ def export(
     fallback: Annotated[
         str | None,
         typer.Option(
-            "--fallback", help="'cheapest': with --budget, take the cheapest point if no point meets it."
+            "--fallback",
+            metavar="cheapest",
+            help="'cheapest': with --budget, take the cheapest point if no point meets it.",
         ),
     ] = None,
     allow_predicted: Annotated[
@@ -59,14 +64,18 @@ def export(
         str,
         typer.Option(
             "--batch",
+            metavar="N|dynamic:MAX",
             help="Batch of ExecuTorch files: N (that batch only) or dynamic:MAX (any batch from 1 to "
             "MAX, e.g. dynamic:8); ONNX, TorchScript and .pt2 files take any batch.",
         ),
     ] = "1",
     atol: Annotated[
-        float, typer.Option("--atol", help="Largest absolute difference to PyTorch a file may show.")
+        float,
+        typer.Option("--atol", metavar="X", help="Largest absolute difference to PyTorch a file may show."),
     ] = 1e-4,
-    model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", metavar="pkg.module:factory", help=MODEL_HELP)
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Export front points; each file is loaded back in its runtime and checked against PyTorch."""

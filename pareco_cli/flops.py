@@ -50,19 +50,29 @@ def flops(
     arch: str = typer.Option(
         ...,
         "--arch",
+        metavar="ARCH",
         help="Architecture: resnet20/32/44/56, mobilenet_v2, mobilenet_v3_large, or a CNN made slimmable: "
         "torchvision:NAME, timm:NAME, pkg.module:factory.",
     ),
-    width: float | None = typer.Option(None, "--width", help="Uniform width multiplier for every group."),
-    alpha: str | None = typer.Option(None, "--alpha", help="Per-group widths, comma-separated."),
+    width: float | None = typer.Option(
+        None, "--width", metavar="W", help="Uniform width multiplier for every group."
+    ),
+    alpha: str | None = typer.Option(
+        None, "--alpha", metavar="A1,..,AK", help="Per-group widths, comma-separated."
+    ),
     width_mult: float | None = typer.Option(
         None,
         "--width-mult",
+        metavar="W",
         help="torchvision's network at this width_mult (mobilenet_v2: e.g. 0.5 is mobilenet_v2(width_mult=0.5)).",
     ),
-    divisor: int | None = typer.Option(None, "--divisor", help="Round channels to multiples of this."),
-    num_classes: int | None = typer.Option(None, "--num-classes", help="Classes of the head."),
-    input_size: int | None = typer.Option(None, "--input-size", help="Input resolution (default per arch)."),
+    divisor: int | None = typer.Option(
+        None, "--divisor", metavar="N", help="Round channels to multiples of this."
+    ),
+    num_classes: int | None = typer.Option(None, "--num-classes", metavar="N", help="Classes of the head."),
+    input_size: int | None = typer.Option(
+        None, "--input-size", metavar="PX", help="Input resolution (default per arch)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """MACs (the field's FLOPs), parameters and per-group channels of one config."""

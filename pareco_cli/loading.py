@@ -22,7 +22,7 @@ ManifestArg = Annotated[
     typer.Argument(
         help="A front manifest (NAME.front.json), or the run folder holding one (pareco train --out); "
         "default: the one in the current folder.",
-        metavar="[MANIFEST|RUN_DIR]",
+        metavar="MANIFEST|RUN_DIR",
         show_default=False,
     ),
 ]

@@ -92,10 +92,13 @@ def _point_row(p, profiles: list[str], selected: bool) -> list:
 def select(
     manifest: ManifestArg = None,
     budget: list[str] = typer.Option(
-        ..., "--budget", help="e.g. 100MFLOPs, 5ms@PROFILE, 2mJ, battery=30%; repeat to AND."
+        ...,
+        "--budget",
+        metavar="BUDGET",
+        help="e.g. 100MFLOPs, 5ms@PROFILE, 2mJ, battery=30%; repeat to AND.",
     ),
     fallback: str | None = typer.Option(
-        None, "--fallback", help="'cheapest': take the cheapest point if unmet."
+        None, "--fallback", metavar="cheapest", help="'cheapest': take the cheapest point if unmet."
     ),
     allow_predicted: bool = typer.Option(
         False, "--allow-predicted", help="Use predicted latency where unmeasured."
@@ -139,7 +142,9 @@ def select(
 
 def show(
     manifest: ManifestArg = None,
-    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG: top-1 against MFLOPs and latency."),
+    plot: Path | None = typer.Option(
+        None, "--plot", metavar="PNG", help="Write a PNG: top-1 against MFLOPs and latency."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print the front as a table (and draw it)."""
