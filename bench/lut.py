@@ -54,7 +54,7 @@ from pareco_runtime.front_file import Front, utc_timestamp
 from pareco_runtime.model_check import build_front_model
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.ops import SLIM_TYPES
-from pareco_runtime.slicing import slice_model
+from pareco_runtime.slicing import plain_twin, slice_model
 from pareco_runtime.space import WidthSpace
 from pareco_runtime.untrusted import FormatError, read_json
 
@@ -400,9 +400,8 @@ def build_lut(
         # that load changes on the host hit the table and the configs it is checked on alike.
         candidates: dict[str, Any] = {}
         for j, assignment in enumerate(assignments):
-            sliced = (
-                slice_model(model, [widths[d][assignment[d]] for d in range(space.dims)]).eval().to(device)
-            )
+            # The plain twin, not slice_model's GraphModule: a traced graph has no block modules to hook.
+            sliced = plain_twin(model, [widths[d][assignment[d]] for d in range(space.dims)]).to(device)
             x = torch.randn(batch, *model.input_size, generator=gen).to(device)
             candidates[f"grid{j}"] = _timed_in_context(sliced, names, x, cuda, warmup, stores[j])
         for i, a in enumerate(configs):

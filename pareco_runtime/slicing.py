@@ -101,6 +101,23 @@ def _torch_graph(plain: nn.Module) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(plain, graph, class_name="StandaloneModel")
 
 
+def plain_twin(
+    model: SlimmableNet,
+    alpha: Sequence[float] | None = None,
+    bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> nn.Module:
+    """``model`` at config ``alpha`` as an instance of its architecture's plain class, in eval mode.
+
+    The same layers and outputs as :func:`slice_model`, but blocks stay modules with their own forward
+    (``twin.get_submodule("layer1.0")`` runs, can be hooked, timed or exported alone), which is what
+    tools that work per block need. Unlike ``slice_model``'s result it is not torch-only: unpickling
+    it imports pareco (or a converted model's own class). ``bn_stats`` as in :func:`slice_model`.
+    """
+    stats = model.ctx.bn_stats if bn_stats is None else bn_stats
+    with model.config(alpha, stats, train=model.training), torch.no_grad():
+        return _plain_model(model)
+
+
 def slice_model(
     model: SlimmableNet,
     alpha: Sequence[float] | None = None,
@@ -121,16 +138,14 @@ def slice_model(
     model's at that config. The model is left exactly as it was (widths, statistics, mode);
     statistics that do not fit the config raise ``BNStatsError``.
     """
-    stats = model.ctx.bn_stats if bn_stats is None else bn_stats
-    with model.config(alpha, stats, train=model.training), torch.no_grad():
-        plain = _plain_model(model)
+    standalone = _torch_graph(plain_twin(model, alpha, bn_stats))
+    with model.config(alpha):
         described = {
             "arch": model.arch,
             "alpha": list(model.alpha),
             "channels": model.channels(),
             "input_size": model.input_size,
         }
-    standalone = _torch_graph(plain)
     # setattr: torch types nn.Module attribute assignment as tensors and modules only.
     for name, value in described.items():
         setattr(standalone, name, value)

@@ -186,6 +186,8 @@ def test_lut_builds_predicts_and_round_trips(tmp_path):
         assert math.isfinite(rep["validation"][key]) and math.isfinite(rep["validation"]["raw"][key])
     assert lut.scale > 0 and lut.offset_ms >= 0
     assert len(rep["rows"]) == 23 and all(r["measured_ms"] > 0 for r in rep["rows"])
+    # every block was timed (a block that never ran its own forward would be a row of zeros)
+    assert all(min(u.times_ms) > 0 for u in lut.units), [u.name for u in lut.units if min(u.times_ms) <= 0]
     configs = [
         *model.space.sample(torch.Generator().manual_seed(5), 10),
         model.space.uniform(model.space.low),

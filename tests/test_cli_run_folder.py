@@ -38,7 +38,9 @@ def test_the_readme_commands_work_as_typed_inside_a_run_folder(front_copy: Path,
     assert (run / "export" / f"{pid}.onnx").is_file()
 
 
-def test_a_run_folder_named_as_the_argument_is_read_like_its_manifest(front_copy: Path, cli, tmp_path) -> None:
+def test_a_run_folder_named_as_the_argument_is_read_like_its_manifest(
+    front_copy: Path, cli, tmp_path
+) -> None:
     budget, pid = _budget_of_middle_point(front_copy)
     for given in (front_copy.parent, front_copy):
         got = cli("select", str(given), "--budget", budget, "--json")
@@ -56,7 +58,9 @@ def test_the_only_front_manifest_of_a_folder_is_taken_whatever_its_name(front_co
 
 
 @pytest.mark.parametrize("manifests", [0, 2])
-def test_a_folder_without_one_manifest_is_a_one_line_error(front_copy: Path, cli, tmp_path, manifests) -> None:
+def test_a_folder_without_one_manifest_is_a_one_line_error(
+    front_copy: Path, cli, tmp_path, manifests
+) -> None:
     folder = tmp_path / "elsewhere"
     folder.mkdir()
     for name in ("a", "b")[:manifests]:
@@ -69,7 +73,9 @@ def test_a_folder_without_one_manifest_is_a_one_line_error(front_copy: Path, cli
     assert "name the manifest" in line
 
 
-def test_an_export_that_names_no_point_says_how_and_writes_nothing(front_copy: Path, cli, monkeypatch) -> None:
+def test_an_export_that_names_no_point_says_how_and_writes_nothing(
+    front_copy: Path, cli, monkeypatch
+) -> None:
     monkeypatch.chdir(front_copy.parent)
     got = cli("export", "--onnx")
     assert got.returncode == 2

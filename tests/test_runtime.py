@@ -155,9 +155,10 @@ def test_cli_select_and_show(tiny_front, tmp_path, cli):
     unmet = json.loads(r.stdout)
     assert unmet["met"] is False and unmet["fallback"] == "cheapest"
     assert unmet["point"]["mflops"] == min(p["mflops"] for p in json.loads(tiny_front.read_text())["points"])
-    assert "budget not met: no point satisfies it; this is the cheapest point (--fallback cheapest)" in cli(
-        "select", str(tiny_front), "--budget", "0.0001MFLOPs", "--fallback", "cheapest"
-    ).stdout
+    assert (
+        "budget not met: no point satisfies it; this is the cheapest point (--fallback cheapest)"
+        in cli("select", str(tiny_front), "--budget", "0.0001MFLOPs", "--fallback", "cheapest").stdout
+    )
     r = cli("select", str(tiny_front), "--budget", "5 parsecs")
     assert r.returncode == 2 and "parsecs" in r.stderr
     r = cli("select", str(tiny_front), "--budget", "5ms")

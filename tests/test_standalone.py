@@ -196,3 +196,19 @@ def test_standalone_keeps_the_layer_names_and_describes_its_config():
         m.channels(alpha),
         (3, 32, 32),
     )
+
+
+def test_the_plain_twin_keeps_blocks_as_modules_and_equals_the_standalone_model():
+    from pareco_runtime.slicing import plain_twin
+
+    model = build_model("resnet20", num_classes=4, input_size=16).eval()
+    alpha = model.space.sample(torch.Generator().manual_seed(3), 1)[0]
+    twin, sub = plain_twin(model, alpha), slice_model(model, alpha).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(twin(x), sub(x))
+    ran: list[str] = []
+    twin.get_submodule("layer2.0").register_forward_pre_hook(lambda *_: ran.append("layer2.0"))
+    with torch.no_grad():
+        twin(x)
+    assert ran == ["layer2.0"], "a block of the twin runs its own forward"

@@ -280,6 +280,8 @@ def test_a_run_from_before_a_setting_existed_resumes_and_a_changed_one_is_named(
     (tmp_path / "run.json").write_text(json.dumps(saved))
     _check_and_write_run(tmp_path, cfg, resume=True, force=False)
     with pytest.raises(TrainingError, match=r"differ from the run there \(torchvision_widths\)"):
-        _check_and_write_run(tmp_path, dataclasses.replace(cfg, torchvision_widths=True), resume=True, force=False)
+        _check_and_write_run(
+            tmp_path, dataclasses.replace(cfg, torchvision_widths=True), resume=True, force=False
+        )
     with pytest.raises(TrainingError, match=r"\(epochs\)"):
         _check_and_write_run(tmp_path, dataclasses.replace(cfg, epochs=3), resume=True, force=False)
