@@ -13,11 +13,13 @@ small grid of channel counts per dimension (``levels``, from the space's lowest 
 predicts between grid points by multilinear interpolation: exact for that cost shape, with the
 inner grid points catching what vectorisation and caches bend.
 
-Blocks are timed *in place*: whole sliced models run with a clock read at each block's start, so
-each block sees the caches and the dispatch overhead the whole model gives it (a block timed
-alone, on an input that stays in cache, runs faster than it does inside the model). A few dozen
-grid configs, chosen so that every block meets every combination of its dimensions' levels, fill
-the whole table.
+On eager torch, blocks are timed *in place*: whole sliced models run with a clock read at each
+block's start, so each block sees the caches and the dispatch overhead the whole model gives it (a
+block timed alone, on an input that stays in cache, runs faster than it does inside the model). A
+few dozen grid configs, chosen so that every block meets every combination of its dimensions'
+levels, fill the whole table. A compiled runtime (ONNX Runtime, ExecuTorch) runs a program with no
+clock between blocks, so there each distinct block of those grid configs (same layers, same input
+shape) is exported and timed alone, and the calibration below absorbs what isolation changes.
 
 What no block owns (the top-level forward call, anything before the first block) and what the
 grid cannot see is left to a calibration, ``offset + scale * sum``, fitted on a few measured
@@ -34,6 +36,7 @@ import itertools
 import json
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,6 +50,8 @@ from torch import nn
 from bench.device import device_profile, write_profile
 from bench.errors import BenchError
 from bench.timing import STEADY_MALLOC, interleaved_warm, steady_malloc, torch_callable, torch_threads
+from export.exporter import export_point
+from export.formats import get_format, load_runner, require, set_executorch_threads
 from pareco_runtime.atomic import atomic_write_text
 from pareco_runtime.filelock import locked
 from pareco_runtime.front import DeviceProfile, FrontPoint
@@ -59,7 +64,10 @@ from pareco_runtime.space import WidthSpace
 from pareco_runtime.untrusted import FormatError, read_json
 
 LUT_FORMAT = 1
-LUT_BACKENDS = ("torch", "cuda")
+# Compiled runtimes cannot be hooked between blocks: each distinct block is exported alone and timed
+# as its own program, and the calibration on whole exported models takes up what that misses.
+_COMPILED = {"onnxruntime": "onnx", "executorch": "executorch"}
+LUT_BACKENDS = ("torch", "cuda", *_COMPILED)
 
 
 @dataclass
@@ -315,15 +323,17 @@ def _relative_errors(pred: Sequence[float], meas: Sequence[float]) -> dict[str, 
 def fit_calibration(raw: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
     """``(offset_ms, scale)`` minimising the squared relative error of ``offset + scale * raw``.
 
-    Falls back to a scale alone when the fit gives a negative offset or scale (too few or too
-    similar configs), so predictions stay positive.
+    The offset may be negative (blocks timed as separate programs each pay the runtime's per-call
+    cost, which the whole model pays once) as long as the prediction stays positive at the smallest
+    raw sum fitted on (the calibration configs include the space's smallest); otherwise, or with too
+    few or too similar configs, a scale alone.
     """
     r, y = np.asarray(raw, float), np.asarray(measured, float)
     w = 1.0 / y
     if len(r) >= 2 and np.ptp(r) > 0:
         a_mat = np.stack([w, w * r], axis=1)
         (offset, scale), *_ = np.linalg.lstsq(a_mat, np.ones_like(y), rcond=None)
-        if offset >= 0 and scale > 0:
+        if scale > 0 and offset + scale * r.min() > 0:
             return float(offset), float(scale)
     return 0.0, float(np.sum(w * w * r * y) / np.sum(w * w * r * r))
 
@@ -347,8 +357,9 @@ def build_lut(
     """Time ``model``'s blocks on a channel grid, calibrate on ``calibrate`` configs, validate on ``validate``.
 
     ``model``: a slimmable model (weights do not matter for timing: a fresh ``build_model`` is
-    fine). ``backend``: torch or cuda. The grid configs are whole sliced models whose blocks are
-    timed in place; calibration configs are the uniform lowest, middle and full widths plus random
+    fine). ``backend``: torch or cuda (the grid configs are whole sliced models whose blocks are
+    timed in place), onnxruntime or executorch (each distinct block of the grid configs is exported
+    and timed as its own program, whole configs as exported models); calibration configs are the uniform lowest, middle and full widths plus random
     ones; validation configs are random (seeded) and distinct from them. All are timed in one
     interleaved run of ``warmup`` and ``runs`` rounds. ``steady_memory``: call
     :func:`bench.timing.steady_malloc` first (process-wide), as ``run_bench`` does, so the table and
@@ -357,8 +368,7 @@ def build_lut(
     """
     if backend not in LUT_BACKENDS:
         raise BenchError(
-            f"the latency table times blocks with {' or '.join(LUT_BACKENDS)}; backend '{backend}' "
-            "would need one export per block shape; build it with --backend torch"
+            f"--backend {backend}: the latency table is built for {', '.join(LUT_BACKENDS)}; choose one of them"
         )
     if backend == "cuda" and not torch.cuda.is_available():
         raise BenchError(
@@ -380,7 +390,6 @@ def build_lut(
         )
     say = on_stage or (lambda _msg: None)
     allocator = STEADY_MALLOC if steady_memory and steady_malloc() else None
-    cuda = backend == "cuda"
     space = model.space
     units = discover_units(model)
     names = [u.name for u in units]
@@ -388,33 +397,16 @@ def build_lut(
     sizes = [len(lv) for lv in grid]
     widths = [list(lv.values()) for lv in grid]
     gen = torch.Generator().manual_seed(seed)
-    device = "cuda" if cuda else "cpu"
     calib = [space.smallest(), space.uniform((space.low + space.high) / 2), space.uniform(space.high)]
     calib = (calib + space.sample(gen, max(0, calibrate - 3)))[:calibrate]
     check = space.sample(gen, validate)
     configs = calib + check
     assignments = _covering(units, sizes)
-    stores: list[list[list[float]]] = [[[] for _ in units] for _ in assignments]
-    with torch_threads(threads):
-        # Grid configs (blocks timed in place) and whole-model configs share one interleaved run, so
-        # that load changes on the host hit the table and the configs it is checked on alike.
-        candidates: dict[str, Any] = {}
-        for j, assignment in enumerate(assignments):
-            # The plain twin, not slice_model's GraphModule: a traced graph has no block modules to hook.
-            sliced = plain_twin(model, [widths[d][assignment[d]] for d in range(space.dims)]).to(device)
-            x = torch.randn(batch, *model.input_size, generator=gen).to(device)
-            candidates[f"grid{j}"] = _timed_in_context(sliced, names, x, cuda, warmup, stores[j])
-        for i, a in enumerate(configs):
-            candidates[f"config{i}"] = torch_callable(
-                slice_model(model, a).eval(), torch.randn(batch, *model.input_size, generator=gen), cuda
-            )
-        say(
-            f"timing {len(assignments)} grid configs ({len(units)} blocks timed in place, {levels} widths per "
-            f"dimension) and {len(configs)} whole-model configs ({len(calib)} to calibrate, {len(check)} to "
-            "validate), interleaved"
-        )
-        timings = interleaved_warm(candidates, warmup=warmup, runs=runs)
-        del candidates
+    grid_alphas = [[widths[d][assignment[d]] for d in range(space.dims)] for assignment in assignments]
+    timed = _time_compiled if backend in _COMPILED else _time_in_place
+    stores, measured = timed(
+        model, names, grid_alphas, configs, backend, threads, batch, warmup, runs, gen, say, len(calib)
+    )
     tables = []
     for i, u in enumerate(units):
         pooled: dict[tuple[int, ...], list[float]] = {}
@@ -434,7 +426,6 @@ def build_lut(
                 [statistics.median(pooled[c]) * 1e3 for c in combos],
             )
         )
-    measured = [timings[f"config{i}"].median * 1e3 for i in range(len(configs))]
     lut = LatencyLUT(
         profile=profile,
         backend=backend,
@@ -453,6 +444,7 @@ def build_lut(
     pred = [lut.offset_ms + lut.scale * r for r in raw]
     lut.report = {
         "levels": levels,
+        "blocks_timed": "exported alone" if backend in _COMPILED else "in place",
         "units": len(units),
         "grid_configs": len(assignments),
         "warmup": warmup,
@@ -481,6 +473,122 @@ def build_lut(
         ],
     }
     return lut
+
+
+_Timed = tuple[list[list[list[float]]], list[float]]
+
+
+def _time_in_place(
+    model: SlimmableNet,
+    names: Sequence[str],
+    grid_alphas: Sequence[Sequence[float]],
+    configs: Sequence[Sequence[float]],
+    backend: str,
+    threads: int,
+    batch: int,
+    warmup: int,
+    runs: int,
+    gen: torch.Generator,
+    say: Callable[[str], None],
+    calibrating: int,
+) -> _Timed:
+    """Eager torch (CPU or CUDA): per grid config, each unit's times with the blocks timed in place;
+    and each whole config's median in ms."""
+    cuda = backend == "cuda"
+    device = "cuda" if cuda else "cpu"
+    stores: list[list[list[float]]] = [[[] for _ in names] for _ in grid_alphas]
+    with torch_threads(threads):
+        # Grid configs (blocks timed in place) and whole-model configs share one interleaved run, so
+        # that load changes on the host hit the table and the configs it is checked on alike.
+        candidates: dict[str, Any] = {}
+        for j, alpha in enumerate(grid_alphas):
+            # The plain twin, not slice_model's GraphModule: a traced graph has no block modules to hook.
+            sliced = plain_twin(model, alpha).to(device)
+            x = torch.randn(batch, *model.input_size, generator=gen).to(device)
+            candidates[f"grid{j}"] = _timed_in_context(sliced, names, x, cuda, warmup, stores[j])
+        for i, a in enumerate(configs):
+            candidates[f"config{i}"] = torch_callable(
+                slice_model(model, a).eval(), torch.randn(batch, *model.input_size, generator=gen), cuda
+            )
+        say(
+            f"timing {len(grid_alphas)} grid configs ({len(names)} blocks timed in place) and "
+            f"{len(configs)} whole-model configs ({calibrating} to calibrate, {len(configs) - calibrating} "
+            "to validate), interleaved"
+        )
+        timings = interleaved_warm(candidates, warmup=warmup, runs=runs)
+    return stores, [timings[f"config{i}"].median * 1e3 for i in range(len(configs))]
+
+
+def _unit_inputs(twin: nn.Module, names: Sequence[str], x: torch.Tensor) -> list[torch.Tensor]:
+    """The tensor each unit of ``twin`` receives when ``twin(x)`` runs."""
+    seen: dict[int, torch.Tensor] = {}
+    handles = [
+        twin.get_submodule(name).register_forward_pre_hook(
+            lambda _m, args, i=i: seen.setdefault(i, args[0].detach().clone())
+        )
+        for i, name in enumerate(names)
+    ]
+    with torch.inference_mode():
+        twin(x)
+    for h in handles:
+        h.remove()
+    return [seen[i] for i in range(len(names))]
+
+
+def _time_compiled(
+    model: SlimmableNet,
+    names: Sequence[str],
+    grid_alphas: Sequence[Sequence[float]],
+    configs: Sequence[Sequence[float]],
+    backend: str,
+    threads: int,
+    batch: int,
+    warmup: int,
+    runs: int,
+    gen: torch.Generator,
+    say: Callable[[str], None],
+    calibrating: int,
+) -> _Timed:
+    """ONNX Runtime or ExecuTorch: each distinct block (same layers, same input shape) of the grid
+    configs exported and timed alone, and each whole config exported and timed; one interleaved run."""
+    fmt = _COMPILED[backend]
+    require(fmt)
+    if fmt == "executorch":
+        set_executorch_threads(threads)  # before any program loads, parity checks included
+    blocks: dict[str, tuple[nn.Module, torch.Tensor]] = {}
+    keys: list[list[str]] = []
+    for alpha in grid_alphas:
+        twin = plain_twin(model, alpha)
+        inputs = _unit_inputs(twin, names, torch.randn(batch, *model.input_size, generator=gen))
+        row = []
+        for name, x in zip(names, inputs):
+            block = twin.get_submodule(name)
+            key = f"{block!r}|{tuple(x.shape)}"
+            blocks.setdefault(key, (block, x))
+            row.append(key)
+        keys.append(row)
+    say(
+        f"exporting {len(blocks)} distinct blocks and {len(configs)} whole-model configs "
+        f"({calibrating} to calibrate, {len(configs) - calibrating} to validate) to {fmt}"
+    )
+    ext = get_format(fmt).ext
+    candidates: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="pareco-lut-") as scratch:
+        folder = Path(scratch)
+        programs = [(f"block{k}", block, x) for k, (block, x) in enumerate(blocks.values())]
+        programs += [
+            (f"config{i}", slice_model(model, a).eval(), torch.randn(batch, *model.input_size, generator=gen))
+            for i, a in enumerate(configs)
+        ]
+        for key, module, x in programs:
+            path = folder / f"{key}{ext}"
+            export_point(module.eval(), tuple(x.shape[1:]), fmt, path, batch=int(x.shape[0]))
+            candidates[key] = load_runner(fmt, path, threads).bind(x)
+        say(f"timing {len(candidates)} {backend} programs, interleaved")
+        timings = interleaved_warm(candidates, warmup=warmup, runs=runs)
+    block_ms = {key: timings[f"block{k}"].median for k, key in enumerate(blocks)}
+    stores = [[[block_ms[key]] for key in row] for row in keys]
+    return stores, [timings[f"config{i}"].median * 1e3 for i in range(len(configs))]
 
 
 @dataclass

@@ -174,6 +174,12 @@ def test_fit_calibration_recovers_offset_and_scale():
     offset, scale = fit_calibration(raw, [0.2 + 1.3 * r for r in raw])
     assert offset == pytest.approx(0.2) and scale == pytest.approx(1.3)
     assert fit_calibration([2.0], [3.0]) == (0.0, pytest.approx(1.5))  # one config: a scale alone
+    # blocks timed as separate programs overcount a per-call cost: a negative offset that keeps
+    # the smallest prediction positive is kept, one that would not is dropped for a scale alone
+    offset, scale = fit_calibration(raw, [-0.5 + 1.0 * r for r in raw])
+    assert offset == pytest.approx(-0.5) and scale == pytest.approx(1.0)
+    offset, _ = fit_calibration(raw, [-1.5 + 1.0 * r for r in raw])
+    assert offset == 0.0
 
 
 def test_lut_builds_predicts_and_round_trips(tmp_path):
@@ -184,7 +190,7 @@ def test_lut_builds_predicts_and_round_trips(tmp_path):
     assert rep["validation"]["configs"] == 20 and rep["calibration"]["configs"] == 3
     for key in ("median_abs_rel_error", "max_abs_rel_error", "within_10pct"):
         assert math.isfinite(rep["validation"][key]) and math.isfinite(rep["validation"]["raw"][key])
-    assert lut.scale > 0 and lut.offset_ms >= 0
+    assert lut.scale > 0 and lut.offset_ms + lut.scale * min(r["raw_ms"] for r in rep["rows"]) > 0
     assert len(rep["rows"]) == 23 and all(r["measured_ms"] > 0 for r in rep["rows"])
     # every block was timed (a block that never ran its own forward would be a row of zeros)
     assert all(min(u.times_ms) > 0 for u in lut.units), [u.name for u in lut.units if min(u.times_ms) <= 0]
@@ -275,3 +281,39 @@ def test_a_latency_table_of_the_wrong_shape_is_one_error(tmp_path, content: str)
     with pytest.raises(BenchError, match="latency table") as err:
         LatencyLUT.load(path)
     assert "--build-lut" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "executorch"])
+def test_a_latency_table_for_a_compiled_runtime_times_every_block(backend: str) -> None:
+    from torch import nn
+
+    from pareco_runtime import make_slimmable
+
+    plain = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    )
+    model = make_slimmable(plain, torch.zeros(1, 3, 16, 16))
+    stages: list[str] = []
+    lut = build_lut(
+        model,
+        profile="tiny",
+        backend=backend,
+        levels=2,
+        warmup=1,
+        runs=3,
+        calibrate=2,
+        validate=1,
+        on_stage=stages.append,
+    )
+    assert lut.report["blocks_timed"] == "exported alone" and lut.backend == backend
+    assert any(s.startswith("exporting ") and "distinct blocks" in s for s in stages)
+    assert all(min(u.times_ms) > 0 for u in lut.units), [u.name for u in lut.units if min(u.times_ms) <= 0]
+    assert len(lut.report["rows"]) == 3 and all(r["measured_ms"] > 0 for r in lut.report["rows"])
+    predicted = [lut.predict_alpha(a) for a in model.space.sample(torch.Generator().manual_seed(0), 5)]
+    assert all(math.isfinite(p) and p > 0 for p in predicted)
