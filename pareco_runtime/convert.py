@@ -153,7 +153,14 @@ class _Tracer(torch.fx.Tracer):
 
 
 class ConversionError(ValueError):
-    """A model :func:`make_slimmable` cannot convert; the message names the node and the way out."""
+    """A model :func:`make_slimmable` cannot convert; the message names the node and the way out.
+
+    ``cli`` is the same message for a command line that took the model from ``pareco train``'s
+    flags (``--pin``, ``--group-low``) where the way out is said in those flags, else None."""
+
+    def __init__(self, message: str, cli: str | None = None) -> None:
+        super().__init__(message)
+        self.cli = cli
 
 
 @dataclass
@@ -265,7 +272,8 @@ class _Analysis:
         if self.on_unsupported == "error":
             raise ConversionError(
                 f"make_slimmable: {text}; pin the modules around it (pin=[...]) or pass "
-                f"on_unsupported='pin' to keep them at full width"
+                f"on_unsupported='pin' to keep them at full width",
+                cli=f"{text}; keep the modules around it at full width with --pin PATTERNS",
             )
         self.unsupported.append(text)
         for arg in node.all_input_nodes:
@@ -507,9 +515,11 @@ def make_slimmable(
     layers = found.layers
     for p in pin:
         if not _matching(layers, [p]):
+            named_like = (
+                f"matches no Conv2d/BatchNorm2d/Linear; layers are named like {next(iter(layers), '?')!r}"
+            )
             raise ConversionError(
-                f"make_slimmable: pin pattern {p!r} matches no Conv2d/BatchNorm2d/Linear; "
-                f"layers are named like {next(iter(layers), '?')!r}"
+                f"make_slimmable: pin pattern {p!r} {named_like}", cli=f"--pin pattern {p!r} {named_like}"
             )
         for name in _matching(layers, [p]):
             groups.pin(layers[name].cout, f"pinned by {p!r}")
@@ -611,9 +621,10 @@ def _dimension_lows(dims: Sequence[str], low: float, lows: Mapping[str, float]) 
     # The range of each value is the width space's to check; here only what the patterns match.
     for pattern in lows:
         if not _matching(dims, [pattern]):
+            named_like = f"matches no width dimension; dimensions are named like {dims[0]!r}"
             raise ConversionError(
-                f"make_slimmable: lows pattern {pattern!r} matches no width dimension; "
-                f"dimensions are named like {dims[0]!r}"
+                f"make_slimmable: lows pattern {pattern!r} {named_like}",
+                cli=f"--group-low pattern {pattern!r} {named_like}",
             )
     return tuple(
         next((float(v) for p, v in lows.items() if fnmatch.fnmatchcase(name, p)), low) for name in dims

@@ -89,9 +89,8 @@ def build_for_data(cfg: TrainConfig, num_classes: int, input_size: tuple[int, in
             )
         except ConversionError as exc:
             # The library names its keyword arguments; the user typed flags.
-            text = str(exc).removeprefix("make_slimmable: ").replace("lows pattern", "--group-low pattern")
             raise TrainingError(
-                f"--arch {cfg.arch}: {text.replace('pin pattern', '--pin pattern')}"
+                f"--arch {cfg.arch}: {exc.cli or str(exc).removeprefix('make_slimmable: ')}"
             ) from None
     kwargs: dict[str, Any] = {"num_classes": num_classes, "input_size": input_size[-1]}
     if cfg.arch.startswith("resnet"):
