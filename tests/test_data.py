@@ -632,3 +632,21 @@ def test_real_cifar_archive_first_members() -> None:
     assert decode._first_image_size(source for _, source in first) == (32, 32)
     decoded = [decode._decode_image(source, 32) for _, source in first]
     assert all(a is not None and a.shape == (32, 32, 3) and a.dtype == np.uint8 for a in decoded)
+
+
+@pytest.mark.slow
+def test_pareco_train_says_the_switch_and_the_unused_test_split_in_one_line_each(tmp_path, cli_process):
+    root = make_tree(tmp_path / "big", split=True, size=80)
+    _class_folder(root / "val" / "cat", (200, 60, 60), 1, 80, extras=False)
+    _class_folder(root / "val" / "dog", (60, 60, 200), 1, 80, extras=False)
+    # An unknown --arch stops the run right after the data is read: what was said about it is all there is.
+    r = cli_process("train", "--data", str(root), "--arch", "no_such_arch", "--out", str(tmp_path / "run"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines[-1].startswith("error: unknown architecture 'no_such_arch'")
+    stream = f"warning: {root}: images of 80x80 px (above 64 px) stream from disk at 224x224 px"
+    assert sum(line.startswith(stream) for line in lines) == 1
+    assert (
+        f"warning: {root}: validating on val/ (2 images); test/ beside it (4 images) is not used; "
+        "to validate on test/ instead, move val/ out of the tree"
+    ) in lines
+    assert all(line.startswith(("warning: ", "error: ")) for line in lines), r.stderr
