@@ -30,9 +30,9 @@ from bench.energy import EnergyMeter, energy_note
 from bench.errors import BenchError
 from bench.lut import fitting_lut
 from bench.timing import STEADY_MALLOC, interleaved_warm, steady_malloc, torch_callable, torch_threads
-from export.exporter import export_point
-from export.formats import get_format, load_runner, require, set_executorch_threads
-from export.index import find_export, merge_index, recorded_exports
+from export.exporter import export_points
+from export.formats import load_runner, require, set_executorch_threads
+from export.index import find_export, recorded_exports
 from pareco_runtime.front import DeviceProfile
 
 if TYPE_CHECKING:
@@ -106,7 +106,6 @@ def check_backends(backends: Sequence[str]) -> list[str]:
 def _exported_file(
     rt: SlimmableRuntime,
     point: FrontPoint,
-    model: torch.nn.Module,
     backend: str,
     batch: int,
     exports: Path | None,
@@ -115,7 +114,8 @@ def _exported_file(
 ) -> Path:
     """The ONNX or ``.pte`` file of ``point``: reused from ``exports`` when it holds one recorded as
     accepting ``batch``, else exported there (replacing a record for another batch) or to
-    ``scratch`` when no export folder is given, with its parity check."""
+    ``scratch`` when no export folder is given, with its parity check, labels and record
+    (:func:`export.exporter.export_points`)."""
     fmt = _EXPORT_FORMAT[backend]
     sha = rt.front.weights_sha256
     if exports is not None:
@@ -128,12 +128,7 @@ def _exported_file(
         for path, r in ([] if exports is None else recorded_exports(exports, point.id, fmt, sha))
     )
     say(f"exporting {point.id} for {backend}{unfit}")
-    folder = exports if exports is not None else scratch
-    res = export_point(
-        model, rt.input_size, fmt, folder / f"{point.id}{get_format(fmt).ext}", batch=batch, point=point.id
-    )
-    if exports is not None:
-        merge_index(exports, [res.to_entry(sha)])
+    (res,) = export_points(rt, [point], [fmt], exports if exports is not None else scratch, batch=batch)
     return res.path
 
 
@@ -233,7 +228,7 @@ def run_bench(
                         model if b == "torch" else rt.standalone(p), x, b == "cuda"
                     )
                     continue
-                path = _exported_file(rt, p, model, b, batch, export_dir, Path(scratch), say)
+                path = _exported_file(rt, p, b, batch, export_dir, Path(scratch), say)
                 candidates[(p.id, b)] = load_runner(_EXPORT_FORMAT[b], path, threads).bind(x)
         if et_threads is not None:
             notes.append(

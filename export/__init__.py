@@ -6,7 +6,9 @@ res = export_point(rt.standalone("p02"), rt.input_size, "onnx", "out/p02.onnx")
 y = load_runner("onnx", res.path, threads=1)(x)          # NumPy output
 ```
 Each file is loaded back in its own runtime and compared with PyTorch before it is moved into
-place; ``export_points`` exports several points and keeps ``export.json`` up to date.
+place; ``export_points`` exports several points, writes ``labels.txt`` and keeps ``export.json``
+up to date, and every file it writes carries the point's preprocessing, labels and provenance
+(:mod:`export.metadata`).
 """
 
 from .exporter import DEFAULT_ATOL, ExportResult, export_point, export_points, parity_inputs
@@ -16,22 +18,27 @@ from .formats import (
     Format,
     MissingDependencyError,
     Runner,
+    constant_method,
     get_format,
     load_runner,
     require,
     versions,
 )
 from .index import INDEX_NAME, find_export, merge_index, read_index
+from .metadata import LABELS_NAME, Carried, write_labels
 
 __all__ = [
     "DEFAULT_ATOL",
     "FORMATS",
     "INDEX_NAME",
+    "LABELS_NAME",
+    "Carried",
     "ExportError",
     "ExportResult",
     "Format",
     "MissingDependencyError",
     "Runner",
+    "constant_method",
     "export_point",
     "export_points",
     "find_export",
@@ -42,4 +49,5 @@ __all__ = [
     "read_index",
     "require",
     "versions",
+    "write_labels",
 ]

@@ -27,6 +27,7 @@ from pareco_runtime.front_file import utc_timestamp
 from .batch import BatchRange, as_batch_range
 from .formats import WRITERS, ExportError, get_format, load_runner, require, versions
 from .index import merge_index
+from .metadata import Carried, write_labels
 
 if TYPE_CHECKING:
     from pareco_runtime import FrontPoint, SlimmableRuntime
@@ -49,6 +50,7 @@ class ExportResult:
     ``max_abs_diff``: the largest absolute difference to PyTorch over the checked batches.
     ``details``: the largest absolute PyTorch output over the checked batches (``max_abs_output``)
     and format-specific facts (ONNX opset, operators XNNPACK did not delegate).
+    ``carried``: the transform, labels and provenance stored in the file (None: nothing stored).
     """
 
     format: str
@@ -61,9 +63,11 @@ class ExportResult:
     seconds: float
     point: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    carried: Carried | None = None
 
     def to_entry(self, weights_sha256: str | None = None) -> dict[str, Any]:
-        """The record ``export.json`` keeps for this file (its name relative to the folder)."""
+        """The record ``export.json`` keeps for this file (its name relative to the folder), with the
+        transform and labels file of :attr:`carried` when the file carries them."""
         entry: dict[str, Any] = {
             "point": self.point,
             "format": self.format,
@@ -78,6 +82,8 @@ class ExportResult:
         }
         if weights_sha256 is not None:
             entry["weights_sha256"] = weights_sha256
+        if self.carried is not None:
+            entry.update(self.carried.index_fields())
         entry.update(self.details)
         return entry
 
@@ -99,6 +105,7 @@ def export_point(
     opset: int | None = None,
     seed: int = 0,
     point: str | None = None,
+    carried: Carried | None = None,
 ) -> ExportResult:
     """Export ``model`` (a plain eval-mode model, e.g. ``rt.standalone(point)``) to ``path`` as ``fmt``.
 
@@ -108,7 +115,8 @@ def export_point(
     a :class:`BatchRange`) any batch from 1 to MAX, checked at 1, 3 and MAX. The file is loaded
     back in its own runtime and must match PyTorch within ``atol`` (absolute, on the outputs), else
     :class:`ExportError` and nothing is written. ``opset``: the ONNX opset (default: the exporter's, at least 18).
-    ``point`` names the front point in the result. The model is put in eval mode.
+    ``point`` names the front point in the result; ``carried``: the transform, labels and provenance
+    to store in the file (:mod:`export.metadata`). The model is put in eval mode.
     """
     spec = get_format(fmt)
     require(fmt)
@@ -130,7 +138,8 @@ def export_point(
     try:
         staged = staging / target.name  # exporters see the real name and extension
         try:
-            details = WRITERS[fmt](model, example, staged, opset, batches)
+            metadata = carried.file_metadata() if carried is not None else {}
+            details = WRITERS[fmt](model, example, staged, opset, batches, metadata)
         except ExportError:
             raise
         except OSError as exc:
@@ -172,6 +181,7 @@ def export_point(
         seconds=time.perf_counter() - started,
         point=point,
         details=details,
+        carried=carried,
     )
 
 
@@ -224,19 +234,24 @@ def export_points(
 ) -> list[ExportResult]:
     """Export every point of ``points`` in every format of ``formats`` to ``out_dir/<point><ext>``.
 
-    Each point is sliced once (``rt.standalone``, with its calibrated BN statistics); after each
-    file, ``out_dir/export.json`` is updated (merged with earlier runs' records, atomically), so an
-    interrupted run keeps the records of the files it finished. ``batch``: as for
-    :func:`export_point` (ExecuTorch files only). ``on_done`` is called per file.
+    First ``out_dir/labels.txt`` is written (:func:`export.metadata.write_labels`: refused, before
+    any file, if the folder's holds other classes). Each point is sliced once (``rt.standalone``,
+    with its calibrated BN statistics) and each file carries the point's transform, labels and
+    provenance (:class:`export.metadata.Carried`); after each file, ``out_dir/export.json`` is
+    updated (merged with earlier runs' records, atomically), so an interrupted run keeps the
+    records of the files it finished. ``batch``: as for :func:`export_point` (ExecuTorch files
+    only). ``on_done`` is called per file.
     """
     for fmt in formats:
         get_format(fmt)
         require(fmt)
     directory = Path(out_dir)
     sha = rt.front.weights_sha256
+    write_labels(directory, rt.class_names)
     results = []
     for p in points:
         model = rt.standalone(p)
+        carried = Carried.of(rt, p)
         for fmt in formats:
             res = export_point(
                 model,
@@ -247,6 +262,7 @@ def export_points(
                 atol=atol,
                 opset=opset,
                 point=p.id,
+                carried=carried,
             )
             merge_index(directory, [res.to_entry(sha)])
             results.append(res)

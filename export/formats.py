@@ -18,7 +18,7 @@ import tempfile
 import warnings
 import weakref
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,12 @@ _ONNX_HINT = (
 _ORT_HINT = "running ONNX files needs onnxruntime, the export extra: pip install 'pareco[export]'"
 _MOBILE_HINT = "ExecuTorch export needs the mobile extra: pip install 'pareco[mobile]'"
 _MOBILE_RUN_HINT = "running ExecuTorch files needs the mobile extra: pip install 'pareco[mobile]'"
+
+
+def constant_method(key: str) -> str:
+    """The constant method of a ``.pte`` holding metadata entry ``key``: a method name cannot hold a
+    dot, so ``pareco.labels`` is ``pareco_labels``."""
+    return key.replace(".", "_")
 
 
 def get_format(name: str) -> Format:
@@ -197,12 +203,17 @@ def _batch_dim(batch: BatchRange) -> tuple[dict[int, Any], ...] | None:
 
 
 def write_onnx(
-    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, batch: BatchRange
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int | None,
+    batch: BatchRange,
+    metadata: Mapping[str, str],
 ) -> dict[str, Any]:
     """Export with the torch.export-based ONNX exporter to one self-contained file with a dynamic batch.
 
     The graph is optimised by onnxscript, checked with ``onnx.checker`` and must use opset
-    ``MIN_OPSET`` or newer. Returns ``{"opset": N}``.
+    ``MIN_OPSET`` or newer; ``metadata`` becomes the model's ``metadata_props``. Returns ``{"opset": N}``.
     """
     import onnx
 
@@ -217,6 +228,7 @@ def write_onnx(
         input_names=["input"],
         output_names=["output"],
     )
+    program.model.metadata_props.update(metadata)
     # external_data=False keeps the weights inside the file; models over ONNX's 2 GB limit would
     # still be split, which export_point reports as a side file.
     program.save(path, external_data=False)
@@ -241,33 +253,49 @@ def _save_via_memory(save: Callable[[io.BytesIO], None], path: Path) -> None:
 
 
 def write_torchscript(
-    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, batch: BatchRange
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int | None,
+    batch: BatchRange,
+    metadata: Mapping[str, str],
 ) -> dict[str, Any]:
     """Trace and save as TorchScript (the plain traced module: never ``optimize_for_inference``'s output,
-    which bakes in CPU-specific ops and does not load everywhere)."""
+    which bakes in CPU-specific ops and does not load everywhere); ``metadata`` as extra files."""
     with quiet_torchscript():
         traced = torch.jit.trace(model, example, check_trace=False)
-        _save_via_memory(lambda f: torch.jit.save(traced, f), path)
+        _save_via_memory(lambda f: torch.jit.save(traced, f, _extra_files=dict(metadata)), path)
     return {}
 
 
 def write_pt2(
-    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, batch: BatchRange
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int | None,
+    batch: BatchRange,
+    metadata: Mapping[str, str],
 ) -> dict[str, Any]:
-    """``torch.export.export`` with a dynamic batch, saved with ``torch.export.save``."""
+    """``torch.export.export`` with a dynamic batch, saved with ``torch.export.save``; ``metadata`` as extra files."""
     program = torch.export.export(model, (example,), dynamic_shapes=_batch_dim(batch))
-    _save_via_memory(lambda f: torch.export.save(program, f), path)
+    _save_via_memory(lambda f: torch.export.save(program, f, extra_files=dict(metadata)), path)
     return {}
 
 
 def write_executorch(
-    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, batch: BatchRange
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int | None,
+    batch: BatchRange,
+    metadata: Mapping[str, str],
 ) -> dict[str, Any]:
     """Lower to ExecuTorch with the XNNPACK partitioner and write the ``.pte`` program for ``batch``.
 
     A static batch gives static shapes; a bounded range (``dynamic:MAX``) a ``torch.export`` Dim whose
     bound sizes the planned memory. The range is also stored in the program as two constant methods
-    (:data:`BATCH_METHODS`), so that a runner knows it without ``export.json``. A model whose batch
+    (:data:`BATCH_METHODS`), so that a runner knows it without ``export.json``, and each ``metadata``
+    entry as a constant method returning its text (``.`` in its key becomes ``_``). A model whose batch
     cannot be made dynamic is an :class:`ExportError` that names the static ``--batch N`` instead.
     Returns ``{"undelegated_ops": [...]}``: the operators XNNPACK did not take, which run on
     ExecuTorch's portable kernels (for ResNet-CIFAR: the strided slice of the option-A shortcut).
@@ -282,7 +310,11 @@ def write_executorch(
             edge = to_edge_transform_and_lower(
                 program,
                 partitioner=[XnnpackPartitioner()],
-                constant_methods={low: batch.low, high: batch.high},
+                constant_methods={
+                    low: batch.low,
+                    high: batch.high,
+                    **{constant_method(key): text for key, text in metadata.items()},
+                },
             )
         except Exception as exc:
             if batch.is_static:
@@ -306,7 +338,8 @@ def write_executorch(
     return {"undelegated_ops": undelegated}
 
 
-WRITERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, int | None, BatchRange], dict[str, Any]]] = {
+Writer = Callable[[nn.Module, torch.Tensor, Path, int | None, BatchRange, Mapping[str, str]], dict[str, Any]]
+WRITERS: dict[str, Writer] = {
     "onnx": write_onnx,
     "torchscript": write_torchscript,
     "pt2": write_pt2,

@@ -5,10 +5,14 @@ folder), ``bytes``, ``max_abs_diff``, ``versions``, ``input_size``, ``batch`` (t
 the file accepts, as ``--batch`` spells them: the static size N, ``"dynamic:MAX"`` for 1 to MAX,
 or ``"dynamic"`` for any; absent in records of older versions, read as any batch for ONNX,
 TorchScript and ``.pt2`` and as unknown for ExecuTorch), ``seconds``, ``created``,
-``weights_sha256`` (the weight file the point was sliced from, so a later run can tell stale files), ``max_abs_output`` (the scale the difference is
-read against) and format details (``opset``, ``undelegated_ops``). A run merges its records into
-the existing list: a record for the same point and format replaces the old one. Written
-atomically, under the file's lock (:mod:`pareco_runtime.filelock`), so exports into one folder at
+``weights_sha256`` (the weight file the point was sliced from, so a later run can tell stale files),
+``preprocess`` (the whole evaluation transform the file's input needs:
+:meth:`pareco_runtime.preprocess.Preprocess.describe`), ``labels`` (the folder's ``labels.txt``,
+None when the front names no classes), ``max_abs_output`` (the scale the difference is read
+against) and format details (``opset``, ``undelegated_ops``). Records of older versions lack
+``preprocess`` and ``labels`` (their files carry neither) and are read as they are. A run merges
+its records into the existing list: a record for the same point and format replaces the old one.
+Written atomically, under the file's lock (:mod:`pareco_runtime.filelock`), so exports into one folder at
 the same time keep every record.
 """
 

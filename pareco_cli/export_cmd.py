@@ -23,7 +23,8 @@ def export(
         typer.Option(
             "--out",
             metavar="DIR",
-            help="Output folder: <point>.<ext> files and export.json (default: export/ beside the manifest).",
+            help="Output folder: <point>.<ext> files, export.json and labels.txt (default: export/ beside "
+            "the manifest).",
             show_default=False,
         ),
     ] = None,
@@ -107,6 +108,7 @@ def export(
     from export.batch import parse_batch
     from export.exporter import export_points
     from export.formats import require
+    from export.metadata import LABELS_NAME
 
     batches = parse_batch(batch)
 
@@ -155,10 +157,17 @@ def export(
     else:
         results = export_points(rt, points, formats, out, batch=batches, atol=atol)
     if as_json:
-        print_json({"out": str(out), "exports": [r.to_entry(rt.front.weights_sha256) for r in results]})
+        print_json(
+            {
+                "out": str(out),
+                "labels": str(out / LABELS_NAME) if rt.class_names else None,
+                "exports": [r.to_entry(rt.front.weights_sha256) for r in results],
+            }
+        )
         return
     print_table(
-        f"{len(results)} file(s) in {out} (records in export.json)",
+        f"{len(results)} file(s) in {out} (records and preprocessing in export.json"
+        f"{', class names in ' + LABELS_NAME if rt.class_names else ''})",
         ["point", "format", "file", "batch", "KiB", "max abs diff"],
         [
             (

@@ -9,10 +9,12 @@ themselves) is reported as the ``pip install`` that fixes it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib.util
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 
@@ -91,8 +93,28 @@ def _fail(text: str) -> None:
     sys.exit(2)
 
 
+def one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """A warning as the CLI prints it, ``warning: <message>``: pareco's warnings name their file and
+    what to do themselves; Python's source location and code line under them are for ``--debug``."""
+    return f"warning: {message}\n"
+
+
+@contextlib.contextmanager
+def _warnings_in_one_line(debug: bool) -> Iterator[None]:
+    saved = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = one_line_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
+
+
 def main() -> None:
-    """Run the CLI; exit 2 with a one-line message on bad input or a missing extra."""
+    """Run the CLI; exit 2 with a one-line message on bad input or a missing extra; warnings print
+    as ``warning: <message>`` (with Python's location under ``--debug``)."""
     debug = "--debug" in sys.argv
     shadowed = shadowed_layer_message()
     if shadowed is not None:
@@ -102,7 +124,8 @@ def main() -> None:
 
         # Not standalone: typer's usage errors (a missing argument, an unknown option, a bad value)
         # reach the handler below and print as one line, like pareco's own errors, not as a box.
-        code = app(standalone_mode=False)
+        with _warnings_in_one_line(debug):
+            code = app(standalone_mode=False)
     except ModuleNotFoundError as exc:
         message = missing_extra_message(exc)
         if debug or message is None:

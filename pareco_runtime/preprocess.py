@@ -51,6 +51,30 @@ class Preprocess:
             "scale": 255,
         }
 
+    def describe(self) -> dict[str, Any]:
+        """The whole transform, for files that travel without the manifest (exports): what an app
+        does to an RGB image to get the network's input, step by step, in JSON-ready values."""
+        h, w = self.size
+        exact = self.mode == "exact"
+        return {
+            "input_size": [len(self.mean), h, w],
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channels": "RGB",
+            "resize": {
+                "mode": self.mode,
+                "size": [h, w] if exact else self.resize,
+                "interpolation": "bilinear",
+                "antialias": True,
+            },
+            "crop": None if exact else {"mode": "center", "size": [h, w]},
+            "pixel_range": [0, 255],
+            "scale": 255,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "formula": "(pixel / scale - mean) / std, per channel",
+        }
+
     @classmethod
     def from_dataset(cls, dataset: Mapping[str, Any]) -> Preprocess:
         """The transform of a manifest's ``dataset``; without a ``preprocess`` object (older manifests)

@@ -19,6 +19,7 @@ from PIL import Image
 from training.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    SMALL_IMAGE_MAX,
     Data,
     DataError,
     StreamData,
@@ -166,7 +167,7 @@ def test_without_a_selection_split_points_are_chosen_on_validation() -> None:
 
 def test_streamed_data_holds_out_a_selection_split(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "big", split=True, size=80)
-    d = load_quiet(str(root), image_size=16, select_fraction=0.3, device="cpu")
+    d = load_quiet(str(root), image_size=72, select_fraction=0.3, device="cpu")
     assert isinstance(d, StreamData) and (d.info.num_train, d.info.num_selection) == (8, 3)
     assert not {p for p, _ in d._selection.samples} & {p for p, _ in d._train_plain.samples}
     assert sum(len(y) for _, y in d.selection_batches(2)) == 3
@@ -239,12 +240,25 @@ def test_directory_with_train_test_split(tmp_path: Path) -> None:
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
-def test_val_folder_preferred_over_test(tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_archive", [False, True])
+def test_val_folder_preferred_over_test_and_the_unused_test_reported(
+    tmp_path: Path, as_archive: bool
+) -> None:
     root = make_tree(tmp_path / "pets", split=True)
     _class_folder(root / "val" / "cat", (200, 60, 60), 1, 12, extras=False)
     _class_folder(root / "val" / "dog", (60, 60, 200), 1, 12, extras=False)
-    d = load_quiet(str(root), cache_dir=str(tmp_path / "cache"), device="cpu")
-    assert d.info.num_val == 2
+    spec = make_archive(root, tmp_path / "pets.tgz", wrapper="pets") if as_archive else root
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        d = load_data(str(spec), cache_dir=str(tmp_path / "cache"), device="cpu")
+    assert d.info.num_val == 2 and d.info.val_split == "val"
+    prefix = "pets/" if as_archive else ""
+    reports = [str(w.message) for w in record if "beside it" in str(w.message)]
+    assert reports == [
+        f"{spec}: validating on {prefix}val/ (2 images); {prefix}test/ beside it (4 images) is not used; "
+        f"to validate on {prefix}test/ instead, move {prefix}val/ out of the tree"
+    ]
+    assert "ignored 1 file(s)" in _messages(record), "test/ images are not reported as stray files"
 
 
 @pytest.mark.parametrize("suffix", [".tar.gz", ".tar", ".tgz"])
@@ -426,10 +440,10 @@ def test_large_images_in_an_archive_need_a_directory(tmp_path: Path) -> None:
         DataError, match=r"big.tar: images of 80x80 px stream from a directory, not an archive"
     ):
         load_data(str(archive), cache_dir=str(tmp_path / "cache"), device="cpu")
-    d = load_quiet(
-        str(archive), image_size=16, mode="memory", cache_dir=str(tmp_path / "cache"), device="cpu"
-    )
-    assert d.info.input_size == (3, 16, 16)
+    d = load_quiet(str(archive), image_size=16, cache_dir=str(tmp_path / "cache"), device="cpu")
+    assert isinstance(d, TensorData) and d.info.input_size == (3, 16, 16)
+    with pytest.raises(DataError, match=r"or give --image-size N <= 64 to decode them into memory"):
+        load_data(str(archive), image_size=72, cache_dir=str(tmp_path / "cache"), device="cpu")
 
 
 # --- batching
@@ -531,10 +545,10 @@ def test_split_is_seeded_stratified_disjoint_and_covering(
 def test_large_images_stream_from_a_directory(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "big", split=True, size=80)
     with pytest.warns(UserWarning, match="ignored 1 file"):
-        d = load_data(str(root), image_size=32, select_fraction=0, device="cpu")
+        d = load_data(str(root), image_size=72, select_fraction=0, device="cpu")
     assert isinstance(d, StreamData)
     assert d.info.mean == IMAGENET_MEAN and d.info.std == IMAGENET_STD
-    assert d.info.input_size == (3, 32, 32) and (d.info.num_train, d.info.num_val) == (11, 4)
+    assert d.info.input_size == (3, 72, 72) and (d.info.num_train, d.info.num_val) == (11, 4)
     assert (d.info.num_selection, d.info.val_split) == (0, "test")
     d.num_workers = 0
     state = torch.get_rng_state()
@@ -546,7 +560,7 @@ def test_large_images_stream_from_a_directory(tmp_path: Path) -> None:
         b = _epoch(d, batch_size=4, epoch=1, seed=0)
         d.num_workers = 0
         plain = _epoch(d, batch_size=4, epoch=1, seed=0, augment=False)
-    assert len(a) == 2 and a[0][0].shape == (4, 3, 32, 32) and a[0][1].dtype == torch.int64
+    assert len(a) == 2 and a[0][0].shape == (4, 3, 72, 72) and a[0][1].dtype == torch.int64
     assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, b, strict=True))
     assert torch.equal(plain[0][1], a[0][1]) and not torch.equal(plain[0][0], a[0][0])
     assert [len(y) for _, y in d.val_batches(3)] == [3, 1]
@@ -555,6 +569,46 @@ def test_large_images_stream_from_a_directory(tmp_path: Path) -> None:
         assert [len(y) for _, y in d.calib_batches(5, num_batches=3, seed=0)] == [5, 5, 1]
     with pytest.warns(UserWarning, match="broken.jpg: unreadable image"):
         list(d.calib_batches(11, num_batches=1, seed=0))
+
+
+@pytest.mark.parametrize(("image_size", "shown"), [(None, 224), (72, 72)])
+def test_streaming_is_said_with_its_size_and_how_to_choose(
+    tmp_path: Path, image_size: int | None, shown: int
+) -> None:
+    root = make_tree(tmp_path / "big", split=True, size=80)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        d = load_data(str(root), image_size=image_size, device="cpu")
+    assert isinstance(d, StreamData) and d.info.input_size == (3, shown, shown)
+    notices = [str(w.message) for w in record if "stream from disk" in str(w.message)]
+    assert notices == [
+        f"{root}: images of 80x80 px (above 64 px) stream from disk at {shown}x{shown} px with "
+        "RandomResizedCrop and ImageNet mean/std; --image-size N sets the size, N <= 64 decodes them "
+        "into memory instead (pad-crop + flip, the data's own mean/std)"
+    ]
+
+
+@pytest.mark.parametrize(("size", "image_size"), [(80, 16), (80, 64), (12, 72)])
+def test_image_size_decides_memory_for_large_images_and_keeps_small_ones_in_memory(
+    tmp_path: Path, size: int, image_size: int
+) -> None:
+    root = make_tree(tmp_path / "pets", split=True, size=size)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        d = load_data(str(root), image_size=image_size, cache_dir=str(tmp_path / "cache"), device="cpu")
+    assert isinstance(d, TensorData) and d.info.input_size == (3, image_size, image_size)
+    assert d.info.mean != IMAGENET_MEAN, "in memory the data's own statistics normalise it"
+    assert not any("stream" in str(w.message) for w in record)
+
+
+def test_image_size_help_states_the_switch() -> None:
+    from training.config import TrainConfig, _fields
+
+    text = _fields()["image_size"].metadata["help"]
+    assert TrainConfig.flag("image_size") == "--image-size"
+    for fact in (f"at most {SMALL_IMAGE_MAX} px", f"N <= {SMALL_IMAGE_MAX} decodes", "224", "ImageNet"):
+        assert fact in text
+    assert load_data("digits", device="cpu").info.input_size == (3, 32, 32), "digits/synthetic 32"
 
 
 def test_memory_mode_for_large_images(tmp_path: Path) -> None:
@@ -578,3 +632,21 @@ def test_real_cifar_archive_first_members() -> None:
     assert decode._first_image_size(source for _, source in first) == (32, 32)
     decoded = [decode._decode_image(source, 32) for _, source in first]
     assert all(a is not None and a.shape == (32, 32, 3) and a.dtype == np.uint8 for a in decoded)
+
+
+@pytest.mark.slow
+def test_pareco_train_says_the_switch_and_the_unused_test_split_in_one_line_each(tmp_path, cli_process):
+    root = make_tree(tmp_path / "big", split=True, size=80)
+    _class_folder(root / "val" / "cat", (200, 60, 60), 1, 80, extras=False)
+    _class_folder(root / "val" / "dog", (60, 60, 200), 1, 80, extras=False)
+    # An unknown --arch stops the run right after the data is read: what was said about it is all there is.
+    r = cli_process("train", "--data", str(root), "--arch", "no_such_arch", "--out", str(tmp_path / "run"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines[-1].startswith("error: unknown architecture 'no_such_arch'")
+    stream = f"warning: {root}: images of 80x80 px (above 64 px) stream from disk at 224x224 px"
+    assert sum(line.startswith(stream) for line in lines) == 1
+    assert (
+        f"warning: {root}: validating on val/ (2 images); test/ beside it (4 images) is not used; "
+        "to validate on test/ instead, move val/ out of the tree"
+    ) in lines
+    assert all(line.startswith(("warning: ", "error: ")) for line in lines), r.stderr

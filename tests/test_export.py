@@ -80,7 +80,7 @@ def test_failed_export_leaves_no_partial_file(rt, tmp_path, monkeypatch):
     target = tmp_path / "p00.pt"
     target.write_bytes(b"previous export")
 
-    def crashing_writer(model, example, path, opset, batch):
+    def crashing_writer(model, example, path, opset, batch, metadata):
         path.write_bytes(b"half a file")
         raise RuntimeError("exporter crashed")
 
@@ -96,11 +96,11 @@ def test_failed_export_leaves_no_partial_file(rt, tmp_path, monkeypatch):
 def test_parity_failure_writes_nothing(rt, tmp_path, monkeypatch):
     real = WRITERS["torchscript"]
 
-    def wrong_model_writer(model, example, path, opset, batch):
+    def wrong_model_writer(model, example, path, opset, batch, metadata):
         other = rt.standalone("p00")
         with torch.no_grad():
             other.fc.bias.add_(1.0)
-        return real(other, example, path, opset, batch)
+        return real(other, example, path, opset, batch, metadata)
 
     monkeypatch.setitem(WRITERS, "torchscript", wrong_model_writer)
     with pytest.raises(ExportError, match=r"differs from PyTorch by up to .* nothing was written"):

@@ -80,3 +80,31 @@ def test_the_manifest_records_the_transform_and_old_ones_still_load(tiny_front, 
     assert (p.mode, p.resize, p.size) == ("shorter_side", 18, (16, 16))
     with pytest.raises(ValueError, match="needs resize >= the crop"):
         Preprocess((16, 16), MEAN, STD, "shorter_side", 8)
+
+
+def _apply_record(record, image):
+    """An app's reading of ``Preprocess.describe()``: every step from the record alone, in torchvision."""
+    v2 = pytest.importorskip("torchvision.transforms.v2")
+    assert (record["layout"], record["dtype"], record["channels"]) == ("NCHW", "float32", "RGB")
+    resize, crop = record["resize"], record["crop"]
+    assert resize["interpolation"] == "bilinear" and resize["antialias"] is True
+    steps = [v2.Resize(resize["size"], antialias=True)]
+    if crop is not None:
+        assert crop["mode"] == "center"
+        steps.append(v2.CenterCrop(crop["size"]))
+    assert record["pixel_range"] == [0, record["scale"]] == [0, 255]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(record["mean"], record["std"])]
+    out = v2.Compose(steps)(image).unsqueeze(0)
+    assert list(out.shape[1:]) == record["input_size"]
+    return out
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [Preprocess((24, 20), MEAN, STD), Preprocess((24, 24), MEAN, STD, "shorter_side", 27)],
+    ids=["exact", "shorter_side"],
+)
+def test_the_description_alone_reproduces_the_transform(transform):
+    record = json.loads(json.dumps(transform.describe()))  # what an export stores: JSON
+    image = torch.randint(0, 256, (3, 45, 61), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    assert (_apply_record(record, image) - transform(image)).abs().max().item() <= 1e-5

@@ -69,7 +69,14 @@ class TrainConfig:
     label_smoothing: float = _setting(0.0, "Label smoothing of the cross-entropy.")
     seed: int = _setting(0, "Seed of the weights, the data order and the sampled configs.")
     width_factor: int = _setting(1, "k of k x ResNet (ResNet only).")
-    image_size: int | None = _setting(None, "Input resolution (default: the data's).")
+    image_size: int | None = _setting(
+        None,
+        "Input resolution N: images are resized to N x N px. Default: digits/synthetic 32; a tree "
+        "whose first image is at most 64 px on its longer side, that image's shorter side, decoded "
+        "into memory (4-px pad-crop + flip, the data's own mean/std); larger images stream from disk at "
+        "224 (RandomResizedCrop, ImageNet mean/std; said when it happens). N <= 64 decodes larger "
+        "images into memory too; N > 64 streams them at N.",
+    )
     samples: int = _setting(2, "M: sampled configs per iteration.", flag="--samples-per-iter")
     width: float = _setting(1.0, "Uniform width trained by --algorithm independent.")
     torchvision_widths: bool = _setting(

@@ -53,6 +53,8 @@ class _Tree:
     samples: list[tuple[str, int, bool]]
     val_split: str | None  # "val" or "test" for a train/ + val/ (or test/) tree; None without one
     ignored: list[str]
+    # A test/ beside train/ and val/: the folder used (val/), the unused one and its image count.
+    unused_split: tuple[str, str, int] | None = None
 
 
 def _wrapper_depth(parts: list[tuple[str, ...]]) -> int:
@@ -93,12 +95,15 @@ def _build_tree(listing: _Listing, where: str) -> _Tree:
     members: list[tuple[str, tuple[str, ...], str, bool]] = []
     ignored: list[str] = []
     unused_splits = {("val",), ("test",)} - set(roots)
+    unused = 0
     for path, parts in zip(listing.images, image_parts, strict=True):
         rel = parts[depth:]
         root = next((r for r in roots if len(rel) >= len(r) + 2 and rel[: len(r)] == r), None)
         if root is None:
-            # Images of an unused split (test/ beside val/) are left out quietly; others are reported.
-            if rel[:1] not in unused_splits:
+            # Images of an unused split (test/ beside val/) are counted for one report; others listed.
+            if rel[:1] in unused_splits:
+                unused += 1
+            else:
                 ignored.append(path)
             continue
         cls = rel[len(root)]
@@ -130,14 +135,33 @@ def _build_tree(listing: _Listing, where: str) -> _Tree:
             )
     samples = sorted((path, label[cls], is_val) for path, _, cls, is_val in members)
     val_split = val_name if len(roots) == 2 else None
-    return _Tree(class_names=class_names, samples=samples, val_split=val_split, ignored=sorted(ignored))
+    return _Tree(
+        class_names=class_names,
+        samples=samples,
+        val_split=val_split,
+        ignored=sorted(ignored),
+        unused_split=(
+            ("/".join((*wrapper, "val")), "/".join((*wrapper, "test")), unused)
+            if unused and val_split == "val"
+            else None
+        ),
+    )
 
 
-def _warn_ignored(where: str, tree: _Tree) -> None:
+def _report_tree(where: str, tree: _Tree) -> None:
+    """Warn about what the tree holds but training will not use: stray files, and a test/ beside val/."""
     if tree.ignored:
         warnings.warn(
             f"{where}: ignored {len(tree.ignored)} file(s) that are not images in class folders "
             f"(e.g. '{tree.ignored[0]}')",
+            stacklevel=3,
+        )
+    if tree.unused_split is not None:
+        val, folder, count = tree.unused_split
+        used = sum(is_val for _, _, is_val in tree.samples)
+        warnings.warn(
+            f"{where}: validating on {val}/ ({used} images); {folder}/ beside it ({count} images) is "
+            f"not used; to validate on {folder}/ instead, move {val}/ out of the tree",
             stacklevel=3,
         )
 

@@ -23,16 +23,17 @@ from .folder import (
     _build_tree,
     _dataset_name,
     _Listing,
+    _report_tree,
     _Tree,
     _walk,
-    _warn_ignored,
 )
 from .memory import TensorData, _tensor_data
 from .order import _split
 from .stream import StreamData
 
 SMALL_IMAGE_MAX = 64
-"""Images whose longer side is at most this many pixels are decoded into memory in ``mode="auto"``."""
+"""In ``mode="auto"``, images whose longer side is at most this many pixels, or any images asked for
+at an ``image_size`` of at most this, are decoded into memory; larger ones stream from disk."""
 _MODES = ("auto", "memory", "stream")
 _DEFAULT_STREAM_SIZE = 224
 _DEFAULT_SIZE = 32
@@ -87,6 +88,25 @@ def _hold_out(
     return [samples[i] for i in kept.tolist()], [samples[i] for i in held.tolist()]
 
 
+def _streams(mode: str, first: tuple[int, int], image_size: int | None) -> bool:
+    """Whether images whose first one is ``first`` (width, height) stream from disk rather than
+    being decoded into memory (see :data:`SMALL_IMAGE_MAX`)."""
+    if mode != "auto":
+        return mode == "stream"
+    return max(first) > SMALL_IMAGE_MAX and (image_size is None or image_size > SMALL_IMAGE_MAX)
+
+
+def _stream_notice(where: str, first: tuple[int, int], size: int) -> None:
+    """Say that large images stream, and at what size: the pipeline differs from small images' in
+    augmentation and normalisation, which a user of ``--image-size`` should choose knowingly."""
+    warnings.warn(
+        f"{where}: images of {first[0]}x{first[1]} px (above {SMALL_IMAGE_MAX} px) stream from disk at "
+        f"{size}x{size} px with RandomResizedCrop and ImageNet mean/std; --image-size N sets the size, "
+        f"N <= {SMALL_IMAGE_MAX} decodes them into memory instead (pad-crop + flip, the data's own mean/std)",
+        stacklevel=4,
+    )
+
+
 def _load_directory(
     root: Path,
     image_size: int | None,
@@ -101,10 +121,12 @@ def _load_directory(
     first = _first_image_size(str(root / path) for path, _, _ in tree.samples)
     if first is None:
         raise DataError(f"{where}: none of the {len(tree.samples)} image files can be read; check the files")
-    memory = mode == "memory" or (mode == "auto" and max(first) <= SMALL_IMAGE_MAX)
     name = _dataset_name(root)
-    if not memory:
-        _warn_ignored(where, tree)
+    if _streams(mode, first, image_size):
+        size = image_size or _DEFAULT_STREAM_SIZE
+        if mode == "auto":
+            _stream_notice(where, first, size)
+        _report_tree(where, tree)
         train = [(str(root / p), label) for p, label, is_val in tree.samples if not is_val]
         val = [(str(root / p), label) for p, label, is_val in tree.samples if is_val]
         num_classes = len(tree.class_names)
@@ -117,7 +139,7 @@ def _load_directory(
             name,
             (train, val, selection),
             tree.class_names,
-            image_size or _DEFAULT_STREAM_SIZE,
+            size,
             device,
             val_split=tree.val_split or "val",
         )
@@ -125,7 +147,7 @@ def _load_directory(
     file = cache / f"{_sha256_listing(root, [p for p, _, _ in tree.samples])}-{size}.safetensors"
     decoded = _read_cache(file)
     if decoded is None:
-        _warn_ignored(where, tree)
+        _report_tree(where, tree)
         arrays = _decode_many(((p, str(root / p)) for p, _, _ in tree.samples), size)
         decoded = _assemble(where, tree, arrays)
         _write_cache(file, decoded)
@@ -148,10 +170,11 @@ def _load_archive(
         if first is None:  # the whole archive was read: report a layout problem first, if there is one
             _build_tree(peek, where)
             raise DataError(f"{where}: no readable image in the archive; re-create it from good images")
-        if mode == "stream" or (mode == "auto" and max(first) > SMALL_IMAGE_MAX):
+        if _streams(mode, first, image_size):
             raise DataError(
                 f"{where}: images of {first[0]}x{first[1]} px stream from a directory, not an archive; "
-                "extract the archive and pass the folder, or use mode='memory'"
+                f"extract the archive and pass the folder, or give --image-size N <= {SMALL_IMAGE_MAX} "
+                "to decode them into memory at N px"
             )
         size = image_size or min(first)
         file = cache / f"{digest}-{size}.safetensors"
@@ -160,7 +183,7 @@ def _load_archive(
             listing = _Listing()
             arrays = _decode_many(_archive_members(path, listing), size)
             tree = _build_tree(listing, where)
-            _warn_ignored(where, tree)
+            _report_tree(where, tree)
             decoded = _assemble(where, tree, arrays)
             _write_cache(file, decoded)
     except _ARCHIVE_ERRORS as exc:
@@ -187,11 +210,14 @@ def load_data(
     archive holding an ImageFolder tree (``train/<class>/*`` + ``val/`` or ``test/``, or bare ``<class>/*``,
     in which case a seeded stratified ``val_fraction`` is held out as validation); then a seeded stratified
     ``select_fraction`` of the training images is held out, never trained on, to choose front points on
-    (``Data.selection_batches``; 0: choose on the validation split). ``mode="auto"`` decodes small images
-    (longer side <= 64 px, judged from the first image) into memory, cached in ``cache_dir`` (default
-    ``$PARECO_CACHE`` or ``~/.cache/pareco``), and streams larger ones from a directory; ``"memory"`` and
-    ``"stream"`` force one. ``image_size`` defaults to 32 for digits/synthetic, the first image's shorter side
-    in memory and 224 when streaming. ``device`` defaults to CUDA when available. Raises ``DataError``.
+    (``Data.selection_batches``; 0: choose on the validation split). With a ``val/`` and a ``test/``
+    beside ``train/``, ``val/`` is used and the unused ``test/`` is reported. ``mode="auto"`` decodes
+    small images (longer side <= 64 px, judged from the first image), and any images when
+    ``image_size`` is 64 or less, into memory, cached in ``cache_dir`` (default ``$PARECO_CACHE`` or
+    ``~/.cache/pareco``); larger ones stream from a directory, which it reports (a UserWarning
+    naming the sizes). ``"memory"`` and ``"stream"`` force one. ``image_size`` defaults to 32 for
+    digits/synthetic, the first image's shorter side in memory and 224 when streaming. ``device``
+    defaults to CUDA when available. Raises ``DataError``.
     """
     if mode not in _MODES:
         raise DataError(f"mode '{mode}' is not one of {', '.join(_MODES)}")
