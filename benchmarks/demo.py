@@ -47,12 +47,18 @@ def zoo_table() -> None:
 
 
 def pareco(*args: str, capture: bool = False) -> str:
-    """Run ``pareco ARGS`` as a user would, echoing the command; stop the demo if it fails."""
+    """Run ``pareco ARGS`` as a user would, echoing the command; stop the demo if it fails.
+
+    Unless its output is captured, the command's stderr (its progress) goes where the demo's stdout
+    goes, so that ``bash scripts/demo.sh | tee demo.log`` shows and keeps it (as plain lines: the
+    progress bar is drawn only on a terminal).
+    """
     print(f"\n$ pareco {' '.join(shlex.quote(a) for a in args)}", flush=True)
     r = subprocess.run(
         [sys.executable, "-m", "pareco_cli.main", *args],
         text=True,
         stdout=subprocess.PIPE if capture else None,
+        stderr=None if capture else subprocess.STDOUT,
     )
     if r.returncode != 0:
         sys.exit(f"demo stopped: 'pareco {args[0]}' exited with {r.returncode}")

@@ -40,7 +40,8 @@ def run_names(methods: list[str]) -> list[tuple[str, str, float]]:
 def train_all(args: argparse.Namespace, out: Path) -> None:
     """Train (or resume, or reuse) every run of the comparison."""
     from training.config import TrainConfig
-    from training.loop import RUN_NAME, train
+    from training.loop import train
+    from training.run_dir import RUN_NAME
 
     base = TrainConfig(
         arch=args.arch,

@@ -244,7 +244,9 @@ def _build_lut(
     from bench.lut import build_front_lut
 
     if len(backends) != 1:
-        raise ValueError("--build-lut builds one table: give one --backend (torch, cuda, onnxruntime or executorch)")
+        raise ValueError(
+            "--build-lut builds one table: give one --backend (torch, cuda, onnxruntime or executorch)"
+        )
     table = build_front_lut(
         rt.front,
         backends[0],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 import typing
 from pathlib import Path
 from typing import Any
@@ -16,26 +17,47 @@ import typer
 
 from training.config import TrainConfig
 
+from .output import print_json
+
 
 def train(
     *,
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="Output directory (model.safetensors, model.front.json)."),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out from its last checkpoint."
+        False,
+        "--resume",
+        help="Continue the run in --out from its last checkpoint, with the settings in its run.json "
+        "(settings given as well must equal them).",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite a different run in --out."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
     cache_dir: str | None = typer.Option(
         None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/pareco)."
     ),
-    log_every: int = typer.Option(20, "--log-every", help="Steps between JSON log lines."),
+    log_every: int = typer.Option(
+        20,
+        "--log-every",
+        help="Steps between JSON log lines, and between progress lines when stderr is not a terminal.",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the end-of-run summary as JSON (and nothing else) on stdout."
+    ),
     **settings: Any,
 ) -> None:
-    """Train one slimmable model; writes OUT/model.safetensors and OUT/model.front.json."""
-    from training.loop import train as run
+    """Train one slimmable model; writes OUT/model.safetensors and OUT/model.front.json.
 
-    run(
-        TrainConfig(**settings),
+    Progress goes to stderr; the run ends with a summary and the next commands to type on stdout.
+    """
+    from training.distributed import launched_rank
+    from training.loop import train as run
+    from training.report import run_summary, summary_lines
+    from training.run_dir import RUN_FILES, resume_settings
+
+    t0 = time.perf_counter()
+    cfg = resume_settings(out, settings, typed_settings(ctx)) if resume else TrainConfig(**settings)
+    manifest = run(
+        cfg,
         out,
         resume=resume,
         force=force,
@@ -43,6 +65,25 @@ def train(
         cache_dir=cache_dir,
         log_every=log_every,
     )
+    if launched_rank() != 0:
+        return
+    summary = run_summary(manifest, [out / name for name in RUN_FILES], time.perf_counter() - t0)
+    if as_json:
+        print_json(summary)
+    else:
+        typer.echo("\n".join(summary_lines(summary)))
+
+
+def typed_settings(ctx: typer.Context) -> set[str]:
+    """The TrainConfig fields whose flags were given on the command line (typer fills in the others'
+    defaults, which ``--resume`` replaces with the run's saved values)."""
+    given = set()
+    for f in dataclasses.fields(TrainConfig):
+        source = ctx.get_parameter_source(f.name)
+        # Compared by name: typer ships its own copy of click, whose ParameterSource is another enum.
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.add(f.name)
+    return given
 
 
 def _setting_options() -> list[inspect.Parameter]:

@@ -304,7 +304,7 @@ def test_every_train_setting_is_a_flag_of_pareco_train(cli):
     code, out, err = cli("train", "--help")
     assert code == 0, err
     settings = {TrainConfig.flag(f.name) for f in dataclasses.fields(TrainConfig)}
-    own = {"--out", "--resume", "--force", "--device", "--cache-dir", "--log-every", "--help"}
+    own = {"--out", "--resume", "--force", "--device", "--cache-dir", "--log-every", "--json", "--help"}
     assert set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", out)) == settings | own
 
 

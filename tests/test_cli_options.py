@@ -48,6 +48,8 @@ BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
     ("train", "--probe-batch"): ("0", BO, "--probe-batch"),
     ("train", "--remeasure"): ("-1", BO, "--remeasure"),
     ("train", "--distill-warmup"): ("2", (), "--distill-warmup"),
+    ("train", "--epoch-eval"): ("-1", (), "--epoch-eval"),
+    ("train", "--threads"): ("0", (), "--threads"),
     ("train", "--device"): ("tpu9", (), "--device"),
     ("train", "--log-every"): ("0", (), "--log-every"),
     ("select", "--budget"): ("5 parsecs", (), "parsecs"),

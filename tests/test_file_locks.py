@@ -24,7 +24,7 @@ from pareco_runtime.fileformat import load_manifest, save_manifest
 from pareco_runtime.filelock import DEFAULT_LOCK_TIMEOUT_S, LockTimeout, lock_file_of, lock_timeout, locked
 from pareco_runtime.front import DeviceProfile
 from training.config import TrainConfig, TrainingError
-from training.loop import _prepare_out_dir
+from training.run_dir import prepare_out_dir
 
 from .manifests import make_manifest
 
@@ -85,7 +85,7 @@ def _trainer_start(writer: int, barrier: multiprocessing.synchronize.Barrier, ro
     for r in range(ROUNDS):
         barrier.wait()
         try:
-            _prepare_out_dir(root / f"run{r}", TrainConfig(seed=writer), resume=False, force=False)
+            prepare_out_dir(root / f"run{r}", TrainConfig(seed=writer), resume=False, force=False)
             results.append("started")
         except TrainingError as exc:
             results.append("refused" if "already holds a training run" in str(exc) else str(exc))

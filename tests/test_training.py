@@ -272,16 +272,14 @@ def test_a_run_from_before_a_setting_existed_resumes_and_a_changed_one_is_named(
     import dataclasses
     import json
 
-    from training.loop import _check_and_write_run
+    from training.run_dir import prepare_out_dir
 
     cfg = TrainConfig(data="somewhere", epochs=2)
     saved = dataclasses.asdict(cfg)
     del saved["torchvision_widths"]  # a run.json written before pareco had this setting
     (tmp_path / "run.json").write_text(json.dumps(saved))
-    _check_and_write_run(tmp_path, cfg, resume=True, force=False)
+    prepare_out_dir(tmp_path, cfg, resume=True, force=False)
     with pytest.raises(TrainingError, match=r"differ from the run there \(torchvision_widths\)"):
-        _check_and_write_run(
-            tmp_path, dataclasses.replace(cfg, torchvision_widths=True), resume=True, force=False
-        )
+        prepare_out_dir(tmp_path, dataclasses.replace(cfg, torchvision_widths=True), resume=True, force=False)
     with pytest.raises(TrainingError, match=r"\(epochs\)"):
-        _check_and_write_run(tmp_path, dataclasses.replace(cfg, epochs=3), resume=True, force=False)
+        prepare_out_dir(tmp_path, dataclasses.replace(cfg, epochs=3), resume=True, force=False)

@@ -1,8 +1,9 @@
 """The settings of a training run, each declared once: its type, default, ``pareco train`` flag and help.
 
-A field's ``metadata`` holds its ``help`` text, its ``choices`` where it takes one of a few names, and a
-``flag`` where the flag is not the field's name in dashes. The CLI builds its options from these, and
-validation names the same flags. No torch here: the CLI reads this module to build ``pareco train --help``.
+A field's ``metadata`` holds its ``help`` text, its ``choices`` where it takes one of a few names, a
+``flag`` where the flag is not the field's name in dashes, and ``result`` False for the few settings
+that change how a run goes but not what it trains (``--resume`` may change those). The CLI builds its
+options from these, and validation names the same flags. No torch here: the CLI reads this module to build ``pareco train --help``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,16 @@ class TrainingError(ValueError):
 
 
 def _setting(
-    default: Any, help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    result: bool = True,
 ) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+    return dataclasses.field(
+        default=default, metadata={"help": help, "flag": flag, "choices": choices, "result": result}
+    )
 
 
 @dataclass
@@ -124,6 +132,27 @@ class TrainConfig:
     distill_warmup: float = _setting(
         0.3, "Fraction of the run over which in-place distillation ramps in (0: from the first step)."
     )
+    epoch_eval: int = _setting(
+        1000,
+        "Images on which the largest and smallest sub-networks (Independent: the one trained) are "
+        "evaluated after each epoch, from the selection split (the validation split with "
+        "--select-fraction 0), BN statistics re-estimated for each as for the front; shown and logged "
+        "in train.log.jsonl, the run's result unchanged; 0 turns it off.",
+        result=False,
+    )
+    threads: int | None = _setting(
+        None,
+        "CPU threads of the training process (torch.set_num_threads; default: torch's, one per core). "
+        "A --resume may change it; the run then continues, but only at the same count is the result "
+        "bit-identical to an uninterrupted run (float sums are split differently).",
+        result=False,
+    )
+
+    @classmethod
+    def changes_result(cls, name: str) -> bool:
+        """Whether setting ``name`` changes what the run trains (compared on ``--resume``), or only how
+        it runs (threads, what it reports)."""
+        return bool(_fields()[name].metadata["result"])
 
     @classmethod
     def flag(cls, name: str) -> str:
@@ -145,6 +174,10 @@ class TrainConfig:
             "distill_warmup", 0.0 <= self.distill_warmup <= 1.0, "is a fraction of the run in [0, 1]"
         )
         self._require("samples", self.samples >= 0, "must be >= 0")
+        self._require("epoch_eval", self.epoch_eval >= 0, "must be 0 (off) or a number of images")
+        self._require(
+            "threads", self.threads is None or self.threads >= 1, "must be at least 1 (CPU threads)"
+        )
         self._require("select_fraction", 0.0 <= self.select_fraction < 1.0, "must be in [0, 1)")
         self._require("width_factor", self.width_factor >= 1, "must be at least 1")
         self._require("warmup_epochs", self.warmup_epochs >= 0, "must be >= 0")

@@ -76,6 +76,11 @@ def check_device(device: str | None) -> torch.device | None:
     return parsed
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun)."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
 def setup(device: str | None = None) -> Dist:
     """Join the process group when launched by torchrun (gloo on CPU, nccl on GPU); else run alone.
 
@@ -85,7 +90,7 @@ def setup(device: str | None = None) -> Dist:
     cuda = torch.cuda.is_available() and device != "cpu"
     if world <= 1:
         return Dist(0, 1, torch.device(device or ("cuda" if cuda else "cpu")))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = launched_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     if cuda:

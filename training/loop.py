@@ -2,8 +2,10 @@
 
 SGD with Nesterov momentum and weight decay, a per-step cosine or linear schedule with linear
 warm-up, optional label smoothing, bf16 autocast on GPU, a checkpoint per epoch (bit-exact
-resume on CPU), rich progress and the same figures as JSON lines in ``OUT/train.log.jsonl``,
-DistributedDataParallel under ``torchrun``, and a refusal to train on a NaN/inf loss.
+resume on CPU at the same thread count), progress (:mod:`training.progress`) with the top-1 of the
+largest and smallest sub-networks after each epoch, the same figures as JSON lines in
+``OUT/train.log.jsonl``, DistributedDataParallel under ``torchrun``, and a refusal to train on a
+NaN/inf loss.
 """
 
 from __future__ import annotations
@@ -21,17 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from pareco_runtime import ConversionError, build_model, make_slimmable
-from pareco_runtime.atomic import atomic_write_text, remove_stale_temporaries
 from pareco_runtime.fileformat import first_line
-from pareco_runtime.filelock import locked
 from pareco_runtime.front_file import MANIFEST_NAME
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.sources import is_converted, original_from_user
-from pareco_runtime.untrusted import FormatError, read_json
 
 from . import distributed, report
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, TrainingError
+from .epoch_eval import describe, epoch_top1
 from .front_builder import (
     evaluate_candidates,
     evaluate_chosen,
@@ -40,10 +40,9 @@ from .front_builder import (
     write_outputs,
 )
 from .init_weights import load_initial_state
+from .progress import Reporter, format_duration
+from .run_dir import LOG_NAME, check_run, prepare_out_dir
 from .strategies import Independent, Slim, Strategy
-
-RUN_NAME = "run.json"
-LOG_NAME = "train.log.jsonl"
 
 
 def make_strategy(cfg: TrainConfig) -> Strategy:
@@ -110,53 +109,6 @@ def lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> floa
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
     return cfg.lr * (1 - frac)
-
-
-def _prepare_out_dir(out: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
-    remove_stale_temporaries(out)  # of writes that a killed run interrupted
-    # Checked and written under run.json's lock: of two runs started into one new folder at once,
-    # the second finds the first's run.json (and refuses without --resume / --force).
-    with locked(out / RUN_NAME):
-        _check_and_write_run(out, cfg, resume, force)
-
-
-def _check_and_write_run(out: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
-    run_file = out / RUN_NAME
-    current = dataclasses.asdict(cfg)
-    if run_file.exists():
-        try:
-            previous = read_json(run_file, "run settings file", "move it away or pass --force")
-        except FormatError:
-            previous = None  # unreadable settings differ from any: --resume refuses, --force overwrites
-        if resume:
-            diff = _settings_changed(previous, cfg)
-            if diff:
-                raise TrainingError(
-                    f"{out}: --resume with settings that differ from the run there "
-                    f"({', '.join(diff)}); use the same settings, or --force to start afresh"
-                )
-            return
-        if not force:
-            raise TrainingError(
-                f"{out} already holds a training run; pass --resume to continue it or --force to overwrite it"
-            )
-    elif resume:
-        raise TrainingError(f"{out}: no run to resume (no {RUN_NAME}); run without --resume")
-    if force:
-        for name in (CHECKPOINT_NAME, LOG_NAME):
-            (out / name).unlink(missing_ok=True)
-    atomic_write_text(run_file, json.dumps(current, indent=2))
-
-
-def _settings_changed(previous: dict[str, Any] | None, cfg: TrainConfig) -> list[str]:
-    """Names of the settings in which ``cfg`` differs from a run's saved ``previous`` ones. A setting
-    that a newer pareco added is absent from an older run.json and reads as its default (the value
-    that keeps the old behaviour), so a run started before an upgrade still resumes."""
-    current = dataclasses.asdict(cfg)
-    if previous is None:
-        return sorted(current)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    return sorted(k for k in current if previous.get(k, defaults[k]) != current[k])
 
 
 def _restore(
@@ -257,44 +209,40 @@ def distill_weight(cfg: TrainConfig, step: int, total: int) -> float:
     return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
 
-class _Progress:
-    """rich progress on the main rank plus JSON lines in the log file."""
+@dataclasses.dataclass
+class _Run:
+    """What the epochs need: the settings, data, model, optimiser, strategy and steps per epoch."""
 
-    def __init__(self, log_path: Path | None, show: bool, total: int, done: int) -> None:
-        # Held open for the whole run (closed by close()), one line per record.
-        self.log = open(log_path, "a", encoding="utf-8") if log_path is not None else None  # noqa: SIM115
-        self.bar = None
-        if show:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    cfg: TrainConfig
+    data: Any
+    model: SlimmableNet
+    opt: torch.optim.Optimizer
+    strategy: Strategy
+    steps_per_epoch: int
+    dist: distributed.Dist
 
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=total, completed=done, info="")
+    @property
+    def total(self) -> int:
+        """Steps of the whole run."""
+        return self.steps_per_epoch * self.cfg.epochs
 
-    def update(self, record: dict[str, Any], advance: int = 1) -> None:
-        if self.bar is not None:
-            info = f"loss {record['loss']:.3f} lr {record['lr']:.4f} {record['img_per_s']:.0f} img/s"
-            if record.get("strategy"):
-                info += f" {record['strategy']}"
-            self.bar.update(self.task, advance=advance, info=info, description=f"epoch {record['epoch']}")
+
+class _Log:
+    """The JSON lines of ``train.log.jsonl`` (None: this rank writes none), held open for the run."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.file = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.log is not None:
-            self.log.write(json.dumps(record) + "\n")
-            self.log.flush()
+        """Append ``record`` with the time now, as one line."""
+        if self.file is not None:
+            self.file.write(json.dumps({**record, "time": time.time()}) + "\n")
+            self.file.flush()
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-        if self.log is not None:
-            self.log.close()
+        """Close the file."""
+        if self.file is not None:
+            self.file.close()
 
 
 def train(
@@ -309,158 +257,250 @@ def train(
 ) -> Path:
     """Train ``cfg`` into ``out`` and write ``model.safetensors`` + ``model.front.json``; returns the manifest path.
 
-    ``resume`` continues from the last epoch checkpoint bit for bit (CPU); ``force`` discards a
-    previous run in ``out``. Under ``torchrun`` every rank trains a shard and rank 0 writes.
+    ``resume`` continues from the last epoch checkpoint bit for bit (CPU, same ``cfg.threads``);
+    ``force`` discards a previous run in ``out``. Nothing is written before the data, the architecture
+    and the settings have been checked, so a start refused for them leaves nothing that blocks the
+    corrected command. With ``show_progress``, progress goes to stderr: a bar on a terminal, a line
+    every ``log_every`` steps and per epoch elsewhere.
+    Under ``torchrun`` every rank trains a shard and rank 0 writes.
     """
-    from .data import load_data
-
     cfg.validate()
     if log_every < 1:
         raise TrainingError(f"--log-every {log_every}: must be at least 1 (steps between log lines)")
     out = Path(out)
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     dist = distributed.setup(device)
     try:
         if dist.is_main:
-            _prepare_out_dir(out, cfg, resume, force)
+            check_run(out, cfg, resume, force)  # a refusal before minutes of loading data
+        run = _build(cfg, dist, cache_dir)
+        if dist.is_main:
+            prepare_out_dir(out, cfg, resume, force)
         dist.barrier()
-        torch.manual_seed(cfg.seed)
-        data = load_data(
-            cfg.data,
-            image_size=cfg.image_size,
-            seed=cfg.seed,
-            select_fraction=cfg.select_fraction,
-            cache_dir=cache_dir,
-            device=dist.device,
-        )
-        model = build_for_data(cfg, len(data.info.class_names), data.info.input_size).to(dist.device)
-        strategy = make_strategy(cfg)
-        strategy.attach_data(data)
-        spe = data.steps_per_epoch(cfg.batch_size, dist.world_size)
-        if spe < 1:
-            raise TrainingError(
-                f"--batch-size {cfg.batch_size} is larger than the training set "
-                f"({data.info.num_train} images); lower it"
-            )
-        total = spe * cfg.epochs
-        strategy.setup(model, total)
-        opt = torch.optim.SGD(
-            model.parameters(),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
-        start_epoch, wall = 0, 0.0
-        ckpt_path = out / CHECKPOINT_NAME
-        if resume and ckpt_path.exists():
-            start_epoch, wall = _restore(load_checkpoint(ckpt_path), ckpt_path, cfg, model, opt, strategy)
-        net: torch.nn.Module = model
-        if dist.enabled:
-            net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
-            )
-        progress = _Progress(
-            out / LOG_NAME if dist.is_main else None, dist.is_main and show_progress, total, start_epoch * spe
-        )
-        try:
-            for epoch in range(start_epoch, cfg.epochs):
-                t_epoch = time.perf_counter()
-                seen = 0
-                for i, (x, y) in enumerate(
-                    data.train_batches(
-                        cfg.batch_size, epoch, cfg.seed, rank=dist.rank, world_size=dist.world_size
-                    )
-                ):
-                    step = epoch * spe + i
-                    lr = lr_at(cfg, step, total, spe)
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                    model.train()
-                    configs = strategy.step_configs(step, model, x, y)
-                    w = distill_weight(cfg, step, total) if strategy.distill else 0.0
-                    losses = train_step(net, model, opt, configs, x, y, w, cfg.label_smoothing, dist.enabled)
-                    if not all(math.isfinite(v) for v in losses):
-                        bad = next(v for v in losses if not math.isfinite(v))
-                        kept = (
-                            f"the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}"
-                            if epoch
-                            else "no checkpoint was written yet"
-                        )
-                        raise TrainingError(
-                            f"loss became {bad} at epoch {epoch + 1} step {step}: training diverged; "
-                            f"{kept}; lower --lr (now {cfg.lr}) or add --warmup-epochs and "
-                            "start again with --force"
-                        )
-                    seen += x.shape[0] * dist.world_size
-                    elapsed = time.perf_counter() - t_epoch
-                    record = {
-                        "epoch": epoch + 1,
-                        "step": step + 1,
-                        "loss": losses[0],
-                        "lr": lr,
-                        "img_per_s": seen / max(elapsed, 1e-9),
-                        "strategy": strategy.progress(),
-                    }
-                    progress.update(record)
-                    if (step + 1) % log_every == 0:
-                        progress.write({**record, "time": time.time()})
-                epoch_time = time.perf_counter() - t_epoch
-                wall += epoch_time
-                progress.write(
-                    {
-                        "epoch": epoch + 1,
-                        "epoch_time_s": epoch_time,
-                        "steps": spe,
-                        "time": time.time(),
-                        **strategy.record(),
-                    }
-                )
-                if dist.is_main:
-                    save_checkpoint(
-                        ckpt_path,
-                        {
-                            "model": model.state_dict(),
-                            "optimizer": opt.state_dict(),
-                            "strategy": strategy.state_dict(),
-                            "rng": _rng_state(),
-                            "epoch": epoch + 1,
-                            "wall_time_s": wall,
-                        },
-                    )
-                dist.barrier()
-        finally:
-            progress.close()
-        checksum = float(sum(p.double().sum().item() for p in model.parameters()))
-        in_sync = dist.same_on_all_ranks(checksum)
-        if not in_sync:
+        wall = _train_epochs(run, out, resume, log_every, show_progress)
+        checksum = float(sum(p.double().sum().item() for p in run.model.parameters()))
+        if not dist.same_on_all_ranks(checksum):
             raise TrainingError(
                 "ranks finished with different weights; report this as a bug with the command used"
             )
         manifest = out / MANIFEST_NAME
         if dist.is_main:
-            manifest = _finish(cfg, out, model, strategy, data, wall, dist.world_size, show_progress)
+            manifest = _finish(run, out, wall, show_progress)
         dist.barrier()
         return manifest
     finally:
         distributed.teardown()
+        torch.set_num_threads(threads)
 
 
-def _finish(
-    cfg: TrainConfig,
-    out: Path,
-    model: SlimmableNet,
-    strategy: Strategy,
-    data: Any,
-    wall: float,
-    world_size: int,
-    show_progress: bool,
-) -> Path:
+def _build(cfg: TrainConfig, dist: distributed.Dist, cache_dir: str | None) -> _Run:
+    """Load the data and build the model, strategy and optimiser: every check of ``--data``, ``--arch``
+    and the settings that needs them, all before the run writes a file."""
+    from .data import load_data
+
+    torch.manual_seed(cfg.seed)
+    data = load_data(
+        cfg.data,
+        image_size=cfg.image_size,
+        seed=cfg.seed,
+        select_fraction=cfg.select_fraction,
+        cache_dir=cache_dir,
+        device=dist.device,
+    )
+    model = build_for_data(cfg, len(data.info.class_names), data.info.input_size).to(dist.device)
+    strategy = make_strategy(cfg)
+    strategy.attach_data(data)
+    spe = data.steps_per_epoch(cfg.batch_size, dist.world_size)
+    if spe < 1:
+        raise TrainingError(
+            f"--batch-size {cfg.batch_size} is larger than the training set "
+            f"({data.info.num_train} images); lower it"
+        )
+    strategy.setup(model, spe * cfg.epochs)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
+    return _Run(cfg, data, model, opt, strategy, spe, dist)
+
+
+def _train_epochs(run: _Run, out: Path, resume: bool, log_every: int, show_progress: bool) -> float:
+    """Train the epochs not yet done (all, or those after ``out``'s checkpoint with ``resume``), with a
+    checkpoint after each; the run's training wall time in seconds."""
+    cfg, dist = run.cfg, run.dist
+    start_epoch, wall = 0, 0.0
+    ckpt_path = out / CHECKPOINT_NAME
+    if resume and ckpt_path.exists():
+        start_epoch, wall = _restore(
+            load_checkpoint(ckpt_path), ckpt_path, cfg, run.model, run.opt, run.strategy
+        )
+    net: torch.nn.Module = run.model
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
+        )
+    log = _Log(out / LOG_NAME if dist.is_main else None)
+    progress = Reporter(
+        run.total, start_epoch * run.steps_per_epoch, every=log_every, enabled=dist.is_main and show_progress
+    )
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t_epoch = time.perf_counter()
+            loss = _train_epoch(run, net, epoch, ckpt_path, log, progress, log_every)
+            epoch_time = time.perf_counter() - t_epoch
+            wall += epoch_time
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "epoch_time_s": epoch_time,
+                "steps": run.steps_per_epoch,
+            }
+            record.update(run.strategy.record())
+            check = _epoch_check(run) if dist.is_main and cfg.epoch_eval else None
+            if check is not None:
+                record["epoch_eval"] = check
+            log.write(record)
+            progress.say(_epoch_line(epoch, cfg.epochs, epoch_time, loss, check, progress.eta()))
+            if dist.is_main:
+                save_checkpoint(
+                    ckpt_path,
+                    {
+                        "model": run.model.state_dict(),
+                        "optimizer": run.opt.state_dict(),
+                        "strategy": run.strategy.state_dict(),
+                        "rng": _rng_state(),
+                        "epoch": epoch + 1,
+                        "wall_time_s": wall,
+                    },
+                )
+            dist.barrier()
+    finally:
+        progress.close()
+        log.close()
+    return wall
+
+
+def _train_epoch(
+    run: _Run,
+    net: torch.nn.Module,
+    epoch: int,
+    ckpt_path: Path,
+    log: _Log,
+    progress: Reporter,
+    log_every: int,
+) -> float:
+    """Train one epoch, showing and logging its steps; the mean loss of the first config (the largest
+    where there is a teacher) over its steps."""
+    cfg, model, dist = run.cfg, run.model, run.dist
+    spe = run.steps_per_epoch
+    t_epoch = time.perf_counter()
+    seen, loss_sum = 0, 0.0
+    batches = run.data.train_batches(
+        cfg.batch_size, epoch, cfg.seed, rank=dist.rank, world_size=dist.world_size
+    )
+    for i, (x, y) in enumerate(batches):
+        step = epoch * spe + i
+        lr = lr_at(cfg, step, run.total, spe)
+        for g in run.opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        configs = run.strategy.step_configs(step, model, x, y)
+        w = distill_weight(cfg, step, run.total) if run.strategy.distill else 0.0
+        losses = train_step(net, model, run.opt, configs, x, y, w, cfg.label_smoothing, dist.enabled)
+        _check_finite(losses, epoch, step, cfg, ckpt_path)
+        seen += x.shape[0] * dist.world_size
+        loss_sum += losses[0]
+        record = {
+            "epoch": epoch + 1,
+            "step": step + 1,
+            "loss": losses[0],
+            "lr": lr,
+            "img_per_s": seen / max(time.perf_counter() - t_epoch, 1e-9),
+            "strategy": run.strategy.progress(),
+        }
+        info = (
+            f"step {step + 1}/{run.total} loss {losses[0]:.3f} lr {lr:.4f} {record['img_per_s']:.0f} img/s "
+            f"{record['strategy']}"
+        )
+        progress.update(step + 1, f"epoch {epoch + 1}/{cfg.epochs}", info.rstrip())
+        if (step + 1) % log_every == 0:
+            log.write(record)
+    return loss_sum / spe
+
+
+def _check_finite(losses: list[float], epoch: int, step: int, cfg: TrainConfig, ckpt_path: Path) -> None:
+    """TrainingError when a loss is NaN or infinite: the run diverged."""
+    bad = next((v for v in losses if not math.isfinite(v)), None)
+    if bad is None:
+        return
+    kept = (
+        f"the last good checkpoint (epoch {epoch}) is kept in {ckpt_path}"
+        if epoch
+        else "no checkpoint was written yet"
+    )
+    raise TrainingError(
+        f"loss became {bad} at epoch {epoch + 1} step {step}: training diverged; "
+        f"{kept}; lower --lr (now {cfg.lr}) or add --warmup-epochs and "
+        "start again with --force"
+    )
+
+
+def _epoch_check(run: _Run) -> dict[str, Any]:
+    """The top-1 of the strategy's watched sub-networks on ``--epoch-eval`` held-out images
+    (:func:`training.epoch_eval.epoch_top1`), with the seconds it took."""
     t0 = time.perf_counter()
-    configs = strategy.candidates(model)
-    cands = evaluate_candidates(model, configs, data, cfg.calib_batches, cfg.calib_batch_size, cfg.seed)
-    front = pareto_candidates(cands)
-    evaluate_chosen(model, front, data)
-    strategy_record = strategy.record()
+    cfg = run.cfg
+    result = epoch_top1(
+        run.model,
+        run.strategy.watched_configs(run.model),
+        run.data,
+        cfg.epoch_eval,
+        cfg.calib_batches,
+        cfg.calib_batch_size,
+        cfg.seed,
+    )
+    return {**result, "time_s": round(time.perf_counter() - t0, 3)}
+
+
+def _epoch_line(
+    epoch: int, epochs: int, seconds: float, loss: float, check: dict[str, Any] | None, eta: str
+) -> str:
+    """The progress line at the end of an epoch."""
+    figures = f", {describe(check)}" if check is not None else ""
+    return (
+        f"epoch {epoch + 1}/{epochs} done in {format_duration(seconds)}: mean loss {loss:.3f}{figures}; {eta}"
+    )
+
+
+def _finish(run: _Run, out: Path, wall: float, show_progress: bool) -> Path:
+    """Build the front (progress on stderr with ``show_progress``) and write the weight file and manifest."""
+    cfg, model, data = run.cfg, run.model, run.data
+    t0 = time.perf_counter()
+    progress = Reporter(0, enabled=show_progress)
+    try:
+        progress.say(f"front: choosing candidate configs ({cfg.algorithm})")
+        configs = run.strategy.candidates(model)
+        chosen_on = "held-out training images" if data.info.num_selection else f"{data.info.val_split} images"
+
+        def done(k: int, n: int) -> None:
+            progress.update(
+                k, "front:", f"{k}/{n} candidates calibrated and evaluated on {chosen_on}", total=n
+            )
+
+        cands = evaluate_candidates(
+            model, configs, data, cfg.calib_batches, cfg.calib_batch_size, cfg.seed, on_done=done
+        )
+        front = pareto_candidates(cands)
+        if data.info.num_selection:
+            progress.say(f"front: {len(front)} points chosen; evaluating them on {data.info.val_split}")
+        evaluate_chosen(model, front, data)
+    finally:
+        progress.close()
+    strategy_record = run.strategy.record()
     record = {
         "algorithm": cfg.algorithm,
         "epochs": cfg.epochs,
@@ -470,7 +510,7 @@ def _finish(
         "extra": {
             **strategy_record,
             "config": dataclasses.asdict(cfg),
-            "world_size": world_size,
+            "world_size": run.dist.world_size,
             "candidates_evaluated": len(cands),
             "finalize_time_s": round(time.perf_counter() - t0, 3),
         },
@@ -479,21 +519,4 @@ def _finish(
     _, manifest = write_outputs(out, model, front, data.info, record, splits)
     for problem in report.front_warnings(front, len(data.info.class_names)):
         warnings.warn(f"{manifest}: {problem}", stacklevel=2)
-    if show_progress:
-        from rich.console import Console
-
-        best = max(front, key=lambda c: c.val_top1 or 0.0)
-        chosen_on = (
-            f"chosen on {data.info.num_selection} held-out training images"
-            if data.info.num_selection
-            else (f"chosen on {data.info.val_split} itself")
-        )
-        Console().print(
-            f"front: {len(front)} points from {len(cands)} candidates ({chosen_on}), "
-            f"{front[0].macs / 1e6:.2f}-{front[-1].macs / 1e6:.2f} MFLOPs, "
-            f"best {data.info.val_split} top-1 {best.val_top1:.2f}% -> {manifest}"
-        )
-        bo = report.bo_line(strategy_record, cfg.history_size)
-        if bo:
-            Console().print(bo)
     return manifest

@@ -1,10 +1,18 @@
-"""What the end of a training run tells the user: the BO schedule it ran, and fronts that need more work."""
+"""What the end of a training run tells the user: a summary with the next commands to type, the BO
+schedule it ran, and fronts that need more work."""
 
 from __future__ import annotations
 
 import itertools
+import math
+import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+from pareco_runtime.front_file import Front
+
+from .progress import format_duration
 
 # A point this close to guessing learned nothing; neighbours this far apart in MACs leave budgets
 # between them served by the cheaper point only.
@@ -45,3 +53,81 @@ def bo_line(record: Mapping[str, Any], history_size: int | None) -> str | None:
         f"BO every {interval} step(s), |H| {record['history_size']} ({how}), "
         f"{record['bo_time_share']:.0%} of the training time"
     )
+
+
+def suggested_budget(mflops: Sequence[float]) -> str:
+    """A FLOPs budget that the middle point of a front (``mflops`` ascending) meets, as ``pareco select``
+    reads it; rounded up so that the point is not left just outside it."""
+    middle = mflops[len(mflops) // 2]
+    return f"{math.ceil(middle * 100) / 100:.2f}MFLOPs"
+
+
+def next_commands(manifest: Path, budget: str) -> list[str]:
+    """The commands that look at, choose from and export the front in ``manifest``."""
+    m = shlex.quote(str(manifest))
+    export_dir = shlex.quote(str(manifest.parent / "export"))
+    return [
+        f"pareco show {m}",
+        f"pareco select {m} --budget {budget}",
+        f"pareco export {m} --budget {budget} --onnx --out {export_dir}",
+    ]
+
+
+def run_summary(manifest: Path, files: Sequence[Path], command_s: float) -> dict[str, Any]:
+    """What a finished run tells its user (and ``pareco train --json`` a script): points, MFLOPs range,
+    best top-1 and the split it is on, the split the points were chosen on, wall times, the ``files``
+    that exist, PareCO's BO schedule (None for other algorithms) and the next commands to type."""
+    front = Front.load(manifest, verify_weights=False)
+    points = sorted(front.points, key=lambda p: p.mflops)
+    splits = front.dataset.splits or {}
+    top1_split = splits.get("top1", {"name": "val"})
+    best = max(points, key=lambda p: -1.0 if p.top1 is None else p.top1)
+    extra = front.training.extra
+    mflops = [p.mflops for p in points]
+    return {
+        "manifest": str(manifest),
+        "points": len(points),
+        "candidates": extra.get("candidates_evaluated"),
+        "mflops": [round(mflops[0], 4), round(mflops[-1], 4)],
+        "best": {
+            "id": best.id,
+            "mflops": round(best.mflops, 4),
+            "top1": best.top1,
+            "split": top1_split["name"],
+        },
+        "chosen_on": splits.get("selection", top1_split),
+        "wall_time_s": {
+            "training": front.training.wall_time_s,
+            "front": extra.get("finalize_time_s"),
+            "command": round(command_s, 3),
+        },
+        "files": [str(f) for f in files if f.exists()],
+        "bo": bo_line(extra, (extra.get("config") or {}).get("history_size")),
+        "next": next_commands(manifest, suggested_budget(mflops)),
+    }
+
+
+def summary_lines(summary: Mapping[str, Any]) -> list[str]:
+    """:func:`run_summary` as the lines printed at the end of ``pareco train``."""
+    chosen = summary["chosen_on"]
+    on = (
+        f"{chosen['images']} held-out training images"
+        if chosen["name"] == "train-holdout"
+        else f"the {chosen['name']} split itself ({chosen.get('images', '?')} images)"
+    )
+    low, high = summary["mflops"]
+    best = summary["best"]
+    top1 = "-" if best["top1"] is None else f"{best['top1']:.2f}%"
+    wall = summary["wall_time_s"]
+    front_time = "" if wall["front"] is None else f", front {format_duration(wall['front'])}"
+    lines = [
+        f"front: {summary['points']} points, {low:.2f}-{high:.2f} MFLOPs, from "
+        f"{summary['candidates']} candidates chosen on {on}",
+        f"best: {best['id']}, top-1 {top1} on {best['split']} at {best['mflops']:.2f} MFLOPs",
+        f"time: training {format_duration(wall['training'])}{front_time} "
+        f"(this command {format_duration(wall['command'])})",
+        "files: " + ", ".join(summary["files"]),
+    ]
+    if summary["bo"]:
+        lines.append(summary["bo"])
+    return [*lines, "next:", *(f"  {c}" for c in summary["next"])]

@@ -73,6 +73,10 @@ class Strategy(ABC):
     def candidates(self, model: SlimmableNet) -> list[list[float]]:
         """Configs to calibrate and evaluate after training."""
 
+    def watched_configs(self, model: SlimmableNet) -> dict[str, list[float]]:
+        """The sub-networks whose top-1 is shown after each epoch, by name: the largest and the smallest."""
+        return {"largest": model.space.uniform(model.space.high), "smallest": model.space.smallest()}
+
     def record(self) -> dict[str, Any]:
         """Figures for the manifest's training record."""
         return {}
@@ -132,6 +136,9 @@ class Independent(Strategy):
 
     def candidates(self, model):
         return [self.config(model)]
+
+    def watched_configs(self, model):
+        return {"trained": self.config(model)}
 
     def record(self):
         return {"alpha": self.config(self.model) if self.model else self.alpha}
