@@ -24,7 +24,7 @@ def _options(debug: bool = typer.Option(False, "--debug", help="Show full traceb
     del debug
 
 
-app.command("train")(train.train)
+app.command("train", cls=train.SectionedCommand, epilog=train.EXAMPLES)(train.train)
 app.command("select")(runtime_cmds.select)
 app.command("show")(runtime_cmds.show)
 app.command("flops")(flops.flops)

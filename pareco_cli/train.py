@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
+import types
 import typing
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
+from typer.core import TyperCommand
 
 from training.config import TrainConfig
 
@@ -23,7 +26,9 @@ from .output import print_json
 def train(
     *,
     ctx: typer.Context,
-    out: Path = typer.Option(..., "--out", help="Output directory (model.safetensors, model.front.json)."),
+    out: Path = typer.Option(
+        ..., "--out", metavar="DIR", help="Output directory (model.safetensors, model.front.json)."
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -31,13 +36,16 @@ def train(
         "(settings given as well must equal them).",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite a different run in --out."),
-    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
+    device: str | None = typer.Option(
+        None, "--device", metavar="cpu|cuda", help="cpu or cuda (default: cuda when present)."
+    ),
     cache_dir: str | None = typer.Option(
-        None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/pareco)."
+        None, "--cache-dir", metavar="DIR", help="Decoded-dataset cache (default ~/.cache/pareco)."
     ),
     log_every: int = typer.Option(
         20,
         "--log-every",
+        metavar="N",
         help="Steps between JSON log lines, and between progress lines when stderr is not a terminal.",
     ),
     as_json: bool = typer.Option(
@@ -86,18 +94,76 @@ def typed_settings(ctx: typer.Context) -> set[str]:
     return given
 
 
+# The sections of ``pareco train --help``, by parameter name (settings and this command's own options).
+HELP_SECTIONS: dict[str, tuple[str, ...]] = {
+    "Basic": ("arch", "data", "algorithm", "epochs", "batch_size", "lr", "seed", "out", "resume", "force", "as_json"),
+    "Model": ("init", "low", "group_low", "pin", "width", "width_factor", "torchvision_widths"),
+    "Optimiser": ("momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing"),
+    "Front": ("candidates", "calib_batches", "calib_batch_size", "select_fraction", "epoch_eval"),
+    "PareCO / TwoStage (BO)": (
+        "samples", "history_size", "epsilon", "lambda_sampling", "cost_model", "warmup_configs",
+        "probe_batch", "remeasure", "distill_warmup",
+    ),
+    "Data": ("image_size", "cache_dir"),
+    "System": ("device", "threads", "log_every", "help"),
+}  # fmt: skip
+_SECTION_OF = {name: title for title, names in HELP_SECTIONS.items() for name in names}
+# Value names where the type alone ("TEXT") would not say what to give.
+_METAVARS = {
+    "arch": "ARCH",
+    "init": "STATE_DICT",
+    "data": "PATH|digits",
+    "group_low": "PATTERN=W,..",
+    "pin": "PATTERNS",
+}
+EXAMPLES = """Examples:
+
+\b
+  pareco train --data my_images/ --epochs 10 --out runs/mine
+  pareco train --arch torchvision:resnet18 --init resnet18.pt --data photos.tar.gz \\
+      --algorithm pareco --epochs 30 --out runs/r18 --threads 2
+"""
+
+
+class SectionedCommand(TyperCommand):
+    """A command whose ``--help`` lists its options under the titles of :data:`HELP_SECTIONS`."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The options section by section, in :data:`HELP_SECTIONS` order."""
+        records: dict[str, list[tuple[str, str]]] = {title: [] for title in HELP_SECTIONS}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                records[_SECTION_OF[param.name or ""]].append(record)
+        for title, rows in records.items():
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def _metavar(name: str, kind: Any, choices: tuple[str, ...] | None) -> str | None:
+    if choices:
+        return "|".join(choices)
+    base = typing.get_args(kind)[0] if typing.get_origin(kind) in (typing.Union, types.UnionType) else kind
+    if base is bool:
+        return None
+    return _METAVARS.get(name) or {int: "N", float: "X"}.get(base, "TEXT")
+
+
 def _setting_options() -> list[inspect.Parameter]:
     """One keyword parameter per TrainConfig field, defaulting to a typer option with its flag and help."""
-    types = typing.get_type_hints(TrainConfig)
+    hints = typing.get_type_hints(TrainConfig)
     params = []
     for f in dataclasses.fields(TrainConfig):
-        text = f.metadata["help"]
-        if f.metadata["choices"]:
-            text += f" One of: {', '.join(f.metadata['choices'])}."
-        option = typer.Option(f.default, TrainConfig.flag(f.name), help=text)
+        option = typer.Option(
+            f.default,
+            TrainConfig.flag(f.name),
+            help=f.metadata["help"],
+            metavar=_metavar(f.name, hints[f.name], f.metadata["choices"]),
+        )
         params.append(
             inspect.Parameter(
-                f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=types[f.name]
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hints[f.name]
             )
         )
     return params

@@ -139,3 +139,43 @@ def test_an_output_that_cannot_be_made_is_one_line(
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
     assert len(lines) == 1 and lines[0].startswith("error: ") and "a-file" in lines[0], r.stderr[-1500:]
+
+
+def _help(cli, *command: str) -> str:
+    r = cli(*command, "--help")
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_every_option_says_what_value_it_takes(cli) -> None:
+    """No option shows the type placeholders the CLI framework makes up (<str>, <list[str]>, <bool>)."""
+    import re
+
+    for name in typer.main.get_command(app).commands:
+        heads = re.findall(r"^\s+(--[-\w]+(?: \S+)?)", _help(cli, name), re.M)
+        assert len(heads) > 2, name
+        assert not [h for h in heads if "<" in h], name
+
+
+def test_train_help_groups_its_options_and_gives_examples_that_parse(cli) -> None:
+    import shlex
+
+    from pareco_cli.train import EXAMPLES, HELP_SECTIONS
+
+    command = typer.main.get_command(app).commands["train"]
+    names = [p.name for p in command.params] + ["help"]
+    listed = [n for section in HELP_SECTIONS.values() for n in section]
+    assert sorted(listed) == sorted(names), "every option of pareco train is in exactly one section"
+    text = _help(cli, "train")
+    positions = [text.index(f"\n{title}:\n") for title in HELP_SECTIONS]
+    assert positions == sorted(positions)
+    assert "--algorithm independent|slim|pareco|twostage" in text
+    examples = [
+        line.strip()
+        for line in EXAMPLES.replace("\\\n", " ").splitlines()
+        if line.strip().startswith("pareco")
+    ]
+    assert len(examples) == 2 and all(e in " ".join(text.replace("\\\n", " ").split()) for e in examples[:1])
+    for example in examples:
+        args = shlex.split(example)[2:]
+        command.make_context("train", args)  # every flag of the example exists and its value parses
