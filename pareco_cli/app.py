@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench_cmd, export_cmd, flops, runtime_cmds, train
+from . import bench_cmd, export_cmd, flops, front_cmds, runtime_cmds, train
 
 app = typer.Typer(
     name="pareco",
@@ -30,3 +30,5 @@ app.command("show")(runtime_cmds.show)
 app.command("flops")(flops.flops)
 app.command("export")(export_cmd.export)
 app.command("bench")(bench_cmd.bench)
+app.command("eval")(front_cmds.eval_front)
+app.command("calibrate")(front_cmds.calibrate)

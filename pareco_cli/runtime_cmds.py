@@ -165,6 +165,11 @@ def show(
         splits = _splits_line(front)
         if splits:
             typer.echo(splits)
+        calibrated = [p.id for p in front.points if p.origin == "calibrated"]
+        if calibrated:
+            typer.echo(
+                f"off-front (added by pareco calibrate, not chosen by training): {', '.join(calibrated)}"
+            )
     if plot is not None:
         from bench.plots import plot_front
 

@@ -4,7 +4,8 @@ The weight file holds the full-width shared weights (the model's ``state_dict`` 
 point's calibrated BatchNorm statistics under ``bn/<point_id>/<module>.running_mean`` and
 ``.running_var``, and string metadata: ``pareco_format`` (the format version) and
 ``pareco_metadata`` (a JSON object: architecture, width space, anything the writer adds). It is
-never a pickle, so loading a stranger's file cannot run code.
+never a pickle, so loading a stranger's file cannot run code. A BN statistics file (points added
+after training, :mod:`pareco_runtime.point_stats`) is the same format without the state.
 
 The manifest is JSON, validated against ``manifest.schema.json`` (shipped with the package) by
 :mod:`pareco_runtime.schema_check`, then by :func:`check_manifest_consistency` for the rules a
@@ -26,7 +27,7 @@ import os
 import re
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, TypeVar
@@ -41,7 +42,11 @@ from .space import _TOL as _ALPHA_TOL
 from .untrusted import FormatError, parse_json, read_json, regular_file
 from .untrusted import format_error as _error
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest manifest format this pareco reads and writes; a manifest is written in the oldest format
+that holds its fields (:func:`manifest_format`)."""
+WEIGHTS_FORMAT_VERSION = 1
+"""The weight file's format (also a BN statistics file's): unchanged since format 1 of the manifest."""
 
 # A point id must be usable as a file name and inside a tensor key: the schema uses the same pattern.
 POINT_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
@@ -156,7 +161,7 @@ def save_weights(
             for stat, tensor in zip(_BN_STATS, pair):
                 tensors[f"{_BN_PREFIX}{point_id}/{module}.{stat}"] = tensor
     prepared = _standalone_tensors(target, tensors)
-    file_metadata = {_META_VERSION: str(FORMAT_VERSION), _META_JSON: meta_json}
+    file_metadata = {_META_VERSION: str(WEIGHTS_FORMAT_VERSION), _META_JSON: meta_json}
     atomic_write_with(target, lambda tmp: save_file(prepared, str(tmp), metadata=file_metadata))
 
 
@@ -219,6 +224,8 @@ class WeightHeader:
     bn_stats: dict[str, dict[str, tuple[TensorInfo, TensorInfo]]]
     metadata: dict[str, Any]
     path: Path
+    # The file a point's statistics were read from where it is not ``path`` (a BN statistics file).
+    stats_paths: dict[str, Path] = field(default_factory=dict)
 
     @property
     def tensor_count(self) -> int:
@@ -251,7 +258,7 @@ def read_weight_header(path: str | os.PathLike[str]) -> WeightHeader:
     length is sane and fits the file; safetensors can parse the header (corrupt or truncated files
     are reported, not crashed on); it carries pareco metadata (JSON, bounded as
     :func:`~pareco_runtime.untrusted.parse_json` bounds it); its format is not newer than
-    :data:`FORMAT_VERSION`; the BN statistics keys are complete; every dtype is one a model has.
+    :data:`WEIGHTS_FORMAT_VERSION`; the BN statistics keys are complete; every dtype is one a model has.
     """
     source = Path(path)
     _check_safetensors_header(source)
@@ -387,9 +394,11 @@ def _parse_weight_metadata(source: Path, file_metadata: dict[str, str]) -> dict[
             source, f"corrupt pareco metadata (format version '{version_text}')", "re-export the weights"
         )
     version = int(version_text)
-    if version > FORMAT_VERSION:
+    if version > WEIGHTS_FORMAT_VERSION:
         raise _error(
-            source, f"written by a newer pareco (format {version} > {FORMAT_VERSION})", "upgrade pareco"
+            source,
+            f"written by a newer pareco (format {version} > {WEIGHTS_FORMAT_VERSION})",
+            "upgrade pareco",
         )
     text = file_metadata.get(_META_JSON)
     try:
@@ -438,7 +447,10 @@ def check_manifest_consistency(manifest: dict[str, Any], source: str | os.PathLi
     point ids are unique and file-name safe (no final newline either); every point's alpha and
     channels have one value per width dimension, alpha within [low, high] (tolerance 1e-6) and
     channels at most the full width; every profile a point's latency_ms / energy_mj /
-    latency_predicted_ms names is listed in device_profiles.
+    latency_predicted_ms names is listed in device_profiles, every evaluation its eval_top1 /
+    eval_loss names in dataset.eval_splits; every BN statistics file (weights.bn_stats) lies inside
+    the manifest's folder, is listed once and is not the weight file, and lists points of this
+    manifest, each in one file only; format_version is at least :func:`manifest_format`.
     ``source`` (the file name) starts the message. Sizes are bounded first: width_space.full at most
     :data:`MAX_CHANNELS` each, dataset.input_size and preprocess within :func:`check_input_size`.
     """
@@ -491,9 +503,68 @@ def check_manifest_consistency(manifest: dict[str, Any], source: str | os.PathLi
         if profile["name"] in profiles:
             raise _error(source, f"device profile name '{profile['name']}' is used twice", _REEXPORT)
         profiles.add(profile["name"])
+    evaluations = set(dataset.get("eval_splits", {}))
     ids: set[str] = set()
     for point in manifest["points"]:
-        _check_point(point, names, full, low, high, profiles, ids, source)
+        _check_point(point, names, full, low, high, (profiles, evaluations), ids, source)
+    _check_stats_files(manifest, ids, source)
+    needed = _format_2_field(manifest)
+    if needed is not None and manifest["format_version"] < 2:
+        raise _error(
+            source, f"format_version {manifest['format_version']} cannot hold {needed} (format 2)", _REEXPORT
+        )
+
+
+# What format 2 added, by the object that holds it: a manifest with none of these is format 1, which
+# pareco versions before format 2 read (an app on a phone keeps the runtime it shipped with).
+_FORMAT_2_FIELDS = (
+    ("weights", ("bn_stats",)),
+    ("dataset", ("eval_splits",)),
+    ("points", ("origin", "eval_top1", "eval_loss")),
+)
+
+
+def _format_2_field(manifest: dict[str, Any]) -> str | None:
+    """The first field of a schema-valid manifest that format 1 lacks (as ``weights.bn_stats``), else None."""
+    for part, keys in _FORMAT_2_FIELDS:
+        objects = manifest[part] if part == "points" else [manifest[part]]
+        for key in keys:
+            if any(key in obj for obj in objects):
+                return f"{part}[].{key}" if part == "points" else f"{part}.{key}"
+    return None
+
+
+def manifest_format(manifest: dict[str, Any]) -> int:
+    """The oldest format that holds a schema-valid manifest's fields: 2 where it has BN statistics files,
+    off-front points or evaluations, else 1."""
+    return 1 if _format_2_field(manifest) is None else 2
+
+
+def _check_stats_files(manifest: dict[str, Any], ids: set[str], source: str | os.PathLike[str]) -> None:
+    files = {manifest["weights"]["file"]}
+    listed: set[str] = set()
+    for entry in manifest["weights"].get("bn_stats", []):
+        file = entry["file"]
+        inside_folder(source, file, "weights.bn_stats file")
+        if file in files:
+            raise _error(
+                source, f"weights.bn_stats file '{file}' is the weight file or listed twice", _REEXPORT
+            )
+        files.add(file)
+        for pid in entry["points"]:
+            if pid not in ids:
+                raise _error(
+                    source,
+                    f"weights.bn_stats file '{file}' lists point '{pid}', which points lacks",
+                    _REEXPORT,
+                )
+            if pid in listed:
+                raise _error(
+                    source,
+                    f"point '{pid}': its BN statistics are listed in two weights.bn_stats files",
+                    _REEXPORT,
+                )
+            listed.add(pid)
 
 
 def check_input_size(size: Sequence[int], where: str, source: str | os.PathLike[str]) -> None:
@@ -517,10 +588,12 @@ def _check_point(
     full: list[int],
     low: float,
     high: float,
-    profiles: set[str],
+    names_in_use: tuple[set[str], set[str]],
     ids: set[str],
     source: str | os.PathLike[str],
 ) -> None:
+    """One point's rules; ``names_in_use``: (device profile names, evaluation names) it may name."""
+    profiles, evaluations = names_in_use
     pid = point["id"]
     if not _POINT_ID.fullmatch(pid):  # the schema's pattern lets Python's '$' accept a final newline
         raise _error(source, f"point id {pid!r} is not file-name safe", _REEXPORT)
@@ -557,6 +630,14 @@ def _check_point(
                     source,
                     f"point '{pid}': {key} names device profile '{name}', which "
                     "device_profiles does not list",
+                    _REEXPORT,
+                )
+    for key in ("eval_top1", "eval_loss"):
+        for name in point.get(key, {}):
+            if name not in evaluations:
+                raise _error(
+                    source,
+                    f"point '{pid}': {key} names evaluation '{name}', which dataset.eval_splits does not list",
                     _REEXPORT,
                 )
 
@@ -596,7 +677,8 @@ def load_manifest(path: str | os.PathLike[str], verify_weights: bool = True) -> 
     newer than :data:`FORMAT_VERSION` (so a newer file asks for an upgrade, not a schema fix); the
     schema (the message names the field path); :func:`check_manifest_consistency`; the weight file
     lies inside the manifest's folder (see :func:`weights_path`); with ``verify_weights``, the
-    weight file is a regular file and its SHA-256 equals ``weights.sha256``.
+    weight file is a regular file and its SHA-256 equals ``weights.sha256``, and so is and does each
+    BN statistics file of ``weights.bn_stats``.
     """
     source = Path(path)
     manifest = read_json(source, "manifest file", "pass the .front.json file pareco wrote, or re-export it")
@@ -620,30 +702,52 @@ def load_manifest(path: str | os.PathLike[str], verify_weights: bool = True) -> 
     check_manifest_consistency(manifest, source)
     weights = weights_path(source, manifest)
     if verify_weights:
-        if not os.path.lexists(weights):
-            raise _error(source, f"weight file {weights} not found", "put it beside the manifest")
-        regular_file(weights, "weight file", "put the weight file pareco wrote beside the manifest")
-        if sha256_file(weights) != manifest["weights"]["sha256"]:
-            raise _error(weights, "weight file changed or corrupt (sha256 mismatch)", "re-export or re-train")
+        _verify_file(source, weights, manifest["weights"]["sha256"], "weight file", "re-export or re-train")
+        for entry in manifest["weights"].get("bn_stats", []):
+            _verify_file(
+                source,
+                inside_folder(source, entry["file"], "weights.bn_stats file"),
+                entry["sha256"],
+                "BN statistics file",
+                f"restore it, or remove its points ({', '.join(entry['points'])}) and its weights.bn_stats "
+                "entry from the manifest and calibrate them again",
+            )
     return manifest
+
+
+def _verify_file(source: Path, path: Path, sha256: str, what: str, todo: str) -> None:
+    """``path`` (a file the manifest ``source`` names) exists, is a regular file and has ``sha256``."""
+    if not os.path.lexists(path):
+        raise _error(source, f"{what} {path} not found", "put it beside the manifest")
+    regular_file(path, what, f"put the {what} pareco wrote beside the manifest")
+    if sha256_file(path) != sha256:
+        raise _error(path, f"{what} changed or corrupt (sha256 mismatch)", todo)
 
 
 def weights_path(manifest_path: str | os.PathLike[str], manifest: dict[str, Any]) -> Path:
     """Absolute path of the weight file a schema-valid manifest names, inside the manifest's folder.
 
     ``weights.file`` must be a file name or a '/'-separated relative path that stays inside the
-    folder holding the manifest; an absolute path, a drive, a backslash or a '..' leaving that
-    folder raises :class:`FormatError`. The check is on the text of the path (symbolic links
-    placed in the folder by its owner are followed when the file is opened).
+    folder holding the manifest (:func:`inside_folder`).
     """
-    file = manifest["weights"]["file"]
+    return inside_folder(manifest_path, manifest["weights"]["file"], "weights.file")
+
+
+def inside_folder(manifest_path: str | os.PathLike[str], file: str, where: str) -> Path:
+    """Absolute path of ``file``, a file the manifest names in field ``where``, inside the manifest's folder.
+
+    ``file`` must be a file name or a '/'-separated relative path that stays inside the folder holding
+    the manifest; an absolute path, a drive, a backslash or a '..' leaving that folder raises
+    :class:`FormatError`. The check is on the text of the path (symbolic links placed in the folder
+    by its owner are followed when the file is opened).
+    """
     parts = _inside_parts(file)
     if parts is None:
         raise _error(
             manifest_path,
-            f"weights.file '{file}' is not a file inside the manifest's folder, and "
+            f"{where} '{file}' is not a file inside the manifest's folder, and "
             "pareco refuses to read weights outside its folder",
-            "put the weight file beside the manifest and give its name, or a relative path with '/'",
+            "put the file beside the manifest and give its name, or a relative path with '/'",
         )
     return Path(os.path.abspath(manifest_path)).parent.joinpath(*parts)
 

@@ -18,7 +18,9 @@ class FrontPoint:
     ``selection_top1``: top-1 on the split the point was chosen on, held out of the training images
     (None where points were chosen on the ``top1`` split itself); ``latency_ms`` / ``energy_mj``: per device-profile name, measured;
     ``latency_predicted_ms``: per profile, estimated by a latency look-up table (never mixed with
-    measured values).
+    measured values); ``origin``: "calibrated" for a point added off the trained front (``pareco
+    calibrate``), None for one training chose; ``eval_top1`` / ``eval_loss``: per evaluation name
+    (the manifest's ``dataset.eval_splits``), top-1 in percent and cross-entropy on that test set.
     """
 
     id: str
@@ -32,13 +34,17 @@ class FrontPoint:
     latency_ms: dict[str, float] = field(default_factory=dict)
     energy_mj: dict[str, float] = field(default_factory=dict)
     latency_predicted_ms: dict[str, float] = field(default_factory=dict)
+    origin: str | None = None
+    eval_top1: dict[str, float] = field(default_factory=dict)
+    eval_loss: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, with the manifest's field names (``selection_top1`` only when set, so files
-        written before it existed keep their form)."""
+        """JSON-ready form, with the manifest's field names (``selection_top1``, ``origin``, ``eval_top1``
+        and ``eval_loss`` only when set, so files written before they existed keep their form)."""
         d = asdict(self)
-        if d["selection_top1"] is None:
-            del d["selection_top1"]
+        for key in ("selection_top1", "origin", "eval_top1", "eval_loss"):
+            if d[key] in (None, {}):
+                del d[key]
         return d
 
     @classmethod
@@ -56,6 +62,9 @@ class FrontPoint:
             latency_ms=dict(d.get("latency_ms") or {}),
             energy_mj=dict(d.get("energy_mj") or {}),
             latency_predicted_ms=dict(d.get("latency_predicted_ms") or {}),
+            origin=d.get("origin"),
+            eval_top1=dict(d.get("eval_top1") or {}),
+            eval_loss=dict(d.get("eval_loss") or {}),
         )
 
 

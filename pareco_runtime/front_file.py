@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .atomic import remove_stale_temporaries
-from .fileformat import FORMAT_VERSION, load_manifest, save_manifest, save_weights, sha256_file, weights_path
+from .fileformat import (
+    inside_folder,
+    load_manifest,
+    manifest_format,
+    save_manifest,
+    save_weights,
+    sha256_file,
+    weights_path,
+)
 from .filelock import locked
 from .front import DeviceProfile, FrontPoint
 from .models import build_model
@@ -75,7 +83,9 @@ class DatasetSpec:
     (:meth:`pareco_runtime.preprocess.Preprocess.to_dict`; None: the whole image to the input size);
     ``splits``: which images the points' ``top1`` and ``selection_top1`` are from (``{"top1": split,
     "selection": split}``, each ``{"name", "images"[, "fraction", "seed"]}``; no ``selection``: the
-    points were chosen on the ``top1`` split; None: not recorded).
+    points were chosen on the ``top1`` split; None: not recorded); ``eval_splits``: the test sets of
+    the points' ``eval_top1`` / ``eval_loss`` by evaluation name, each a split with the ``data`` it
+    was taken from (``pareco eval --write``; None: none).
     """
 
     name: str
@@ -85,6 +95,7 @@ class DatasetSpec:
     class_names: list[str] = field(default_factory=list)
     preprocess: dict[str, Any] | None = None
     splits: dict[str, Any] | None = None
+    eval_splits: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``dataset`` object."""
@@ -99,6 +110,8 @@ class DatasetSpec:
             d["preprocess"] = dict(self.preprocess)
         if self.splits is not None:
             d["splits"] = dict(self.splits)
+        if self.eval_splits:
+            d["eval_splits"] = {name: dict(split) for name, split in self.eval_splits.items()}
         return d
 
     @classmethod
@@ -112,6 +125,7 @@ class DatasetSpec:
             class_names=[str(n) for n in d.get("class_names") or []],
             preprocess=dict(d["preprocess"]) if d.get("preprocess") else None,
             splits=dict(d["splits"]) if d.get("splits") else None,
+            eval_splits={n: dict(s) for n, s in d["eval_splits"].items()} if d.get("eval_splits") else None,
         )
 
 
@@ -145,9 +159,30 @@ class TrainingRecord:
 
 
 @dataclass
+class StatsFile:
+    """A BN statistics file of a front (the manifest's ``weights.bn_stats``): its name relative to the
+    manifest's folder, its SHA-256, and the ids of the points whose statistics it holds
+    (:mod:`pareco_runtime.point_stats`)."""
+
+    file: str
+    sha256: str
+    points: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """One entry of the manifest's ``weights.bn_stats``."""
+        return {"file": self.file, "sha256": self.sha256, "points": list(self.points)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StatsFile:
+        """Inverse of :meth:`to_dict`."""
+        return cls(file=d["file"], sha256=d["sha256"], points=[str(p) for p in d["points"]])
+
+
+@dataclass
 class Front:
     """A front manifest: its weight file, architecture, width space, dataset, training record,
-    device profiles and points.
+    device profiles and points, and the BN statistics files of points added after training
+    (``stats_files``; the other points' statistics are in the weight file).
 
     :meth:`load` reads and validates a file; :meth:`create` builds a new front; :meth:`save` writes
     it (validated, atomically); :meth:`record_profile` merges measured figures; :meth:`update` is
@@ -166,7 +201,7 @@ class Front:
     device_profiles: list[DeviceProfile] = field(default_factory=list)
     pareco_version: str = ""
     created: str = ""
-    format_version: int = FORMAT_VERSION
+    stats_files: list[StatsFile] = field(default_factory=list)
     path: Path | None = field(default=None, compare=False)
 
     @classmethod
@@ -238,17 +273,20 @@ class Front:
             device_profiles=[DeviceProfile.from_dict(p) for p in manifest["device_profiles"]],
             pareco_version=manifest["pareco_version"],
             created=manifest["created"],
-            format_version=int(manifest["format_version"]),
+            stats_files=[StatsFile.from_dict(e) for e in manifest["weights"].get("bn_stats", [])],
             path=None if path is None else Path(path),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The manifest as a JSON-ready dict, keys in the order the file lists them."""
-        return {
-            "format_version": self.format_version,
+        """The manifest as a JSON-ready dict, keys in the order the file lists them, in the oldest format
+        that holds it (:attr:`format_version`)."""
+        weights: dict[str, Any] = {"file": self.weights_file, "sha256": self.weights_sha256}
+        if self.stats_files:
+            weights["bn_stats"] = [e.to_dict() for e in self.stats_files]
+        body = {
             "pareco_version": self.pareco_version,
             "created": self.created,
-            "weights": {"file": self.weights_file, "sha256": self.weights_sha256},
+            "weights": weights,
             "architecture": self.architecture.to_dict(),
             "width_space": self.width_space.to_dict(),
             "dataset": self.dataset.to_dict(),
@@ -256,6 +294,14 @@ class Front:
             "device_profiles": [p.to_dict() for p in self.device_profiles],
             "points": [p.to_dict() for p in self.points],
         }
+        return {"format_version": manifest_format(body), **body}
+
+    @property
+    def format_version(self) -> int:
+        """The manifest format the front is written in: the oldest that holds its fields (1, or 2 where
+        it has BN statistics files, off-front points or evaluations), so a front without them stays
+        readable by pareco versions that predate format 2."""
+        return int(self.to_dict()["format_version"])
 
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Validate and write the manifest atomically to ``path`` (default: :attr:`path`); the path written.
@@ -283,6 +329,14 @@ class Front:
                 "this front was never loaded or saved, so its weight file has no folder; save it first"
             )
         return weights_path(self.path, self.to_dict())
+
+    def file_path(self, file: str) -> Path:
+        """Absolute path of a BN statistics file named ``file`` (relative to the manifest's folder, inside it)."""
+        if self.path is None:
+            raise ValueError(
+                "this front was never loaded or saved, so its files have no folder; save it first"
+            )
+        return inside_folder(self.path, file, "weights.bn_stats file")
 
     @property
     def profile_names(self) -> list[str]:
@@ -320,6 +374,31 @@ class Front:
                 p.energy_mj[name] = round(float(energy_mj[p.id]), 6)
             if predicted_ms and p.id in predicted_ms and name not in p.latency_ms:
                 p.latency_predicted_ms[name] = round(float(predicted_ms[p.id]), 6)
+
+    def record_evaluation(
+        self, name: str, split: Mapping[str, Any], results: Mapping[str, tuple[float, float]]
+    ) -> None:
+        """Record an evaluation named ``name`` on the test set ``split`` (a manifest split with its ``data``):
+        ``results`` {point id: (top-1 %, loss)} go to the points' ``eval_top1`` / ``eval_loss`` (not
+        saved: call it inside :meth:`update`).
+
+        An evaluation of the same name is replaced, on every point; ids must name points of this front
+        (ValueError otherwise). Top-1 is rounded to 4 decimals, the loss to 6, as training writes them.
+        """
+        unknown = sorted(set(results) - {p.id for p in self.points})
+        if unknown:
+            raise ValueError(
+                f"{self.path or 'front'}: no point {unknown[0]!r} in this manifest; it changed since "
+                "the evaluation"
+            )
+        self.dataset.eval_splits = {**(self.dataset.eval_splits or {}), name: dict(split)}
+        for p in self.points:
+            p.eval_top1.pop(name, None)
+            p.eval_loss.pop(name, None)
+            if p.id in results:
+                top1, loss = results[p.id]
+                p.eval_top1[name] = round(float(top1), 4)
+                p.eval_loss[name] = round(float(loss), 6)
 
 
 def write_front(

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .fileformat import TensorInfo, WeightHeader, check_input_size, read_weight_header
+from .fileformat import TensorInfo, WeightHeader, check_input_size
 from .models.base import BNStatsError
+from .point_stats import front_header
 from .sources import ModelFactory
 from .untrusted import FormatError
 
@@ -51,7 +52,8 @@ def build_front_model(front: Front, factory: ModelFactory | None = None) -> Slim
     """``front``'s architecture at full width with fresh weights, built only once it is known to fit the
     front's weight file; every misfit is a one-line :class:`~pareco_runtime.fileformat.FormatError`.
 
-    Checked before any real build: the weight file's header (:func:`read_weight_header`); every
+    Checked before any real build: the weight file's header, with the BN statistics files of points
+    added after training (:func:`~pareco_runtime.point_stats.front_header`: each bound to it); every
     number in ``architecture.kwargs`` within ±:data:`MAX_KWARG_NUMBER` and its ``input_size`` within
     :func:`check_input_size`; then, on a shape-only build, the width space, the architecture the weight
     file records, every state tensor's name, shape and dtype, and each point's channels and BN
@@ -59,7 +61,7 @@ def build_front_model(front: Front, factory: ModelFactory | None = None) -> Slim
     tensor that is wrong. ``factory``: the builder of the user's own architecture.
     """
     source = front.path or "manifest"
-    header = read_weight_header(front.weights_path)
+    header = front_header(front)
     _check_numbers(front.architecture.kwargs, "architecture.kwargs", source)
     budget = _MODULES_PER_TENSOR * header.tensor_count + _MODULES_SLACK
     try:
@@ -151,9 +153,10 @@ def check_fit(model: SlimmableNet, front: Front, header: WeightHeader) -> None:
     _check_state(model, header, arch.arch)
     for p in front.points:
         per_module = header.bn_stats.get(p.id)
+        stats_path = header.stats_paths.get(p.id, header.path)
         if per_module is None or set(per_module) != set(model.bn_names):
             raise FormatError(
-                f"{header.path}: BN statistics of point '{p.id}' are missing or incomplete; "
+                f"{stats_path}: BN statistics of point '{p.id}' are missing or incomplete; "
                 "re-train or re-export the model"
             )
         channels = model.space.channels(p.alpha)
@@ -167,7 +170,7 @@ def check_fit(model: SlimmableNet, front: Front, header: WeightHeader) -> None:
             model.check_bn_stats(pairs, p.alpha)
         except BNStatsError as exc:
             raise FormatError(
-                f"{header.path}: BN statistics of point '{p.id}': {exc.what}; re-train or re-export the model"
+                f"{stats_path}: BN statistics of point '{p.id}': {exc.what}; re-train or re-export the model"
             ) from None
 
 

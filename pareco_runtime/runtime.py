@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from .budget import BatteryPolicy, Budget, as_budget, select
-from .fileformat import FormatError, first_line, load_weights
+from .fileformat import FormatError, first_line
 from .front import DeviceProfile, FrontPoint
 from .front_file import Front
 from .model_check import build_front_model
 from .models.base import SlimmableNet
+from .point_stats import load_front_weights
 from .preprocess import Preprocess
 from .slicing import slice_model
 from .sources import ModelFactory
@@ -106,7 +107,9 @@ class SlimmableRuntime:
         the weight file's SHA-256, checks that the architecture fits the weight file's header before
         building it (:func:`~pareco_runtime.model_check.build_front_model`: tensor names, shapes and
         dtypes, each point's BN statistics), reads the weights with safetensors (no pickle) and
-        preloads every point's BN statistics. Errors are ``ValueError`` subclasses naming the file.
+        preloads every point's BN statistics, those of points added after training from their
+        statistics files (:mod:`~pareco_runtime.point_stats`: checked, with their SHA-256, to belong
+        to this weight file). Errors are ``ValueError`` subclasses naming the file.
         ``model``: the builder of an architecture that is the user's own code (a front trained with
         ``--arch pkg.module:factory``); the manifest's name for it is never imported.
         """
@@ -114,7 +117,7 @@ class SlimmableRuntime:
         front = Front.load(path, verify_weights=verify_hash)
         net = build_front_model(front, factory=model)
         wpath = front.weights_path
-        wf = load_weights(wpath)
+        wf = load_front_weights(front)
         try:
             # build_front_model checked the header; this fails only for a file replaced since.
             net.load_state_dict(wf.state, strict=True)

@@ -14,6 +14,8 @@ import typer
 from pareco_cli.app import app
 
 BO = ("--algorithm", "pareco")
+DATA = ("--data", "synthetic:256:4")
+WIDTH = ("--width", "0.5", *DATA)
 # (command, option) -> (bad value, extra arguments, a word the message must contain)
 BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
     ("train", "--arch"): ("resnet99", (), "resnet99"),
@@ -79,6 +81,15 @@ BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
     ("bench", "--lut-validate"): ("-1", ("--build-lut",), "lut-validate"),
     ("bench", "--lut-calibrate"): ("-1", ("--build-lut",), "lut-calibrate"),
     ("bench", "--model"): ("nosuchpkg.mod:f", (), "nosuchpkg"),
+    ("eval", "--data"): ("/nonexistent/data", (), "/nonexistent/data"),
+    ("eval", "--split"): (" ", DATA, "--split"),
+    ("eval", "--model"): ("nosuchpkg.mod:f", DATA, "nosuchpkg"),
+    ("calibrate", "--alpha"): ("0.5,x", DATA, "--alpha"),
+    ("calibrate", "--width"): ("2", DATA, "--width"),
+    ("calibrate", "--data"): ("/nonexistent/data", ("--width", "0.5"), "/nonexistent/data"),
+    ("calibrate", "--calib-batches"): ("0", WIDTH, "--calib-batches"),
+    ("calibrate", "--id"): ("a/b", WIDTH, "--id"),
+    ("calibrate", "--model"): ("nosuchpkg.mod:f", WIDTH, "nosuchpkg"),
 }
 # Options whose every value is a place to write to (a bad one is a folder that cannot be made).
 OUTPUTS = {("train", "--out"), ("export", "--out"), ("show", "--plot")}
@@ -105,7 +116,7 @@ def test_the_table_covers_every_option() -> None:
 def test_a_bad_value_is_one_line(command: str, option: str, tiny_front: Path, tmp_path: Path, cli) -> None:
     value, extra, word = BAD[(command, option)]
     args = [command]
-    if command in ("select", "export", "bench"):
+    if command in ("select", "export", "bench", "eval", "calibrate"):
         args.append(str(tiny_front))
     if command == "train":
         args += ["--data", "synthetic:64:2", "--image-size", "8", "--epochs", "1", "--batch-size", "16"]

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from pareco_runtime import build_model, fileformat, schema_check
 from pareco_runtime.fileformat import (
-    FORMAT_VERSION,
+    WEIGHTS_FORMAT_VERSION,
     FormatError,
     WeightFile,
     check_manifest_consistency,
@@ -35,7 +35,7 @@ from pareco_runtime.fileformat import (
 )
 from pareco_runtime.space import WidthSpace
 
-from .manifests import make_manifest
+from .manifests import make_manifest, with_format_2
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -116,7 +116,7 @@ def test_weights_file_layout_is_plain_safetensors(tmp_path: Path, model: Any) ->
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:
-        assert fh.metadata()["pareco_format"] == str(FORMAT_VERSION)
+        assert fh.metadata()["pareco_format"] == str(WEIGHTS_FORMAT_VERSION)
         keys = set(fh.keys())
     assert "bn/p0/layer1.0.bn1.running_mean" in keys and "bn/p0/layer1.0.bn1.running_var" in keys
     assert set(model.state_dict()) <= keys
@@ -357,7 +357,8 @@ def test_save_manifest_normalises_tuples(tmp_path: Path) -> None:
             lambda m: m["weights"].update(file="../model.safetensors"),
             "refuses to read weights outside its folder",
         ),
-        (lambda m: m.update(format_version=2), r"format_version: expected 1, got 2"),
+        (lambda m: m.update(format_version=3), r"format_version: expected one of 1, 2; got 3"),
+        (lambda m: m["points"][0].update(origin="calibrated"), "format_version 1 cannot hold points"),
     ],
 )
 def test_save_manifest_refuses_and_writes_nothing(tmp_path: Path, change: Any, words: str) -> None:
@@ -408,8 +409,8 @@ def test_load_manifest_file_level_errors(tmp_path: Path) -> None:
 
 def test_newer_manifest_asks_for_upgrade_before_schema(tmp_path: Path) -> None:
     path = tmp_path / "m.front.json"
-    path.write_text(json.dumps({"format_version": 2, "points": "whatever", "new_field": {}}))
-    with pytest.raises(FormatError, match=r"written by a newer pareco \(format 2 > 1\); upgrade pareco"):
+    path.write_text(json.dumps({"format_version": 3, "points": "whatever", "new_field": {}}))
+    with pytest.raises(FormatError, match=r"written by a newer pareco \(format 3 > 2\); upgrade pareco"):
         load_manifest(path)
 
 
@@ -572,7 +573,17 @@ def test_manifest_fields_match_front_dataclasses() -> None:
     from pareco_runtime.front import DeviceProfile, FrontPoint
 
     schema = manifest_schema()
-    point = FrontPoint(id="p", alpha=[0.5], channels=[8], mflops=1.0, params=10, selection_top1=50.0)
+    point = FrontPoint(
+        id="p",
+        alpha=[0.5],
+        channels=[8],
+        mflops=1.0,
+        params=10,
+        selection_top1=50.0,
+        origin="calibrated",
+        eval_top1={"test": 50.0},
+        eval_loss={"test": 1.0},
+    )
     profile = DeviceProfile(name="d", runtime="torch", threads=1, batch=1, host="h", date="2026-01-01")
     assert set(point.to_dict()) == set(schema["$defs"]["point"]["properties"])
     assert set(profile.to_dict()) == set(schema["$defs"]["device_profile"]["properties"])
@@ -750,7 +761,7 @@ def _both_verdicts(doc: Any) -> tuple[list[tuple[tuple[Any, ...], str]], list[tu
 def test_schema_check_agrees_with_jsonschema_on_every_edge_value_everywhere() -> None:
     """Each location of a small manifest deleted, set to each edge value, or (objects) given an unknown
     field: both validators agree, and every keyword of the schema fails somewhere."""
-    base = make_manifest(WidthSpace(("a", "b"), (8, 16), 0.5, 1.0, None), n_points=1)
+    base = with_format_2(make_manifest(WidthSpace(("a", "b"), (8, 16), 0.5, 1.0, None), n_points=1))
     seen_keywords: set[str] = set()
     for path in _locations(base):
         for value in [_DELETE, _ADD_FIELD, *_EDGE_VALUES]:

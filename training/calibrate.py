@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,13 +60,39 @@ def evaluate(
 
     The model is left exactly as it was (widths, statistics, mode).
     """
-    correct, total, loss_sum = 0, 0, 0.0
     with model.config(alpha, stats):
-        for x, y in batches:
-            out = model(x).float()
-            loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-            correct += (out.argmax(1) == y).sum().item()
-            total += y.numel()
-    if total == 0:
-        raise ValueError("evaluation got no validation images; the data has an empty validation split")
-    return Evaluation(top1=100.0 * correct / total, loss=loss_sum / total)
+        return score(model, batches)
+
+
+@torch.no_grad()
+def score(
+    forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> Evaluation:
+    """Top-1 and mean cross-entropy of the logits ``forward`` gives each batch ``(x, y)`` of ``batches``
+    (a model at a config, or a runtime's active point); ValueError when there are no images."""
+    tally = Tally()
+    for x, y in batches:
+        tally.add(forward(x), y)
+    return tally.result()
+
+
+@dataclass
+class Tally:
+    """Running sums of correct predictions, images and cross-entropy, for scoring batch by batch."""
+
+    correct: int = 0
+    total: int = 0
+    loss_sum: float = 0.0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count one batch: its ``logits`` against its ``labels``."""
+        out = logits.float()
+        self.loss_sum += F.cross_entropy(out, labels, reduction="sum").item()
+        self.correct += int((out.argmax(1) == labels).sum().item())
+        self.total += labels.numel()
+
+    def result(self) -> Evaluation:
+        """Top-1 in percent and mean cross-entropy of what was counted; ValueError when nothing was."""
+        if self.total == 0:
+            raise ValueError("evaluation got no validation images; the data has an empty validation split")
+        return Evaluation(top1=100.0 * self.correct / self.total, loss=self.loss_sum / self.total)

@@ -138,6 +138,22 @@ def pareto_candidates(cands: Sequence[Candidate]) -> list[Candidate]:
     return sorted(front, key=lambda c: (c.macs, -c.top1))
 
 
+def candidate_point(point_id: str, c: Candidate, selected: bool) -> FrontPoint:
+    """The front point of candidate ``c`` (evaluated by :func:`evaluate_chosen`): widths to 6 decimals,
+    its cost, validation top-1 (4 decimals) and loss (6), and with ``selected`` (the front was chosen
+    on a selection split) its selection top-1."""
+    return FrontPoint(
+        id=point_id,
+        alpha=[round(a, 6) for a in c.alpha],
+        channels=c.channels,
+        mflops=c.macs / 1e6,
+        params=c.params,
+        top1=None if c.val_top1 is None else round(c.val_top1, 4),
+        loss=None if c.val_loss is None else round(c.val_loss, 6),
+        selection_top1=round(c.top1, 4) if selected else None,
+    )
+
+
 def write_outputs(
     out_dir: Path,
     model: SlimmableNet,
@@ -157,19 +173,7 @@ def write_outputs(
     selected = "selection" in splits
     ids = [f"p{i:02d}" for i in range(len(front))]
     bn_stats = {pid: dict(zip(model.bn_names, c.stats)) for pid, c in zip(ids, front)}
-    points = [
-        FrontPoint(
-            id=pid,
-            alpha=[round(a, 6) for a in c.alpha],
-            channels=c.channels,
-            mflops=c.macs / 1e6,
-            params=c.params,
-            top1=None if c.val_top1 is None else round(c.val_top1, 4),
-            loss=None if c.val_loss is None else round(c.val_loss, 6),
-            selection_top1=round(c.top1, 4) if selected else None,
-        )
-        for pid, c in zip(ids, front)
-    ]
+    points = [candidate_point(pid, c, selected) for pid, c in zip(ids, front)]
     dataset = DatasetSpec(
         name=data_info.name,
         input_size=tuple(data_info.input_size),

@@ -12,7 +12,7 @@ Modules: ``load`` (:func:`load_data`), ``base`` (:class:`Data`, :class:`DataInfo
 """
 
 from .base import Data, DataError, DataInfo
-from .load import SMALL_IMAGE_MAX, load_data
+from .load import SMALL_IMAGE_MAX, is_builtin, load_data
 from .memory import TensorData
 from .stream import IMAGENET_MEAN, IMAGENET_STD, StreamData
 
@@ -25,5 +25,6 @@ __all__ = [
     "DataInfo",
     "StreamData",
     "TensorData",
+    "is_builtin",
     "load_data",
 ]

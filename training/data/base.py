@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,11 @@ class Data(ABC):
     def selection_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield every selection image once, in a fixed order, without augmentation; the validation
         images when the data has no selection split (``info.num_selection == 0``)."""
+
+    @abstractmethod
+    def renormalise(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise every batch from now on with ``mean`` / ``std`` (per channel, of pixels / 255) instead
+        of the data's own, e.g. with those a trained network expects; ``info.mean`` / ``info.std`` say so."""
 
     @abstractmethod
     def calib_batches(self, batch_size: int, num_batches: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:

@@ -193,6 +193,11 @@ def _load_archive(
     return _from_decoded(_dataset_name(path), decoded, split, device)
 
 
+def is_builtin(spec: str) -> bool:
+    """Whether ``spec`` names data made in memory ('digits', 'synthetic', 'synthetic:N:C'), not files."""
+    return spec == "digits" or spec == "synthetic" or spec.startswith("synthetic:")
+
+
 def load_data(
     spec: str,
     image_size: int | None = None,
@@ -229,7 +234,7 @@ def load_data(
     if image_size is not None and image_size < 1:
         raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
     dev = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "digits" or spec == "synthetic" or spec.startswith("synthetic:"):
+    if is_builtin(spec):
         if mode == "stream":
             raise DataError(f"'{spec}' is held in memory and cannot be streamed; use mode='auto' or 'memory'")
         if spec == "digits":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,8 +81,13 @@ class TensorData(Data):
         self._val_y = val_y.to(device=device, dtype=torch.int64)
         self._sel_x = sel_x.to(device)
         self._sel_y = sel_y.to(device=device, dtype=torch.int64)
-        self._scale = (torch.tensor(std, device=device) * 255).view(1, -1, 1, 1)
-        self._shift = (torch.tensor(mean, device=device) * 255).view(1, -1, 1, 1)
+        self.renormalise(mean, std)
+
+    def renormalise(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise batches with ``mean`` / ``std`` (of pixels / 255) instead of the training images' own."""
+        self.info.mean, self.info.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self._scale = (torch.tensor(self.info.std, device=self.device) * 255).view(1, -1, 1, 1)
+        self._shift = (torch.tensor(self.info.mean, device=self.device) * 255).view(1, -1, 1, 1)
 
     def _normalise(self, images: Tensor) -> Tensor:
         return (images.float() - self._shift) / self._scale

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -81,7 +81,9 @@ class StreamData(Data):
                 (image_size, image_size), IMAGENET_MEAN, IMAGENET_STD, "shorter_side", int(image_size / 0.875)
             ).to_dict(),
         )
-        tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD))]
+        # One Normalize in every transform, so that renormalise changes them all.
+        self._normalize = v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD))
+        tail = [v2.ToDtype(torch.float32, scale=True), self._normalize]
         augment = v2.Compose(
             [
                 v2.ToImage(),
@@ -103,6 +105,11 @@ class StreamData(Data):
         self._train_plain = _StreamDataset(train, plain, image_size)
         self._val = _StreamDataset(val, plain, image_size)
         self._selection = self._val if selection is None else _StreamDataset(selection, plain, image_size)
+
+    def renormalise(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise batches with ``mean`` / ``std`` (of pixels / 255) instead of ImageNet's."""
+        self.info.mean, self.info.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self._normalize.mean, self._normalize.std = list(self.info.mean), list(self.info.std)
 
     def _load(
         self, dataset: _StreamDataset, batches: Iterable[list[tuple[int, int]]]

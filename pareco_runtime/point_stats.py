@@ -1,0 +1,158 @@
+"""BN statistics of points added to a front after training, kept beside the weight file, never in a copy of it.
+
+A point added later (``pareco calibrate``; issue 18's device-specific fronts likewise) needs only its
+calibrated BatchNorm statistics: the shared weights serve every config already. They go to a small
+*statistics file* in the manifest's folder, a pareco weight file without the state (safetensors,
+``bn/<point_id>/<module>.running_mean|running_var``), whose metadata binds it to the weight file
+by that file's SHA-256 (``weights_sha256``) and lists its points. The manifest lists it under
+``weights.bn_stats`` with its own SHA-256 and the points it holds.
+
+So the shared weights are stored once however many points or fronts use them, the weight file is
+never rewritten (its SHA-256, which export records and other manifests name, stays valid), and
+adding a point writes only new files before the manifest: a crash leaves the old manifest with, at
+worst, an unreferenced statistics file. At load, :func:`~pareco_runtime.fileformat.load_manifest`
+checks each file's SHA-256 and :func:`front_header` / :func:`load_front_weights` that it is bound to
+the manifest's weight file, so a statistics file of other weights is refused, not served.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+from .fileformat import WeightFile, WeightHeader, load_weights, read_weight_header, save_weights, sha256_file
+from .front import FrontPoint
+from .front_file import BNStatsByPoint, Front, StatsFile
+from .untrusted import FormatError
+from .untrusted import format_error as _error
+
+STATS_SUFFIX = ".bn.safetensors"
+_MANIFEST_SUFFIX = ".front.json"
+_BINDING = "weights_sha256"
+
+_Item = TypeVar("_Item")
+
+
+def stats_file_name(manifest: str | os.PathLike[str], point_id: str) -> str:
+    """The statistics file of one point added to ``manifest``: ``<manifest stem>.<point id>.bn.safetensors``
+    (``model.c00.bn.safetensors`` beside ``model.front.json``), so fronts sharing a folder never share one."""
+    name = Path(manifest).name
+    stem = name[: -len(_MANIFEST_SUFFIX)] if name.endswith(_MANIFEST_SUFFIX) else Path(name).stem
+    return f"{stem}.{point_id}{STATS_SUFFIX}"
+
+
+def add_points(
+    manifest: str | os.PathLike[str],
+    points: Sequence[FrontPoint],
+    bn_stats: BNStatsByPoint,
+    weights_sha256: str,
+    file: str,
+) -> Path:
+    """Add ``points`` to the front at ``manifest``, their BN statistics (``{point id: {BN module: (mean, var)}}``)
+    written to the statistics file ``file`` beside it; the path of that file.
+
+    Under the manifest's lock (:meth:`Front.update`): refuses (ValueError, nothing written) when the
+    manifest's weight file is no longer the one of ``weights_sha256`` (the one the statistics were
+    calibrated with), when a point's id is taken or ``file`` is already one of the front's files;
+    then writes the statistics file atomically, bound to ``weights_sha256``, and the manifest listing
+    it with its SHA-256. If the manifest cannot be saved, the new statistics file is removed.
+    """
+    written: Path | None = None
+    try:
+        with Front.update(manifest) as front:
+            _check_addable(front, points, file, weights_sha256)
+            target = front.file_path(file)
+            ids = [p.id for p in points]
+            save_weights(
+                target,
+                {},
+                {pid: dict(bn_stats[pid]) for pid in ids},
+                {_BINDING: weights_sha256, "points": ids},
+            )
+            written = target
+            front.stats_files.append(StatsFile(file, sha256_file(target), ids))
+            front.points.extend(points)
+    except BaseException:
+        if written is not None:
+            written.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _check_addable(front: Front, points: Sequence[FrontPoint], file: str, weights_sha256: str) -> None:
+    if front.weights_sha256 != weights_sha256:
+        raise ValueError(
+            f"{front.path}: its weight file changed while the points were calibrated (sha256 "
+            f"{front.weights_sha256[:12]}..., calibrated with {weights_sha256[:12]}...); calibrate again"
+        )
+    taken = {p.id for p in front.points}
+    for p in points:
+        if p.id in taken:
+            raise ValueError(f"{front.path}: the front already has a point '{p.id}'; choose another id")
+        taken.add(p.id)
+    if file in {front.weights_file, *(e.file for e in front.stats_files)}:
+        raise ValueError(
+            f"{front.path}: '{file}' is already one of the front's files; choose another point id"
+        )
+
+
+def front_header(front: Front) -> WeightHeader:
+    """The header of ``front``'s weights as one file: the weight file's state, and each point's BN statistics
+    from where the manifest puts them (its statistics file, else the weight file); no tensor data is read.
+
+    Each statistics file is read as :func:`~pareco_runtime.fileformat.read_weight_header` reads a weight
+    file, and must be bound to the manifest's weight file and hold the points listed for it
+    (:class:`~pareco_runtime.fileformat.FormatError` otherwise). ``stats_paths`` of the result says
+    which points' statistics came from a statistics file.
+    """
+    header = read_weight_header(front.weights_path)
+    merged = dict(header.bn_stats)
+    paths: dict[str, Path] = {}
+    for entry in front.stats_files:
+        path = front.file_path(entry.file)
+        stats = read_weight_header(path)
+        merged.update(_bound_points(front, entry, path, stats.metadata, stats.bn_stats))
+        paths.update(dict.fromkeys(entry.points, path))
+    return WeightHeader(header.state, merged, header.metadata, header.path, paths)
+
+
+def load_front_weights(front: Front) -> WeightFile:
+    """``front``'s weight file loaded (:func:`~pareco_runtime.fileformat.load_weights`), with each point's BN
+    statistics taken from where the manifest puts them, checked as :func:`front_header` checks them."""
+    weights = load_weights(front.weights_path)
+    merged: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = dict(weights.bn_stats)
+    for entry in front.stats_files:
+        path = front.file_path(entry.file)
+        stats = load_weights(path)
+        merged.update(_bound_points(front, entry, path, stats.metadata, stats.bn_stats))
+    return WeightFile(weights.state, merged, weights.metadata, weights.path)
+
+
+def _bound_points(
+    front: Front,
+    entry: StatsFile,
+    path: Path,
+    metadata: Mapping[str, object],
+    bn_stats: Mapping[str, dict[str, tuple[_Item, _Item]]],
+) -> dict[str, dict[str, tuple[_Item, _Item]]]:
+    """The statistics of the points ``entry`` lists, from the statistics file at ``path`` (its ``metadata``
+    and ``bn_stats``), once it is known to be bound to ``front``'s weight file."""
+    bound = metadata.get(_BINDING)
+    if bound != front.weights_sha256:
+        raise _error(
+            path,
+            f"BN statistics of another weight file (calibrated for sha256 {str(bound)[:12]}..., but "
+            f"{front.weights_file} has {front.weights_sha256[:12]}...)",
+            "restore the weight file it was made for, or calibrate its points again",
+        )
+    missing = [pid for pid in entry.points if pid not in bn_stats]
+    if missing:
+        raise FormatError(
+            f"{path}: holds no BN statistics of point '{missing[0]}', which the manifest lists in it; "
+            "restore the file or calibrate the point again"
+        )
+    return {pid: bn_stats[pid] for pid in entry.points}

@@ -1,0 +1,100 @@
+"""A trained front, measured on a test set and extended by configs training did not choose.
+
+:func:`evaluate_points` scores every point as the runtime serves it; :func:`calibrate_point` makes
+an off-front point of any config exactly as training made its front points (BN statistics
+recalibrated on the same seeded training batches, evaluated on the same splits: front_builder's own
+functions), so that it can be added with :func:`pareco_runtime.point_stats.add_points`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from pareco_runtime.front import FrontPoint
+from pareco_runtime.front_file import Front
+from pareco_runtime.runtime import SlimmableRuntime
+
+from .calibrate import Evaluation, Tally
+from .config import TrainConfig
+from .data import Data
+from .front_builder import candidate_point, evaluate_candidates, evaluate_chosen
+
+ORIGIN = "calibrated"
+_ID_PREFIX = "c"
+
+
+def evaluate_points(rt: SlimmableRuntime, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, Evaluation]:
+    """Top-1 and loss of every point of ``rt`` on ``batches``, each run as the runtime serves it (switched
+    to: its channels and calibrated BN statistics, then ``rt(x)``), by point id.
+
+    One pass over the images, every point scored on each batch (switching costs microseconds, decoding
+    a streamed image much more). The point active before is active again after.
+    """
+    before = rt.active
+    tallies = {p.id: Tally() for p in rt.points}
+    try:
+        for x, y in batches:
+            for p in rt.points:
+                rt.switch(p)
+                tallies[p.id].add(rt(x), y)
+    finally:
+        rt.switch(before)
+    return {pid: tally.result() for pid, tally in tallies.items()}
+
+
+def calibration_settings(front: Front) -> tuple[int, int]:
+    """(batches, images per batch) of BN recalibration as the front's training did it (its recorded run
+    settings), or ``pareco train``'s defaults where the manifest records none."""
+    recorded: dict[str, Any] = front.training.extra.get("config") or {}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    batches, batch_size = (int(recorded.get(n, defaults[n])) for n in ("calib_batches", "calib_batch_size"))
+    return batches, batch_size
+
+
+def selection_fraction(front: Front) -> float:
+    """The share of training images the front's points were chosen on (its ``dataset.splits.selection``), 0 for none."""
+    selection = (front.dataset.splits or {}).get("selection")
+    return float(selection.get("fraction", 0.0)) if selection else 0.0
+
+
+def new_point_id(front: Front) -> str:
+    """The first of ``c00``, ``c01``, ... that no point of ``front`` uses."""
+    taken = {p.id for p in front.points}
+    return next(pid for i in range(len(taken) + 1) if (pid := f"{_ID_PREFIX}{i:02d}") not in taken)
+
+
+def same_network(front: Front, channels: Sequence[int]) -> FrontPoint | None:
+    """The point of ``front`` with these channel counts (the same sub-network), if there is one."""
+    return next((p for p in front.points if p.channels == list(channels)), None)
+
+
+def calibrate_point(
+    rt: SlimmableRuntime,
+    alpha: Sequence[float],
+    data: Data,
+    point_id: str,
+    calib_batches: int,
+    calib_batch_size: int,
+) -> tuple[FrontPoint, dict[str, tuple[Tensor, Tensor]]]:
+    """The off-front point ``point_id`` at config ``alpha`` (rounded to 6 decimals, as front points are) of
+    ``rt``'s front, and its BN statistics by module name.
+
+    Recalibrated on ``calib_batches`` seeded batches of ``data``'s training images (the front's training
+    seed), its MFLOPs and parameters from the cost model, its top-1 and loss on ``data``'s validation
+    split, and where the front was chosen on a selection split, its top-1 there too (so that budgets
+    rank it with the other points). ``data``: :func:`~training.front_data.load_front_data` of the
+    front. The runtime's model is left as it was; do not serve ``rt`` from other threads meanwhile.
+    """
+    config = [round(float(a), 6) for a in alpha]
+    model, front = rt.model, rt.front
+    model.space.validate(config)
+    [cand] = evaluate_candidates(model, [config], data, calib_batches, calib_batch_size, front.training.seed)
+    evaluate_chosen(model, [cand], data)
+    selected = "selection" in (front.dataset.splits or {}) and data.info.num_selection > 0
+    point = candidate_point(point_id, cand, selected)
+    point.origin = ORIGIN
+    return point, dict(zip(model.bn_names, cand.stats))
