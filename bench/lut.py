@@ -31,15 +31,12 @@ an untimed call of the same model (steady-state inference, as ``pareco bench`` m
 
 from __future__ import annotations
 
-import bisect
 import itertools
-import json
-import math
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,152 +49,20 @@ from bench.errors import BenchError
 from bench.timing import STEADY_MALLOC, interleaved_warm, steady_malloc, torch_callable, torch_threads
 from export.exporter import export_point
 from export.formats import get_format, load_runner, require, set_executorch_threads
-from pareco_runtime.atomic import atomic_write_text
 from pareco_runtime.filelock import locked
-from pareco_runtime.front import DeviceProfile, FrontPoint
+from pareco_runtime.front import DeviceProfile
 from pareco_runtime.front_file import Front, utc_timestamp
+from pareco_runtime.latency_table import LatencyLUT, UnitTable, lut_path
 from pareco_runtime.model_check import build_front_model
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.ops import SLIM_TYPES
 from pareco_runtime.slicing import plain_twin, slice_model
 from pareco_runtime.space import WidthSpace
-from pareco_runtime.untrusted import FormatError, read_json
 
-LUT_FORMAT = 1
 # Compiled runtimes cannot be hooked between blocks: each distinct block is exported alone and timed
 # as its own program, and the calibration on whole exported models takes up what that misses.
 _COMPILED = {"onnxruntime": "onnx", "executorch": "executorch"}
 LUT_BACKENDS = ("torch", "cuda", *_COMPILED)
-
-
-@dataclass
-class UnitTable:
-    """One unit's timings: ``times_ms`` over the grid ``levels`` (channel counts per dim of ``dims``),
-    row-major (the last dimension varies fastest)."""
-
-    name: str
-    dims: list[int]
-    levels: list[list[int]]
-    times_ms: list[float]
-
-    def raw_ms(self, channels: Sequence[int]) -> float:
-        """Multilinear interpolation (linear extrapolation outside the grid) at the config's channels."""
-        axes = []
-        for d, lv in zip(self.dims, self.levels):
-            if len(lv) == 1:
-                axes.append(((0, 1.0),))
-                continue
-            c = channels[d]
-            j = min(max(bisect.bisect_right(lv, c) - 1, 0), len(lv) - 2)
-            t = (c - lv[j]) / (lv[j + 1] - lv[j])
-            axes.append(((j, 1.0 - t), (j + 1, t)))
-        strides = [int(np.prod([len(lv) for lv in self.levels[k + 1 :]])) for k in range(len(self.levels))]
-        total = 0.0
-        for corner in itertools.product(*axes):
-            weight = math.prod(w for _, w in corner)
-            total += weight * self.times_ms[sum(i * s for (i, _), s in zip(corner, strides))]
-        return total
-
-
-@dataclass
-class LatencyLUT:
-    """A latency predictor for one architecture on one device profile.
-
-    ``predict_ms(channels)`` = ``offset_ms + scale * raw_ms(channels)`` where ``raw_ms`` sums the
-    unit tables. ``channels``: one count per width dimension (a front point's ``channels``).
-    ``report`` holds the calibration and validation figures.
-    """
-
-    profile: str
-    backend: str
-    threads: int
-    batch: int
-    arch: str
-    arch_kwargs: dict[str, Any]
-    input_size: list[int]
-    width_space: dict[str, Any]
-    units: list[UnitTable]
-    offset_ms: float = 0.0
-    scale: float = 1.0
-    report: dict[str, Any] = field(default_factory=dict)
-    created: str = ""
-
-    def raw_ms(self, channels: Sequence[int]) -> float:
-        """The uncalibrated sum of the unit tables."""
-        return sum(u.raw_ms(channels) for u in self.units)
-
-    def predict_ms(self, channels: Sequence[int]) -> float:
-        """Predicted latency of the config with these channel counts, in milliseconds."""
-        if len(channels) != len(self.width_space["names"]):
-            raise BenchError(
-                f"the look-up table is for {len(self.width_space['names'])} width dimensions, got "
-                f"{len(channels)} channel counts; build a table for this architecture"
-            )
-        return self.offset_ms + self.scale * self.raw_ms(channels)
-
-    def predict_alpha(self, alpha: Sequence[float]) -> float:
-        """Predicted latency of the config with these width multipliers."""
-        return self.predict_ms(WidthSpace.from_dict(self.width_space).channels(alpha))
-
-    def predict_points(self, points: Sequence[FrontPoint]) -> dict[str, float]:
-        """Predicted latency of each front point, by point id."""
-        return {p.id: self.predict_ms(p.channels) for p in points}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (the file's content)."""
-        return {"lut_format": LUT_FORMAT, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LatencyLUT:
-        """Inverse of :meth:`to_dict`."""
-        if not isinstance(d, dict) or d.get("lut_format") != LUT_FORMAT:
-            found = d.get("lut_format") if isinstance(d, dict) else f"a JSON {type(d).__name__}"
-            raise BenchError(
-                f"latency table format {found!r} is not {LUT_FORMAT}; rebuild it with "
-                "`pareco bench MANIFEST --build-lut`"
-            )
-        fields = {k: v for k, v in d.items() if k != "lut_format"}
-        fields["units"] = [UnitTable(**u) for u in fields["units"]]
-        return cls(**fields)
-
-    def save(self, path: str | Path) -> None:
-        """Write the table as JSON, atomically."""
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> LatencyLUT:
-        """Read a table written by :meth:`save` (BenchError if it is not one: also a FIFO, a device, a file
-        over 64 MiB or JSON nested too deep, as :func:`~pareco_runtime.untrusted.read_json` refuses them)."""
-        todo = "rebuild it with `pareco bench MANIFEST --build-lut`"
-        try:
-            return cls.from_dict(read_json(path, "latency table", todo))
-        except FormatError as exc:
-            raise BenchError(f"{path}: not a readable latency table ({exc.what}); {todo}") from None
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise BenchError(
-                f"{path}: not a readable latency table ({type(exc).__name__}: {exc}); {todo}"
-            ) from None
-
-
-def lut_path(manifest_path: str | Path, profile: str) -> Path:
-    """``NAME.lut.<profile>.json`` beside the manifest ``NAME.front.json``."""
-    path = Path(manifest_path)
-    stem = path.name[: -len(".front.json")] if path.name.endswith(".front.json") else path.stem
-    return path.with_name(f"{stem}.lut.{profile}.json")
-
-
-def fitting_lut(
-    manifest_path: str | Path, profile: str, backend: str, threads: int, batch: int
-) -> LatencyLUT | None:
-    """The table saved beside the manifest for ``profile`` if it was built for the same backend, threads and
-    batch (only then does it predict that profile's latencies), else None."""
-    path = lut_path(manifest_path, profile)
-    if not (
-        path.exists() or path.is_symlink()
-    ):  # a link loop is not "no table": LatencyLUT.load says what it is
-        return None
-    lut = LatencyLUT.load(path)
-    return lut if (lut.backend, lut.threads, lut.batch) == (backend, threads, batch) else None
 
 
 # ---------------------------------------------------------------------------------------------- building

@@ -28,12 +28,12 @@ import torch
 from bench.device import device_profile, write_profile
 from bench.energy import EnergyMeter, energy_note
 from bench.errors import BenchError
-from bench.lut import fitting_lut
 from bench.timing import STEADY_MALLOC, interleaved_warm, steady_malloc, torch_callable, torch_threads
 from export.exporter import export_points
 from export.formats import load_runner, require, set_executorch_threads
 from export.index import find_export, recorded_exports
 from pareco_runtime.front import DeviceProfile
+from pareco_runtime.latency_table import fitting_lut
 
 if TYPE_CHECKING:
     from pareco_runtime import Front, FrontPoint, SlimmableRuntime
@@ -277,7 +277,7 @@ def record_report(front: Front, report: BenchReport) -> list[str]:
     profile; the profile names written.
 
     Where a look-up table beside the manifest was built for the same profile, backend, threads and
-    batch (:func:`bench.lut.fitting_lut`), its predictions go to the points' ``latency_predicted_ms``
+    batch (:func:`pareco_runtime.latency_table.fitting_lut`), its predictions go to the points' ``latency_predicted_ms``
     (for points without a measurement).
     """
     if front.path is None:

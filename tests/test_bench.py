@@ -13,10 +13,11 @@ import torch
 from bench.device import default_profile_name, device_profile, sanitise_profile_name, write_profile
 from bench.energy import EnergyMeter, energy_note
 from bench.errors import BenchError
-from bench.lut import LatencyLUT, UnitTable, build_lut, discover_units, fit_calibration, lut_path
+from bench.lut import build_lut, discover_units, fit_calibration
 from pareco_runtime import SlimmableRuntime, build_model
 from pareco_runtime.budget import ProfileError
 from pareco_runtime.fileformat import load_manifest
+from pareco_runtime.latency_table import LatencyLUT, LatencyTableError, UnitTable, lut_path
 
 
 def _ids(manifest) -> list[str]:
@@ -207,7 +208,7 @@ def test_lut_builds_predicts_and_round_trips(tmp_path):
     lut.save(path)
     again = LatencyLUT.load(path)
     assert np.allclose([again.predict_alpha(a) for a in configs], preds)
-    with pytest.raises(BenchError, match="width dimensions"):
+    with pytest.raises(LatencyTableError, match="width dimensions"):
         lut.predict_ms([4, 4])
 
 
@@ -274,11 +275,11 @@ def test_cli_build_lut_writes_predictions_then_bench_keeps_them_apart(front_copy
     ["[1, 2]", '"a string"', '{"lut_format": 1, "units": [1]}', '{"lut_format": 1, "units": "x"}', "{}"],
 )
 def test_a_latency_table_of_the_wrong_shape_is_one_error(tmp_path, content: str) -> None:
-    from bench.lut import LatencyLUT
+    from pareco_runtime.latency_table import LatencyLUT
 
     path = tmp_path / "model.lut.p.json"
     path.write_text(content)
-    with pytest.raises(BenchError, match="latency table") as err:
+    with pytest.raises(LatencyTableError, match="latency table") as err:
         LatencyLUT.load(path)
     assert "--build-lut" in str(err.value) and "\n" not in str(err.value)
 

@@ -217,7 +217,7 @@ def _nested(depth: int) -> str:
 
 
 def _deep_lut(folder: Path) -> Callable[[], Any]:
-    from bench.lut import LatencyLUT
+    from pareco_runtime.latency_table import LatencyLUT
 
     path = folder / "model.lut.p.json"
     path.write_text(_nested(10_000))
@@ -401,7 +401,10 @@ READERS = {
         "from pareco_runtime.fileformat import load_weights; load_weights(path)",
     ),
     "manifest": ("model.front.json", "from pareco_runtime import Front; Front.load(path)"),
-    "latency-table": ("model.lut.p.json", "from bench.lut import LatencyLUT; LatencyLUT.load(path)"),
+    "latency-table": (
+        "model.lut.p.json",
+        "from pareco_runtime.latency_table import LatencyLUT; LatencyLUT.load(path)",
+    ),
     "export-index": (
         "export.json",
         "from export.index import read_index; import os; read_index(os.path.dirname(path))",
