@@ -112,17 +112,32 @@ def _panel_grid(panels: int) -> tuple[Figure, list[Axes]]:
     return fig, axes[:panels]
 
 
-def _draw(ax: Axes, points: Sequence[tuple[float, float, str]], color: str, label: str) -> None:
-    """One front in one panel from its (cost, top-1, id) points: markers with ids, joined by a line within
-    each run of :func:`line_runs`."""
-    pts = sorted(points)
-    xs = [x for x, _, _ in pts]
-    ys = [y for _, y, _ in pts]
+_Dot = tuple[float, float, str, bool]  # cost, top-1, point id, whether training chose it (not off-front)
+
+
+def _draw(ax: Axes, points: Sequence[_Dot], color: str, label: str) -> None:
+    """One front in one panel: a marker with its id per point, a line through the points training chose
+    within each run of :func:`line_runs`; off-front points (``pareco calibrate``) as hollow markers off
+    the line, with their own legend entry."""
+    chosen = sorted(d for d in points if d[3])
+    xs = [x for x, _, _, _ in chosen]
+    ys = [y for _, y, _, _ in chosen]
     ax.plot(xs, ys, "o", color=color, markersize=4, label=label)
     for run in line_runs(xs):
         if len(run) > 1:
             ax.plot([xs[i] for i in run], [ys[i] for i in run], "-", color=color, linewidth=1.2)
-    for x, y, pid in pts:
+    off = [d for d in points if not d[3]]
+    if off:
+        ax.plot(
+            [x for x, _, _, _ in off],
+            [y for _, y, _, _ in off],
+            "o",
+            color=color,
+            markerfacecolor="none",
+            markersize=5,
+            label=f"{label}, off-front (pareco calibrate)",
+        )
+    for x, y, pid, _ in points:
         ax.annotate(pid, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7, color=color)
 
 
@@ -156,8 +171,8 @@ def plot_fronts(
 
     Panels: top-1 against MFLOPs, then against measured latency of each device profile any front
     has, on a grid of at most three columns with one shared top-1 axis. Each front has one colour
-    and one legend entry (``labels``, default :func:`front_label`), its points are annotated with
-    their ids, and lines break at gaps (:func:`line_runs`). The chance line (100 / classes) is
+    and one legend entry (``labels``, default :func:`front_label`; off-front points another), its
+    points are annotated with their ids, and lines break at gaps (:func:`line_runs`). The chance line (100 / classes) is
     drawn where :func:`chance_drawn`, else stated in each panel. Points without a top-1 are left
     out; a front without any is a ValueError.
     """
@@ -172,9 +187,11 @@ def plot_fronts(
     drawn = chance is not None and chance_drawn(chance, [t for pts in plotted for _, t in pts])
     for i, (points, name) in enumerate(zip(plotted, names)):
         color = f"C{i % 10}"
-        _draw(axes[0], [(p.mflops, t, p.id) for p, t in points], color, name)
+        _draw(axes[0], [(p.mflops, t, p.id, p.origin is None) for p, t in points], color, name)
         for ax, prof in zip(axes[1:], profiles):
-            timed = [(p.latency_ms[prof], t, p.id) for p, t in points if prof in p.latency_ms]
+            timed = [
+                (p.latency_ms[prof], t, p.id, p.origin is None) for p, t in points if prof in p.latency_ms
+            ]
             if timed:
                 _draw(ax, timed, color, name)
     axes[0].set_xlabel("MFLOPs (multiply-accumulates)")

@@ -69,10 +69,9 @@ def test_the_manifest_fields_shown_are_written_and_the_import_runs_as_printed(
     assert json.loads(chosen.stdout)["point"]["latency_ms"]["pixel7"] <= 5.0
     manifest = json.loads(front_copy.read_text())
     assert manifest["device_profiles"][-1]["versions"] == {"imported_from": "pixel7.csv"}
-    shown = [json.loads(b) for b in _blocks("json") if not b.lstrip().startswith("[")]
-    assert len(shown) == 2, "the dataset excerpt and the fields a budget reads"
-    for excerpt in shown:
-        assert _unknown_fields(excerpt, manifest) == []
+    shown = [e for e in map(json.loads, _blocks("json")) if isinstance(e, dict) and "preprocess" not in e]
+    assert len(shown) == 1, "the fields a budget reads"
+    assert _unknown_fields(shown[0], manifest) == []
 
 
 def _export_records(front: Path, tmp_path: Path, cli, flag: str) -> list[dict[str, Any]]:
@@ -83,13 +82,18 @@ def _export_records(front: Path, tmp_path: Path, cli, flag: str) -> list[dict[st
 
 
 def _shown_record(fmt: str) -> dict[str, Any]:
-    records = next(json.loads(b) for b in _blocks("json") if b.lstrip().startswith("["))
+    records = next(e for e in map(json.loads, _blocks("json")) if isinstance(e, list))
     return next(r for r in records if r["format"] == fmt)
 
 
-def test_the_onnx_record_shown_has_the_fields_export_writes(tiny_front: Path, tmp_path: Path, cli) -> None:
+def test_the_onnx_record_and_preprocessing_shown_have_the_fields_export_writes(
+    tiny_front: Path, tmp_path: Path, cli
+) -> None:
     (real,) = _export_records(tiny_front, tmp_path, cli, "--onnx")
     assert _unknown_fields(_shown_record("onnx"), real) == []
+    (preprocess,) = [e for e in map(json.loads, _blocks("json")) if isinstance(e, dict) and "preprocess" in e]
+    assert _unknown_fields(preprocess, real) == []
+    assert (tmp_path / "export" / real["labels"]).is_file()
 
 
 @pytest.mark.slow

@@ -69,6 +69,17 @@ class TestLineRuns:
             "p3",
         ]
 
+    def test_an_off_front_point_is_hollow_and_off_the_line(self) -> None:
+        front = _front("a", mflops=(10.0, 11.0, 12.0, 13.0), profiles=())
+        front.points[1].origin = "calibrated"
+        ax = plot_fronts([front]).axes[0]
+        (line,) = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+        assert list(line.get_xdata()) == [10.0, 12.0, 13.0]
+        hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "none"]
+        assert [list(line.get_xdata()) for line in hollow] == [[11.0]]
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels == ["pareco (a)", "pareco (a), off-front (pareco calibrate)"]
+
 
 class TestPanels:
     def test_one_panel_for_mflops_and_one_per_profile_sharing_top1(self) -> None:
