@@ -68,19 +68,25 @@ def train_all(args: argparse.Namespace, out: Path) -> None:
 
 
 def load_fronts(out: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
-    """Per method: its (MFLOPs, top-1) points, training wall time and median epoch time (both summed over
-    Independent's runs), BO record and epochs."""
+    """Per method: its (MFLOPs, top-1) points, its front (Independent's runs as one, each point named by its
+    width) for the plot, training wall time and median epoch time (both summed over Independent's runs),
+    BO record and epochs."""
     from pareco_runtime import Front
 
     fronts: dict[str, dict[str, Any]] = {}
-    for name, algorithm, _ in run_names(methods):
+    for name, algorithm, width in run_names(methods):
         path = out / name / "model.front.json"
         if not path.exists():
             continue
         front = Front.load(path, verify_weights=False)
+        if algorithm == "independent":  # one point per run, all named p00
+            front.points = [replace(p, id=f"w{width:g}") for p in front.points]
         entry = fronts.setdefault(
-            algorithm, {"points": [], "wall_s": 0.0, "epoch_s": 0.0, "epochs": front.training.epochs}
+            algorithm,
+            {"points": [], "front": front, "wall_s": 0.0, "epoch_s": 0.0, "epochs": front.training.epochs},
         )
+        if entry["front"] is not front:
+            entry["front"].points += front.points
         entry["points"] += [(p.mflops, p.top1) for p in front.points]
         entry["wall_s"] += front.training.wall_time_s
         entry["epoch_s"] += median_epoch_seconds(out / name / "train.log.jsonl")
@@ -207,9 +213,10 @@ def report(
         )
     lines += search_rows(fronts)
     plot_fronts(
-        {k: v["points"] for k, v in fronts.items()},
+        [v["front"] for v in fronts.values()],
         plot,
-        f"ResNet20, CIFAR-10, {next(iter(fronts.values()))['epochs']} epochs",
+        labels=list(fronts),
+        title=f"ResNet20, CIFAR-10, {next(iter(fronts.values()))['epochs']} epochs",
     )
     return "\n".join(lines)
 

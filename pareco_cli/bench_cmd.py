@@ -75,7 +75,8 @@ def bench(
         typer.Option(
             "--profile",
             metavar="NAME",
-            help="Device profile name (one backend; default <host>-<backend>-t<threads>-b<batch>).",
+            help="Device profile name (one backend; default <host>-<backend>-t<threads>-b<batch>; "
+            "required with --import).",
         ),
     ] = None,
     exports: Annotated[
@@ -111,11 +112,46 @@ def bench(
     model: Annotated[
         str | None, typer.Option("--model", metavar="pkg.module:factory", help=MODEL_HELP)
     ] = None,
+    import_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--import",
+            metavar="FILE",
+            help="Record latencies measured elsewhere (a phone) instead of timing here: FILE.csv of "
+            "point_id,ms lines or FILE.json ({id: ms} or a list of records); needs --profile.",
+        ),
+    ] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(
+            "--runtime",
+            metavar="TEXT",
+            help="With --import: what ran the points (e.g. 'executorch 1.5.1 XNNPACK').",
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            metavar="TEXT",
+            help="With --import: the device measured on (e.g. 'Pixel 7, Tensor G2').",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Measure latency per front point and backend (interleaved, medians); optionally store it in the manifest."""
+    """Measure latency per front point and backend (interleaved, medians); optionally store it in the manifest.
+    With --import, record latencies measured on another device as a profile instead."""
     from bench.run import check_backends
 
+    if import_file is not None:
+        _check_import_options(profile, backend, build_lut, exports, points)
+        _import(resolve_manifest(manifest), import_file, profile, runtime, threads, batch, host, as_json)
+        return
+    if runtime is not None or host is not None:
+        raise ValueError(
+            "--runtime and --host describe latencies measured elsewhere; give them with --import FILE "
+            "(a measurement here records its own)"
+        )
     if exports is not None and exports.exists() and not exports.is_dir():
         raise ValueError(
             f"--exports {exports}: not a folder; pass the folder pareco export wrote, or a new one"
@@ -154,6 +190,75 @@ def bench(
         not default_malloc,
         as_json,
     )
+
+
+def _check_import_options(
+    profile: str | None, backend: list[str] | None, build_lut: bool, exports: Path | None, points: str
+) -> None:
+    """``--import`` names its profile and takes none of the options that time points here."""
+    if profile is None:
+        raise ValueError(
+            "--import needs --profile NAME, the device the figures come from (e.g. --profile pixel7); "
+            "budgets then name it: --budget 5ms@pixel7"
+        )
+    given = [
+        flag
+        for flag, present in (
+            ("--backend", bool(backend)),
+            ("--build-lut", build_lut),
+            ("--exports", exports is not None),
+            ("--points", points.strip().lower() != "all"),
+        )
+        if present
+    ]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: time points here, but --import records figures measured elsewhere; "
+            "leave them out or run the two separately"
+        )
+
+
+def _import(
+    manifest: Path,
+    file: Path,
+    profile: str,
+    runtime: str | None,
+    threads: int,
+    batch: int | None,
+    host: str | None,
+    as_json: bool,
+) -> None:
+    from bench.imported import import_profile
+
+    done = import_profile(
+        manifest,
+        file,
+        profile,
+        runtime=runtime,
+        threads=threads,
+        batch=1 if batch is None else batch,
+        host=host,
+    )
+    name = done.profile.name
+    if as_json:
+        print_json({"manifest": str(manifest), **done.to_dict()})
+        return
+    print_table(
+        f"from {file.name}",
+        ["point", "ms"],
+        [(pid, f"{ms:.3f}") for pid, ms in done.latency_ms.items()],
+    )
+    typer.echo(f"profile {name}: {done.profile.runtime}; {done.profile.host}")
+    unmeasured = [pid for pid in done.missing if pid not in done.kept]
+    if unmeasured:
+        typer.echo(
+            f"not in {file.name}: {', '.join(unmeasured)}; without a latency on {name}, "
+            f"a budget @{name} does not pick them"
+        )
+    if done.kept:
+        kept = ", ".join(f"{pid} {ms:.3f} ms" for pid, ms in done.kept.items())
+        typer.echo(f"not in {file.name}, kept from an earlier record of {name}: {kept}")
+    typer.echo(f"manifest updated: latency_ms[{name}]; select with --budget <ms>ms@{name}")
 
 
 def _stage_printer(as_json: bool) -> Callable[[str], None]:

@@ -28,6 +28,17 @@ ManifestArg = Annotated[
 ]
 """The manifest argument of every command that reads a front; resolve it with :func:`resolve_manifest`."""
 
+ManifestsArg = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="Front manifests or run folders, one or several (pareco show A B overlays them); "
+        "default: the one in the current folder.",
+        metavar="[MANIFEST|RUN_DIR]...",
+        show_default=False,
+    ),
+]
+"""The argument of a command that reads one front or several; resolve each with :func:`resolve_manifest`."""
+
 
 def resolve_manifest(given: Path | None) -> Path:
     """The manifest a command reads: ``given`` when it is a file; in a folder (``given``, or the current

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from .loading import ManifestArg, resolve_manifest
+from .loading import ManifestArg, ManifestsArg, resolve_manifest
 from .output import print_json, print_table
 
 if TYPE_CHECKING:
@@ -141,37 +141,50 @@ def select(
 
 
 def show(
-    manifest: ManifestArg = None,
+    manifests: ManifestsArg = None,
     plot: Path | None = typer.Option(
-        None, "--plot", metavar="PNG", help="Write a PNG: top-1 against MFLOPs and latency."
+        None,
+        "--plot",
+        metavar="PNG",
+        help="Write a PNG: top-1 against MFLOPs and against latency per device profile, the fronts overlaid.",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Machine-readable output (a list for several fronts)."
+    ),
 ) -> None:
-    """Print the front as a table (and draw it)."""
+    """Print each front as a table (and draw them in one plot, e.g. PareCO against Slim)."""
     from pareco_runtime.front_file import Front
 
-    front = Front.load(resolve_manifest(manifest))
-    profiles = front.profile_names
-    if as_json:
-        print_json({"manifest": str(front.path), **front.to_dict()})
-    else:
-        tr = front.training
-        print_table(
-            f"{front.architecture.arch} front: {len(front.points)} points ({tr.algorithm}, "
-            f"{tr.epochs} epochs, {front.dataset.name}); ~ = predicted",
-            _columns(front, profiles),
-            [_point_row(p, profiles, _chosen_on_holdout(front)) for p in front.points],
-        )
-        splits = _splits_line(front)
-        if splits:
-            typer.echo(splits)
-        calibrated = [p.id for p in front.points if p.origin == "calibrated"]
-        if calibrated:
-            typer.echo(
-                f"off-front (added by pareco calibrate, not chosen by training): {', '.join(calibrated)}"
-            )
+    fronts = [Front.load(resolve_manifest(m)) for m in manifests or [None]]
+    figure = None
     if plot is not None:
-        from bench.plots import plot_front
+        from bench.plots import plot_fronts
 
-        plot_front(front, plot)
-        typer.echo(f"plot written to {plot}")
+        figure = plot_fronts(fronts, plot)  # before any output: fronts that cannot share a plot are refused
+    if as_json:
+        shown = [{"manifest": str(f.path), **f.to_dict()} for f in fronts]
+        print_json(shown if manifests and len(manifests) > 1 else shown[0])
+    else:
+        for front in fronts:
+            _print_front(front)
+    if figure is not None:
+        typer.echo(f"plot written to {plot} ({len(figure.axes)} panels)", err=as_json)
+
+
+def _print_front(front) -> None:
+    """One front's table, titled with its manifest and algorithm; which images its top-1 is from, and its
+    off-front points."""
+    profiles = front.profile_names
+    tr = front.training
+    print_table(
+        f"{front.path}: {front.architecture.arch} front, {len(front.points)} points ({tr.algorithm}, "
+        f"{tr.epochs} epochs, {front.dataset.name}); ~ = predicted",
+        _columns(front, profiles),
+        [_point_row(p, profiles, _chosen_on_holdout(front)) for p in front.points],
+    )
+    splits = _splits_line(front)
+    if splits:
+        typer.echo(splits)
+    calibrated = [p.id for p in front.points if p.origin == "calibrated"]
+    if calibrated:
+        typer.echo(f"off-front (added by pareco calibrate, not chosen by training): {', '.join(calibrated)}")
