@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pareco_runtime.atomic import atomic_path
+from pareco_runtime.front import MAX_MAC_GAP
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -22,11 +23,8 @@ if TYPE_CHECKING:
     from pareco_runtime.front import FrontPoint
     from pareco_runtime.front_file import Front
 
-# A line between neighbours more than 3x apart in cost would promise sub-networks that do not exist:
-# the digits front's cheapest step (1.01 -> 2.72 MFLOPs) is 2.7x, Independent's widths on ResNet20
-# (4.1 / 10.3 / 22.9 / 40.6 MFLOPs) are at most 2.5x apart, a front with its middle missing is more.
-# The same 3x as the gap a training run warns of at its end (training/report.py, MAX_MAC_GAP).
-GAP_RATIO = 3.0
+# A line across a gap wider than MAX_MAC_GAP would promise sub-networks that do not exist.
+GAP_RATIO = MAX_MAC_GAP
 # The chance line is drawn where it stretches the top-1 axis by at most 3x the fronts' own spread:
 # on CIFAR-10 (fronts at 68.8-76.6 %, chance 10 %) drawing it would squeeze PareCO's 0.3-point lead
 # over Slim into 1/200 of the panel, so there it is stated in the panel instead.

@@ -10,14 +10,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pareco_runtime.front import MAX_MAC_GAP
 from pareco_runtime.front_file import Front
 
 from .progress import format_duration
 
-# A point this close to guessing learned nothing; neighbours this far apart in MACs leave budgets
-# between them served by the cheaper point only.
+# A point this close to guessing learned nothing.
 CHANCE_MARGIN = 1.25
-MAX_MAC_GAP = 3.0
 
 
 def front_warnings(points: Sequence[Any], num_classes: int) -> list[str]:
