@@ -29,6 +29,7 @@ from training import mobo
 from training.config import COST_MODELS, TrainConfig
 from training.loop import train_step
 from training.pareco import WARMUP_WIDTHS, bo_schedule, measure_losses
+from training.search_cost import CostPolynomial
 from training.strategies import Slim
 
 SIZES = (100, 500, 1000)
@@ -68,7 +69,7 @@ def bo_iterations(
     out: dict[tuple[str, int], dict[str, float]] = {}
     configs: list = []
     for cost_model in COST_MODELS:
-        exact = mobo.CostPolynomial.from_model(model) if cost_model == "exact" else None
+        exact = CostPolynomial.from_model(model) if cost_model == "exact" else None
         for n in SIZES:
             X, cost, loss = _history(model, n, seed=n)
             props, t = mobo.propose(

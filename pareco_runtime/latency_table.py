@@ -13,7 +13,7 @@ import bisect
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,32 @@ class LatencyLUT:
     def predict_alpha(self, alpha: Sequence[float]) -> float:
         """Predicted latency of the config with these width multipliers."""
         return self.predict_ms(WidthSpace.from_dict(self.width_space).channels(alpha))
+
+    def mismatch(
+        self,
+        arch: str,
+        arch_kwargs: Mapping[str, Any],
+        input_size: Sequence[int],
+        width_space: Mapping[str, Any],
+    ) -> str | None:
+        """What differs between the network this table was built for and the one described (None if
+        it is the same one: its predictions hold only for the network it timed)."""
+        ours = {
+            "architecture": self.arch,
+            "its arguments": json.dumps(self.arch_kwargs, sort_keys=True),
+            "input size": list(self.input_size),
+            "width space": json.dumps(self.width_space, sort_keys=True),
+        }
+        theirs = {
+            "architecture": arch,
+            "its arguments": json.dumps(dict(arch_kwargs), sort_keys=True),
+            "input size": [int(v) for v in input_size],
+            "width space": json.dumps(dict(width_space), sort_keys=True),
+        }
+        for what, value in ours.items():
+            if value != theirs[what]:
+                return f"{what} {value} here, {theirs[what]} in the model"
+        return None
 
     def predict_points(self, points: Sequence[FrontPoint]) -> dict[str, float]:
         """Predicted latency of each front point, by point id."""

@@ -16,6 +16,7 @@ from training.config import TrainConfig, TrainingError
 from training.data import load_data
 from training.loop import train
 from training.pareco import PareCO, TwoStage, bo_schedule, make_bo_strategy, measure_losses
+from training.search_cost import CostPolynomial
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def _search_inputs(model, n: int, seed: int = 0):
 
 
 def test_cost_polynomial_is_exact_on_integer_channels(resnet):
-    poly = mobo.CostPolynomial.from_model(resnet)
+    poly = CostPolynomial.from_model(resnet)
     full = resnet.macs(resnet.space.uniform(1.0))
     for a in resnet.space.sample(torch.Generator().manual_seed(1), 5):
         # α whose channel counts are integers: no rounding, so the relaxation is exact.
@@ -47,7 +48,7 @@ def test_cost_polynomial_is_exact_on_integer_channels(resnet):
 
 def test_cost_polynomial_is_within_rounding_on_mobilenet():
     m = build_model("mobilenet_v2")
-    poly = mobo.CostPolynomial.from_model(m)
+    poly = CostPolynomial.from_model(m)
     full = m.macs(m.space.uniform(1.0))
     alphas = m.space.sample(torch.Generator().manual_seed(1), 20)
     err = poly(torch.tensor(alphas, dtype=torch.float64)) - torch.tensor([m.macs(a) / full for a in alphas])
@@ -89,7 +90,7 @@ def test_bisection_meets_epsilon_and_records_steps(resnet):
         2,
         bounds=bounds,
         cost_of=cost_of,
-        exact_cost=mobo.CostPolynomial.from_model(resnet),
+        exact_cost=CostPolynomial.from_model(resnet),
         lambda_sampling="pas",
         epsilon=0.02,
         generator=torch.Generator().manual_seed(3),
@@ -105,7 +106,7 @@ def test_bisection_meets_epsilon_and_records_steps(resnet):
 @pytest.mark.parametrize("cost_model", ["exact", pytest.param("gp", marks=pytest.mark.slow)])
 def test_both_cost_models_return_in_box_configs(resnet, cost_model):
     X, loss, cost, bounds, cost_of = _search_inputs(resnet, 20)
-    exact = mobo.CostPolynomial.from_model(resnet) if cost_model == "exact" else None
+    exact = CostPolynomial.from_model(resnet) if cost_model == "exact" else None
     g = torch.Generator().manual_seed(0)
     state = torch.get_rng_state()
     props, _ = mobo.propose(

@@ -1,13 +1,14 @@
 """MOBO-RS over per-layer widths with BoTorch, and PareCO's Pareto-aware sampling (Algorithms 1 and 2).
 
 One BO iteration takes the history H (configs in the width box, their measured cross-entropy and
-their exact cost as a fraction of the full model's MACs) and proposes new configs:
+their exact cost as a fraction of the full model's: MACs, or a device's latency,
+:mod:`training.search_cost`) and proposes new configs:
 
 - the loss is modelled by a ``SingleTaskGP`` with BoTorch's default likelihood and priors, a Matérn-5/2
   ARD kernel (the dimension-scaled prior BoTorch uses for its default RBF), inputs normalised to the
   unit cube and the outcome standardised, fitted with ``fit_gpytorch_mll``;
-- the cost is either exact (``"exact"``: the model's MAC count written as a torch polynomial of α,
-  exact up to channel rounding, so it is differentiable and evaluated on the candidate itself) or a
+- the cost is either exact (``"exact"``: the cost's differentiable surrogate, e.g. the MAC count as a
+  torch polynomial of α, exact up to channel rounding, evaluated on the candidate itself) or a
   second GP of the same kind (``"gp"``, the paper's black-box treatment);
 - the acquisition is the augmented Tchebyshev scalarisation (weights (1-λ, λ), β = 1e-6, ideal point
   = the best loss and cost seen in H, both normalised by their range in H) of the loss GP's lower
@@ -47,8 +48,6 @@ from botorch.utils.transforms import t_batch_mode_transform
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 
-from pareco_runtime.models.base import SlimmableNet
-
 from .config import LAMBDA_SAMPLING
 
 # Exploration weight of the confidence bounds: LCB = mean - sqrt(UCB_BETA) * std (BoTorch's UCB convention).
@@ -87,47 +86,6 @@ class Timings:
 
     fit_s: float = 0.0
     acquisition_s: float = 0.0
-
-
-@dataclass
-class CostPolynomial:
-    """The MAC count of a :class:`SlimmableNet` as a differentiable polynomial of α, over the full MACs.
-
-    Channels are taken as ``α_i · full_i`` without rounding (so the value equals ``model.macs`` exactly
-    wherever those products are integers, and is within rounding elsewhere): MACs are a sum of
-    products of two channel counts, i.e. ``αᵀQα + bᵀα + c``.
-    """
-
-    quad: Tensor
-    lin: Tensor
-    const: float
-    full_macs: float
-
-    @classmethod
-    def from_model(cls, model: SlimmableNet) -> CostPolynomial:
-        """Read the model's analytic cost terms (coefficient × slot × slot) into Q, b, c."""
-        d = model.space.dims
-        full = [float(f) for f in model.space.full]
-        slots = [float(v) for v in model.ctx.ch]  # constant slots (input channels, classes, the 1) are fixed
-        quad = torch.zeros(d, d, dtype=torch.float64)
-        lin = torch.zeros(d, dtype=torch.float64)
-        const = 0.0
-        for coef, a, b in model.macs_terms:  # slots < d are widths
-            if a < d and b < d:
-                quad[a, b] += coef * full[a] * full[b]
-            elif a < d:
-                lin[a] += coef * full[a] * slots[b]
-            elif b < d:
-                lin[b] += coef * full[b] * slots[a]
-            else:
-                const += coef * slots[a] * slots[b]
-        return cls(quad, lin, const, float(model.macs(model.space.uniform(1.0))))
-
-    def __call__(self, alpha: Tensor) -> Tensor:
-        """Cost fraction of each config in ``alpha`` (``... x d``), differentiable."""
-        quad = self.quad.to(alpha)
-        macs = torch.einsum("...i,ij,...j->...", alpha, quad, alpha) + alpha @ self.lin.to(alpha) + self.const
-        return macs / self.full_macs
 
 
 class ScalarizedLCB(AcquisitionFunction):
@@ -244,7 +202,7 @@ class MoboRS:
     cost: Tensor
     bounds: Tensor
     cost_of: Callable[[Sequence[float]], float]
-    exact_cost: CostPolynomial | None
+    exact_cost: Callable[[Tensor], Tensor] | None
     settings: SearchSettings = field(default_factory=SearchSettings)
     timings: Timings = field(default_factory=Timings)
 
@@ -256,8 +214,8 @@ class MoboRS:
             cost_ucb = UpperConfidenceBound(cost_gp, beta=UCB_BETA, maximize=False)
             self._cost_fn: Callable[[Tensor], Tensor] = lambda x: -cost_ucb(x)
         else:
-            poly = self.exact_cost
-            self._cost_fn = lambda x: poly(x.squeeze(-2))
+            surrogate = self.exact_cost
+            self._cost_fn = lambda x: surrogate(x.squeeze(-2))
         self.timings.fit_s += time.perf_counter() - t0
         ideal = torch.stack([self.loss.min(), self.cost.min()])
         spread = torch.stack([self.loss.max(), self.cost.max()]) - ideal
@@ -318,7 +276,7 @@ def propose(
     *,
     bounds: Tensor,
     cost_of: Callable[[Sequence[float]], float],
-    exact_cost: CostPolynomial | None,
+    exact_cost: Callable[[Tensor], Tensor] | None,
     lambda_sampling: str,
     epsilon: float,
     generator: torch.Generator,

@@ -41,7 +41,8 @@ from pareco_runtime.models.base import SlimmableNet
 
 from . import mobo
 from .config import TrainConfig, TrainingError
-from .strategies import Strategy, widths_spread_over_macs
+from .search_cost import MacCost
+from .strategies import Strategy
 
 # Uniform widths (spread evenly over MACs, smallest and largest included) that seed H.
 WARMUP_WIDTHS = 5
@@ -122,11 +123,11 @@ class _BOStrategy(Strategy):
     def setup(self, model: SlimmableNet, total_steps: int) -> None:
         super().setup(model, total_steps)
         s = model.space
-        self.full_macs = float(model.macs(s.uniform(s.high)))
+        self.cost = MacCost(model)
         self.bounds = torch.tensor([s.smallest(), [s.high] * s.dims], dtype=torch.float64)
-        self.exact_cost = mobo.CostPolynomial.from_model(model) if self.cfg.cost_model == "exact" else None
+        self.exact_cost = self.cost if self.cfg.cost_model == "exact" else None
         self.interval, iterations = bo_schedule(total_steps, self.cfg.samples, self.cfg.history_size)
-        warmup = widths_spread_over_macs(model, WARMUP_WIDTHS)
+        warmup = self.cost.widths_spread(WARMUP_WIDTHS)
         self.warmup = len(warmup)
         self.target_size = self.warmup + self.cfg.samples * iterations
         self._set_history([s.uniform(w) for w in warmup], [math.nan] * len(warmup))
@@ -138,8 +139,7 @@ class _BOStrategy(Strategy):
         self.costs = [self._cost_of(a) for a in configs]
 
     def _cost_of(self, alpha: Sequence[float]) -> float:
-        assert self.model is not None
-        return self.model.macs(alpha) / self.full_macs
+        return self.cost.fraction(alpha)
 
     def _add(self, rows: Sequence[dict[str, Any]]) -> list[list[float]]:
         """Append proposals (as ``dataclasses.asdict(Proposal)``, the form a broadcast carries) to H with

@@ -16,31 +16,12 @@ import torch
 
 from pareco_runtime.models.base import SlimmableNet
 
-
-def uniform_width_for_macs(model: SlimmableNet, target_macs: float, tol: float = 1e-4) -> float:
-    """The uniform width whose MACs are closest to ``target_macs`` (bisection; MACs grow with width)."""
-    lo, hi = model.space.low, model.space.high
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if model.macs(model.space.uniform(mid)) < target_macs:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < tol:
-            break
-    cands = (lo, hi)
-    return min(cands, key=lambda w: abs(model.macs(model.space.uniform(w)) - target_macs))
+from .search_cost import MacCost
 
 
 def widths_spread_over_macs(model: SlimmableNet, n: int) -> list[float]:
     """``n`` uniform widths whose MACs are evenly spaced from the smallest to the largest model."""
-    lo = model.macs(model.space.smallest())
-    hi = model.macs(model.space.uniform(model.space.high))
-    if n == 1:
-        return [model.space.high]
-    widths = [uniform_width_for_macs(model, lo + (hi - lo) * i / (n - 1)) for i in range(n)]
-    widths[0], widths[-1] = model.space.low, model.space.high
-    return sorted(set(widths))
+    return MacCost(model).widths_spread(n)
 
 
 class Strategy(ABC):
