@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.device import device_profile, write_profile
+from bench.device import device_profile, host_description, write_profile
 from bench.errors import BenchError
 from bench.timing import STEADY_MALLOC, interleaved_warm, steady_malloc, torch_callable, torch_threads
 from export.exporter import export_point
@@ -302,6 +302,7 @@ def build_lut(
         width_space=space.to_dict(),
         units=tables,
         created=utc_timestamp(),
+        host=host_description(backend),
     )
     raw = [lut.raw_ms(space.channels(a)) for a in configs]
     k = len(calib)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench_cmd, export_cmd, flops, front_cmds, runtime_cmds, train
+from . import bench_cmd, export_cmd, flops, front_cmds, runtime_cmds, specialize_cmd, train
 
 app = typer.Typer(
     name="pareco",
@@ -32,3 +32,4 @@ app.command("export")(export_cmd.export)
 app.command("bench")(bench_cmd.bench)
 app.command("eval")(front_cmds.eval_front)
 app.command("calibrate")(front_cmds.calibrate)
+app.command("specialize")(specialize_cmd.specialize)

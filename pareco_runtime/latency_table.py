@@ -65,7 +65,8 @@ class LatencyLUT:
 
     ``predict_ms(channels)`` = ``offset_ms + scale * raw_ms(channels)`` where ``raw_ms`` sums the
     unit tables. ``channels``: one count per width dimension (a front point's ``channels``).
-    ``report`` holds the calibration and validation figures.
+    ``report`` holds the calibration and validation figures; ``host`` the machine it was timed on
+    (as device profiles describe it; empty in tables of older versions).
     """
 
     profile: str
@@ -81,6 +82,7 @@ class LatencyLUT:
     scale: float = 1.0
     report: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    host: str = ""
 
     def raw_ms(self, channels: Sequence[int]) -> float:
         """The uncalibrated sum of the unit tables."""

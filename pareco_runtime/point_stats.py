@@ -17,6 +17,7 @@ the manifest's weight file, so a statistics file of other weights is refused, no
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,8 +26,8 @@ from typing import TypeVar
 import torch
 
 from .fileformat import WeightFile, WeightHeader, load_weights, read_weight_header, save_weights, sha256_file
-from .front import FrontPoint
-from .front_file import BNStatsByPoint, Front, StatsFile
+from .front import DeviceProfile, FrontPoint
+from .front_file import BNStatsByPoint, Front, StatsFile, utc_timestamp
 from .untrusted import FormatError
 from .untrusted import format_error as _error
 
@@ -81,6 +82,80 @@ def add_points(
             written.unlink(missing_ok=True)
         raise
     return target
+
+
+def check_derived_path(front: Front, target: str | os.PathLike[str]) -> Path:
+    """``target`` as a path, if a front served by ``front``'s weight file can be saved there (in the weight
+    file's folder, not ``front``'s own manifest); ValueError saying where otherwise."""
+    out = Path(target)
+    if front.path is None or out.resolve().parent != front.weights_path.resolve().parent:
+        raise ValueError(
+            f"{out}: a front served by {front.weights_file} must be saved in its folder "
+            f"({front.weights_path.parent}), so the shared weights are not copied; choose a file name there"
+        )
+    if out.resolve() == front.path.resolve():
+        raise ValueError(f"{out}: that is the front whose weights serve it; name a new file")
+    return out
+
+
+def save_derived_front(
+    front: Front,
+    target: str | os.PathLike[str],
+    points: Sequence[FrontPoint],
+    bn_stats: BNStatsByPoint,
+    profiles: Sequence[DeviceProfile],
+    extra: Mapping[str, object],
+) -> Path:
+    """Write a new front manifest ``target`` whose ``points`` are served by ``front``'s weight file, their
+    BN statistics in one statistics file beside it; the manifest's path.
+
+    A device-specific front (``pareco specialize``) is such a front: the shared weights are not
+    copied, so ``target`` must be in the weight file's folder (ValueError otherwise, nothing
+    written). ``profiles``: the device profiles its points' figures name; ``extra`` is added to the
+    training record's details. The statistics file's name carries a digest of its content and is
+    written first, so a crash leaves at worst an unreferenced file; a previous manifest at ``target``
+    is replaced and the statistics files only it used are removed after.
+    """
+    out = check_derived_path(front, target)
+    ids = [p.id for p in points]
+    stem = out.name[: -len(_MANIFEST_SUFFIX)] if out.name.endswith(_MANIFEST_SUFFIX) else out.stem
+    staging = out.with_name(f"{stem}.staging{STATS_SUFFIX}")
+    save_weights(
+        staging,
+        {},
+        {pid: dict(bn_stats[pid]) for pid in ids},
+        {_BINDING: front.weights_sha256, "points": ids},
+    )
+    digest = sha256_file(staging)
+    stats = out.with_name(f"{stem}.{digest[:12]}{STATS_SUFFIX}")
+    os.replace(staging, stats)
+    previous = _stats_files_of(out)
+    derived = dataclasses.replace(
+        front,
+        points=list(points),
+        stats_files=[StatsFile(stats.name, digest, ids)],
+        device_profiles=list(profiles),
+        training=dataclasses.replace(front.training, extra={**front.training.extra, **extra}),
+        created=utc_timestamp(),
+        path=None,
+    )
+    try:
+        derived.save(out)
+    except BaseException:
+        if stats.name not in previous:
+            stats.unlink(missing_ok=True)
+        raise
+    for name in previous - {stats.name}:
+        out.with_name(name).unlink(missing_ok=True)
+    return out
+
+
+def _stats_files_of(manifest: Path) -> set[str]:
+    """The statistics files the manifest at ``manifest`` lists, none where there is no readable one."""
+    try:
+        return {e.file for e in Front.load(manifest, verify_weights=False).stats_files}
+    except (OSError, ValueError):
+        return set()
 
 
 def _check_addable(front: Front, points: Sequence[FrontPoint], file: str, weights_sha256: str) -> None:

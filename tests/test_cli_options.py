@@ -16,6 +16,8 @@ from pareco_cli.app import app
 BO = ("--algorithm", "pareco")
 DATA = ("--data", "synthetic:256:4")
 WIDTH = ("--width", "0.5", *DATA)
+PROFILE = ("--profile", "phone")  # the made-up latency table beside the specialize fixture's front
+SPEC = (*PROFILE, *DATA)
 # (command, option) -> (bad value, extra arguments, a word the message must contain)
 BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
     ("train", "--arch"): ("resnet99", (), "resnet99"),
@@ -93,9 +95,16 @@ BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
     ("calibrate", "--calib-batches"): ("0", WIDTH, "--calib-batches"),
     ("calibrate", "--id"): ("a/b", WIDTH, "--id"),
     ("calibrate", "--model"): ("nosuchpkg.mod:f", WIDTH, "nosuchpkg"),
+    ("specialize", "--profile"): ("pixel7", DATA, "'pixel7'"),
+    ("specialize", "--data"): ("/nonexistent/data", PROFILE, "/nonexistent/data"),
+    ("specialize", "--points"): ("1", SPEC, "--points"),
+    ("specialize", "--evals"): ("0", SPEC, "--evals"),
+    ("specialize", "--calib-batches"): ("0", SPEC, "--calib-batches"),
+    ("specialize", "--seed"): ("abc", SPEC, "--seed"),
+    ("specialize", "--model"): ("nosuchpkg.mod:f", SPEC, "nosuchpkg"),
 }
 # Options whose every value is a place to write to (a bad one is a folder that cannot be made).
-OUTPUTS = {("train", "--out"), ("export", "--out"), ("show", "--plot")}
+OUTPUTS = {("train", "--out"), ("export", "--out"), ("show", "--plot"), ("specialize", "--out")}
 # A data cache that cannot be written is a warning, and the run decodes the images again.
 EXEMPT = {("train", "--cache-dir")}
 
@@ -115,12 +124,33 @@ def test_the_table_covers_every_option() -> None:
     assert not missing, f"options without a bad-value case: {missing}"
 
 
+@pytest.fixture(scope="module")
+def with_table(tiny_front: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny front with a made-up latency table for profile 'phone' (what specialize reads)."""
+    import shutil
+
+    from pareco_runtime.latency_table import lut_path
+    from pareco_runtime.runtime import SlimmableRuntime
+
+    from .latency_tables import synthetic_table
+
+    folder = tmp_path_factory.mktemp("with_table") / "front"
+    shutil.copytree(tiny_front.parent, folder)
+    manifest = folder / tiny_front.name
+    synthetic_table(SlimmableRuntime.load(manifest).model, "phone").save(lut_path(manifest, "phone"))
+    return manifest
+
+
 @pytest.mark.parametrize(("command", "option"), sorted(BAD))
-def test_a_bad_value_is_one_line(command: str, option: str, tiny_front: Path, tmp_path: Path, cli) -> None:
+def test_a_bad_value_is_one_line(
+    command: str, option: str, tiny_front: Path, with_table: Path, tmp_path: Path, cli
+) -> None:
     value, extra, word = BAD[(command, option)]
     args = [command]
     if command in ("select", "export", "bench", "eval", "calibrate"):
         args.append(str(tiny_front))
+    if command == "specialize":
+        args.append(str(with_table))
     if command == "train":
         args += ["--data", "synthetic:64:2", "--image-size", "8", "--epochs", "1", "--batch-size", "16"]
         args += ["--out", str(tmp_path / "run")]
@@ -139,7 +169,7 @@ def test_a_bad_value_is_one_line(command: str, option: str, tiny_front: Path, tm
 
 @pytest.mark.parametrize(("command", "option"), sorted(OUTPUTS))
 def test_an_output_that_cannot_be_made_is_one_line(
-    command: str, option: str, tiny_front: Path, tmp_path: Path, cli
+    command: str, option: str, tiny_front: Path, with_table: Path, tmp_path: Path, cli
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -148,6 +178,7 @@ def test_an_output_that_cannot_be_made_is_one_line(
         "train": ["train", "--data", "synthetic:64:2", "--batch-size", "16", "--epochs", "1"],
         "export": ["export", str(tiny_front), "--all", "--onnx", "--out", str(tmp_path / "e")],
         "show": ["show", str(tiny_front)],
+        "specialize": ["specialize", str(with_table), *SPEC],
     }[command]
     r = cli(*args, option, target)
     lines = r.stderr.strip().splitlines()

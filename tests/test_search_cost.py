@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from pareco_runtime import build_model
-from pareco_runtime.latency_table import LatencyLUT, LatencyTableError, UnitTable
+from pareco_runtime.latency_table import LatencyTableError
 from training.search_cost import CostPolynomial, LatencyCost, MacCost, search_cost
+
+from .latency_tables import synthetic_table
 
 
 @pytest.fixture(scope="module")
@@ -15,33 +17,8 @@ def resnet() -> torch.nn.Module:
     return build_model("resnet20")
 
 
-def _table(model, profile: str = "phone") -> LatencyLUT:
-    """A table with one two-dimensional unit (dims 0 and 1) and one unit per further dimension, on
-    uneven grids with times that are not linear in the channels (so interpolation matters)."""
-    full = model.space.full
-    grid = [sorted({max(1, f // 4), f // 2, f}) for f in full]
-    units = []
-    a, b = grid[0], grid[1]
-    units.append(UnitTable("pair", [0, 1], [a, b], [0.01 * x * y**0.5 + 0.2 for x in a for y in b]))
-    for d in range(2, model.space.dims):
-        units.append(UnitTable(f"u{d}", [d], [grid[d]], [0.05 + 0.002 * c**1.3 for c in grid[d]]))
-    return LatencyLUT(
-        profile=profile,
-        backend="executorch",
-        threads=1,
-        batch=1,
-        arch=model.arch,
-        arch_kwargs=dict(model.arch_kwargs),
-        input_size=list(model.input_size),
-        width_space=model.space.to_dict(),
-        units=units,
-        offset_ms=0.05,
-        scale=1.3,
-    )
-
-
 def test_latency_surrogate_equals_the_table_at_integer_channels(resnet):
-    lut = _table(resnet)
+    lut = synthetic_table(resnet)
     cost = LatencyCost(lut, resnet)
     full_ms = lut.predict_ms(list(resnet.space.full))
     for a in resnet.space.sample(torch.Generator().manual_seed(3), 8):
@@ -54,7 +31,7 @@ def test_latency_surrogate_equals_the_table_at_integer_channels(resnet):
 
 
 def test_latency_surrogate_is_batched_and_has_a_gradient(resnet):
-    cost = LatencyCost(_table(resnet), resnet)
+    cost = LatencyCost(synthetic_table(resnet), resnet)
     alpha = torch.tensor(resnet.space.sample(torch.Generator().manual_seed(4), 5), dtype=torch.float64)
     alpha.requires_grad_(True)
     value = cost(alpha.unsqueeze(1))  # the b x q x d shape the acquisition passes
@@ -66,15 +43,15 @@ def test_latency_surrogate_is_batched_and_has_a_gradient(resnet):
 def test_a_table_of_another_network_is_refused(resnet):
     other = build_model("mobilenet_v2")
     with pytest.raises(LatencyTableError, match=r"lut\.json: built for another network \(architecture"):
-        LatencyCost(_table(other), resnet, "lut.json")
-    lut = _table(resnet)
+        LatencyCost(synthetic_table(other), resnet, "lut.json")
+    lut = synthetic_table(resnet)
     lut.input_size = [3, 64, 64]
     with pytest.raises(LatencyTableError, match=r"input size \[3, 64, 64\] here, \[3, 32, 32\] in the model"):
         LatencyCost(lut, resnet)
 
 
 def test_widths_spread_over_latency_are_evenly_spaced(resnet):
-    cost = LatencyCost(_table(resnet), resnet)
+    cost = LatencyCost(synthetic_table(resnet), resnet)
     widths = cost.widths_spread(6)
     assert widths[0] == resnet.space.low and widths[-1] == 1.0
     fractions = [cost.fraction(resnet.space.uniform(w)) for w in widths]
@@ -86,7 +63,7 @@ def test_widths_spread_over_latency_are_evenly_spaced(resnet):
 def test_search_cost_reads_a_saved_table_or_defaults_to_macs(resnet, tmp_path):
     assert isinstance(search_cost(resnet), MacCost)
     path = tmp_path / "m.lut.phone.json"
-    _table(resnet).save(path)
+    synthetic_table(resnet).save(path)
     cost = search_cost(resnet, path)
     assert isinstance(cost, LatencyCost) and cost.lut.profile == "phone"
     macs = MacCost(resnet)
