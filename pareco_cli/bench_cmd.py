@@ -13,6 +13,8 @@ from .output import print_json, print_table
 
 if TYPE_CHECKING:
     from pareco_runtime.front import FrontPoint
+    from pareco_runtime.front_file import Front
+    from pareco_runtime.models.base import SlimmableNet
     from pareco_runtime.runtime import SlimmableRuntime
 
 
@@ -112,6 +114,42 @@ def bench(
     model: Annotated[
         str | None, typer.Option("--model", metavar="pkg.module:factory", help=MODEL_HELP)
     ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            "--arch",
+            metavar="ARCH",
+            help="With --build-lut and no manifest: build the table for the network `pareco train` "
+            "will build from the same --arch, --classes, --image-size, --width-factor and --low "
+            "(for `pareco train --cost latency@FILE`); saved as --out.",
+        ),
+    ] = None,
+    classes: Annotated[
+        int | None,
+        typer.Option(
+            "--classes", metavar="N", help="With --arch: classes of the training data (default 10)."
+        ),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            "--image-size", metavar="PX", help="With --arch: the training run's input size (CIFAR-10: 32)."
+        ),
+    ] = None,
+    width_factor: Annotated[
+        int | None,
+        typer.Option("--width-factor", metavar="K", help="With --arch: k of k x ResNet (default 1)."),
+    ] = None,
+    low: Annotated[
+        float | None,
+        typer.Option(
+            "--low", metavar="W", help="With --arch: smallest width of a converted network (default 0.25)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", metavar="FILE", help="With --arch: the table file to write (.json)."),
+    ] = None,
     import_file: Annotated[
         Path | None,
         typer.Option(
@@ -157,11 +195,29 @@ def bench(
             f"--exports {exports}: not a folder; pass the folder pareco export wrote, or a new one"
         )
     backends = check_backends(list(backend) if backend else ["torch"])
-    manifest = resolve_manifest(manifest)
-    rt = load_runtime(manifest, model)
+    if arch is not None:
+        if not build_lut or manifest is not None or update or out is None or image_size is None:
+            raise ValueError(
+                "--arch builds a latency table for a network not trained yet: give it with --build-lut, "
+                "--image-size PX and --out FILE, and without a manifest or --update"
+            )
+        source: Front | SlimmableNet = _untrained_model(arch, classes, image_size, width_factor, low)
+        rt = None
+    else:
+        network = {"--classes": classes, "--image-size": image_size, "--width-factor": width_factor}
+        network.update({"--low": low, "--out": out})
+        given = [flag for flag, value in network.items() if value is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: describe the network of --arch (a table for a run not trained "
+                "yet); a front's table is built from its manifest and saved beside it"
+            )
+        rt = load_runtime(resolve_manifest(manifest), model)
+        source = rt.front
     if build_lut:
         _build_lut(
-            rt,
+            source,
+            out,
             backends,
             threads,
             1 if batch is None else batch,
@@ -176,6 +232,7 @@ def bench(
             as_json,
         )
         return
+    assert rt is not None  # --arch without --build-lut is refused above
     _measure(
         rt,
         backends,
@@ -331,8 +388,32 @@ def _measure(
         typer.echo(f"manifest updated: latency_ms[{name}]; select with --budget <ms>ms@{name}")
 
 
+def _untrained_model(
+    arch: str, classes: int | None, image_size: int, width_factor: int | None, low: float | None
+) -> SlimmableNet:
+    """The slimmable network ``pareco train`` builds for these settings (random weights: timing does
+    not depend on them); ValueError naming the flag of a bad one."""
+    from training.config import TrainConfig
+    from training.loop import build_for_data
+
+    num_classes = 10 if classes is None else classes
+    if num_classes < 2 or image_size < 1:
+        bad = f"--classes {num_classes}" if num_classes < 2 else f"--image-size {image_size}"
+        raise ValueError(f"{bad}: must be at least {2 if num_classes < 2 else 1}")
+    defaults = TrainConfig()
+    cfg = TrainConfig(
+        arch=arch,
+        image_size=image_size,
+        width_factor=defaults.width_factor if width_factor is None else width_factor,
+        low=defaults.low if low is None else low,
+    )
+    cfg.validate()
+    return build_for_data(cfg, num_classes, (3, image_size, image_size))
+
+
 def _build_lut(
-    rt: SlimmableRuntime,
+    source: Front | SlimmableNet,
+    out: Path | None,
     backends: list[str],
     threads: int,
     batch: int,
@@ -346,15 +427,16 @@ def _build_lut(
     steady_memory: bool,
     as_json: bool,
 ) -> None:
-    from bench.lut import build_front_lut
+    from bench.lut import build_saved_lut
 
     if len(backends) != 1:
         raise ValueError(
             "--build-lut builds one table: give one --backend (torch, cuda, onnxruntime or executorch)"
         )
-    table = build_front_lut(
-        rt.front,
+    table = build_saved_lut(
+        source,
         backends[0],
+        out=out,
         threads=threads,
         batch=batch,
         profile=profile,
@@ -403,7 +485,12 @@ def _build_lut(
         f"correction (fitted on {cal['configs']} configs): predicted = {cal['offset_ms']:.4f} ms + "
         f"{cal['scale']:.4f} x sum of blocks"
     )
-    typer.echo("predicted ms per point: " + ", ".join(f"{k} {v:.3f}" for k, v in predicted.items()))
+    if predicted:
+        typer.echo("predicted ms per point: " + ", ".join(f"{k} {v:.3f}" for k, v in predicted.items()))
+    else:
+        typer.echo(
+            f"train on it: pareco train --arch {table.lut.arch} ... --algorithm pareco --cost latency@{path}"
+        )
     if update:
         typer.echo(
             f"manifest updated: latency_predicted_ms[{prof.name}] for points without a measurement; "

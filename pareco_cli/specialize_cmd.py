@@ -149,21 +149,9 @@ def _stem(manifest: Path) -> str:
 
 
 def _profile(front: Front, lut: LatencyLUT) -> DeviceProfile:
-    """The device profile the table belongs to: the front's own entry of that name, else one made from
-    the table (its backend, threads, batch, host and date)."""
-    from pareco_runtime.front import DeviceProfile
-
+    """The device profile the table belongs to: the front's own entry of that name, else the table's."""
     known = next((p for p in front.device_profiles if p.name == lut.profile), None)
-    if known is not None:
-        return known
-    return DeviceProfile(
-        name=lut.profile,
-        runtime=lut.backend,
-        threads=lut.threads,
-        batch=lut.batch,
-        host=lut.host or "unknown (the latency table names no host)",
-        date=lut.created,
-    )
+    return known if known is not None else lut.device_profile()
 
 
 def _measure(manifest: Path, model: str | None, lut: LatencyLUT) -> None:

@@ -101,7 +101,7 @@ HELP_SECTIONS: dict[str, tuple[str, ...]] = {
     "Optimiser": ("momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing"),
     "Front": ("candidates", "calib_batches", "calib_batch_size", "select_fraction", "epoch_eval"),
     "PareCO / TwoStage (BO)": (
-        "samples", "history_size", "epsilon", "lambda_sampling", "cost_model", "warmup_configs",
+        "cost", "samples", "history_size", "epsilon", "lambda_sampling", "cost_model", "warmup_configs",
         "probe_batch", "remeasure", "distill_warmup",
     ),
     "Data": ("image_size", "cache_dir"),
@@ -115,6 +115,7 @@ _METAVARS = {
     "data": "PATH|digits",
     "group_low": "PATTERN=W,..",
     "pin": "PATTERNS",
+    "cost": "macs|latency@FILE",
 }
 EXAMPLES = """Examples:
 

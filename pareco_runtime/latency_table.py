@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
-from .front import FrontPoint
+from .front import DeviceProfile, FrontPoint
 from .space import WidthSpace
 from .untrusted import FormatError, read_json
 
@@ -124,8 +124,20 @@ class LatencyLUT:
         }
         for what, value in ours.items():
             if value != theirs[what]:
-                return f"{what} {value} here, {theirs[what]} in the model"
+                return f"{what} {value} in the table, {theirs[what]} in the model"
         return None
+
+    def device_profile(self) -> DeviceProfile:
+        """The device profile this table predicts for, as a manifest records it: its backend, threads,
+        batch, host and date."""
+        return DeviceProfile(
+            name=self.profile,
+            runtime=self.backend,
+            threads=self.threads,
+            batch=self.batch,
+            host=self.host or "unknown (the latency table names no host)",
+            date=self.created,
+        )
 
     def predict_points(self, points: Sequence[FrontPoint]) -> dict[str, float]:
         """Predicted latency of each front point, by point id."""

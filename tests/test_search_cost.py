@@ -46,7 +46,9 @@ def test_a_table_of_another_network_is_refused(resnet):
         LatencyCost(synthetic_table(other), resnet, "lut.json")
     lut = synthetic_table(resnet)
     lut.input_size = [3, 64, 64]
-    with pytest.raises(LatencyTableError, match=r"input size \[3, 64, 64\] here, \[3, 32, 32\] in the model"):
+    with pytest.raises(
+        LatencyTableError, match=r"input size \[3, 64, 64\] in the table, \[3, 32, 32\] in the model"
+    ):
         LatencyCost(lut, resnet)
 
 

@@ -18,6 +18,7 @@ BO_ALGORITHMS = ("pareco", "twostage")
 SCHEDULES = ("cosine", "linear")
 LAMBDA_SAMPLING = ("pas", "uniform")
 COST_MODELS = ("exact", "gp")
+COST_LATENCY = "latency@"
 
 
 class TrainingError(ValueError):
@@ -112,12 +113,26 @@ class TrainConfig:
         "step comes at most every 10 training steps).",
     )
     epsilon: float = _setting(
-        0.02, "PareCO/TwoStage: tolerance of the cost binary search, a fraction of the full model's MACs."
+        0.02,
+        "PareCO/TwoStage: tolerance of the cost binary search, a fraction of the full model's cost "
+        "(its MACs, or its latency with --cost latency@FILE).",
     )
     lambda_sampling: str = _setting(
         "pas", "PareCO/TwoStage: how the scalarisation weight lambda is drawn.", choices=LAMBDA_SAMPLING
     )
-    cost_model: str = _setting("exact", "PareCO/TwoStage: cost of a config in the BO.", choices=COST_MODELS)
+    cost: str = _setting(
+        "macs",
+        "PareCO/TwoStage: the cost BO trades top-1 against: macs, or latency@FILE, the latency that a "
+        "device's table (`pareco bench --build-lut`, built for this --arch, --image-size and widths) "
+        "predicts; target costs are then drawn over that latency's range and the front is the "
+        "non-dominated points by (top-1, that latency).",
+    )
+    cost_model: str = _setting(
+        "exact",
+        "PareCO/TwoStage: how BO gets a config's cost: exactly (from the MAC count or the table) or "
+        "from a GP fitted to H's costs.",
+        choices=COST_MODELS,
+    )
     warmup_configs: int = _setting(
         16,
         "PareCO/TwoStage: the first proposals are this many uniform random per-layer configs, "
@@ -198,16 +213,31 @@ class TrainConfig:
             self._require(
                 "group_low", self.low <= value <= 1.0, f"width of '{pattern}' must be in [--low, 1]"
             )
+        self._require(
+            "cost",
+            self.cost == "macs"
+            or (self.cost.startswith(COST_LATENCY) and len(self.cost) > len(COST_LATENCY)),
+            f"must be macs or {COST_LATENCY}FILE (a latency table from `pareco bench --build-lut`)",
+        )
+        self._require(
+            "cost",
+            self.cost == "macs" or self.algorithm in BO_ALGORITHMS,
+            "applies to --algorithm pareco or twostage (the others choose no configs by cost)",
+        )
         if self.algorithm in BO_ALGORITHMS:
             self._choose("lambda_sampling")
             self._choose("cost_model")
             self._require(
-                "epsilon", 0.0 < self.epsilon < 1.0, "must be in (0, 1) (a fraction of the full model's MACs)"
+                "epsilon", 0.0 < self.epsilon < 1.0, "must be in (0, 1) (a fraction of the full model's cost)"
             )
             self._require("samples", self.samples >= 1, f"must be at least 1 for {self.algorithm}")
             self._require("probe_batch", self.probe_batch >= 1, "must be at least 1")
             self._require("remeasure", self.remeasure >= 0, "must be 0 (all of H) or a positive count")
             self._require("warmup_configs", self.warmup_configs >= 0, "must be 0 or a positive count")
+
+    def latency_table(self) -> str | None:
+        """The latency table file of ``--cost latency@FILE``; None for ``--cost macs``."""
+        return self.cost.removeprefix(COST_LATENCY) if self.cost.startswith(COST_LATENCY) else None
 
     def pin_patterns(self) -> list[str]:
         """The layer-name patterns of ``--pin``."""

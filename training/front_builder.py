@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pareco_runtime.front import FrontPoint, non_dominated
-from pareco_runtime.front_file import WEIGHTS_NAME, DatasetSpec, TrainingRecord, write_front
+from pareco_runtime.front_file import WEIGHTS_NAME, DatasetSpec, Front, TrainingRecord, write_front
+from pareco_runtime.latency_table import LatencyLUT, lut_path
 from pareco_runtime.models.base import SlimmableNet
 
 from .calibrate import BNStats, calibrate_bn, evaluate
@@ -132,10 +133,13 @@ def split_record(info: Any, select_fraction: float, seed: int) -> dict[str, Any]
     return splits
 
 
-def pareto_candidates(cands: Sequence[Candidate]) -> list[Candidate]:
-    """The non-dominated candidates on (selection error, MACs), cheapest first."""
-    front = non_dominated(list(cands), lambda c: (-c.top1, c.macs))
-    return sorted(front, key=lambda c: (c.macs, -c.top1))
+def pareto_candidates(
+    cands: Sequence[Candidate], cost: Callable[[Candidate], float] | None = None
+) -> list[Candidate]:
+    """The non-dominated candidates on (selection error, ``cost``; default MACs), cheapest first."""
+    cost_of = cost or (lambda c: c.macs)
+    front = non_dominated(list(cands), lambda c: (-c.top1, cost_of(c)))
+    return sorted(front, key=lambda c: (cost_of(c), c.macs, -c.top1))
 
 
 def candidate_point(point_id: str, c: Candidate, selected: bool) -> FrontPoint:
@@ -164,7 +168,8 @@ def write_outputs(
 ) -> tuple[Path, Path]:
     """Write the weight file and the front manifest into ``out_dir`` (both atomically).
 
-    Points get ids ``p00``, ``p01``, ... in increasing MACs; their ``top1`` / ``loss`` are the
+    Points get ids ``p00``, ``p01``, ... in ``front``'s order (:func:`pareto_candidates`: cheapest
+    first); their ``top1`` / ``loss`` are the
     validation figures (:func:`evaluate_chosen`), ``selection_top1`` the selection split's where there
     is one. ``data_info``: the data's name, input size, normalisation and class names
     (``training.data.DataInfo``); ``training``: the manifest's training record; ``splits``:
@@ -185,3 +190,14 @@ def write_outputs(
     )
     manifest = write_front(out_dir, model, points, bn_stats, dataset, TrainingRecord.from_dict(training))
     return manifest.with_name(WEIGHTS_NAME), manifest
+
+
+def record_latency_table(manifest: Path, lut: LatencyLUT) -> Path:
+    """Save ``lut`` (the table a run searched on) beside ``manifest`` and record its profile there with
+    each point's predicted latency, so that budgets in that profile's milliseconds can use the
+    predictions; the table's new path."""
+    path = lut_path(manifest, lut.profile)
+    lut.save(path)
+    with Front.update(manifest) as front:
+        front.record_profile(lut.device_profile(), {}, None, lut.predict_points(front.points))
+    return path

@@ -36,6 +36,7 @@ from .front_builder import (
     evaluate_candidates,
     evaluate_chosen,
     pareto_candidates,
+    record_latency_table,
     split_record,
     write_outputs,
 )
@@ -494,7 +495,8 @@ def _finish(run: _Run, out: Path, wall: float, show_progress: bool) -> Path:
         cands = evaluate_candidates(
             model, configs, data, cfg.calib_batches, cfg.calib_batch_size, cfg.seed, on_done=done
         )
-        front = pareto_candidates(cands)
+        lat = run.strategy.latency_cost()
+        front = pareto_candidates(cands, None if lat is None else lambda c: lat.fraction(c.alpha))
         if data.info.num_selection:
             progress.say(f"front: {len(front)} points chosen; evaluating them on {data.info.val_split}")
         evaluate_chosen(model, front, data)
@@ -517,6 +519,8 @@ def _finish(run: _Run, out: Path, wall: float, show_progress: bool) -> Path:
     }
     splits = split_record(data.info, cfg.select_fraction, cfg.seed)
     _, manifest = write_outputs(out, model, front, data.info, record, splits)
+    if lat is not None:
+        record_latency_table(manifest, lat.lut)
     for problem in report.front_warnings(front, len(data.info.class_names)):
         warnings.warn(f"{manifest}: {problem}", stacklevel=2)
     return manifest

@@ -28,6 +28,7 @@ calibration, evaluation and non-dominated sort.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -37,11 +38,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from pareco_runtime.latency_table import LatencyLUT, LatencyTableError
 from pareco_runtime.models.base import SlimmableNet
 
 from . import mobo
 from .config import TrainConfig, TrainingError
-from .search_cost import MacCost
+from .search_cost import LatencyCost, SearchCost, search_cost
 from .strategies import Strategy
 
 # Uniform widths (spread evenly over MACs, smallest and largest included) that seed H.
@@ -123,15 +125,56 @@ class _BOStrategy(Strategy):
     def setup(self, model: SlimmableNet, total_steps: int) -> None:
         super().setup(model, total_steps)
         s = model.space
-        self.cost = MacCost(model)
+        self._set_cost(model, self.cfg.latency_table())
         self.bounds = torch.tensor([s.smallest(), [s.high] * s.dims], dtype=torch.float64)
-        self.exact_cost = self.cost if self.cfg.cost_model == "exact" else None
         self.interval, iterations = bo_schedule(total_steps, self.cfg.samples, self.cfg.history_size)
         warmup = self.cost.widths_spread(WARMUP_WIDTHS)
         self.warmup = len(warmup)
         self.target_size = self.warmup + self.cfg.samples * iterations
         self._set_history([s.uniform(w) for w in warmup], [math.nan] * len(warmup))
         self.bisection_steps, self.lambdas = [], []
+
+    def _set_cost(self, model: SlimmableNet, table: str | LatencyLUT | None) -> None:
+        """Search on MACs (``table`` None) or on the latency of a table (a file, or one read already)."""
+        try:
+            self.cost: SearchCost = (
+                LatencyCost(table, model, "the checkpoint's latency table")
+                if isinstance(table, LatencyLUT)
+                else search_cost(model, table)
+            )
+        except LatencyTableError as exc:
+            # The table's own advice names a manifest, which a run not trained yet does not have.
+            what = str(exc).rsplit("; ", 1)[0]
+            raise TrainingError(
+                f"{TrainConfig.flag('cost')} {self.cfg.cost}: {what}; build the table for this run with "
+                f"`{self._table_command(model)}`"
+            ) from None
+        self.exact_cost = self.cost if self.cfg.cost_model == "exact" else None
+
+    def _table_command(self, model: SlimmableNet) -> str:
+        """The ``pareco bench`` command that builds a latency table for the network this run trains."""
+        cfg = self.cfg
+        extra = f" --width-factor {cfg.width_factor}" if cfg.width_factor != 1 else ""
+        extra += f" --low {cfg.low}" if ":" in cfg.arch else ""
+        return (
+            f"pareco bench --build-lut --arch {cfg.arch} --classes {model.arch_kwargs.get('num_classes')} "
+            f"--image-size {model.input_size[-1]}{extra} --backend BACKEND --profile NAME --out FILE"
+        )
+
+    def latency_cost(self) -> LatencyCost | None:
+        return self.cost if isinstance(self.cost, LatencyCost) else None
+
+    def state_dict(self) -> dict[str, Any]:
+        # The table travels in the checkpoint: a resumed run searches on the very table it started
+        # with even if the file was rebuilt since.
+        lat = self.latency_cost()
+        return {**super().state_dict(), "cost_table": "" if lat is None else json.dumps(lat.lut.to_dict())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if state.get("cost_table") and self.model is not None:
+            self._set_cost(self.model, LatencyLUT.from_dict(json.loads(state["cost_table"])))
+            self.costs = [self._cost_of(a) for a in self.history]
 
     def _set_history(self, configs: list[list[float]], losses: list[float]) -> None:
         self.history = configs
@@ -197,6 +240,7 @@ class _BOStrategy(Strategy):
             "samples_per_iter": self.cfg.samples,
             "epsilon": self.cfg.epsilon,
             "lambda_sampling": self.cfg.lambda_sampling,
+            "cost": self.cost.name,
             "cost_model": self.cfg.cost_model,
             "probe_batch": self.cfg.probe_batch,
             "remeasure": self.cfg.remeasure,

@@ -54,21 +54,23 @@ def bo_line(record: Mapping[str, Any], history_size: int | None) -> str | None:
     )
 
 
-def suggested_budget(mflops: Sequence[float]) -> str:
-    """A FLOPs budget that the middle point of a front (``mflops`` ascending) meets, as ``pareco select``
-    reads it; rounded up so that the point is not left just outside it."""
-    middle = mflops[len(mflops) // 2]
-    return f"{math.ceil(middle * 100) / 100:.2f}MFLOPs"
+def suggested_budget(costs: Sequence[float], unit: str = "MFLOPs") -> str:
+    """A budget that the middle point of a front (``costs`` ascending, in ``unit``: ``MFLOPs`` or
+    ``ms@PROFILE``) meets, as ``pareco select`` reads it; rounded up so that the point is not left just
+    outside it."""
+    middle = costs[len(costs) // 2]
+    return f"{math.ceil(middle * 100) / 100:.2f}{unit}"
 
 
-def next_commands(manifest: Path, budget: str) -> list[str]:
-    """The commands that look at, choose from and export the front in ``manifest``."""
+def next_commands(manifest: Path, budget: str, flags: str = "") -> list[str]:
+    """The commands that look at, choose from and export the front in ``manifest`` (``flags`` added to
+    those that take the budget)."""
     m = shlex.quote(str(manifest))
     export_dir = shlex.quote(str(manifest.parent / "export"))
     return [
         f"pareco show {m}",
-        f"pareco select {m} --budget {budget}",
-        f"pareco export {m} --budget {budget} --onnx --out {export_dir}",
+        f"pareco select {m} --budget {budget}{flags}",
+        f"pareco export {m} --budget {budget}{flags} --onnx --out {export_dir}",
     ]
 
 
@@ -102,7 +104,7 @@ def run_summary(manifest: Path, files: Sequence[Path], command_s: float) -> dict
         },
         "files": [str(f) for f in files if f.exists()],
         "bo": bo_line(extra, (extra.get("config") or {}).get("history_size")),
-        "next": next_commands(manifest, suggested_budget(mflops)),
+        "next": _next(manifest, points, str(extra.get("cost", "MACs"))),
     }
 
 
@@ -130,3 +132,13 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     if summary["bo"]:
         lines.append(summary["bo"])
     return [*lines, "next:", *(f"  {c}" for c in summary["next"])]
+
+
+def _next(manifest: Path, points: Sequence[Any], cost: str) -> list[str]:
+    """The next commands, with a budget in the search's cost: MFLOPs, or the predicted milliseconds of
+    the device a latency-aware run searched on (which ``select`` uses with ``--allow-predicted``)."""
+    profile = cost.removeprefix("latency@")
+    if profile == cost:
+        return next_commands(manifest, suggested_budget([p.mflops for p in points]))
+    ms = sorted(p.latency_predicted_ms[profile] for p in points)
+    return next_commands(manifest, suggested_budget(ms, f"ms@{profile}"), " --allow-predicted")

@@ -16,7 +16,7 @@ import torch
 
 from pareco_runtime.models.base import SlimmableNet
 
-from .search_cost import MacCost
+from .search_cost import LatencyCost, MacCost
 
 
 def widths_spread_over_macs(model: SlimmableNet, n: int) -> list[float]:
@@ -61,6 +61,11 @@ class Strategy(ABC):
     def record(self) -> dict[str, Any]:
         """Figures for the manifest's training record."""
         return {}
+
+    def latency_cost(self) -> LatencyCost | None:
+        """The device latency the candidates were searched on (``--cost latency@FILE``), by which the
+        front is then chosen and its points' latencies predicted; None when the search's cost is MACs."""
+        return None
 
     def progress(self) -> str:
         """A short text for the progress bar (e.g. the history size)."""
