@@ -458,11 +458,11 @@ def _time_compiled(
 
 
 @dataclass
-class FrontTable:
-    """A latency table built for a front's architecture and saved beside its manifest.
+class SavedTable:
+    """A latency table built and saved: beside a front's manifest, or where a bare model's was asked for.
 
     ``profile``: the device profile it predicts; ``predicted_ms``: its prediction for each of the
-    front's points.
+    front's points (empty for a bare model).
     """
 
     lut: LatencyLUT
@@ -471,10 +471,11 @@ class FrontTable:
     predicted_ms: dict[str, float]
 
 
-def build_front_lut(
-    front: Front,
+def build_saved_lut(
+    source: Front | SlimmableNet,
     backend: str,
     *,
+    out: Path | None = None,
     threads: int = 1,
     batch: int = 1,
     profile: str | None = None,
@@ -486,20 +487,29 @@ def build_front_lut(
     steady_memory: bool = True,
     update: bool = False,
     on_stage: Callable[[str], None] | None = None,
-) -> FrontTable:
-    """Build the latency table of ``front``'s architecture (built once it fits the front's weight file:
-    :func:`~pareco_runtime.model_check.build_front_model`; timed by :func:`build_lut`) and save it as
-    ``NAME.lut.<profile>.json`` beside the manifest.
+) -> SavedTable:
+    """Build the latency table of ``source``'s architecture (timed by :func:`build_lut`) and save it.
 
-    ``profile``: the device profile name (default ``<host>-<backend>-t<threads>-b<batch>``). With
-    ``update``, the predictions are written into the manifest's ``latency_predicted_ms`` under that
-    profile, for points without a measurement (:func:`bench.device.write_profile`).
+    ``source``: a front (its model built once it fits the front's weight file:
+    :func:`~pareco_runtime.model_check.build_front_model`; the table saved as ``NAME.lut.<profile>.json``
+    beside the manifest), or a bare slimmable model, as ``pareco train --cost latency@FILE`` will build
+    it (saved at ``out``). ``profile``: the device profile name (default
+    ``<host>-<backend>-t<threads>-b<batch>``). With ``update`` (a front only), the predictions are
+    written into the manifest's ``latency_predicted_ms`` under that profile, for points without a
+    measurement (:func:`bench.device.write_profile`).
     """
-    if front.path is None:
-        raise BenchError("the front has no manifest file to save the table beside; save it first")
     name = device_profile(backend, threads, batch, profile).name
+    if isinstance(source, Front):
+        if source.path is None:
+            raise BenchError("the front has no manifest file to save the table beside; save it first")
+        manifest: Path | None = source.path
+        path, model, points = lut_path(source.path, name), build_front_model(source), source.points
+    elif out is None:
+        raise BenchError("a table built for a bare model needs the file to save it as; give --out FILE")
+    else:
+        manifest, path, model, points = None, out, source, []
     lut = build_lut(
-        build_front_model(front),
+        model,
         profile=name,
         backend=backend,
         threads=threads,
@@ -513,12 +523,11 @@ def build_front_lut(
         on_stage=on_stage,
     )
     prof = device_profile(backend, threads, batch, profile, allocator=lut.report["allocator"])
-    path = lut_path(front.path, prof.name)
-    predicted = lut.predict_points(front.points)
+    predicted = lut.predict_points(points)
     # Two builds for one profile at once: the table's lock is held until the manifest has this
     # table's predictions, so the file beside the manifest and its predictions come from one build.
     with locked(path):
         lut.save(path)
-        if update:
-            write_profile(front.path, prof, {}, None, predicted)
-    return FrontTable(lut, path, prof, predicted)
+        if update and manifest is not None:
+            write_profile(manifest, prof, {}, None, predicted)
+    return SavedTable(lut, path, prof, predicted)

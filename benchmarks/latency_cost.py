@@ -36,7 +36,9 @@ def main() -> None:
     times: list[dict[str, list[float]]] = [{} for _ in runtimes]
     for _ in range(args.rounds):
         for rt, seen in zip(runtimes, times):
-            report = run_bench(rt, rt.points, [lut.backend], threads=lut.threads, batch=lut.batch, runs=args.runs)
+            report = run_bench(
+                rt, rt.points, [lut.backend], threads=lut.threads, batch=lut.batch, runs=args.runs
+            )
             for m in report.measurements:
                 seen.setdefault(m.point, []).append(m.median_ms)
     fronts = [
