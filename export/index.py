@@ -6,7 +6,7 @@ the file accepts, as ``--batch`` spells them: the static size N, ``"dynamic:MAX"
 or ``"dynamic"`` for any; absent in records of older versions, read as any batch for ONNX,
 TorchScript and ``.pt2`` and as unknown for ExecuTorch), ``seconds``, ``created``,
 ``weights_sha256`` (the weight file the point was sliced from, so a later run can tell stale files),
-``preprocess`` (the whole evaluation transform the file's input needs:
+``channels`` (the point's channel counts; absent in records of older versions), ``preprocess`` (the whole evaluation transform the file's input needs:
 :meth:`pareco_runtime.preprocess.Preprocess.describe`), ``labels`` (the folder's ``labels.txt``,
 None when the front names no classes), ``max_abs_output`` (the scale the difference is read
 against) and format details (``opset``, ``undelegated_ops``). Records of older versions lack
@@ -76,13 +76,20 @@ def _entry_batches(entry: dict[str, Any]) -> BatchRange | None:
 
 
 def recorded_exports(
-    directory: str | os.PathLike[str], point: str, fmt: str, weights_sha256: str
+    directory: str | os.PathLike[str],
+    point: str,
+    fmt: str,
+    weights_sha256: str,
+    channels: Sequence[int] | None = None,
 ) -> list[tuple[Path, BatchRange | None]]:
     """The files of earlier exports of ``point`` as ``fmt`` from the same weight file that are on disk
-    in ``directory``, each with the batch sizes it accepts (None: not recorded)."""
+    in ``directory``, each with the batch sizes it accepts (None: not recorded); with ``channels``,
+    only those recorded with exactly these channel counts."""
     found = []
     for e in read_index(directory):
         if e["point"] != point or e["format"] != fmt or e.get("weights_sha256") != weights_sha256:
+            continue
+        if channels is not None and e.get("channels") != list(channels):
             continue
         path = Path(directory) / e["file"]
         if path.is_file() and path.parent == Path(directory):

@@ -40,6 +40,7 @@ class Carried:
     weights_sha256: str
     preprocess: dict[str, Any]
     labels: tuple[str, ...]
+    channels: tuple[int, ...]
 
     @classmethod
     def of(cls, rt: SlimmableRuntime, point: FrontPoint) -> Carried:
@@ -50,6 +51,7 @@ class Carried:
             weights_sha256=rt.front.weights_sha256,
             preprocess=Preprocess.from_dataset(dataset.to_dict()).describe(),
             labels=tuple(dataset.class_names),
+            channels=tuple(point.channels),
         )
 
     def file_metadata(self) -> dict[str, str]:
@@ -62,9 +64,14 @@ class Carried:
         }
 
     def index_fields(self) -> dict[str, Any]:
-        """What the file's ``export.json`` record adds: the transform, and the labels file (None when the
-        manifest names no classes)."""
-        return {"preprocess": self.preprocess, "labels": LABELS_NAME if self.labels else None}
+        """What the file's ``export.json`` record adds: the transform, the labels file (None when the
+        manifest names no classes) and the point's channels (so that a file of another front's point
+        of the same id and weight file is told apart)."""
+        return {
+            "preprocess": self.preprocess,
+            "labels": LABELS_NAME if self.labels else None,
+            "channels": list(self.channels),
+        }
 
 
 def write_labels(directory: str | os.PathLike[str], names: Sequence[str]) -> Path | None:

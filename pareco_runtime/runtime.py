@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import backends
 from .budget import BatteryPolicy, Budget, as_budget, select
 from .fileformat import FormatError, first_line
 from .front import DeviceProfile, FrontPoint
@@ -73,6 +74,12 @@ class SlimmableRuntime:
     Switching and inference are synchronised by a read-write lock, so an inference running in
     another thread always sees one whole config, never a mix of two. ``rt.front`` is the loaded
     manifest (:class:`~pareco_runtime.front_file.Front`); ``points`` and ``profiles`` are its own.
+
+    On a compiled ``backend`` (``"onnxruntime"``, ``"executorch"``: :mod:`~pareco_runtime.backends`)
+    ``rt(x)`` runs the active point's exported program instead, loaded on the first switch to the
+    point (or for all points at load with ``preload``) and kept; ``select``, ``switch``, the input
+    checks and the lock are the same, and the shared weights stay loaded (they slice the points'
+    programs and serve :meth:`standalone`).
     """
 
     def __init__(
@@ -81,15 +88,26 @@ class SlimmableRuntime:
         front: Front,
         bn_stats: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
         policy: BatteryPolicy | None = None,
+        backend: str = backends.TORCH,
+        threads: int | None = None,
+        preload: bool = False,
     ) -> None:
         self.model = model.eval()
         self.front = front
         self.policy = policy or BatteryPolicy()
+        self.backend = backend
+        self.threads = threads
         self._stats = bn_stats
         self._channels = {p.id: model.space.channels(p.alpha) for p in self.points}
         self._preprocess = Preprocess.from_dataset(front.dataset.to_dict())
         self._lock = _ReadWriteLock()
+        self._loader = None if backend == backends.TORCH else backends.program_loader(backend)
+        self._programs: dict[str, backends.Program] = {}
+        self._loading = threading.Lock()
+        self._program: backends.Program | None = None
         self.active = max(self.points, key=lambda p: p.mflops)
+        for p in self.points if preload else [self.active]:
+            self._ensure_program(p)
         self._activate(self.active)
 
     @classmethod
@@ -100,8 +118,13 @@ class SlimmableRuntime:
         policy: BatteryPolicy | None = None,
         verify_hash: bool = True,
         model: ModelFactory | None = None,
+        backend: str = backends.TORCH,
+        threads: int | None = None,
+        preload: bool = False,
     ) -> SlimmableRuntime:
-        """Load a front manifest and its weight file.
+        """Load a front manifest and its weight file; ``backend`` runs the points (torch, or a compiled
+        runtime: onnxruntime, executorch, at ``threads`` intra-op threads, their programs loaded on
+        first use or all now with ``preload``).
 
         Validates the manifest (schema, format version, sizes, weight path inside its folder), checks
         the weight file's SHA-256, checks that the architecture fits the weight file's header before
@@ -131,7 +154,7 @@ class SlimmableRuntime:
             p.id: [(m.to(device), v.to(device)) for m, v in (wf.bn_stats[p.id][n] for n in net.bn_names)]
             for p in front.points
         }
-        return cls(net, front, stats, policy)
+        return cls(net, front, stats, policy, backend=backend, threads=threads, preload=preload)
 
     @property
     def points(self) -> list[FrontPoint]:
@@ -216,19 +239,31 @@ class SlimmableRuntime:
             else self.select(target, fallback, allow_predicted)
         )
         if point is not self.active:
+            self._ensure_program(point)  # before the lock: loading may export, which slices the model
             with self._lock.write():
                 self._activate(point)
         return point
 
+    def _ensure_program(self, point: FrontPoint) -> None:
+        """Load ``point``'s program on a compiled backend, once (nothing on the torch backend)."""
+        if self._loader is None:
+            return
+        with self._loading:
+            if point.id not in self._programs:
+                self._programs[point.id] = self._loader(self, point, self.backend, self.threads)
+
     def _activate(self, point: FrontPoint) -> None:
-        self.model.activate(self._channels[point.id], point.alpha, self._stats[point.id])
+        if self._loader is None:
+            self.model.activate(self._channels[point.id], point.alpha, self._stats[point.id])
+        else:
+            self._program = self._programs[point.id]
         self.active = point
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the active sub-network for a batch ``x`` of shape (N, C, H, W)."""
         self._check_input(x)
         with self._lock.read(), torch.inference_mode():
-            return self.model(x)
+            return self.model(x) if self._program is None else self._program(x)
 
     def _check_input(self, x: Any) -> None:
         c, h, w = self.input_size

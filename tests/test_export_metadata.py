@@ -111,8 +111,8 @@ def test_labels_file_rules(tmp_path):
     assert write_labels(tmp_path, ["a b", "c"]) == path, "the same names again: kept"
     with pytest.raises(ExportError, match=r"class name 'x\\ny' holds a line break"):
         write_labels(tmp_path / "other", ["x\ny", "z"])
-    unnamed = Carried("p00", "sha", {"layout": "NCHW"}, ())
-    assert unnamed.index_fields() == {"preprocess": {"layout": "NCHW"}, "labels": None}
+    unnamed = Carried("p00", "sha", {"layout": "NCHW"}, (), (4, 8))
+    assert unnamed.index_fields() == {"preprocess": {"layout": "NCHW"}, "labels": None, "channels": [4, 8]}
     assert json.loads(unnamed.file_metadata()["pareco.labels"]) == []
 
 

@@ -1,0 +1,96 @@
+"""Front points served by a compiled runtime: the programs behind ``SlimmableRuntime.load(..., backend=B)``.
+
+``load_program`` is registered as the ``onnxruntime`` and ``executorch`` entries of the
+``pareco.backends`` entry-point group (``pyproject.toml``), which is how the runtime finds it without
+importing this package. A point's program is the file of an earlier ``pareco export`` (the ``export/``
+folder beside the manifest) or of an earlier first use (the cache folder ``<name>.programs/`` beside
+it), used only when its ``export.json`` record names the same weight file (SHA-256), point id and
+channel counts; otherwise the point is exported into the cache folder (checked against PyTorch and
+moved into place atomically, as every export is) and that file is used. Of several usable files the
+one accepting the widest batch range is taken.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .exporter import export_points
+from .formats import Runner, load_runner
+from .index import recorded_exports
+
+if TYPE_CHECKING:
+    from pareco_runtime import FrontPoint, SlimmableRuntime
+
+# The export format each compiled backend serves.
+SERVED_FORMATS = {"onnxruntime": "onnx", "executorch": "executorch"}
+# An ExecuTorch program plans its memory for its batch range: the cache's programs take 1 to 8 (a
+# range the parity check runs at 1, 3 and 8; larger bounds failed for some models), ONNX files any batch.
+CACHE_BATCH = "dynamic:8"
+EXPORT_DIR = "export"
+
+
+def cache_dir(manifest: Path) -> Path:
+    """The folder beside ``manifest`` (``NAME.front.json``) that programs exported on first use go to."""
+    stem = manifest.name.removesuffix(".front.json")
+    return manifest.with_name(f"{stem}.programs")
+
+
+class ServedProgram:
+    """One point's program loaded in its runtime: takes and returns torch tensors.
+
+    An ExecuTorch method runs in memory planned once, so its calls are serialised and each output is
+    copied out before the next call can overwrite it; an ONNX Runtime session may be run from several
+    threads at once (its documented contract) and returns fresh arrays.
+    """
+
+    def __init__(self, runner: Runner, backend: str) -> None:
+        self.runner = runner
+        self.path = runner.path
+        self._lock: threading.Lock | None = threading.Lock() if backend == "executorch" else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._lock is None:
+            return torch.from_numpy(self.runner(x))
+        with self._lock:
+            return torch.from_numpy(np.array(self.runner(x), copy=True))
+
+
+def usable_export(rt: SlimmableRuntime, point: FrontPoint, fmt: str, folders: list[Path]) -> Path | None:
+    """The recorded file of ``point`` as ``fmt`` in ``folders`` from ``rt``'s weight file and with the
+    point's channels, accepting the widest batch range; None when there is none."""
+    found = [
+        (path, batches)
+        for folder in folders
+        for path, batches in recorded_exports(
+            folder, point.id, fmt, rt.front.weights_sha256, channels=point.channels
+        )
+    ]
+    if not found:
+        return None
+    return max(found, key=lambda f: -1 if f[1] is None else f[1].high)[0]
+
+
+def load_program(
+    rt: SlimmableRuntime, point: FrontPoint, backend: str, threads: int | None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``point``'s program for ``backend`` (onnxruntime or executorch), found or exported on first use
+    (see the module docstring); ``threads``: the runtime's intra-op threads (None: its default)."""
+    fmt = SERVED_FORMATS[backend]
+    manifest = rt.manifest_path
+    if manifest is None:
+        raise ValueError(
+            f"backend {backend}: the front has no manifest file to find or cache its programs beside; "
+            "load it with SlimmableRuntime.load(path)"
+        )
+    cache = cache_dir(manifest)
+    path = usable_export(rt, point, fmt, [manifest.parent / EXPORT_DIR, cache])
+    if path is None:
+        (result,) = export_points(rt, [point], [fmt], cache, batch=CACHE_BATCH)
+        path = result.path
+    return ServedProgram(load_runner(fmt, path, threads), backend)

@@ -1,0 +1,109 @@
+"""SlimmableRuntime on a compiled backend: each point served by its exported program, found through
+the export index or exported on first use, with the torch backend's contract and outputs."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+
+from export.exporter import DEFAULT_ATOL
+from export.serving import cache_dir
+from pareco_runtime import SlimmableRuntime
+from pareco_runtime.backends import available
+
+
+def _inputs(rt: SlimmableRuntime, n: int = 3) -> torch.Tensor:
+    return torch.randn(n, *rt.input_size, generator=torch.Generator().manual_seed(0))
+
+
+def _check_every_point(front_copy, backend: str) -> SlimmableRuntime:
+    ref = SlimmableRuntime.load(front_copy)
+    rt = SlimmableRuntime.load(front_copy, backend=backend, threads=1)
+    x = _inputs(rt)
+    for p in rt.points:
+        assert rt.switch(p) is p and rt.active is p
+        ref.switch(p)
+        torch.testing.assert_close(rt(x), ref(x), atol=DEFAULT_ATOL, rtol=0)
+    assert rt.backend == backend and sorted(rt._programs) == sorted(p.id for p in rt.points)
+    return rt
+
+
+def test_onnxruntime_serves_every_point_like_the_torch_backend(front_copy):
+    _check_every_point(front_copy, "onnxruntime")
+    cache = cache_dir(front_copy)
+    files = {f.name: f.stat().st_mtime_ns for f in cache.glob("*.onnx")}
+    assert len(files) == len(SlimmableRuntime.load(front_copy).points)
+    again = SlimmableRuntime.load(front_copy, backend="onnxruntime", preload=True)
+    assert len(again._programs) == len(files), "preload loads every point's program"
+    assert {f.name: f.stat().st_mtime_ns for f in cache.glob("*.onnx")} == files, "cached, not re-exported"
+
+
+def test_the_export_folder_beside_the_manifest_is_used_and_a_foreign_record_is_not(front_copy, cli):
+    r = cli("export", str(front_copy), "--all", "--onnx")
+    assert r.returncode == 0, r.stderr
+    rt = SlimmableRuntime.load(front_copy, backend="onnxruntime", preload=True)
+    assert not cache_dir(front_copy).exists(), "the points' files of `pareco export` were used"
+    served = rt._programs[rt.points[0].id]
+    assert served.path.parent == front_copy.parent / "export"
+    # A record of the same id and weight file but other channels (another front's point) is not used.
+    index = front_copy.parent / "export" / "export.json"
+    records = json.loads(index.read_text())
+    for e in records:
+        e["channels"] = [c + 1 for c in e["channels"]]
+    index.write_text(json.dumps(records))
+    other = SlimmableRuntime.load(front_copy, backend="onnxruntime")
+    assert other._programs[other.active.id].path.parent == cache_dir(front_copy)
+
+
+def test_inference_never_mixes_two_points_while_switching(front_copy):
+    rt = SlimmableRuntime.load(front_copy, backend="onnxruntime", preload=True)
+    x = _inputs(rt, 2)
+    expected = {}
+    for p in rt.points:
+        rt.switch(p)
+        expected[p.id] = rt(x)
+    bad: list[str] = []
+    stop = threading.Event()
+
+    def infer() -> None:
+        while not stop.is_set():
+            y = rt(x)
+            if not any(torch.equal(y, e) for e in expected.values()):
+                bad.append("an output that is no point's")
+
+    workers = [threading.Thread(target=infer) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for k in range(200):
+        rt.switch(rt.points[k % len(rt.points)])
+    stop.set()
+    for w in workers:
+        w.join()
+    assert not bad
+
+
+def test_input_is_checked_as_on_the_torch_backend(front_copy):
+    rt = SlimmableRuntime.load(front_copy, backend="onnxruntime")
+    with pytest.raises(ValueError, match=r"expected torch\.float32"):
+        rt(_inputs(rt).double())
+    with pytest.raises(ValueError, match="input has shape"):
+        rt(torch.zeros(1, 3, 8, 8))
+
+
+def test_an_unknown_backend_names_the_available_ones(front_copy):
+    assert {"torch", "onnxruntime", "executorch"} <= set(available())
+    with pytest.raises(ValueError, match=r"backend 'tpu' is not available here \(available: torch, "):
+        SlimmableRuntime.load(front_copy, backend="tpu")
+
+
+@pytest.mark.slow
+def test_executorch_serves_every_point_at_several_batches(front_copy):
+    rt = _check_every_point(front_copy, "executorch")
+    ref = SlimmableRuntime.load(front_copy)
+    ref.switch(rt.active)
+    for n in (1, 8):
+        x = _inputs(rt, n)
+        torch.testing.assert_close(rt(x), ref(x), atol=DEFAULT_ATOL, rtol=0)
