@@ -123,7 +123,7 @@ class TrainConfig:
     cost: str = _setting(
         "macs",
         "PareCO/TwoStage: the cost BO trades top-1 against: macs, or latency@FILE, the latency that a "
-        "device's table (`pareco bench --build-lut`, built for this --arch, --image-size and widths) "
+        "device's look-up table (from pareco bench, built for this network: the README says how) "
         "predicts; target costs are then drawn over that latency's range and the front is the "
         "non-dominated points by (top-1, that latency).",
     )
