@@ -132,9 +132,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--drain", type=float, default=0.004, help="battery %% used per image by the largest point"
     )
     ap.add_argument("--check-every", type=int, default=25, help="images between battery checks")
+    ap.add_argument(
+        "--backend",
+        default="torch",
+        help="what runs the points: torch, or onnxruntime / executorch (each point's exported program, "
+        "exported on first use into NAME.programs/ beside the manifest)",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="threads of a compiled backend")
     args = ap.parse_args(argv)
     try:
-        rt = SlimmableRuntime.load(args.manifest)
+        rt = SlimmableRuntime.load(args.manifest, backend=args.backend, threads=args.threads)
         data = load_checked(rt, args.data)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -100,3 +100,12 @@ def test_images_are_normalised_as_the_manifest_says(app, tiny_front):
     dataset = rt.front.dataset
     ours = (pixels - torch.tensor(dataset.mean).view(view)) / torch.tensor(dataset.std).view(view)
     assert (app.to_model_input(theirs, info, rt) - ours).abs().max().item() <= 1e-5
+
+
+def test_the_app_runs_on_a_compiled_backend_and_refuses_an_unknown_one(app, front_copy, capsys):
+    args = (str(front_copy), "--data", "synthetic:64:4", "--drain", "40", "--check-every", "1")
+    code, out, err = _run(app, capsys, *args, "--backend", "onnxruntime", "--threads", "1")
+    assert code == 0, err
+    assert "switched to" in out and "images classified before the battery ran out" in out
+    code, out, err = _run(app, capsys, *args, "--backend", "tpu")
+    assert code == 2 and err.startswith("error: backend 'tpu' is not available here")
