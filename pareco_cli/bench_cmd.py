@@ -204,8 +204,13 @@ def bench(
         source: Front | SlimmableNet = _untrained_model(arch, classes, image_size, width_factor, low)
         rt = None
     else:
-        network = {"--classes": classes, "--image-size": image_size, "--width-factor": width_factor}
-        network.update({"--low": low, "--out": out})
+        network = {
+            "--classes": classes,
+            "--image-size": image_size,
+            "--width-factor": width_factor,
+            "--low": low,
+            "--out": out,
+        }
         given = [flag for flag, value in network.items() if value is not None]
         if given:
             raise ValueError(

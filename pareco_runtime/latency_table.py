@@ -24,6 +24,8 @@ from .space import WidthSpace
 from .untrusted import FormatError, read_json
 
 LUT_FORMAT = 1
+# What a refused table's message tells to do, where the caller has no better advice.
+REBUILD = "rebuild it with `pareco bench MANIFEST --build-lut`"
 
 
 class LatencyTableError(ValueError):
@@ -165,10 +167,10 @@ class LatencyLUT:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> LatencyLUT:
+    def load(cls, path: str | Path, todo: str = REBUILD) -> LatencyLUT:
         """Read a table written by :meth:`save` (LatencyTableError if it is not one: also a FIFO, a device, a file
-        over 64 MiB or JSON nested too deep, as :func:`~pareco_runtime.untrusted.read_json` refuses them)."""
-        todo = "rebuild it with `pareco bench MANIFEST --build-lut`"
+        over 64 MiB or JSON nested too deep, as :func:`~pareco_runtime.untrusted.read_json` refuses them),
+        its message ending in ``todo``."""
         try:
             return cls.from_dict(read_json(path, "latency table", todo))
         except FormatError as exc:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from pareco_runtime.latency_table import LatencyLUT, LatencyTableError
 from pareco_runtime.models.base import SlimmableNet
+from pareco_runtime.sources import is_converted
 
 from . import mobo
 from .config import TrainConfig, TrainingError
@@ -136,26 +137,23 @@ class _BOStrategy(Strategy):
 
     def _set_cost(self, model: SlimmableNet, table: str | LatencyLUT | None) -> None:
         """Search on MACs (``table`` None) or on the latency of a table (a file, or one read already)."""
+        # Not the tables' own advice, which names a manifest: a run not trained yet has none.
+        todo = f"build the table for this run with `{self._table_command(model)}`"
         try:
             self.cost: SearchCost = (
-                LatencyCost(table, model, "the checkpoint's latency table")
+                LatencyCost(table, model, "the checkpoint's latency table", todo)
                 if isinstance(table, LatencyLUT)
-                else search_cost(model, table)
+                else search_cost(model, table, todo)
             )
         except LatencyTableError as exc:
-            # The table's own advice names a manifest, which a run not trained yet does not have.
-            what = str(exc).rsplit("; ", 1)[0]
-            raise TrainingError(
-                f"{TrainConfig.flag('cost')} {self.cfg.cost}: {what}; build the table for this run with "
-                f"`{self._table_command(model)}`"
-            ) from None
+            raise TrainingError(f"{TrainConfig.flag('cost')} {self.cfg.cost}: {exc}") from None
         self.exact_cost = self.cost if self.cfg.cost_model == "exact" else None
 
     def _table_command(self, model: SlimmableNet) -> str:
         """The ``pareco bench`` command that builds a latency table for the network this run trains."""
         cfg = self.cfg
         extra = f" --width-factor {cfg.width_factor}" if cfg.width_factor != 1 else ""
-        extra += f" --low {cfg.low}" if ":" in cfg.arch else ""
+        extra += f" --low {cfg.low}" if is_converted(cfg.arch) else ""
         return (
             f"pareco bench --build-lut --arch {cfg.arch} --classes {model.arch_kwargs.get('num_classes')} "
             f"--image-size {model.input_size[-1]}{extra} --backend BACKEND --profile NAME --out FILE"

@@ -142,16 +142,19 @@ class LatencyCost(SearchCost):
     channel counts and has a gradient everywhere (piecewise linear in each channel count).
     """
 
-    def __init__(self, lut: LatencyLUT, model: SlimmableNet, path: str | Path = "latency table") -> None:
-        """``path`` names the table in errors. LatencyTableError if the table was built for another
-        network (architecture, its arguments, input size or width space)."""
+    def __init__(
+        self,
+        lut: LatencyLUT,
+        model: SlimmableNet,
+        path: str | Path = "latency table",
+        todo: str = "build one for this model with `pareco bench MANIFEST --build-lut --profile NAME`",
+    ) -> None:
+        """``path`` names the table in errors, which end in ``todo``. LatencyTableError if the table was
+        built for another network (architecture, its arguments, input size or width space)."""
         super().__init__(model.space)
         problem = lut.mismatch(model.arch, model.arch_kwargs, model.input_size, model.space.to_dict())
         if problem:
-            raise LatencyTableError(
-                f"{path}: built for another network ({problem}); build one for this model with "
-                "`pareco bench MANIFEST --build-lut --profile NAME`"
-            )
+            raise LatencyTableError(f"{path}: built for another network ({problem}); {todo}")
         self.lut = lut
         self._full = torch.tensor(model.space.full, dtype=torch.float64)
         self._units = [
@@ -203,8 +206,13 @@ def _brackets(c: Tensor, levels: Tensor) -> list[tuple[Tensor, Tensor]]:
     return [(j, 1.0 - t), (j + 1, t)]
 
 
-def search_cost(model: SlimmableNet, lut_file: str | Path | None = None) -> SearchCost:
-    """The cost a search uses: MACs, or the latency that the table in ``lut_file`` predicts."""
+def search_cost(
+    model: SlimmableNet, lut_file: str | Path | None = None, todo: str | None = None
+) -> SearchCost:
+    """The cost a search uses: MACs, or the latency that the table in ``lut_file`` predicts; a refused
+    table's message ends in ``todo`` (default: rebuild it from a manifest)."""
     if lut_file is None:
         return MacCost(model)
-    return LatencyCost(LatencyLUT.load(lut_file), model, lut_file)
+    if todo is None:
+        return LatencyCost(LatencyLUT.load(lut_file), model, lut_file)
+    return LatencyCost(LatencyLUT.load(lut_file, todo), model, lut_file, todo)
