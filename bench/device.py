@@ -118,12 +118,13 @@ def write_profile(
     latency_ms: Mapping[str, float],
     energy_mj: Mapping[str, float] | None = None,
     predicted_ms: Mapping[str, float] | None = None,
+    variant_ms: Mapping[tuple[str, str, str], float] | None = None,
 ) -> None:
-    """Record ``profile`` and its per-point figures in the manifest (:meth:`Front.record_profile`), validated
+    """Record ``profile`` and its per-point (and per-variant) figures in the manifest (:meth:`Front.record_profile`), validated
     and written atomically.
 
     The manifest is re-read and rewritten under its lock (:meth:`Front.update`), so figures other
     commands wrote before or at the same time are kept.
     """
     with Front.update(manifest_path) as front:
-        front.record_profile(profile, latency_ms, energy_mj, predicted_ms)
+        front.record_profile(profile, latency_ms, energy_mj, predicted_ms, variant_ms)

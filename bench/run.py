@@ -44,7 +44,10 @@ _EXPORT_FORMAT = {"onnxruntime": "onnx", "executorch": "executorch"}
 
 @dataclass
 class Measurement:
-    """One point on one backend: latency statistics in milliseconds, and energy when measured."""
+    """One point on one backend: latency statistics in milliseconds, and energy when measured.
+
+    ``precision``: "fp32", or "int8" for the point's quantized program on that backend, whose
+    ``ratio_to_fp32`` is its median over the fp32 program's on the same backend in the same run."""
 
     point: str
     backend: str
@@ -56,6 +59,8 @@ class Measurement:
     runs: int
     ratio_to_torch: float | None = None
     energy_mj: float | None = None
+    precision: str = "fp32"
+    ratio_to_fp32: float | None = None
 
 
 @dataclass
@@ -171,6 +176,7 @@ def run_bench(
     seed: int = 0,
     steady_memory: bool = True,
     on_stage: Callable[[str], None] | None = None,
+    int8: bool = False,
 ) -> BenchReport:
     """Time every point of ``points`` on every backend of ``backends``, interleaved in this process.
 
@@ -183,7 +189,9 @@ def run_bench(
     batch); missing ones are exported into it. Without it, files go to a temporary folder.
     ``steady_memory``: call :func:`steady_malloc` first (process-wide; recorded in the profiles).
     ``on_stage`` receives progress messages. Energy is measured after the timing, per candidate,
-    where RAPL/NVML is readable.
+    where RAPL/NVML is readable. ``int8``: also time the int8 programs ``pareco export --int8`` wrote
+    into ``exports`` for these points on the ONNX Runtime and ExecuTorch backends (a point without
+    one is noted and timed in fp32 only; they cannot be made here, which needs calibration images).
     """
     backends = check_backends(backends)
     export_dir = Path(exports) if exports is not None else None
@@ -201,6 +209,11 @@ def run_bench(
         )
     if not points:
         raise BenchError("no points to benchmark")
+    if int8 and (export_dir is None or not any(b in _EXPORT_FORMAT for b in backends)):
+        raise BenchError(
+            "--int8 times the int8 programs of an export folder on onnxruntime or executorch: give "
+            "--exports DIR (where `pareco export --int8` wrote them) and one of those backends"
+        )
     for b in backends:
         if b in _EXPORT_FORMAT:
             require(_EXPORT_FORMAT[b])
@@ -230,6 +243,18 @@ def run_bench(
                     continue
                 path = _exported_file(rt, p, b, batch, export_dir, Path(scratch), say)
                 candidates[(p.id, b)] = load_runner(_EXPORT_FORMAT[b], path, threads).bind(x)
+                if int8 and export_dir is not None:
+                    found = find_export(
+                        export_dir, p.id, _EXPORT_FORMAT[b], rt.front.weights_sha256, batch, "int8"
+                    )
+                    if found is None:
+                        notes.append(
+                            f"{p.id}: no int8 {_EXPORT_FORMAT[b]} program for batch {batch} in {export_dir}"
+                        )
+                    else:
+                        candidates[(p.id, f"{b}|int8")] = load_runner(_EXPORT_FORMAT[b], found, threads).bind(
+                            x
+                        )
         if et_threads is not None:
             notes.append(
                 f"ExecuTorch thread pool set to {threads} via its experimental _unsafe_reset_threadpool "
@@ -245,28 +270,35 @@ def run_bench(
         timings = interleaved_warm(named, warmup=warmup, runs=runs)
         energy: dict[tuple[str, str], float] = {}
         for (pid, b), fn in candidates.items():
-            meter = meters[b]
+            meter = meters[b.split("|")[0]]  # an int8 candidate "executorch|int8" is its backend's
             if meter is not None:
                 energy[(pid, b)] = meter.per_call_mj(fn, timings[f"{pid}|{b}"].median)
     measurements = []
     for p in points:
         base = timings[f"{p.id}|torch"].median if "torch" in backends else None
         for b in backends:
-            t = timings[f"{p.id}|{b}"]
-            measurements.append(
-                Measurement(
-                    point=p.id,
-                    backend=b,
-                    profile=profiles[b].name,
-                    mflops=p.mflops,
-                    median_ms=t.median * 1e3,
-                    p90_ms=t.p90 * 1e3,
-                    iqr_ms=t.iqr * 1e3,
-                    runs=runs,
-                    ratio_to_torch=None if base is None else t.median / base,
-                    energy_mj=energy.get((p.id, b)),
+            fp32 = timings[f"{p.id}|{b}"]
+            for precision in ("fp32", "int8"):
+                key = b if precision == "fp32" else f"{b}|int8"
+                if (p.id, key) not in candidates:
+                    continue
+                t = timings[f"{p.id}|{key}"]
+                measurements.append(
+                    Measurement(
+                        point=p.id,
+                        backend=b,
+                        profile=profiles[b].name,
+                        mflops=p.mflops,
+                        median_ms=t.median * 1e3,
+                        p90_ms=t.p90 * 1e3,
+                        iqr_ms=t.iqr * 1e3,
+                        runs=runs,
+                        ratio_to_torch=None if base is None else t.median / base,
+                        energy_mj=energy.get((p.id, key)),
+                        precision=precision,
+                        ratio_to_fp32=None if precision == "fp32" else t.median / fp32.median,
+                    )
                 )
-            )
     if warmup < 30 or runs < 200:
         notes.append(f"{warmup} warm-up / {runs} timed runs is below the 30 / 200 used for reported figures")
     return BenchReport(measurements, profiles, threads, batch, warmup, runs, energy_note(meters), notes)
@@ -284,7 +316,7 @@ def record_report(front: Front, report: BenchReport) -> list[str]:
         raise BenchError("the front has no manifest file to record the figures in; save it first")
     written = []
     for backend, profile in report.profiles.items():
-        mine = [m for m in report.measurements if m.backend == backend]
+        mine = [m for m in report.measurements if m.backend == backend and m.precision == "fp32"]
         lut = fitting_lut(front.path, profile.name, backend, report.threads, report.batch)
         write_profile(
             front.path,
@@ -292,6 +324,11 @@ def record_report(front: Front, report: BenchReport) -> list[str]:
             {m.point: m.median_ms for m in mine},
             {m.point: m.energy_mj for m in mine if m.energy_mj is not None},
             None if lut is None else lut.predict_points(front.points),
+            {
+                (m.point, m.precision, backend): m.median_ms
+                for m in report.measurements
+                if m.backend == backend and m.precision != "fp32"
+            },
         )
         written.append(profile.name)
     return written

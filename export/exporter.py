@@ -8,6 +8,7 @@ Staging folders a killed export left are removed by the next export into that fo
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -25,9 +26,10 @@ from pareco_runtime.fileformat import first_line
 from pareco_runtime.front_file import utc_timestamp
 
 from .batch import BatchRange, as_batch_range
-from .formats import WRITERS, ExportError, get_format, load_runner, require, versions
+from .formats import WRITERS, ExportError, Runner, get_format, load_runner, require, versions
 from .index import merge_index
 from .metadata import Carried, write_labels
+from .quantize import QUANTIZERS, Calibration, check_int8_formats, int8_name, quantize_onnx, quantize_pt2e
 
 if TYPE_CHECKING:
     from pareco_runtime import FrontPoint, SlimmableRuntime
@@ -51,6 +53,8 @@ class ExportResult:
     ``details``: the largest absolute PyTorch output over the checked batches (``max_abs_output``)
     and format-specific facts (ONNX opset, operators XNNPACK did not delegate).
     ``carried``: the transform, labels and provenance stored in the file (None: nothing stored).
+    ``precision``: "fp32", or "int8" for a quantized program (whose ``details`` hold its quantizer,
+    calibration image count and what the caller's check measured, e.g. ``top1``).
     """
 
     format: str
@@ -64,6 +68,7 @@ class ExportResult:
     point: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     carried: Carried | None = None
+    precision: str = "fp32"
 
     def to_entry(self, weights_sha256: str | None = None) -> dict[str, Any]:
         """The record ``export.json`` keeps for this file (its name relative to the folder), with the
@@ -71,6 +76,7 @@ class ExportResult:
         entry: dict[str, Any] = {
             "point": self.point,
             "format": self.format,
+            "precision": self.precision,
             "file": self.path.name,
             "bytes": self.bytes,
             "max_abs_diff": self.max_abs_diff,
@@ -106,6 +112,8 @@ def export_point(
     seed: int = 0,
     point: str | None = None,
     carried: Carried | None = None,
+    int8: Calibration | None = None,
+    accept: Callable[[Runner], dict[str, Any]] | None = None,
 ) -> ExportResult:
     """Export ``model`` (a plain eval-mode model, e.g. ``rt.standalone(point)``) to ``path`` as ``fmt``.
 
@@ -117,9 +125,16 @@ def export_point(
     :class:`ExportError` and nothing is written. ``opset``: the ONNX opset (default: the exporter's, at least 18).
     ``point`` names the front point in the result; ``carried``: the transform, labels and provenance
     to store in the file (:mod:`export.metadata`). The model is put in eval mode.
+
+    ``int8``: quantize the program (ONNX, ExecuTorch: :mod:`export.quantize`) with these calibration
+    images; its difference to PyTorch is recorded, not bounded. ``accept``: called with the loaded
+    file before it is moved into place; what it returns joins ``details``, and an exception it
+    raises (:class:`ExportError`) leaves nothing written.
     """
     spec = get_format(fmt)
     require(fmt)
+    if int8 is not None:
+        check_int8_formats([fmt])
     try:
         batches = BatchRange.unbounded() if spec.dynamic_batch else as_batch_range(batch)
     except ValueError as exc:
@@ -139,7 +154,7 @@ def export_point(
         staged = staging / target.name  # exporters see the real name and extension
         try:
             metadata = carried.file_metadata() if carried is not None else {}
-            details = WRITERS[fmt](model, example, staged, opset, batches, metadata)
+            details = _write(model, example, staged, fmt, opset, batches, metadata, int8)
         except ExportError:
             raise
         except OSError as exc:
@@ -162,9 +177,11 @@ def export_point(
                 "single self-contained file is required; the model is too large for one file"
             )
         runner = load_runner(fmt, staged)
-        diff = _max_abs_diff(runner, checks, expected, target, fmt, atol)
+        diff = _max_abs_diff(runner, checks, expected, target, fmt, atol if int8 is None else math.inf)
         # The outputs' scale, so that an absolute difference can be read (1e-6 of what?).
         details["max_abs_output"] = float(max(np.abs(e).max() if e.size else 0.0 for e in expected))
+        if accept is not None:
+            details.update(accept(runner))
         nbytes = staged.stat().st_size
         with atomic_path(target) as tmp:
             os.replace(staged, tmp)
@@ -182,7 +199,32 @@ def export_point(
         point=point,
         details=details,
         carried=carried,
+        precision="fp32" if int8 is None else "int8",
     )
+
+
+def _write(
+    model: nn.Module,
+    example: torch.Tensor,
+    staged: Path,
+    fmt: str,
+    opset: int | None,
+    batches: BatchRange,
+    metadata: dict[str, str],
+    int8: Calibration | None,
+) -> dict[str, Any]:
+    """Write ``model`` to ``staged`` as ``fmt``; with ``int8``, its quantized program (an ONNX one from
+    the fp32 file, staged beside it and removed)."""
+    if int8 is None:
+        return WRITERS[fmt](model, example, staged, opset, batches, metadata)
+    if fmt == "executorch":
+        details = WRITERS[fmt](quantize_pt2e(model, int8), example, staged, opset, batches, metadata)
+    else:
+        fp32 = staged.with_name(f"fp32-{staged.name}")
+        details = WRITERS[fmt](model, example, fp32, opset, batches, metadata)
+        quantize_onnx(fp32, staged, int8)
+        fp32.unlink()
+    return {**details, "quantizer": QUANTIZERS[fmt], "calib_images": int8.images}
 
 
 def _check_batches(batches: BatchRange) -> tuple[int, ...]:
@@ -239,6 +281,8 @@ def export_points(
     atol: float = DEFAULT_ATOL,
     opset: int | None = None,
     on_done: Callable[[ExportResult], None] | None = None,
+    int8: Calibration | None = None,
+    accept: Callable[[Runner], dict[str, Any]] | None = None,
 ) -> list[ExportResult]:
     """Export every point of ``points`` in every format of ``formats`` to ``out_dir/<point><ext>``.
 
@@ -248,7 +292,8 @@ def export_points(
     provenance (:class:`export.metadata.Carried`); after each file, ``out_dir/export.json`` is
     updated (merged with earlier runs' records, atomically), so an interrupted run keeps the
     records of the files it finished. ``batch``: as for :func:`export_point` (ExecuTorch files
-    only). ``on_done`` is called per file.
+    only). ``on_done`` is called per file. ``int8`` / ``accept``: as for :func:`export_point`; int8
+    files are named ``<point>.int8<ext>`` (:func:`export.quantize.export_int8_points` measures their top-1).
     """
     for fmt in formats:
         get_format(fmt)
@@ -265,12 +310,14 @@ def export_points(
                 model,
                 rt.input_size,
                 fmt,
-                directory / f"{p.id}{get_format(fmt).ext}",
+                directory / (f"{p.id}{get_format(fmt).ext}" if int8 is None else int8_name(p.id, fmt)),
                 batch=batch,
                 atol=atol,
                 opset=opset,
                 point=p.id,
                 carried=carried,
+                int8=int8,
+                accept=accept,
             )
             merge_index(directory, [res.to_entry(sha)])
             results.append(res)

@@ -10,8 +10,11 @@ TorchScript and ``.pt2`` and as unknown for ExecuTorch), ``seconds``, ``created`
 :meth:`pareco_runtime.preprocess.Preprocess.describe`), ``labels`` (the folder's ``labels.txt``,
 None when the front names no classes), ``max_abs_output`` (the scale the difference is read
 against) and format details (``opset``, ``undelegated_ops``). Records of older versions lack
-``preprocess`` and ``labels`` (their files carry neither) and are read as they are. A run merges
-its records into the existing list: a record for the same point and format replaces the old one.
+``preprocess`` and ``labels`` (their files carry neither) and are read as they are. ``precision``:
+"fp32", or "int8" for a quantized file (``pareco export --int8``, named ``<point>.int8<ext>``, with
+its ``top1`` and ``fp32_top1`` measured on the images of ``split``); records of older versions lack
+it and are fp32. A run merges its records into the existing list: a record for the same point,
+format and precision replaces the old one.
 Written atomically, under the file's lock (:mod:`pareco_runtime.filelock`), so exports into one folder at
 the same time keep every record.
 """
@@ -56,16 +59,22 @@ def read_index(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return data
 
 
+def _key(entry: dict[str, Any]) -> tuple[str, str, str]:
+    """What identifies a record: point, format and precision (fp32 where a record of an older version lacks it)."""
+    return str(entry["point"]), str(entry["format"]), str(entry.get("precision", "fp32"))
+
+
 def merge_index(directory: str | os.PathLike[str], entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merge ``entries`` into ``directory/export.json`` (same point and format: replaced); returns the list.
+    """Merge ``entries`` into ``directory/export.json`` (same point, format and precision: replaced);
+    returns the list.
 
     The file is locked from the read to the atomic rename, so concurrent merges all survive.
     """
     path = Path(directory) / INDEX_NAME
-    new = {(e["point"], e["format"]): e for e in entries}
+    new = {_key(e): e for e in entries}
     with locked(path):
-        kept = [e for e in read_index(directory) if (e["point"], e["format"]) not in new]
-        merged = sorted(kept + list(new.values()), key=lambda e: (str(e["point"]), str(e["format"])))
+        kept = [e for e in read_index(directory) if _key(e) not in new]
+        merged = sorted(kept + list(new.values()), key=_key)
         atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
     return merged
 
@@ -81,13 +90,14 @@ def recorded_exports(
     fmt: str,
     weights_sha256: str,
     channels: Sequence[int] | None = None,
+    precision: str = "fp32",
 ) -> list[tuple[Path, BatchRange | None]]:
-    """The files of earlier exports of ``point`` as ``fmt`` from the same weight file that are on disk
-    in ``directory``, each with the batch sizes it accepts (None: not recorded); with ``channels``,
-    only those recorded with exactly these channel counts."""
+    """The files of earlier exports of ``point`` as ``fmt`` in ``precision`` from the same weight file
+    that are on disk in ``directory``, each with the batch sizes it accepts (None: not recorded);
+    with ``channels``, only those recorded with exactly these channel counts."""
     found = []
     for e in read_index(directory):
-        if e["point"] != point or e["format"] != fmt or e.get("weights_sha256") != weights_sha256:
+        if _key(e) != (point, fmt, precision) or e.get("weights_sha256") != weights_sha256:
             continue
         if channels is not None and e.get("channels") != list(channels):
             continue
@@ -98,14 +108,19 @@ def recorded_exports(
 
 
 def find_export(
-    directory: str | os.PathLike[str], point: str, fmt: str, weights_sha256: str, batch: int
+    directory: str | os.PathLike[str],
+    point: str,
+    fmt: str,
+    weights_sha256: str,
+    batch: int,
+    precision: str = "fp32",
 ) -> Path | None:
-    """The file of an earlier export of ``point`` as ``fmt`` usable at ``batch``, or None.
+    """The file of an earlier export of ``point`` as ``fmt`` in ``precision`` usable at ``batch``, or None.
 
     Usable: recorded in ``export.json`` for the same weight file, present on disk, and recorded as
     accepting ``batch`` (any batch, a range holding it, or exactly it).
     """
-    for path, batches in recorded_exports(directory, point, fmt, weights_sha256):
+    for path, batches in recorded_exports(directory, point, fmt, weights_sha256, precision=precision):
         if batches is not None and batches.accepts(batch):
             return path
     return None

@@ -83,8 +83,21 @@ def bench(
     ] = None,
     exports: Annotated[
         Path | None,
-        typer.Option("--exports", metavar="DIR", help="Reuse (and add) exported files of this folder."),
+        typer.Option(
+            "--exports",
+            metavar="DIR",
+            help="Reuse (and add) exported files of this folder (with --int8, default: export/ beside the "
+            "manifest).",
+        ),
     ] = None,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Also time the int8 programs `pareco export --int8` wrote (onnxruntime, executorch); "
+            "with --update their latencies go to the points' int8 variants.",
+        ),
+    ] = False,
     build_lut: Annotated[
         bool,
         typer.Option(
@@ -238,6 +251,8 @@ def bench(
         )
         return
     assert rt is not None  # --arch without --build-lut is refused above
+    if int8 and exports is None and rt.front.path is not None:
+        exports = rt.front.path.parent / "export"
     _measure(
         rt,
         backends,
@@ -251,6 +266,7 @@ def bench(
         exports,
         not default_malloc,
         as_json,
+        int8,
     )
 
 
@@ -343,6 +359,7 @@ def _measure(
     exports: Path | None,
     steady_memory: bool,
     as_json: bool,
+    int8: bool = False,
 ) -> None:
     from bench.run import record_report, run_bench
 
@@ -358,25 +375,26 @@ def _measure(
         exports=exports,
         steady_memory=steady_memory,
         on_stage=_stage_printer(as_json),
+        int8=int8,
     )
     written = record_report(rt.front, report) if update else []
     if as_json:
         print_json({**report.to_dict(), "updated_profiles": written})
         return
     with_energy = any(m.energy_mj is not None for m in report.measurements)
-    columns = ["point", "MFLOPs", "backend", "median ms", "p90 ms", "IQR ms", "x torch"] + (
-        ["mJ"] if with_energy else []
+    with_int8 = any(m.precision != "fp32" for m in report.measurements)
+    columns = (
+        ["point", "MFLOPs", "backend"]
+        + (["precision"] if with_int8 else [])
+        + ["median ms", "p90 ms", "IQR ms", "x torch"]
+        + (["x fp32"] if with_int8 else [])
+        + (["mJ"] if with_energy else [])
     )
     rows = [
-        [
-            m.point,
-            f"{m.mflops:.2f}",
-            m.backend,
-            f"{m.median_ms:.3f}",
-            f"{m.p90_ms:.3f}",
-            f"{m.iqr_ms:.3f}",
-            _fmt(m.ratio_to_torch, ".2f"),
-        ]
+        [m.point, f"{m.mflops:.2f}", m.backend]
+        + ([m.precision] if with_int8 else [])
+        + [f"{m.median_ms:.3f}", f"{m.p90_ms:.3f}", f"{m.iqr_ms:.3f}", _fmt(m.ratio_to_torch, ".2f")]
+        + ([_fmt(m.ratio_to_fp32, ".2f")] if with_int8 else [])
         + ([_fmt(m.energy_mj, ".3f")] if with_energy else [])
         for m in report.measurements
     ]

@@ -74,12 +74,46 @@ def export(
         float,
         typer.Option("--atol", metavar="X", help="Largest absolute difference to PyTorch a file may show."),
     ] = 1e-4,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Quantized int8 programs (<point>.int8.onnx / .pte), calibrated on the images of "
+            "--calib; each is checked by its top-1, measured in its runtime, and recorded in the manifest.",
+        ),
+    ] = False,
+    calib: Annotated[
+        str | None,
+        typer.Option(
+            "--calib",
+            metavar="DATA",
+            help="With --int8: the front's data (as `pareco train --data`); training images calibrate, "
+            "the test/ or val/ folder (a hold-out for digits and synthetic) measures top-1.",
+        ),
+    ] = None,
+    calib_batches: Annotated[
+        int,
+        typer.Option("--calib-batches", metavar="N", help="With --int8: calibration batches of 32 images."),
+    ] = 16,
+    max_drop: Annotated[
+        float,
+        typer.Option(
+            "--max-drop",
+            metavar="PTS",
+            help="With --int8: most top-1 points a program may lose against fp32; a program losing more "
+            "is reported and not written.",
+        ),
+    ] = 2.0,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --int8: write programs over the drop limit too.")
+    ] = False,
     model: Annotated[
         str | None, typer.Option("--model", metavar="pkg.module:factory", help=MODEL_HELP)
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Export front points; each file is loaded back in its runtime and checked against PyTorch."""
+    """Export front points; each file is loaded back in its runtime and checked against PyTorch
+    (an int8 program by its top-1 against the fp32 point's)."""
     formats = [
         name
         for name, on in (
@@ -100,6 +134,7 @@ def export(
     if fallback is not None and not budget:
         raise ValueError("--fallback applies to --budget only")
     check_fallback(fallback)
+    _check_int8_options(int8, formats, calib, calib_batches, max_drop, force)
     manifest = resolve_manifest(manifest)
     if out is None:
         out = manifest.parent / "export"
@@ -131,6 +166,9 @@ def export(
         points = [rt.point(pid) for pid in dict.fromkeys(point)]
     else:
         points = list(rt.points)
+    if int8:
+        _export_int8(rt, points, formats, out, batches, calib or "", calib_batches, max_drop, force, as_json)
+        return
     total = len(points) * len(formats)
     if all_points:
         from rich.console import Console
@@ -181,6 +219,109 @@ def export(
             for r in results
         ],
     )
+
+
+def _check_int8_options(
+    int8: bool, formats: list[str], calib: str | None, calib_batches: int, max_drop: float, force: bool
+) -> None:
+    """Refuse int8 options that cannot go together, before anything is loaded."""
+    if not int8:
+        given = [flag for flag, on in (("--calib", calib is not None), ("--force", force)) if on]
+        if given:
+            raise ValueError(f"{' and '.join(given)} apply to --int8 exports only; add --int8")
+        return
+    other = [f for f in formats if f not in ("onnx", "executorch")]
+    if other:
+        raise ValueError(
+            f"--int8 makes ONNX and ExecuTorch programs, not {', '.join(other)}; export those in another run"
+        )
+    if calib is None:
+        raise ValueError(
+            "--int8 needs --calib DATA: the front's data, whose images calibrate and measure top-1"
+        )
+    if calib_batches < 1:
+        raise ValueError(f"--calib-batches {calib_batches}: give at least 1 batch")
+    if not math.isfinite(max_drop) or max_drop < 0:
+        raise ValueError(f"--max-drop {max_drop:g}: give a non-negative number of top-1 points")
+
+
+def _export_int8(
+    rt: SlimmableRuntime,
+    points: list,
+    formats: list[str],
+    out: Path,
+    batches: object,
+    calib: str,
+    calib_batches: int,
+    max_drop: float,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Export int8 programs of ``points``, print what each scored, and exit 1 when any was refused."""
+    from export.int8 import export_int8_points
+    from export.quantize import CALIB_BATCH, Calibration
+    from training.front_data import evaluation_set
+
+    images = evaluation_set(calib, rt.front)
+    seed = rt.front.training.seed
+    calibration = Calibration(
+        [x for x, _ in images.data.calib_batches(CALIB_BATCH, calib_batches, seed)],
+        f"{calib_batches} x {CALIB_BATCH} training images of {calib}",
+    )
+    run = export_int8_points(
+        rt,
+        points,
+        formats,
+        out,
+        calibration,
+        images.batches,
+        images.split,
+        batch=batches,
+        max_drop=max_drop,
+        force=force,
+        on_done=None if as_json else lambda line: typer.echo(line, err=True),
+    )
+    if as_json:
+        print_json(
+            {
+                "out": str(out),
+                "calibration": {"images": calibration.images, "text": calibration.text},
+                "evaluation": images.split,
+                "exports": [r.to_entry(rt.front.weights_sha256) for r in run.results],
+                "refused": run.refused,
+            }
+        )
+    else:
+        print_table(
+            f"{len(run.results)} int8 program(s) in {out}, recorded in {rt.front.path} "
+            f"(calibrated on {calibration.images} images; top-1 on {images.text})",
+            ["point", "format", "file", "KiB", "top-1 %", "fp32 top-1 %", "drop"],
+            [
+                (
+                    r.point,
+                    r.format,
+                    r.path.name,
+                    f"{r.bytes / 1024:.1f}",
+                    f"{r.details['top1']:.2f}",
+                    f"{r.details['fp32_top1']:.2f}",
+                    f"{r.details['fp32_top1'] - r.details['top1']:+.2f}",
+                )
+                for r in run.results
+            ],
+        )
+        if run.results:
+            typer.echo(
+                "time them with: pareco bench MANIFEST --backend ... --int8 --exports "
+                + str(out)
+                + " --update"
+            )
+    if run.refused:
+        typer.echo(
+            f"error: {len(run.refused)} int8 program(s) lost more than {max_drop:g} top-1 points and were not "
+            "written (listed above); --force writes them",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 def _which_points(rt: SlimmableRuntime) -> str:

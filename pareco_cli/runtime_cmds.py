@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
@@ -12,7 +12,9 @@ from .loading import ManifestArg, ManifestsArg, resolve_manifest
 from .output import print_json, print_table
 
 if TYPE_CHECKING:
-    from pareco_runtime.front import FrontPoint
+    pass
+
+Chosen = TypeVar("Chosen")
 
 
 def check_fallback(fallback: str | None) -> None:
@@ -23,8 +25,8 @@ def check_fallback(fallback: str | None) -> None:
         )
 
 
-def choose_point(choose: Callable[[str | None], FrontPoint], fallback: str | None) -> tuple[FrontPoint, bool]:
-    """The point ``choose(fallback)`` picks under the command's ``--budget``, and whether it meets the
+def choose_point(choose: Callable[[str | None], Chosen], fallback: str | None) -> tuple[Chosen, bool]:
+    """The point (or :class:`~pareco_runtime.budget.Choice`) ``choose(fallback)`` picks under the command's ``--budget``, and whether it meets the
     budget (False: ``--fallback cheapest`` took the cheapest point). Unmet without ``--fallback``: a
     one-line ValueError naming the flags."""
     from pareco_runtime.budget import BudgetUnmetError
@@ -103,22 +105,43 @@ def select(
     allow_predicted: bool = typer.Option(
         False, "--allow-predicted", help="Use predicted latency where unmeasured."
     ),
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        metavar="fp32|int8",
+        help="Choose among the fp32 points only, or their int8 variants only (default: both).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Print the most accurate front point that meets every budget."""
-    from pareco_runtime.budget import as_budget, budget_parts
-    from pareco_runtime.budget import select as choose
+    """Print the most accurate front point (fp32, or an int8 variant of one) that meets every budget."""
+    from pareco_runtime.budget import as_budget, budget_parts, choose
+    from pareco_runtime.front import PRECISIONS
     from pareco_runtime.front_file import Front
 
     check_fallback(fallback)
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision}: choose {' or '.join(PRECISIONS)}")
     manifest = resolve_manifest(manifest)
     front = Front.load(manifest)
     profiles = front.profile_names
     b = as_budget(list(budget))
-    p, met = choose_point(
-        lambda fb: choose(front.points, b, profiles=profiles, fallback=fb, allow_predicted=allow_predicted),
+    if precision == "int8" and not any(p.variants for p in front.points):
+        raise ValueError(
+            f"--precision int8: {manifest} has no int8 variants; make them with `pareco export "
+            "--all --executorch --int8 --calib DATA`"
+        )
+    chosen, met = choose_point(
+        lambda fb: choose(
+            front.points,
+            b,
+            profiles=profiles,
+            fallback=fb,
+            allow_predicted=allow_predicted,
+            precision=precision,
+        ),
         fallback,
     )
+    p, variant = chosen.point, chosen.variant
     if as_json:
         print_json(
             {
@@ -126,16 +149,22 @@ def select(
                 "met": met,
                 "fallback": None if met else fallback,
                 "point": p.to_dict(),
+                "precision": chosen.precision,
+                "variant": None if variant is None else variant.to_dict(),
             }
         )
         return
     print_table(
         f"{manifest.name} under {b.describe()}",
         _columns(front, profiles),
-        [_point_row(p, profiles, _chosen_on_holdout(front))],
+        [_point_row(chosen.as_point(), profiles, _chosen_on_holdout(front))],
     )
     typer.echo("widths: " + ", ".join(f"{a:.3f}" for a in p.alpha))
     typer.echo("channels: " + ", ".join(str(c) for c in p.channels))
+    if variant is None:
+        typer.echo("precision: fp32" + (" (int8 variants were considered)" if _has_variants(front) else ""))
+    else:
+        typer.echo(f"precision: {chosen.describe()}: {_variant_text(variant)}")
     if not met:
         typer.echo("budget not met: no point satisfies it; this is the cheapest point (--fallback cheapest)")
 
@@ -188,3 +217,35 @@ def _print_front(front) -> None:
     calibrated = [p.id for p in front.points if p.origin == "calibrated"]
     if calibrated:
         typer.echo(f"off-front (added by pareco calibrate, not chosen by training): {', '.join(calibrated)}")
+    if _has_variants(front):
+        print_table(
+            "int8 variants (pareco export --int8; select among them with --precision or any budget)",
+            ["id", "backend", "top-1 %", "fp32 top-1 %", "drop", "KiB"] + [f"{n} ms" for n in profiles],
+            [
+                [
+                    p.id,
+                    v.backend,
+                    f"{v.top1:.2f}",
+                    f"{v.fp32_top1:.2f}",
+                    f"{v.drop:+.2f}",
+                    f"{v.bytes / 1024:.0f}",
+                ]
+                + [None if n not in v.latency_ms else f"{v.latency_ms[n]:.3f}" for n in profiles]
+                for p in front.points
+                for v in p.variants
+            ],
+        )
+
+
+def _has_variants(front) -> bool:
+    return any(p.variants for p in front.points)
+
+
+def _variant_text(v) -> str:
+    """A variant's figures in one line: its top-1 against fp32's on the same images, size, latencies."""
+    split = v.split
+    times = ", ".join(f"{ms:.3f} ms@{name}" for name, ms in sorted(v.latency_ms.items()))
+    return (
+        f"top-1 {v.top1:.2f} % (fp32 {v.fp32_top1:.2f} % on the same {split['images']} {split['name']} "
+        f"images: a drop of {v.drop:+.2f} points), {v.bytes / 1024:.0f} KiB" + (f", {times}" if times else "")
+    )

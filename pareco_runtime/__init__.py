@@ -3,9 +3,9 @@
 Depends on torch and safetensors only; training, export and benchmarking live in other packages.
 """
 
-from .budget import BatteryPolicy, parse_budget
+from .budget import BatteryPolicy, Choice, parse_budget
 from .convert import ConversionError, make_slimmable
-from .front import DeviceProfile, FrontPoint
+from .front import DeviceProfile, FrontPoint, Variant
 from .front_file import Front
 from .models import ARCHITECTURES, SlimmableNet, build_model
 from .runtime import SlimmableRuntime
@@ -17,12 +17,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ARCHITECTURES",
     "BatteryPolicy",
+    "Choice",
     "ConversionError",
     "DeviceProfile",
     "Front",
     "FrontPoint",
     "SlimmableNet",
     "SlimmableRuntime",
+    "Variant",
     "WidthSpace",
     "__version__",
     "build_model",

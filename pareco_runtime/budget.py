@@ -46,6 +46,14 @@ top-1 it was chosen on (``selection_top1``, held out of training), else the high
 where no point of the front has a top-1, the lowest loss; where neither, the most MFLOPs.
 Ties go to fewer MFLOPs, then to the smaller id. When no point satisfies, :class:`BudgetUnmetError`
 names the cheapest point, unless ``fallback="cheapest"``.
+
+Precisions
+----------
+:func:`choose` selects among a front's deployable programs: each point in fp32 and its quantized
+variants (``pareco export --int8``). A variant has the point's MACs and parameters and its own
+measured latencies; it ranks as its point less the top-1 drop measured between the two programs on
+the same images (so fp32 and int8 are compared on one split, the one the point's figure is from).
+``precision="fp32"`` or ``"int8"`` restricts the choice; ties go to the fp32 point.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .front import FrontPoint
+from .front import PRECISIONS, FrontPoint, Variant
 
 __all__ = [
     "AllOf",
@@ -66,12 +74,14 @@ __all__ = [
     "Budget",
     "BudgetError",
     "BudgetUnmetError",
+    "Choice",
     "EnergyBudget",
     "LatencyBudget",
     "MacsBudget",
     "ParamsBudget",
     "ProfileError",
     "as_budget",
+    "choose",
     "parse_budget",
     "read_host_battery",
     "select",
@@ -685,3 +695,84 @@ def _unmet(
             else f"it conflicts with {others}: no point meeting those has this measurement; {cheapest_overall}"
         )
     raise BudgetUnmetError(f"no front point satisfies {bound.label}; {why}")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A program chosen under a budget: the front ``point`` and its ``variant`` (None: the fp32 point)."""
+
+    point: FrontPoint
+    variant: Variant | None = None
+
+    @property
+    def precision(self) -> str:
+        """ "fp32", or the variant's precision."""
+        return "fp32" if self.variant is None else self.variant.precision
+
+    def describe(self) -> str:
+        """The point id and, for a variant, its precision and backend: ``p03``, ``p05 (int8, executorch)``."""
+        if self.variant is None:
+            return self.point.id
+        return f"{self.point.id} ({self.variant.precision}, {self.variant.backend})"
+
+    def as_point(self) -> FrontPoint:
+        """The program's figures as a point, as :func:`choose` ranks it: the point itself for fp32; for a
+        variant (id ``<id>/<precision>-<backend>``), the point's MACs and parameters, the variant's
+        latencies, the point's top-1 figures less the measured drop (see the module docstring)."""
+        v = self.variant
+        if v is None:
+            return self.point
+
+        def less(x: float | None) -> float | None:
+            return None if x is None else x - v.drop
+
+        p = self.point
+        return dataclasses.replace(
+            p,
+            id=f"{p.id}/{v.precision}-{v.backend}",
+            top1=less(p.top1),
+            selection_top1=less(p.selection_top1),
+            loss=None,
+            latency_ms=dict(v.latency_ms),
+            energy_mj={},
+            latency_predicted_ms={},
+            eval_top1={},
+            eval_loss={},
+            variants=[],
+        )
+
+
+def choose(
+    points: Sequence[FrontPoint],
+    budget: str | Budget | Sequence[str | Budget],
+    profiles: Sequence[str] = (),
+    policy: BatteryPolicy | None = None,
+    fallback: str | None = None,
+    allow_predicted: bool = False,
+    precision: str | None = None,
+) -> Choice:
+    """The best program under ``budget`` among the fp32 points and their variants (see "Precisions").
+
+    ``precision``: None (any), "fp32" (as :func:`select`) or "int8" (variants only; ValueError when no
+    point has one). The other arguments are :func:`select`'s, whose rules and errors apply, with a
+    variant named ``<id>/<precision>-<backend>`` in messages.
+    """
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    options: dict[int, Choice] = {}
+    pool: list[FrontPoint] = []
+    for p in points:
+        if precision in (None, "fp32"):
+            pool.append(p)
+            options[id(p)] = Choice(p)
+        for v in p.variants:
+            if precision in (None, v.precision):
+                choice = Choice(p, v)
+                view = choice.as_point()
+                pool.append(view)
+                options[id(view)] = choice
+    if not pool:
+        raise ValueError(
+            f"no point has a {precision} variant; export them with `pareco export --int8 --calib DATA`"
+        )
+    return options[id(select(pool, budget, profiles, policy, fallback, allow_predicted))]

@@ -42,7 +42,7 @@ from .space import _TOL as _ALPHA_TOL
 from .untrusted import FormatError, parse_json, read_json, regular_file
 from .untrusted import format_error as _error
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """The newest manifest format this pareco reads and writes; a manifest is written in the oldest format
 that holds its fields (:func:`manifest_format`)."""
 WEIGHTS_FORMAT_VERSION = 1
@@ -508,25 +508,32 @@ def check_manifest_consistency(manifest: dict[str, Any], source: str | os.PathLi
     for point in manifest["points"]:
         _check_point(point, names, full, low, high, (profiles, evaluations), ids, source)
     _check_stats_files(manifest, ids, source)
-    needed = _format_2_field(manifest)
-    if needed is not None and manifest["format_version"] < 2:
-        raise _error(
-            source, f"format_version {manifest['format_version']} cannot hold {needed} (format 2)", _REEXPORT
-        )
+    for version in (3, 2):
+        needed = _format_field(manifest, version)
+        if needed is not None and manifest["format_version"] < version:
+            raise _error(
+                source,
+                f"format_version {manifest['format_version']} cannot hold {needed} (format {version})",
+                _REEXPORT,
+            )
 
 
-# What format 2 added, by the object that holds it: a manifest with none of these is format 1, which
-# pareco versions before format 2 read (an app on a phone keeps the runtime it shipped with).
-_FORMAT_2_FIELDS = (
-    ("weights", ("bn_stats",)),
-    ("dataset", ("eval_splits",)),
-    ("points", ("origin", "eval_top1", "eval_loss")),
-)
+# What each format added, by the object that holds it: a manifest with none of a format's fields is
+# readable by the pareco versions before it (an app on a phone keeps the runtime it shipped with).
+_FORMAT_FIELDS = {
+    2: (
+        ("weights", ("bn_stats",)),
+        ("dataset", ("eval_splits",)),
+        ("points", ("origin", "eval_top1", "eval_loss")),
+    ),
+    3: (("points", ("variants",)),),
+}
 
 
-def _format_2_field(manifest: dict[str, Any]) -> str | None:
-    """The first field of a schema-valid manifest that format 1 lacks (as ``weights.bn_stats``), else None."""
-    for part, keys in _FORMAT_2_FIELDS:
+def _format_field(manifest: dict[str, Any], version: int) -> str | None:
+    """The first field of a schema-valid manifest that format ``version`` added (as ``weights.bn_stats``),
+    else None."""
+    for part, keys in _FORMAT_FIELDS[version]:
         objects = manifest[part] if part == "points" else [manifest[part]]
         for key in keys:
             if any(key in obj for obj in objects):
@@ -535,9 +542,12 @@ def _format_2_field(manifest: dict[str, Any]) -> str | None:
 
 
 def manifest_format(manifest: dict[str, Any]) -> int:
-    """The oldest format that holds a schema-valid manifest's fields: 2 where it has BN statistics files,
-    off-front points or evaluations, else 1."""
-    return 1 if _format_2_field(manifest) is None else 2
+    """The oldest format that holds a schema-valid manifest's fields: 3 where points have quantized
+    variants, 2 where it has BN statistics files, off-front points or evaluations, else 1."""
+    for version in (3, 2):
+        if _format_field(manifest, version) is not None:
+            return version
+    return 1
 
 
 def _check_stats_files(manifest: dict[str, Any], ids: set[str], source: str | os.PathLike[str]) -> None:
@@ -638,6 +648,20 @@ def _check_point(
                 raise _error(
                     source,
                     f"point '{pid}': {key} names evaluation '{name}', which dataset.eval_splits does not list",
+                    _REEXPORT,
+                )
+    seen: set[tuple[str, str]] = set()
+    for variant in point.get("variants", []):
+        precision, backend = variant["precision"], variant["backend"]
+        if (precision, backend) in seen:
+            raise _error(source, f"point '{pid}': two {precision} variants for {backend}", _REEXPORT)
+        seen.add((precision, backend))
+        for name in variant.get("latency_ms", {}):
+            if name not in profiles:
+                raise _error(
+                    source,
+                    f"point '{pid}': its {precision} {backend} variant's latency_ms names device profile "
+                    f"'{name}', which device_profiles does not list",
                     _REEXPORT,
                 )
 

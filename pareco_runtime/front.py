@@ -6,6 +6,57 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# The precisions a front point can be deployed in: its float weights, and post-training int8 programs.
+PRECISIONS = ("fp32", "int8")
+
+
+@dataclass
+class Variant:
+    """A quantized program of a front point, with its own measured figures (``pareco export --int8``).
+
+    ``precision``: "int8"; ``backend``: the runtime that runs it ("onnxruntime" or "executorch", as
+    ``pareco bench --backend`` names them); ``top1``: its top-1 in percent and ``fp32_top1`` the float
+    point's, both measured in the same run on the same images (``split``: which, as the manifest's
+    splits are recorded), so ``fp32_top1 - top1`` is the drop quantization costs; ``bytes``: the
+    program file's size; ``latency_ms``: per device-profile name, measured by ``pareco bench``
+    (profiles of its backend).
+    """
+
+    precision: str
+    backend: str
+    top1: float
+    fp32_top1: float
+    split: dict[str, Any]
+    bytes: int
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def drop(self) -> float:
+        """Top-1 points lost to quantization (negative when the int8 program scored higher)."""
+        return self.fp32_top1 - self.top1
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What identifies it among its point's variants: (precision, backend)."""
+        return self.precision, self.backend
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, with the manifest's field names."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Variant:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            precision=str(d["precision"]),
+            backend=str(d["backend"]),
+            top1=float(d["top1"]),
+            fp32_top1=float(d["fp32_top1"]),
+            split=dict(d["split"]),
+            bytes=int(d["bytes"]),
+            latency_ms=dict(d.get("latency_ms") or {}),
+        )
+
 
 @dataclass
 class FrontPoint:
@@ -20,7 +71,8 @@ class FrontPoint:
     ``latency_predicted_ms``: per profile, estimated by a latency look-up table (never mixed with
     measured values); ``origin``: "calibrated" for a point added off the trained front (``pareco
     calibrate``), None for one training chose; ``eval_top1`` / ``eval_loss``: per evaluation name
-    (the manifest's ``dataset.eval_splits``), top-1 in percent and cross-entropy on that test set.
+    (the manifest's ``dataset.eval_splits``), top-1 in percent and cross-entropy on that test set;
+    ``variants``: its quantized programs (:class:`Variant`; the point itself is the fp32 one).
     """
 
     id: str
@@ -37,13 +89,18 @@ class FrontPoint:
     origin: str | None = None
     eval_top1: dict[str, float] = field(default_factory=dict)
     eval_loss: dict[str, float] = field(default_factory=dict)
+    variants: list[Variant] = field(default_factory=list)
+
+    def variant(self, precision: str, backend: str) -> Variant | None:
+        """Its variant of this precision for this backend, or None."""
+        return next((v for v in self.variants if v.key == (precision, backend)), None)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, with the manifest's field names (``selection_top1``, ``origin``, ``eval_top1``
-        and ``eval_loss`` only when set, so files written before they existed keep their form)."""
+        """JSON-ready form, with the manifest's field names (``selection_top1``, ``origin``, ``eval_top1``,
+        ``eval_loss`` and ``variants`` only when set, so files written before they existed keep their form)."""
         d = asdict(self)
-        for key in ("selection_top1", "origin", "eval_top1", "eval_loss"):
-            if d[key] in (None, {}):
+        for key in ("selection_top1", "origin", "eval_top1", "eval_loss", "variants"):
+            if d[key] in (None, {}, []):
                 del d[key]
         return d
 
@@ -65,6 +122,7 @@ class FrontPoint:
             origin=d.get("origin"),
             eval_top1=dict(d.get("eval_top1") or {}),
             eval_loss=dict(d.get("eval_loss") or {}),
+            variants=[Variant.from_dict(v) for v in d.get("variants") or []],
         )
 
 

@@ -349,6 +349,7 @@ class Front:
         latency_ms: Mapping[str, float],
         energy_mj: Mapping[str, float] | None = None,
         predicted_ms: Mapping[str, float] | None = None,
+        variant_ms: Mapping[tuple[str, str, str], float] | None = None,
     ) -> None:
         """Merge ``profile`` and its per-point figures into the front (not saved: call it inside
         :meth:`update`, which saves).
@@ -356,9 +357,18 @@ class Front:
         The profile replaces a same-named one; other profiles and their figures are kept.
         ``latency_ms`` / ``energy_mj`` ({point id: value}) are measured values and must name points
         of this front (ValueError otherwise); ``predicted_ms`` goes to ``latency_predicted_ms`` of
-        points that have no measured latency for this profile. Values are rounded to 6 decimals.
+        points that have no measured latency for this profile; ``variant_ms`` ({(point id, precision,
+        backend): value}) are measured latencies of variants, which must exist. Values are rounded to
+        6 decimals.
         """
         ids = {p.id for p in self.points}
+        variants = {(p.id, *v.key): v for p in self.points for v in p.variants}
+        missing = sorted(set(variant_ms or {}) - set(variants))
+        if missing:
+            raise ValueError(
+                f"{self.path or 'front'}: point {missing[0][0]!r} has no {missing[0][1]} {missing[0][2]} "
+                "variant in this manifest; it changed since the benchmark"
+            )
         unknown = sorted(set(latency_ms) - ids)
         if unknown:
             raise ValueError(
@@ -374,6 +384,8 @@ class Front:
                 p.energy_mj[name] = round(float(energy_mj[p.id]), 6)
             if predicted_ms and p.id in predicted_ms and name not in p.latency_ms:
                 p.latency_predicted_ms[name] = round(float(predicted_ms[p.id]), 6)
+        for key, value in (variant_ms or {}).items():
+            variants[key].latency_ms[name] = round(float(value), 6)
 
     def record_evaluation(
         self, name: str, split: Mapping[str, Any], results: Mapping[str, tuple[float, float]]

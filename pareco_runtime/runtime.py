@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import backends
-from .budget import BatteryPolicy, Budget, as_budget, select
+from .budget import BatteryPolicy, Budget, Choice, as_budget, choose
 from .fileformat import FormatError, first_line
 from .front import DeviceProfile, FrontPoint
 from .front_file import Front
@@ -219,13 +219,29 @@ class SlimmableRuntime:
         Pure: the active point is unchanged. Unmet budgets raise ``BudgetUnmetError`` naming the
         cheapest point, unless ``fallback="cheapest"``.
         """
-        return select(
+        return self.choose(budget, fallback, allow_predicted, precision="fp32").point
+
+    def choose(
+        self,
+        budget: BudgetLike,
+        fallback: str | None = None,
+        allow_predicted: bool = False,
+        precision: str | None = None,
+    ) -> Choice:
+        """The most accurate program meeting ``budget`` among the points in fp32 and their quantized
+        variants (:func:`pareco_runtime.budget.choose`; ``precision`` "fp32" or "int8" restricts it).
+
+        For deciding what to ship: :meth:`switch` serves fp32 points only, and an int8 variant runs
+        from its exported program (``pareco export --int8``) in its own runtime.
+        """
+        return choose(
             self.points,
             as_budget(budget),
             profiles=[p.name for p in self.profiles],
             policy=self.policy,
             fallback=fallback,
             allow_predicted=allow_predicted,
+            precision=precision,
         )
 
     def switch(

@@ -101,12 +101,14 @@ class EvalSet:
     """The test images of ``pareco eval``: ``name`` (what to call the evaluation by default:
     ``<data name>-<split>``), ``split`` (the manifest's record of them: ``name``, ``images``, ``data``
     and for a seeded hold-out ``fraction`` and ``seed``), ``text`` (which images, for people) and
-    ``batches`` (every one of them once, normalised for the front)."""
+    ``batches`` (every one of them once, normalised for the front); ``data``: what they were loaded from,
+    whose ``calib_batches`` are the training images (every image, for a tree without test/ or val/)."""
 
     name: str
     split: dict[str, Any]
     text: str
     batches: Callable[[], Iterator[tuple[Tensor, Tensor]]]
+    data: Data
 
 
 def evaluation_set(spec: str, front: Front, cache_dir: str | None = None) -> EvalSet:
@@ -125,6 +127,7 @@ def evaluation_set(spec: str, front: Front, cache_dir: str | None = None) -> Eva
             f"{info.val_split}: {info.num_val} images of {spec} held out with the front's training seed "
             f"({seed}), as training held them out",
             lambda: data.val_batches(EVAL_BATCH),
+            data,
         )  # fmt: skip
     if info.num_val:  # held out nothing, so these are the test/ or val/ folder's
         return EvalSet(
@@ -132,6 +135,7 @@ def evaluation_set(spec: str, front: Front, cache_dir: str | None = None) -> Eva
             {"name": info.val_split, "images": info.num_val, "data": spec},
             f"{info.val_split}: the {info.num_val} images of the {info.val_split}/ folder of {spec}",
             lambda: data.val_batches(EVAL_BATCH),
+            data,
         )
     # No test/ or val/ folder: every image, in the seeded order that calibration batches are drawn in,
     # which with enough batches covers each image once.
@@ -141,4 +145,5 @@ def evaluation_set(spec: str, front: Front, cache_dir: str | None = None) -> Eva
         {"name": "all", "images": info.num_train, "data": spec},
         f"all: every one of the {info.num_train} images of {spec} (it has no test/ or val/ folder)",
         lambda: data.calib_batches(EVAL_BATCH, covering, seed),
+        data,
     )

@@ -1,0 +1,186 @@
+"""int8 programs of front points with their accuracy measured: the program is loaded back in its own
+runtime, its top-1 measured on the evaluation images beside the fp32 point's on the same images,
+and one that drops more than ``max_drop`` points is reported and not written (unless forced),
+before it is moved into place; what is written is recorded in ``export.json`` and, as a
+:class:`~pareco_runtime.front.Variant`, in the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from pareco_runtime.front import Variant
+from pareco_runtime.front_file import Front
+
+from .exporter import ExportResult, export_points
+from .formats import ExportError, Runner
+from .quantize import INT8_BACKENDS, Calibration, check_int8_formats
+
+if TYPE_CHECKING:
+    from pareco_runtime import FrontPoint, SlimmableRuntime
+
+# Top-1 points an int8 program may lose against its fp32 point before it is refused (``--max-drop``).
+DEFAULT_MAX_DROP = 2.0
+
+
+class DropError(ExportError):
+    """An int8 program lost more top-1 than allowed; nothing was written for it."""
+
+
+def _chunks(x: torch.Tensor, runner: Runner) -> Iterator[tuple[torch.Tensor, int]]:
+    """``x`` cut into batches ``runner``'s file accepts, each with its count of real images (a static
+    batch's last part is padded with zeros)."""
+    accepts = runner.batches
+    if accepts is None or (not accepts.is_static and accepts.high is None):
+        yield x, len(x)
+        return
+    size = accepts.low if accepts.is_static else int(accepts.high or 1)
+    for start in range(0, len(x), size):
+        part = x[start : start + size]
+        n = len(part)
+        if accepts.is_static and n < size:
+            part = torch.cat([part, part.new_zeros(size - n, *part.shape[1:])])
+        yield part, n
+
+
+def top1(
+    forward: Callable[[torch.Tensor], Any], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> float:
+    """Top-1 in percent of ``forward``'s outputs (tensor or NumPy logits) on ``batches`` of (x, labels)."""
+    correct = total = 0
+    for x, y in batches:
+        out = forward(x)
+        logits = out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
+        correct += int((logits.argmax(1) == y).sum())
+        total += len(y)
+    if not total:
+        raise ExportError("no evaluation images to measure top-1 on; give --calib data with test images")
+    return 100.0 * correct / total
+
+
+def runner_logits(runner: Runner) -> Callable[[torch.Tensor], np.ndarray]:
+    """A forward through ``runner`` for batches of any size, cut to what its file accepts."""
+
+    def forward(x: torch.Tensor) -> np.ndarray:
+        return np.concatenate([runner(part)[:n] for part, n in _chunks(x, runner)])
+
+    return forward
+
+
+@dataclass
+class Int8Run:
+    """What :func:`export_int8_points` did: the files written (``results``), the variants recorded in
+    the manifest, and the programs refused for their drop (one message each)."""
+
+    results: list[ExportResult]
+    variants: dict[str, list[Variant]]
+    refused: list[str]
+
+
+def export_int8_points(
+    rt: SlimmableRuntime,
+    points: Sequence[FrontPoint],
+    formats: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    calib: Calibration,
+    evaluation: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    split: dict[str, Any],
+    *,
+    batch: Any = 1,
+    max_drop: float = DEFAULT_MAX_DROP,
+    force: bool = False,
+    on_done: Callable[[str], None] | None = None,
+) -> Int8Run:
+    """Export each point of ``points`` as int8 in each format of ``formats`` to ``out_dir/<point>.int8<ext>``.
+
+    Each point's fp32 top-1 is measured on ``evaluation()`` (its sliced model in PyTorch) and each
+    int8 program's on the same images in its runtime; a program dropping more than ``max_drop``
+    points is refused (not written, listed in ``refused``) unless ``force``. Every file written is
+    recorded in ``out_dir/export.json`` and, as a :class:`~pareco_runtime.front.Variant` with
+    ``split`` (the evaluation images' record), in the manifest, replacing the variant of the same
+    precision and backend (whose latencies were of the old file). ``on_done`` gets one line per program.
+    """
+    check_int8_formats(formats)
+    if max_drop < 0:
+        raise ExportError(f"--max-drop {max_drop:g}: give a non-negative number of top-1 points")
+    say = on_done or (lambda _line: None)
+    run = Int8Run([], {}, [])
+    for p in points:
+        model = rt.standalone(p)
+        with torch.no_grad():
+            reference = top1(model, evaluation())
+        for fmt in formats:
+            accept = _accuracy_check(p.id, fmt, reference, evaluation, split, max_drop, force)
+            try:
+                (res,) = export_points(rt, [p], [fmt], out_dir, batch=batch, int8=calib, accept=accept)
+            except DropError as exc:
+                run.refused.append(str(exc))
+                say(str(exc))
+                continue
+            run.results.append(res)
+            variant = Variant(
+                precision="int8",
+                backend=INT8_BACKENDS[fmt],
+                top1=res.details["top1"],
+                fp32_top1=res.details["fp32_top1"],
+                split=split,
+                bytes=res.bytes,
+            )
+            run.variants.setdefault(p.id, []).append(variant)
+            record_variants(rt, {p.id: [variant]})
+            say(
+                f"{res.path.name}: top-1 {variant.top1:.2f} % (fp32 {variant.fp32_top1:.2f} %), "
+                f"{res.bytes / 1024:.0f} KiB"
+            )
+    return run
+
+
+def _accuracy_check(
+    point: str,
+    fmt: str,
+    reference: float,
+    evaluation: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    split: dict[str, Any],
+    max_drop: float,
+    force: bool,
+) -> Callable[[Runner], dict[str, Any]]:
+    """The check of a loaded int8 program of ``point``: its top-1 on ``evaluation()`` against the fp32
+    ``reference``; :class:`DropError` beyond ``max_drop`` unless ``force``; else the figures to record."""
+
+    def accept(runner: Runner) -> dict[str, Any]:
+        measured = top1(runner_logits(runner), evaluation())
+        drop = reference - measured
+        if drop > max_drop and not force:
+            raise DropError(
+                f"{point}: its int8 {fmt} program scores {measured:.2f} % top-1, {drop:.2f} points "
+                f"below fp32's {reference:.2f} % (allowed {max_drop:g}, --max-drop); not written; "
+                "calibrate on more images (--calib-batches) or pass --force to keep it"
+            )
+        return {"top1": measured, "fp32_top1": reference, "split": split}
+
+    return accept
+
+
+def record_variants(rt: SlimmableRuntime, variants: dict[str, list[Variant]]) -> None:
+    """Write ``variants`` (by point id) into ``rt``'s manifest under its lock, each replacing its
+    point's variant of the same precision and backend, and into ``rt.front``; refused when the
+    manifest's weight file changed since ``rt`` loaded it."""
+    path = rt.front.path
+    if path is None:
+        raise ExportError("the front has no manifest file to record int8 variants in; save it first")
+    with Front.update(path) as front:
+        if front.weights_sha256 != rt.front.weights_sha256:
+            raise ExportError(
+                f"{path}: its weight file changed during the export; export again from the new weights"
+            )
+        for target in (front, rt.front):
+            for pid, new in variants.items():
+                point = next(q for q in target.points if q.id == pid)
+                keys = {v.key for v in new}
+                point.variants = [v for v in point.variants if v.key not in keys] + list(new)
