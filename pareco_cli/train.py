@@ -97,7 +97,7 @@ def typed_settings(ctx: typer.Context) -> set[str]:
 # The sections of ``pareco train --help``, by parameter name (settings and this command's own options).
 HELP_SECTIONS: dict[str, tuple[str, ...]] = {
     "Basic": ("arch", "data", "algorithm", "epochs", "batch_size", "lr", "seed", "out", "resume", "force", "as_json"),
-    "Model": ("init", "low", "group_low", "pin", "width", "width_factor", "torchvision_widths"),
+    "Model": ("init", "low", "group_low", "pin", "width", "width_factor", "divisor", "torchvision_widths"),
     "Optimiser": ("momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing"),
     "Front": ("candidates", "calib_batches", "calib_batch_size", "select_fraction", "epoch_eval"),
     "PareCO / TwoStage (BO)": (

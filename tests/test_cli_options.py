@@ -55,6 +55,7 @@ BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
     ("train", "--distill-warmup"): ("2", (), "--distill-warmup"),
     ("train", "--epoch-eval"): ("-1", (), "--epoch-eval"),
     ("train", "--threads"): ("0", (), "--threads"),
+    ("train", "--divisor"): ("0", (), "--divisor"),
     ("train", "--device"): ("tpu9", (), "--device"),
     ("train", "--log-every"): ("0", (), "--log-every"),
     ("select", "--budget"): ("5 parsecs", (), "parsecs"),

@@ -283,3 +283,24 @@ def test_a_run_from_before_a_setting_existed_resumes_and_a_changed_one_is_named(
         prepare_out_dir(tmp_path, dataclasses.replace(cfg, torchvision_widths=True), resume=True, force=False)
     with pytest.raises(TrainingError, match=r"\(epochs\)"):
         prepare_out_dir(tmp_path, dataclasses.replace(cfg, epochs=3), resume=True, force=False)
+
+
+def test_new_mobilenet_runs_round_channels_to_8_and_older_runs_resume_unrounded(tmp_path) -> None:
+    import dataclasses
+
+    from training.loop import build_for_data
+    from training.run_dir import resume_settings
+
+    cfg = TrainConfig(arch="mobilenet_v2", data="somewhere")
+    model = build_for_data(cfg, 10, (3, 32, 32))
+    assert model.space.divisor == 8
+    assert all(c % 8 == 0 for c in model.channels([0.7] * len(model.space.names)))
+    unrounded = build_for_data(dataclasses.replace(cfg, divisor=1), 10, (3, 32, 32))
+    assert (
+        unrounded.space.divisor is None
+        and build_for_data(TrainConfig(), 10, (3, 32, 32)).space.divisor is None
+    )
+    saved = dataclasses.asdict(cfg)
+    del saved["divisor"]  # a MobileNet run started before the setting existed trained unrounded widths
+    (tmp_path / "run.json").write_text(json.dumps(saved))
+    assert resume_settings(tmp_path, dataclasses.asdict(cfg), ()).divisor == 1

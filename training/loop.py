@@ -95,6 +95,8 @@ def build_for_data(cfg: TrainConfig, num_classes: int, input_size: tuple[int, in
     kwargs: dict[str, Any] = {"num_classes": num_classes, "input_size": input_size[-1]}
     if cfg.arch.startswith("resnet"):
         kwargs["width"] = cfg.width_factor
+    if cfg.arch.startswith("mobilenet") and cfg.divisor > 1:
+        kwargs["divisor"] = cfg.divisor
     model = build_model(cfg.arch, **kwargs)
     if cfg.init:
         load_initial_state(model, cfg.init, cfg.arch, num_classes)

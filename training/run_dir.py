@@ -20,7 +20,7 @@ from pareco_runtime.front_file import MANIFEST_NAME, WEIGHTS_NAME
 from pareco_runtime.untrusted import FormatError, read_json
 
 from .checkpoint import CHECKPOINT_NAME
-from .config import TrainConfig, TrainingError
+from .config import BEFORE_SETTING, TrainConfig, TrainingError
 
 RUN_NAME = "run.json"
 LOG_NAME = "train.log.jsonl"
@@ -40,13 +40,13 @@ def _saved_settings(out: Path) -> dict[str, Any] | None:
 def settings_changed(previous: Mapping[str, Any] | None, cfg: TrainConfig) -> list[str]:
     """Names of the settings in which ``cfg`` would train something else than a run's saved
     ``previous`` ones (all of them when None). A setting that a newer pareco added is absent from an
-    older run.json and reads as its default (the value that keeps the old behaviour), so a run
-    started before an upgrade still resumes. Settings that change how a run goes but not what it
+    older run.json and reads as the value that keeps the old behaviour (:data:`BEFORE_SETTING`, else
+    its default), so a run started before an upgrade still resumes. Settings that change how a run goes but not what it
     trains (:meth:`TrainConfig.changes_result`) are not compared."""
     current = dataclasses.asdict(cfg)
     if previous is None:
         return sorted(current)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = {f.name: BEFORE_SETTING.get(f.name, f.default) for f in dataclasses.fields(TrainConfig)}
     return sorted(
         k for k in current if TrainConfig.changes_result(k) and previous.get(k, defaults[k]) != current[k]
     )
@@ -55,7 +55,8 @@ def settings_changed(previous: Mapping[str, Any] | None, cfg: TrainConfig) -> li
 def resume_settings(out: Path, given: Mapping[str, Any], typed: Collection[str]) -> TrainConfig:
     """The settings ``--resume`` continues the run in ``out`` with: those of its run.json, except the
     ``typed`` ones (the flags given on the command line), which come from ``given``; a setting absent
-    from an older run.json reads as its default. TrainingError when there is no readable run.json."""
+    from an older run.json reads as the value that keeps the old behaviour (:data:`BEFORE_SETTING`,
+    else its default). TrainingError when there is no readable run.json."""
     if not (out / RUN_NAME).exists():
         raise TrainingError(f"{out}: no run to resume (no {RUN_NAME}); run without --resume")
     saved = _saved_settings(out)
@@ -65,7 +66,9 @@ def resume_settings(out: Path, given: Mapping[str, Any], typed: Collection[str])
         )
     values = {}
     for f in dataclasses.fields(TrainConfig):
-        values[f.name] = given[f.name] if f.name in typed else saved.get(f.name, f.default)
+        values[f.name] = (
+            given[f.name] if f.name in typed else saved.get(f.name, BEFORE_SETTING.get(f.name, f.default))
+        )
     return TrainConfig(**values)
 
 
