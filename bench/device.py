@@ -49,9 +49,14 @@ def host_description(backend: str = "torch") -> str:
     return f"{platform.node() or 'unknown-host'} ({', '.join(parts)})"
 
 
-def default_profile_name(backend: str, threads: int, batch: int) -> str:
-    """``<host>-<backend>-t<threads>-b<batch>``, sanitised."""
-    return sanitise_profile_name(f"{platform.node() or 'host'}-{backend}-t{threads}-b{batch}")
+# What a profile timed through the runtime (``pareco bench --through-runtime``) adds to its name and runtime.
+THROUGH_RUNTIME = ("-rt", "; rt(x) of SlimmableRuntime after rt.switch(point)")
+
+
+def default_profile_name(backend: str, threads: int, batch: int, through_runtime: bool = False) -> str:
+    """``<host>-<backend>[-rt]-t<threads>-b<batch>``, sanitised (``-rt``: timed through the runtime)."""
+    rt = THROUGH_RUNTIME[0] if through_runtime else ""
+    return sanitise_profile_name(f"{platform.node() or 'host'}-{backend}{rt}-t{threads}-b{batch}")
 
 
 def _version(dist: str) -> str | None:
@@ -91,18 +96,21 @@ def device_profile(
     name: str | None = None,
     energy_source: str | None = None,
     allocator: str | None = None,
+    through_runtime: bool = False,
 ) -> DeviceProfile:
     """The device profile of measurements made here with ``backend`` at ``threads`` and ``batch``.
 
     ``allocator``: how memory allocation was set up, when not the process default (recorded in
-    ``versions``).
+    ``versions``). ``through_runtime``: timed as an app calls the runtime (:data:`THROUGH_RUNTIME`).
     """
     versions = backend_versions(backend)
     if allocator:
         versions["allocator"] = allocator
     return DeviceProfile(
-        name=sanitise_profile_name(name) if name else default_profile_name(backend, threads, batch),
-        runtime=backend_runtime(backend),
+        name=sanitise_profile_name(name)
+        if name
+        else default_profile_name(backend, threads, batch, through_runtime),
+        runtime=backend_runtime(backend) + (THROUGH_RUNTIME[1] if through_runtime else ""),
         threads=threads,
         batch=batch,
         host=host_description(backend),

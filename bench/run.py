@@ -137,6 +137,74 @@ def _exported_file(
     return res.path
 
 
+def _file_calls(
+    rt: SlimmableRuntime,
+    point: FrontPoint,
+    backends: Sequence[str],
+    batch: int,
+    exports: Path | None,
+    scratch: Path,
+    threads: int,
+    x: torch.Tensor,
+    int8: bool,
+    notes: list[str],
+    say: Callable[[str], None],
+) -> dict[tuple[str, str], Callable[[], object]]:
+    """The timed calls of ``point`` per backend: the sliced model in torch (or on the GPU), its exported
+    file in onnxruntime or ExecuTorch, and with ``int8`` its int8 file of ``exports`` under the key
+    ``<backend>|int8`` (noted when there is none)."""
+    model = rt.standalone(point)
+    calls: dict[tuple[str, str], Callable[[], object]] = {}
+    for b in backends:
+        if b in ("torch", "cuda"):
+            calls[(point.id, b)] = torch_callable(
+                model if b == "torch" else rt.standalone(point), x, b == "cuda"
+            )
+            continue
+        fmt = _EXPORT_FORMAT[b]
+        path = _exported_file(rt, point, b, batch, exports, scratch, say)
+        calls[(point.id, b)] = load_runner(fmt, path, threads).bind(x)
+        if int8 and exports is not None:
+            found = find_export(exports, point.id, fmt, rt.front.weights_sha256, batch, "int8")
+            if found is None:
+                notes.append(f"{point.id}: no int8 {fmt} program for batch {batch} in {exports}")
+            else:
+                calls[(point.id, f"{b}|int8")] = load_runner(fmt, found, threads).bind(x)
+    return calls
+
+
+def _runtime_calls(
+    rt: SlimmableRuntime,
+    points: Sequence[FrontPoint],
+    backends: Sequence[str],
+    threads: int,
+    x: torch.Tensor,
+    say: Callable[[str], None],
+) -> dict[tuple[str, str], tuple[Callable[[], object], Callable[[], object]]]:
+    """(untimed, timed) calls of ``served(x)`` per point and backend as an app makes them, one runtime
+    per backend (``rt`` itself for torch): the untimed call switches to the point first, so the timed
+    one right after it runs that point. Every point's program is loaded here, before timing."""
+    from pareco_runtime import SlimmableRuntime
+
+    assert rt.front.path is not None  # run_bench refuses an unsaved front
+    say(f"loading the runtime on {', '.join(backends)} (its programs are found or exported on first use)")
+    served = {
+        b: rt if b == "torch" else SlimmableRuntime.load(rt.front.path, backend=b, threads=threads)
+        for b in backends
+    }
+    calls = {}
+    for p in points:
+        for b, runtime in served.items():
+            runtime.switch(p)
+
+            def untimed(runtime: SlimmableRuntime = runtime, p: FrontPoint = p) -> object:
+                runtime.switch(p)
+                return runtime(x)
+
+            calls[(p.id, b)] = (untimed, lambda runtime=runtime: runtime(x))
+    return calls
+
+
 def recorded_batch(
     exports: Path | None, points: Sequence[FrontPoint], backends: Sequence[str], weights_sha256: str
 ) -> int:
@@ -177,6 +245,7 @@ def run_bench(
     steady_memory: bool = True,
     on_stage: Callable[[str], None] | None = None,
     int8: bool = False,
+    through_runtime: bool = False,
 ) -> BenchReport:
     """Time every point of ``points`` on every backend of ``backends``, interleaved in this process.
 
@@ -192,6 +261,10 @@ def run_bench(
     where RAPL/NVML is readable. ``int8``: also time the int8 programs ``pareco export --int8`` wrote
     into ``exports`` for these points on the ONNX Runtime and ExecuTorch backends (a point without
     one is noted and timed in fp32 only; they cannot be made here, which needs calibration images).
+    ``through_runtime``: time what an app calls instead, ``rt(x)`` of ``SlimmableRuntime.load(manifest,
+    backend=b, threads=threads)`` right after ``rt.switch(point)`` (torch: the slimmable model in
+    place; onnxruntime / executorch: the programs the runtime finds or exports, with its input check,
+    lock and output copy); profiles are named ``<host>-<backend>-rt-t<threads>-b<batch>``.
     """
     backends = check_backends(backends)
     export_dir = Path(exports) if exports is not None else None
@@ -209,6 +282,11 @@ def run_bench(
         )
     if not points:
         raise BenchError("no points to benchmark")
+    if through_runtime and (int8 or "cuda" in backends or export_dir is not None or rt.front.path is None):
+        raise BenchError(
+            "--through-runtime times the runtime's own torch, onnxruntime and executorch backends, which "
+            "serve fp32 points from the programs beside a saved manifest: drop --int8, --exports and cuda"
+        )
     if int8 and (export_dir is None or not any(b in _EXPORT_FORMAT for b in backends)):
         raise BenchError(
             "--int8 times the int8 programs of an export folder on onnxruntime or executorch: give "
@@ -226,35 +304,24 @@ def run_bench(
         notes.append(allocator)
     meters = {b: EnergyMeter.for_backend(b) for b in backends}
     profiles = {
-        b: device_profile(b, threads, batch, profile, meters[b].source if meters[b] else None, allocator)
+        b: device_profile(
+            b, threads, batch, profile, meters[b].source if meters[b] else None, allocator, through_runtime
+        )
         for b in backends
     }
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *rt.input_size, generator=gen)
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="pareco-bench-") as scratch:
-        candidates: dict[tuple[str, str], Callable[[], object]] = {}
-        for p in points:
-            model = rt.standalone(p)
-            for b in backends:
-                if b in ("torch", "cuda"):
-                    candidates[(p.id, b)] = torch_callable(
-                        model if b == "torch" else rt.standalone(p), x, b == "cuda"
+        if through_runtime:
+            candidates = _runtime_calls(rt, points, backends, threads, x, say)
+        else:
+            candidates = {}
+            for p in points:
+                candidates.update(
+                    _file_calls(
+                        rt, p, backends, batch, export_dir, Path(scratch), threads, x, int8, notes, say
                     )
-                    continue
-                path = _exported_file(rt, p, b, batch, export_dir, Path(scratch), say)
-                candidates[(p.id, b)] = load_runner(_EXPORT_FORMAT[b], path, threads).bind(x)
-                if int8 and export_dir is not None:
-                    found = find_export(
-                        export_dir, p.id, _EXPORT_FORMAT[b], rt.front.weights_sha256, batch, "int8"
-                    )
-                    if found is None:
-                        notes.append(
-                            f"{p.id}: no int8 {_EXPORT_FORMAT[b]} program for batch {batch} in {export_dir}"
-                        )
-                    else:
-                        candidates[(p.id, f"{b}|int8")] = load_runner(_EXPORT_FORMAT[b], found, threads).bind(
-                            x
-                        )
+                )
         if et_threads is not None:
             notes.append(
                 f"ExecuTorch thread pool set to {threads} via its experimental _unsafe_reset_threadpool "
@@ -272,7 +339,8 @@ def run_bench(
         for (pid, b), fn in candidates.items():
             meter = meters[b.split("|")[0]]  # an int8 candidate "executorch|int8" is its backend's
             if meter is not None:
-                energy[(pid, b)] = meter.per_call_mj(fn, timings[f"{pid}|{b}"].median)
+                call = fn[0] if isinstance(fn, tuple) else fn  # a runtime's call switches to its point
+                energy[(pid, b)] = meter.per_call_mj(call, timings[f"{pid}|{b}"].median)
     measurements = []
     for p in points:
         base = timings[f"{p.id}|torch"].median if "torch" in backends else None

@@ -72,6 +72,14 @@ def bench(
             "unmeasured points, where a look-up table exists).",
         ),
     ] = False,
+    through_runtime: Annotated[
+        bool,
+        typer.Option(
+            "--through-runtime",
+            help="Time what an app calls: rt(x) of SlimmableRuntime.load(..., backend=B) after "
+            "rt.switch(point), instead of the sliced model or exported file alone (profile <host>-<backend>-rt-...).",
+        ),
+    ] = False,
     profile: Annotated[
         str | None,
         typer.Option(
@@ -267,6 +275,7 @@ def bench(
         not default_malloc,
         as_json,
         int8,
+        through_runtime,
     )
 
 
@@ -360,6 +369,7 @@ def _measure(
     steady_memory: bool,
     as_json: bool,
     int8: bool = False,
+    through_runtime: bool = False,
 ) -> None:
     from bench.run import record_report, run_bench
 
@@ -376,6 +386,7 @@ def _measure(
         steady_memory=steady_memory,
         on_stage=_stage_printer(as_json),
         int8=int8,
+        through_runtime=through_runtime,
     )
     written = record_report(rt.front, report) if update else []
     if as_json:
@@ -399,7 +410,8 @@ def _measure(
         for m in report.measurements
     ]
     print_table(
-        f"latency at batch {report.batch}, {threads} thread(s), {runs} runs after {warmup} warm-up, interleaved",
+        f"latency at batch {report.batch}, {threads} thread(s), {runs} runs after {warmup} warm-up, interleaved"
+        + (", rt(x) through SlimmableRuntime" if through_runtime else ""),
         columns,
         rows,
     )

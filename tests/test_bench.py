@@ -318,3 +318,25 @@ def test_a_latency_table_for_a_compiled_runtime_times_every_block(backend: str) 
     assert len(lut.report["rows"]) == 3 and all(r["measured_ms"] > 0 for r in lut.report["rows"])
     predicted = [lut.predict_alpha(a) for a in model.space.sample(torch.Generator().manual_seed(0), 5)]
     assert all(math.isfinite(p) and p > 0 for p in predicted)
+
+
+def test_through_runtime_times_what_an_app_calls_and_records_its_own_profiles(front_copy, cli):
+    pytest.importorskip("onnxruntime")
+    ids = _ids(front_copy)[:2]
+    r = cli("bench", str(front_copy), "--through-runtime", "--backend", "torch", "--backend", "onnxruntime",
+            "--points", ",".join(ids), "--warmup", "2", "--runs", "5", "--update", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(r.stdout)
+    names = {default_profile_name(b, 1, 1, through_runtime=True) for b in ("torch", "onnxruntime")}
+    assert set(report["updated_profiles"]) == names and all("-rt-t1-b1" in n for n in names)
+    assert {(m["point"], m["backend"]) for m in report["measurements"]} == set(
+        itertools.product(ids, ("torch", "onnxruntime"))
+    )
+    manifest = load_manifest(front_copy)
+    assert all("SlimmableRuntime" in p["runtime"] for p in manifest["device_profiles"] if p["name"] in names)
+    for point in manifest["points"]:
+        assert (set(point["latency_ms"]) >= names) == (point["id"] in ids)
+    # The runtime found or exported each point's program beside the manifest, recorded as fp32.
+    assert (front_copy.parent / "model.programs" / "export.json").is_file()
+    r = cli("bench", str(front_copy), "--through-runtime", "--backend", "onnxruntime", "--int8")
+    assert r.returncode == 2 and "--through-runtime" in r.stderr and r.stderr.count("\n") == 1, r.stderr
