@@ -17,6 +17,7 @@ the same point. glibc's malloc is told to keep freed memory (:func:`bench.timing
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -192,17 +193,20 @@ def _runtime_calls(
         b: rt if b == "torch" else SlimmableRuntime.load(rt.front.path, backend=b, threads=threads)
         for b in backends
     }
-    calls = {}
+    calls: dict[tuple[str, str], tuple[Callable[[], object], Callable[[], object]]] = {}
     for p in points:
         for b, runtime in served.items():
             runtime.switch(p)
-
-            def untimed(runtime: SlimmableRuntime = runtime, p: FrontPoint = p) -> object:
-                runtime.switch(p)
-                return runtime(x)
-
-            calls[(p.id, b)] = (untimed, lambda runtime=runtime: runtime(x))
+            calls[(p.id, b)] = (
+                functools.partial(_switch_and_run, runtime, p, x),
+                functools.partial(runtime, x),
+            )
     return calls
+
+
+def _switch_and_run(runtime: SlimmableRuntime, point: FrontPoint, x: torch.Tensor) -> object:
+    runtime.switch(point)
+    return runtime(x)
 
 
 def recorded_batch(
@@ -305,13 +309,20 @@ def run_bench(
     meters = {b: EnergyMeter.for_backend(b) for b in backends}
     profiles = {
         b: device_profile(
-            b, threads, batch, profile, meters[b].source if meters[b] else None, allocator, through_runtime
+            b,
+            threads,
+            batch,
+            profile,
+            None if (meter := meters[b]) is None else meter.source,
+            allocator,
+            through_runtime,
         )
         for b in backends
     }
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *rt.input_size, generator=gen)
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="pareco-bench-") as scratch:
+        candidates: dict[tuple[str, str], Any]
         if through_runtime:
             candidates = _runtime_calls(rt, points, backends, threads, x, say)
         else:

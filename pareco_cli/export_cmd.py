@@ -13,6 +13,8 @@ from .output import print_json, print_table
 from .runtime_cmds import check_fallback, choose_point
 
 if TYPE_CHECKING:
+    from export.batch import BatchRange
+    from pareco_runtime.front import FrontPoint
     from pareco_runtime.runtime import SlimmableRuntime
 
 
@@ -247,10 +249,10 @@ def _check_int8_options(
 
 def _export_int8(
     rt: SlimmableRuntime,
-    points: list,
+    points: list[FrontPoint],
     formats: list[str],
     out: Path,
-    batches: object,
+    batches: BatchRange,
     calib: str,
     calib_batches: int,
     max_drop: float,
