@@ -75,11 +75,10 @@ def runner_logits(runner: Runner) -> Callable[[torch.Tensor], np.ndarray]:
 
 @dataclass
 class Int8Run:
-    """What :func:`export_int8_points` did: the files written (``results``), the variants recorded in
-    the manifest, and the programs refused for their drop (one message each)."""
+    """What :func:`export_int8_points` did: the files written (``results``; each also recorded in the
+    manifest as a variant) and the programs refused for their drop (one message each)."""
 
     results: list[ExportResult]
-    variants: dict[str, list[Variant]]
     refused: list[str]
 
 
@@ -110,7 +109,7 @@ def export_int8_points(
     if max_drop < 0:
         raise ExportError(f"--max-drop {max_drop:g}: give a non-negative number of top-1 points")
     say = on_done or (lambda _line: None)
-    run = Int8Run([], {}, [])
+    run = Int8Run([], [])
     for p in points:
         model = rt.standalone(p)
         with torch.no_grad():
@@ -132,8 +131,7 @@ def export_int8_points(
                 split=split,
                 bytes=res.bytes,
             )
-            run.variants.setdefault(p.id, []).append(variant)
-            record_variants(rt, {p.id: [variant]})
+            record_variant(rt, p.id, variant)
             say(
                 f"{res.path.name}: top-1 {variant.top1:.2f} % (fp32 {variant.fp32_top1:.2f} %), "
                 f"{res.bytes / 1024:.0f} KiB"
@@ -167,10 +165,10 @@ def _accuracy_check(
     return accept
 
 
-def record_variants(rt: SlimmableRuntime, variants: dict[str, list[Variant]]) -> None:
-    """Write ``variants`` (by point id) into ``rt``'s manifest under its lock, each replacing its
-    point's variant of the same precision and backend, and into ``rt.front``; refused when the
-    manifest's weight file changed since ``rt`` loaded it."""
+def record_variant(rt: SlimmableRuntime, point: str, variant: Variant) -> None:
+    """Write ``variant`` of ``point`` into ``rt``'s manifest under its lock, replacing the point's variant
+    of the same precision and backend; refused when the manifest's weight file changed since ``rt``
+    loaded it."""
     path = rt.front.path
     if path is None:
         raise ExportError("the front has no manifest file to record int8 variants in; save it first")
@@ -179,8 +177,5 @@ def record_variants(rt: SlimmableRuntime, variants: dict[str, list[Variant]]) ->
             raise ExportError(
                 f"{path}: its weight file changed during the export; export again from the new weights"
             )
-        for target in (front, rt.front):
-            for pid, new in variants.items():
-                point = next(q for q in target.points if q.id == pid)
-                keys = {v.key for v in new}
-                point.variants = [v for v in point.variants if v.key not in keys] + list(new)
+        target = next(q for q in front.points if q.id == point)
+        target.variants = [v for v in target.variants if v.key != variant.key] + [variant]

@@ -59,7 +59,7 @@ def check_int8_formats(formats: Sequence[str]) -> None:
     other = [f for f in formats if f not in INT8_BACKENDS]
     if other:
         raise ExportError(
-            f"--int8 exports ONNX and ExecuTorch files, not {', '.join(other)}; drop those formats or --int8"
+            f"--int8 makes ONNX and ExecuTorch programs, not {', '.join(other)}; export those in another run"
         )
 
 

@@ -260,7 +260,9 @@ def bench(
         return
     assert rt is not None  # --arch without --build-lut is refused above
     if int8 and exports is None and rt.front.path is not None:
-        exports = rt.front.path.parent / "export"
+        from export.serving import EXPORT_DIR
+
+        exports = rt.front.path.parent / EXPORT_DIR
     _measure(
         rt,
         backends,

@@ -139,7 +139,9 @@ def export(
     _check_int8_options(int8, formats, calib, calib_batches, max_drop, force)
     manifest = resolve_manifest(manifest)
     if out is None:
-        out = manifest.parent / "export"
+        from export.serving import EXPORT_DIR
+
+        out = manifest.parent / EXPORT_DIR
     _check_out(out)
 
     from export.batch import parse_batch
@@ -232,11 +234,9 @@ def _check_int8_options(
         if given:
             raise ValueError(f"{' and '.join(given)} apply to --int8 exports only; add --int8")
         return
-    other = [f for f in formats if f not in ("onnx", "executorch")]
-    if other:
-        raise ValueError(
-            f"--int8 makes ONNX and ExecuTorch programs, not {', '.join(other)}; export those in another run"
-        )
+    from export.quantize import check_int8_formats
+
+    check_int8_formats(formats)
     if calib is None:
         raise ValueError(
             "--int8 needs --calib DATA: the front's data, whose images calibrate and measure top-1"

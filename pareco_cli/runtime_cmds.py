@@ -125,11 +125,6 @@ def select(
     front = Front.load(manifest)
     profiles = front.profile_names
     b = as_budget(list(budget))
-    if precision == "int8" and not any(p.variants for p in front.points):
-        raise ValueError(
-            f"--precision int8: {manifest} has no int8 variants; make them with `pareco export "
-            "--all --executorch --int8 --calib DATA`"
-        )
     chosen, met = choose_point(
         lambda fb: choose(
             front.points,
