@@ -261,7 +261,7 @@ def _export_int8(
 ) -> None:
     """Export int8 programs of ``points``, print what each scored, and exit 1 when any was refused."""
     from export.int8 import export_int8_points
-    from export.quantize import CALIB_BATCH, Calibration
+    from export.quantize import CALIB_BATCH, INT8_BACKENDS, Calibration
     from training.front_data import evaluation_set
 
     images = evaluation_set(calib, rt.front)
@@ -312,10 +312,11 @@ def _export_int8(
             ],
         )
         if run.results:
+            backends = " ".join(
+                f"--backend {INT8_BACKENDS[r]}" for r in dict.fromkeys(x.format for x in run.results)
+            )
             typer.echo(
-                "time them with: pareco bench MANIFEST --backend ... --int8 --exports "
-                + str(out)
-                + " --update"
+                f"time them with: pareco bench {rt.front.path} {backends} --int8 --exports {out} --update"
             )
     if run.refused:
         typer.echo(
