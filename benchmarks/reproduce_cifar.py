@@ -39,6 +39,7 @@ def run_names(methods: list[str]) -> list[tuple[str, str, float]]:
 
 def train_all(args: argparse.Namespace, out: Path) -> None:
     """Train (or resume, or reuse) every run of the comparison."""
+    from benchmarks.seed_records import write_record
     from training.config import TrainConfig
     from training.loop import train
     from training.run_dir import RUN_NAME
@@ -61,10 +62,21 @@ def train_all(args: argparse.Namespace, out: Path) -> None:
         folder = out / name
         if (folder / "model.front.json").exists():
             print(f"{name}: finished, reused")
-            continue
-        cfg = replace(base, algorithm=algorithm, width=width)
-        print(f"{name}: training ({'resuming' if (folder / RUN_NAME).exists() else 'new'})", flush=True)
-        train(cfg, folder, resume=(folder / RUN_NAME).exists(), cache_dir=args.cache_dir)
+        else:
+            cfg = replace(base, algorithm=algorithm, width=width)
+            print(f"{name}: training ({'resuming' if (folder / RUN_NAME).exists() else 'new'})", flush=True)
+            train(cfg, folder, resume=(folder / RUN_NAME).exists(), cache_dir=args.cache_dir)
+        if algorithm != "independent":  # Independent's four runs make one front; the seed study has none
+            print(f"{name}: record {write_record(folder, algorithm, args.width_factor, command_line(args))}")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this invocation (the settings given or defaulted, never --report-only)."""
+    return "python -m benchmarks.reproduce_cifar " + " ".join(
+        f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if v not in (None, False) and k not in ("report_only", "cache_dir")
+    )
 
 
 def load_fronts(out: Path, methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -227,7 +239,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/reproduce")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--arch", default="resnet20")
-    ap.add_argument("--width-factor", type=int, default=1)
+    ap.add_argument("--width-factor", type=float, default=1)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--candidates", type=int, default=12)
@@ -264,12 +276,9 @@ def main() -> None:
     # Matched MACs: those of the Independent models (uniform widths), the paper's comparison points.
     targets = [model.macs(model.space.uniform(w)) / 1e6 for w in sorted(INDEPENDENT_WIDTHS)]
     chance = 100.0 / len(any_front.dataset.class_names)
-    command = "python -m benchmarks.reproduce_cifar " + " ".join(
-        f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}"
-        for k, v in vars(args).items()
-        if v not in (None, False) and k not in ("report_only",)
+    table = report(
+        out, args.methods, targets, full, chance, Path(args.plot or out / "front.png"), command_line(args)
     )
-    table = report(out, args.methods, targets, full, chance, Path(args.plot or out / "front.png"), command)
     atomic_write_text(out / "RESULTS.md", table + "\n")
     print(table)
 

@@ -158,7 +158,7 @@ def bench(
         ),
     ] = None,
     width_factor: Annotated[
-        int | None,
+        float | None,
         typer.Option("--width-factor", metavar="K", help="With --arch: k of k x ResNet (default 1)."),
     ] = None,
     low: Annotated[
@@ -426,7 +426,7 @@ def _measure(
 
 
 def _untrained_model(
-    arch: str, classes: int | None, image_size: int, width_factor: int | None, low: float | None
+    arch: str, classes: int | None, image_size: int, width_factor: float | None, low: float | None
 ) -> SlimmableNet:
     """The slimmable network ``pareco train`` builds for these settings (random weights: timing does
     not depend on them); ValueError naming the flag of a bad one."""

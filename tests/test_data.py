@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import tarfile
 import warnings
@@ -31,7 +32,11 @@ from training.data import (
     order,
 )
 
-CIFAR = Path("/work/shared/datasets/cifar10-jpg.tar.gz")
+# The CIFAR-10 archive: $PARECO_CIFAR10, else ../shared/datasets/ beside the checkout (never a machine path).
+CIFAR = Path(
+    os.environ.get("PARECO_CIFAR10")
+    or Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+)
 CACHE_NAME = re.compile(r"[0-9a-f]{64}-(\d+)\.safetensors")
 
 

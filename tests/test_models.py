@@ -19,10 +19,11 @@ from pareco_runtime.space import WidthSpace
 ZOO = {
     "resnet20": {},
     "resnet32": {"width": 2},
+    "resnet44": {"width": 0.5},  # a narrow ResNet: 8-16-32 channels
     "mobilenet_v2": {"input_size": 64, "num_classes": 10},
     "mobilenet_v3_large": {"input_size": 64, "num_classes": 10},
 }
-DIMS = {"resnet20": 6, "resnet32": 6, "mobilenet_v2": 25, "mobilenet_v3_large": 22}
+DIMS = {"resnet20": 6, "resnet32": 6, "resnet44": 6, "mobilenet_v2": 25, "mobilenet_v3_large": 22}
 
 _cache: dict[tuple[str, bool], nn.Module] = {}
 
@@ -255,3 +256,13 @@ def test_initial_loss_is_near_chance(arch, classes):
             m(torch.randn(64, 3, 32, 32)), torch.randint(0, classes, (64,))
         )
     assert abs(loss.item() - math.log(classes)) < 0.25 * math.log(classes), loss.item()
+
+
+@pytest.mark.parametrize("width", [0.3, 0.0, -1.0])
+def test_resnet_width_factor_must_make_whole_channels(width):
+    with pytest.raises(ValueError, match="16 x width whole"):
+        build_model("resnet20", width=width)
+
+
+def test_half_width_resnet_has_half_the_channels():
+    assert model("resnet44").space.channels(model("resnet44").space.uniform(1.0))[:2] == [8, 8]

@@ -82,7 +82,9 @@ class TrainConfig:
     warmup_epochs: float = _setting(0.0, "Epochs of linear learning-rate warm-up.")
     label_smoothing: float = _setting(0.0, "Label smoothing of the cross-entropy.")
     seed: int = _setting(0, "Seed of the weights, the data order and the sampled configs.")
-    width_factor: int = _setting(1, "k of k x ResNet (ResNet only).")
+    width_factor: float = _setting(
+        1, "k of k x ResNet (ResNet only): a whole number, or a fraction making 16k whole (0.5: 8-16-32 channels)."
+    )
     # Measured (benchmarks/channel_divisor.py: MobileNetV2 at 32 px, 6 uniform widths, batch 1, one
     # thread): channel counts rounded to multiples of 8 ran 0.89x the time per MAC of unrounded ones on
     # ExecuTorch, 0.94x on torch eager and 0.29x on ONNX Runtime, whose kernels took a 3x slower path
@@ -206,7 +208,11 @@ class TrainConfig:
             "threads", self.threads is None or self.threads >= 1, "must be at least 1 (CPU threads)"
         )
         self._require("select_fraction", 0.0 <= self.select_fraction < 1.0, "must be in [0, 1)")
-        self._require("width_factor", self.width_factor >= 1, "must be at least 1")
+        self._require(
+            "width_factor",
+            self.width_factor > 0 and (16 * self.width_factor) % 1 == 0,
+            "must be positive with 16 x k whole (0.5, 1, 2, ...)",
+        )
         self._require("divisor", self.divisor >= 1, "must be at least 1 (1: no rounding)")
         self._require("warmup_epochs", self.warmup_epochs >= 0, "must be >= 0")
         self._require("label_smoothing", 0.0 <= self.label_smoothing < 1.0, "must be in [0, 1)")

@@ -94,7 +94,9 @@ def build_for_data(cfg: TrainConfig, num_classes: int, input_size: tuple[int, in
             ) from None
     kwargs: dict[str, Any] = {"num_classes": num_classes, "input_size": input_size[-1]}
     if cfg.arch.startswith("resnet"):
-        kwargs["width"] = cfg.width_factor
+        # A whole factor stays an int so manifests of k x ResNet read as before.
+        k = cfg.width_factor
+        kwargs["width"] = int(k) if k == int(k) else k
     if cfg.arch.startswith("mobilenet") and cfg.divisor > 1:
         kwargs["divisor"] = cfg.divisor
     model = build_model(cfg.arch, **kwargs)

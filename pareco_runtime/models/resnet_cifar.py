@@ -97,14 +97,18 @@ class ResNetCifarPlain(nn.Module):
 
 
 class ResNetCifar(SlimmableNet, ResNetCifarPlain):
-    """Slimmable ResNet-(6n+2) for 32x32 inputs with stage widths 16k, 32k, 64k."""
+    """Slimmable ResNet-(6n+2) for 32x32 inputs with stage widths 16k, 32k, 64k.
+
+    ``width`` k is a whole number (k x ResNet) or a fraction that makes 16k whole (0.5: 8, 16, 32
+    channels), the narrow ResNets where the PareCO paper expects per-layer widths to gain most.
+    """
 
     plain_class = ResNetCifarPlain
 
     def __init__(
         self,
         depth: int = 20,
-        width: int = 1,
+        width: float = 1,
         num_classes: int = 10,
         low: float = 0.316,
         divisor: int | None = None,
@@ -113,8 +117,8 @@ class ResNetCifar(SlimmableNet, ResNetCifarPlain):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"ResNet-CIFAR depth must be 6n+2 (20, 32, 44, 56, ...), got {depth}")
-        if width < 1:
-            raise ValueError(f"width factor must be >= 1, got {width}")
+        if not width > 0 or (16 * width) % 1:
+            raise ValueError(f"width factor must be positive with 16 x width whole (0.5, 1, 2, ...), got {width}")
         n = (depth - 2) // 6
         self.arch = f"resnet{depth}"
         self.arch_kwargs = {
@@ -126,7 +130,7 @@ class ResNetCifar(SlimmableNet, ResNetCifarPlain):
         }
         b = LayerBuilder()
         dims = []
-        for s, c in enumerate((16 * width, 32 * width, 64 * width), start=1):
+        for s, c in enumerate((int(16 * width), int(32 * width), int(64 * width)), start=1):
             dims.append((b.dim(f"stage{s}.residual", c), b.dim(f"stage{s}.inner", c)))
         rgb, classes = b.fixed(3), b.fixed(num_classes)
         self.conv1 = b.conv(rgb, dims[0][0], 3)
