@@ -1,6 +1,6 @@
 """Architecture rules as tests: which layer may import which, and no import cycles inside a layer.
 
-The layers (../shared/DESIGN.md, "Layout and dependency direction"): ``pareco_runtime`` at the
+The layers (docs/design.md, "Layout and dependency direction"): ``pareco_runtime`` at the
 bottom; ``training``, ``export`` and ``bench`` on it (``bench`` may use ``export``); ``pareco_cli``
 on top of all four. Developer scripts (``benchmarks``) and ``tests`` may use anything, and nothing
 installed uses them. Imports are read from the source with :mod:`ast`, so an import inside a
