@@ -19,16 +19,17 @@ WIDTH = 100
 
 
 def _commands(command: Any, ctx: Any, path: list[str]) -> list[tuple[list[str], Any, Any]]:
-    """(name path, command, context) of ``command`` and every visible command below it, in order."""
-    import click
+    """(name path, command, context) of ``command`` and every visible command below it, in order.
 
+    Duck-typed (a group lists commands): typer carries its own copy of click, whose classes are not
+    ``click.Group``."""
     found = [(path, command, ctx)]
-    if isinstance(command, click.Group):
+    if hasattr(command, "list_commands"):
         for name in command.list_commands(ctx):
             sub = command.get_command(ctx, name)
             if sub is None or sub.hidden:
                 continue
-            sub_ctx = click.Context(
+            sub_ctx = sub.context_class(
                 sub, info_name=name, parent=ctx, terminal_width=WIDTH, max_content_width=WIDTH
             )
             found += _commands(sub, sub_ctx, [*path, name])
@@ -39,22 +40,28 @@ def _anchor(path: list[str]) -> str:
     return "-".join(path)
 
 
-def cli_reference() -> str:
-    """The Markdown of the CLI reference: a summary table, then each command's ``--help``."""
-    import click
+def _summary(command: Any) -> str:
+    """The first paragraph of a command's help, on one line (click's short help stops at "e.g.")."""
+    text = " ".join((command.help or "").strip().split("\n\n")[0].split())
+    return text.replace("|", "\\|")
+
+
+def cli_reference(app: Any = None) -> str:
+    """The Markdown of the CLI reference of ``app`` (default: pareco's): a summary table, then each
+    command's ``--help``."""
     import typer
 
-    from pareco_cli.app import app
+    if app is None:
+        from pareco_cli.app import app
 
     root = typer.main.get_command(app)
-    root_ctx = click.Context(root, info_name="pareco", terminal_width=WIDTH, max_content_width=WIDTH)
+    root_ctx = root.context_class(root, info_name="pareco", terminal_width=WIDTH, max_content_width=WIDTH)
     commands = _commands(root, root_ctx, ["pareco"])
     rows = ["| command | what it does |", "|---|---|"]
     sections = []
     for path, command, ctx in commands:
         name = " ".join(path)
-        summary = command.get_short_help_str(limit=120).replace("|", "\\|")
-        rows.append(f"| [`{name}`](#{_anchor(path)}) | {summary} |")
+        rows.append(f"| [`{name}`](#{_anchor(path)}) | {_summary(command)} |")
         level = "#" * min(2 + max(len(path) - 2, 0), 4)
         sections.append(
             f"{level} {name} {{#{_anchor(path)}}}\n\n```text\n{command.get_help(ctx).rstrip()}\n```\n"
