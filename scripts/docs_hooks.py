@@ -2,7 +2,7 @@
 
 At build time the marker ``<!-- pareco-cli-reference -->`` in ``cli.md`` is replaced by a table of
 every command and, per command, its ``--help`` exactly as ``pareco`` prints it (click's plain help,
-100 columns). The commands are read from the click tree of ``pareco_cli.app`` at build time, groups
+88 columns, to fit the page). The commands are read from the click tree of ``pareco_cli.app`` at build time, groups
 walked recursively, so a command added, removed or split into subcommands appears as it is without
 editing the page. The checkout being built is put first on ``sys.path``, so its code is described,
 not an installed copy.
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 MARKER = "<!-- pareco-cli-reference -->"
-WIDTH = 100
+WIDTH = 88
 
 
 def _commands(command: Any, ctx: Any, path: list[str]) -> list[tuple[list[str], Any, Any]]:
