@@ -1,6 +1,6 @@
 """Architecture rules as tests: which layer may import which, and no import cycles inside a layer.
 
-The layers (../shared/DESIGN.md, "Layout and dependency direction"): ``pareco_runtime`` at the
+The layers (docs/design.md, "Layout and dependency direction"): ``pareco_runtime`` at the
 bottom; ``training``, ``export`` and ``bench`` on it (``bench`` may use ``export``); ``pareco_cli``
 on top of all four. Developer scripts (``benchmarks``) and ``tests`` may use anything, and nothing
 installed uses them. Imports are read from the source with :mod:`ast`, so an import inside a
@@ -10,6 +10,7 @@ function (a lazy one) counts as much as one at the top of a file.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,3 +155,27 @@ def test_the_rules_see_lazy_and_relative_imports(tmp_path, monkeypatch):
     monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
     found = {name for _, name in _imports(src)}
     assert {"training.loop", "pkg.sub.sibling", "pkg.base"} <= found
+
+
+# The module map of docs/design.md: one table row per module of the installed packages.
+DESIGN = ROOT / "docs" / "design.md"
+_MAP_ROW = re.compile(r"^\|\s*`([\w/]+\.py)`\s*\|", re.M)
+
+
+def _module_map() -> list[str]:
+    text = DESIGN.read_text()
+    start = text.index("\n## Module map")
+    end = text.find("\n## ", start + 1)
+    return _MAP_ROW.findall(text[start : end if end != -1 else None])
+
+
+def test_the_module_map_of_the_design_doc_lists_every_module_and_no_other():
+    listed = _module_map()
+    on_disk = {str(p.relative_to(ROOT)) for package in ALLOWED for p in _files(package)}
+    missing = sorted(on_disk - set(listed))
+    gone = sorted(set(listed) - on_disk)
+    twice = sorted({m for m in listed if listed.count(m) > 1})
+    problems = [f"not in the module map of docs/design.md: {m}" for m in missing]
+    problems += [f"in the module map but not on disk: {m}" for m in gone]
+    problems += [f"listed twice in the module map: {m}" for m in twice]
+    assert not problems, "\n".join(problems)
