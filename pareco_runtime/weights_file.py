@@ -333,35 +333,40 @@ def _check_safetensors_header(source: Path) -> None:
     header_len = struct.unpack("<Q", head[:8])[0] if size >= 9 else -1
     if 0 <= header_len <= min(size - 8, _MAX_HEADER_BYTES) and head[8:9] == b"{":
         return
+    raise _not_safetensors(source, head, size, header_len)
+
+
+def _not_safetensors(source: Path, head: bytes, size: int, header_len: int) -> FormatError:
+    """The error for a file whose first bytes ``head`` are no safetensors header: what it looks like instead."""
     if head[:1] == b"\x80":
-        raise _error(
+        return _error(
             source,
             "is a Python pickle (torch.save?), not a safetensors file, and pareco never "
             "unpickles files since that can run code",
             "export the weights with pareco (safetensors)",
         )
     if head[:2] == b"PK":
-        raise _error(
+        return _error(
             source,
             "is a zip archive (torch.save's format, which holds a pickle), not a "
             "safetensors file, and pareco never unpickles files",
             "export the weights with pareco (safetensors)",
         )
     if head[:1] in (b"{", b"["):
-        raise _error(source, "is a JSON file, not a safetensors weight file", "pass the .safetensors file")
+        return _error(source, "is a JSON file, not a safetensors weight file", "pass the .safetensors file")
     if header_len > _MAX_HEADER_BYTES:
-        raise _error(
+        return _error(
             source,
             f"not a safetensors file or corrupt: absurd header length of {header_len} bytes",
             "pass a .safetensors weight file written by pareco",
         )
     if size < 9 or header_len > size - 8:
-        raise _error(
+        return _error(
             source,
             f"truncated or corrupt: {size} bytes, too short for the header it announces",
             "re-export the weights or copy the file again",
         )
-    raise _error(
+    return _error(
         source,
         "not a safetensors file (no JSON header after the header length)",
         "pass a .safetensors weight file written by pareco",
