@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from bench.errors import BenchError
-from pareco_runtime.front import DeviceProfile
-from pareco_runtime.front_file import Front, utc_timestamp
+from pareco_runtime.manifest import DeviceProfile, Front, utc_timestamp
 
 
 def sanitise_profile_name(name: str) -> str:

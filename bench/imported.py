@@ -27,8 +27,7 @@ from typing import Any
 
 from bench.device import sanitise_profile_name, write_profile
 from bench.errors import BenchError
-from pareco_runtime.front import DeviceProfile
-from pareco_runtime.front_file import Front, utc_timestamp
+from pareco_runtime.manifest import DeviceProfile, Front, utc_timestamp
 from pareco_runtime.untrusted import format_error, parse_json, read_bounded
 
 # A CSV line is about 20 bytes: 4 MiB holds some 200,000 points, far more than any front has (tens).

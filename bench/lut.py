@@ -50,9 +50,8 @@ from bench.timing import STEADY_MALLOC, interleaved_warm, steady_malloc, torch_c
 from export.exporter import export_point
 from export.formats import get_format, load_runner, require, set_executorch_threads
 from pareco_runtime.filelock import locked
-from pareco_runtime.front import DeviceProfile
-from pareco_runtime.front_file import Front, utc_timestamp
 from pareco_runtime.latency_table import LatencyLUT, UnitTable, lut_path
+from pareco_runtime.manifest import DeviceProfile, Front, utc_timestamp
 from pareco_runtime.model_check import build_front_model
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.ops import SLIM_TYPES

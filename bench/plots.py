@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pareco_runtime.atomic import atomic_path
-from pareco_runtime.front import MAX_MAC_GAP
+from pareco_runtime.pareto import MAX_MAC_GAP
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from pareco_runtime.front import FrontPoint
-    from pareco_runtime.front_file import Front
+    from pareco_runtime.manifest import Front, FrontPoint
 
 # A line across a gap wider than MAX_MAC_GAP would promise sub-networks that do not exist.
 GAP_RATIO = MAX_MAC_GAP

@@ -33,8 +33,8 @@ from bench.timing import STEADY_MALLOC, interleaved_warm, steady_malloc, torch_c
 from export.exporter import export_points
 from export.formats import load_runner, require, set_executorch_threads
 from export.index import find_export, recorded_exports
-from pareco_runtime.front import DeviceProfile
 from pareco_runtime.latency_table import fitting_lut
+from pareco_runtime.manifest import DeviceProfile
 
 if TYPE_CHECKING:
     from pareco_runtime import Front, FrontPoint, SlimmableRuntime

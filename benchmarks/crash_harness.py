@@ -97,7 +97,7 @@ def run_to_end(out: Path, epochs: int, resume: bool) -> None:
 def check_files(out: Path) -> list[str]:
     """Each file absent or loading completely; returns the names present."""
     from pareco_runtime import Front
-    from pareco_runtime.fileformat import load_weights
+    from pareco_runtime.weights_file import load_weights
     from training.checkpoint import load_checkpoint
 
     present = []

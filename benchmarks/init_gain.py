@@ -33,7 +33,7 @@ def main() -> None:
 
     from benchmarks.reproduce_cifar import top1_at, upper_front
     from pareco_runtime import Front
-    from pareco_runtime.fileformat import load_weights
+    from pareco_runtime.weights_file import load_weights
     from training.config import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchmarks.specialize_front import best_under, hypervolume
 from export.index import read_index
-from pareco_runtime.front_file import Front
+from pareco_runtime.manifest import Front
 
 BACKENDS = {"executorch": "executorch", "onnxruntime": "onnx"}
 

@@ -15,8 +15,7 @@ import torch
 
 from bench.timing import interleaved
 from pareco_runtime import SlimmableRuntime, build_model
-from pareco_runtime.front import FrontPoint
-from pareco_runtime.front_file import DatasetSpec, TrainingRecord, write_front
+from pareco_runtime.manifest import DatasetSpec, FrontPoint, TrainingRecord, write_front
 from training.calibrate import calibrate_bn
 from training.strategies import widths_spread_over_macs
 

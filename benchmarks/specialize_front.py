@@ -24,9 +24,8 @@ import torch
 from botorch.utils.multi_objective.hypervolume import Hypervolume
 
 from bench.run import run_bench
-from pareco_runtime.front import FrontPoint
 from pareco_runtime.latency_table import LatencyLUT, lut_path
-from pareco_runtime.point_stats import save_derived_front
+from pareco_runtime.manifest import FrontPoint, save_derived_front
 from pareco_runtime.runtime import SlimmableRuntime
 
 

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from pareco_runtime import build_model, slice_model
-from pareco_runtime.front import FrontPoint
-from pareco_runtime.front_file import DatasetSpec, TrainingRecord, write_front
+from pareco_runtime.manifest import DatasetSpec, FrontPoint, TrainingRecord, write_front
 
 # ImageNet's normalisation: the statistics the zoo's 224-pixel models expect.
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

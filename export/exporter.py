@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from pareco_runtime.atomic import atomic_path, remove_stale_temporaries, staging_dir
-from pareco_runtime.fileformat import first_line
-from pareco_runtime.front_file import utc_timestamp
+from pareco_runtime.manifest import utc_timestamp
+from pareco_runtime.untrusted import first_line
 
 from .batch import BatchRange, as_batch_range
 from .formats import WRITERS, ExportError, Runner, get_format, load_runner, require, versions

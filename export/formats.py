@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pareco_runtime.fileformat import first_line
+from pareco_runtime.untrusted import first_line
 
 from .batch import BatchRange
 

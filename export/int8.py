@@ -2,7 +2,7 @@
 runtime, its top-1 measured on the evaluation images beside the fp32 point's on the same images,
 and one that drops more than ``max_drop`` points is reported and not written (unless forced),
 before it is moved into place; what is written is recorded in ``export.json`` and, as a
-:class:`~pareco_runtime.front.Variant`, in the manifest.
+:class:`~pareco_runtime.manifest.Variant`, in the manifest.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from pareco_runtime.front import Variant
-from pareco_runtime.front_file import Front
+from pareco_runtime.manifest import Front, Variant
 
 from .exporter import ExportResult, export_points
 from .formats import ExportError, Runner
@@ -101,7 +100,7 @@ def export_int8_points(
     Each point's fp32 top-1 is measured on ``evaluation()`` (its sliced model in PyTorch) and each
     int8 program's on the same images in its runtime; a program dropping more than ``max_drop``
     points is refused (not written, listed in ``refused``) unless ``force``. Every file written is
-    recorded in ``out_dir/export.json`` and, as a :class:`~pareco_runtime.front.Variant` with
+    recorded in ``out_dir/export.json`` and, as a :class:`~pareco_runtime.manifest.Variant` with
     ``split`` (the evaluation images' record), in the manifest, replacing the variant of the same
     precision and backend (whose latencies were of the old file). ``on_done`` gets one line per program.
     """

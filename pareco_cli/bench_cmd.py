@@ -12,8 +12,7 @@ from .loading import MODEL_HELP, ManifestArg, load_runtime, resolve_manifest
 from .output import print_json, print_table
 
 if TYPE_CHECKING:
-    from pareco_runtime.front import FrontPoint
-    from pareco_runtime.front_file import Front
+    from pareco_runtime.manifest import Front, FrontPoint
     from pareco_runtime.models.base import SlimmableNet
     from pareco_runtime.runtime import SlimmableRuntime
 

@@ -14,7 +14,7 @@ from .runtime_cmds import check_fallback, choose_point
 
 if TYPE_CHECKING:
     from export.batch import BatchRange
-    from pareco_runtime.front import FrontPoint
+    from pareco_runtime.manifest import FrontPoint
     from pareco_runtime.runtime import SlimmableRuntime
 
 

@@ -96,7 +96,7 @@ def flops(
             else build_model(arch, **kwargs)
         )
     except RuntimeError as exc:  # torch's own failure of the example forward, e.g. an input too small
-        from pareco_runtime.fileformat import first_line
+        from pareco_runtime.untrusted import first_line
 
         raise ValueError(
             f"--arch {arch}: cannot run it at --input-size {input_size or 'default'} ({first_line(exc)}); "

@@ -13,8 +13,7 @@ from .loading import MODEL_HELP, ManifestArg, load_runtime, resolve_manifest
 from .output import print_json, print_table
 
 if TYPE_CHECKING:
-    from pareco_runtime.front import FrontPoint
-    from pareco_runtime.front_file import Front
+    from pareco_runtime.manifest import Front, FrontPoint
     from pareco_runtime.space import WidthSpace
 
 _DATA_FORMS = "an ImageFolder tree, a .tar/.tar.gz of one, 'digits' or 'synthetic[:N:C]'"
@@ -102,7 +101,7 @@ def _record(
     manifest: Path, weights_sha256: str, name: str, split: dict[str, Any], results: dict[str, Any]
 ) -> None:
     """Write the evaluation into the manifest, under its lock, unless its weights changed meanwhile."""
-    from pareco_runtime.front_file import Front
+    from pareco_runtime.manifest import Front
 
     with Front.update(manifest) as front:
         if front.weights_sha256 != weights_sha256:
@@ -143,8 +142,7 @@ def calibrate(
 ) -> None:
     """Add an off-front point of any config: BN statistics calibrated for it, then selected, switched to,
     sliced and exported like the front's own points."""
-    from pareco_runtime.fileformat import POINT_ID_PATTERN
-    from pareco_runtime.point_stats import add_points, stats_file_name
+    from pareco_runtime.manifest import POINT_ID_PATTERN, add_points, stats_file_name
     from training.extend import calibrate_point, calibration_settings, new_point_id, selection_fraction
     from training.front_data import VAL_FRACTION, load_front_data
 

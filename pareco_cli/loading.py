@@ -44,7 +44,7 @@ def resolve_manifest(given: Path | None) -> Path:
     """The manifest a command reads: ``given`` when it is a file; in a folder (``given``, or the current
     one when nothing is given) its ``model.front.json``, else its only ``*.front.json``. A manifest found
     rather than named is reported on stderr; a folder without one is a one-line ValueError."""
-    from pareco_runtime.front_file import MANIFEST_NAME
+    from pareco_runtime.manifest import MANIFEST_NAME
 
     folder = Path(".") if given is None else given
     if given is not None and not given.is_dir():

@@ -115,8 +115,7 @@ def select(
 ) -> None:
     """Print the most accurate front point (fp32, or an int8 variant of one) that meets every budget."""
     from pareco_runtime.budget import as_budget, budget_parts, choose
-    from pareco_runtime.front import PRECISIONS
-    from pareco_runtime.front_file import Front
+    from pareco_runtime.manifest import PRECISIONS, Front
 
     check_fallback(fallback)
     if precision is not None and precision not in PRECISIONS:
@@ -177,7 +176,7 @@ def show(
     ),
 ) -> None:
     """Print each front as a table (and draw them in one plot, e.g. PareCO against Slim)."""
-    from pareco_runtime.front_file import Front
+    from pareco_runtime.manifest import Front
 
     fronts = [Front.load(resolve_manifest(m)) for m in manifests or [None]]
     figure = None

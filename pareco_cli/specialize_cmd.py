@@ -12,9 +12,8 @@ from .loading import MODEL_HELP, ManifestArg, load_runtime, resolve_manifest
 from .output import print_json, print_table
 
 if TYPE_CHECKING:
-    from pareco_runtime.front import DeviceProfile
-    from pareco_runtime.front_file import Front
     from pareco_runtime.latency_table import LatencyLUT
+    from pareco_runtime.manifest import DeviceProfile, Front
 
 # Share of the training images to compare configs on when the front records no held-out split (its
 # weights trained on them, so the comparison is optimistic for every config alike); as `pareco train`.
@@ -69,7 +68,7 @@ def specialize(
     and the device's latency, served, selected, exported and benchmarked like a trained front."""
     from bench.device import host_description
     from pareco_runtime.latency_table import LatencyLUT, lut_path
-    from pareco_runtime.point_stats import check_derived_path, save_derived_front
+    from pareco_runtime.manifest import check_derived_path, save_derived_front
     from training.extend import calibration_settings, selection_fraction
     from training.front_data import VAL_FRACTION, load_front_data
     from training.progress import Reporter
@@ -166,7 +165,7 @@ def _measure(manifest: Path, model: str | None, lut: LatencyLUT) -> None:
 
 
 def _report(saved: Path, old: Front, lut: LatencyLUT, seconds: float, measured: bool, as_json: bool) -> None:
-    from pareco_runtime.front_file import Front
+    from pareco_runtime.manifest import Front
 
     new = Front.load(saved, verify_weights=False)
     if as_json:

@@ -5,8 +5,7 @@ Depends on torch and safetensors only; training, export and benchmarking live in
 
 from .budget import BatteryPolicy, Choice, parse_budget
 from .convert import ConversionError, make_slimmable
-from .front import DeviceProfile, FrontPoint, Variant
-from .front_file import Front
+from .manifest import DeviceProfile, Front, FrontPoint, Variant
 from .models import ARCHITECTURES, SlimmableNet, build_model
 from .runtime import SlimmableRuntime
 from .slicing import slice_model

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from .front import FrontPoint
+    from .manifest import FrontPoint
 
 TORCH = "torch"
 GROUP = "pareco.backends"

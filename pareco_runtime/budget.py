@@ -65,7 +65,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .front import PRECISIONS, FrontPoint, Variant
+from .manifest import PRECISIONS, FrontPoint, Variant
 
 __all__ = [
     "AllOf",

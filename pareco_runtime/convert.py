@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .fileformat import first_line
 from .models.base import LayerBuilder, SlimmableNet, Slot
 from .ops import SlimBatchNorm2d, SlimBatchNormAct2d, SlimConv2d, SlimLinear
 from .sources import ModelFactory, original_module
+from .untrusted import first_line
 
 # Modules and functions that keep every channel where it is (pointwise in channels).
 _PASS_MODULES: tuple[type[nn.Module], ...] = (

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
-from .front import DeviceProfile, FrontPoint
+from .manifest import DeviceProfile, FrontPoint
 from .space import WidthSpace
 from .untrusted import FormatError, read_json
 

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .fileformat import TensorInfo, WeightHeader, check_input_size
+from .manifest import check_input_size, front_header
 from .models.base import BNStatsError
-from .point_stats import front_header
 from .sources import ModelFactory
 from .untrusted import FormatError
+from .weights_file import TensorInfo, WeightHeader
 
 if TYPE_CHECKING:
-    from .front_file import Front
+    from .manifest import Front
     from .models.base import SlimmableNet
 
 # No constructor argument of a classifier pareco slims comes near this: ImageNet-21k has 21,843
@@ -50,10 +50,10 @@ class _TooManyModules(Exception):
 
 def build_front_model(front: Front, factory: ModelFactory | None = None) -> SlimmableNet:
     """``front``'s architecture at full width with fresh weights, built only once it is known to fit the
-    front's weight file; every misfit is a one-line :class:`~pareco_runtime.fileformat.FormatError`.
+    front's weight file; every misfit is a one-line :class:`~pareco_runtime.untrusted.FormatError`.
 
     Checked before any real build: the weight file's header, with the BN statistics files of points
-    added after training (:func:`~pareco_runtime.point_stats.front_header`: each bound to it); every
+    added after training (:func:`~pareco_runtime.manifest.front_header`: each bound to it); every
     number in ``architecture.kwargs`` within ±:data:`MAX_KWARG_NUMBER` and its ``input_size`` within
     :func:`check_input_size`; then, on a shape-only build, the width space, the architecture the weight
     file records, every state tensor's name, shape and dtype, and each point's channels and BN

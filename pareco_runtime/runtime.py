@@ -13,15 +13,13 @@ from torch import nn
 
 from . import backends
 from .budget import BatteryPolicy, Budget, Choice, as_budget, choose
-from .fileformat import FormatError, first_line
-from .front import DeviceProfile, FrontPoint
-from .front_file import Front
+from .manifest import DeviceProfile, Front, FrontPoint, load_front_weights
 from .model_check import build_front_model
 from .models.base import SlimmableNet
-from .point_stats import load_front_weights
 from .preprocess import Preprocess
 from .slicing import slice_model
 from .sources import ModelFactory
+from .untrusted import FormatError, first_line
 
 BudgetLike = str | Budget | Sequence[str | Budget]
 
@@ -73,7 +71,7 @@ class SlimmableRuntime:
     nothing is allocated). ``rt(x)`` runs the active sub-network under ``torch.inference_mode``.
     Switching and inference are synchronised by a read-write lock, so an inference running in
     another thread always sees one whole config, never a mix of two. ``rt.front`` is the loaded
-    manifest (:class:`~pareco_runtime.front_file.Front`); ``points`` and ``profiles`` are its own.
+    manifest (:class:`~pareco_runtime.manifest.Front`); ``points`` and ``profiles`` are its own.
 
     On a compiled ``backend`` (``"onnxruntime"``, ``"executorch"``: :mod:`~pareco_runtime.backends`)
     ``rt(x)`` runs the active point's exported program instead, loaded on the first switch to the
@@ -131,7 +129,7 @@ class SlimmableRuntime:
         building it (:func:`~pareco_runtime.model_check.build_front_model`: tensor names, shapes and
         dtypes, each point's BN statistics), reads the weights with safetensors (no pickle) and
         preloads every point's BN statistics, those of points added after training from their
-        statistics files (:mod:`~pareco_runtime.point_stats`: checked, with their SHA-256, to belong
+        statistics files (:mod:`~pareco_runtime.manifest.stats_files`: checked, with their SHA-256, to belong
         to this weight file). Errors are ``ValueError`` subclasses naming the file.
         ``model``: the builder of an architecture that is the user's own code (a front trained with
         ``--arch pkg.module:factory``); the manifest's name for it is never imported.

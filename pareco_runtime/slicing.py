@@ -11,9 +11,9 @@ import torch
 import torch.fx
 from torch import nn
 
-from .fileformat import first_line
 from .models.base import SlimmableNet
 from .ops import _Slim
+from .untrusted import first_line
 
 # Packages a standalone model's generated code may import: torch, and the stdlib modules torch.fx's
 # code generation itself refers to (math's inf/nan, operator for `+`, builtins for getattr).

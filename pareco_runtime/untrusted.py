@@ -8,12 +8,15 @@ streaming without end. JSON is read only through :func:`read_json` / :func:`pars
 file of ten thousand ``[`` is a one-line error, not a ``RecursionError``), no duplicate keys, no
 NaN or Infinity.
 
-Errors are :class:`FormatError` with one line ``<file>: <what is wrong>; <what to do>``.
+Errors are :class:`FormatError` with one line ``<file>: <what is wrong>; <what to do>``
+(:func:`first_line` keeps another exception's message to one line). A file another one names by its
+SHA-256 is checked with :func:`sha256_file`.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -55,6 +58,21 @@ def format_error(file: str | os.PathLike[str], what: str, todo: str) -> FormatEr
     what = what.replace("\r", " ").replace("\n", " ")
     message = f"{file}: {what}; {todo}"
     return FormatError(message.replace("\r", " ").replace("\n", " "), what)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Lower-case hex SHA-256 of the file's bytes, read in chunks (``OSError`` if it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _stat_problem(exc: OSError, what: str) -> str:

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from pareco_runtime import SlimmableRuntime, build_model, slice_model
-from pareco_runtime.fileformat import FormatError, load_weights, save_weights, sha256_file
 from pareco_runtime.models.base import BNStatsError
 from pareco_runtime.ops import SlimBatchNorm2d
+from pareco_runtime.untrusted import FormatError, sha256_file
+from pareco_runtime.weights_file import load_weights, save_weights
 from training.calibrate import calibrate_bn, evaluate
 from training.pareco import measure_losses
 

@@ -27,7 +27,7 @@ class Payload:
 
 def _resign(manifest: Path) -> None:
     """Re-hash the weight file into the manifest, so that the weight loader itself meets the damage."""
-    from pareco_runtime.fileformat import sha256_file
+    from pareco_runtime.untrusted import sha256_file
 
     m = json.loads(manifest.read_text())
     m["weights"]["sha256"] = sha256_file(manifest.parent / m["weights"]["file"])

@@ -16,8 +16,8 @@ from bench.errors import BenchError
 from bench.lut import build_lut, discover_units, fit_calibration
 from pareco_runtime import SlimmableRuntime, build_model
 from pareco_runtime.budget import ProfileError
-from pareco_runtime.fileformat import load_manifest
 from pareco_runtime.latency_table import LatencyLUT, LatencyTableError, UnitTable, lut_path
+from pareco_runtime.manifest import load_manifest
 
 
 def _ids(manifest) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.imported import MAX_IMPORT_BYTES, read_latencies
-from pareco_runtime.front_file import Front
+from pareco_runtime.manifest import Front
 from pareco_runtime.untrusted import FormatError
 
 IDS = ["p00", "p01", "p02"]

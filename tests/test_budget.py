@@ -26,7 +26,7 @@ from pareco_runtime.budget import (
     read_host_battery,
     select,
 )
-from pareco_runtime.front import FrontPoint
+from pareco_runtime.manifest import FrontPoint
 
 
 def point(

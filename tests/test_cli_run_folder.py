@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pareco_runtime.front_file import Front
+from pareco_runtime.manifest import Front
 
 
 def _budget_of_middle_point(manifest: Path) -> tuple[str, str]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pareco_runtime import SlimmableRuntime, slice_model
-from pareco_runtime.fileformat import FormatError
+from pareco_runtime.untrusted import FormatError
 
 from .user_models import user_cnn
 

@@ -14,17 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
-from pareco_runtime.fileformat import (
-    FormatError,
+from pareco_runtime.manifest import (
+    Front,
     check_manifest_consistency,
     manifest_format,
     manifest_schema,
     save_manifest,
-    save_weights,
-    sha256_file,
 )
-from pareco_runtime.front_file import Front
 from pareco_runtime.runtime import SlimmableRuntime
+from pareco_runtime.untrusted import FormatError, sha256_file
+from pareco_runtime.weights_file import save_weights
 
 from .manifests import make_manifest, with_format_2
 

@@ -20,9 +20,8 @@ import pytest
 from bench.device import write_profile
 from export.index import merge_index, read_index
 from pareco_runtime import Front
-from pareco_runtime.fileformat import load_manifest, save_manifest
 from pareco_runtime.filelock import DEFAULT_LOCK_TIMEOUT_S, LockTimeout, lock_file_of, lock_timeout, locked
-from pareco_runtime.front import DeviceProfile
+from pareco_runtime.manifest import DeviceProfile, load_manifest, save_manifest
 from training.config import TrainConfig, TrainingError
 from training.run_dir import prepare_out_dir
 

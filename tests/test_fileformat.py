@@ -19,21 +19,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from pareco_runtime import build_model, fileformat, schema_check
-from pareco_runtime.fileformat import (
-    WEIGHTS_FORMAT_VERSION,
-    FormatError,
-    WeightFile,
+from pareco_runtime import build_model, weights_file
+from pareco_runtime.manifest import (
     check_manifest_consistency,
+    json_schema,
     load_manifest,
-    load_weights,
     manifest_schema,
     save_manifest,
-    save_weights,
-    sha256_file,
     weights_path,
 )
 from pareco_runtime.space import WidthSpace
+from pareco_runtime.untrusted import FormatError, sha256_file
+from pareco_runtime.weights_file import WEIGHTS_FORMAT_VERSION, WeightFile, load_weights, save_weights
 
 from .manifests import make_manifest, with_format_2
 
@@ -180,7 +177,7 @@ def test_save_weights_atomic_when_writer_fails(
         Path(filename).write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":')
         raise OSError("disk full")
 
-    monkeypatch.setattr(fileformat, "save_file", half_then_crash)
+    monkeypatch.setattr(weights_file, "save_file", half_then_crash)
     with pytest.raises(OSError, match="disk full"):
         save_weights(path, model.state_dict(), {}, {"v": 2})
     assert path.read_bytes() == before
@@ -566,11 +563,11 @@ def test_manifest_schema_is_a_valid_copy() -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     schema["properties"].clear()
     assert manifest_schema()["properties"]
-    assert manifest_schema()["$defs"]["point"]["properties"]["id"]["pattern"] == fileformat.POINT_ID_PATTERN
+    assert manifest_schema()["$defs"]["point"]["properties"]["id"]["pattern"] == weights_file.POINT_ID_PATTERN
 
 
 def test_manifest_fields_match_front_dataclasses() -> None:
-    from pareco_runtime.front import DeviceProfile, FrontPoint, Variant
+    from pareco_runtime.manifest import DeviceProfile, FrontPoint, Variant
 
     schema = manifest_schema()
     point = FrontPoint(
@@ -594,27 +591,27 @@ def test_manifest_fields_match_front_dataclasses() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# schema_check
+# json_schema
 
 
 def test_format_path() -> None:
-    assert schema_check.format_path(["points", 3, "alpha", 2]) == "points[3].alpha[2]"
-    assert schema_check.format_path([]) == "(top level)"
-    assert schema_check.format_path(["latency_ms", "cpu 1t"]) == 'latency_ms["cpu 1t"]'
-    assert schema_check.format_path([0, "a"]) == "[0].a"
+    assert json_schema.format_path(["points", 3, "alpha", 2]) == "points[3].alpha[2]"
+    assert json_schema.format_path([]) == "(top level)"
+    assert json_schema.format_path(["latency_ms", "cpu 1t"]) == 'latency_ms["cpu 1t"]'
+    assert json_schema.format_path([0, "a"]) == "[0].a"
 
 
-def test_schema_check_basics() -> None:
+def test_json_schema_basics() -> None:
     schema = {"type": "object", "properties": {"x": {"type": ["integer", "null"], "minimum": 0}}}
-    assert list(schema_check.iter_errors({"x": None}, schema)) == []
-    assert list(schema_check.iter_errors({"x": 2.0}, schema)) == []
-    with pytest.raises(schema_check.ValidationError, match=r"x: expected integer or null, got boolean"):
-        schema_check.validate({"x": True}, schema)
-    assert [e.keyword for e in schema_check.iter_errors({"x": -1}, schema)] == ["minimum"]
-    assert list(schema_check.iter_errors(1, True)) == []
-    assert [e.keyword for e in schema_check.iter_errors(1, False)] == ["false"]
-    assert list(schema_check.iter_errors(True, {"enum": [1]}))  # booleans never equal numbers
-    assert not list(schema_check.iter_errors(1.0, {"const": 1}))
+    assert list(json_schema.iter_errors({"x": None}, schema)) == []
+    assert list(json_schema.iter_errors({"x": 2.0}, schema)) == []
+    with pytest.raises(json_schema.ValidationError, match=r"x: expected integer or null, got boolean"):
+        json_schema.validate({"x": True}, schema)
+    assert [e.keyword for e in json_schema.iter_errors({"x": -1}, schema)] == ["minimum"]
+    assert list(json_schema.iter_errors(1, True)) == []
+    assert [e.keyword for e in json_schema.iter_errors(1, False)] == ["false"]
+    assert list(json_schema.iter_errors(True, {"enum": [1]}))  # booleans never equal numbers
+    assert not list(json_schema.iter_errors(1.0, {"const": 1}))
 
 
 @pytest.mark.parametrize(
@@ -630,10 +627,10 @@ def test_schema_check_basics() -> None:
 )
 def test_check_schema_refuses_what_it_cannot_check(schema: dict[str, Any], words: str) -> None:
     with pytest.raises((ValueError, TypeError), match=words):
-        schema_check.check_schema(schema)
+        json_schema.check_schema(schema)
 
 
-# hypothesis: valid manifests, then random mutations; schema_check must agree with jsonschema.
+# hypothesis: valid manifests, then random mutations; json_schema must agree with jsonschema.
 
 _JSON = st.recursive(
     st.none()
@@ -754,7 +751,7 @@ def mutated_manifests(draw: st.DrawFn) -> dict[str, Any]:
 
 def _both_verdicts(doc: Any) -> tuple[list[tuple[tuple[Any, ...], str]], list[tuple[tuple[Any, ...], str]]]:
     schema = manifest_schema()
-    ours = sorted((e.path, e.keyword) for e in schema_check.iter_errors(doc, schema))
+    ours = sorted((e.path, e.keyword) for e in json_schema.iter_errors(doc, schema))
     theirs = sorted(
         (tuple(e.absolute_path), e.validator)
         for e in jsonschema.Draft202012Validator(schema).iter_errors(doc)
@@ -762,7 +759,7 @@ def _both_verdicts(doc: Any) -> tuple[list[tuple[tuple[Any, ...], str]], list[tu
     return ours, theirs
 
 
-def test_schema_check_agrees_with_jsonschema_on_every_edge_value_everywhere() -> None:
+def test_json_schema_agrees_with_jsonschema_on_every_edge_value_everywhere() -> None:
     """Each location of a small manifest deleted, set to each edge value, or (objects) given an unknown
     field: both validators agree, and every keyword of the schema fails somewhere."""
     base = with_format_2(make_manifest(WidthSpace(("a", "b"), (8, 16), 0.5, 1.0, None), n_points=1))
@@ -813,6 +810,6 @@ def test_valid_manifests_pass_both_validators_and_round_trip(manifest: dict[str,
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_manifests())
-def test_schema_check_agrees_with_jsonschema_on_mutations(doc: dict[str, Any]) -> None:
+def test_json_schema_agrees_with_jsonschema_on_mutations(doc: dict[str, Any]) -> None:
     ours, theirs = _both_verdicts(doc)
     assert ours == theirs

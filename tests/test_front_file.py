@@ -10,9 +10,17 @@ import pytest
 import torch
 
 from pareco_runtime import Front, FrontPoint, SlimmableRuntime, build_model
-from pareco_runtime.fileformat import FormatError, load_manifest, save_manifest, sha256_file
-from pareco_runtime.front import DeviceProfile
-from pareco_runtime.front_file import MANIFEST_NAME, WEIGHTS_NAME, DatasetSpec, TrainingRecord, write_front
+from pareco_runtime.manifest import (
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    DatasetSpec,
+    DeviceProfile,
+    TrainingRecord,
+    load_manifest,
+    save_manifest,
+    write_front,
+)
+from pareco_runtime.untrusted import FormatError, sha256_file
 
 from .manifests import make_manifest
 

@@ -12,8 +12,8 @@ import torch
 
 from pareco_runtime import Front, SlimmableRuntime
 from pareco_runtime.budget import BudgetUnmetError, choose, select
-from pareco_runtime.fileformat import FormatError, load_manifest, save_manifest
-from pareco_runtime.front import DeviceProfile, FrontPoint, Variant
+from pareco_runtime.manifest import DeviceProfile, FrontPoint, Variant, load_manifest, save_manifest
+from pareco_runtime.untrusted import FormatError
 
 pytest.importorskip("onnxruntime")
 

@@ -9,8 +9,8 @@ import pytest
 
 from pareco_runtime import SlimmableRuntime
 from pareco_runtime.budget import parse_budget
-from pareco_runtime.front import non_dominated
 from pareco_runtime.latency_table import LatencyLUT, lut_path
+from pareco_runtime.pareto import non_dominated
 from training.config import TrainConfig, TrainingError
 from training.loop import build_for_data, train
 from training.pareco import PareCO

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.plots import chance_drawn, line_runs, plot_fronts
-from pareco_runtime.front import DeviceProfile
-from pareco_runtime.front_file import Front
+from pareco_runtime.manifest import DeviceProfile, Front
 
 from .manifests import make_manifest
 

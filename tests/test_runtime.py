@@ -11,7 +11,7 @@ import torch
 
 from pareco_runtime import SlimmableRuntime, parse_budget
 from pareco_runtime.budget import BudgetUnmetError
-from pareco_runtime.fileformat import FormatError
+from pareco_runtime.untrusted import FormatError
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from bench.device import host_description
-from pareco_runtime.fileformat import FormatError, sha256_file
-from pareco_runtime.front import non_dominated
-from pareco_runtime.front_file import Front
 from pareco_runtime.latency_table import LatencyLUT, lut_path
+from pareco_runtime.manifest import Front
+from pareco_runtime.pareto import non_dominated
 from pareco_runtime.runtime import SlimmableRuntime
+from pareco_runtime.untrusted import FormatError, sha256_file
 
 from .latency_tables import synthetic_table
 

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from pareco_runtime import build_model
-from pareco_runtime.fileformat import load_manifest, load_weights
+from pareco_runtime.manifest import load_manifest
+from pareco_runtime.weights_file import load_weights
 from training.calibrate import calibrate_bn, evaluate
 from training.config import TrainConfig, TrainingError
 from training.data import load_data

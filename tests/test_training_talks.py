@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from pareco_runtime import build_model
-from pareco_runtime.fileformat import load_manifest
+from pareco_runtime.manifest import load_manifest
 from training import loop, progress
 from training.config import TrainConfig
 from training.data import load_data

@@ -28,8 +28,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pareco_runtime import SlimmableRuntime, build_model
-from pareco_runtime.fileformat import FormatError, load_weights, sha256_file
-from pareco_runtime.untrusted import MAX_JSON_DEPTH, parse_json, read_json
+from pareco_runtime.untrusted import MAX_JSON_DEPTH, FormatError, parse_json, read_json, sha256_file
+from pareco_runtime.weights_file import load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 # Long enough for a cold interpreter on a loaded machine; a reader that blocks never finishes.
@@ -398,7 +398,7 @@ KINDS = {
 READERS = {
     "weight-file": (
         "model.safetensors",
-        "from pareco_runtime.fileformat import load_weights; load_weights(path)",
+        "from pareco_runtime.weights_file import load_weights; load_weights(path)",
     ),
     "manifest": ("model.front.json", "from pareco_runtime import Front; Front.load(path)"),
     "latency-table": (

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from pareco_runtime.atomic import atomic_write_bytes
-from pareco_runtime.fileformat import first_line
+from pareco_runtime.untrusted import first_line
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

@@ -3,7 +3,7 @@
 :func:`evaluate_points` scores every point as the runtime serves it; :func:`calibrate_point` makes
 an off-front point of any config exactly as training made its front points (BN statistics
 recalibrated on the same seeded training batches, evaluated on the same splits: front_builder's own
-functions), so that it can be added with :func:`pareco_runtime.point_stats.add_points`.
+functions), so that it can be added with :func:`pareco_runtime.manifest.add_points`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from pareco_runtime.front import FrontPoint
-from pareco_runtime.front_file import Front
+from pareco_runtime.manifest import Front, FrontPoint
 from pareco_runtime.runtime import SlimmableRuntime
 
 from .calibrate import Evaluation, Tally

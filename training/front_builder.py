@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pareco_runtime.front import FrontPoint, non_dominated
-from pareco_runtime.front_file import WEIGHTS_NAME, DatasetSpec, Front, TrainingRecord, write_front
 from pareco_runtime.latency_table import LatencyLUT, lut_path
+from pareco_runtime.manifest import WEIGHTS_NAME, DatasetSpec, Front, FrontPoint, TrainingRecord, write_front
 from pareco_runtime.models.base import SlimmableNet
+from pareco_runtime.pareto import non_dominated
 
 from .calibrate import BNStats, calibrate_bn, evaluate
 

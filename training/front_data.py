@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from pareco_runtime.front_file import Front
+from pareco_runtime.manifest import Front
 from pareco_runtime.preprocess import Preprocess
 
 from .data import Data, DataError, is_builtin, load_data

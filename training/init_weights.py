@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pareco_runtime.fileformat import first_line
+from pareco_runtime.untrusted import first_line
 
 from .config import TrainingError
 

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from pareco_runtime import ConversionError, build_model, make_slimmable
-from pareco_runtime.fileformat import first_line
-from pareco_runtime.front_file import MANIFEST_NAME
+from pareco_runtime.manifest import MANIFEST_NAME
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.sources import is_converted, original_from_user
+from pareco_runtime.untrusted import first_line
 
 from . import distributed, report
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pareco_runtime.front import MAX_MAC_GAP
-from pareco_runtime.front_file import Front
+from pareco_runtime.manifest import Front
+from pareco_runtime.pareto import MAX_MAC_GAP
 
 from .progress import format_duration
 

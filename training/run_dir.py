@@ -16,7 +16,7 @@ from typing import Any
 
 from pareco_runtime.atomic import atomic_write_text, remove_stale_temporaries
 from pareco_runtime.filelock import locked
-from pareco_runtime.front_file import MANIFEST_NAME, WEIGHTS_NAME
+from pareco_runtime.manifest import MANIFEST_NAME, WEIGHTS_NAME
 from pareco_runtime.untrusted import FormatError, read_json
 
 from .checkpoint import CHECKPOINT_NAME

@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from pareco_runtime.front import FrontPoint, non_dominated
+from pareco_runtime.manifest import FrontPoint
 from pareco_runtime.models.base import SlimmableNet
+from pareco_runtime.pareto import non_dominated
 
 from . import mobo
 from .config import TrainingError

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pareco_runtime.fileformat import sha256_file
-from pareco_runtime.untrusted import FormatError, regular_file
+from pareco_runtime.untrusted import FormatError, regular_file, sha256_file
 
 from .base import Data, DataError, Holdout
 from .builtin import _digits, _synthetic

@@ -1,8 +1,7 @@
-"""Front points, device profiles and non-dominated sorting."""
+"""A front point and its quantized variants: the manifest's ``points[]`` entries and their ``variants[]``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -124,65 +123,3 @@ class FrontPoint:
             eval_loss=dict(d.get("eval_loss") or {}),
             variants=[Variant.from_dict(v) for v in d.get("variants") or []],
         )
-
-
-@dataclass
-class DeviceProfile:
-    """Where and how latencies (and energies) of a front were measured.
-
-    ``energy_source`` is "rapl" or "nvml" when energy was measured, "estimate" when it was
-    derived from a model of the host (and so labelled), None when no energy is recorded.
-    """
-
-    name: str
-    runtime: str
-    threads: int
-    batch: int
-    host: str
-    date: str
-    versions: dict[str, str] = field(default_factory=dict)
-    energy_source: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DeviceProfile:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            name=d["name"],
-            runtime=d["runtime"],
-            threads=int(d["threads"]),
-            batch=int(d["batch"]),
-            host=d["host"],
-            date=d["date"],
-            versions=dict(d.get("versions") or {}),
-            energy_source=d.get("energy_source"),
-        )
-
-
-# Neighbouring front points further apart than this in MACs leave the budgets between them served by
-# the cheaper point only: a training run warns of such a gap, a plot breaks its line there. The digits
-# front's cheapest step (1.01 -> 2.72 MFLOPs) is 2.7x, Independent's widths on ResNet20 (4.1 / 10.3 /
-# 22.9 / 40.6 MFLOPs) are at most 2.5x apart; a front with its middle missing is more.
-MAX_MAC_GAP = 3.0
-
-
-def non_dominated(items: Sequence[Any], objectives: Callable[[Any], Sequence[float]]) -> list[Any]:
-    """The items no other item dominates, all objectives minimised, in input order.
-
-    An item dominates another when it is no worse in every objective and better in one; exact
-    duplicates both stay. O(n^2), fine for fronts of a few thousand points.
-    """
-    values = [tuple(objectives(it)) for it in items]
-    keep = []
-    for i, vi in enumerate(values):
-        dominated = any(
-            all(a <= b for a, b in zip(vj, vi)) and any(a < b for a, b in zip(vj, vi))
-            for j, vj in enumerate(values)
-            if j != i
-        )
-        if not dominated:
-            keep.append(items[i])
-    return keep

@@ -1,16 +1,16 @@
-"""BN statistics of points added to a front after training, kept beside the weight file, never in a copy of it.
+"""The BN statistics files a manifest lists: points added to a front after training, and a front's weights
+read from where the manifest puts each point's statistics.
 
 A point added later (``pareco calibrate``; issue 18's device-specific fronts likewise) needs only its
 calibrated BatchNorm statistics: the shared weights serve every config already. They go to a small
-*statistics file* in the manifest's folder, a pareco weight file without the state (safetensors,
-``bn/<point_id>/<module>.running_mean|running_var``), whose metadata binds it to the weight file
-by that file's SHA-256 (``weights_sha256``) and lists its points. The manifest lists it under
-``weights.bn_stats`` with its own SHA-256 and the points it holds.
+*statistics file* in the manifest's folder (:func:`~pareco_runtime.weights_file.save_stats_file`: a
+weight file without the state, bound to the weight file by that file's SHA-256). The manifest lists
+it under ``weights.bn_stats`` with its own SHA-256 and the points it holds.
 
 So the shared weights are stored once however many points or fronts use them, the weight file is
 never rewritten (its SHA-256, which export records and other manifests name, stays valid), and
 adding a point writes only new files before the manifest: a crash leaves the old manifest with, at
-worst, an unreferenced statistics file. At load, :func:`~pareco_runtime.fileformat.load_manifest`
+worst, an unreferenced statistics file. At load, :func:`~.file.load_manifest`
 checks each file's SHA-256 and :func:`front_header` / :func:`load_front_weights` that it is bound to
 the manifest's weight file, so a statistics file of other weights is refused, not served.
 """
@@ -25,15 +25,22 @@ from typing import TypeVar
 
 import torch
 
-from .fileformat import WeightFile, WeightHeader, load_weights, read_weight_header, save_weights, sha256_file
-from .front import DeviceProfile, FrontPoint
-from .front_file import BNStatsByPoint, Front, StatsFile, utc_timestamp
-from .untrusted import FormatError
-from .untrusted import format_error as _error
+from ..untrusted import FormatError, sha256_file
+from ..weights_file import (
+    BNStatsByPoint,
+    WeightFile,
+    WeightHeader,
+    check_binding,
+    load_weights,
+    read_weight_header,
+    save_stats_file,
+)
+from .front import Front, utc_timestamp
+from .points import FrontPoint
+from .sections import DeviceProfile, StatsFile
 
 STATS_SUFFIX = ".bn.safetensors"
 _MANIFEST_SUFFIX = ".front.json"
-_BINDING = "weights_sha256"
 
 _Item = TypeVar("_Item")
 
@@ -68,12 +75,7 @@ def add_points(
             _check_addable(front, points, file, weights_sha256)
             target = front.file_path(file)
             ids = [p.id for p in points]
-            save_weights(
-                target,
-                {},
-                {pid: dict(bn_stats[pid]) for pid in ids},
-                {_BINDING: weights_sha256, "points": ids},
-            )
+            save_stats_file(target, bn_stats, ids, weights_sha256)
             written = target
             front.stats_files.append(StatsFile(file, sha256_file(target), ids))
             front.points.extend(points)
@@ -120,12 +122,7 @@ def save_derived_front(
     ids = [p.id for p in points]
     stem = out.name[: -len(_MANIFEST_SUFFIX)] if out.name.endswith(_MANIFEST_SUFFIX) else out.stem
     staging = out.with_name(f"{stem}.staging{STATS_SUFFIX}")
-    save_weights(
-        staging,
-        {},
-        {pid: dict(bn_stats[pid]) for pid in ids},
-        {_BINDING: front.weights_sha256, "points": ids},
-    )
+    save_stats_file(staging, bn_stats, ids, front.weights_sha256)
     digest = sha256_file(staging)
     stats = out.with_name(f"{stem}.{digest[:12]}{STATS_SUFFIX}")
     os.replace(staging, stats)
@@ -179,9 +176,9 @@ def front_header(front: Front) -> WeightHeader:
     """The header of ``front``'s weights as one file: the weight file's state, and each point's BN statistics
     from where the manifest puts them (its statistics file, else the weight file); no tensor data is read.
 
-    Each statistics file is read as :func:`~pareco_runtime.fileformat.read_weight_header` reads a weight
+    Each statistics file is read as :func:`~pareco_runtime.weights_file.read_weight_header` reads a weight
     file, and must be bound to the manifest's weight file and hold the points listed for it
-    (:class:`~pareco_runtime.fileformat.FormatError` otherwise). ``stats_paths`` of the result says
+    (:class:`~pareco_runtime.weights_file.FormatError` otherwise). ``stats_paths`` of the result says
     which points' statistics came from a statistics file.
     """
     header = read_weight_header(front.weights_path)
@@ -196,7 +193,7 @@ def front_header(front: Front) -> WeightHeader:
 
 
 def load_front_weights(front: Front) -> WeightFile:
-    """``front``'s weight file loaded (:func:`~pareco_runtime.fileformat.load_weights`), with each point's BN
+    """``front``'s weight file loaded (:func:`~pareco_runtime.weights_file.load_weights`), with each point's BN
     statistics taken from where the manifest puts them, checked as :func:`front_header` checks them."""
     weights = load_weights(front.weights_path)
     merged: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = dict(weights.bn_stats)
@@ -216,14 +213,7 @@ def _bound_points(
 ) -> dict[str, dict[str, tuple[_Item, _Item]]]:
     """The statistics of the points ``entry`` lists, from the statistics file at ``path`` (its ``metadata``
     and ``bn_stats``), once it is known to be bound to ``front``'s weight file."""
-    bound = metadata.get(_BINDING)
-    if bound != front.weights_sha256:
-        raise _error(
-            path,
-            f"BN statistics of another weight file (calibrated for sha256 {str(bound)[:12]}..., but "
-            f"{front.weights_file} has {front.weights_sha256[:12]}...)",
-            "restore the weight file it was made for, or calibrate its points again",
-        )
+    check_binding(path, metadata, front.weights_file, front.weights_sha256)
     missing = [pid for pid in entry.points if pid not in bn_stats]
     if missing:
         raise FormatError(

@@ -1,9 +1,9 @@
-"""The front manifest as one typed object: the only place that knows the layout of ``NAME.front.json``.
+"""The front manifest as one typed object, :class:`Front`: the whole of ``NAME.front.json``, its sections
+(:mod:`.sections`) and points (:mod:`.points`) as fields.
 
-:mod:`pareco_runtime.fileformat` reads and writes the bytes and validates them (schema, consistency,
-weight path, SHA-256); :class:`Front` turns a validated manifest into typed fields and back, builds
-a new front from a model, and merges device profiles into it. Every reader and writer of manifests
-goes through it, so the layout is defined once.
+:mod:`.file` reads and writes the bytes and validates them (schema, rules, weight path, SHA-256);
+:class:`Front` turns a validated manifest into typed fields and back, builds a new front from a
+model, and merges measured figures into it. Every reader and writer of manifests goes through it.
 
 Writers that change an existing manifest use :meth:`Front.update`, which holds the manifest's lock
 (:mod:`pareco_runtime.filelock`) from reading to the atomic rename, so two processes recording
@@ -16,166 +16,31 @@ import contextlib
 import datetime as _dt
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .atomic import remove_stale_temporaries
-from .fileformat import (
-    inside_folder,
-    load_manifest,
-    manifest_format,
-    save_manifest,
-    save_weights,
-    sha256_file,
-    weights_path,
-)
-from .filelock import locked
-from .front import DeviceProfile, FrontPoint
-from .models import build_model
-from .sources import ModelFactory
-from .space import WidthSpace
+from ..atomic import remove_stale_temporaries
+from ..filelock import locked
+from ..space import WidthSpace
+from ..untrusted import sha256_file
+from ..weights_file import BNStatsByPoint, save_weights
+from .file import load_manifest, save_manifest
+from .paths import inside_folder, weights_path
+from .points import FrontPoint
+from .sections import Architecture, DatasetSpec, DeviceProfile, StatsFile, TrainingRecord
+from .versions import manifest_format
 
 if TYPE_CHECKING:
-    from .models.base import SlimmableNet
+    from ..models.base import SlimmableNet
 
 WEIGHTS_NAME = "model.safetensors"
 MANIFEST_NAME = "model.front.json"
-
-BNStatsByPoint = Mapping[str, Mapping[str, tuple[torch.Tensor, torch.Tensor]]]
 
 
 def utc_timestamp() -> str:
     """Now, in UTC, as the manifest writes dates: ``2026-11-23T23:59:00Z``."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass
-class Architecture:
-    """The network a front belongs to: a name :func:`build_model` accepts and its constructor arguments."""
-
-    arch: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def build(self, factory: ModelFactory | None = None) -> SlimmableNet:
-        """A freshly initialised model of this architecture (``factory``: the builder of a user's own
-        converted architecture, see :mod:`pareco_runtime.sources`)."""
-        return build_model(self.arch, factory=factory, **self.kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The manifest's ``architecture`` object (also what ``SlimmableNet.describe()`` returns)."""
-        return {"arch": self.arch, "kwargs": dict(self.kwargs)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Architecture:
-        """Inverse of :meth:`to_dict`."""
-        return cls(arch=d["arch"], kwargs=dict(d.get("kwargs") or {}))
-
-
-@dataclass
-class DatasetSpec:
-    """What the network's inputs must look like and what its outputs mean.
-
-    ``input_size``: (C, H, W); ``mean`` / ``std``: the per-channel normalisation inputs get;
-    ``class_names``: in output order (empty when unknown); ``preprocess``: the resize and crop
-    (:meth:`pareco_runtime.preprocess.Preprocess.to_dict`; None: the whole image to the input size);
-    ``splits``: which images the points' ``top1`` and ``selection_top1`` are from (``{"top1": split,
-    "selection": split}``, each ``{"name", "images"[, "fraction", "seed"]}``; no ``selection``: the
-    points were chosen on the ``top1`` split; None: not recorded); ``eval_splits``: the test sets of
-    the points' ``eval_top1`` / ``eval_loss`` by evaluation name, each a split with the ``data`` it
-    was taken from (``pareco eval --write``; None: none).
-    """
-
-    name: str
-    input_size: tuple[int, ...]
-    mean: list[float]
-    std: list[float]
-    class_names: list[str] = field(default_factory=list)
-    preprocess: dict[str, Any] | None = None
-    splits: dict[str, Any] | None = None
-    eval_splits: dict[str, dict[str, Any]] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The manifest's ``dataset`` object."""
-        d: dict[str, Any] = {
-            "name": self.name,
-            "input_size": list(self.input_size),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "class_names": list(self.class_names),
-        }
-        if self.preprocess is not None:
-            d["preprocess"] = dict(self.preprocess)
-        if self.splits is not None:
-            d["splits"] = dict(self.splits)
-        if self.eval_splits:
-            d["eval_splits"] = {name: dict(split) for name, split in self.eval_splits.items()}
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DatasetSpec:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            name=d["name"],
-            input_size=tuple(int(v) for v in d["input_size"]),
-            mean=[float(v) for v in d["mean"]],
-            std=[float(v) for v in d["std"]],
-            class_names=[str(n) for n in d.get("class_names") or []],
-            preprocess=dict(d["preprocess"]) if d.get("preprocess") else None,
-            splits=dict(d["splits"]) if d.get("splits") else None,
-            eval_splits={n: dict(s) for n, s in d["eval_splits"].items()} if d.get("eval_splits") else None,
-        )
-
-
-@dataclass
-class TrainingRecord:
-    """How a front was trained: algorithm, epochs, seed, wall time, PareCO's |H| (None for other
-    algorithms) and free-form ``extra`` details."""
-
-    algorithm: str
-    epochs: int
-    seed: int
-    wall_time_s: float
-    history_size: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The manifest's ``training`` object."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainingRecord:
-        """Inverse of :meth:`to_dict` (``history_size`` and ``extra`` may be absent)."""
-        return cls(
-            algorithm=d["algorithm"],
-            epochs=int(d["epochs"]),
-            seed=int(d["seed"]),
-            wall_time_s=float(d["wall_time_s"]),
-            history_size=d.get("history_size"),
-            extra=dict(d.get("extra") or {}),
-        )
-
-
-@dataclass
-class StatsFile:
-    """A BN statistics file of a front (the manifest's ``weights.bn_stats``): its name relative to the
-    manifest's folder, its SHA-256, and the ids of the points whose statistics it holds
-    (:mod:`pareco_runtime.point_stats`)."""
-
-    file: str
-    sha256: str
-    points: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        """One entry of the manifest's ``weights.bn_stats``."""
-        return {"file": self.file, "sha256": self.sha256, "points": list(self.points)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StatsFile:
-        """Inverse of :meth:`to_dict`."""
-        return cls(file=d["file"], sha256=d["sha256"], points=[str(p) for p in d["points"]])
 
 
 @dataclass
@@ -219,7 +84,7 @@ class Front:
         SHA-256 (the manifest must be saved in the weight file's folder), and the model's
         architecture and width space. No device profiles yet.
         """
-        from . import __version__
+        from .. import __version__
 
         path = Path(weights)
         return cls(
@@ -236,7 +101,7 @@ class Front:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], verify_weights: bool = True) -> Front:
-        """Read and validate a front manifest (:func:`~pareco_runtime.fileformat.load_manifest`: schema,
+        """Read and validate a front manifest (:func:`~.file.load_manifest`: schema,
         consistency, weight path and, with ``verify_weights``, the weight file's SHA-256)."""
         source = Path(path)
         return cls.from_dict(load_manifest(source, verify_weights=verify_weights), source)
@@ -306,7 +171,7 @@ class Front:
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Validate and write the manifest atomically to ``path`` (default: :attr:`path`); the path written.
 
-        Raises :class:`~pareco_runtime.fileformat.FormatError` and writes nothing if the front is
+        Raises :class:`~pareco_runtime.untrusted.FormatError` and writes nothing if the front is
         not a valid manifest. Holds the manifest's lock while writing, so a whole new manifest
         waits for an :meth:`update` in progress instead of being overwritten by it; removes the
         temporaries that killed writers left in the folder
