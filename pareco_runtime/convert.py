@@ -31,7 +31,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .fileformat import first_line
 from .models.base import LayerBuilder, SlimmableNet, Slot
 from .ops import SlimBatchNorm2d, SlimBatchNormAct2d, SlimConv2d, SlimLinear
-from .sources import ModelFactory, original_module
+from .sources import ModelFactory, check_builder_kwargs, original_module
 
 # Modules and functions that keep every channel where it is (pointwise in channels).
 _PASS_MODULES: tuple[type[nn.Module], ...] = (
@@ -93,6 +93,8 @@ _PASS_FUNCTIONS: set[Any] = {
     torch.clamp,
     torch.clip,
 }
+# What make_slimmable records under architecture.kwargs.convert, and all a manifest may pass it back.
+CONVERT_SETTINGS = frozenset({"input_size", "low", "lows", "divisor", "pin", "tie", "on_unsupported"})
 _PASS_METHODS = {
     "relu",
     "relu_",
@@ -483,6 +485,8 @@ def make_slimmable(
     """
     if on_unsupported not in ("pin", "error"):
         raise ValueError(f"on_unsupported must be 'pin' or 'error', got {on_unsupported!r}")
+    if arch is not None:
+        check_builder_kwargs(arch, model_kwargs or {}, where="model_kwargs")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
         raise ConversionError(
             "make_slimmable: example_input must be one NCHW tensor, e.g. torch.randn(1, 3, 224, 224)"
@@ -643,10 +647,19 @@ def rebuild(arch: str, kwargs: dict[str, Any], factory: ModelFactory | None = No
             f"make_slimmable records), got {sorted(kwargs)}"
         )
     settings = dict(kwargs["convert"])
+    unknown = sorted(set(settings) - CONVERT_SETTINGS) or ([] if "input_size" in settings else ["input_size"])
+    if unknown:
+        raise ValueError(
+            f"architecture.kwargs.convert.{unknown[0]}: make_slimmable records exactly "
+            f"{', '.join(sorted(CONVERT_SETTINGS))}; use the manifest pareco wrote"
+        )
     size = settings.pop("input_size")
     module = original_module(arch, dict(kwargs["model"]), factory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return make_slimmable(
-            module, torch.zeros(1, *size), arch=arch, model_kwargs=kwargs["model"], **settings
-        )
+        try:
+            return make_slimmable(
+                module, torch.zeros(1, *size), arch=arch, model_kwargs=kwargs["model"], **settings
+            )
+        except TypeError as exc:  # a setting of the wrong type: the manifest was edited
+            raise ValueError(f"architecture.kwargs.convert: {exc}; use the manifest pareco wrote") from None
