@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from .fileformat import first_line
 
 ModelFactory = Callable[..., nn.Module]
 LIBRARIES = ("torchvision", "timm")
@@ -41,6 +42,22 @@ WEIGHT_SOURCES = frozenset(
      "pretrained_cfg_overlay", "cache_dir", "checkpoint", "path", "file", "url"}
 )  # fmt: skip
 _FILE_SUFFIXES = ("_path", "_file", "_dir", "_url", "_checkpoint")
+
+
+class UserCodeError(ValueError):
+    """The user's own code (a builder they named) failed to import or to build; one line naming it and
+    the exception it raised (chained, so ``--debug`` shows where in their code)."""
+
+
+def _user_code_failed(what: str, exc: Exception) -> UserCodeError:
+    return UserCodeError(
+        f"{what} raised {type(exc).__name__}: {first_line(exc)}; fix it in your code (--debug shows where)"
+    )
+
+
+def _qualified(factory: ModelFactory) -> str:
+    """``pkg.module:function``, as the user names a factory."""
+    return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', type(factory).__name__)}"
 
 
 def is_converted(arch: str) -> bool:
@@ -86,10 +103,15 @@ def original_module(
             f"manifest's word; pass the builder: SlimmableRuntime.load(path, model=<factory>), "
             f"or --model {arch} on the command line"
         )
-    module = factory(**model_kwargs)
+    qualified = _qualified(factory)
+    named = f"the factory {qualified}" + ("" if qualified == arch else f" of architecture '{arch}'")
+    try:
+        module = factory(**model_kwargs)
+    except Exception as exc:
+        raise _user_code_failed(named, exc) from exc
     if not isinstance(module, nn.Module):
-        raise ValueError(
-            f"architecture '{arch}': the factory returned {type(module).__name__}, not an nn.Module"
+        raise UserCodeError(
+            f"{named} returned {type(module).__name__}, not an nn.Module; make it return the network"
         )
     return module
 
@@ -155,6 +177,8 @@ def import_factory(spec: str, flag: str = "--model") -> ModelFactory:
         raise ValueError(
             f"{flag} {spec}: cannot import {module_name} ({exc}); check the name and PYTHONPATH"
         ) from None
+    except Exception as exc:  # the module's own code failed while it was imported
+        raise _user_code_failed(f"{flag} {spec}: importing {module_name}", exc) from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ValueError(f"{flag} {spec}: {module_name} has no callable '{attr}'")
