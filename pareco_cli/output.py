@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+_UNBOUNDED = 1 << 20  # columns: wider than any table pareco prints
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -17,16 +18,32 @@ def print_json(obj: Any) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print a rich table with the given column headers and rows (values formatted with str)."""
-    from rich.console import Console
-    from rich.table import Table
+    """Print a rich table with the given column headers and rows (values formatted with str, None as '-').
 
-    table = Table(title=title)
+    No cell is ever cut short: on a terminal a cell too wide folds onto more lines; on a pipe or in a
+    file each row is one line as wide as it needs, so a log grepped for an id or a header finds it.
+    Text is printed as it is (a ``[`` in a manifest's names is not rich markup).
+    """
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(title))
     for c in columns:
-        table.add_column(c, justify="right" if c not in ("id", "arch", "group", "name") else "left")
+        justify = "right" if c not in ("id", "arch", "group", "name") else "left"
+        table.add_column(Text(c), justify=justify, overflow="fold")
     for r in rows:
-        table.add_row(*("-" if v is None else str(v) for v in r))
-    Console().print(table)
+        table.add_row(*(Text("-" if v is None else str(v)) for v in r))
+    console = Console()
+    if not console.is_terminal:
+        # rich would fit the table to 80 columns (or $COLUMNS), end cells in '…' and wrap the title at
+        # the table's width: the title is one line of its own and the table as wide as it needs.
+        table.title = None
+        natural = Measurement.get(console, console.options.update_width(_UNBOUNDED), table).maximum
+        console = Console(width=max(natural, len(title), console.width))
+        console.print(Text(title))
+    console.print(table)
 
 
 def check_output(path: Path, flag: str, suffix: str, ours: Callable[[Path], bool], fix: str) -> None:
