@@ -30,7 +30,7 @@ LIBRARY_KWARGS = {
     "torchvision": frozenset(
         {"num_classes", "dropout", "width_mult", "groups", "width_per_group", "zero_init_residual",
          "replace_stride_with_dilation", "stochastic_depth_prob", "init_weights", "aux_logits",
-         "transform_input"}
+         "transform_input", "inverted_residual_setting", "round_nearest"}
     ),
     "timm": frozenset(
         {"num_classes", "in_chans", "drop_rate", "drop_path_rate", "drop_block_rate", "global_pool"}
