@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from pareco_runtime import SlimmableRuntime, make_slimmable
 from pareco_runtime.fileformat import FormatError
 from pareco_runtime.sources import original_module
 
+from .test_convert_front import _small_front
 from .user_models import user_cnn
 
 pytest.importorskip("torchvision")
@@ -67,15 +67,8 @@ def test_a_conversion_never_records_a_weight_source():
 
 @pytest.fixture(scope="module")
 def converted_front(tmp_path_factory) -> Path:
-    """A one-epoch front of torchvision's MobileNetV3-Small on 64 synthetic 32x32 images."""
-    from training.config import TrainConfig
-    from training.loop import train
-
-    cfg = TrainConfig(arch="torchvision:mobilenet_v3_small", data="synthetic:64:4", image_size=32, epochs=1,
-                      batch_size=32, candidates=3, calib_batches=1, calib_batch_size=32)  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return train(cfg, tmp_path_factory.mktemp("converted"), show_progress=False)
+    """A one-epoch front of torchvision's MobileNetV3-Small (see test_convert_front)."""
+    return _small_front(tmp_path_factory, "converted", "torchvision:mobilenet_v3_small")
 
 
 def _edited(front: Path, tmp_path: Path, section: str, change: dict[str, Any]) -> Path:

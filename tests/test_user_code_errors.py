@@ -5,7 +5,6 @@ exit 2, no traceback, wherever pareco calls it."""
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from pareco_runtime import SlimmableRuntime
 from pareco_runtime.sources import UserCodeError
 
+from .test_convert_front import _small_front
 from .user_models import raising_factory
 
 BROKEN = [
@@ -57,15 +57,8 @@ def test_flops_arch(spec: str, pattern: str, cli):
 
 @pytest.fixture(scope="module")
 def user_front(tmp_path_factory) -> Path:
-    """A one-epoch front of tests.user_models:user_cnn on 64 synthetic 16x16 images, 4 classes."""
-    from training.config import TrainConfig
-    from training.loop import train
-
-    cfg = TrainConfig(arch="tests.user_models:user_cnn", data="synthetic:64:4", image_size=16, epochs=1,
-                      batch_size=32, candidates=3, calib_batches=1, calib_batch_size=32)  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return train(cfg, tmp_path_factory.mktemp("user_front"), show_progress=False)
+    """A one-epoch front of the user's own CNN (see test_convert_front)."""
+    return _small_front(tmp_path_factory, "user_front", "tests.user_models:user_cnn")
 
 
 def test_the_runtime_names_the_factory(user_front: Path):
