@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
+import itertools
 import operator
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -244,6 +246,28 @@ class _Analysis:
         self.on_unsupported = on_unsupported
         for node in gm.graph.nodes:
             self._visit(node)
+        self._pin_tensors_read_outside_their_layer()
+
+    def _pin_tensors_read_outside_their_layer(self) -> None:
+        """A slimmed layer's parameter or buffer read by another op (``F.conv2d(x, self.conv.weight)``, a
+        constant the trace made of a view of it) would be sliced, or copied, for the layer but not for
+        that op: the layer keeps its channels on both sides."""
+        owner = {
+            tensor.untyped_storage().data_ptr(): layer
+            for layer in self.layers.values()
+            for tensor in itertools.chain(layer.module.parameters(), layer.module.buffers())
+            if tensor.numel()
+        }
+        for node in self.gm.graph.nodes:
+            if node.op != "get_attr":
+                continue
+            tensor = functools.reduce(getattr, str(node.target).split("."), self.gm)
+            layer = (
+                owner.get(tensor.untyped_storage().data_ptr()) if isinstance(tensor, torch.Tensor) else None
+            )
+            if layer is not None:
+                text = f"{node.name} ({node.target}): an op reads a tensor of layer {layer.name} outside it"
+                self._refuse_or_pin(text, [], layer)
 
     def _channel_var(self, node: Any) -> int | None:
         return self.var.get(node) if isinstance(node, torch.fx.Node) else None
@@ -264,13 +288,22 @@ class _Analysis:
             return
         self.var[node] = v
 
-    def _unsupported(self, node: torch.fx.Node, why: str) -> None:
+    def _unsupported(self, node: torch.fx.Node, why: str, also: _Layer | None = None) -> None:
         where = (
             node.target
             if node.op == "call_module"
             else f"{node.op} {getattr(node.target, '__name__', node.target)}"
         )
         text = f"{node.name} ({where}): {why}"
+        around = [self._channel_var(arg) for arg in node.all_input_nodes]
+        self._refuse_or_pin(text, [v for v in around if v is not None], also)
+        v = self._fresh(node)
+        if v is not None:
+            self.groups.pin(v, text)
+
+    def _refuse_or_pin(self, text: str, channel_vars: Sequence[int], layer: _Layer | None = None) -> None:
+        """Keep ``channel_vars`` (and ``layer``'s input and output channels) at full width for the reason
+        ``text``, or refuse with it under ``on_unsupported='error'``."""
         if self.on_unsupported == "error":
             raise ConversionError(
                 f"make_slimmable: {text}; pin the modules around it (pin=[...]) or pass "
@@ -278,12 +311,7 @@ class _Analysis:
                 cli=f"{text}; keep the modules around it at full width with --pin PATTERNS",
             )
         self.unsupported.append(text)
-        for arg in node.all_input_nodes:
-            v = self._channel_var(arg)
-            if v is not None:
-                self.groups.pin(v, text)
-        v = self._fresh(node)
-        if v is not None:
+        for v in [*channel_vars, *((layer.cin, layer.cout) if layer is not None else ())]:
             self.groups.pin(v, text)
 
     def _tensor_args(self, node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -313,7 +341,8 @@ class _Analysis:
         batch_norm = type(mod) is nn.BatchNorm2d or _is_bn_act(mod)
         linear = type(mod) is nn.Linear or _is_timm_linear(mod)
         if (batch_norm or linear or type(mod) is nn.Conv2d) and name in self.layers:
-            self._unsupported(node, "the module is called more than once")
+            # One module, one width: its first call's channels too, or that call is sliced and this one not.
+            self._unsupported(node, "the module is called more than once", self.layers[name])
         elif type(mod) is nn.Conv2d and cin is not None and mod.padding_mode == "zeros":
             if mod.groups == 1:
                 cout = self._fresh(node)
@@ -517,6 +546,7 @@ def make_slimmable(
     found = _Analysis(gm, on_unsupported)
     groups = found.groups
     layers = found.layers
+    _check_own_tensors(net, layers)
     for p in pin:
         if not _matching(layers, [p]):
             named_like = (
@@ -616,6 +646,22 @@ def make_slimmable(
     floors = _dimension_lows(builder.dim_names, low, lows or {})
     slim._finish(builder, low, divisor, tuple(example_input.shape[1:]), floors)  # type: ignore[arg-type]
     return slim
+
+
+def _check_own_tensors(net: nn.Module, layers: Mapping[str, _Layer]) -> None:
+    """Refuse layers that share a parameter or buffer (tied weights, one module under two names): each
+    becomes a slimmable copy of its own, which would untie them, and no pin can keep them tied."""
+    owner: dict[int, str] = {}
+    named = net.named_parameters(remove_duplicate=False), net.named_buffers(remove_duplicate=False)
+    for name, tensor in itertools.chain(*named):
+        module = name.rpartition(".")[0]
+        first = owner.setdefault(id(tensor), module)
+        if first != module and (first in layers or module in layers):
+            raise ConversionError(
+                f"make_slimmable: layers {first!r} and {module!r} share one tensor ({name}); a slimmable "
+                "copy of each would untie them; give each layer its own weights, or convert a submodule "
+                "without the tie"
+            )
 
 
 def _dimension_lows(dims: Sequence[str], low: float, lows: Mapping[str, float]) -> tuple[float, ...] | None:
