@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .loading import MODEL_HELP, ManifestArg, load_runtime, resolve_manifest
-from .output import print_json, print_table
+from .output import check_output, is_latency_table, print_json, print_table
 
 if TYPE_CHECKING:
     from pareco_runtime.manifest import Front, FrontPoint
@@ -221,6 +221,7 @@ def bench(
                 "--arch builds a latency table for a network not trained yet: give it with --build-lut, "
                 "--image-size PX and --out FILE, and without a manifest or --update"
             )
+        check_output(out, "--out", ".json", is_latency_table, "name a new .json file for the table")
         source: Front | SlimmableNet = _untrained_model(arch, classes, image_size, width_factor, low)
         rt = None
     else:

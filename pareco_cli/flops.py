@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import typer
@@ -13,15 +14,15 @@ if TYPE_CHECKING:
 
 
 def parse_alpha(text: str) -> list[float]:
-    """Parse ``"0.5,0.75,..."`` into floats; ValueError naming the bad item."""
+    """Parse ``"0.5,0.75,..."`` into finite floats; ValueError naming the bad item (nan and inf too)."""
     out = []
     for item in text.split(","):
         try:
             out.append(float(item))
         except ValueError:
-            raise ValueError(
-                f"--alpha: '{item.strip()}' is not a number; give comma-separated widths"
-            ) from None
+            out.append(math.nan)
+        if not math.isfinite(out[-1]):
+            raise ValueError(f"--alpha: '{item.strip()}' is not a finite number; give comma-separated widths")
     return out
 
 

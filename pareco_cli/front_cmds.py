@@ -164,13 +164,18 @@ def calibrate(
     _check_new(
         front, front.width_space.channels(config), point_id, "--alpha" if alpha is not None else "--width"
     )
+    pid = point_id or new_point_id(front)
+    file = stats_file_name(manifest, pid)
+    if (manifest.parent / file).exists() or (manifest.parent / file).is_symlink():
+        # Another front's statistics (ids may hold '.': a.front.json's 'b.c00' is a.b.front.json's 'c00') or
+        # a stranger's file: never written over.
+        raise ValueError(
+            f"{manifest.parent / file}: exists and is not this front's; give the point another --id"
+        )
     batches, batch_size = calibration_settings(front)
     images = load_front_data(data, front, VAL_FRACTION, selection_fraction(front))
-    pid = point_id or new_point_id(front)
     point, stats = calibrate_point(rt, config, images, pid, calib_batches or batches, batch_size)
-    stats_file = add_points(
-        manifest, [point], {pid: stats}, front.weights_sha256, stats_file_name(manifest, pid)
-    )
+    stats_file = add_points(manifest, [point], {pid: stats}, front.weights_sha256, file)
     if as_json:
         print_json({"manifest": str(manifest), "point": point.to_dict(), "bn_stats_file": str(stats_file)})
         return

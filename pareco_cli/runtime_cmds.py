@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, TypeVar
 import typer
 
 from .loading import ManifestArg, ManifestsArg, resolve_manifest
-from .output import print_json, print_table
+from .output import check_output, is_png, print_json, print_table
 
 if TYPE_CHECKING:
     pass
@@ -178,6 +178,8 @@ def show(
     """Print each front as a table (and draw them in one plot, e.g. PareCO against Slim)."""
     from pareco_runtime.manifest import Front
 
+    if plot is not None:
+        check_output(plot, "--plot", ".png", is_png, "name a new .png file, or an earlier plot")
     fronts = [Front.load(resolve_manifest(m)) for m in manifests or [None]]
     figure = None
     if plot is not None:

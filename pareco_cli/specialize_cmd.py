@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 from .loading import MODEL_HELP, ManifestArg, load_runtime, resolve_manifest
-from .output import print_json, print_table
+from .output import check_output, print_json, print_table
 
 if TYPE_CHECKING:
     from pareco_runtime.latency_table import LatencyLUT
@@ -97,6 +98,7 @@ def specialize(
         check_derived_path(front, target)
     except ValueError as exc:
         raise ValueError(f"--out {exc}") from None
+    check_output(target, "--out", ".front.json", _derived_from(front), "name a new NAME.front.json there")
     if target.exists() and not force:
         raise ValueError(f"--out {target}: exists; pass --force to replace it, or name another file")
     lut = LatencyLUT.load(table)
@@ -145,6 +147,21 @@ def specialize(
 def _stem(manifest: Path) -> str:
     name = manifest.name
     return name[: -len(".front.json")] if name.endswith(".front.json") else manifest.stem
+
+
+def _derived_from(front: Front) -> Callable[[Path], bool]:
+    """Whether a file is a manifest that ``pareco specialize`` derived from ``front``'s weight file: the only
+    file ``--out --force`` replaces (never the trained front, another front's files or a stranger's)."""
+    from pareco_runtime.manifest import Front
+
+    def ours(path: Path) -> bool:
+        try:
+            other = Front.load(path, verify_weights=False)
+        except (OSError, ValueError):
+            return False
+        return "specialized" in other.training.extra and other.weights_file == front.weights_file
+
+    return ours
 
 
 def _profile(front: Front, lut: LatencyLUT) -> DeviceProfile:

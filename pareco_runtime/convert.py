@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
+import itertools
 import operator
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +32,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .models.base import LayerBuilder, SlimmableNet, Slot
 from .ops import SlimBatchNorm2d, SlimBatchNormAct2d, SlimConv2d, SlimLinear
-from .sources import ModelFactory, original_module
+from .sources import ModelFactory, check_builder_kwargs, original_module
 from .untrusted import first_line
 
 # Modules and functions that keep every channel where it is (pointwise in channels).
@@ -93,6 +95,8 @@ _PASS_FUNCTIONS: set[Any] = {
     torch.clamp,
     torch.clip,
 }
+# What make_slimmable records under architecture.kwargs.convert, and all a manifest may pass it back.
+CONVERT_SETTINGS = frozenset({"input_size", "low", "lows", "divisor", "pin", "tie", "on_unsupported"})
 _PASS_METHODS = {
     "relu",
     "relu_",
@@ -242,6 +246,28 @@ class _Analysis:
         self.on_unsupported = on_unsupported
         for node in gm.graph.nodes:
             self._visit(node)
+        self._pin_tensors_read_outside_their_layer()
+
+    def _pin_tensors_read_outside_their_layer(self) -> None:
+        """A slimmed layer's parameter or buffer read by another op (``F.conv2d(x, self.conv.weight)``, a
+        constant the trace made of a view of it) would be sliced, or copied, for the layer but not for
+        that op: the layer keeps its channels on both sides."""
+        owner = {
+            tensor.untyped_storage().data_ptr(): layer
+            for layer in self.layers.values()
+            for tensor in itertools.chain(layer.module.parameters(), layer.module.buffers())
+            if tensor.numel()
+        }
+        for node in self.gm.graph.nodes:
+            if node.op != "get_attr":
+                continue
+            tensor = functools.reduce(getattr, str(node.target).split("."), self.gm)
+            layer = (
+                owner.get(tensor.untyped_storage().data_ptr()) if isinstance(tensor, torch.Tensor) else None
+            )
+            if layer is not None:
+                text = f"{node.name} ({node.target}): an op reads a tensor of layer {layer.name} outside it"
+                self._refuse_or_pin(text, [], layer)
 
     def _channel_var(self, node: Any) -> int | None:
         return self.var.get(node) if isinstance(node, torch.fx.Node) else None
@@ -262,13 +288,22 @@ class _Analysis:
             return
         self.var[node] = v
 
-    def _unsupported(self, node: torch.fx.Node, why: str) -> None:
+    def _unsupported(self, node: torch.fx.Node, why: str, also: _Layer | None = None) -> None:
         where = (
             node.target
             if node.op == "call_module"
             else f"{node.op} {getattr(node.target, '__name__', node.target)}"
         )
         text = f"{node.name} ({where}): {why}"
+        around = [self._channel_var(arg) for arg in node.all_input_nodes]
+        self._refuse_or_pin(text, [v for v in around if v is not None], also)
+        v = self._fresh(node)
+        if v is not None:
+            self.groups.pin(v, text)
+
+    def _refuse_or_pin(self, text: str, channel_vars: Sequence[int], layer: _Layer | None = None) -> None:
+        """Keep ``channel_vars`` (and ``layer``'s input and output channels) at full width for the reason
+        ``text``, or refuse with it under ``on_unsupported='error'``."""
         if self.on_unsupported == "error":
             raise ConversionError(
                 f"make_slimmable: {text}; pin the modules around it (pin=[...]) or pass "
@@ -276,12 +311,7 @@ class _Analysis:
                 cli=f"{text}; keep the modules around it at full width with --pin PATTERNS",
             )
         self.unsupported.append(text)
-        for arg in node.all_input_nodes:
-            v = self._channel_var(arg)
-            if v is not None:
-                self.groups.pin(v, text)
-        v = self._fresh(node)
-        if v is not None:
+        for v in [*channel_vars, *((layer.cin, layer.cout) if layer is not None else ())]:
             self.groups.pin(v, text)
 
     def _tensor_args(self, node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -311,7 +341,8 @@ class _Analysis:
         batch_norm = type(mod) is nn.BatchNorm2d or _is_bn_act(mod)
         linear = type(mod) is nn.Linear or _is_timm_linear(mod)
         if (batch_norm or linear or type(mod) is nn.Conv2d) and name in self.layers:
-            self._unsupported(node, "the module is called more than once")
+            # One module, one width: its first call's channels too, or that call is sliced and this one not.
+            self._unsupported(node, "the module is called more than once", self.layers[name])
         elif type(mod) is nn.Conv2d and cin is not None and mod.padding_mode == "zeros":
             if mod.groups == 1:
                 cout = self._fresh(node)
@@ -483,6 +514,8 @@ def make_slimmable(
     """
     if on_unsupported not in ("pin", "error"):
         raise ValueError(f"on_unsupported must be 'pin' or 'error', got {on_unsupported!r}")
+    if arch is not None:
+        check_builder_kwargs(arch, model_kwargs or {}, where="model_kwargs")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
         raise ConversionError(
             "make_slimmable: example_input must be one NCHW tensor, e.g. torch.randn(1, 3, 224, 224)"
@@ -513,6 +546,7 @@ def make_slimmable(
     found = _Analysis(gm, on_unsupported)
     groups = found.groups
     layers = found.layers
+    _check_own_tensors(net, layers)
     for p in pin:
         if not _matching(layers, [p]):
             named_like = (
@@ -614,6 +648,22 @@ def make_slimmable(
     return slim
 
 
+def _check_own_tensors(net: nn.Module, layers: Mapping[str, _Layer]) -> None:
+    """Refuse layers that share a parameter or buffer (tied weights, one module under two names): each
+    becomes a slimmable copy of its own, which would untie them, and no pin can keep them tied."""
+    owner: dict[int, str] = {}
+    named = net.named_parameters(remove_duplicate=False), net.named_buffers(remove_duplicate=False)
+    for name, tensor in itertools.chain(*named):
+        module = name.rpartition(".")[0]
+        first = owner.setdefault(id(tensor), module)
+        if first != module and (first in layers or module in layers):
+            raise ConversionError(
+                f"make_slimmable: layers {first!r} and {module!r} share one tensor ({name}); a slimmable "
+                "copy of each would untie them; give each layer its own weights, or convert a submodule "
+                "without the tie"
+            )
+
+
 def _dimension_lows(dims: Sequence[str], low: float, lows: Mapping[str, float]) -> tuple[float, ...] | None:
     """Each dimension's lowest width under the ``lows`` patterns (None when there are none)."""
     if not lows:
@@ -643,10 +693,19 @@ def rebuild(arch: str, kwargs: dict[str, Any], factory: ModelFactory | None = No
             f"make_slimmable records), got {sorted(kwargs)}"
         )
     settings = dict(kwargs["convert"])
+    unknown = sorted(set(settings) - CONVERT_SETTINGS) or ([] if "input_size" in settings else ["input_size"])
+    if unknown:
+        raise ValueError(
+            f"architecture.kwargs.convert.{unknown[0]}: make_slimmable records exactly "
+            f"{', '.join(sorted(CONVERT_SETTINGS))}; use the manifest pareco wrote"
+        )
     size = settings.pop("input_size")
     module = original_module(arch, dict(kwargs["model"]), factory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return make_slimmable(
-            module, torch.zeros(1, *size), arch=arch, model_kwargs=kwargs["model"], **settings
-        )
+        try:
+            return make_slimmable(
+                module, torch.zeros(1, *size), arch=arch, model_kwargs=kwargs["model"], **settings
+            )
+        except TypeError as exc:  # a setting of the wrong type: the manifest was edited
+            raise ValueError(f"architecture.kwargs.convert: {exc}; use the manifest pareco wrote") from None

@@ -25,7 +25,7 @@ import torch
 
 from .manifest import check_input_size, front_header
 from .models.base import BNStatsError
-from .sources import ModelFactory
+from .sources import ModelFactory, UserCodeError
 from .untrusted import FormatError
 from .weights_file import TensorInfo, WeightHeader
 
@@ -102,6 +102,8 @@ def _build(front: Front, factory: ModelFactory | None, budget: int, source: str 
     try:
         with _module_budget(budget):
             model = arch.build(factory=factory)
+    except UserCodeError:
+        raise  # about the user's builder, not the manifest; on the meta device, retried for real
     except _TooManyModules:
         raise FormatError(
             f"{source}: architecture.kwargs make '{arch.arch}' build more than {budget} modules, more "

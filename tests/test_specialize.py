@@ -159,7 +159,13 @@ class TestRefused:
         line = _one_line_error(cli("specialize", str(front_copy), *ARGS, "--out", str(front_copy)))
         assert "that is the front whose weights serve it" in line
         (front_copy.parent / "model.phone.front.json").write_text("{}")
-        line = _one_line_error(cli("specialize", str(front_copy), *ARGS))
+        for force in ((), ("--force",)):
+            line = _one_line_error(cli("specialize", str(front_copy), *ARGS, *force))
+            assert "an existing file that is not a .front.json this command wrote" in line
+
+    def test_an_earlier_specialized_front_is_replaced_only_with_force(self, specialized, cli) -> None:
+        old, new, _ = specialized
+        line = _one_line_error(cli("specialize", str(old), *ARGS, "--out", str(new)))
         assert "exists; pass --force" in line
 
     def test_measure_with_a_table_from_another_host(self, front_copy: Path, cli) -> None:

@@ -52,3 +52,13 @@ class UserCNN(nn.Module):
 def user_cnn(num_classes: int = 7) -> UserCNN:
     """The factory a user names: ``--arch tests.user_models:user_cnn``."""
     return UserCNN(num_classes)
+
+
+def raising_factory(num_classes: int = 7) -> UserCNN:
+    """A factory with a bug: ``--arch tests.user_models:raising_factory`` must fail in one line."""
+    raise RuntimeError(f"the user's bug ({num_classes} classes)")
+
+
+def not_a_module(num_classes: int = 7) -> dict[str, int]:
+    """A factory that returns something else than the network."""
+    return {"num_classes": num_classes}
