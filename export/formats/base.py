@@ -112,14 +112,15 @@ class Format:
     title: str
     ext: str
     dynamic_batch: bool
-    packages: tuple[str, ...]
-    extra: str | None
-    export_modules: tuple[str, ...]
-    run_modules: tuple[str, ...]
-    export_hint: str
-    run_hint: str
     write: Writer
     load: Callable[[Path, int | None], Runner]
+    # A format torch alone writes and runs leaves these out.
+    packages: tuple[str, ...] = ("torch",)
+    extra: str | None = None
+    export_modules: tuple[str, ...] = ()
+    run_modules: tuple[str, ...] = ()
+    export_hint: str = ""
+    run_hint: str = ""
     serving: Serving | None = None
     int8: Int8Flow | None = None
     quiet: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext

@@ -47,12 +47,6 @@ FORMAT = Format(
     title=".pt2",
     ext=".pt2",
     dynamic_batch=True,
-    packages=("torch",),
-    extra=None,
-    export_modules=(),
-    run_modules=(),
-    export_hint="",
-    run_hint="",
     write=write_pt2,
     load=load_pt2,
 )

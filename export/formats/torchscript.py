@@ -67,12 +67,6 @@ FORMAT = Format(
     title="TorchScript",
     ext=".pt",
     dynamic_batch=True,
-    packages=("torch",),
-    extra=None,
-    export_modules=(),
-    run_modules=(),
-    export_hint="",
-    run_hint="",
     write=write_torchscript,
     load=load_torchscript,
 )
