@@ -130,7 +130,7 @@ def test_a_missing_or_foreign_table_is_refused_before_anything_is_written(tmp_pa
 def test_a_table_for_a_run_not_trained_yet_checks_its_network(cli, tmp_path, args, message):
     out = tmp_path / "t.json"
     extra = () if "--image-size" not in args else ("--out", str(out))
-    r = cli("bench", "--build-lut", *args, *extra)
+    r = cli("bench", "lut", *args, *extra)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
     assert not out.exists()
 
