@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from bench.errors import BenchError
+from export.formats import SERVED, serving
 from pareco_runtime.manifest import DeviceProfile, Front, utc_timestamp
 
 
@@ -66,12 +67,12 @@ def _version(dist: str) -> str | None:
 
 
 def backend_versions(backend: str) -> dict[str, str]:
-    """Versions of what runs the backend: python, torch, and onnxruntime / executorch / CUDA where used."""
+    """Versions of what runs the backend: python, torch, and the compiled runtime's package
+    (:class:`export.formats.base.Serving`) or CUDA where used."""
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    if backend == "onnxruntime":
-        out["onnxruntime"] = _version("onnxruntime") or "unknown"
-    elif backend == "executorch":
-        out["executorch"] = _version("executorch") or "unknown"
+    if backend in SERVED:
+        package = serving(backend).package
+        out[package] = _version(package) or "unknown"
     elif backend == "cuda":
         out["cuda"] = str(torch.version.cuda)
     return out
@@ -80,10 +81,11 @@ def backend_versions(backend: str) -> dict[str, str]:
 def backend_runtime(backend: str) -> str:
     """The device profile's ``runtime`` text: the backend, its version and how it is configured."""
     v = backend_versions(backend)
+    if backend in SERVED:
+        spec = serving(backend)
+        return spec.runtime.format(version=v[spec.package])
     return {
         "torch": f"torch {v['torch']} eager (inference_mode)",
-        "onnxruntime": f"onnxruntime {v.get('onnxruntime')} CPUExecutionProvider (ORT_ENABLE_ALL, sequential)",
-        "executorch": f"executorch {v.get('executorch')} XNNPACK",
         "cuda": f"torch {v['torch']} eager cuda {v.get('cuda')}",
     }[backend]
 

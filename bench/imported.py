@@ -1,5 +1,5 @@
 """Latency measured elsewhere (on a phone, say) recorded in a front manifest as a device profile:
-``pareco bench --import FILE --profile NAME``.
+``pareco bench import --from FILE --profile NAME``.
 
 The file gives one median per point, in milliseconds:
 

@@ -46,9 +46,16 @@ from torch import nn
 
 from bench.device import device_profile, host_description, write_profile
 from bench.errors import BenchError
-from bench.timing import STEADY_MALLOC, interleaved_warm, steady_malloc, torch_callable, torch_threads
+from bench.timing import (
+    STEADY_MALLOC,
+    TimingSettings,
+    interleaved_warm,
+    steady_malloc,
+    torch_callable,
+    torch_threads,
+)
 from export.exporter import export_point
-from export.formats import get_format, load_runner, require, set_executorch_threads
+from export.formats import SERVED, load_runner, served_format, serving
 from pareco_runtime.filelock import locked
 from pareco_runtime.latency_table import LatencyLUT, UnitTable, lut_path
 from pareco_runtime.manifest import DeviceProfile, Front, utc_timestamp
@@ -60,8 +67,7 @@ from pareco_runtime.space import WidthSpace
 
 # Compiled runtimes cannot be hooked between blocks: each distinct block is exported alone and timed
 # as its own program, and the calibration on whole exported models takes up what that misses.
-_COMPILED = {"onnxruntime": "onnx", "executorch": "executorch"}
-LUT_BACKENDS = ("torch", "cuda", *_COMPILED)
+LUT_BACKENDS = ("torch", "cuda", *SERVED)
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -207,15 +213,10 @@ def build_lut(
     *,
     profile: str,
     backend: str = "torch",
-    threads: int = 1,
-    batch: int = 1,
+    timing: TimingSettings = TimingSettings(),
     levels: int = 3,
-    warmup: int = 30,
-    runs: int = 200,
     calibrate: int = 5,
     validate: int = 20,
-    seed: int = 0,
-    steady_memory: bool = True,
     on_stage: Callable[[str], None] | None = None,
 ) -> LatencyLUT:
     """Time ``model``'s blocks on a channel grid, calibrate on ``calibrate`` configs, validate on ``validate``.
@@ -224,11 +225,10 @@ def build_lut(
     fine). ``backend``: torch or cuda (the grid configs are whole sliced models whose blocks are
     timed in place), onnxruntime or executorch (each distinct block of the grid configs is exported
     and timed as its own program, whole configs as exported models); calibration configs are the uniform lowest, middle and full widths plus random
-    ones; validation configs are random (seeded) and distinct from them. All are timed in one
-    interleaved run of ``warmup`` and ``runs`` rounds. ``steady_memory``: call
-    :func:`bench.timing.steady_malloc` first (process-wide), as ``run_bench`` does, so the table and
-    the measurements it is used with see the same allocator. Returns the table with ``report``
-    filled in.
+    ones; validation configs are random (``timing``'s seed) and distinct from them. All are timed
+    in one interleaved run with ``timing``'s threads, batch (None: 1), rounds and allocator (as
+    ``run_bench`` times, so the table and the measurements it is used with see the same
+    allocator). Returns the table with ``report`` filled in.
     """
     if backend not in LUT_BACKENDS:
         raise BenchError(
@@ -242,8 +242,6 @@ def build_lut(
         ("--lut-levels", levels, 2),
         ("--lut-calibrate", calibrate, 1),
         ("--lut-validate", validate, 1),
-        ("--runs", runs, 1),
-        ("--warmup", warmup, 0),
     ):
         if value < least:
             raise BenchError(f"{flag} {value}: must be at least {least}")
@@ -252,25 +250,24 @@ def build_lut(
             "build the latency table from a model without a front point's BN statistics active, "
             "e.g. a fresh build_model(arch, **kwargs): timing does not depend on weights"
         )
+    timing = timing.resolved(lambda: 1)
     say = on_stage or (lambda _msg: None)
-    allocator = STEADY_MALLOC if steady_memory and steady_malloc() else None
+    allocator = STEADY_MALLOC if timing.steady_memory and steady_malloc() else None
     space = model.space
     units = discover_units(model)
     names = [u.name for u in units]
     grid = grid_levels(space, levels)
     sizes = [len(lv) for lv in grid]
     widths = [list(lv.values()) for lv in grid]
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(timing.seed)
     calib = [space.smallest(), space.uniform((space.low + space.high) / 2), space.uniform(space.high)]
     calib = (calib + space.sample(gen, max(0, calibrate - 3)))[:calibrate]
     check = space.sample(gen, validate)
     configs = calib + check
     assignments = _covering(units, sizes)
     grid_alphas = [[widths[d][assignment[d]] for d in range(space.dims)] for assignment in assignments]
-    timed = _time_compiled if backend in _COMPILED else _time_in_place
-    stores, measured = timed(
-        model, names, grid_alphas, configs, backend, threads, batch, warmup, runs, gen, say, len(calib)
-    )
+    timed = _time_compiled if backend in SERVED else _time_in_place
+    stores, measured = timed(model, names, grid_alphas, configs, backend, timing, gen, say, len(calib))
     tables = []
     for i, u in enumerate(units):
         pooled: dict[tuple[int, ...], list[float]] = {}
@@ -293,8 +290,8 @@ def build_lut(
     lut = LatencyLUT(
         profile=profile,
         backend=backend,
-        threads=threads,
-        batch=batch,
+        threads=timing.threads,
+        batch=timing.batch_size,
         arch=model.arch,
         arch_kwargs=dict(model.arch_kwargs),
         input_size=list(model.input_size),
@@ -309,11 +306,11 @@ def build_lut(
     pred = [lut.offset_ms + lut.scale * r for r in raw]
     lut.report = {
         "levels": levels,
-        "blocks_timed": "exported alone" if backend in _COMPILED else "in place",
+        "blocks_timed": "exported alone" if backend in SERVED else "in place",
         "units": len(units),
         "grid_configs": len(assignments),
-        "warmup": warmup,
-        "runs": runs,
+        "warmup": timing.warmup,
+        "runs": timing.runs,
         "allocator": allocator,
         "calibration": {
             "configs": k,
@@ -349,10 +346,7 @@ def _time_in_place(
     grid_alphas: Sequence[Sequence[float]],
     configs: Sequence[Sequence[float]],
     backend: str,
-    threads: int,
-    batch: int,
-    warmup: int,
-    runs: int,
+    timing: TimingSettings,
     gen: torch.Generator,
     say: Callable[[str], None],
     calibrating: int,
@@ -361,8 +355,9 @@ def _time_in_place(
     and each whole config's median in ms."""
     cuda = backend == "cuda"
     device = "cuda" if cuda else "cpu"
+    batch, warmup = timing.batch_size, timing.warmup
     stores: list[list[list[float]]] = [[[] for _ in names] for _ in grid_alphas]
-    with torch_threads(threads):
+    with torch_threads(timing.threads):
         # Grid configs (blocks timed in place) and whole-model configs share one interleaved run, so
         # that load changes on the host hit the table and the configs it is checked on alike.
         candidates: dict[str, Any] = {}
@@ -380,7 +375,7 @@ def _time_in_place(
             f"{len(configs)} whole-model configs ({calibrating} to calibrate, {len(configs) - calibrating} "
             "to validate), interleaved"
         )
-        timings = interleaved_warm(candidates, warmup=warmup, runs=runs)
+        timings = interleaved_warm(candidates, warmup=warmup, runs=timing.runs)
     return stores, [timings[f"config{i}"].median * 1e3 for i in range(len(configs))]
 
 
@@ -406,20 +401,19 @@ def _time_compiled(
     grid_alphas: Sequence[Sequence[float]],
     configs: Sequence[Sequence[float]],
     backend: str,
-    threads: int,
-    batch: int,
-    warmup: int,
-    runs: int,
+    timing: TimingSettings,
     gen: torch.Generator,
     say: Callable[[str], None],
     calibrating: int,
 ) -> _Timed:
     """ONNX Runtime or ExecuTorch: each distinct block (same layers, same input shape) of the grid
     configs exported and timed alone, and each whole config exported and timed; one interleaved run."""
-    fmt = _COMPILED[backend]
-    require(fmt)
-    if fmt == "executorch":
-        set_executorch_threads(threads)  # before any program loads, parity checks included
+    spec = served_format(backend)
+    fmt, batch, threads = spec.name, timing.batch_size, timing.threads
+    spec.require()
+    pool = serving(backend).pool_threads
+    if pool is not None:
+        pool(threads)  # before any program loads, parity checks included
     blocks: dict[str, tuple[nn.Module, torch.Tensor]] = {}
     keys: list[list[str]] = []
     for alpha in grid_alphas:
@@ -436,7 +430,7 @@ def _time_compiled(
         f"exporting {len(blocks)} distinct blocks and {len(configs)} whole-model configs "
         f"({calibrating} to calibrate, {len(configs) - calibrating} to validate) to {fmt}"
     )
-    ext = get_format(fmt).ext
+    ext = spec.ext
     candidates: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="pareco-lut-") as scratch:
         folder = Path(scratch)
@@ -450,7 +444,7 @@ def _time_compiled(
             export_point(module.eval(), tuple(x.shape[1:]), fmt, path, batch=int(x.shape[0]))
             candidates[key] = load_runner(fmt, path, threads).bind(x)
         say(f"timing {len(candidates)} {backend} programs, interleaved")
-        timings = interleaved_warm(candidates, warmup=warmup, runs=runs)
+        timings = interleaved_warm(candidates, warmup=timing.warmup, runs=timing.runs)
     block_ms = {key: timings[f"block{k}"].median for k, key in enumerate(blocks)}
     stores = [[[block_ms[key]] for key in row] for row in keys]
     return stores, [timings[f"config{i}"].median * 1e3 for i in range(len(configs))]
@@ -475,15 +469,11 @@ def build_saved_lut(
     backend: str,
     *,
     out: Path | None = None,
-    threads: int = 1,
-    batch: int = 1,
+    timing: TimingSettings = TimingSettings(),
     profile: str | None = None,
     levels: int = 3,
-    warmup: int = 30,
-    runs: int = 200,
     calibrate: int = 5,
     validate: int = 20,
-    steady_memory: bool = True,
     update: bool = False,
     on_stage: Callable[[str], None] | None = None,
 ) -> SavedTable:
@@ -497,7 +487,8 @@ def build_saved_lut(
     written into the manifest's ``latency_predicted_ms`` under that profile, for points without a
     measurement (:func:`bench.device.write_profile`).
     """
-    name = device_profile(backend, threads, batch, profile).name
+    timing = timing.resolved(lambda: 1)
+    name = device_profile(backend, timing.threads, timing.batch_size, profile).name
     if isinstance(source, Front):
         if source.path is None:
             raise BenchError("the front has no manifest file to save the table beside; save it first")
@@ -511,17 +502,15 @@ def build_saved_lut(
         model,
         profile=name,
         backend=backend,
-        threads=threads,
-        batch=batch,
+        timing=timing,
         levels=levels,
-        warmup=warmup,
-        runs=runs,
         calibrate=calibrate,
         validate=validate,
-        steady_memory=steady_memory,
         on_stage=on_stage,
     )
-    prof = device_profile(backend, threads, batch, profile, allocator=lut.report["allocator"])
+    prof = device_profile(
+        backend, timing.threads, timing.batch_size, profile, allocator=lut.report["allocator"]
+    )
     predicted = lut.predict_points(points)
     # Two builds for one profile at once: the table's lock is held until the manifest has this
     # table's predictions, so the file beside the manifest and its predictions come from one build.

@@ -1,9 +1,9 @@
 """``pareco bench``'s measurement: latency (and, where the host exposes it, energy) of front points per
 backend, and recording it in the manifest.
 
-Backends: ``torch`` (the sliced eager model under ``torch.inference_mode``), ``onnxruntime`` (the
-exported ONNX file, CPU provider), ``executorch`` (the ``.pte`` file lowered to XNNPACK) and
-``cuda`` (the eager model on the GPU). Threads are fixed explicitly, one thread standing for one
+Backends (:mod:`bench.backends`): ``torch`` (the sliced eager model under ``torch.inference_mode``),
+``cuda`` (the eager model on the GPU), and each compiled runtime of :data:`export.formats.SERVED`
+(ONNX Runtime, ExecuTorch) running the point's exported file. Threads are fixed explicitly, one thread standing for one
 phone core by default. Every (point, backend) pair is timed in one process, round-robin
 (:func:`bench.timing.interleaved`), because these machines drift 10-80 % between processes, with
 each timed call right after an untimed call of the same model (:func:`bench.timing.interleaved_warm`),
@@ -26,21 +26,26 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from bench.backends import check_backends
 from bench.device import device_profile, write_profile
 from bench.energy import EnergyMeter, energy_note
 from bench.errors import BenchError
-from bench.timing import STEADY_MALLOC, interleaved_warm, steady_malloc, torch_callable, torch_threads
+from bench.timing import (
+    STEADY_MALLOC,
+    TimingSettings,
+    interleaved_warm,
+    steady_malloc,
+    torch_callable,
+    torch_threads,
+)
 from export.exporter import export_points
-from export.formats import load_runner, require, set_executorch_threads
+from export.formats import SERVED, load_runner, served_format, serving
 from export.index import find_export, recorded_exports
 from pareco_runtime.latency_table import fitting_lut
 from pareco_runtime.manifest import DeviceProfile
 
 if TYPE_CHECKING:
     from pareco_runtime import Front, FrontPoint, SlimmableRuntime
-
-BACKENDS = ("torch", "onnxruntime", "executorch", "cuda")
-_EXPORT_FORMAT = {"onnxruntime": "onnx", "executorch": "executorch"}
 
 
 @dataclass
@@ -70,43 +75,22 @@ class BenchReport:
 
     measurements: list[Measurement]
     profiles: dict[str, DeviceProfile]
-    threads: int
-    batch: int
-    warmup: int
-    runs: int
+    timing: TimingSettings
     energy: str
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``--json``)."""
         return {
-            "threads": self.threads,
-            "batch": self.batch,
-            "warmup": self.warmup,
-            "runs": self.runs,
+            "threads": self.timing.threads,
+            "batch": self.timing.batch_size,
+            "warmup": self.timing.warmup,
+            "runs": self.timing.runs,
             "energy": self.energy,
             "notes": self.notes,
             "profiles": {b: p.to_dict() for b, p in self.profiles.items()},
             "measurements": [asdict(m) for m in self.measurements],
         }
-
-
-def check_backends(backends: Sequence[str]) -> list[str]:
-    """The backends, deduplicated in order; BenchError for unknown ones or for cuda without a GPU."""
-    if not backends:
-        raise BenchError(f"give at least one --backend ({', '.join(BACKENDS)})")
-    out: list[str] = []
-    for b in backends:
-        if b not in BACKENDS:
-            raise BenchError(f"unknown backend '{b}'; choose from {', '.join(BACKENDS)}")
-        if b == "cuda" and not torch.cuda.is_available():
-            raise BenchError(
-                "no CUDA device here: torch.cuda.is_available() is False; bench a CPU backend "
-                "(torch, onnxruntime, executorch) or run on a machine with a GPU"
-            )
-        if b not in out:
-            out.append(b)
-    return out
 
 
 def _exported_file(
@@ -122,7 +106,7 @@ def _exported_file(
     accepting ``batch``, else exported there (replacing a record for another batch) or to
     ``scratch`` when no export folder is given, with its parity check, labels and record
     (:func:`export.exporter.export_points`)."""
-    fmt = _EXPORT_FORMAT[backend]
+    fmt = served_format(backend).name
     sha = rt.front.weights_sha256
     if exports is not None:
         found = find_export(exports, point.id, fmt, sha, batch)
@@ -142,10 +126,9 @@ def _file_calls(
     rt: SlimmableRuntime,
     point: FrontPoint,
     backends: Sequence[str],
-    batch: int,
+    timing: TimingSettings,
     exports: Path | None,
     scratch: Path,
-    threads: int,
     x: torch.Tensor,
     int8: bool,
     notes: list[str],
@@ -155,6 +138,7 @@ def _file_calls(
     file in onnxruntime or ExecuTorch, and with ``int8`` its int8 file of ``exports`` under the key
     ``<backend>|int8`` (noted when there is none)."""
     model = rt.standalone(point)
+    batch, threads = timing.batch_size, timing.threads
     calls: dict[tuple[str, str], Callable[[], object]] = {}
     for b in backends:
         if b in ("torch", "cuda"):
@@ -162,7 +146,7 @@ def _file_calls(
                 model if b == "torch" else rt.standalone(point), x, b == "cuda"
             )
             continue
-        fmt = _EXPORT_FORMAT[b]
+        fmt = served_format(b).name
         path = _exported_file(rt, point, b, batch, exports, scratch, say)
         calls[(point.id, b)] = load_runner(fmt, path, threads).bind(x)
         if int8 and exports is not None:
@@ -212,15 +196,17 @@ def _switch_and_run(runtime: SlimmableRuntime, point: FrontPoint, x: torch.Tenso
 def recorded_batch(
     exports: Path | None, points: Sequence[FrontPoint], backends: Sequence[str], weights_sha256: str
 ) -> int:
-    """The batch to time when none is given: the static batch N of the ExecuTorch files recorded in
-    ``exports`` for ``points``, when they have one that every recorded file accepts; 1 when none
-    is static (or nothing is recorded); BenchError when the recorded files share no batch."""
-    if exports is None or "executorch" not in backends:
+    """The batch to time when none is given: the static batch N of the fixed-batch files (ExecuTorch)
+    recorded in ``exports`` for ``points``, when they have one that every recorded file accepts; 1
+    when none is static (or nothing is recorded); BenchError when the recorded files share no batch."""
+    fixed = [SERVED[b] for b in backends if b in SERVED and not SERVED[b].dynamic_batch]
+    if exports is None or not fixed:
         return 1
     recorded = {
-        p.id: r
+        f"{p.id} ({fmt.name})" if len(fixed) > 1 else p.id: r
+        for fmt in fixed
         for p in points
-        for _, r in recorded_exports(exports, p.id, "executorch", weights_sha256)
+        for _, r in recorded_exports(exports, p.id, fmt.name, weights_sha256)
         if r is not None
     }
     statics = sorted({r.low for r in recorded.values() if r.is_static})
@@ -228,8 +214,8 @@ def recorded_batch(
     if len(statics) > 1 or not all(r.accepts(batch) for r in recorded.values()):
         listing = ", ".join(f"{pid} {r.describe()}" for pid, r in recorded.items())
         raise BenchError(
-            f"{exports}: the ExecuTorch files recorded there share no batch size ({listing}); give "
-            "--batch B (a file that does not accept B is exported again for it)"
+            f"{exports}: the {' and '.join(f.title for f in fixed)} files recorded there share no batch "
+            f"size ({listing}); give --batch B (a file that does not accept B is exported again for it)"
         )
     return batch
 
@@ -238,47 +224,37 @@ def run_bench(
     rt: SlimmableRuntime,
     points: Sequence[FrontPoint],
     backends: Sequence[str],
+    timing: TimingSettings = TimingSettings(),
     *,
-    threads: int = 1,
-    batch: int | None = None,
-    warmup: int = 30,
-    runs: int = 200,
     profile: str | None = None,
     exports: str | Path | None = None,
-    seed: int = 0,
-    steady_memory: bool = True,
     on_stage: Callable[[str], None] | None = None,
     int8: bool = False,
     through_runtime: bool = False,
 ) -> BenchReport:
     """Time every point of ``points`` on every backend of ``backends``, interleaved in this process.
 
-    ``threads``: torch's thread count, onnxruntime's intra-op threads and ExecuTorch's thread
-    pool. ``batch``: the batch size timed (ExecuTorch files are exported for it); None: the batch
-    the ``.pte`` files recorded in ``exports`` for these points were exported for
-    (:func:`recorded_batch`), else 1. ``profile``: the
-    profile name (one backend only; default ``<host>-<backend>-t<threads>-b<batch>``).
-    ``exports``: a folder of earlier ``pareco export`` files to reuse (matching weights, format and
-    batch); missing ones are exported into it. Without it, files go to a temporary folder.
-    ``steady_memory``: call :func:`steady_malloc` first (process-wide; recorded in the profiles).
-    ``on_stage`` receives progress messages. Energy is measured after the timing, per candidate,
-    where RAPL/NVML is readable. ``int8``: also time the int8 programs ``pareco export --int8`` wrote
-    into ``exports`` for these points on the ONNX Runtime and ExecuTorch backends (a point without
-    one is noted and timed in fp32 only; they cannot be made here, which needs calibration images).
-    ``through_runtime``: time what an app calls instead, ``rt(x)`` of ``SlimmableRuntime.load(manifest,
-    backend=b, threads=threads)`` right after ``rt.switch(point)`` (torch: the slimmable model in
-    place; onnxruntime / executorch: the programs the runtime finds or exports, with its input check,
-    lock and output copy); profiles are named ``<host>-<backend>-rt-t<threads>-b<batch>``.
+    ``timing``: threads (torch's thread count, onnxruntime's intra-op threads and ExecuTorch's
+    thread pool), rounds, allocator and seed; its batch is the batch size timed (ExecuTorch files
+    are exported for it), or, when None, the batch the ``.pte`` files recorded in ``exports`` for
+    these points were exported for (:func:`recorded_batch`), else 1. ``profile``: the profile name
+    (one backend only; default ``<host>-<backend>-t<threads>-b<batch>``). ``exports``: a folder of
+    earlier ``pareco export`` files to reuse (matching weights, format and batch); missing ones are
+    exported into it. Without it, files go to a temporary folder. ``steady_memory`` (recorded in
+    the profiles) is process-wide. ``on_stage`` receives progress messages. Energy is measured
+    after the timing, per candidate, where RAPL/NVML is readable. ``int8``: also time the int8
+    programs ``pareco export --int8`` wrote into ``exports`` for these points on their compiled
+    backends (a point without one is noted and timed in fp32 only; they cannot be made here, which
+    needs calibration images). ``through_runtime``: time what an app calls instead, ``rt(x)`` of
+    ``SlimmableRuntime.load(manifest, backend=b, threads=threads)`` right after ``rt.switch(point)``
+    (torch: the slimmable model in place; compiled backends: the programs the runtime finds or
+    exports, with its input check, lock and output copy); profiles are named
+    ``<host>-<backend>-rt-t<threads>-b<batch>``.
     """
     backends = check_backends(backends)
     export_dir = Path(exports) if exports is not None else None
-    if batch is None:
-        batch = recorded_batch(export_dir, points, backends, rt.front.weights_sha256)
-    if threads < 1 or batch < 1 or runs < 1 or warmup < 0:
-        raise BenchError(
-            f"need threads >= 1, batch >= 1, runs >= 1 and warmup >= 0; got threads={threads}, "
-            f"batch={batch}, runs={runs}, warmup={warmup}"
-        )
+    timing = timing.resolved(lambda: recorded_batch(export_dir, points, backends, rt.front.weights_sha256))
+    threads, batch = timing.threads, timing.batch_size
     if profile is not None and len(backends) > 1:
         raise BenchError(
             "--profile names one device profile but several --backend values were given; leave "
@@ -291,19 +267,19 @@ def run_bench(
             "--through-runtime times the runtime's own torch, onnxruntime and executorch backends, which "
             "serve fp32 points from the programs beside a saved manifest: drop --int8, --exports and cuda"
         )
-    if int8 and (export_dir is None or not any(b in _EXPORT_FORMAT for b in backends)):
+    if int8 and (export_dir is None or not any(b in SERVED for b in backends)):
         raise BenchError(
-            "--int8 times the int8 programs of an export folder on onnxruntime or executorch: give "
+            f"--int8 times the int8 programs of an export folder on {' or '.join(SERVED)}: give "
             "--exports DIR (where `pareco export --int8` wrote them) and one of those backends"
         )
-    for b in backends:
-        if b in _EXPORT_FORMAT:
-            require(_EXPORT_FORMAT[b])
-    # Before any ExecuTorch program is loaded (parity checks included): the pool cannot change after.
-    et_threads = set_executorch_threads(threads) if "executorch" in backends else None
+    compiled = [b for b in backends if b in SERVED]
+    for b in compiled:
+        SERVED[b].require()
+    # Before any program is loaded (parity checks included): a process-wide pool cannot change after.
+    pools = [pool(threads) for b in compiled if (pool := serving(b).pool_threads) is not None]
     say = on_stage or (lambda _msg: None)
     notes: list[str] = []
-    allocator = STEADY_MALLOC if steady_memory and steady_malloc() else None
+    allocator = STEADY_MALLOC if timing.steady_memory and steady_malloc() else None
     if allocator:
         notes.append(allocator)
     meters = {b: EnergyMeter.for_backend(b) for b in backends}
@@ -319,7 +295,7 @@ def run_bench(
         )
         for b in backends
     }
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(timing.seed)
     x = torch.randn(batch, *rt.input_size, generator=gen)
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="pareco-bench-") as scratch:
         candidates: dict[tuple[str, str], Any]
@@ -329,23 +305,15 @@ def run_bench(
             candidates = {}
             for p in points:
                 candidates.update(
-                    _file_calls(
-                        rt, p, backends, batch, export_dir, Path(scratch), threads, x, int8, notes, say
-                    )
+                    _file_calls(rt, p, backends, timing, export_dir, Path(scratch), x, int8, notes, say)
                 )
-        if et_threads is not None:
-            notes.append(
-                f"ExecuTorch thread pool set to {threads} via its experimental _unsafe_reset_threadpool "
-                "(process-wide)"
-                if et_threads
-                else "this ExecuTorch build cannot set its thread count; it used its default pool"
-            )
+        notes.extend(pools)
         say(
-            f"timing {len(candidates)} candidates: {warmup} warm-up and {runs} timed rounds, interleaved (each timed "
+            f"timing {len(candidates)} candidates: {timing.warmup} warm-up and {timing.runs} timed rounds, interleaved (each timed "
             "call right after an untimed one of the same candidate)"
         )
         named = {f"{pid}|{b}": fn for (pid, b), fn in candidates.items()}
-        timings = interleaved_warm(named, warmup=warmup, runs=runs)
+        timings = interleaved_warm(named, warmup=timing.warmup, runs=timing.runs)
         energy: dict[tuple[str, str], float] = {}
         for (pid, b), fn in candidates.items():
             meter = meters[b.split("|")[0]]  # an int8 candidate "executorch|int8" is its backend's
@@ -371,16 +339,16 @@ def run_bench(
                         median_ms=t.median * 1e3,
                         p90_ms=t.p90 * 1e3,
                         iqr_ms=t.iqr * 1e3,
-                        runs=runs,
+                        runs=timing.runs,
                         ratio_to_torch=None if base is None else t.median / base,
                         energy_mj=energy.get((p.id, key)),
                         precision=precision,
                         ratio_to_fp32=None if precision == "fp32" else t.median / fp32.median,
                     )
                 )
-    if warmup < 30 or runs < 200:
-        notes.append(f"{warmup} warm-up / {runs} timed runs is below the 30 / 200 used for reported figures")
-    return BenchReport(measurements, profiles, threads, batch, warmup, runs, energy_note(meters), notes)
+    if timing.below_reported is not None:
+        notes.append(timing.below_reported)
+    return BenchReport(measurements, profiles, timing, energy_note(meters), notes)
 
 
 def record_report(front: Front, report: BenchReport) -> list[str]:
@@ -396,7 +364,7 @@ def record_report(front: Front, report: BenchReport) -> list[str]:
     written = []
     for backend, profile in report.profiles.items():
         mine = [m for m in report.measurements if m.backend == backend and m.precision == "fp32"]
-        lut = fitting_lut(front.path, profile.name, backend, report.threads, report.batch)
+        lut = fitting_lut(front.path, profile.name, backend, report.timing.threads, report.timing.batch_size)
         write_profile(
             front.path,
             profile,

@@ -14,9 +14,59 @@ import ctypes
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+
+from bench.errors import BenchError
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How candidates are timed, passed whole to every timing function.
+
+    ``threads``: threads per inference (torch's thread count, ONNX Runtime's intra-op threads, a
+    runtime's process-wide pool); ``batch``: the batch size timed (None: the caller's default, see
+    :meth:`resolved`); ``warmup`` untimed rounds, then ``runs`` timed rounds, each round one call of
+    every candidate (:func:`interleaved_warm`); ``steady_memory``: call :func:`steady_malloc` first
+    (process-wide); ``seed``: of the random inputs. A value out of range is a :class:`BenchError`
+    naming its flag.
+    """
+
+    threads: int = 1
+    batch: int | None = None
+    warmup: int = 30
+    runs: int = 200
+    steady_memory: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for flag, value, least in (
+            ("--threads", self.threads, 1),
+            ("--batch", self.batch, 1),
+            ("--warmup", self.warmup, 0),
+            ("--runs", self.runs, 1),
+        ):
+            if value is not None and value < least:
+                raise BenchError(f"{flag} {value}: must be at least {least}")
+
+    def resolved(self, batch: Callable[[], int]) -> TimingSettings:
+        """These settings with the batch ``batch()`` gives when none was given."""
+        return self if self.batch is not None else replace(self, batch=batch())
+
+    @property
+    def batch_size(self) -> int:
+        """The batch timed; BenchError if it was left to a default not yet :meth:`resolved`."""
+        if self.batch is None:
+            raise BenchError("no batch size given; give --batch N")
+        return self.batch
+
+    @property
+    def below_reported(self) -> str | None:
+        """A note when fewer rounds run than the project's reported figures use (30 / 200), else None."""
+        if self.warmup < 30 or self.runs < 200:
+            return f"{self.warmup} warm-up / {self.runs} timed runs is below the 30 / 200 used for reported figures"
+        return None
 
 
 @dataclass

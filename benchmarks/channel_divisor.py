@@ -24,12 +24,11 @@ import torch
 
 from bench.timing import interleaved_warm, steady_malloc, torch_callable, torch_threads
 from export.exporter import export_point
-from export.formats import load_runner, set_executorch_threads
+from export.formats import SERVED, load_runner, set_executorch_threads
 from pareco_runtime.models import build_model
 from pareco_runtime.slicing import slice_model
 
 DIVISORS = (None, 4, 8)
-FORMATS = {"onnxruntime": "onnx", "executorch": "executorch"}
 
 
 def main() -> None:
@@ -56,14 +55,14 @@ def main() -> None:
                 model = slice_model(net, alpha).eval()
                 mflops[(d, w)] = net.macs(alpha) / 1e6
                 candidates[(d, w, "torch")] = torch_callable(model, x)
-                for backend, fmt in FORMATS.items():
-                    path = Path(tmp) / f"d{d}-w{w}{'.onnx' if fmt == 'onnx' else '.pte'}"
-                    export_point(model, x.shape[1:], fmt, path)
-                    candidates[(d, w, backend)] = load_runner(fmt, path, threads=1).bind(x)
+                for backend, fmt in SERVED.items():
+                    path = Path(tmp) / f"d{d}-w{w}{fmt.ext}"
+                    export_point(model, x.shape[1:], fmt.name, path)
+                    candidates[(d, w, backend)] = load_runner(fmt.name, path, threads=1).bind(x)
         named = {f"{d}|{w}|{b}": fn for (d, w, b), fn in candidates.items()}
         timings = interleaved_warm(named, warmup=30, runs=args.runs)
     widths = sorted({w for _, w in mflops})
-    for backend in ("torch", *FORMATS):
+    for backend in ("torch", *SERVED):
         print(
             f"\n{backend}: width, then MFLOPs / median ms per divisor ({', '.join(str(d) for d in DIVISORS)})"
         )

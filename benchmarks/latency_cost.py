@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 
 from bench.run import run_bench
+from bench.timing import TimingSettings
 from benchmarks.specialize_front import best_under, hypervolume
 from pareco_runtime.latency_table import LatencyLUT
 from pareco_runtime.runtime import SlimmableRuntime
@@ -37,7 +38,10 @@ def main() -> None:
     for _ in range(args.rounds):
         for rt, seen in zip(runtimes, times):
             report = run_bench(
-                rt, rt.points, [lut.backend], threads=lut.threads, batch=lut.batch, runs=args.runs
+                rt,
+                rt.points,
+                [lut.backend],
+                TimingSettings(threads=lut.threads, batch=lut.batch, runs=args.runs),
             )
             for m in report.measurements:
                 seen.setdefault(m.point, []).append(m.median_ms)

@@ -1,6 +1,6 @@
 """A specialized front against the MAC-chosen front of the same weights, on measured latency.
 
-Run (after ``pareco bench MANIFEST --build-lut --profile P --backend B --threads 1``)::
+Run (after ``pareco bench lut MANIFEST --profile P --backend B --threads 1``)::
 
     .venv/bin/python -m benchmarks.specialize_front MANIFEST --profile P --data DATA [--evals 40]
 
@@ -24,6 +24,7 @@ import torch
 from botorch.utils.multi_objective.hypervolume import Hypervolume
 
 from bench.run import run_bench
+from bench.timing import TimingSettings
 from pareco_runtime.latency_table import LatencyLUT, lut_path
 from pareco_runtime.manifest import FrontPoint, save_derived_front
 from pareco_runtime.runtime import SlimmableRuntime
@@ -99,7 +100,9 @@ def main() -> None:
     try:
         save_derived_front(base.front, combined, both, stats, [], {})
         rt = SlimmableRuntime.load(combined)
-        report = run_bench(rt, rt.points, [lut.backend], threads=lut.threads, batch=lut.batch, runs=args.runs)
+        report = run_bench(
+            rt, rt.points, [lut.backend], TimingSettings(threads=lut.threads, batch=lut.batch, runs=args.runs)
+        )
     finally:
         for f in [combined, *combined.parent.glob(f"{stem}.*.bn.safetensors")]:
             f.unlink(missing_ok=True)

@@ -26,10 +26,19 @@ from pareco_runtime.manifest import utc_timestamp
 from pareco_runtime.untrusted import first_line
 
 from .batch import BatchRange, as_batch_range
-from .formats import WRITERS, ExportError, Runner, get_format, load_runner, require, versions
+from .formats import (
+    Calibration,
+    ExportError,
+    Runner,
+    check_int8_formats,
+    get_format,
+    int8_name,
+    load_runner,
+    require,
+    versions,
+)
 from .index import merge_index
 from .metadata import Carried, write_labels
-from .quantize import QUANTIZERS, Calibration, check_int8_formats, int8_name, quantize_onnx, quantize_pt2e
 
 if TYPE_CHECKING:
     from pareco_runtime import FrontPoint, SlimmableRuntime
@@ -126,8 +135,8 @@ def export_point(
     ``point`` names the front point in the result; ``carried``: the transform, labels and provenance
     to store in the file (:mod:`export.metadata`). The model is put in eval mode.
 
-    ``int8``: quantize the program (ONNX, ExecuTorch: :mod:`export.quantize`) with these calibration
-    images; its difference to PyTorch is recorded, not bounded. ``accept``: called with the loaded
+    ``int8``: quantize the program with the format's int8 flow (ONNX, ExecuTorch: the format's
+    ``Format.int8``) on these calibration images; its difference to PyTorch is recorded, not bounded. ``accept``: called with the loaded
     file before it is moved into place; what it returns joins ``details``, and an exception it
     raises (:class:`ExportError`) leaves nothing written.
     """
@@ -213,18 +222,14 @@ def _write(
     metadata: dict[str, str],
     int8: Calibration | None,
 ) -> dict[str, Any]:
-    """Write ``model`` to ``staged`` as ``fmt``; with ``int8``, its quantized program (an ONNX one from
-    the fp32 file, staged beside it and removed)."""
+    """Write ``model`` to ``staged`` as ``fmt``; with ``int8``, its quantized program (the format's
+    int8 flow, recorded with the calibration's size)."""
+    spec = get_format(fmt)
     if int8 is None:
-        return WRITERS[fmt](model, example, staged, opset, batches, metadata)
-    if fmt == "executorch":
-        details = WRITERS[fmt](quantize_pt2e(model, int8), example, staged, opset, batches, metadata)
-    else:
-        fp32 = staged.with_name(f"fp32-{staged.name}")
-        details = WRITERS[fmt](model, example, fp32, opset, batches, metadata)
-        quantize_onnx(fp32, staged, int8)
-        fp32.unlink()
-    return {**details, "quantizer": QUANTIZERS[fmt], "calib_images": int8.images}
+        return spec.write(model, example, staged, opset, batches, metadata)
+    assert spec.int8 is not None  # export_point checked the format's int8 flow
+    details = spec.int8.write(model, example, staged, opset, batches, metadata, int8)
+    return {**details, "quantizer": spec.int8.quantizer, "calib_images": int8.images}
 
 
 def _check_batches(batches: BatchRange) -> tuple[int, ...]:
@@ -293,7 +298,7 @@ def export_points(
     updated (merged with earlier runs' records, atomically), so an interrupted run keeps the
     records of the files it finished. ``batch``: as for :func:`export_point` (ExecuTorch files
     only). ``on_done`` is called per file. ``int8`` / ``accept``: as for :func:`export_point`; int8
-    files are named ``<point>.int8<ext>`` (:func:`export.quantize.export_int8_points` measures their top-1).
+    files are named ``<point>.int8<ext>`` (:func:`export.int8.export_int8_points` measures their top-1).
     """
     for fmt in formats:
         get_format(fmt)

@@ -18,12 +18,13 @@ import torch
 from pareco_runtime.manifest import Front, Variant
 
 from .exporter import ExportResult, export_points
-from .formats import ExportError, Runner
-from .quantize import INT8_BACKENDS, Calibration, check_int8_formats
+from .formats import Calibration, ExportError, Runner, check_int8_formats, served_backend
 
 if TYPE_CHECKING:
     from pareco_runtime import FrontPoint, SlimmableRuntime
 
+# Calibration images come in batches of this many (``--calib-batches`` counts them).
+CALIB_BATCH = 32
 # Top-1 points an int8 program may lose against its fp32 point before it is refused (``--max-drop``).
 DEFAULT_MAX_DROP = 2.0
 
@@ -124,7 +125,7 @@ def export_int8_points(
             run.results.append(res)
             variant = Variant(
                 precision="int8",
-                backend=INT8_BACKENDS[fmt],
+                backend=served_backend(fmt),
                 top1=res.details["top1"],
                 fp32_top1=res.details["fp32_top1"],
                 split=split,

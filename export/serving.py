@@ -17,18 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from .exporter import export_points
-from .formats import Runner, load_runner
+from .formats import Format, Runner, load_runner, require_backend, served_format
 from .index import recorded_exports
 
 if TYPE_CHECKING:
     from pareco_runtime import FrontPoint, SlimmableRuntime
 
-# The export format each compiled backend serves.
-SERVED_FORMATS = {"onnxruntime": "onnx", "executorch": "executorch"}
 # An ExecuTorch program plans its memory for its batch range: the cache's programs take 1 to 8 (a
 # range the parity check runs at 1, 3 and 8; larger bounds failed for some models), ONNX files any batch.
 CACHE_BATCH = "dynamic:8"
@@ -44,17 +40,20 @@ def cache_dir(manifest: Path) -> Path:
 class ServedProgram:
     """One point's program loaded in its runtime: takes and returns torch tensors.
 
-    An ExecuTorch method runs in memory planned once, so its calls are serialised and each output is
-    copied out before the next call can overwrite it; an ONNX Runtime session may be run from several
-    threads at once (its documented contract) and returns fresh arrays.
+    A file whose runtime is not concurrent (an ExecuTorch method runs in memory planned once) has its
+    calls serialised and each output copied out before the next call can overwrite it; a concurrent
+    one (an ONNX Runtime session) is run from several threads at once and returns fresh arrays.
     """
 
-    def __init__(self, runner: Runner, backend: str) -> None:
+    def __init__(self, runner: Runner, fmt: Format) -> None:
         self.runner = runner
         self.path = runner.path
-        self._lock: threading.Lock | None = threading.Lock() if backend == "executorch" else None
+        concurrent = fmt.serving is not None and fmt.serving.concurrent
+        self._lock: threading.Lock | None = None if concurrent else threading.Lock()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+
         if self._lock is None:
             return torch.from_numpy(self.runner(x))
         with self._lock:
@@ -79,9 +78,13 @@ def usable_export(rt: SlimmableRuntime, point: FrontPoint, fmt: str, folders: li
 def load_program(
     rt: SlimmableRuntime, point: FrontPoint, backend: str, threads: int | None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``point``'s program for ``backend`` (onnxruntime or executorch), found or exported on first use
-    (see the module docstring); ``threads``: the runtime's intra-op threads (None: its default)."""
-    fmt = SERVED_FORMATS[backend]
+    """``point``'s program for the compiled ``backend`` (:data:`export.formats.SERVED`), found or
+    exported on first use (see the module docstring); ``threads``: the runtime's intra-op threads
+    (None: its default). :class:`~export.formats.MissingDependencyError` naming the extras to
+    install when the backend's packages are missing."""
+    require_backend(backend)
+    spec = served_format(backend)
+    fmt = spec.name
     manifest = rt.manifest_path
     if manifest is None:
         raise ValueError(
@@ -91,6 +94,10 @@ def load_program(
     cache = cache_dir(manifest)
     path = usable_export(rt, point, fmt, [manifest.parent / EXPORT_DIR, cache])
     if path is None:
+        # Imported here: the runtime loads this module through its entry point in installs without
+        # the export extra, where require_backend, not an ImportError of NumPy, must say what to install.
+        from .exporter import export_points
+
         (result,) = export_points(rt, [point], [fmt], cache, batch=CACHE_BATCH)
         path = result.path
-    return ServedProgram(load_runner(fmt, path, threads), backend)
+    return ServedProgram(load_runner(fmt, path, threads), spec)

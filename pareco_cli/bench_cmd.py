@@ -1,20 +1,60 @@
-"""``pareco bench``: latency of front points per backend, a latency look-up table, and manifest updates."""
+"""``pareco bench``: latency of front points per backend (``pareco bench``), a latency look-up table
+(``pareco bench lut``) and latencies measured elsewhere (``pareco bench import``).
+
+``pareco bench`` times points itself and hands over to a subcommand named first
+(:class:`BenchCommand`), so that timing keeps its spelling ``pareco bench MANIFEST --backend B``;
+the earlier mode flags, ``--build-lut`` and ``--import FILE``, still run the subcommands after
+one line naming the new spelling.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
+from typer.core import TyperCommand
+
+from bench.backends import BACKENDS
 
 from .loading import MODEL_HELP, ManifestArg, load_runtime, resolve_manifest
 from .output import check_output, is_latency_table, print_json, print_table
 
 if TYPE_CHECKING:
+    from bench.timing import TimingSettings
     from pareco_runtime.manifest import Front, FrontPoint
     from pareco_runtime.models.base import SlimmableNet
     from pareco_runtime.runtime import SlimmableRuntime
+
+# Options more than one of the three commands take.
+Threads = Annotated[
+    int, typer.Option("--threads", metavar="N", help="Threads per inference (1 stands for one phone core).")
+]
+Warmup = Annotated[int, typer.Option("--warmup", metavar="N", help="Warm-up rounds before timing.")]
+Runs = Annotated[
+    int,
+    typer.Option("--runs", metavar="N", help="Timed rounds (one call of every candidate per round)."),
+]
+Profile = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        metavar="NAME",
+        help="Device profile name (one backend; default <host>-<backend>-t<threads>-b<batch>).",
+    ),
+]
+DefaultMalloc = Annotated[
+    bool,
+    typer.Option(
+        "--default-malloc",
+        help="Leave glibc's malloc as it is (by default freed memory is kept, so that "
+        "inferences do not page-fault).",
+    ),
+]
+Model = Annotated[str | None, typer.Option("--model", metavar="pkg.module:factory", help=MODEL_HELP)]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def _choose_points(rt: SlimmableRuntime, spec: str) -> list[FrontPoint]:
@@ -30,6 +70,12 @@ def _fmt(v: float | None, spec: str) -> str | None:
     return None if v is None else format(v, spec)
 
 
+def _timing(threads: int, batch: int | None, warmup: int, runs: int, default_malloc: bool) -> TimingSettings:
+    from bench.timing import TimingSettings
+
+    return TimingSettings(threads, batch, warmup, runs, steady_memory=not default_malloc)
+
+
 def bench(
     manifest: ManifestArg = None,
     backend: Annotated[
@@ -37,13 +83,10 @@ def bench(
         typer.Option(
             "--backend",
             metavar="BACKEND",
-            help="torch | onnxruntime | executorch | cuda; repeat to compare (default: torch).",
+            help=f"{' | '.join(BACKENDS)}; repeat to compare (default: torch).",
         ),
     ] = None,
-    threads: Annotated[
-        int,
-        typer.Option("--threads", metavar="N", help="Threads per inference (1 stands for one phone core)."),
-    ] = 1,
+    threads: Threads = 1,
     batch: Annotated[
         int | None,
         typer.Option(
@@ -56,13 +99,8 @@ def bench(
     points: Annotated[
         str, typer.Option("--points", metavar="IDS|all", help="Comma-separated point ids, or 'all'.")
     ] = "all",
-    warmup: Annotated[int, typer.Option("--warmup", metavar="N", help="Warm-up rounds before timing.")] = 30,
-    runs: Annotated[
-        int,
-        typer.Option(
-            "--runs", metavar="N", help="Timed rounds (one call of every point and backend per round)."
-        ),
-    ] = 200,
+    warmup: Warmup = 30,
+    runs: Runs = 200,
     update: Annotated[
         bool,
         typer.Option(
@@ -79,15 +117,7 @@ def bench(
             "rt.switch(point), instead of the sliced model or exported file alone (profile <host>-<backend>-rt-...).",
         ),
     ] = False,
-    profile: Annotated[
-        str | None,
-        typer.Option(
-            "--profile",
-            metavar="NAME",
-            help="Device profile name (one backend; default <host>-<backend>-t<threads>-b<batch>; "
-            "required with --import).",
-        ),
-    ] = None,
+    profile: Profile = None,
     exports: Annotated[
         Path | None,
         typer.Option(
@@ -101,18 +131,60 @@ def bench(
         bool,
         typer.Option(
             "--int8",
-            help="Also time the int8 programs `pareco export --int8` wrote (onnxruntime, executorch); "
+            help="Also time the int8 programs `pareco export --int8` wrote (on their compiled backends); "
             "with --update their latencies go to the points' int8 variants.",
         ),
     ] = False,
-    build_lut: Annotated[
+    default_malloc: DefaultMalloc = False,
+    model: Model = None,
+    as_json: Json = False,
+) -> None:
+    """Measure latency per front point and backend (interleaved, medians); optionally store it in the manifest."""
+    from bench.backends import check_backends
+
+    if exports is not None and exports.exists() and not exports.is_dir():
+        raise ValueError(
+            f"--exports {exports}: not a folder; pass the folder pareco export wrote, or a new one"
+        )
+    backends = check_backends(list(backend) if backend else ["torch"])
+    timing = _timing(threads, batch, warmup, runs, default_malloc)
+    rt = load_runtime(resolve_manifest(manifest), model)
+    if int8 and exports is None and rt.front.path is not None:
+        from export.serving import EXPORT_DIR
+
+        exports = rt.front.path.parent / EXPORT_DIR
+    _measure(
+        rt,
+        backends,
+        timing,
+        _choose_points(rt, points),
+        update,
+        profile,
+        exports,
+        as_json,
+        int8,
+        through_runtime,
+    )
+
+
+def bench_lut(
+    manifest: ManifestArg = None,
+    backend: Annotated[
+        str,
+        typer.Option("--backend", metavar="BACKEND", help=f"The table's backend: {' | '.join(BACKENDS)}."),
+    ] = "torch",
+    threads: Threads = 1,
+    batch: Annotated[int, typer.Option("--batch", metavar="N", help="Batch size timed.")] = 1,
+    warmup: Warmup = 30,
+    runs: Runs = 200,
+    update: Annotated[
         bool,
         typer.Option(
-            "--build-lut",
-            help="Build and validate the latency look-up table (NAME.lut.<profile>.json) instead of "
-            "timing the front points.",
+            "--update",
+            help="Write the table's predictions into the manifest (latency_predicted_ms of its profile).",
         ),
     ] = False,
+    profile: Profile = None,
     lut_levels: Annotated[
         int, typer.Option("--lut-levels", metavar="N", help="Grid widths per dimension in the look-up table.")
     ] = 3,
@@ -123,25 +195,16 @@ def bench(
     lut_calibrate: Annotated[
         int, typer.Option("--lut-calibrate", metavar="N", help="Configs its correction is fitted on.")
     ] = 5,
-    default_malloc: Annotated[
-        bool,
-        typer.Option(
-            "--default-malloc",
-            help="Leave glibc's malloc as it is (by default freed memory is kept, so that "
-            "inferences do not page-fault).",
-        ),
-    ] = False,
-    model: Annotated[
-        str | None, typer.Option("--model", metavar="pkg.module:factory", help=MODEL_HELP)
-    ] = None,
+    default_malloc: DefaultMalloc = False,
+    model: Model = None,
     arch: Annotated[
         str | None,
         typer.Option(
             "--arch",
             metavar="ARCH",
-            help="With --build-lut and no manifest: build the table for the network `pareco train` "
-            "will build from the same --arch, --classes, --image-size, --width-factor and --low "
-            "(for `pareco train --cost latency@FILE`); saved as --out.",
+            help="Without a manifest: build the table for the network `pareco train` will build from "
+            "the same --arch, --classes, --image-size, --width-factor and --low (for `pareco train "
+            "--cost latency@FILE`); saved as --out.",
         ),
     ] = None,
     classes: Annotated[
@@ -170,60 +233,23 @@ def bench(
         Path | None,
         typer.Option("--out", metavar="FILE", help="With --arch: the table file to write (.json)."),
     ] = None,
-    import_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--import",
-            metavar="FILE",
-            help="Record latencies measured elsewhere (a phone) instead of timing here: FILE.csv of "
-            "point_id,ms lines or FILE.json ({id: ms} or a list of records); needs --profile.",
-        ),
-    ] = None,
-    runtime: Annotated[
-        str | None,
-        typer.Option(
-            "--runtime",
-            metavar="TEXT",
-            help="With --import: what ran the points (e.g. 'executorch 1.5.1 XNNPACK').",
-        ),
-    ] = None,
-    host: Annotated[
-        str | None,
-        typer.Option(
-            "--host",
-            metavar="TEXT",
-            help="With --import: the device measured on (e.g. 'Pixel 7, Tensor G2').",
-        ),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Json = False,
 ) -> None:
-    """Measure latency per front point and backend (interleaved, medians); optionally store it in the manifest.
-    With --import, record latencies measured on another device as a profile instead."""
-    from bench.run import check_backends
+    """Build and validate the latency look-up table (NAME.lut.<profile>.json beside the manifest, or
+    --out FILE for a network not trained yet)."""
+    from bench.backends import check_backends
 
-    if import_file is not None:
-        _check_import_options(profile, backend, build_lut, exports, points)
-        _import(resolve_manifest(manifest), import_file, profile, runtime, threads, batch, host, as_json)
-        return
-    if runtime is not None or host is not None:
-        raise ValueError(
-            "--runtime and --host describe latencies measured elsewhere; give them with --import FILE "
-            "(a measurement here records its own)"
-        )
-    if exports is not None and exports.exists() and not exports.is_dir():
-        raise ValueError(
-            f"--exports {exports}: not a folder; pass the folder pareco export wrote, or a new one"
-        )
-    backends = check_backends(list(backend) if backend else ["torch"])
+    (chosen,) = check_backends([backend])
+    timing = _timing(threads, batch, warmup, runs, default_malloc)
+    source: Front | SlimmableNet
     if arch is not None:
-        if not build_lut or manifest is not None or update or out is None or image_size is None:
+        if manifest is not None or update or out is None or image_size is None:
             raise ValueError(
-                "--arch builds a latency table for a network not trained yet: give it with --build-lut, "
+                "--arch builds a latency table for a network not trained yet: give it with "
                 "--image-size PX and --out FILE, and without a manifest or --update"
             )
         check_output(out, "--out", ".json", is_latency_table, "name a new .json file for the table")
-        source: Front | SlimmableNet = _untrained_model(arch, classes, image_size, width_factor, low)
-        rt = None
+        source = _untrained_model(arch, classes, image_size, width_factor, low)
     else:
         network = {
             "--classes": classes,
@@ -238,73 +264,49 @@ def bench(
                 f"{', '.join(given)}: describe the network of --arch (a table for a run not trained "
                 "yet); a front's table is built from its manifest and saved beside it"
             )
-        rt = load_runtime(resolve_manifest(manifest), model)
-        source = rt.front
-    if build_lut:
-        _build_lut(
-            source,
-            out,
-            backends,
-            threads,
-            1 if batch is None else batch,
-            warmup,
-            runs,
-            update,
-            profile,
-            lut_levels,
-            lut_validate,
-            lut_calibrate,
-            not default_malloc,
-            as_json,
-        )
-        return
-    assert rt is not None  # --arch without --build-lut is refused above
-    if int8 and exports is None and rt.front.path is not None:
-        from export.serving import EXPORT_DIR
-
-        exports = rt.front.path.parent / EXPORT_DIR
-    _measure(
-        rt,
-        backends,
-        threads,
-        batch,
-        _choose_points(rt, points),
-        warmup,
-        runs,
-        update,
-        profile,
-        exports,
-        not default_malloc,
-        as_json,
-        int8,
-        through_runtime,
-    )
+        source = load_runtime(resolve_manifest(manifest), model).front
+    _build_lut(source, out, chosen, timing, update, profile, lut_levels, lut_validate, lut_calibrate, as_json)
 
 
-def _check_import_options(
-    profile: str | None, backend: list[str] | None, build_lut: bool, exports: Path | None, points: str
+def bench_import(
+    source: Annotated[
+        Path,
+        typer.Option(
+            "--from",
+            metavar="FILE",
+            help="The latencies measured elsewhere (a phone): FILE.csv of point_id,ms lines or "
+            "FILE.json ({id: ms} or a list of records).",
+        ),
+    ],
+    profile: Annotated[
+        str,
+        typer.Option(
+            "--profile",
+            metavar="NAME",
+            help="The device the figures come from (e.g. pixel7); budgets then name it: --budget 5ms@pixel7.",
+        ),
+    ],
+    manifest: ManifestArg = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(
+            "--runtime", metavar="TEXT", help="What ran the points (e.g. 'executorch 1.5.1 XNNPACK')."
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", metavar="TEXT", help="The device measured on (e.g. 'Pixel 7, Tensor G2')."),
+    ] = None,
+    threads: Annotated[
+        int, typer.Option("--threads", metavar="N", help="Threads the figures were measured with.")
+    ] = 1,
+    batch: Annotated[
+        int, typer.Option("--batch", metavar="N", help="Batch the figures were measured at.")
+    ] = 1,
+    as_json: Json = False,
 ) -> None:
-    """``--import`` names its profile and takes none of the options that time points here."""
-    if profile is None:
-        raise ValueError(
-            "--import needs --profile NAME, the device the figures come from (e.g. --profile pixel7); "
-            "budgets then name it: --budget 5ms@pixel7"
-        )
-    given = [
-        flag
-        for flag, present in (
-            ("--backend", bool(backend)),
-            ("--build-lut", build_lut),
-            ("--exports", exports is not None),
-            ("--points", points.strip().lower() != "all"),
-        )
-        if present
-    ]
-    if given:
-        raise ValueError(
-            f"{', '.join(given)}: time points here, but --import records figures measured elsewhere; "
-            "leave them out or run the two separately"
-        )
+    """Record latencies measured on another device (a phone) as a device profile of the manifest."""
+    _import(resolve_manifest(manifest), source, profile, runtime, threads, batch, host, as_json)
 
 
 def _import(
@@ -313,7 +315,7 @@ def _import(
     profile: str,
     runtime: str | None,
     threads: int,
-    batch: int | None,
+    batch: int,
     host: str | None,
     as_json: bool,
 ) -> None:
@@ -325,7 +327,7 @@ def _import(
         profile,
         runtime=runtime,
         threads=threads,
-        batch=1 if batch is None else batch,
+        batch=batch,
         host=host,
     )
     name = done.profile.name
@@ -360,18 +362,14 @@ def _stage_printer(as_json: bool) -> Callable[[str], None]:
 def _measure(
     rt: SlimmableRuntime,
     backends: list[str],
-    threads: int,
-    batch: int | None,
+    timing: TimingSettings,
     chosen: list[FrontPoint],
-    warmup: int,
-    runs: int,
     update: bool,
     profile: str | None,
     exports: Path | None,
-    steady_memory: bool,
     as_json: bool,
-    int8: bool = False,
-    through_runtime: bool = False,
+    int8: bool,
+    through_runtime: bool,
 ) -> None:
     from bench.run import record_report, run_bench
 
@@ -379,13 +377,9 @@ def _measure(
         rt,
         chosen,
         backends,
-        threads=threads,
-        batch=batch,
-        warmup=warmup,
-        runs=runs,
+        timing,
         profile=profile,
         exports=exports,
-        steady_memory=steady_memory,
         on_stage=_stage_printer(as_json),
         int8=int8,
         through_runtime=through_runtime,
@@ -412,7 +406,8 @@ def _measure(
         for m in report.measurements
     ]
     print_table(
-        f"latency at batch {report.batch}, {threads} thread(s), {runs} runs after {warmup} warm-up, interleaved"
+        f"latency at batch {report.timing.batch}, {timing.threads} thread(s), {timing.runs} runs after "
+        f"{timing.warmup} warm-up, interleaved"
         + (", rt(x) through SlimmableRuntime" if through_runtime else ""),
         columns,
         rows,
@@ -451,38 +446,26 @@ def _untrained_model(
 def _build_lut(
     source: Front | SlimmableNet,
     out: Path | None,
-    backends: list[str],
-    threads: int,
-    batch: int,
-    warmup: int,
-    runs: int,
+    backend: str,
+    timing: TimingSettings,
     update: bool,
     profile: str | None,
     levels: int,
     validate: int,
     calibrate: int,
-    steady_memory: bool,
     as_json: bool,
 ) -> None:
     from bench.lut import build_saved_lut
 
-    if len(backends) != 1:
-        raise ValueError(
-            "--build-lut builds one table: give one --backend (torch, cuda, onnxruntime or executorch)"
-        )
     table = build_saved_lut(
         source,
-        backends[0],
+        backend,
         out=out,
-        threads=threads,
-        batch=batch,
+        timing=timing,
         profile=profile,
         levels=levels,
-        warmup=warmup,
-        runs=runs,
         calibrate=calibrate,
         validate=validate,
-        steady_memory=steady_memory,
         update=update,
         on_stage=_stage_printer(as_json),
     )
@@ -533,3 +516,54 @@ def _build_lut(
             f"manifest updated: latency_predicted_ms[{prof.name}] for points without a measurement; "
             f"select with --budget <ms>ms@{prof.name} --allow-predicted"
         )
+
+
+# ---------------------------------------------------------------------------------------------- subcommands
+
+
+def _click_command(function: Callable[..., None]) -> click.Command:
+    single = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
+    single.command()(function)
+    return typer.main.get_command(single)
+
+
+SUBCOMMANDS = {"lut": _click_command(bench_lut), "import": _click_command(bench_import)}
+
+EPILOG = (
+    "Also: pareco bench lut [MANIFEST] ... builds a latency look-up table; pareco bench import "
+    "[MANIFEST] --from FILE --profile NAME records latencies measured elsewhere (see their --help)."
+)
+
+
+def _new_spelling(args: list[str]) -> tuple[str | None, list[str]]:
+    """The subcommand ``args`` ask for and its arguments: named first, or by an earlier mode flag
+    (``--build-lut``, ``--import FILE``), which gets one line on stderr naming the new spelling."""
+    if args and args[0] in SUBCOMMANDS:
+        return args[0], args[1:]
+    if "--build-lut" in args:
+        click.echo("note: `pareco bench --build-lut` is now `pareco bench lut`", err=True)
+        return "lut", [a for a in args if a != "--build-lut"]
+    for i, arg in enumerate(args):
+        if arg == "--import" or arg.startswith("--import="):
+            click.echo(
+                "note: `pareco bench --import FILE` is now `pareco bench import --from FILE`", err=True
+            )
+            value = [arg.partition("=")[2]] if "=" in arg else args[i + 1 : i + 2]
+            return "import", [*args[:i], "--from", *value, *args[i + 1 + (0 if "=" in arg else 1) :]]
+    return None, args
+
+
+class BenchCommand(TyperCommand):
+    """``pareco bench``: times points itself; a subcommand named first (or asked for by its old flag)
+    gets the arguments instead, with its own options and help (``pareco bench lut --help``)."""
+
+    subcommands = SUBCOMMANDS
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        name, rest = _new_spelling(list(args))
+        if name is None:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        # The group runs the returned context's own command, so the subcommand's callback runs.
+        return SUBCOMMANDS[name].make_context(f"{info_name} {name}", rest, parent=parent, **extra)

@@ -234,7 +234,7 @@ def _check_int8_options(
         if given:
             raise ValueError(f"{' and '.join(given)} apply to --int8 exports only; add --int8")
         return
-    from export.quantize import check_int8_formats
+    from export.formats import check_int8_formats
 
     check_int8_formats(formats)
     if calib is None:
@@ -260,8 +260,8 @@ def _export_int8(
     as_json: bool,
 ) -> None:
     """Export int8 programs of ``points``, print what each scored, and exit 1 when any was refused."""
-    from export.int8 import export_int8_points
-    from export.quantize import CALIB_BATCH, INT8_BACKENDS, Calibration
+    from export.formats import Calibration, served_backend
+    from export.int8 import CALIB_BATCH, export_int8_points
     from training.front_data import evaluation_set
 
     images = evaluation_set(calib, rt.front)
@@ -313,7 +313,7 @@ def _export_int8(
         )
         if run.results:
             backends = " ".join(
-                f"--backend {INT8_BACKENDS[r]}" for r in dict.fromkeys(x.format for x in run.results)
+                f"--backend {served_backend(r)}" for r in dict.fromkeys(x.format for x in run.results)
             )
             typer.echo(
                 f"time them with: pareco bench {rt.front.path} {backends} --int8 --exports {out} --update"

@@ -18,17 +18,14 @@ from collections.abc import Callable, Iterator
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 
-# Top-level module -> the extra of pyproject.toml that installs it.
+# Top-level module -> the extra of pyproject.toml that installs it (an export format's packages:
+# the format registry, export.formats.module_extras).
 EXTRA_OF = {
     "torchvision": "vision",
     "botorch": "train",
     "gpytorch": "train",
     "linear_operator": "train",
     "sklearn": "train",
-    "onnx": "export",
-    "onnxscript": "export",
-    "onnxruntime": "export",
-    "executorch": "mobile",
     "typer": "cli",
     "click": "cli",
     "rich": "cli",
@@ -39,8 +36,10 @@ EXTRA_OF = {
 
 def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
     """The one-line fix for a module of an uninstalled extra, or None if ``exc`` is about another module."""
+    from export.formats import module_extras  # the registry imports only the standard library
+
     top = (exc.name or "").split(".")[0]
-    extra = EXTRA_OF.get(top)
+    extra = EXTRA_OF.get(top) or module_extras().get(top)
     if extra is None:
         return None
     return f"this command needs {top}, which comes with pareco's '{extra}' extra; run: pip install 'pareco[{extra}]'"

@@ -28,7 +28,7 @@ def specialize(
         "--profile",
         metavar="NAME",
         help="The device profile whose latency table (NAME.lut.<profile>.json beside the manifest, from "
-        "`pareco bench MANIFEST --build-lut --profile NAME`) is the search's cost.",
+        "`pareco bench lut MANIFEST --profile NAME`) is the search's cost.",
     ),
     data: str = typer.Option(
         ...,
@@ -89,7 +89,7 @@ def specialize(
     if not (table.exists() or table.is_symlink()):
         raise ValueError(
             f"{manifest}: no latency table for profile '{profile}' ({table.name}); build it on the device's "
-            f"backend first: pareco bench {manifest} --build-lut --profile {profile} --backend executorch --threads 1"
+            f"backend first: pareco bench lut {manifest} --profile {profile} --backend executorch --threads 1"
         )
     target = out if out is not None else manifest.with_name(f"{_stem(manifest)}.{profile}.front.json")
     rt = load_runtime(manifest, model)
@@ -107,7 +107,7 @@ def specialize(
     if measure and not here:
         raise ValueError(
             f"--measure: {table.name} was timed on {lut.host or 'an unnamed host'}, not here; leave --measure "
-            "out and bring measurements back with `pareco bench --import`"
+            "out and bring measurements back with `pareco bench import`"
         )
     batches, batch_size = calibration_settings(front)
     images = load_front_data(data, front, VAL_FRACTION, selection_fraction(front) or HELD_OUT)
@@ -173,10 +173,15 @@ def _profile(front: Front, lut: LatencyLUT) -> DeviceProfile:
 def _measure(manifest: Path, model: str | None, lut: LatencyLUT) -> None:
     """Time the new front's points here on the table's backend, threads and batch; record them as measured."""
     from bench.run import record_report, run_bench
+    from bench.timing import TimingSettings
 
     rt = load_runtime(manifest, model)
     report = run_bench(
-        rt, rt.points, [lut.backend], threads=lut.threads, batch=lut.batch, profile=lut.profile
+        rt,
+        rt.points,
+        [lut.backend],
+        TimingSettings(threads=lut.threads, batch=lut.batch),
+        profile=lut.profile,
     )
     record_report(rt.front, report)
 

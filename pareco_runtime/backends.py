@@ -4,7 +4,8 @@ The compiled backends (ONNX Runtime, ExecuTorch) serve each point from its expor
 exporting needs the ``export`` package, which the runtime does not import (it stays torch +
 safetensors). They are found through the ``pareco.backends`` entry-point group instead: each entry
 names a ``load_program(rt, point, backend, threads)`` returning the point's program, a callable from
-an input batch to its logits (pareco registers ``export.serving:load_program`` for both).
+an input batch to its logits (pareco registers ``export.serving:load_program`` for both, which
+names the extras to install when a backend's packages are missing).
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ TORCH = "torch"
 GROUP = "pareco.backends"
 Program = Callable[[torch.Tensor], torch.Tensor]
 ProgramLoader = Callable[[Any, "FrontPoint", str, "int | None"], Program]
-# What to install for each backend pareco knows, for the message when it is missing.
-_EXTRAS = {"onnxruntime": "pareco[export]", "executorch": "pareco[export,mobile]"}
 
 
 def available() -> list[str]:
@@ -32,12 +31,12 @@ def available() -> list[str]:
 
 
 def program_loader(backend: str) -> ProgramLoader:
-    """The loader of points' programs for ``backend``; ValueError naming what to install or choose."""
+    """The loader of points' programs for ``backend``; ValueError naming the backends to choose from."""
     found = [e for e in entry_points(group=GROUP) if e.name == backend]
     if not found:
-        install = f"install {_EXTRAS[backend]}" if backend in _EXTRAS else "choose one of them"
         raise ValueError(
-            f"backend '{backend}' is not available here (available: {', '.join(available())}); {install}"
+            f"backend '{backend}' is not available here (available: {', '.join(available())}); "
+            "choose one of them"
         )
     loader: ProgramLoader = found[0].load()
     return loader

@@ -3,7 +3,7 @@
 A table (``NAME.lut.<profile>.json`` beside the manifest ``NAME.front.json``) holds, per block of the
 network, its time on a small grid of channel counts, and predicts a config's latency as a calibrated
 sum of multilinear interpolations (how it is built and checked: :mod:`bench.lut`, ``pareco bench
---build-lut``). This module owns the file: reading, writing and predicting, with torch-free
+lut``). This module owns the file: reading, writing and predicting, with torch-free
 arithmetic, so that training (latency as the search's cost), the runtime and apps use one reader.
 """
 
@@ -25,7 +25,7 @@ from .untrusted import FormatError, read_json
 
 LUT_FORMAT = 1
 # What a refused table's message tells to do, where the caller has no better advice.
-REBUILD = "rebuild it with `pareco bench MANIFEST --build-lut`"
+REBUILD = "rebuild it with `pareco bench lut MANIFEST`"
 
 
 class LatencyTableError(ValueError):
@@ -156,7 +156,7 @@ class LatencyLUT:
             found = d.get("lut_format") if isinstance(d, dict) else f"a JSON {type(d).__name__}"
             raise LatencyTableError(
                 f"latency table format {found!r} is not {LUT_FORMAT}; rebuild it with "
-                "`pareco bench MANIFEST --build-lut`"
+                "`pareco bench lut MANIFEST`"
             )
         fields = {k: v for k, v in d.items() if k != "lut_format"}
         fields["units"] = [UnitTable(**u) for u in fields["units"]]

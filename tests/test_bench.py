@@ -14,6 +14,7 @@ from bench.device import default_profile_name, device_profile, sanitise_profile_
 from bench.energy import EnergyMeter, energy_note
 from bench.errors import BenchError
 from bench.lut import build_lut, discover_units, fit_calibration
+from bench.timing import TimingSettings
 from pareco_runtime import SlimmableRuntime, build_model
 from pareco_runtime.budget import ProfileError
 from pareco_runtime.latency_table import LatencyLUT, LatencyTableError, UnitTable, lut_path
@@ -102,7 +103,7 @@ def test_bench_json_report_and_profile_name(tiny_front, cli):
         (["--backend", "tpu"], "unknown backend 'tpu'"),
         (["--points", "nope"], "no point 'nope' in this front"),
         (["--backend", "torch", "--backend", "onnxruntime", "--profile", "x"], "several --backend"),
-        (["--runs", "0"], "need threads >= 1"),
+        (["--runs", "0"], "--runs 0: must be at least 1"),
     ],
 )
 def test_bench_errors(tiny_front, cli, args, message):
@@ -186,7 +187,9 @@ def test_fit_calibration_recovers_offset_and_scale():
 def test_lut_builds_predicts_and_round_trips(tmp_path):
     model = build_model("resnet20", num_classes=4, input_size=16)
     assert [u.name for u in discover_units(model)][:3] == ["conv1", "bn1", "layer1.0"]
-    lut = build_lut(model, profile="tiny", levels=2, warmup=1, runs=3, calibrate=3, validate=20)
+    lut = build_lut(
+        model, profile="tiny", timing=TimingSettings(warmup=1, runs=3), levels=2, calibrate=3, validate=20
+    )
     rep = lut.report
     assert rep["validation"]["configs"] == 20 and rep["calibration"]["configs"] == 3
     for key in ("median_abs_rel_error", "max_abs_rel_error", "within_10pct"):
@@ -217,8 +220,8 @@ def test_cli_build_lut_writes_predictions_then_bench_keeps_them_apart(front_copy
     ids = _ids(manifest)
     code, out, err = cli(
         "bench",
+        "lut",
         str(manifest),
-        "--build-lut",
         "--lut-levels",
         "2",
         "--lut-validate",
@@ -281,7 +284,7 @@ def test_a_latency_table_of_the_wrong_shape_is_one_error(tmp_path, content: str)
     path.write_text(content)
     with pytest.raises(LatencyTableError, match="latency table") as err:
         LatencyLUT.load(path)
-    assert "--build-lut" in str(err.value) and "\n" not in str(err.value)
+    assert "pareco bench lut" in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.slow
@@ -305,9 +308,8 @@ def test_a_latency_table_for_a_compiled_runtime_times_every_block(backend: str) 
         model,
         profile="tiny",
         backend=backend,
+        timing=TimingSettings(warmup=1, runs=3),
         levels=2,
-        warmup=1,
-        runs=3,
         calibrate=2,
         validate=1,
         on_stage=stages.append,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import pytest
 import typer
 
@@ -18,6 +19,7 @@ DATA = ("--data", "synthetic:256:4")
 WIDTH = ("--width", "0.5", *DATA)
 PROFILE = ("--profile", "phone")  # the made-up latency table beside the specialize fixture's front
 SPEC = (*PROFILE, *DATA)
+IMPORT = ("--from", "/dev/null", "--profile", "pixel7")
 # (command, option) -> (bad value, extra arguments, a word the message must contain)
 BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
     ("train", "--arch"): ("resnet99", (), "resnet99"),
@@ -89,20 +91,28 @@ BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
     ("bench", "--runs"): ("0", (), "runs"),
     ("bench", "--profile"): ("!!!", ("--update",), "!!!"),
     ("bench", "--exports"): ("/dev/null", (), "/dev/null"),
-    ("bench", "--lut-levels"): ("0", ("--build-lut",), "lut-levels"),
-    ("bench", "--lut-validate"): ("-1", ("--build-lut",), "lut-validate"),
-    ("bench", "--lut-calibrate"): ("-1", ("--build-lut",), "lut-calibrate"),
     ("bench", "--model"): ("nosuchpkg.mod:f", (), "nosuchpkg"),
-    ("bench", "--import"): ("/nonexistent/pixel7.csv", ("--profile", "pixel7"), "pixel7.csv"),
-    ("bench", "--runtime"): ("executorch", (), "--runtime"),
-    ("bench", "--host"): ("Pixel 7", (), "--host"),
+    ("bench lut", "--backend"): ("tpu", (), "tpu"),
+    ("bench lut", "--threads"): ("0", (), "threads"),
+    ("bench lut", "--batch"): ("0", (), "batch"),
+    ("bench lut", "--warmup"): ("-1", (), "warmup"),
+    ("bench lut", "--runs"): ("0", (), "runs"),
+    ("bench lut", "--profile"): ("!!!", (), "!!!"),
+    ("bench lut", "--lut-levels"): ("0", (), "lut-levels"),
+    ("bench lut", "--lut-validate"): ("-1", (), "lut-validate"),
+    ("bench lut", "--lut-calibrate"): ("-1", (), "lut-calibrate"),
+    ("bench lut", "--model"): ("nosuchpkg.mod:f", (), "nosuchpkg"),
     # A front is given to every bench row: the flags that describe --arch's network are refused with it.
-    ("bench", "--arch"): ("resnet20", ("--build-lut",), "--arch"),
-    ("bench", "--classes"): ("0", ("--build-lut",), "--classes"),
-    ("bench", "--image-size"): ("0", ("--build-lut",), "--image-size"),
-    ("bench", "--width-factor"): ("0", ("--build-lut",), "--width-factor"),
-    ("bench", "--low"): ("0", ("--build-lut",), "--low"),
-    ("bench", "--out"): ("t.json", ("--build-lut",), "--out"),
+    ("bench lut", "--arch"): ("resnet20", (), "--arch"),
+    ("bench lut", "--classes"): ("0", (), "--classes"),
+    ("bench lut", "--image-size"): ("0", (), "--image-size"),
+    ("bench lut", "--width-factor"): ("0", (), "--width-factor"),
+    ("bench lut", "--low"): ("0", (), "--low"),
+    ("bench lut", "--out"): ("t.json", (), "--out"),
+    ("bench import", "--from"): ("/nonexistent/pixel7.csv", ("--profile", "pixel7"), "pixel7.csv"),
+    ("bench import", "--profile"): ("!!!", ("--from", "/dev/null"), "!!!"),
+    ("bench import", "--threads"): ("0", IMPORT, "threads"),
+    ("bench import", "--batch"): ("0", IMPORT, "batch"),
     ("eval", "--data"): ("/nonexistent/data", (), "/nonexistent/data"),
     ("eval", "--split"): (" ", DATA, "--split"),
     ("eval", "--model"): ("nosuchpkg.mod:f", DATA, "nosuchpkg"),
@@ -122,15 +132,26 @@ BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
 }
 # Options whose every value is a place to write to (a bad one is a folder that cannot be made).
 OUTPUTS = {("train", "--out"), ("export", "--out"), ("show", "--plot"), ("specialize", "--out")}
-# A data cache that cannot be written is a warning, and the run decodes the images again.
-EXEMPT = {("train", "--cache-dir")}
+# A data cache that cannot be written is a warning, and the run decodes the images again. What ran
+# the imported figures, and where, are free text.
+EXEMPT = {("train", "--cache-dir"), ("bench import", "--runtime"), ("bench import", "--host")}
+
+
+def _commands() -> dict[str, click.Command]:
+    """Every command by its spelling after ``pareco``, subcommands (``bench lut``) included."""
+    group = typer.main.get_command(app)
+    found: dict[str, click.Command] = {}
+    for name, cmd in group.commands.items():
+        found[name] = cmd
+        for sub, subcommand in getattr(cmd, "subcommands", {}).items():
+            found[f"{name} {sub}"] = subcommand
+    return found
 
 
 def _value_options() -> list[tuple[str, str]]:
-    group = typer.main.get_command(app)
     return [
         (name, p.opts[0])
-        for name, cmd in group.commands.items()
+        for name, cmd in _commands().items()
         for p in cmd.params
         if p.param_type_name == "option" and not p.is_flag
     ]
@@ -163,8 +184,8 @@ def test_a_bad_value_is_one_line(
     command: str, option: str, tiny_front: Path, with_table: Path, tmp_path: Path, cli
 ) -> None:
     value, extra, word = BAD[(command, option)]
-    args = [command]
-    if command in ("select", "export", "bench", "eval", "calibrate"):
+    args = command.split()
+    if args[0] in ("select", "export", "bench", "eval", "calibrate"):
         args.append(str(tiny_front))
     if command == "specialize":
         args.append(str(with_table))
@@ -213,8 +234,8 @@ def test_every_option_says_what_value_it_takes(cli) -> None:
     """No option shows the type placeholders the CLI framework makes up (<str>, <list[str]>, <bool>)."""
     import re
 
-    for name in typer.main.get_command(app).commands:
-        heads = re.findall(r"^\s+(--[-\w]+(?: \S+)?)", _help(cli, name), re.M)
+    for name in _commands():
+        heads = re.findall(r"^\s+(--[-\w]+(?: \S+)?)", _help(cli, *name.split()), re.M)
         assert len(heads) > 2, name
         assert not [h for h in heads if "<" in h], name
 
@@ -241,3 +262,45 @@ def test_train_help_groups_its_options_and_gives_examples_that_parse(cli) -> Non
     for example in examples:
         args = shlex.split(example)[2:]
         command.make_context("train", args)  # every flag of the example exists and its value parses
+
+
+# What each of pareco bench's commands takes, and a few options that belong to another one of them.
+BENCH_HELP = {
+    "bench": (
+        {"--backend", "--points", "--int8", "--through-runtime", "--exports"},
+        {"--lut-levels", "--arch", "--from", "--build-lut", "--import"},
+    ),
+    "bench lut": (
+        {"--backend", "--lut-levels", "--arch", "--out"},
+        {"--points", "--int8", "--from", "--exports"},
+    ),
+    "bench import": (
+        {"--from", "--profile", "--runtime", "--host"},
+        {"--backend", "--runs", "--points", "--arch"},
+    ),
+}
+
+
+@pytest.mark.parametrize("command", sorted(BENCH_HELP))
+def test_each_bench_command_lists_only_its_options(cli, command: str) -> None:
+    import re
+
+    mine, others = BENCH_HELP[command]
+    listed = set(re.findall(r"^\s+(--[-\w]+)", _help(cli, *command.split()), re.M))
+    assert mine <= listed and not others & listed, listed
+
+
+@pytest.mark.parametrize(
+    ("old", "note"),
+    [
+        (("--build-lut",), "note: `pareco bench --build-lut` is now `pareco bench lut`"),
+        (
+            ("--import", "x.csv"),
+            "note: `pareco bench --import FILE` is now `pareco bench import --from FILE`",
+        ),
+    ],
+)
+def test_the_old_bench_spellings_run_the_subcommands_and_say_the_new_one(cli, old, note) -> None:
+    r = cli("bench", *old, "--help")
+    assert r.returncode == 0 and r.stderr.strip() == note
+    assert f"bench {'lut' if '--build-lut' in old else 'import'} [OPTIONS]" in r.stdout.splitlines()[0]

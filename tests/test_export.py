@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from export.exporter import export_point
-from export.formats import WRITERS, ExportError, MissingDependencyError, load_runner
+from export.formats import FORMATS, ExportError, MissingDependencyError, load_runner
 from export.index import INDEX_NAME, find_export, merge_index, read_index
 from pareco_runtime import SlimmableRuntime, build_model, slice_model
 
@@ -84,7 +85,7 @@ def test_failed_export_leaves_no_partial_file(rt, tmp_path, monkeypatch):
         path.write_bytes(b"half a file")
         raise RuntimeError("exporter crashed")
 
-    monkeypatch.setitem(WRITERS, "torchscript", crashing_writer)
+    monkeypatch.setitem(FORMATS, "torchscript", replace(FORMATS["torchscript"], write=crashing_writer))
     with pytest.raises(
         ExportError, match=r"torchscript export failed .*exporter crashed.*nothing was written"
     ):
@@ -94,7 +95,7 @@ def test_failed_export_leaves_no_partial_file(rt, tmp_path, monkeypatch):
 
 
 def test_parity_failure_writes_nothing(rt, tmp_path, monkeypatch):
-    real = WRITERS["torchscript"]
+    real = FORMATS["torchscript"].write
 
     def wrong_model_writer(model, example, path, opset, batch, metadata):
         other = rt.standalone("p00")
@@ -102,7 +103,7 @@ def test_parity_failure_writes_nothing(rt, tmp_path, monkeypatch):
             other.fc.bias.add_(1.0)
         return real(other, example, path, opset, batch, metadata)
 
-    monkeypatch.setitem(WRITERS, "torchscript", wrong_model_writer)
+    monkeypatch.setitem(FORMATS, "torchscript", replace(FORMATS["torchscript"], write=wrong_model_writer))
     with pytest.raises(ExportError, match=r"differs from PyTorch by up to .* nothing was written"):
         export_point(rt.standalone("p00"), rt.input_size, "torchscript", tmp_path / "p00.pt")
     assert list(tmp_path.iterdir()) == []

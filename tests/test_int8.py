@@ -130,8 +130,8 @@ def test_int8_onnx_programs_are_scored_in_onnxruntime_and_recorded(front_copy: P
 
 
 def test_a_badly_calibrated_program_is_refused_and_not_written(front_copy: Path) -> None:
+    from export.formats import Calibration
     from export.int8 import export_int8_points
-    from export.quantize import Calibration
     from training.front_data import evaluation_set
 
     rt = SlimmableRuntime.load(front_copy)

@@ -104,7 +104,7 @@ def test_a_missing_or_foreign_table_is_refused_before_anything_is_written(tmp_pa
     out = tmp_path / "run"
     with pytest.raises(
         TrainingError,
-        match=r"--cost latency@.*nope\.json: .*no such latency table.*pareco bench --build-lut --arch resnet20",
+        match=r"--cost latency@.*nope\.json: .*no such latency table.*pareco bench lut --arch resnet20",
     ):
         train(dataclasses.replace(cfg, cost=f"latency@{tmp_path / 'nope.json'}"), out, show_progress=False)
     assert not out.exists() or not any(out.iterdir())
@@ -112,7 +112,7 @@ def test_a_missing_or_foreign_table_is_refused_before_anything_is_written(tmp_pa
     other.save(tmp_path / "wide.json")
     with pytest.raises(
         TrainingError,
-        match=r"built for another network .*pareco bench --build-lut --arch resnet20 --classes 4 --image-size 16 --backend",
+        match=r"built for another network .*pareco bench lut --arch resnet20 --classes 4 --image-size 16 --backend",
     ):
         train(dataclasses.replace(cfg, cost=f"latency@{tmp_path / 'wide.json'}"), out, show_progress=False)
     assert not out.exists() or not any(out.iterdir())
@@ -130,7 +130,7 @@ def test_a_missing_or_foreign_table_is_refused_before_anything_is_written(tmp_pa
 def test_a_table_for_a_run_not_trained_yet_checks_its_network(cli, tmp_path, args, message):
     out = tmp_path / "t.json"
     extra = () if "--image-size" not in args else ("--out", str(out))
-    r = cli("bench", "--build-lut", *args, *extra)
+    r = cli("bench", "lut", *args, *extra)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
     assert not out.exists()
 

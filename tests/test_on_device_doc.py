@@ -45,7 +45,7 @@ def _unknown_fields(shown: Any, real: Any, where: str = "") -> list[str]:
 
 
 def _doc_import(front_dir: Path, tmp_path: Path) -> tuple[list[str], list[str]]:
-    """The doc's ``pareco bench --import`` and ``pareco select`` lines, pointed at ``front_dir`` and its CSV
+    """The doc's ``pareco bench import`` and ``pareco select`` lines, pointed at ``front_dir`` and its CSV
     (written to ``tmp_path``)."""
     csv = next(b for b in _blocks("") if b.startswith("point_id,ms"))
     # The tiny front's point count follows the CPU's float rounding (2 points, no p02, on an AVX-512
@@ -55,7 +55,7 @@ def _doc_import(front_dir: Path, tmp_path: Path) -> tuple[list[str], list[str]]:
     kept = [r for r in rows if r.split(",")[0] in ids]
     assert len(kept) >= 2, f"the doc's CSV names none of the front's points {sorted(ids)}"
     (tmp_path / "pixel7.csv").write_text("\n".join([header, *kept]) + "\n")
-    script = next(b for b in _blocks("bash") if "--import" in b).replace("\\\n", " ")
+    script = next(b for b in _blocks("bash") if "bench import" in b).replace("\\\n", " ")
     commands = []
     for line in script.strip().splitlines():
         words = [w.replace("runs/mine", str(front_dir)) for w in shlex.split(line)]

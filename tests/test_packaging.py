@@ -179,10 +179,11 @@ def test_command_without_its_extra_names_the_pip_install(bare_env, args, extra, 
 def test_every_extra_module_maps_to_a_declared_extra():
     import tomllib
 
+    from export.formats import module_extras
     from pareco_cli.main import EXTRA_OF
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert set(EXTRA_OF.values()) <= set(extras)
+    assert set(EXTRA_OF.values()) | set(module_extras().values()) <= set(extras)
     assert {"vision", "train", "export", "mobile", "cli", "all"} <= set(extras)
 
 

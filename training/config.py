@@ -236,7 +236,7 @@ class TrainConfig:
             "cost",
             self.cost == "macs"
             or (self.cost.startswith(COST_LATENCY) and len(self.cost) > len(COST_LATENCY)),
-            f"must be macs or {COST_LATENCY}FILE (a latency table from `pareco bench --build-lut`)",
+            f"must be macs or {COST_LATENCY}FILE (a latency table from `pareco bench lut`)",
         )
         self._require(
             "cost",

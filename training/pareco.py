@@ -155,7 +155,7 @@ class _BOStrategy(Strategy):
         extra = f" --width-factor {cfg.width_factor}" if cfg.width_factor != 1 else ""
         extra += f" --low {cfg.low}" if is_converted(cfg.arch) else ""
         return (
-            f"pareco bench --build-lut --arch {cfg.arch} --classes {model.arch_kwargs.get('num_classes')} "
+            f"pareco bench lut --arch {cfg.arch} --classes {model.arch_kwargs.get('num_classes')} "
             f"--image-size {model.input_size[-1]}{extra} --backend BACKEND --profile NAME --out FILE"
         )
 

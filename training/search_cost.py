@@ -147,7 +147,7 @@ class LatencyCost(SearchCost):
         lut: LatencyLUT,
         model: SlimmableNet,
         path: str | Path = "latency table",
-        todo: str = "build one for this model with `pareco bench MANIFEST --build-lut --profile NAME`",
+        todo: str = "build one for this model with `pareco bench lut MANIFEST --profile NAME`",
     ) -> None:
         """``path`` names the table in errors, which end in ``todo``. LatencyTableError if the table was
         built for another network (architecture, its arguments, input size or width space)."""
@@ -170,7 +170,7 @@ class LatencyCost(SearchCost):
         if not self.full_ms > 0:
             raise LatencyTableError(
                 f"{path}: predicts {self.full_ms:g} ms for the full network; rebuild it with "
-                "`pareco bench MANIFEST --build-lut`"
+                "`pareco bench lut MANIFEST`"
             )
 
     @property

@@ -1,0 +1,274 @@
+"""What every export format shares: the :class:`Format` record each format module declares, the
+errors, and the :class:`Runner` a loaded file runs batches through.
+
+Nothing here imports torch, NumPy or a format's runtime at load time: the CLI reads the registry to
+write its help, and a format's packages may not be installed at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..batch import BatchRange
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+
+class ExportError(ValueError):
+    """An export or a parity check failed; the message is one line naming the file and what to do."""
+
+
+class MissingDependencyError(ExportError):
+    """A package a format needs is not installed; the message says what to install."""
+
+
+@dataclass
+class Calibration:
+    """What an int8 flow (:class:`Int8Flow`) calibrates on: the images activation ranges are observed on, ``batches`` (normalised inputs) and ``text``
+    (which images, for people and records)."""
+
+    batches: list[torch.Tensor]
+    text: str
+
+    def __post_init__(self) -> None:
+        if not self.batches or not sum(len(b) for b in self.batches):
+            raise ExportError(f"no calibration images ({self.text}); give --calib data with training images")
+
+    @property
+    def images(self) -> int:
+        """How many images calibrate."""
+        return sum(len(b) for b in self.batches)
+
+
+# (model, example input, path, ONNX opset, batch range, metadata) -> format-specific details.
+Writer = Callable[
+    ["nn.Module", "torch.Tensor", Path, "int | None", BatchRange, Mapping[str, str]], dict[str, Any]
+]
+# (the writer's arguments, then the calibration images) -> details.
+Int8Writer = Callable[
+    ["nn.Module", "torch.Tensor", Path, "int | None", BatchRange, Mapping[str, str], Calibration],
+    dict[str, Any],
+]
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The compiled runtime that runs a format's files for ``pareco bench --backend`` and
+    ``SlimmableRuntime.load(..., backend=...)``.
+
+    ``package``: the distribution whose version device profiles record; ``runtime``: the profile's
+    runtime text (``{version}`` is that version's place); ``extras``: the pareco extras serving
+    needs (it exports on first use), which the ``pareco.backends`` entry point of ``pyproject.toml``
+    names too; ``concurrent``: whether one loaded file may run from several threads at once;
+    ``pool_threads``: sizes a process-wide thread pool, which must happen before any file loads,
+    and returns the note for reports (None: threads are set per file).
+    """
+
+    backend: str
+    package: str
+    runtime: str
+    extras: tuple[str, ...]
+    concurrent: bool
+    pool_threads: Callable[[int], str] | None = None
+
+
+@dataclass(frozen=True)
+class Int8Flow:
+    """How a format's int8 program is made: ``quantizer`` as ``export.json`` records it, and ``write``,
+    a :data:`Writer` that also takes the calibration images."""
+
+    quantizer: str
+    write: Int8Writer
+
+
+@dataclass(frozen=True)
+class Format:
+    """One export format, as a module of :mod:`export.formats` declares it.
+
+    ``title``: how messages name it; ``ext``: the file extension; ``dynamic_batch``: whether a file takes any batch (else it runs the
+    batch range it was exported for); ``packages``: the distributions whose versions are recorded
+    with each file; ``extra``: the pareco extra installing them (None: torch alone);
+    ``export_modules`` / ``run_modules``: what writing / loading a file imports, and
+    ``export_hint`` / ``run_hint`` what to install when one is missing; ``write``: writes one file;
+    ``load``: loads one in its runtime with ``threads`` (None: the runtime's default); ``serving``:
+    the backend running its files (None: not one of ``pareco bench``'s); ``int8``: its int8 flow
+    (None: fp32 only); ``quiet``: a context hiding notices its runtime prints that a pareco user
+    cannot act on.
+    """
+
+    name: str
+    title: str
+    ext: str
+    dynamic_batch: bool
+    write: Writer
+    load: Callable[[Path, int | None], Runner]
+    # A format torch alone writes and runs leaves these out.
+    packages: tuple[str, ...] = ("torch",)
+    extra: str | None = None
+    export_modules: tuple[str, ...] = ()
+    run_modules: tuple[str, ...] = ()
+    export_hint: str = ""
+    run_hint: str = ""
+    serving: Serving | None = None
+    int8: Int8Flow | None = None
+    quiet: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
+
+    def require(self, for_export: bool = True) -> None:
+        """:class:`MissingDependencyError` unless what writing (or, ``for_export=False``, running) a
+        file imports can be imported."""
+        modules, hint = (
+            (self.export_modules, self.export_hint) if for_export else (self.run_modules, self.run_hint)
+        )
+        with self.quiet():
+            for name in modules:
+                try:
+                    importlib.import_module(name)
+                except ImportError as exc:
+                    raise MissingDependencyError(f"{hint} ({name} cannot be imported: {exc})") from None
+
+
+class Runner:
+    """A loaded export: ``runner(x)`` runs a batch (NumPy array or tensor) and returns the output as NumPy.
+
+    ``bind(x)`` converts ``x`` once to the runtime's own input type and returns a zero-argument
+    callable running just the inference, for timing loops. ``batches``: the batch sizes the file
+    accepts (None: any); a batch outside it is an :class:`ExportError` naming the ``--batch`` to
+    export with, before the runtime sees it.
+    """
+
+    def __init__(
+        self,
+        fmt: str,
+        path: Path,
+        run: Callable[[Any], Any],
+        prepare: Callable[[Any], Any],
+        batches: BatchRange | None = None,
+        keep: Any = None,
+    ) -> None:
+        self.fmt = fmt
+        self.path = path
+        self.batches = batches
+        self._keep = keep  # native objects the runtime needs alive while ``run`` is used
+        self._run = run
+        self._prepare = prepare
+
+    def _check(self, x: Any) -> None:
+        n = int(x.shape[0])
+        if self.batches is None or self.batches.accepts(n):
+            return
+        if self.batches.is_static:
+            raise ExportError(
+                f"{self.path.name} was exported for batch {self.batches.low} but got batch {n}; "
+                f"export it again with --batch {n}, or --batch dynamic:MAX for any batch up to MAX"
+            )
+        raise ExportError(
+            f"{self.path.name} runs {self.batches.describe()} (exported with --batch "
+            f"{self.batches.record()}) but got batch {n}; export it again with --batch dynamic:{max(n, 2)} "
+            "or a larger bound"
+        )
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Run one batch; the output as a float NumPy array."""
+        import numpy as np
+        import torch
+
+        self._check(x)
+        out = self._run(self._prepare(x))
+        return out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+
+    def bind(self, x: np.ndarray | torch.Tensor) -> Callable[[], Any]:
+        """A callable running the inference on ``x`` (converted once), returning the runtime's raw output."""
+        self._check(x)
+        prepared = self._prepare(x)
+        run = self._run
+        return lambda: run(prepared)
+
+
+def as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``x`` as a contiguous float32 tensor (a runner's input for torch-based runtimes)."""
+    import numpy as np
+    import torch
+
+    return (
+        (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))).float().contiguous()
+    )
+
+
+def as_array(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``x`` as a contiguous float32 NumPy array (a runner's input for NumPy-based runtimes)."""
+    import numpy as np
+    import torch
+
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def torch_runner(fmt: str, path: Path, module: Callable[[torch.Tensor], torch.Tensor]) -> Runner:
+    """A :class:`Runner` calling a torch module under ``torch.inference_mode``."""
+    import torch
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(x)
+
+    return Runner(fmt, path, run, as_tensor)
+
+
+def batch_dim(batch: BatchRange) -> tuple[dict[int, Any], ...] | None:
+    """``dynamic_shapes`` for the model's one positional input: None for a static batch, else a
+    symbolic batch dimension with the range's upper bound (if any)."""
+    import torch
+
+    if batch.is_static:
+        return None
+    bound = {} if batch.high is None else {"min": batch.low, "max": batch.high}
+    return ({0: torch.export.Dim("batch", **bound)},)
+
+
+def save_via_memory(save: Callable[[io.BytesIO], None], path: Path) -> None:
+    """Serialise into memory, then write the bytes: torch's C++ file writer aborts the whole process
+    when the disk fills mid-write (measured on a full tmpfs: exit 134 for TorchScript and .pt2),
+    while a failed Python write is an ``OSError`` the caller reports in one line."""
+    buffer = io.BytesIO()
+    save(buffer)
+    path.write_bytes(buffer.getbuffer())
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[Callable[[], str]]:
+    """Send file descriptor 2 to a temporary file for the block; yield a function reading what it got.
+
+    ExecuTorch's C++ runtime logs from native code (CPU probing, thread-pool resets) straight to
+    descriptor 2, which Python's ``sys.stderr`` redirection cannot catch.
+    """
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+
+        def read() -> str:
+            sink.seek(0)
+            return sink.read().decode("utf-8", "replace")
+
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield read
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def last_line(text: str) -> str:
+    """`` (runtime said: <last non-empty line>)``, or nothing when ``text`` is blank."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return f" (runtime said: {lines[-1]})" if lines else ""
