@@ -200,12 +200,13 @@ def import_profile(
         raise BenchError(
             f"--threads and --batch describe the measurement and must be >= 1; got threads={threads}, batch={batch}"
         )
+    name = sanitise_profile_name(profile)  # the flags first: a bad name costs no file read
     path = Path(manifest)
     front = Front.load(path, verify_weights=False)
     ids = [p.id for p in front.points]
     latency = read_latencies(file, ids, path.name)
     prof = DeviceProfile(
-        name=sanitise_profile_name(profile),
+        name=name,
         runtime=runtime or "not given (measured elsewhere)",
         threads=threads,
         batch=batch,
