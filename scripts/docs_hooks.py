@@ -21,18 +21,21 @@ WIDTH = 88
 def _commands(command: Any, ctx: Any, path: list[str]) -> list[tuple[list[str], Any, Any]]:
     """(name path, command, context) of ``command`` and every visible command below it, in order.
 
-    Duck-typed (a group lists commands): typer carries its own copy of click, whose classes are not
+    Duck-typed (a group lists commands; a command that also takes subcommands, as ``pareco bench``
+    does, holds them in ``subcommands``): typer carries its own copy of click, whose classes are not
     ``click.Group``."""
     found = [(path, command, ctx)]
     if hasattr(command, "list_commands"):
-        for name in command.list_commands(ctx):
-            sub = command.get_command(ctx, name)
-            if sub is None or sub.hidden:
-                continue
-            sub_ctx = sub.context_class(
-                sub, info_name=name, parent=ctx, terminal_width=WIDTH, max_content_width=WIDTH
-            )
-            found += _commands(sub, sub_ctx, [*path, name])
+        subs = {name: command.get_command(ctx, name) for name in command.list_commands(ctx)}
+    else:
+        subs = dict(getattr(command, "subcommands", {}))
+    for name, sub in subs.items():
+        if sub is None or sub.hidden:
+            continue
+        sub_ctx = sub.context_class(
+            sub, info_name=name, parent=ctx, terminal_width=WIDTH, max_content_width=WIDTH
+        )
+        found += _commands(sub, sub_ctx, [*path, name])
     return found
 
 
