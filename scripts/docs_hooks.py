@@ -27,13 +27,15 @@ def _commands(command: Any, ctx: Any, path: list[str]) -> list[tuple[list[str], 
     found = [(path, command, ctx)]
     if hasattr(command, "list_commands"):
         subs = {name: command.get_command(ctx, name) for name in command.list_commands(ctx)}
-    else:
+        parent, prefix = ctx, ""
+    else:  # named after the command, beside it, as the command itself dispatches them
         subs = dict(getattr(command, "subcommands", {}))
+        parent, prefix = ctx.parent, f"{ctx.info_name} "
     for name, sub in subs.items():
         if sub is None or sub.hidden:
             continue
         sub_ctx = sub.context_class(
-            sub, info_name=name, parent=ctx, terminal_width=WIDTH, max_content_width=WIDTH
+            sub, info_name=prefix + name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH
         )
         found += _commands(sub, sub_ctx, [*path, name])
     return found
