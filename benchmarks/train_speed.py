@@ -1,10 +1,11 @@
-"""Training step cost: Slim's sandwich step against the standalone steps it contains.
+"""Training step cost: Slim's sandwich step against the standalone steps it contains, and projected epochs.
 
 Run: ``.venv/bin/python -m benchmarks.train_speed --data ../shared/datasets/cifar10-jpg.tar.gz``
-(or ``--data digits``). One Slim step trains the largest, ``M`` random and the smallest width;
-the reference is the same configs trained one at a time as Independent steps (fresh optimiser
-per config), all on the same batches, interleaved in one process. Prints per-step medians, the
-ratio Slim / sum of its standalone steps, and projected epoch times.
+(or ``--data digits``). One Slim step trains the largest, ``M`` random and the smallest width, through
+the library ``pareco train`` runs (:func:`benchmarks.library_overhead.measure`); the reference is the
+same configs trained one at a time as plain steps (fresh optimiser per config), all on the same batch,
+interleaved in one process. Prints per-step medians, the ratio Slim / sum of its standalone steps,
+and projected epoch times.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import argparse
 
 import torch
 
-from bench.timing import interleaved
+from benchmarks.library_overhead import measure
 from training.config import TrainConfig
 from training.data import load_data
-from training.loop import build_for_data, train_step
-from training.strategies import Slim
+from training.loop import build_for_data
 
 
 def main() -> None:
@@ -32,20 +32,9 @@ def main() -> None:
     data = load_data(args.data, device="cpu")
     cfg = TrainConfig(arch=args.arch, data=args.data, batch_size=args.batch_size)
     model = build_for_data(cfg, len(data.info.class_names), data.info.input_size)
-    x, y = next(iter(data.train_batches(args.batch_size, 0, 0)))
-    slim = Slim(seed=0)
-    slim.setup(model, 1)
-    configs = slim.step_configs(0, model, x, y)
-
-    def opt() -> torch.optim.Optimizer:
-        return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
-
-    slim_opt, solo_opts = opt(), [opt() for _ in configs]
-    cands = {"slim": lambda: train_step(model, model, slim_opt, configs, x, y, 1.0, 0.0, False)}
-    for i, (a, o) in enumerate(zip(configs, solo_opts)):
-        cands[f"solo{i}"] = lambda a=a, o=o: train_step(model, model, o, [a], x, y, 0.0, 0.0, False)
-    t = interleaved(cands, warmup=2, runs=args.runs)
-    solo = [t[f"solo{i}"].median for i in range(len(configs))]
+    batch = next(iter(data.train_batches(args.batch_size, 0, 0)))
+    slim_t, solo_t, configs = measure(model, batch, args.runs)
+    slim, solo = slim_t.median, [t.median for t in solo_t]
     spe = data.steps_per_epoch(args.batch_size)
     print(
         f"{args.arch} on {data.info.name} {tuple(data.info.input_size)}, batch {args.batch_size}, "
@@ -56,12 +45,12 @@ def main() -> None:
             f"  standalone step width {a[0]:.3f} ({model.macs(a) / 1e6:.2f} MFLOPs): {solo[i] * 1e3:.0f} ms"
         )
     print(
-        f"  Slim step ({len(configs)} configs): {t['slim'].median * 1e3:.0f} ms; sum of its standalone steps "
-        f"{sum(solo) * 1e3:.0f} ms; ratio {t['slim'].median / sum(solo):.3f}"
+        f"  Slim step ({len(configs)} configs): {slim * 1e3:.0f} ms; sum of its standalone steps "
+        f"{sum(solo) * 1e3:.0f} ms; ratio {slim / sum(solo):.3f}"
     )
     print(
-        f"  projected epoch: Independent(full width) {solo[0] * spe:.0f} s, Slim {t['slim'].median * spe:.0f} s "
-        f"({t['slim'].median / solo[0]:.2f}x)"
+        f"  projected epoch: Independent(full width) {solo[0] * spe:.0f} s, Slim {slim * spe:.0f} s "
+        f"({slim / solo[0]:.2f}x)"
     )
 
 

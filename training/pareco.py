@@ -249,8 +249,10 @@ class PareCO(_BOStrategy):
 
     name = "pareco"
 
-    def __init__(self, cfg: TrainConfig, settings: mobo.SearchSettings | None = None) -> None:
-        super().__init__(cfg, settings)
+    def __init__(
+        self, cfg: TrainConfig | None = None, settings: mobo.SearchSettings | None = None, **options: Any
+    ) -> None:
+        super().__init__(cfg, settings, **options)
         self.current: list[list[float]] = []
         self.interval: int | None = None
         self.bo_seconds = 0.0
@@ -392,8 +394,10 @@ class TwoStage(_BOStrategy):
 
     name = "twostage"
 
-    def __init__(self, cfg: TrainConfig, settings: mobo.SearchSettings | None = None) -> None:
-        super().__init__(cfg, settings)
+    def __init__(
+        self, cfg: TrainConfig | None = None, settings: mobo.SearchSettings | None = None, **options: Any
+    ) -> None:
+        super().__init__(cfg, settings, **options)
         self.search_seconds = 0.0
 
     def step_configs(self, step: int, model: SlimmableNet, batch: Any) -> list[list[float]]:

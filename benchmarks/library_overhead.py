@@ -1,0 +1,108 @@
+"""The library's overhead: a Slim step through :class:`training.Trainer` against plain standalone steps.
+
+Run: ``.venv/bin/python -m benchmarks.library_overhead`` (digits, ResNet20, batch 128; ``--data`` takes
+what ``pareco train --data`` takes). One Slim step trains the largest, two random widths and the
+smallest (in-place distillation at full weight) through ``Trainer.train_step`` between
+``opt.zero_grad()`` and ``opt.step()``, as ``pareco train`` does; the reference trains the same four
+configs one at a time as plain PyTorch steps (``set_widths``, forward, cross-entropy, backward,
+SGD step, one optimiser per config). All on one batch, interleaved in one process; prints per-step
+medians and the ratio Slim / sum of the standalone steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bench.timing import Timing, interleaved
+from pareco_runtime.models.base import SlimmableNet
+from training import Slim, Trainer
+from training.config import TrainConfig
+from training.data import load_data
+from training.loop import build_for_data
+
+
+def _sgd(model: SlimmableNet) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
+
+
+def library_step(
+    model: SlimmableNet, batch: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[Callable[[], None], list]:
+    """(a Slim step through the library, the configs it trains): the strategy's generator is rewound
+    before each call, so every call trains the same configs."""
+    trainer = Trainer(model, Slim(seed=0), total_steps=1, distill_warmup=0)
+    start = trainer.state_dict()
+    opt = _sgd(model)
+
+    def step() -> None:
+        trainer.load_state_dict(start)
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        trainer.train_step(batch)
+        opt.step()
+
+    configs = trainer.strategy.step_configs(0, model, batch)
+    return step, configs
+
+
+def standalone_step(
+    model: SlimmableNet, alpha: list[float], batch: tuple[torch.Tensor, torch.Tensor]
+) -> Callable[[], None]:
+    """A plain PyTorch training step of the sub-network ``alpha`` alone, with its own optimiser."""
+    opt = _sgd(model)
+    x, y = batch
+
+    def step() -> None:
+        model.train()
+        model.set_widths(alpha)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def measure(
+    model: SlimmableNet, batch: tuple[torch.Tensor, torch.Tensor], runs: int
+) -> tuple[Timing, list[Timing], list]:
+    """(the library's Slim step, each standalone step, the configs), timed interleaved."""
+    slim, configs = library_step(model, batch)
+    cands = {"slim": slim} | {f"solo{i}": standalone_step(model, a, batch) for i, a in enumerate(configs)}
+    t = interleaved(cands, warmup=2, runs=runs)
+    return t["slim"], [t[f"solo{i}"] for i in range(len(configs))], configs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="digits")
+    ap.add_argument("--arch", default="resnet20")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_data(args.data, device="cpu")
+    cfg = TrainConfig(arch=args.arch, data=args.data, batch_size=args.batch_size)
+    model = build_for_data(cfg, len(data.info.class_names), data.info.input_size)
+    batch = next(iter(data.train_batches(args.batch_size, 0, 0)))
+    slim, solo, configs = measure(model, batch, args.runs)
+    total = sum(t.median for t in solo)
+    print(
+        f"{args.arch} on {data.info.name} {tuple(data.info.input_size)}, batch {args.batch_size}, {args.threads} threads"
+    )
+    for a, t in zip(configs, solo):
+        print(
+            f"  standalone step width {a[0]:.3f} ({model.macs(a) / 1e6:.2f} MFLOPs): {t.median * 1e3:.0f} ms"
+        )
+    print(
+        f"  library Slim step ({len(configs)} configs): {slim.median * 1e3:.0f} ms; sum of its standalone "
+        f"steps {total * 1e3:.0f} ms; ratio {slim.median / total:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
