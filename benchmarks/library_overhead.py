@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,8 +77,12 @@ def measure(
     return t["slim"], [t[f"solo{i}"] for i in range(len(configs))], configs
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def report(description: str) -> tuple[argparse.Namespace, Any, float, list[float]]:
+    """Parse the command line, time the steps and print them; (options, data, the Slim step's median,
+    each standalone step's median), for a caller that prints more."""
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", default="digits")
     ap.add_argument("--arch", default="resnet20")
     ap.add_argument("--batch-size", type=int, default=128)
@@ -89,20 +94,20 @@ def main() -> None:
     cfg = TrainConfig(arch=args.arch, data=args.data, batch_size=args.batch_size)
     model = build_for_data(cfg, len(data.info.class_names), data.info.input_size)
     batch = next(iter(data.train_batches(args.batch_size, 0, 0)))
-    slim, solo, configs = measure(model, batch, args.runs)
-    total = sum(t.median for t in solo)
+    slim_t, solo_t, configs = measure(model, batch, args.runs)
+    slim, solo = slim_t.median, [t.median for t in solo_t]
     print(
-        f"{args.arch} on {data.info.name} {tuple(data.info.input_size)}, batch {args.batch_size}, {args.threads} threads"
+        f"{args.arch} on {data.info.name} {tuple(data.info.input_size)}, batch {args.batch_size}, "
+        f"{args.threads} threads"
     )
     for a, t in zip(configs, solo):
-        print(
-            f"  standalone step width {a[0]:.3f} ({model.macs(a) / 1e6:.2f} MFLOPs): {t.median * 1e3:.0f} ms"
-        )
+        print(f"  standalone step width {a[0]:.3f} ({model.macs(a) / 1e6:.2f} MFLOPs): {t * 1e3:.0f} ms")
     print(
-        f"  library Slim step ({len(configs)} configs): {slim.median * 1e3:.0f} ms; sum of its standalone "
-        f"steps {total * 1e3:.0f} ms; ratio {slim.median / total:.3f}"
+        f"  library Slim step ({len(configs)} configs): {slim * 1e3:.0f} ms; sum of its standalone "
+        f"steps {sum(solo) * 1e3:.0f} ms; ratio {slim / sum(solo):.3f}"
     )
+    return args, data, slim, solo
 
 
 if __name__ == "__main__":
-    main()
+    report(__doc__)

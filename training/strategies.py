@@ -1,9 +1,10 @@
 """Which sub-networks a training step trains: Independent and Slim (PareCO and TwoStage build on these).
 
-A strategy decides, at every step, the list of configs whose losses are summed into one update
+A strategy decides, at every step, the list of configs whose losses are averaged into one update
 (the first is the teacher when in-place distillation is on), and, after training, the candidate
-configs that are calibrated, evaluated and sorted into the front. Its random state lives in its
-own generator and goes into the checkpoint, so a resumed run draws the same configs.
+configs that are calibrated, evaluated and sorted into the front; :class:`training.trainer.Trainer`
+runs those configs with the user's loss. Its random state lives in its own generator and goes into
+the checkpoint, so a resumed run draws the same configs, on every rank alike.
 """
 
 from __future__ import annotations

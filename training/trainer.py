@@ -20,8 +20,16 @@ accumulation and DistributedDataParallel work as in any PyTorch loop::
 
 The batch and the model's output may have any structure (a tensor, a tuple, a dict): ``forward(net,
 batch)`` makes the output (default ``net(batch[0])``), ``loss(output, batch)`` a scalar tensor
-(default cross-entropy against ``batch[1]``). ``pareco train`` runs this same API: its step is a
-:meth:`Trainer.train_step` between ``opt.zero_grad()`` and ``opt.step()``.
+(default cross-entropy against ``batch[1]``). In-place distillation is KL on logits by default,
+your ``distill(student_out, teacher_out)`` for other outputs, or off (``distill=False``).
+
+Under DistributedDataParallel, pass the wrapper: forwards run through it, gradients are all-reduced
+once per step (on the last config's backward), every rank draws the same configs from the strategy's
+seeded generator, and PareCO's BO runs on rank 0 with its configs broadcast. :meth:`Trainer.state_dict`
+beside the model's and optimiser's resumes a run bit for bit.
+
+``pareco train`` runs this same API: its step is a :meth:`Trainer.train_step` between
+``opt.zero_grad()`` and ``opt.step()``, and its fronts are the same, bit for bit, as before the library.
 """
 
 from __future__ import annotations
