@@ -1,12 +1,12 @@
 """The shared training loop: one function that trains any strategy and writes the front.
 
 Each step is a :meth:`training.trainer.Trainer.train_step` (the library a user's own loop calls)
-between ``opt.zero_grad()`` and ``opt.step()``. SGD with Nesterov momentum and weight decay, a per-step cosine or linear schedule with linear
-warm-up, optional label smoothing, bf16 autocast on GPU, a checkpoint per epoch (bit-exact
-resume on CPU at the same thread count), progress (:mod:`training.progress`) with the top-1 of the
-largest and smallest sub-networks after each epoch, the same figures as JSON lines in
-``OUT/train.log.jsonl``, DistributedDataParallel under ``torchrun``, and a refusal to train on a
-NaN/inf loss.
+between ``opt.zero_grad()`` and ``opt.step()``. SGD with Nesterov momentum and weight decay, a
+per-step cosine or linear schedule with linear warm-up, optional label smoothing, bf16 autocast on
+GPU, a checkpoint per epoch (bit-exact resume on CPU at the same thread count), progress
+(:mod:`training.progress`) with the top-1 of the largest and smallest sub-networks after each
+epoch, the same figures as JSON lines in ``OUT/train.log.jsonl``, DistributedDataParallel under
+``torchrun``, and a refusal to train on a NaN/inf loss.
 """
 
 from __future__ import annotations
