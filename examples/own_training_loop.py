@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -71,7 +72,7 @@ def train(algorithm: str, data, epochs: int, batch_size: int) -> Trainer:
     return trainer
 
 
-def write_front(out: Path, algorithm: str, trainer: Trainer, data, epochs: int) -> Path:
+def write_front(out: Path, algorithm: str, trainer: Trainer, data, epochs: int, seconds: float) -> Path:
     """Calibrate and evaluate the strategy's candidates, keep the non-dominated ones and write the weight
     file and manifest into ``out``; returns the manifest path."""
     model = trainer.model
@@ -81,7 +82,15 @@ def write_front(out: Path, algorithm: str, trainer: Trainer, data, epochs: int) 
     cands = evaluate_candidates(model, configs, data, calib_batches=4, calib_batch_size=64, seed=SEED)
     front = pareto_candidates(cands)
     evaluate_chosen(model, front, data)
-    record = {"algorithm": algorithm, "epochs": epochs, "seed": SEED, "extra": trainer.strategy.record()}
+    extra = trainer.strategy.record()
+    record = {
+        "algorithm": algorithm,
+        "epochs": epochs,
+        "seed": SEED,
+        "wall_time_s": round(seconds, 3),
+        "history_size": extra.get("history_size"),
+        "extra": extra,
+    }
     _, manifest = write_outputs(out, model, front, data.info, record, split_record(data.info, 0.1, SEED))
     return manifest
 
@@ -96,8 +105,10 @@ def main() -> None:
     args = ap.parse_args()
     data = load_data(f"synthetic:{args.images}:4", image_size=16, seed=SEED, select_fraction=0.1)
     for algorithm in args.algorithms.split(","):
+        t0 = time.perf_counter()
         trainer = train(algorithm, data, args.epochs, args.batch_size)
-        manifest = write_front(args.out / algorithm, algorithm, trainer, data, args.epochs)
+        seconds = time.perf_counter() - t0
+        manifest = write_front(args.out / algorithm, algorithm, trainer, data, args.epochs, seconds)
         print(f"{algorithm}: front written to {manifest}")
 
 
