@@ -7,6 +7,11 @@ smallest (in-place distillation at full weight) through ``Trainer.train_step`` b
 configs one at a time as plain PyTorch steps (``set_widths``, forward, cross-entropy, backward,
 SGD step, one optimiser per config). All on one batch, interleaved in one process; prints per-step
 medians and the ratio Slim / sum of the standalone steps.
+
+Measured (2 threads on the 2-core development machine, beside two training runs, ``--runs 10``): the
+library's Slim step 4697 ms against 4653 ms for its four standalone steps, ratio 1.009; with the
+machine fully loaded (steps 5-10x slower) 1.020. ``pareco train``'s step before the library: 1.05
+(README, Training).
 """
 
 from __future__ import annotations
