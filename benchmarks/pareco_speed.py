@@ -27,10 +27,10 @@ from bench.timing import interleaved
 from pareco_runtime import build_model
 from training import mobo
 from training.config import COST_MODELS, TrainConfig
-from training.loop import train_step
-from training.pareco import WARMUP_WIDTHS, bo_schedule, measure_losses
+from training.pareco import WARMUP_WIDTHS, bo_schedule
 from training.search_cost import CostPolynomial
-from training.strategies import Slim
+from training.strategies import Slim, Strategy
+from training.trainer import Trainer, measure_losses
 
 SIZES = (100, 500, 1000)
 SAMPLES = 2
@@ -62,9 +62,9 @@ def bo_iterations(
     d = model.space.dims
     bounds = torch.tensor([[model.space.low] * d, [1.0] * d], dtype=torch.float64)
     probe = model.space.sample(torch.Generator().manual_seed(1), SIZES[0])
-    measure_losses(model, probe[:2], x, y)
+    measure_losses(model, probe[:2], (x, y))
     t0 = time.perf_counter()
-    measure_losses(model, probe, x, y)
+    measure_losses(model, probe, (x, y))
     per_config = (time.perf_counter() - t0) / len(probe)
     out: dict[tuple[str, int], dict[str, float]] = {}
     configs: list = []
@@ -132,25 +132,40 @@ def mean_bo_seconds(
     return sum(times) / len(times), n
 
 
+class _Fixed(Strategy):
+    """The same configs at every step, the first the teacher: a PareCO step between BO steps."""
+
+    distill = True
+
+    def __init__(self, configs: list[list[float]]) -> None:
+        super().__init__(0)
+        self.configs = configs
+
+    def step_configs(self, step, model, batch):
+        return self.configs
+
+    def candidates(self, model, probe=None):
+        return self.configs
+
+
 def step_times(
     model, x: torch.Tensor, y: torch.Tensor, pareco_configs: list, runs: int
 ) -> tuple[float, float]:
     """Median seconds of one Slim and one PareCO training step, interleaved."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    slim = Slim(0, samples=SAMPLES)
-    slim.setup(model, 1)
     s = model.space
     pareco = [s.uniform(s.high), *pareco_configs, s.uniform(s.low)]
+    # Distillation at full weight from the first step (distill_warmup 0), as late in a run.
+    slim = Trainer(model, Slim(0, samples=SAMPLES), total_steps=1, distill_warmup=0)
+    fixed = Trainer(model, _Fixed(pareco), total_steps=1, distill_warmup=0)
 
-    def run(configs: list) -> None:
+    def run(trainer: Trainer) -> None:
         model.train()
-        train_step(model, model, opt, configs, x, y, 1.0, 0.0, False)  # distillation at full weight
+        opt.zero_grad(set_to_none=True)
+        trainer.train_step((x, y), step=0)
+        opt.step()
 
-    t = interleaved(
-        {"slim": lambda: run(slim.step_configs(0, model, x, y)), "pareco": lambda: run(pareco)},
-        warmup=1,
-        runs=runs,
-    )
+    t = interleaved({"slim": lambda: run(slim), "pareco": lambda: run(fixed)}, warmup=1, runs=runs)
     return t["slim"].median, t["pareco"].median
 
 

@@ -13,7 +13,7 @@ from pareco_runtime.ops import SlimBatchNorm2d
 from pareco_runtime.untrusted import FormatError, sha256_file
 from pareco_runtime.weights_file import load_weights, save_weights
 from training.calibrate import calibrate_bn, evaluate
-from training.pareco import measure_losses
+from training.trainer import measure_losses
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ def test_slice_calibrate_evaluate_and_measure_leave_the_model_as_found(net, trai
     evaluate(net, alpha, stats, [(batches[0], torch.tensor([0, 1, 2, 3]))])
     evaluate(net, alpha, None, [(batches[0], torch.tensor([0, 1, 2, 3]))])
     assert_unchanged(net, before)
-    measure_losses(net, [alpha, net.space.uniform(1.0)], batches[0], torch.tensor([0, 1, 2, 3]))
+    measure_losses(net, [alpha, net.space.uniform(1.0)], (batches[0], torch.tensor([0, 1, 2, 3])))
     assert_unchanged(net, before)
 
 

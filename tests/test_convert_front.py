@@ -272,7 +272,7 @@ def test_every_algorithm_keeps_to_per_group_lows():
     for strategy in (Slim(seed=0, samples=3), pareco, twostage):
         strategy.setup(slim, 8)
         for step in range(3):
-            for config in strategy.step_configs(step, slim, x, y):
+            for config in strategy.step_configs(step, slim, (x, y)):
                 slim.space.validate(config)
-        assert strategy.step_configs(3, slim, x, y)[-1] == list(floor)
+        assert strategy.step_configs(3, slim, (x, y))[-1] == list(floor)
     assert pareco.bounds[0].tolist() == list(floor)

@@ -15,8 +15,9 @@ from training import mobo
 from training.config import TrainConfig, TrainingError
 from training.data import load_data
 from training.loop import train
-from training.pareco import PareCO, TwoStage, bo_schedule, make_bo_strategy, measure_losses
+from training.pareco import PareCO, TwoStage, bo_schedule, make_bo_strategy
 from training.search_cost import CostPolynomial
+from training.trainer import measure_losses
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_pareco_strategy_grows_history_and_leaves_model_untouched(tiny):
     before, alpha, ch = _state(m), list(m.alpha), list(m.ctx.ch)
     sizes = []
     for step in range(4):
-        cfgs = s.step_configs(step, m, x, y)
+        cfgs = s.step_configs(step, m, (x, y))
         sizes.append(len(s.history))
         assert len(cfgs) == 4 and cfgs[0] == [1.0] * 6 and cfgs[-1] == [0.316] * 6
         assert cfgs[1:3] == s.current
@@ -237,12 +238,12 @@ def test_pareco_bo_step_remeasures_only_the_subset(tiny):
     )
     s.setup(m, 8)
     for step in range(4):
-        s.step_configs(step, m, x, y)
+        s.step_configs(step, m, (x, y))
     assert len(s.history) == 9 and s.remeasure_indices(4) != list(range(9))
     before = list(s.losses)
     idx = s.remeasure_indices(4)
-    s.step_configs(4, m, x, y)
-    fresh = measure_losses(m, [s.history[i] for i in idx], x[:16], y[:16]).double().tolist()
+    s.step_configs(4, m, (x, y))
+    fresh = measure_losses(m, [s.history[i] for i in idx], (x[:16], y[:16])).double().tolist()
     assert [s.losses[i] for i in idx] == pytest.approx(fresh)
     shifts = {round(s.losses[i] - before[i], 9) for i in range(9) if i not in idx}
     assert len(shifts) == 1, "every stale loss moves by one common shift"
@@ -252,7 +253,7 @@ def test_measure_losses_matches_a_batch_statistics_forward(tiny):
     _, x, y = tiny
     m = build_model("resnet20", num_classes=4, input_size=16)
     cfgs = [m.space.uniform(1.0), m.space.uniform(0.5)]
-    got = measure_losses(m, cfgs, x, y)
+    got = measure_losses(m, cfgs, (x, y))
     ref = []
     for a in cfgs:
         fresh = build_model("resnet20", num_classes=4, input_size=16)
@@ -267,7 +268,7 @@ def test_pareco_state_round_trip_reproduces_next_configs(tiny):
     m = build_model("resnet20", num_classes=4, input_size=16)
     a = PareCO(TrainConfig(algorithm="pareco", samples=2, history_size=8, probe_batch=16))
     a.setup(m, 8)
-    a.step_configs(0, m, x, y)
+    a.step_configs(0, m, (x, y))
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
@@ -275,8 +276,8 @@ def test_pareco_state_round_trip_reproduces_next_configs(tiny):
     b.setup(m, 8)
     b.load_state_dict(torch.load(buf, weights_only=True))
     assert b.history == a.history and b.current == a.current
-    assert b.step_configs(1, m, x, y) == a.step_configs(1, m, x, y)
-    assert b.step_configs(2, m, x, y) == a.step_configs(2, m, x, y)
+    assert b.step_configs(1, m, (x, y)) == a.step_configs(1, m, (x, y))
+    assert b.step_configs(2, m, (x, y)) == a.step_configs(2, m, (x, y))
     assert b.history == a.history and b.bisection_steps == a.bisection_steps
     assert torch.equal(torch.tensor(b.lambdas).nan_to_num(-1), torch.tensor(a.lambdas).nan_to_num(-1))
 
@@ -291,7 +292,7 @@ def test_twostage_trains_random_per_layer_widths_and_searches_after(tiny):
         )
     )
     s.setup(m, 4)
-    cfgs = s.step_configs(0, m, x, y)
+    cfgs = s.step_configs(0, m, (x, y))
     assert len(cfgs) == 4 and any(len(set(c)) > 1 for c in cfgs[1:3]), "per-dimension widths, not uniform"
     with pytest.raises(TrainingError, match="attach_data"):
         s.candidates(m)
@@ -370,7 +371,7 @@ def test_early_proposals_spread_over_the_cost_range():
     )
     s.setup(m, 100)
     for step in range(5):
-        s.step_configs(step, m, x, y)
+        s.step_configs(step, m, (x, y))
     costs = s.costs[5:]
     smallest = s._cost_of(m.space.smallest())
     assert len(costs) == 10 and s.bisection_steps[:8] == [0] * 8 and min(s.bisection_steps[8:]) >= 1

@@ -70,7 +70,7 @@ def test_slim_step_uses_sandwich_rule():
     m = build_model("resnet20")
     s = Slim(seed=0, samples=3)
     s.setup(m, 10)
-    cfgs = s.step_configs(0, m, None, None)
+    cfgs = s.step_configs(0, m, None)
     assert cfgs[0] == [1.0] * 6 and cfgs[-1] == [0.316] * 6 and len(cfgs) == 5
     assert all(len(set(c)) == 1 for c in cfgs), "Slim trains uniform widths"
 

@@ -23,6 +23,7 @@ from training.data import load_data
 from training.epoch_eval import epoch_top1
 from training.front_builder import evaluate_candidates
 from training.run_dir import settings_changed
+from training.trainer import Trainer
 
 # synthetic:128:4: 26 validation images, 10 held out for selection, 92 to train on: 2 steps of 32.
 STEPS_PER_EPOCH = 2
@@ -295,13 +296,13 @@ class TestThreads:
         self, tmp_path, small_train_settings, monkeypatch
     ) -> None:
         seen = []
-        real_step = loop.train_step
+        real_step = Trainer.train_step
 
         def counting_step(*args, **kwargs):
             seen.append(torch.get_num_threads())
             return real_step(*args, **kwargs)
 
-        monkeypatch.setattr(loop, "train_step", counting_step)
+        monkeypatch.setattr(Trainer, "train_step", counting_step)
         before = torch.get_num_threads()
         loop.train(TrainConfig(epochs=1, threads=2, **small_train_settings), tmp_path, show_progress=False)
         assert set(seen) == {2} and torch.get_num_threads() == before

@@ -1,1 +1,29 @@
-"""Trainers for slimmable networks (PareCO, Slim, TwoStage, Independent), data, BN calibration, evaluation."""
+"""Trainers for slimmable networks (PareCO, Slim, TwoStage, Independent), data, BN calibration, evaluation.
+
+The library for a training loop of your own: :class:`Trainer` with a strategy, :class:`Slim`,
+:class:`Independent`, :class:`PareCO` or :class:`TwoStage` (:mod:`training.trainer` shows a loop).
+They are imported on first use: ``pareco train --help`` reads :mod:`training.config` without torch,
+and only PareCO and TwoStage load BoTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOME = {
+    "Independent": "strategies",
+    "Slim": "strategies",
+    "Strategy": "strategies",
+    "StepResult": "trainer",
+    "Trainer": "trainer",
+    "PareCO": "pareco",
+    "TwoStage": "pareco",
+}
+__all__ = ["Independent", "PareCO", "Slim", "StepResult", "Strategy", "Trainer", "TwoStage"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'training' has no attribute '{name}'")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

@@ -21,6 +21,10 @@ COST_MODELS = ("exact", "gp")
 COST_LATENCY = "latency@"
 
 
+# The share of a run over which in-place distillation ramps in: the teacher starts untrained, and
+# matching it from the first step slowed short runs markedly in our measurements (README, Training).
+DISTILL_WARMUP = 0.3
+
 # The value a setting had before it existed, for a run.json written without it (a resumed run keeps
 # training what it started).
 BEFORE_SETTING = {"divisor": 1}
@@ -159,7 +163,8 @@ class TrainConfig:
         "others); 0 re-measures all of H (the paper).",
     )
     distill_warmup: float = _setting(
-        0.3, "Fraction of the run over which in-place distillation ramps in (0: from the first step)."
+        DISTILL_WARMUP,
+        "Fraction of the run over which in-place distillation ramps in (0: from the first step).",
     )
     epoch_eval: int = _setting(
         1000,

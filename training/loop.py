@@ -1,11 +1,12 @@
 """The shared training loop: one function that trains any strategy and writes the front.
 
-SGD with Nesterov momentum and weight decay, a per-step cosine or linear schedule with linear
-warm-up, optional label smoothing, bf16 autocast on GPU, a checkpoint per epoch (bit-exact
-resume on CPU at the same thread count), progress (:mod:`training.progress`) with the top-1 of the
-largest and smallest sub-networks after each epoch, the same figures as JSON lines in
-``OUT/train.log.jsonl``, DistributedDataParallel under ``torchrun``, and a refusal to train on a
-NaN/inf loss.
+Each step is a :meth:`training.trainer.Trainer.train_step` (the library a user's own loop calls)
+between ``opt.zero_grad()`` and ``opt.step()``. SGD with Nesterov momentum and weight decay, a
+per-step cosine or linear schedule with linear warm-up, optional label smoothing, bf16 autocast on
+GPU, a checkpoint per epoch (bit-exact resume on CPU at the same thread count), progress
+(:mod:`training.progress`) with the top-1 of the largest and smallest sub-networks after each
+epoch, the same figures as JSON lines in ``OUT/train.log.jsonl``, DistributedDataParallel under
+``torchrun``, and a refusal to train on a NaN/inf loss.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .init_weights import load_initial_state
 from .progress import Reporter, format_duration
 from .run_dir import LOG_NAME, check_run, prepare_out_dir
 from .strategies import Independent, Slim, Strategy
+from .trainer import Loss, Trainer, cross_entropy
 
 
 def make_strategy(cfg: TrainConfig) -> Strategy:
@@ -163,68 +165,40 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def train_step(
-    net: torch.nn.Module,
-    model: SlimmableNet,
-    opt: torch.optim.Optimizer,
-    configs: list[list[float]],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    distill: float,
-    label_smoothing: float,
-    ddp: bool,
-) -> list[float]:
-    """One update on the mean of the losses of ``configs``; returns each config's cross-entropy.
+def cli_loss(label_smoothing: float) -> Loss:
+    """The loss ``pareco train`` minimises: cross-entropy against ``batch[1]`` with ``--label-smoothing``."""
 
-    The first config learns from the labels. With ``distill`` = w > 0 it is also the teacher: the
-    others learn from ``(1 - w) * CE(labels) + w * CE(teacher's soft predictions)`` (in-place
-    distillation). The mean, not the sum, keeps ``--lr`` comparable with a single model's.
-    Under DDP, gradients are all-reduced once, on the last backward.
-    """
-    opt.zero_grad(set_to_none=True)
-    teacher = None
-    losses = []
-    n = len(configs)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if x.is_cuda else contextlib.nullcontext()
-    for j, alpha in enumerate(configs):
-        model.set_widths(alpha)
-        sync = contextlib.nullcontext() if (not ddp or j == n - 1) else net.no_sync()
-        with sync:
-            with amp:
-                out = net(x).float()
-            ce = F.cross_entropy(out, y, label_smoothing=label_smoothing)
-            loss = ce
-            if teacher is not None:
-                loss = (1 - distill) * ce + distill * -(teacher * F.log_softmax(out, dim=1)).sum(1).mean()
-            (loss / n).backward()
-        if distill and teacher is None:
-            teacher = out.detach().softmax(1)
-        losses.append(ce.item())
-    opt.step()
-    return losses
+    def loss(output: torch.Tensor, batch: Any) -> torch.Tensor:
+        return F.cross_entropy(output, batch[1], label_smoothing=label_smoothing)
+
+    return loss
 
 
-def distill_weight(cfg: TrainConfig, step: int, total: int) -> float:
-    """Weight of in-place distillation at ``step``: ramps from 0 to 1 over ``cfg.distill_warmup`` of the run.
-
-    The teacher starts untrained; matching it from the first step slowed short runs markedly in
-    our measurements (README, Training), so students lean on the labels until it has learned.
-    """
-    ramp = cfg.distill_warmup * total
-    return 1.0 if ramp <= 0 else min(1.0, step / ramp)
+def cli_forward(net: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """The float32 logits of ``batch[0]``; training forwards on a GPU run under bf16 autocast, PareCO's
+    loss measurements (no gradient) in float32."""
+    x = batch[0]
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if x.is_cuda and torch.is_grad_enabled() else None
+    with amp or contextlib.nullcontext():
+        return net(x).float()
 
 
 @dataclasses.dataclass
 class _Run:
-    """What the epochs need: the settings, data, model, optimiser, strategy and steps per epoch."""
+    """What the epochs need: the settings, data, model, optimiser, trainer and steps per epoch."""
 
     cfg: TrainConfig
     data: Any
     model: SlimmableNet
     opt: torch.optim.Optimizer
-    strategy: Strategy
+    trainer: Trainer
     steps_per_epoch: int
     dist: distributed.Dist
+
+    @property
+    def strategy(self) -> Strategy:
+        """The trainer's strategy."""
+        return self.trainer.strategy
 
     @property
     def total(self) -> int:
@@ -315,6 +289,11 @@ def _build(cfg: TrainConfig, dist: distributed.Dist, cache_dir: str | None) -> _
         device=dist.device,
     )
     model = build_for_data(cfg, len(data.info.class_names), data.info.input_size).to(dist.device)
+    net: torch.nn.Module = model
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
+        )
     strategy = make_strategy(cfg)
     strategy.attach_data(data)
     spe = data.steps_per_epoch(cfg.batch_size, dist.world_size)
@@ -323,7 +302,15 @@ def _build(cfg: TrainConfig, dist: distributed.Dist, cache_dir: str | None) -> _
             f"--batch-size {cfg.batch_size} is larger than the training set "
             f"({data.info.num_train} images); lower it"
         )
-    strategy.setup(model, spe * cfg.epochs)
+    trainer = Trainer(
+        net,
+        strategy,
+        cli_loss(cfg.label_smoothing),
+        total_steps=spe * cfg.epochs,
+        forward=cli_forward,
+        distill_warmup=cfg.distill_warmup,
+        probe_loss=cross_entropy,
+    )
     opt = torch.optim.SGD(
         model.parameters(),
         lr=cfg.lr,
@@ -331,7 +318,7 @@ def _build(cfg: TrainConfig, dist: distributed.Dist, cache_dir: str | None) -> _
         nesterov=cfg.momentum > 0,
         weight_decay=cfg.weight_decay,
     )
-    return _Run(cfg, data, model, opt, strategy, spe, dist)
+    return _Run(cfg, data, model, opt, trainer, spe, dist)
 
 
 def _train_epochs(run: _Run, out: Path, resume: bool, log_every: int, show_progress: bool) -> float:
@@ -344,11 +331,6 @@ def _train_epochs(run: _Run, out: Path, resume: bool, log_every: int, show_progr
         start_epoch, wall = _restore(
             load_checkpoint(ckpt_path), ckpt_path, cfg, run.model, run.opt, run.strategy
         )
-    net: torch.nn.Module = run.model
-    if dist.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            run.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None
-        )
     log = _Log(out / LOG_NAME if dist.is_main else None)
     progress = Reporter(
         run.total, start_epoch * run.steps_per_epoch, every=log_every, enabled=dist.is_main and show_progress
@@ -356,7 +338,7 @@ def _train_epochs(run: _Run, out: Path, resume: bool, log_every: int, show_progr
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
-            loss = _train_epoch(run, net, epoch, ckpt_path, log, progress, log_every)
+            loss = _train_epoch(run, epoch, ckpt_path, log, progress, log_every)
             epoch_time = time.perf_counter() - t_epoch
             wall += epoch_time
             record: dict[str, Any] = {
@@ -391,7 +373,6 @@ def _train_epochs(run: _Run, out: Path, resume: bool, log_every: int, show_progr
 
 def _train_epoch(
     run: _Run,
-    net: torch.nn.Module,
     epoch: int,
     ckpt_path: Path,
     log: _Log,
@@ -413,9 +394,9 @@ def _train_epoch(
         for g in run.opt.param_groups:
             g["lr"] = lr
         model.train()
-        configs = run.strategy.step_configs(step, model, x, y)
-        w = distill_weight(cfg, step, run.total) if run.strategy.distill else 0.0
-        losses = train_step(net, model, run.opt, configs, x, y, w, cfg.label_smoothing, dist.enabled)
+        run.opt.zero_grad(set_to_none=True)
+        losses = [v.item() for v in run.trainer.train_step((x, y), step=step).losses]
+        run.opt.step()
         _check_finite(losses, epoch, step, cfg, ckpt_path)
         seen += x.shape[0] * dist.world_size
         loss_sum += losses[0]
@@ -488,7 +469,7 @@ def _finish(run: _Run, out: Path, wall: float, show_progress: bool) -> Path:
     progress = Reporter(0, enabled=show_progress)
     try:
         progress.say(f"front: choosing candidate configs ({cfg.algorithm})")
-        configs = run.strategy.candidates(model)
+        configs = run.trainer.candidates()
         chosen_on = "held-out training images" if data.info.num_selection else f"{data.info.val_split} images"
 
         def done(k: int, n: int) -> None:

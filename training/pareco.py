@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from pareco_runtime.latency_table import LatencyLUT, LatencyTableError
 from pareco_runtime.models.base import SlimmableNet
@@ -46,6 +45,7 @@ from . import mobo
 from .config import TrainConfig, TrainingError
 from .search_cost import LatencyCost, SearchCost, search_cost
 from .strategies import Strategy
+from .trainer import Measure, head
 
 # Uniform widths (spread evenly over MACs, smallest and largest included) that seed H.
 WARMUP_WIDTHS = 5
@@ -67,33 +67,6 @@ def bo_schedule(total_steps: int, samples: int, history_size: int | None) -> tup
     return interval, math.ceil(total_steps / interval)
 
 
-@torch.no_grad()
-def measure_losses(
-    model: SlimmableNet, configs: Sequence[Sequence[float]], x: torch.Tensor, y: torch.Tensor
-) -> torch.Tensor:
-    """Mean cross-entropy of each config on ``(x, y)``, BN normalising with the batch's own statistics.
-
-    Leaves the model bit-identical: BN layers run with ``track_running_stats`` off, so no running
-    statistic or ``num_batches_tracked`` is written, nothing has a gradient, and the mode and active
-    config are restored. Returns a float32 tensor on ``x``'s device, one entry per config.
-    """
-    bns = [bn for _, bn in model.bn_layers]
-    tracked = [bn.track_running_stats for bn in bns]
-    out = torch.empty(len(configs), device=x.device)
-    # Tracking goes off before entering: then no BN layer writes its buffers and config() copies none.
-    for bn in bns:
-        bn.track_running_stats = False
-    try:
-        with model.config(train=True):
-            for i, a in enumerate(configs):
-                model.set_widths(a)
-                out[i] = F.cross_entropy(model(x).float(), y)
-    finally:
-        for bn, t in zip(bns, tracked):
-            bn.track_running_stats = t
-    return out
-
-
 def _world() -> tuple[int, int]:
     """(rank, world size) of the process group, (0, 1) when there is none."""
     if dist.is_available() and dist.is_initialized():
@@ -107,8 +80,18 @@ class _BOStrategy(Strategy):
 
     distill = True
 
-    def __init__(self, cfg: TrainConfig, settings: mobo.SearchSettings | None = None) -> None:
-        """Read the run's seed and BO settings from ``cfg``; ``settings`` tune the acquisition search."""
+    def __init__(
+        self, cfg: TrainConfig | None = None, settings: mobo.SearchSettings | None = None, **options: Any
+    ) -> None:
+        """Read the run's seed and BO settings from ``cfg``, or from ``options`` named as
+        :class:`training.config.TrainConfig`'s fields (``seed``, ``samples``, ``history_size``,
+        ``probe_batch``, ``remeasure``, ``warmup_configs``, ``lambda_sampling``, ``epsilon``, ``cost``,
+        ``cost_model``, ``candidates``); ``settings`` tune the acquisition search."""
+        if cfg is None:
+            cfg = TrainConfig(algorithm=self.name, **options)
+            cfg.validate()
+        elif options:
+            raise TypeError(f"{type(self).__name__}: pass cfg or the options {sorted(options)}, not both")
         super().__init__(cfg.seed)
         self.cfg = cfg
         self.settings = settings or mobo.SearchSettings()
@@ -123,8 +106,8 @@ class _BOStrategy(Strategy):
         """Keep the training data (a :class:`training.data.Data`) for probes measured after training."""
         self.data = data
 
-    def setup(self, model: SlimmableNet, total_steps: int) -> None:
-        super().setup(model, total_steps)
+    def setup(self, model: SlimmableNet, total_steps: int, measure: Measure | None = None) -> None:
+        super().setup(model, total_steps, measure)
         s = model.space
         self._set_cost(model, self.cfg.latency_table())
         self.bounds = torch.tensor([s.smallest(), [s.high] * s.dims], dtype=torch.float64)
@@ -215,12 +198,15 @@ class _BOStrategy(Strategy):
             settings=self.settings,
         )
 
-    def _probe(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fixed batch of ``probe_batch`` un-augmented training images (seeded by the run's seed)."""
+    def _probe(self, probe: Any) -> Any:
+        """``probe``, else a fixed batch of ``probe_batch`` un-augmented images of the attached data
+        (seeded by the run's seed)."""
+        if probe is not None:
+            return probe
         if self.data is None:
             raise TrainingError(
-                f"{self.name} measures configs on training data after training: the loop must "
-                "call strategy.attach_data(data) before strategy.candidates(model)"
+                f"{self.name} measures configs on training data after training: pass a probe batch, "
+                "Trainer.candidates(probe=batch), or call strategy.attach_data(data) before"
             )
         return next(iter(self.data.calib_batches(self.cfg.probe_batch, 1, self.cfg.seed)))
 
@@ -263,8 +249,10 @@ class PareCO(_BOStrategy):
 
     name = "pareco"
 
-    def __init__(self, cfg: TrainConfig, settings: mobo.SearchSettings | None = None) -> None:
-        super().__init__(cfg, settings)
+    def __init__(
+        self, cfg: TrainConfig | None = None, settings: mobo.SearchSettings | None = None, **options: Any
+    ) -> None:
+        super().__init__(cfg, settings, **options)
         self.current: list[list[float]] = []
         self.interval: int | None = None
         self.bo_seconds = 0.0
@@ -272,16 +260,14 @@ class PareCO(_BOStrategy):
         self.elapsed_before = 0.0
         self.started = time.perf_counter()
 
-    def setup(self, model: SlimmableNet, total_steps: int) -> None:
-        super().setup(model, total_steps)
+    def setup(self, model: SlimmableNet, total_steps: int, measure: Measure | None = None) -> None:
+        super().setup(model, total_steps, measure)
         self.current = []
         self.started = time.perf_counter()
 
-    def step_configs(
-        self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor
-    ) -> list[list[float]]:
+    def step_configs(self, step: int, model: SlimmableNet, batch: Any) -> list[list[float]]:
         if step % self.interval == 0 or not self.current:
-            self._bo_step(step, model, x, y)
+            self._bo_step(step, batch)
         s = model.space
         return [s.uniform(s.high), *self.current, s.smallest()]
 
@@ -320,12 +306,10 @@ class PareCO(_BOStrategy):
         losses[sel] = fresh
         self.losses = losses.tolist()
 
-    def _bo_step(self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _bo_step(self, step: int, batch: Any) -> None:
         t0 = time.perf_counter()
         indices = self.remeasure_indices(step)
-        losses = measure_losses(
-            model, [self.history[i] for i in indices], x[: self.cfg.probe_batch], y[: self.cfg.probe_batch]
-        )
+        losses = self.measure([self.history[i] for i in indices], head(batch, self.cfg.probe_batch))
         rank, world = _world()
         if world > 1:
             dist.all_reduce(losses, op=dist.ReduceOp.SUM)
@@ -347,12 +331,11 @@ class PareCO(_BOStrategy):
         self.current = self._add(payload)
         self.bo_seconds += time.perf_counter() - t0
 
-    def candidates(self, model: SlimmableNet) -> list[list[float]]:
-        """The thinned front of H; when data is attached, H is first re-measured with the final weights
-        on a fixed training probe (the configs of the last BO step have no measurement otherwise)."""
-        if self.data is not None:
-            x, y = self._probe()
-            self.losses = measure_losses(model, self.history, x, y).double().cpu().tolist()
+    def candidates(self, model: SlimmableNet, probe: Any = None) -> list[list[float]]:
+        """The thinned front of H; given ``probe`` or attached data, H is first re-measured on it with the
+        final weights (the configs of the last BO step have no measurement otherwise)."""
+        if probe is not None or self.data is not None:
+            self.losses = self.measure(self.history, self._probe(probe)).double().cpu().tolist()
         return self._front()
 
     def _elapsed(self) -> float:
@@ -404,34 +387,32 @@ class TwoStage(_BOStrategy):
     """TwoStage: sandwich-rule training over independent random per-dimension widths, then MOBO search.
 
     Stage 1 trains ``[largest, *samples random configs, smallest]`` with in-place distillation.
-    Stage 2 (:meth:`candidates`, which needs :meth:`attach_data`) measures configs on a fixed training
+    Stage 2 (:meth:`candidates`, on a probe batch or the data of :meth:`attach_data`) measures configs on a fixed training
     probe with the trained weights and grows H by BO (PAS or uniform λ, ``samples`` per iteration) to
     as many configs as PareCO's H would reach with the same settings.
     """
 
     name = "twostage"
 
-    def __init__(self, cfg: TrainConfig, settings: mobo.SearchSettings | None = None) -> None:
-        super().__init__(cfg, settings)
+    def __init__(
+        self, cfg: TrainConfig | None = None, settings: mobo.SearchSettings | None = None, **options: Any
+    ) -> None:
+        super().__init__(cfg, settings, **options)
         self.search_seconds = 0.0
 
-    def step_configs(
-        self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor
-    ) -> list[list[float]]:
+    def step_configs(self, step: int, model: SlimmableNet, batch: Any) -> list[list[float]]:
         s = model.space
         return [s.uniform(s.high), *s.sample(self.generator, self.cfg.samples), s.smallest()]
 
-    def candidates(self, model: SlimmableNet) -> list[list[float]]:
+    def candidates(self, model: SlimmableNet, probe: Any = None) -> list[list[float]]:
         t0 = time.perf_counter()
-        x, y = self._probe()
+        probe = self._probe(probe)
         # The weights are fixed now, so each config is measured once, when it joins H.
-        self.losses = measure_losses(model, self.history, x, y).double().cpu().tolist()
+        self.losses = self.measure(self.history, probe).double().cpu().tolist()
         while len(self.history) < self.target_size:
             proposals, _ = self._propose(min(self.cfg.samples, self.target_size - len(self.history)))
             new = self._add([dataclasses.asdict(p) for p in proposals])
-            self.losses[len(self.history) - len(new) :] = (
-                measure_losses(model, new, x, y).double().cpu().tolist()
-            )
+            self.losses[len(self.history) - len(new) :] = self.measure(new, probe).double().cpu().tolist()
         self.search_seconds += time.perf_counter() - t0
         return self._front()
 

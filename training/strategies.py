@@ -1,15 +1,17 @@
 """Which sub-networks a training step trains: Independent and Slim (PareCO and TwoStage build on these).
 
-A strategy decides, at every step, the list of configs whose losses are summed into one update
+A strategy decides, at every step, the list of configs whose losses are averaged into one update
 (the first is the teacher when in-place distillation is on), and, after training, the candidate
-configs that are calibrated, evaluated and sorted into the front. Its random state lives in its
-own generator and goes into the checkpoint, so a resumed run draws the same configs.
+configs that are calibrated, evaluated and sorted into the front; :class:`training.trainer.Trainer`
+runs those configs with the user's loss. Its random state lives in its own generator and goes into
+the checkpoint, so a resumed run draws the same configs, on every rank alike.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ import torch
 from pareco_runtime.models.base import SlimmableNet
 
 from .search_cost import LatencyCost, MacCost
+from .trainer import Measure, measure_losses
 
 
 def widths_spread_over_macs(model: SlimmableNet, n: int) -> list[float]:
@@ -39,20 +42,22 @@ class Strategy(ABC):
         nothing. Strategies that measure configs after training (TwoStage's search, PareCO's final
         re-measurement) override it to keep the data."""
 
-    def setup(self, model: SlimmableNet, total_steps: int) -> None:
-        """Called once before the first step (also after a resume, before loading state)."""
+    def setup(self, model: SlimmableNet, total_steps: int, measure: Measure | None = None) -> None:
+        """Called once before the first step (also after a resume, before loading state), by
+        :class:`training.trainer.Trainer`. ``measure(configs, batch)`` gives each config's loss on a
+        batch, model untouched (default: :func:`training.trainer.measure_losses`, cross-entropy)."""
         self.model = model
         self.total_steps = total_steps
+        self.measure: Measure = measure or partial(measure_losses, model)
 
     @abstractmethod
-    def step_configs(
-        self, step: int, model: SlimmableNet, x: torch.Tensor, y: torch.Tensor
-    ) -> list[list[float]]:
-        """Configs to train at ``step``; the first is the teacher when ``distill`` is set."""
+    def step_configs(self, step: int, model: SlimmableNet, batch: Any) -> list[list[float]]:
+        """Configs to train at ``step`` on ``batch``; the first is the teacher when ``distill`` is set."""
 
     @abstractmethod
-    def candidates(self, model: SlimmableNet) -> list[list[float]]:
-        """Configs to calibrate and evaluate after training."""
+    def candidates(self, model: SlimmableNet, probe: Any = None) -> list[list[float]]:
+        """Configs to calibrate and evaluate after training; strategies that measure configs do it on
+        ``probe`` (a batch) when given."""
 
     def watched_configs(self, model: SlimmableNet) -> dict[str, list[float]]:
         """The sub-networks whose top-1 is shown after each epoch, by name: the largest and the smallest."""
@@ -102,8 +107,8 @@ class Independent(Strategy):
         self.alpha = None if alpha is None else [float(a) for a in alpha]
         self.torchvision_widths = torchvision_widths
 
-    def setup(self, model: SlimmableNet, total_steps: int) -> None:
-        super().setup(model, total_steps)
+    def setup(self, model: SlimmableNet, total_steps: int, measure: Measure | None = None) -> None:
+        super().setup(model, total_steps, measure)
         self.config(
             model
         )  # an arch without torchvision widths, or a width outside them, fails before training
@@ -117,10 +122,10 @@ class Independent(Strategy):
             return model.torchvision_config(self.width)
         return model.space.uniform(self.width)
 
-    def step_configs(self, step, model, x, y):
+    def step_configs(self, step, model, batch):
         return [self.config(model)]
 
-    def candidates(self, model):
+    def candidates(self, model, probe=None):
         return [self.config(model)]
 
     def watched_configs(self, model):
@@ -150,18 +155,18 @@ class Slim(Strategy):
         self.num_candidates = num_candidates
         self.torchvision_widths = torchvision_widths
 
-    def setup(self, model: SlimmableNet, total_steps: int) -> None:
-        super().setup(model, total_steps)
+    def setup(self, model: SlimmableNet, total_steps: int, measure: Measure | None = None) -> None:
+        super().setup(model, total_steps, measure)
         if self.torchvision_widths:
             model.torchvision_config(1.0)  # an arch without them fails before training, not after
 
-    def step_configs(self, step, model, x, y):
+    def step_configs(self, step, model, batch):
         s = model.space
         return (
             [s.uniform(s.high)] + [s.uniform(self._uniform()) for _ in range(self.samples)] + [s.smallest()]
         )
 
-    def candidates(self, model):
+    def candidates(self, model, probe=None):
         widths = widths_spread_over_macs(model, self.num_candidates)
         if not self.torchvision_widths:
             return [model.space.uniform(w) for w in widths]
