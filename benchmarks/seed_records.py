@@ -91,7 +91,7 @@ def write_record(run_dir: Path, method: str, width_factor: float, command: str) 
     record = {
         "format": RECORD_FORMAT,
         "method": method,
-        "arch": front.architecture.name,
+        "arch": front.architecture.arch,
         "width_factor": width_factor,
         "epochs": front.training.epochs,
         "seed": front.training.seed,

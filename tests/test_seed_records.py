@@ -62,3 +62,16 @@ def test_a_record_of_a_newer_format_is_refused_by_name(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"format": RECORD_FORMAT + 1}))
     with pytest.raises(SystemExit, match=r"x\.json: record format 2 unknown"):
         load_records(tmp_path)
+
+
+def test_a_finished_run_writes_a_record_the_report_reads(tiny_front, tmp_path, monkeypatch):
+    import benchmarks.seed_records as sr
+
+    monkeypatch.setattr(sr, "RESULTS", tmp_path)
+    path = sr.write_record(tiny_front.parent, "slim", 1, "python -m benchmarks.reproduce_cifar --seed 0")
+    assert path.parent == tmp_path and path.name == "resnet20-w1-e1-slim-s0.json"
+    (record,) = load_records(tmp_path)
+    front = json.loads(tiny_front.read_text())
+    assert [p[0] for p in record.points] == [p["mflops"] for p in front["points"]]
+    assert [p[2] for p in record.points] == [p["top1"] for p in front["points"]]
+    assert record.matched_mflops[-1] == record.full_mflops
