@@ -26,11 +26,12 @@ import torch
 from bench.timing import interleaved
 from pareco_runtime import build_model
 from training import mobo
+from training.batch_loss import measure_losses
 from training.config import COST_MODELS, TrainConfig
 from training.pareco import WARMUP_WIDTHS, bo_schedule
 from training.search_cost import CostPolynomial
 from training.strategies import Slim, Strategy
-from training.trainer import Trainer, measure_losses
+from training.trainer import Trainer
 
 SIZES = (100, 500, 1000)
 SAMPLES = 2

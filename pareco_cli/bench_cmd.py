@@ -19,6 +19,7 @@ from typer.core import TyperCommand
 
 from bench.backends import BACKENDS
 
+from .finite import finite_floats
 from .loading import MODEL_HELP, ManifestArg, load_runtime, resolve_manifest
 from .output import check_output, is_latency_table, print_json, print_table
 
@@ -527,7 +528,11 @@ def _click_command(function: Callable[..., None]) -> click.Command:
     return typer.main.get_command(single)
 
 
-SUBCOMMANDS = {"lut": _click_command(bench_lut), "import": _click_command(bench_import)}
+# Their float options refuse nan and ±inf, as every command's do (pareco_cli.finite).
+SUBCOMMANDS = {
+    "lut": _click_command(finite_floats(bench_lut)),
+    "import": _click_command(finite_floats(bench_import)),
+}
 
 EPILOG = (
     "Also: pareco bench lut [MANIFEST] ... builds a latency look-up table; pareco bench import "

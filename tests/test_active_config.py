@@ -12,8 +12,8 @@ from pareco_runtime.models.base import BNStatsError
 from pareco_runtime.ops import SlimBatchNorm2d
 from pareco_runtime.untrusted import FormatError, sha256_file
 from pareco_runtime.weights_file import load_weights, save_weights
+from training.batch_loss import measure_losses
 from training.calibrate import calibrate_bn, evaluate
-from training.trainer import measure_losses
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def test_flops_table(cli):
         (["--arch", "resnet21", "--width", "1"], "unknown architecture 'resnet21'"),
         (["--arch", "resnet20", "--alpha", "1,2"], "has 2 width multipliers but this space has 6"),
         (["--arch", "resnet20", "--width", "0.1"], "outside the space"),
-        (["--arch", "resnet20", "--alpha", "1,x,1,1,1,1"], "'x' is not a number"),
+        (["--arch", "resnet20", "--alpha", "1,x,1,1,1,1"], "'x' is not a finite number"),
         (["--arch", "resnet20"], "exactly one of --width"),
     ],
 )

@@ -91,7 +91,7 @@ def test_a_table_for_an_untrained_network_is_not_saved_over_a_front(front_copy: 
     before = _snapshot(front_copy.parent)
     result = cli(
         "bench",
-        "--build-lut",
+        "lut",
         "--arch",
         "resnet20",
         "--image-size",

@@ -12,12 +12,12 @@ from safetensors.torch import load_file
 from pareco_runtime import build_model
 from pareco_runtime.manifest import load_manifest
 from training import mobo
+from training.batch_loss import measure_losses
 from training.config import TrainConfig, TrainingError
 from training.data import load_data
 from training.loop import train
 from training.pareco import PareCO, TwoStage, bo_schedule, make_bo_strategy
 from training.search_cost import CostPolynomial
-from training.trainer import measure_losses
 
 
 @pytest.fixture(scope="module")

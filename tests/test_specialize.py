@@ -137,7 +137,11 @@ class TestTheSpecializedFront:
 class TestRefused:
     def test_no_table_for_the_profile_names_the_command_that_builds_it(self, front_copy: Path, cli) -> None:
         line = _one_line_error(cli("specialize", str(front_copy), *ARGS))
-        assert "no latency table for profile 'phone'" in line and "pareco bench lut " in line and "--profile phone" in line
+        assert (
+            "no latency table for profile 'phone'" in line
+            and "pareco bench lut " in line
+            and "--profile phone" in line
+        )
 
     def test_a_table_of_another_network_is_refused(self, front_copy: Path, cli) -> None:
         from pareco_runtime import build_model

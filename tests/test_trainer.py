@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from pareco_runtime import build_model
 from training import Independent, PareCO, Slim, Trainer
-from training.trainer import head, soft_target_distill
+from training.batch_loss import head, soft_target_distill
 
 
 def _model(seed: int = 0) -> torch.nn.Module:

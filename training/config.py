@@ -87,7 +87,8 @@ class TrainConfig:
     label_smoothing: float = _setting(0.0, "Label smoothing of the cross-entropy.")
     seed: int = _setting(0, "Seed of the weights, the data order and the sampled configs.")
     width_factor: float = _setting(
-        1, "k of k x ResNet (ResNet only): a whole number, or a fraction making 16k whole (0.5: 8-16-32 channels)."
+        1,
+        "k of k x ResNet (ResNet only): a whole number, or a fraction making 16k whole (0.5: 8-16-32 channels).",
     )
     # Measured (benchmarks/channel_divisor.py: MobileNetV2 at 32 px, 6 uniform widths, batch 1, one
     # thread): channel counts rounded to multiples of 8 ran 0.89x the time per MAC of unrounded ones on

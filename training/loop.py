@@ -30,6 +30,7 @@ from pareco_runtime.sources import is_converted, original_from_user
 from pareco_runtime.untrusted import first_line
 
 from . import distributed, report
+from .batch_loss import Loss, cross_entropy
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, TrainingError
 from .epoch_eval import describe, epoch_top1
@@ -45,7 +46,7 @@ from .init_weights import load_initial_state
 from .progress import Reporter, format_duration
 from .run_dir import LOG_NAME, check_run, prepare_out_dir
 from .strategies import Independent, Slim, Strategy
-from .trainer import Loss, Trainer, cross_entropy
+from .trainer import Trainer
 
 
 def make_strategy(cfg: TrainConfig) -> Strategy:

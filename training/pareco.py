@@ -42,10 +42,10 @@ from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.sources import is_converted
 
 from . import mobo
+from .batch_loss import Measure, head
 from .config import TrainConfig, TrainingError
 from .search_cost import LatencyCost, SearchCost, search_cost
 from .strategies import Strategy
-from .trainer import Measure, head
 
 # Uniform widths (spread evenly over MACs, smallest and largest included) that seed H.
 WARMUP_WIDTHS = 5

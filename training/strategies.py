@@ -18,8 +18,8 @@ import torch
 
 from pareco_runtime.models.base import SlimmableNet
 
+from .batch_loss import Measure, measure_losses
 from .search_cost import LatencyCost, MacCost
-from .trainer import Measure, measure_losses
 
 
 def widths_spread_over_macs(model: SlimmableNet, n: int) -> list[float]:
@@ -45,7 +45,7 @@ class Strategy(ABC):
     def setup(self, model: SlimmableNet, total_steps: int, measure: Measure | None = None) -> None:
         """Called once before the first step (also after a resume, before loading state), by
         :class:`training.trainer.Trainer`. ``measure(configs, batch)`` gives each config's loss on a
-        batch, model untouched (default: :func:`training.trainer.measure_losses`, cross-entropy)."""
+        batch, model untouched (default: :func:`training.batch_loss.measure_losses`, cross-entropy)."""
         self.model = model
         self.total_steps = total_steps
         self.measure: Measure = measure or partial(measure_losses, model)

@@ -118,7 +118,9 @@ class ResNetCifar(SlimmableNet, ResNetCifarPlain):
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"ResNet-CIFAR depth must be 6n+2 (20, 32, 44, 56, ...), got {depth}")
         if not width > 0 or (16 * width) % 1:
-            raise ValueError(f"width factor must be positive with 16 x width whole (0.5, 1, 2, ...), got {width}")
+            raise ValueError(
+                f"width factor must be positive with 16 x width whole (0.5, 1, 2, ...), got {width}"
+            )
         n = (depth - 2) // 6
         self.arch = f"resnet{depth}"
         self.arch_kwargs = {
