@@ -12,6 +12,7 @@ one accepting the widest batch range is taken.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,8 @@ from .index import recorded_exports
 
 if TYPE_CHECKING:
     from pareco_runtime import FrontPoint, SlimmableRuntime
+
+    from .batch import BatchRange
 
 # An ExecuTorch program plans its memory for its batch range: the cache's programs take 1 to 8 (a
 # range the parity check runs at 1, 3 and 8; larger bounds failed for some models), ONNX files any batch.
@@ -72,7 +75,15 @@ def usable_export(rt: SlimmableRuntime, point: FrontPoint, fmt: str, folders: li
     ]
     if not found:
         return None
-    return max(found, key=lambda f: -1 if f[1] is None else f[1].high)[0]
+    return max(found, key=lambda f: _widest_batch(f[1]))[0]
+
+
+def _widest_batch(batches: BatchRange | None) -> float:
+    """The largest batch a recorded range accepts, for ranking: infinite for an unbounded range, -1
+    for a file recorded without one."""
+    if batches is None:
+        return -1
+    return math.inf if batches.high is None else batches.high
 
 
 def load_program(

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from typer.core import TyperCommand
 
@@ -24,6 +23,9 @@ from .loading import MODEL_HELP, ManifestArg, load_runtime, resolve_manifest
 from .output import check_output, is_latency_table, print_json, print_table
 
 if TYPE_CHECKING:
+    # typer carries its own copy of click (no click dependency); its commands take its classes.
+    from typer._click import Command, Context
+
     from bench.timing import TimingSettings
     from pareco_runtime.manifest import Front, FrontPoint
     from pareco_runtime.models.base import SlimmableNet
@@ -522,7 +524,7 @@ def _build_lut(
 # ---------------------------------------------------------------------------------------------- subcommands
 
 
-def _click_command(function: Callable[..., None]) -> click.Command:
+def _click_command(function: Callable[..., None]) -> Command:
     single = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
     single.command()(function)
     return typer.main.get_command(single)
@@ -546,11 +548,11 @@ def _new_spelling(args: list[str]) -> tuple[str | None, list[str]]:
     if args and args[0] in SUBCOMMANDS:
         return args[0], args[1:]
     if "--build-lut" in args:
-        click.echo("note: `pareco bench --build-lut` is now `pareco bench lut`", err=True)
+        typer.echo("note: `pareco bench --build-lut` is now `pareco bench lut`", err=True)
         return "lut", [a for a in args if a != "--build-lut"]
     for i, arg in enumerate(args):
         if arg == "--import" or arg.startswith("--import="):
-            click.echo(
+            typer.echo(
                 "note: `pareco bench --import FILE` is now `pareco bench import --from FILE`", err=True
             )
             value = [arg.partition("=")[2]] if "=" in arg else args[i + 1 : i + 2]
@@ -565,8 +567,8 @@ class BenchCommand(TyperCommand):
     subcommands = SUBCOMMANDS
 
     def make_context(
-        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
-    ) -> click.Context:
+        self, info_name: str | None, args: list[str], parent: Context | None = None, **extra: Any
+    ) -> Context:
         name, rest = _new_spelling(list(args))
         if name is None:
             return super().make_context(info_name, args, parent=parent, **extra)

@@ -41,6 +41,8 @@ def _float_flags(command: Callable[..., Any]) -> dict[str, str]:
             infos += metadata
         if float not in (annotation, *typing.get_args(annotation)):
             continue
-        decls = [d for info in infos if isinstance(info, typer.models.OptionInfo) for d in info.param_decls]
+        decls = [
+            d for info in infos if isinstance(info, typer.models.OptionInfo) for d in info.param_decls or ()
+        ]
         flags[name] = next((d for d in decls if d.startswith("--")), f"--{name.replace('_', '-')}")
     return flags

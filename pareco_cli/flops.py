@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -85,7 +85,7 @@ def flops(
     for flag, value in (("--num-classes", num_classes), ("--input-size", input_size), ("--divisor", divisor)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} {value}: must be a positive integer")
-    kwargs = {
+    kwargs: dict[str, Any] = {  # build_model's keyword arguments
         k: v
         for k, v in (("divisor", divisor), ("num_classes", num_classes), ("input_size", input_size))
         if v is not None

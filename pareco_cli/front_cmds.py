@@ -54,7 +54,7 @@ def eval_front(
     results = evaluate_points(rt, images.batches())
     if write:
         _record(manifest, rt.front.weights_sha256, name, images.split, results)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": p.id,
             "mflops": p.mflops,

@@ -24,14 +24,14 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     file each row is one line as wide as it needs, so a log grepped for an id or a header finds it.
     Text is printed as it is (a ``[`` in a manifest's names is not rich markup).
     """
-    from rich.console import Console
+    from rich.console import Console, JustifyMethod
     from rich.measure import Measurement
     from rich.table import Table
     from rich.text import Text
 
     table = Table(title=Text(title))
     for c in columns:
-        justify = "right" if c not in ("id", "arch", "group", "name") else "left"
+        justify: JustifyMethod = "right" if c not in ("id", "arch", "group", "name") else "left"
         table.add_column(Text(c), justify=justify, overflow="fold")
     for r in rows:
         table.add_row(*(Text("-" if v is None else str(v)) for v in r))

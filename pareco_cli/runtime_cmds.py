@@ -180,7 +180,8 @@ def show(
 
     if plot is not None:
         check_output(plot, "--plot", ".png", is_png, "name a new .png file, or an earlier plot")
-    fronts = [Front.load(resolve_manifest(m)) for m in manifests or [None]]
+    given: list[Path | None] = [*manifests] if manifests else [None]
+    fronts = [Front.load(resolve_manifest(m)) for m in given]
     figure = None
     if plot is not None:
         from bench.plots import plot_fronts

@@ -12,15 +12,18 @@ import time
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
 import typer
 from typer.core import TyperCommand
 
 from training.config import TrainConfig
 
 from .output import print_json
+
+if TYPE_CHECKING:
+    # typer carries its own copy of click (no click dependency); its commands take its classes.
+    from typer._click import Context, HelpFormatter
 
 
 def train(
@@ -129,7 +132,7 @@ EXAMPLES = """Examples:
 class SectionedCommand(TyperCommand):
     """A command whose ``--help`` lists its options under the titles of :data:`HELP_SECTIONS`."""
 
-    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_options(self, ctx: Context, formatter: HelpFormatter) -> None:
         """The options section by section, in :data:`HELP_SECTIONS` order."""
         records: dict[str, list[tuple[str, str]]] = {title: [] for title in HELP_SECTIONS}
         for param in self.get_params(ctx):

@@ -107,3 +107,22 @@ def test_executorch_serves_every_point_at_several_batches(front_copy):
     for n in (1, 8):
         x = _inputs(rt, n)
         torch.testing.assert_close(rt(x), ref(x), atol=DEFAULT_ATOL, rtol=0)
+
+
+def test_the_widest_recorded_batch_range_is_used_an_unbounded_one_included(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import export.serving as serving
+    from export.batch import BatchRange
+
+    recorded = [
+        (tmp_path / "none.onnx", None),
+        (tmp_path / "any.onnx", BatchRange.unbounded()),
+        (tmp_path / "eight.onnx", BatchRange.bounded(8)),
+    ]
+    monkeypatch.setattr(serving, "recorded_exports", lambda *args, **kwargs: recorded)
+    rt = SimpleNamespace(front=SimpleNamespace(weights_sha256="0" * 64))
+    point = SimpleNamespace(id="p0", channels=[8])
+    assert serving.usable_export(rt, point, "onnx", [tmp_path]) == tmp_path / "any.onnx"
+    recorded.pop(1)
+    assert serving.usable_export(rt, point, "onnx", [tmp_path]) == tmp_path / "eight.onnx"

@@ -51,6 +51,7 @@ def write_onnx(
         input_names=["input"],
         output_names=["output"],
     )
+    assert program is not None  # None only from the legacy exporter (dynamo=False)
     program.model.metadata_props.update(metadata)
     # external_data=False keeps the weights inside the file; models over ONNX's 2 GB limit would
     # still be split, which export_point reports as a side file.
