@@ -49,7 +49,7 @@ class Dist:
         """Whether ``value`` is bit-identical on every rank."""
         if not self.enabled:
             return True
-        vals = [None] * self.world_size
+        vals: list[object] = [None] * self.world_size
         dist.all_gather_object(vals, value)
         return all(v == vals[0] for v in vals)
 

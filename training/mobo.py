@@ -99,14 +99,15 @@ class ScalarizedLCB(AcquisitionFunction):
         self,
         loss_model: SingleTaskGP,
         cost: Callable[[Tensor], Tensor],
-        scalarization: Callable[[Tensor], Tensor],
+        scalarization: Callable[..., Tensor],
     ) -> None:
         super().__init__(model=loss_model)
         self.loss_ucb = UpperConfidenceBound(loss_model, beta=UCB_BETA, maximize=False)
         self.cost = cost
         self.scalarization = scalarization
 
-    @t_batch_mode_transform(expected_q=1)
+    # botorch types the decorator for AcquisitionFunction methods only; this subclass's is one too.
+    @t_batch_mode_transform(expected_q=1)  # type: ignore[arg-type]
     def forward(self, X: Tensor) -> Tensor:
         # UCB with maximize=False returns -(mean - sqrt(beta) * std): minus the lower confidence bound.
         y = torch.stack([-self.loss_ucb(X), self.cost(X)], dim=-1)

@@ -97,6 +97,7 @@ class _BOStrategy(Strategy):
         self.settings = settings or mobo.SearchSettings()
         self.data: Any = None
         self.history: list[list[float]] = []
+        self.interval = 0  # training steps between BO steps, from bo_schedule at setup()
         self.losses: list[float] = []
         self.costs: list[float] = []
         self.bisection_steps: list[int] = []
@@ -254,7 +255,6 @@ class PareCO(_BOStrategy):
     ) -> None:
         super().__init__(cfg, settings, **options)
         self.current: list[list[float]] = []
-        self.interval: int | None = None
         self.bo_seconds = 0.0
         self.split = {"measure_s": 0.0, "fit_s": 0.0, "acquisition_s": 0.0}
         self.elapsed_before = 0.0

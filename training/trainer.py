@@ -34,6 +34,7 @@ beside the model's and optimiser's resumes a run bit for bit.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -156,7 +157,11 @@ class Trainer:
         for j, alpha in enumerate(configs):
             self.model.set_widths(alpha)
             reduce = sync and j == n - 1
-            with self.net.no_sync() if ddp and not reduce else nullcontext():
+            with (
+                typing.cast(DistributedDataParallel, self.net).no_sync()
+                if ddp and not reduce
+                else nullcontext()
+            ):
                 out = self.forward(self.net, batch)
                 task = self.loss(out, batch)
                 total = task

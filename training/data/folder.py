@@ -82,16 +82,16 @@ def _build_tree(listing: _Listing, where: str) -> _Tree:
     top = {p[depth] for p in image_parts if len(p) > depth + 1} | {d[0] for d in dir_parts}
     val_name = "val" if "val" in top else "test" if "test" in top else None
     if "train" in top and val_name is not None:
-        roots = {("train",): False, (val_name,): True}
+        roots: dict[tuple[str, ...], bool] = {("train",): False, (val_name,): True}
     elif "train" in top:
         roots = {("train",): False}
     else:
         roots = {(): False}
     counts: dict[tuple[tuple[str, ...], str], int] = {}
     for d in dir_parts:
-        for root in roots:
-            if len(d) == len(root) + 1 and d[: len(root)] == root:
-                counts.setdefault((root, d[-1]), 0)
+        for split in roots:
+            if len(d) == len(split) + 1 and d[: len(split)] == split:
+                counts.setdefault((split, d[-1]), 0)
     members: list[tuple[str, tuple[str, ...], str, bool]] = []
     ignored: list[str] = []
     unused_splits = {("val",), ("test",)} - set(roots)

@@ -42,7 +42,7 @@ _PASS_DATA = "pass an ImageFolder directory, a .tar/.tar.gz/.tgz archive of one,
 
 def _assemble(where: str, tree: _Tree, arrays: dict[str, np.ndarray | None]) -> _Decoded:
     """Stack the decoded images of ``tree`` in sample order, skipping (and reporting) unreadable ones."""
-    kept = [(arrays[path], label, is_val) for path, label, is_val in tree.samples if arrays[path] is not None]
+    kept = [(a, label, is_val) for path, label, is_val in tree.samples if (a := arrays[path]) is not None]
     bad = [path for path, _, _ in tree.samples if arrays[path] is None]
     if bad:
         warnings.warn(f"{where}: skipped {len(bad)} unreadable image(s) (e.g. '{bad[0]}')", stacklevel=3)

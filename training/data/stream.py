@@ -67,6 +67,9 @@ class StreamData(Data):
 
         self.device = device
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        preprocess = Preprocess(
+            (image_size, image_size), IMAGENET_MEAN, IMAGENET_STD, "shorter_side", int(image_size / 0.875)
+        ).to_dict()
         self.info = DataInfo(
             name=name,
             input_size=(3, image_size, image_size),
@@ -77,9 +80,7 @@ class StreamData(Data):
             num_val=len(val),
             num_selection=0 if selection is None else len(selection),
             val_split=val_split,
-            preprocess=Preprocess(
-                (image_size, image_size), IMAGENET_MEAN, IMAGENET_STD, "shorter_side", int(image_size / 0.875)
-            ).to_dict(),
+            preprocess=preprocess,
         )
         # One Normalize in every transform, so that renormalise changes them all.
         self._normalize = v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD))
@@ -96,7 +97,7 @@ class StreamData(Data):
         plain = v2.Compose(
             [
                 v2.ToImage(),
-                v2.Resize(self.info.preprocess["resize"], antialias=True),
+                v2.Resize(preprocess["resize"], antialias=True),
                 v2.CenterCrop(image_size),
                 *tail,
             ]
