@@ -102,6 +102,7 @@ def test_images_are_normalised_as_the_manifest_says(app, tiny_front):
     assert (app.to_model_input(theirs, info, rt) - ours).abs().max().item() <= 1e-5
 
 
+@pytest.mark.slow
 def test_the_app_runs_on_a_compiled_backend_and_refuses_an_unknown_one(app, front_copy, capsys):
     args = (str(front_copy), "--data", "synthetic:64:4", "--drain", "40", "--check-every", "1")
     code, out, err = _run(app, capsys, *args, "--backend", "onnxruntime", "--threads", "1")

@@ -324,6 +324,7 @@ def test_a_latency_table_for_a_compiled_runtime_times_every_block(backend: str) 
     assert all(math.isfinite(p) and p > 0 for p in predicted)
 
 
+@pytest.mark.slow
 def test_through_runtime_times_what_an_app_calls_and_records_its_own_profiles(front_copy, cli):
     pytest.importorskip("onnxruntime")
     ids = _ids(front_copy)[:2]

@@ -72,6 +72,7 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
         pytest.param("executorch", marks=pytest.mark.slow),
     ],
 )
+@pytest.mark.slow
 def test_export_on_a_full_disk(fmt: str, tiny_front: Path, small_disk: Path, cli_process) -> None:
     out = small_disk / "exports"
     first = cli_process("export", str(tiny_front), "--point", "p00", f"--{fmt}", "--out", str(out))

@@ -98,6 +98,7 @@ class TestManifestFormat:
         assert "\n" not in str(caught.value) and not target.exists()
 
 
+@pytest.mark.slow
 def test_int8_onnx_programs_are_scored_in_onnxruntime_and_recorded(front_copy: Path, cli) -> None:
     from export import load_runner
     from export.index import read_index, recorded_exports
@@ -129,6 +130,7 @@ def test_int8_onnx_programs_are_scored_in_onnxruntime_and_recorded(front_copy: P
     assert "int8 program(s)" in r.stdout and "pareco bench" in r.stdout
 
 
+@pytest.mark.slow
 def test_a_badly_calibrated_program_is_refused_and_not_written(front_copy: Path) -> None:
     from export.formats import Calibration
     from export.int8 import export_int8_points
@@ -154,6 +156,7 @@ def test_a_badly_calibrated_program_is_refused_and_not_written(front_copy: Path)
     assert len(forced.results) == 1 and Front.load(front_copy).points[-1].variants[0].top1 < 99.0
 
 
+@pytest.mark.slow
 def test_bench_times_the_int8_programs_and_select_chooses_among_them(front_copy: Path, cli) -> None:
     pid = Front.load(front_copy).points[-1].id
     r = cli("export", str(front_copy), "--point", pid, "--onnx", "--int8", "--calib", SYNTHETIC,

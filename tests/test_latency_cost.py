@@ -72,6 +72,7 @@ def test_the_latency_table_travels_in_the_checkpoint(tmp_path, small_train_setti
     assert mac_state.latency_cost() is None and mac_state.state_dict()["cost_table"] == ""
 
 
+@pytest.mark.slow
 def test_latency_proposals_spread_over_the_tables_range(tmp_path, small_train_settings):
     cfg = _config(small_train_settings, algorithm="pareco", samples=4, warmup_configs=0)
     model = build_for_data(cfg, 4, (3, 16, 16))

@@ -31,6 +31,7 @@ def _check_every_point(front_copy, backend: str) -> SlimmableRuntime:
     return rt
 
 
+@pytest.mark.slow
 def test_onnxruntime_serves_every_point_like_the_torch_backend(front_copy):
     _check_every_point(front_copy, "onnxruntime")
     cache = cache_dir(front_copy)
@@ -41,6 +42,7 @@ def test_onnxruntime_serves_every_point_like_the_torch_backend(front_copy):
     assert {f.name: f.stat().st_mtime_ns for f in cache.glob("*.onnx")} == files, "cached, not re-exported"
 
 
+@pytest.mark.slow
 def test_the_export_folder_beside_the_manifest_is_used_and_a_foreign_record_is_not(front_copy, cli):
     r = cli("export", str(front_copy), "--all", "--onnx")
     assert r.returncode == 0, r.stderr
@@ -58,6 +60,7 @@ def test_the_export_folder_beside_the_manifest_is_used_and_a_foreign_record_is_n
     assert other._programs[other.active.id].path.parent == cache_dir(front_copy)
 
 
+@pytest.mark.slow
 def test_inference_never_mixes_two_points_while_switching(front_copy):
     rt = SlimmableRuntime.load(front_copy, backend="onnxruntime", preload=True)
     x = _inputs(rt, 2)

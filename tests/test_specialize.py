@@ -71,6 +71,7 @@ def specialized(
     return manifest, Path(report["manifest"]), report
 
 
+@pytest.mark.slow
 class TestTheSpecializedFront:
     def test_it_is_a_new_manifest_beside_the_weights_that_copies_none_of_them(self, specialized) -> None:
         old, new, report = specialized
@@ -178,6 +179,7 @@ class TestRefused:
         assert "was timed on a phone far away, not here" in line
 
 
+@pytest.mark.slow
 def test_a_table_built_here_gets_the_points_measured(front_copy: Path, cli) -> None:
     _with_table(front_copy, backend="torch", host=host_description("torch"))
     report = _json(cli("specialize", str(front_copy), *ARGS[:-3], "--evals", "12", "--json"))
