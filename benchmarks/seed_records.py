@@ -82,7 +82,10 @@ def _commit() -> str:
 
 
 def write_record(run_dir: Path, method: str, width_factor: float, command: str) -> Path:
-    """Write the record of the finished run in ``run_dir`` (its ``model.front.json``); returns its path."""
+    """Write the record of the finished run in ``run_dir`` (its ``model.front.json``); returns its path.
+
+    A record already holding this front's points is left as it is: reusing a finished run (to report
+    again) must not restamp its commit, host and command with the current ones."""
     from benchmarks.reproduce_cifar import median_epoch_seconds
     from pareco_runtime import Front
     from pareco_runtime.atomic import atomic_write_text
@@ -110,6 +113,8 @@ def write_record(run_dir: Path, method: str, width_factor: float, command: str) 
         ],
     }
     path = record_path(method, record["arch"], width_factor, record["seed"], record["epochs"])
+    if path.exists() and json.loads(path.read_text()).get("points") == record["points"]:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     return path
