@@ -186,6 +186,7 @@ def test_fit_calibration_recovers_offset_and_scale():
     assert offset == 0.0
 
 
+@pytest.mark.slow
 def test_lut_builds_predicts_and_round_trips(tmp_path):
     model = build_model("resnet20", num_classes=4, input_size=16)
     assert [u.name for u in discover_units(model)][:3] == ["conv1", "bn1", "layer1.0"]
@@ -217,6 +218,7 @@ def test_lut_builds_predicts_and_round_trips(tmp_path):
         lut.predict_ms([4, 4])
 
 
+@pytest.mark.slow
 def test_cli_build_lut_writes_predictions_then_bench_keeps_them_apart(front_copy, cli):
     manifest = front_copy
     ids = _ids(manifest)

@@ -525,6 +525,7 @@ def satisfies(p: FrontPoint, b: object) -> bool:
     return b.profile in p.energy_mj and p.energy_mj[b.profile] <= b.max_mj
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(fronts(), budgets)
 def test_select_property(points: list[FrontPoint], parts: list) -> None:
@@ -546,6 +547,7 @@ def test_select_property(points: list[FrontPoint], parts: list) -> None:
     assert getattr(chosen, field) == best(ok, field)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(fronts(), st.floats(0, 1200, allow_nan=False))
 def test_unmet_and_fallback_property(points: list[FrontPoint], cap: float) -> None:
@@ -560,6 +562,7 @@ def test_unmet_and_fallback_property(points: list[FrontPoint], cap: float) -> No
     assert select(points, MacsBudget(cap), fallback="cheapest").mflops == cheapest
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(
     st.one_of(fronts(), fronts(energy=True)),

@@ -80,6 +80,7 @@ def _edited(front: Path, tmp_path: Path, section: str, change: dict[str, Any]) -
     return edited
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("section", "change", "field"),
     [

@@ -53,6 +53,7 @@ def test_help_lists_flops(cli_process):
     assert r.returncode == 0 and "flops" in r.stdout
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_from_a_real_process(cli_process):
     r = cli_process("flops", "--arch", "resnet21", "--width", "1")
     assert r.returncode == 2 and r.stdout == ""

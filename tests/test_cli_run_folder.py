@@ -17,6 +17,7 @@ def _budget_of_middle_point(manifest: Path) -> tuple[str, str]:
     return f"{math.ceil(p.mflops * 100) / 100:.2f}MFLOPs", p.id
 
 
+@pytest.mark.slow
 def test_the_readme_commands_work_as_typed_inside_a_run_folder(front_copy: Path, cli, monkeypatch) -> None:
     run = front_copy.parent
     budget, pid = _budget_of_middle_point(front_copy)

@@ -61,6 +61,7 @@ def test_manifest_records_how_to_rebuild(torchvision_front):
     assert arch["kwargs"]["convert"]["input_size"] == [3, 32, 32]
 
 
+@pytest.mark.slow
 def test_runtime_serves_a_converted_front(torchvision_front):
     rt = SlimmableRuntime.load(torchvision_front)
     x = torch.randn(2, *rt.input_size)
@@ -70,6 +71,7 @@ def test_runtime_serves_a_converted_front(torchvision_front):
             assert torch.equal(rt(x), rt.standalone(p)(x))
 
 
+@pytest.mark.slow
 def test_select_and_export_a_converted_front(torchvision_front, tmp_path, cli):
     r = cli("select", str(torchvision_front), "--budget", "1GFLOPs", "--json")
     assert r.returncode == 0, r.stderr
@@ -106,6 +108,7 @@ def test_user_architecture_is_never_imported_on_a_manifests_word(user_front, tmp
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow
 def test_init_weights_are_the_start(tmp_path, cli):
     import torchvision
 
@@ -176,6 +179,7 @@ def test_bad_init_is_one_line(make, message, tmp_path, cli):
     assert re.search(message, r.stderr), r.stderr
 
 
+@pytest.mark.slow
 def test_init_from_another_class_count_starts_a_fresh_classifier(tmp_path):
     import torchvision
 
@@ -196,6 +200,7 @@ def test_init_from_another_class_count_starts_a_fresh_classifier(tmp_path):
             assert torch.equal(got[key], value), key
 
 
+@pytest.mark.slow
 def test_group_low_and_pin_shape_the_space(tmp_path):
     from training.config import TrainConfig, TrainingError
     from training.loop import build_for_data
@@ -231,6 +236,7 @@ def test_unknown_library_model_is_one_line(tmp_path, cli):
     assert "torchvision has no classification model 'resnet_nope'" in r.stderr
 
 
+@pytest.mark.slow
 def test_timm_models_convert_exactly():
     timm = pytest.importorskip("timm")
     from torch.utils.flop_counter import FlopCounterMode

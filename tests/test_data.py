@@ -112,6 +112,7 @@ def all_train(data: Data) -> tuple[torch.Tensor, torch.Tensor]:
 # --- digits
 
 
+@pytest.mark.slow
 def test_digits_shapes_counts_and_split() -> None:
     d = load_data("digits", device="cpu")
     assert isinstance(d, TensorData)
@@ -134,6 +135,7 @@ def test_digits_shapes_counts_and_split() -> None:
     assert abs(float(tx.mean())) < 1e-3 and abs(float(tx.std()) - 1) < 1e-2
 
 
+@pytest.mark.slow
 def test_digits_size_fraction_and_seed() -> None:
     d = load_data("digits", image_size=16, val_fraction=0.5, seed=3, device="cpu")
     assert d.info.input_size == (3, 16, 16)

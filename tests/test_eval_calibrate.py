@@ -182,6 +182,7 @@ class TestStreamedImages:
         second = _json(cli("eval", str(manifest), "--data", str(tmp_path / "data"), "--json"))
         assert all(a["loss"] != b["loss"] for a, b in zip(first["points"], second["points"]))
 
+    @pytest.mark.slow
     def test_a_resize_the_loader_would_not_make_is_refused(self, tmp_path: Path, cli) -> None:
         manifest = _streamed_front(tmp_path, resize=100)
         line = _one_line_error(cli("eval", str(manifest), "--data", str(tmp_path / "data")))

@@ -26,7 +26,7 @@ def rt(tiny_front):
     [
         pytest.param("onnx", ".onnx", marks=pytest.mark.slow),
         ("torchscript", ".pt"),
-        ("pt2", ".pt2"),
+        pytest.param("pt2", ".pt2", marks=pytest.mark.slow),
         pytest.param("executorch", ".pte", marks=pytest.mark.slow),
     ],
 )
@@ -195,6 +195,7 @@ def test_cli_export_point_writes_files_table_and_index(tiny_front, tmp_path, cli
     )
 
 
+@pytest.mark.slow
 def test_cli_export_budget_picks_one_point(tiny_front, tmp_path, cli):
     code, stdout, err = cli(
         "export", str(tiny_front), "--budget", "1e9MFLOPs", "--pt2", "--out", str(tmp_path), "--json"
@@ -222,6 +223,7 @@ def test_cli_export_errors(tiny_front, tmp_path, cli, args, message):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_cli_export_unmet_budget_with_fallback(tiny_front, tmp_path, cli):
     code, stdout, err = cli(
         "export",

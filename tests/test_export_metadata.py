@@ -65,7 +65,7 @@ READERS = {
     [
         pytest.param("onnx", marks=pytest.mark.slow),
         "torchscript",
-        "pt2",
+        pytest.param("pt2", marks=pytest.mark.slow),
         pytest.param("executorch", marks=pytest.mark.slow),
     ],
 )
@@ -116,6 +116,7 @@ def test_labels_file_rules(tmp_path):
     assert json.loads(unnamed.file_metadata()["pareco.labels"]) == []
 
 
+@pytest.mark.slow
 def test_cli_export_says_where_labels_and_preprocessing_are(tiny_front, tmp_path, cli):
     out = tmp_path / "exports"
     code, stdout, err = cli("export", str(tiny_front), "--point", "p00", "--torchscript", "--out", str(out))

@@ -60,6 +60,7 @@ def _run_writers(target, shared: Path) -> list[int | None]:
     return [p.exitcode for p in procs]
 
 
+@pytest.mark.slow
 def test_concurrent_profile_writers_keep_every_profile(tmp_path: Path) -> None:
     manifest = tmp_path / "m.front.json"
     save_manifest(manifest, make_manifest())

@@ -759,6 +759,7 @@ def _both_verdicts(doc: Any) -> tuple[list[tuple[tuple[Any, ...], str]], list[tu
     return ours, theirs
 
 
+@pytest.mark.slow
 def test_json_schema_agrees_with_jsonschema_on_every_edge_value_everywhere() -> None:
     """Each location of a small manifest deleted, set to each edge value, or (objects) given an unknown
     field: both validators agree, and every keyword of the schema fails somewhere."""
@@ -796,6 +797,7 @@ def test_json_schema_agrees_with_jsonschema_on_every_edge_value_everywhere() -> 
     }
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_manifests())
 def test_valid_manifests_pass_both_validators_and_round_trip(manifest: dict[str, Any]) -> None:
@@ -808,6 +810,7 @@ def test_valid_manifests_pass_both_validators_and_round_trip(manifest: dict[str,
         assert load_manifest(path, verify_weights=False) == manifest
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_manifests())
 def test_json_schema_agrees_with_jsonschema_on_mutations(doc: dict[str, Any]) -> None:

@@ -83,6 +83,7 @@ def _backend_format_pairs(tree: ast.AST) -> list[tuple[int, str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_no_module_outside_the_registry_maps_backends_to_formats():
     wrong = [
         f"{path.relative_to(ROOT)}:{line} maps {key!r} to {value!r}"

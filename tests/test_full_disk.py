@@ -88,6 +88,7 @@ def test_export_on_a_full_disk(fmt: str, tiny_front: Path, small_disk: Path, cli
     assert leftovers(small_disk) == []
 
 
+@pytest.mark.slow
 def test_bench_update_on_a_full_disk(tiny_front: Path, small_disk: Path, cli_process) -> None:
     for name in (tiny_front.name, "model.safetensors"):
         shutil.copy(tiny_front.parent / name, small_disk / name)

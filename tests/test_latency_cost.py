@@ -31,6 +31,7 @@ def _table_file(tmp_path, cfg: TrainConfig, name: str = "phone.lut.json", **chan
     return str(path)
 
 
+@pytest.mark.slow
 def test_a_twostage_run_on_latency_gets_a_front_by_that_latency(tmp_path, small_train_settings):
     base = _config(small_train_settings, algorithm="twostage")
     table = _table_file(tmp_path, base)

@@ -62,6 +62,7 @@ def test_width_space_dimensions(name):
     assert m.space.low == (0.316 if name.startswith("resnet") else 0.42)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ZOO))
 @pytest.mark.parametrize("divisor", [None, 8])
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -74,6 +75,7 @@ def test_costs_equal_flop_counter_and_sliced_params(name, divisor, data):
     assert m.params(alpha) == sum(p.numel() for p in sub.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ZOO))
 @settings(max_examples=6, deadline=None)
 @given(data=st.data())

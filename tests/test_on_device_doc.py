@@ -92,6 +92,7 @@ def _shown_record(fmt: str) -> dict[str, Any]:
     return next(r for r in records if r["format"] == fmt)
 
 
+@pytest.mark.slow
 def test_the_onnx_record_and_preprocessing_shown_have_the_fields_export_writes(
     tiny_front: Path, tmp_path: Path, cli
 ) -> None:

@@ -61,6 +61,7 @@ def test_specialize_never_writes_over_a_file_it_did_not_write(with_table: Path, 
         assert _snapshot(with_table.parent) == before
 
 
+@pytest.mark.slow
 def test_the_weight_file_is_refused_in_a_real_process(with_table: Path, cli_process):
     before = _snapshot(with_table.parent)
     weights = with_table.with_name("model.safetensors")
@@ -80,6 +81,7 @@ def test_show_plots_only_over_a_plot(front_copy: Path, cli, name: str):
     assert _snapshot(front_copy.parent) == before
 
 
+@pytest.mark.slow
 def test_show_redraws_its_own_plot(front_copy: Path, cli):
     png = front_copy.with_name("front.png")
     assert cli("show", str(front_copy), "--plot", str(png)).returncode == 0

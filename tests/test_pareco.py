@@ -58,6 +58,7 @@ def test_cost_polynomial_is_within_rounding_on_mobilenet():
     ).item() == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_pas_draws_targets_in_under_explored_gaps():
     cost = torch.tensor([0.1, 0.2, 0.3, 0.9, 1.0, 0.5, 0.95], dtype=torch.float64)
     loss = torch.tensor([1.0, 0.9, 0.8, 0.2, 0.1, 0.95, 0.5], dtype=torch.float64)  # last two dominated
@@ -104,7 +105,8 @@ def test_bisection_meets_epsilon_and_records_steps(resnet):
     assert timings.fit_s > 0 and timings.acquisition_s > 0
 
 
-@pytest.mark.parametrize("cost_model", ["exact", pytest.param("gp", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("cost_model", ["exact", "gp"])
 def test_both_cost_models_return_in_box_configs(resnet, cost_model):
     X, loss, cost, bounds, cost_of = _search_inputs(resnet, 20)
     exact = CostPolynomial.from_model(resnet) if cost_model == "exact" else None
@@ -322,7 +324,8 @@ def test_bad_bo_settings_name_the_flag(field, value, flag):
         make_bo_strategy(TrainConfig(algorithm="pareco", **{field: value}))
 
 
-@pytest.mark.parametrize("algorithm", ["pareco", pytest.param("twostage", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["pareco", "twostage"])
 def test_end_to_end_run_records_the_search(tmp_path, small_train_settings, algorithm):
     # 6 steps, |H| target 2: one BO iteration (PareCO at step 0, TwoStage after training) adding M = 2.
     cfg = TrainConfig(algorithm=algorithm, epochs=1, history_size=2, probe_batch=16, **small_train_settings)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT
 
 ID = "a-calibrated-point-with-a-long-id.p06"
@@ -40,6 +42,7 @@ def test_a_wide_table_on_a_pipe_keeps_every_cell_whole():
     assert any(ID in line for line in lines)
 
 
+@pytest.mark.slow
 def test_show_piped_into_a_log(front_copy: Path, cli, cli_process):
     added = cli("calibrate", str(front_copy), "--width", "0.6", "--data", "synthetic:256:4", "--id", ID)
     assert added.returncode == 0, added.stderr

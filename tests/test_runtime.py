@@ -178,6 +178,7 @@ def test_cli_select_and_show(tiny_front, tmp_path, cli):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_runtime_import_stays_light():
     """A device imports pareco_runtime with torch and safetensors only."""
     import subprocess

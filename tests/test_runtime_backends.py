@@ -88,6 +88,7 @@ def test_inference_never_mixes_two_points_while_switching(front_copy):
     assert not bad
 
 
+@pytest.mark.slow
 def test_input_is_checked_as_on_the_torch_backend(front_copy):
     rt = SlimmableRuntime.load(front_copy, backend="onnxruntime")
     with pytest.raises(ValueError, match=r"expected torch\.float32"):

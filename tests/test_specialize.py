@@ -151,6 +151,7 @@ class TestRefused:
         line = _one_line_error(cli("specialize", str(front_copy), *ARGS))
         assert "built for another network (architecture" in line
 
+    @pytest.mark.slow
     def test_an_out_outside_the_weights_folder_or_an_existing_one(
         self, front_copy: Path, cli, tmp_path
     ) -> None:
@@ -168,6 +169,7 @@ class TestRefused:
             line = _one_line_error(cli("specialize", str(front_copy), *ARGS, *force))
             assert "an existing file that is not a .front.json this command wrote" in line
 
+    @pytest.mark.slow
     def test_an_earlier_specialized_front_is_replaced_only_with_force(self, specialized, cli) -> None:
         old, new, _ = specialized
         line = _one_line_error(cli("specialize", str(old), *ARGS, "--out", str(new)))

@@ -95,6 +95,7 @@ def _assert_loaded_alone(report: dict, models: dict[str, nn.Module]) -> None:
         }
 
 
+@pytest.mark.slow
 def test_saved_standalone_models_load_with_torch_alone(tiny_front, tmp_path):
     rt = SlimmableRuntime.load(tiny_front)
     models = {

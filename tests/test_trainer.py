@@ -124,6 +124,7 @@ def _run(strategy_factory, steps: range, state: dict | None = None) -> dict:
     return torch.load(buf, weights_only=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "factory",
     [

@@ -24,6 +24,7 @@ from training.strategies import Slim, widths_spread_over_macs
 SYN = "synthetic:256:4"
 
 
+@pytest.mark.slow
 def test_slim_run_writes_a_valid_front(tmp_path, small_train_settings):
     manifest_path = train(
         TrainConfig(epochs=2, **small_train_settings), tmp_path, show_progress=False, log_every=1
@@ -134,6 +135,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, cli, train_cli_args):
     assert not (tmp_path / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_out_dir_with_another_run_is_refused(tmp_path, small_train_settings):
     train(TrainConfig(epochs=1, **small_train_settings), tmp_path, show_progress=False)
     with pytest.raises(TrainingError, match="already holds a training run"):
@@ -234,6 +236,7 @@ def _image_tree(root, classes: int) -> None:
             Image.new("RGB", (8, 8), (80 * c, 15 * i, 0)).save(folder / f"{i}.png")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

@@ -43,6 +43,7 @@ class _Terminal(io.StringIO):
 
 
 class TestProgress:
+    @pytest.mark.slow
     def test_a_log_gets_plain_step_and_epoch_lines(self, tmp_path, cli, train_cli_args) -> None:
         r = cli(*train_cli_args(tmp_path, 2))
         assert r.returncode == 0, r.stderr[-2000:]
@@ -56,6 +57,7 @@ class TestProgress:
         ends = re.findall(r"^epoch (\d)/2 done in \d+:\d\d: mean loss .*; ETA \d+:\d\d$", r.stderr, re.M)
         assert ends == ["1", "2"]
 
+    @pytest.mark.slow
     def test_the_front_building_reports_each_candidate(self, tmp_path, cli, train_cli_args) -> None:
         r = cli(*train_cli_args(tmp_path, 1))
         assert r.returncode == 0, r.stderr[-2000:]
@@ -104,6 +106,7 @@ class TestProgress:
         assert progress.format_duration(754) == "12:34"
         assert progress.format_duration(3723) == "1:02:03"
 
+    @pytest.mark.slow
     def test_a_run_without_progress_prints_nothing(self, tmp_path, small_train_settings, capsys) -> None:
         with warnings.catch_warnings():  # the end-of-run warnings about the front are not progress
             warnings.simplefilter("ignore")
@@ -112,6 +115,7 @@ class TestProgress:
         assert out == "" and "epoch" not in err and "front:" not in err
 
 
+@pytest.mark.slow
 class TestEpochEval:
     def test_each_epoch_logs_the_largest_and_smallest_top1(self, tmp_path, cli, train_cli_args) -> None:
         r = cli(*train_cli_args(tmp_path, 2))
@@ -140,6 +144,7 @@ class TestEpochEval:
         )
         assert logged == {"largest": round(cands[0].top1, 2), "smallest": round(cands[1].top1, 2)}
 
+    @pytest.mark.slow
     def test_it_changes_no_trained_weight(self, tmp_path, small_train_settings) -> None:
         for name, images in (("on", 1000), ("off", 0)):
             loop.train(
@@ -180,6 +185,7 @@ class TestEpochEval:
         assert re.search(r"^epoch 1/1 done in \d+:\d\d: mean loss \d+\.\d{3}; ETA", r.stderr, re.M)
 
 
+@pytest.mark.slow
 class TestSummary:
     def test_the_run_ends_with_a_summary_and_commands_that_work(self, tmp_path, cli, train_cli_args) -> None:
         out = tmp_path / "my run"
@@ -201,6 +207,7 @@ class TestSummary:
             assert ran.returncode == 0, (command, ran.stderr)
         assert "'" in commands[0], "a folder with a space is quoted"
 
+    @pytest.mark.slow
     def test_json_prints_the_summary_and_nothing_else(self, tmp_path, cli, train_cli_args) -> None:
         r = cli(*train_cli_args(tmp_path, 1, extra=("--json",)))
         assert r.returncode == 0, r.stderr[-2000:]
@@ -226,6 +233,7 @@ class TestSummary:
 
 
 class TestFailedStart:
+    @pytest.mark.slow
     @pytest.mark.parametrize(
         ("flag", "bad", "word"),
         [
@@ -251,6 +259,7 @@ class TestFailedStart:
 
 
 class TestResume:
+    @pytest.mark.slow
     def test_resume_alone_continues_the_run_bit_for_bit(
         self, tmp_path, cli, train_cli_args, monkeypatch
     ) -> None:
@@ -272,6 +281,7 @@ class TestResume:
         a, b = load_file(ref / "model.safetensors"), load_file(cut / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    @pytest.mark.slow
     def test_a_flag_that_differs_from_the_run_is_refused_naming_it(
         self, tmp_path, cli, train_cli_args
     ) -> None:
@@ -292,6 +302,7 @@ class TestResume:
 
 
 class TestThreads:
+    @pytest.mark.slow
     def test_the_run_trains_on_the_threads_asked_and_gives_them_back(
         self, tmp_path, small_train_settings, monkeypatch
     ) -> None:

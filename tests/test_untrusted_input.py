@@ -162,6 +162,7 @@ class TestSizesAreCheckedBeforeBuilding:
             r"shape \(60000, 64\)",
         )
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("consistent", [False, True], ids=["space-differs", "space-and-metadata-match"])
     def test_a_wide_manifest_allocates_nothing(self, consistent, front_copy):
         """width=60 makes ResNet20 a 1.1-billion-parameter model (4.4 GB); under a 6 GiB address-space limit
@@ -422,6 +423,7 @@ HANG_CASES = [(r, k) for r in READERS for k in KINDS if (r, k) != ("data-archive
 class TestNothingHangs:
     """A FIFO, /dev/zero, a link loop or a folder in place of any file pareco reads is refused at once."""
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("reader,kind", HANG_CASES, ids=[f"{r}-{k}" for r, k in HANG_CASES])
     def test_refused_before_opening(self, reader, kind, tmp_path):
         name, code = READERS[reader]
@@ -438,6 +440,7 @@ class TestNothingHangs:
         assert "\n" not in message and message.startswith(f"{path}: "), message
         assert re.search(words, message), message
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
     def test_cli_weight_file_and_manifest(self, kind, front_copy, tmp_path, cli_process):
         """Through the CLI as a user meets it: the manifest's weight file, then the manifest itself."""
@@ -453,6 +456,7 @@ class TestNothingHangs:
             words,
         )
 
+    @pytest.mark.slow
     def test_fifo_image_in_a_tree(self, tmp_path):
         from PIL import Image
 

@@ -37,6 +37,7 @@ def _one_line(result: Any, spec: str, pattern: str) -> None:
     assert spec in lines[0] and re.search(pattern, lines[0]), lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("spec", "pattern"), BROKEN)
 def test_train_arch(spec: str, pattern: str, cli_process, tmp_path: Path):
     out = tmp_path / "run"
@@ -79,6 +80,7 @@ def test_model_on_commands_that_load_a_front(spec: str, pattern: str, user_front
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.slow
 def test_a_process_exits_with_one_line(user_front: Path, cli_process, tmp_path: Path):
     spec, pattern = BROKEN[0]
     result = cli_process("export", str(user_front), "--all", "--torchscript", "--out", str(tmp_path / "e"),
