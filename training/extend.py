@@ -20,7 +20,7 @@ from pareco_runtime.runtime import SlimmableRuntime
 from .calibrate import Evaluation, Tally
 from .config import TrainConfig
 from .data import Data
-from .front_builder import candidate_point, evaluate_candidates, evaluate_chosen
+from .front_builder import candidate_point, classification_evaluators, evaluate_candidates, evaluate_chosen
 
 ORIGIN = "calibrated"
 _ID_PREFIX = "c"
@@ -92,7 +92,8 @@ def calibrate_point(
     model, front = rt.model, rt.front
     model.space.validate(config)
     [cand] = evaluate_candidates(model, [config], data, calib_batches, calib_batch_size, front.training.seed)
-    evaluate_chosen(model, [cand], data)
+    evaluate, selection_evaluate = classification_evaluators(data)
+    evaluate_chosen(model, [cand], evaluate if selection_evaluate is not None else None)
     selected = "selection" in (front.dataset.splits or {}) and data.info.num_selection > 0
     point = candidate_point(point_id, cand, selected)
     point.origin = ORIGIN
