@@ -68,6 +68,15 @@ class Metric:
         """``point``'s figure of the ranking metric on the split it was chosen on (None: not recorded)."""
         return point.selection_metrics.get(self.rank) if self.declared else point.selection_top1
 
+    def require_top1(self, source: object, command: str) -> None:
+        """ValueError (one line, starting with ``source``) where the front declares a metric of its own:
+        ``command`` measures top-1 on image classes, which would not be this front's figure."""
+        if self.declared:
+            raise ValueError(
+                f"{source}: the front is ranked by {self.rank}, and {command} measures top-1 on image "
+                f"classes; re-measure {self.rank} in Python with training.evaluate_front(manifest, evaluate)"
+            )
+
     def better_first(self, value: float) -> float:
         """``value`` as a quantity to minimise: negated when higher is better."""
         return -value if self.higher_is_better else value
