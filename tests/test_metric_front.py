@@ -152,9 +152,7 @@ def test_commands_that_measure_top1_refuse_such_a_front(tmp_path: Path, cli: Cal
 
 
 def test_build_front_refuses_what_it_cannot_rank(tmp_path: Path) -> None:
-    with pytest.raises(
-        ValueError, match=r"metric .miou. is not among the figures evaluate returns \(loss\)"
-    ):
+    with pytest.raises(ValueError, match=r"metric .miou. is not among the figures evaluate returns \(loss\)"):
         _build(tmp_path, LOSSES, "miou", True)
     bad = {w: {"loss": float("nan")} for w in WIDTHS}
     with pytest.raises(ValueError, match=r"evaluate returned loss=nan for config .*; return a finite number"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,7 +61,7 @@ def evaluate_front(
     """Every point of a front (a manifest path, or a loaded runtime) scored by ``evaluate(model) ->
     {name: value}``, by point id: the model at the point's config with its calibrated BN statistics, in
     eval mode, as :func:`training.build_front` scored it. The model is left as it was."""
-    rt = front if isinstance(front, SlimmableRuntime) else SlimmableRuntime.load(front)
+    rt = front if isinstance(front, SlimmableRuntime) else SlimmableRuntime.load(Path(front))
     results = {}
     with torch.no_grad():
         for p in rt.points:
