@@ -100,7 +100,8 @@ def _measured(front: Front) -> list[tuple[FrontPoint, float]]:
     points = [(p, score) for p in front.points if (score := front.metric.score(p)) is not None]
     if not points:
         raise ValueError(
-            f"{front.path or 'front'}: no point has a measured {front.metric.rank} to plot; evaluate it first"
+            f"{front.path or 'front'}: no point has a measured "
+            f"{front.metric.rank if front.metric.declared else 'top-1'} to plot; evaluate it first"
         )
     return points
 
