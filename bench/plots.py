@@ -1,8 +1,8 @@
 """Front plots with matplotlib (written atomically).
 
-:func:`plot_fronts` draws one front or several overlaid (PareCO against Slim, say): top-1 against
-MFLOPs in one panel and against measured latency in one panel per device profile, on a grid with a
-shared top-1 axis. Each point is a marker annotated with its id; a line joins neighbours only
+:func:`plot_fronts` draws one front or several overlaid (PareCO against Slim, say): top-1 (or the
+metric the fronts declare) against MFLOPs in one panel and against measured latency in one panel per
+device profile, on a grid with a shared y axis. Each point is a marker annotated with its id; a line joins neighbours only
 where they are close enough to stand for a front (:func:`line_runs`).
 """
 
@@ -45,9 +45,10 @@ def line_runs(xs: Sequence[float], ratio: float = GAP_RATIO) -> list[list[int]]:
 
 
 def chance_top1(fronts: Sequence[Front]) -> float | None:
-    """Top-1 (%) of guessing, 100 / the number of classes, where the fronts' class names are known."""
+    """Top-1 (%) of guessing, 100 / the number of classes, where the fronts are ranked by top-1 and their
+    class names are known."""
     classes = fronts[0].dataset.class_names
-    return 100.0 / len(classes) if classes else None
+    return 100.0 / len(classes) if classes and not fronts[0].metric.declared else None
 
 
 def chance_drawn(chance: float, top1: Sequence[float]) -> bool:
@@ -62,6 +63,14 @@ def check_comparable(fronts: Sequence[Front]) -> None:
     classes: top-1 on different test sets on one axis would read as a comparison that is not one."""
     first = fronts[0]
     for other in fronts[1:]:
+        if (other.metric.rank, other.metric.higher_is_better) != (
+            first.metric.rank,
+            first.metric.higher_is_better,
+        ):
+            raise ValueError(
+                f"{other.path}: ranked by {other.metric.rank}, but {first.path} by {first.metric.rank}; "
+                "plot each front on its own (pareco show FILE --plot PNG)"
+            )
         a, b = first.dataset, other.dataset
         if a.name != b.name or (a.class_names and b.class_names and len(a.class_names) != len(b.class_names)):
             raise ValueError(
@@ -71,6 +80,14 @@ def check_comparable(fronts: Sequence[Front]) -> None:
             )
 
 
+def axis_label(front: Front) -> str:
+    """The y axis: ``top-1 (%)``, or the name of the metric the front declares and its direction."""
+    metric = front.metric
+    if not metric.declared:
+        return "top-1 (%)"
+    return f"{metric.rank} ({'higher' if metric.higher_is_better else 'lower'} is better)"
+
+
 def front_label(front: Front) -> str:
     """The legend entry of a front: its training algorithm and the folder of its manifest."""
     where = "not saved" if front.path is None else str(front.path.parent)
@@ -78,10 +95,14 @@ def front_label(front: Front) -> str:
 
 
 def _measured(front: Front) -> list[tuple[FrontPoint, float]]:
-    """The front's points that have a top-1, each with it; ValueError when none has."""
-    points = [(p, p.top1) for p in front.points if p.top1 is not None]
+    """The front's points that have a figure of its metric (top-1 where it declares none), each with it;
+    ValueError when none has."""
+    points = [(p, score) for p in front.points if (score := front.metric.score(p)) is not None]
     if not points:
-        raise ValueError(f"{front.path or 'front'}: no point has a measured top-1 to plot; evaluate it first")
+        raise ValueError(
+            f"{front.path or 'front'}: no point has a measured "
+            f"{front.metric.rank if front.metric.declared else 'top-1'} to plot; evaluate it first"
+        )
     return points
 
 
@@ -199,7 +220,7 @@ def plot_fronts(
         ax.grid(alpha=0.3)
         ax.margins(x=0.08)  # room for the id of the rightmost point
     for ax in axes[:: min(len(axes), _COLUMNS)]:
-        ax.set_ylabel("top-1 (%)")
+        ax.set_ylabel(axis_label(fronts[0]))
     axes[0].legend(fontsize=8, loc="lower right")
     archs = ", ".join(dict.fromkeys(f.architecture.arch for f in fronts))
     fig.suptitle(title or f"{archs} on {fronts[0].dataset.name}")

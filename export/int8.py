@@ -106,6 +106,7 @@ def export_int8_points(
     precision and backend (whose latencies were of the old file). ``on_done`` gets one line per program.
     """
     check_int8_formats(formats)
+    rt.front.metric.require_top1(rt.front.path, "pareco export --int8 (its --max-drop check)")
     if max_drop < 0:
         raise ExportError(f"--max-drop {max_drop:g}: give a non-negative number of top-1 points")
     say = on_done or (lambda _line: None)

@@ -49,6 +49,7 @@ def eval_front(
         raise ValueError("--split: the evaluation needs a name, e.g. --split cifar10-test")
     manifest = resolve_manifest(manifest)
     rt = load_runtime(manifest, model)
+    rt.front.metric.require_top1(manifest, "pareco eval")
     images = evaluation_set(data, rt.front)
     name = images.name if split is None else split.strip()
     results = evaluate_points(rt, images.batches())
@@ -160,6 +161,7 @@ def calibrate(
     manifest = resolve_manifest(manifest)
     rt = load_runtime(manifest, model)
     front = rt.front
+    front.metric.require_top1(manifest, "pareco calibrate")
     config = _config(front.width_space, alpha, width)
     _check_new(
         front, front.width_space.channels(config), point_id, "--alpha" if alpha is not None else "--width"

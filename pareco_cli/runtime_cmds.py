@@ -43,44 +43,50 @@ def choose_point(choose: Callable[[str | None], Chosen], fallback: str | None) -
 
 
 def _chosen_on_holdout(front) -> bool:
-    """Whether the front's points were chosen on a selection split (so they carry ``selection_top1``)."""
-    return "selection" in (front.dataset.splits or {})
+    """Whether the front's points were chosen on a selection split (so they carry its figure)."""
+    return "selection" in (front.dataset.splits or {}) or any(
+        front.metric.selection_score(p) is not None for p in front.points
+    )
 
 
 def _columns(front, profiles: list[str]) -> list[str]:
-    """The table's header: top-1 named by its split, the selection top-1 where the front has one."""
+    """The table's header: the front's metric named by its split (top-1 where it declares none), the
+    figure the points were chosen on where the front has one, then the loss or its other figures."""
+    metric = front.metric
     splits = front.dataset.splits or {}
-    top1 = f"top-1 % ({splits['top1']['name']})" if "top1" in splits else "top-1 %"
-    chosen = ["chosen-on %"] if _chosen_on_holdout(front) else []
-    return ["id", "MFLOPs", "Mparams", top1, *chosen, "loss"] + [f"{n} ms" for n in profiles]
+    ranked = f"{metric.label} ({splits['top1']['name']})" if "top1" in splits else metric.label
+    chosen = [f"chosen-on {'%' if not metric.declared else metric.rank}"] if _chosen_on_holdout(front) else []
+    others = [n for n in metric.names if n != metric.rank] if metric.declared else ["loss"]
+    return ["id", "MFLOPs", "Mparams", ranked, *chosen, *others] + [f"{n} ms" for n in profiles]
 
 
 def _splits_line(front) -> str | None:
-    """Which images the top-1 figures are from, or None where the manifest does not record it."""
+    """Which images the metric's figures are from, or None where the manifest does not record it."""
     splits = front.dataset.splits
     if not splits:
         return None
     top1 = splits["top1"]
-    line = f"top-1: {top1['images']} {top1['name']} images"
+    name = "top-1" if not front.metric.declared else front.metric.rank
+    line = f"{name}: {top1['images']} {top1['name']} images"
     sel = splits.get("selection")
     if sel is None:
-        return line + "; the points were chosen on these same images, so their top-1 is optimistic"
+        return line + f"; the points were chosen on these same images, so their {name} is optimistic"
     return (
         line
         + f"; chosen-on: {sel['images']} training images held out of training, the points were chosen on them"
     )
 
 
-def _point_row(p, profiles: list[str], selected: bool) -> list:
-    row = [
-        p.id,
-        f"{p.mflops:.2f}",
-        f"{p.params / 1e6:.3f}",
-        None if p.top1 is None else f"{p.top1:.2f}",
-    ]
+def _point_row(p, profiles: list[str], selected: bool, metric) -> list:
+    """A point's row under :func:`_columns`: its figures by the front's ``metric``."""
+    score, chosen = metric.score(p), metric.selection_score(p)
+    row = [p.id, f"{p.mflops:.2f}", f"{p.params / 1e6:.3f}", None if score is None else f"{score:.2f}"]
     if selected:
-        row.append(None if p.selection_top1 is None else f"{p.selection_top1:.2f}")
-    row.append(None if p.loss is None else f"{p.loss:.4f}")
+        row.append(None if chosen is None else f"{chosen:.2f}")
+    if metric.declared:
+        row += [f"{p.metrics[n]:.4g}" if n in p.metrics else None for n in metric.names if n != metric.rank]
+    else:
+        row.append(None if p.loss is None else f"{p.loss:.4f}")
     for name in profiles:
         if name in p.latency_ms:
             row.append(f"{p.latency_ms[name]:.3f}")
@@ -113,7 +119,7 @@ def select(
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Print the most accurate front point (fp32, or an int8 variant of one) that meets every budget."""
+    """Print the best front point by its metric (fp32, or an int8 variant of one) that meets every budget."""
     from pareco_runtime.budget import as_budget, budget_parts, choose
     from pareco_runtime.manifest import PRECISIONS, Front
 
@@ -132,6 +138,7 @@ def select(
             fallback=fb,
             allow_predicted=allow_predicted,
             precision=precision,
+            metric=front.metric,
         ),
         fallback,
     )
@@ -151,7 +158,7 @@ def select(
     print_table(
         f"{manifest.name} under {b.describe()}",
         _columns(front, profiles),
-        [_point_row(chosen.as_point(), profiles, _chosen_on_holdout(front))],
+        [_point_row(chosen.as_point(), profiles, _chosen_on_holdout(front), front.metric)],
     )
     typer.echo("widths: " + ", ".join(f"{a:.3f}" for a in p.alpha))
     typer.echo("channels: " + ", ".join(str(c) for c in p.channels))
@@ -206,7 +213,7 @@ def _print_front(front) -> None:
         f"{front.path}: {front.architecture.arch} front, {len(front.points)} points ({tr.algorithm}, "
         f"{tr.epochs} epochs, {front.dataset.name}); ~ = predicted",
         _columns(front, profiles),
-        [_point_row(p, profiles, _chosen_on_holdout(front)) for p in front.points],
+        [_point_row(p, profiles, _chosen_on_holdout(front), front.metric) for p in front.points],
     )
     splits = _splits_line(front)
     if splits:

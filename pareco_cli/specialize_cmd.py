@@ -94,6 +94,7 @@ def specialize(
     target = out if out is not None else manifest.with_name(f"{_stem(manifest)}.{profile}.front.json")
     rt = load_runtime(manifest, model)
     front = rt.front
+    front.metric.require_top1(manifest, "pareco specialize")
     try:
         check_derived_path(front, target)
     except ValueError as exc:

@@ -41,9 +41,10 @@ point, else none. A lower level never selects a costlier point.
 
 Selection
 ---------
-:func:`select` keeps the points that satisfy every budget and returns the one with the highest
-top-1 it was chosen on (``selection_top1``, held out of training), else the highest reported top-1;
-where no point of the front has a top-1, the lowest loss; where neither, the most MFLOPs.
+:func:`select` keeps the points that satisfy every budget and returns the best by the front's metric
+(:class:`~pareco_runtime.manifest.Metric`; top-1 where the manifest declares none) in its direction:
+the figure it was chosen on (``selection_top1``, held out of training), else the reported one; for
+top-1 where no point of the front has one, the lowest loss; where neither, the most MFLOPs.
 Ties go to fewer MFLOPs, then to the smaller id. When no point satisfies, :class:`BudgetUnmetError`
 names the cheapest point, unless ``fallback="cheapest"``.
 
@@ -65,7 +66,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import PRECISIONS, FrontPoint, Variant
+from .manifest import PRECISIONS, FrontPoint, Metric, Variant
 
 __all__ = [
     "AllOf",
@@ -597,24 +598,6 @@ def _battery_profile(atoms: Sequence[Budget], points: Sequence[FrontPoint]) -> s
     return complete[0] if len(complete) == 1 else None
 
 
-# What ranks the points that meet a budget, best first: the top-1 they were chosen on (held out of
-# training, so choosing on it leaves the reported top-1 unbiased), the reported top-1, the loss.
-_MERITS = (("selection_top1", -1.0), ("top1", -1.0), ("loss", 1.0))
-
-
-def _merit(points: Sequence[FrontPoint]) -> Callable[[FrontPoint], float]:
-    """The first of :data:`_MERITS` some point has (lower is better; points without it last), else -MFLOPs."""
-    for field_name, sign in _MERITS:
-        if any(getattr(p, field_name) is not None for p in points):
-
-            def merit(p: FrontPoint, name: str = field_name, s: float = sign) -> float:
-                value = getattr(p, name)
-                return s * value if value is not None else math.inf
-
-            return merit
-    return lambda p: -p.mflops
-
-
 def select(
     points: Sequence[FrontPoint],
     budget: str | Budget | Sequence[str | Budget],
@@ -622,11 +605,15 @@ def select(
     policy: BatteryPolicy | None = None,
     fallback: str | None = None,
     allow_predicted: bool = False,
+    metric: Metric | None = None,
 ) -> FrontPoint:
     """The best point of ``points`` under ``budget`` (anything :func:`as_budget` accepts).
 
-    Among the points satisfying every budget: the highest ``selection_top1`` (the top-1 the front was
-    chosen on); where no point has one, the highest ``top1``; where no point has a top-1, the lowest ``loss``; where neither, the most MFLOPs; ties to fewer MFLOPs, then the
+    Among the points satisfying every budget, the best by ``metric`` (the front's
+    :attr:`~pareco_runtime.manifest.Front.metric`; default top-1) in its direction, as
+    :meth:`~pareco_runtime.manifest.Metric.ranking` orders them: the figure the front was chosen on
+    (``selection_top1``); where no point has one, the reported one (``top1``); for top-1 where no point
+    has one, the lowest ``loss``; where neither, the most MFLOPs; ties to fewer MFLOPs, then the
     smaller id. ``profiles``: the device profiles the manifest declares (a profile named in a budget
     must be one of them or appear in the points). ``policy``: the battery policy (default
     :class:`BatteryPolicy()`). ``allow_predicted``: a point without a measured latency may use its
@@ -643,7 +630,7 @@ def select(
     battery_profile = _battery_profile(atoms, points)
     bounds = [_bound(a, points, profiles, policy, allow_predicted, battery_profile) for a in atoms]
 
-    merit = _merit(points)
+    merit = (metric or Metric()).ranking(points)
 
     def rank(p: FrontPoint) -> tuple[float, float, str]:
         return merit(p), p.mflops, p.id
@@ -750,6 +737,7 @@ def choose(
     fallback: str | None = None,
     allow_predicted: bool = False,
     precision: str | None = None,
+    metric: Metric | None = None,
 ) -> Choice:
     """The best program under ``budget`` among the fp32 points and their variants (see "Precisions").
 
@@ -775,4 +763,4 @@ def choose(
         raise ValueError(
             f"no point has a {precision} variant; export them with `pareco export --int8 --calib DATA`"
         )
-    return options[id(select(pool, budget, profiles, policy, fallback, allow_predicted))]
+    return options[id(select(pool, budget, profiles, policy, fallback, allow_predicted, metric))]

@@ -226,7 +226,7 @@ class SlimmableRuntime:
         allow_predicted: bool = False,
         precision: str | None = None,
     ) -> Choice:
-        """The most accurate program meeting ``budget`` among the points in fp32 and their quantized
+        """The best program by the front's metric meeting ``budget`` among the points in fp32 and their quantized
         variants (:func:`pareco_runtime.budget.choose`; ``precision`` "fp32" or "int8" restricts it).
 
         For deciding what to ship: :meth:`switch` serves fp32 points only, and an int8 variant runs
@@ -240,6 +240,7 @@ class SlimmableRuntime:
             fallback=fallback,
             allow_predicted=allow_predicted,
             precision=precision,
+            metric=self.front.metric,
         )
 
     def switch(

@@ -354,7 +354,7 @@ def test_save_manifest_normalises_tuples(tmp_path: Path) -> None:
             lambda m: m["weights"].update(file="../model.safetensors"),
             "refuses to read weights outside its folder",
         ),
-        (lambda m: m.update(format_version=4), r"format_version: expected one of 1, 2, 3; got 4"),
+        (lambda m: m.update(format_version=5), r"format_version: expected one of 1, 2, 3, 4; got 5"),
         (lambda m: m["points"][0].update(origin="calibrated"), "format_version 1 cannot hold points"),
     ],
 )
@@ -406,8 +406,8 @@ def test_load_manifest_file_level_errors(tmp_path: Path) -> None:
 
 def test_newer_manifest_asks_for_upgrade_before_schema(tmp_path: Path) -> None:
     path = tmp_path / "m.front.json"
-    path.write_text(json.dumps({"format_version": 4, "points": "whatever", "new_field": {}}))
-    with pytest.raises(FormatError, match=r"written by a newer pareco \(format 4 > 3\); upgrade pareco"):
+    path.write_text(json.dumps({"format_version": 5, "points": "whatever", "new_field": {}}))
+    with pytest.raises(FormatError, match=r"written by a newer pareco \(format 5 > 4\); upgrade pareco"):
         load_manifest(path)
 
 
@@ -583,6 +583,8 @@ def test_manifest_fields_match_front_dataclasses() -> None:
         variants=[
             Variant("int8", "executorch", 49.0, 50.0, {"name": "test", "images": 10}, 1000, {"d": 1.0})
         ],
+        metrics={"miou": 0.5},
+        selection_metrics={"miou": 0.4},
     )
     profile = DeviceProfile(name="d", runtime="torch", threads=1, batch=1, host="h", date="2026-01-01")
     assert set(point.to_dict()) == set(schema["$defs"]["point"]["properties"])

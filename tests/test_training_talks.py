@@ -142,7 +142,10 @@ class TestEpochEval:
         cands = evaluate_candidates(
             model, [largest, smallest], data, cfg.calib_batches, cfg.calib_batch_size, cfg.seed
         )
-        assert logged == {"largest": round(cands[0].top1, 2), "smallest": round(cands[1].top1, 2)}
+        assert logged == {
+            "largest": round(cands[0].selection["top1"], 2),
+            "smallest": round(cands[1].selection["top1"], 2),
+        }
 
     @pytest.mark.slow
     def test_it_changes_no_trained_weight(self, tmp_path, small_train_settings) -> None:

@@ -1,7 +1,9 @@
 """Trainers for slimmable networks (PareCO, Slim, TwoStage, Independent), data, BN calibration, evaluation.
 
 The library for a training loop of your own: :class:`Trainer` with a strategy, :class:`Slim`,
-:class:`Independent`, :class:`PareCO` or :class:`TwoStage` (:mod:`training.trainer` shows a loop).
+:class:`Independent`, :class:`PareCO` or :class:`TwoStage` (:mod:`training.trainer` shows a loop), and
+:func:`build_front` to build its front ranked by the user's own metric (:func:`evaluate_front` scores
+a front's points again).
 They are imported on first use: ``pareco train --help`` reads :mod:`training.config` without torch,
 and only PareCO and TwoStage load BoTorch.
 """
@@ -19,8 +21,20 @@ _HOME = {
     "Trainer": "trainer",
     "PareCO": "pareco",
     "TwoStage": "pareco",
+    "build_front": "front_builder",
+    "evaluate_front": "extend",
 }
-__all__ = ["Independent", "PareCO", "Slim", "StepResult", "Strategy", "Trainer", "TwoStage"]
+__all__ = [
+    "Independent",
+    "PareCO",
+    "Slim",
+    "StepResult",
+    "Strategy",
+    "Trainer",
+    "TwoStage",
+    "build_front",
+    "evaluate_front",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +13,14 @@ from pareco_runtime.models.base import BNStats, SlimmableNet
 
 
 @torch.no_grad()
-def calibrate_bn(model: SlimmableNet, alpha: Sequence[float], batches: Iterable[torch.Tensor]) -> BNStats:
-    """Statistics of every BN layer at config ``alpha``, as the cumulative average over ``batches``.
+def calibrate_bn(
+    model: SlimmableNet,
+    alpha: Sequence[float],
+    batches: Iterable[Any],
+    forward: Callable[[SlimmableNet, Any], Any] | None = None,
+) -> BNStats:
+    """Statistics of every BN layer at config ``alpha``, as the cumulative average over ``batches``
+    (input tensors, or batches of any structure that ``forward(model, batch)`` runs).
 
     Resets the running buffers and forwards in train mode with ``momentum=None`` (an exact mean of
     the per-batch statistics, as US-Nets recalibrate). Returns one ``(mean, var)`` pair per BN layer
@@ -29,7 +36,10 @@ def calibrate_bn(model: SlimmableNet, alpha: Sequence[float], batches: Iterable[
                 bn.momentum = None
             seen = 0
             for x in batches:
-                model(x)
+                if forward is None:
+                    model(x)
+                else:
+                    forward(model, x)
                 seen += 1
             if seen == 0:
                 raise ValueError(

@@ -1,6 +1,7 @@
 """A trained front, measured on a test set and extended by configs training did not choose.
 
-:func:`evaluate_points` scores every point as the runtime serves it; :func:`calibrate_point` makes
+:func:`evaluate_points` scores every point as the runtime serves it; :func:`evaluate_front` scores
+every point with the user's own ``evaluate(model)`` (a front ranked by a metric of its own); :func:`calibrate_point` makes
 an off-front point of any config exactly as training made its front points (BN statistics
 recalibrated on the same seeded training batches, evaluated on the same splits: front_builder's own
 functions), so that it can be added with :func:`pareco_runtime.manifest.add_points`.
@@ -9,9 +10,12 @@ functions), so that it can be added with :func:`pareco_runtime.manifest.add_poin
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from pareco_runtime.manifest import Front, FrontPoint
@@ -20,7 +24,13 @@ from pareco_runtime.runtime import SlimmableRuntime
 from .calibrate import Evaluation, Tally
 from .config import TrainConfig
 from .data import Data
-from .front_builder import candidate_point, evaluate_candidates, evaluate_chosen
+from .front_builder import (
+    Evaluate,
+    candidate_point,
+    classification_evaluators,
+    evaluate_candidates,
+    evaluate_chosen,
+)
 
 ORIGIN = "calibrated"
 _ID_PREFIX = "c"
@@ -43,6 +53,21 @@ def evaluate_points(rt: SlimmableRuntime, batches: Iterable[tuple[Tensor, Tensor
     finally:
         rt.switch(before)
     return {pid: tally.result() for pid, tally in tallies.items()}
+
+
+def evaluate_front(
+    front: str | os.PathLike[str] | SlimmableRuntime, evaluate: Evaluate
+) -> dict[str, dict[str, float]]:
+    """Every point of a front (a manifest path, or a loaded runtime) scored by ``evaluate(model) ->
+    {name: value}``, by point id: the model at the point's config with its calibrated BN statistics, in
+    eval mode, as :func:`training.build_front` scored it. The model is left as it was."""
+    rt = front if isinstance(front, SlimmableRuntime) else SlimmableRuntime.load(Path(front))
+    results = {}
+    with torch.no_grad():
+        for p in rt.points:
+            with rt.model.config(p.alpha, rt.bn_stats(p)):
+                results[p.id] = {str(k): float(v) for k, v in evaluate(rt.model).items()}
+    return results
 
 
 def calibration_settings(front: Front) -> tuple[int, int]:
@@ -92,7 +117,8 @@ def calibrate_point(
     model, front = rt.model, rt.front
     model.space.validate(config)
     [cand] = evaluate_candidates(model, [config], data, calib_batches, calib_batch_size, front.training.seed)
-    evaluate_chosen(model, [cand], data)
+    evaluate, selection_evaluate = classification_evaluators(data)
+    evaluate_chosen(model, [cand], evaluate if selection_evaluate is not None else None)
     selected = "selection" in (front.dataset.splits or {}) and data.info.num_selection > 0
     point = candidate_point(point_id, cand, selected)
     point.origin = ORIGIN

@@ -18,13 +18,14 @@ import math
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from pareco_runtime import ConversionError, build_model, make_slimmable
-from pareco_runtime.manifest import MANIFEST_NAME
+from pareco_runtime.manifest import MANIFEST_NAME, Metric
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.sources import is_converted, original_from_user
 from pareco_runtime.untrusted import first_line
@@ -35,12 +36,11 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, TrainingError
 from .epoch_eval import describe, epoch_top1
 from .front_builder import (
-    evaluate_candidates,
-    evaluate_chosen,
-    pareto_candidates,
+    build_front,
+    classification_dataset,
+    classification_evaluators,
     record_latency_table,
     split_record,
-    write_outputs,
 )
 from .init_weights import load_initial_state
 from .progress import Reporter, format_duration
@@ -478,35 +478,46 @@ def _finish(run: _Run, out: Path, wall: float, show_progress: bool) -> Path:
                 k, "front:", f"{k}/{n} candidates calibrated and evaluated on {chosen_on}", total=n
             )
 
-        cands = evaluate_candidates(
-            model, configs, data, cfg.calib_batches, cfg.calib_batch_size, cfg.seed, on_done=done
-        )
+        evaluate, selection_evaluate = classification_evaluators(data)
+
+        def chosen(n: int) -> None:
+            if data.info.num_selection:
+                progress.say(f"front: {n} points chosen; evaluating them on {data.info.val_split}")
+
         lat = run.strategy.latency_cost()
-        front = pareto_candidates(cands, None if lat is None else lambda c: lat.fraction(c.alpha))
-        if data.info.num_selection:
-            progress.say(f"front: {len(front)} points chosen; evaluating them on {data.info.val_split}")
-        evaluate_chosen(model, front, data)
+        strategy_record = run.strategy.record()
+        built = build_front(
+            out,
+            model,
+            configs,
+            lambda: data.calib_batches(cfg.calib_batch_size, cfg.calib_batches, cfg.seed),
+            evaluate,
+            metric=Metric(),
+            selection_evaluate=selection_evaluate,
+            training={
+                "algorithm": cfg.algorithm,
+                "epochs": cfg.epochs,
+                "seed": cfg.seed,
+                "wall_time_s": round(wall, 3),
+                "history_size": strategy_record.get("history_size"),
+                "extra": {
+                    **strategy_record,
+                    "config": dataclasses.asdict(cfg),
+                    "world_size": run.dist.world_size,
+                },
+            },
+            dataset=classification_dataset(data.info, split_record(data.info, cfg.select_fraction, cfg.seed)),
+            cost=None if lat is None else lat.fraction,
+            on_done=done,
+            on_chosen=chosen,
+            started=t0,
+        )
     finally:
         progress.close()
-    strategy_record = run.strategy.record()
-    record = {
-        "algorithm": cfg.algorithm,
-        "epochs": cfg.epochs,
-        "seed": cfg.seed,
-        "wall_time_s": round(wall, 3),
-        "history_size": strategy_record.get("history_size"),
-        "extra": {
-            **strategy_record,
-            "config": dataclasses.asdict(cfg),
-            "world_size": run.dist.world_size,
-            "candidates_evaluated": len(cands),
-            "finalize_time_s": round(time.perf_counter() - t0, 3),
-        },
-    }
-    splits = split_record(data.info, cfg.select_fraction, cfg.seed)
-    _, manifest = write_outputs(out, model, front, data.info, record, splits)
+    manifest = built.manifest
     if lat is not None:
         record_latency_table(manifest, lat.lut)
-    for problem in report.front_warnings(front, len(data.info.class_names)):
+    figures = [SimpleNamespace(macs=c.macs, top1=c.selection["top1"]) for c in built.chosen]
+    for problem in report.front_warnings(figures, len(data.info.class_names)):
         warnings.warn(f"{manifest}: {problem}", stacklevel=2)
     return manifest

@@ -27,7 +27,13 @@ from pareco_runtime.pareto import non_dominated
 
 from . import mobo
 from .config import TrainingError
-from .front_builder import Candidate, candidate_point, evaluate_candidates, evaluate_chosen
+from .front_builder import (
+    Candidate,
+    candidate_point,
+    classification_evaluators,
+    evaluate_candidates,
+    evaluate_chosen,
+)
 from .search_cost import LatencyCost
 
 # The BO's settings as PareCO trains with them (config.py): configs per BO iteration, the bisection's
@@ -114,7 +120,7 @@ def specialize(
         t0 = time.perf_counter()
         proposals, _ = mobo.propose(
             torch.tensor([c.alpha for c in history], dtype=torch.float64),
-            torch.tensor([c.loss for c in history], dtype=torch.float64),
+            torch.tensor([c.selection["loss"] for c in history], dtype=torch.float64),
             torch.tensor(fractions, dtype=torch.float64),
             min(SAMPLES_PER_ITERATION, total - len(history)),
             bounds=bounds,
@@ -130,7 +136,8 @@ def specialize(
         measure([p.alpha for p in proposals])
         stalled = stalled + 1 if len(history) == before else 0
     chosen = _choose(history, fractions, settings.points)
-    evaluate_chosen(model, chosen, data)
+    evaluate, selection_evaluate = classification_evaluators(data)
+    evaluate_chosen(model, chosen, evaluate if selection_evaluate is not None else None)
     selected = data.info.num_selection > 0
     points, stats = [], {}
     for i, c in enumerate(sorted(chosen, key=lambda c: (cost.fraction(c.alpha), c.macs))):
@@ -139,7 +146,12 @@ def specialize(
         points.append(p)
         stats[p.id] = dict(zip(model.bn_names, c.stats))
     visited = [
-        {"alpha": [round(a, 6) for a in c.alpha], "loss": c.loss, "top1": c.top1, "cost": f}
+        {
+            "alpha": [round(a, 6) for a in c.alpha],
+            "loss": c.selection["loss"],
+            "top1": c.selection["top1"],
+            "cost": f,
+        }
         for c, f in zip(history, fractions)
     ]
     return SpecializeResult(points, stats, visited, timing["measure"], timing["bo"])
@@ -148,7 +160,7 @@ def specialize(
 def _choose(history: Sequence[Candidate], fractions: Sequence[float], n: int) -> list[Candidate]:
     """The non-dominated candidates by (held-out top-1, cost), at most ``n`` spread over the cost, the
     cheapest and the most accurate always among them."""
-    error = [100.0 - c.top1 for c in history]
+    error = [100.0 - c.selection["top1"] for c in history]
     front = non_dominated(list(range(len(history))), lambda i: (error[i], fractions[i]))
     ends = [
         min(front, key=lambda i: (fractions[i], error[i])),

@@ -12,7 +12,9 @@ Modules, by what they hold:
 - :mod:`.rules` and ``schema.json``: what a valid manifest obeys, the schema (checked by
   :mod:`.json_schema`, a validator of the schema's subset of draft 2020-12, so the runtime needs no
   ``jsonschema``) and the cross-field rules, one small function each.
-- :mod:`.versions`: formats 1 to 3, what each added, the oldest one a manifest needs.
+- :mod:`.metric`: :class:`Metric`, what a front's points are ranked by (the optional ``metric``
+  declaration; top-1 without one) and the one accessor of a point's figure for ranking.
+- :mod:`.versions`: formats 1 to 4, what each added, the oldest one a manifest needs.
 - :mod:`.paths`: the files a manifest names, kept inside its folder.
 - :mod:`.stats_files`: BN statistics files of points added after training, and a front's weights read
   from where the manifest puts each point's statistics.
@@ -40,6 +42,7 @@ Nothing else builds or parses point dicts: readers and writers go through :class
 from ..weights_file import POINT_ID_PATTERN
 from .file import load_manifest, save_manifest
 from .front import MANIFEST_NAME, WEIGHTS_NAME, Front, utc_timestamp, write_front
+from .metric import Metric
 from .paths import inside_folder, weights_path
 from .points import PRECISIONS, FrontPoint, Variant
 from .rules import (
@@ -75,6 +78,7 @@ __all__ = [
     "DeviceProfile",
     "Front",
     "FrontPoint",
+    "Metric",
     "StatsFile",
     "TrainingRecord",
     "Variant",

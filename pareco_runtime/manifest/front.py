@@ -26,6 +26,7 @@ from ..space import WidthSpace
 from ..untrusted import sha256_file
 from ..weights_file import BNStatsByPoint, save_weights
 from .file import load_manifest, save_manifest
+from .metric import Metric
 from .paths import inside_folder, weights_path
 from .points import FrontPoint
 from .sections import Architecture, DatasetSpec, DeviceProfile, StatsFile, TrainingRecord
@@ -47,7 +48,9 @@ def utc_timestamp() -> str:
 class Front:
     """A front manifest: its weight file, architecture, width space, dataset, training record,
     device profiles and points, and the BN statistics files of points added after training
-    (``stats_files``; the other points' statistics are in the weight file).
+    (``stats_files``; the other points' statistics are in the weight file). ``metric``: what its points
+    are ranked by (:class:`~.metric.Metric`; undeclared: top-1), the one accessor every consumer ranks
+    and reports points by.
 
     :meth:`load` reads and validates a file; :meth:`create` builds a new front; :meth:`save` writes
     it (validated, atomically); :meth:`record_profile` merges measured figures; :meth:`update` is
@@ -67,6 +70,7 @@ class Front:
     pareco_version: str = ""
     created: str = ""
     stats_files: list[StatsFile] = field(default_factory=list)
+    metric: Metric = field(default_factory=Metric)
     path: Path | None = field(default=None, compare=False)
 
     @classmethod
@@ -77,8 +81,10 @@ class Front:
         dataset: DatasetSpec,
         training: TrainingRecord,
         weights: str | os.PathLike[str],
+        metric: Metric | None = None,
     ) -> Front:
-        """A new front of ``model``'s ``points`` whose weight file ``weights`` is already written.
+        """A new front of ``model``'s ``points`` whose weight file ``weights`` is already written, ranked
+        by ``metric`` (default: top-1, undeclared).
 
         Records the format and pareco versions, the time now, the weight file's name and its
         SHA-256 (the manifest must be saved in the weight file's folder), and the model's
@@ -97,6 +103,7 @@ class Front:
             weights_sha256=sha256_file(path),
             pareco_version=__version__,
             created=utc_timestamp(),
+            metric=metric or Metric(),
         )
 
     @classmethod
@@ -139,6 +146,7 @@ class Front:
             pareco_version=manifest["pareco_version"],
             created=manifest["created"],
             stats_files=[StatsFile.from_dict(e) for e in manifest["weights"].get("bn_stats", [])],
+            metric=Metric.from_dict(manifest.get("metric")),
             path=None if path is None else Path(path),
         )
 
@@ -157,6 +165,7 @@ class Front:
             "dataset": self.dataset.to_dict(),
             "training": self.training.to_dict(),
             "device_profiles": [p.to_dict() for p in self.device_profiles],
+            **({"metric": self.metric.to_dict()} if self.metric.declared else {}),
             "points": [p.to_dict() for p in self.points],
         }
         return {"format_version": manifest_format(body), **body}
@@ -285,12 +294,13 @@ def write_front(
     bn_stats: BNStatsByPoint,
     dataset: DatasetSpec,
     training: TrainingRecord,
+    metric: Metric | None = None,
 ) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/model.front.json`` (each atomically); the manifest's path.
 
     The weight file holds ``model``'s full-width weights, ``bn_stats`` ({point id: {BN module
     name: (running_mean, running_var)}}) and the architecture, width space and point ids as
-    metadata; the manifest is :meth:`Front.create` of it, saved beside it.
+    metadata; the manifest is :meth:`Front.create` of it (ranked by ``metric``), saved beside it.
     """
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -306,4 +316,4 @@ def write_front(
             "points": [p.id for p in points],
         },
     )
-    return Front.create(model, points, dataset, training, weights).save(folder / MANIFEST_NAME)
+    return Front.create(model, points, dataset, training, weights, metric).save(folder / MANIFEST_NAME)

@@ -57,6 +57,10 @@ class Variant:
         )
 
 
+# Fields a point's dict leaves out when unset, so files written before they existed keep their bytes.
+_OPTIONAL = ("selection_top1", "origin", "eval_top1", "eval_loss", "variants", "metrics", "selection_metrics")
+
+
 @dataclass
 class FrontPoint:
     """One sub-network of a front.
@@ -71,7 +75,9 @@ class FrontPoint:
     measured values); ``origin``: "calibrated" for a point added off the trained front (``pareco
     calibrate``), None for one training chose; ``eval_top1`` / ``eval_loss``: per evaluation name
     (the manifest's ``dataset.eval_splits``), top-1 in percent and cross-entropy on that test set;
-    ``variants``: its quantized programs (:class:`Variant`; the point itself is the fp32 one).
+    ``variants``: its quantized programs (:class:`Variant`; the point itself is the fp32 one);
+    ``metrics`` / ``selection_metrics``: on a front that declares its metric (:mod:`.metric`), every
+    declared figure by name on the reported split and on the split the point was chosen on.
     """
 
     id: str
@@ -89,6 +95,8 @@ class FrontPoint:
     eval_top1: dict[str, float] = field(default_factory=dict)
     eval_loss: dict[str, float] = field(default_factory=dict)
     variants: list[Variant] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    selection_metrics: dict[str, float] = field(default_factory=dict)
 
     def variant(self, precision: str, backend: str) -> Variant | None:
         """Its variant of this precision for this backend, or None."""
@@ -96,9 +104,9 @@ class FrontPoint:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with the manifest's field names (``selection_top1``, ``origin``, ``eval_top1``,
-        ``eval_loss`` and ``variants`` only when set, so files written before they existed keep their form)."""
+        ``eval_loss``, ``variants``, ``metrics`` and ``selection_metrics`` only when set, so files written before they existed keep their form)."""
         d = asdict(self)
-        for key in ("selection_top1", "origin", "eval_top1", "eval_loss", "variants"):
+        for key in _OPTIONAL:
             if d[key] in (None, {}, []):
                 del d[key]
         return d
@@ -122,4 +130,6 @@ class FrontPoint:
             eval_top1=dict(d.get("eval_top1") or {}),
             eval_loss=dict(d.get("eval_loss") or {}),
             variants=[Variant.from_dict(v) for v in d.get("variants") or []],
+            metrics={str(k): float(v) for k, v in (d.get("metrics") or {}).items()},
+            selection_metrics={str(k): float(v) for k, v in (d.get("selection_metrics") or {}).items()},
         )

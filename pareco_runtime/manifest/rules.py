@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import os
 from collections.abc import Sequence
 from importlib import resources
@@ -75,8 +76,10 @@ def check_manifest_consistency(manifest: dict[str, Any], source: Source = "manif
     every evaluation its eval_top1 / eval_loss names in dataset.eval_splits; a point has one variant
     per (precision, backend); every BN statistics file (weights.bn_stats) lies inside the manifest's
     folder, is listed once and is not the weight file, and lists points of this manifest, each in
-    one file only; format_version is at least :func:`~.versions.manifest_format`. ``source`` (the
-    file name) starts the message.
+    one file only; a metric declaration ranks by one of its names, listed once each, and every point
+    then has a finite value for every name in ``metrics`` (and in ``selection_metrics`` where it has
+    them), while without one no point has either; format_version is at least
+    :func:`~.versions.manifest_format`. ``source`` (the file name) starts the message.
     """
     _check_sizes(manifest, source)
     _check_width_space(manifest["width_space"], source)
@@ -90,6 +93,7 @@ def check_manifest_consistency(manifest: dict[str, Any], source: Source = "manif
         _check_point_names(point, profiles, evaluations, source)
         _check_variants(point, profiles, source)
     _check_stats_files(manifest, ids, source)
+    _check_metric(manifest, source)
     _check_format_version(manifest, source)
 
 
@@ -281,6 +285,44 @@ def _check_stats_files(manifest: dict[str, Any], ids: set[str], source: Source) 
                     REEXPORT,
                 )
             listed.add(pid)
+
+
+def _check_metric(manifest: dict[str, Any], source: Source) -> None:
+    """A metric declaration ranks by one of its names, each listed once; every point has a finite figure
+    for every name in ``metrics`` (and ``selection_metrics`` where given); no declaration, no figures."""
+    declared = manifest.get("metric")
+    if declared is None:
+        for point in manifest["points"]:
+            for key in ("metrics", "selection_metrics"):
+                if key in point:
+                    raise _error(
+                        source,
+                        f"point '{point['id']}': {key} given but the manifest declares no metric",
+                        REEXPORT,
+                    )
+        return
+    names, rank = declared["names"], declared["rank"]
+    if len(set(names)) != len(names):
+        raise _error(source, f"metric.names lists a name twice ({', '.join(names)})", REEXPORT)
+    if rank not in names:
+        raise _error(
+            source, f"metric.rank '{rank}' is not one of metric.names ({', '.join(names)})", REEXPORT
+        )
+    for point in manifest["points"]:
+        for key in ("metrics", "selection_metrics"):
+            if key == "selection_metrics" and key not in point:
+                continue
+            figures = point.get(key, {})
+            for name in names:
+                value = figures.get(name)
+                if value is None or not math.isfinite(value):
+                    what = "has no" if value is None else f"has a non-finite ({value})"
+                    raise _error(source, f"point '{point['id']}': {key}.{name} {what} value", REEXPORT)
+            extra = sorted(set(figures) - set(names))
+            if extra:
+                raise _error(
+                    source, f"point '{point['id']}': {key}.{extra[0]} is not one of metric.names", REEXPORT
+                )
 
 
 def _check_format_version(manifest: dict[str, Any], source: Source) -> None:

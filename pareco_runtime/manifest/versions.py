@@ -2,7 +2,9 @@
 
 Format 1 is the first; format 2 added BN statistics files (``weights.bn_stats``), off-front points
 (a point's ``origin``) and evaluations on named test sets (``dataset.eval_splits``, a point's
-``eval_top1`` / ``eval_loss``); format 3 added quantized variants (a point's ``variants``). Each
+``eval_top1`` / ``eval_loss``); format 3 added quantized variants (a point's ``variants``); format 4
+added fronts ranked by a metric of their own (``metric``, a point's ``metrics`` /
+``selection_metrics``). Each
 format only added optional fields, so a manifest of an older format is a valid one of every newer
 format and reading it needs no migration. Writers use the oldest format that holds a manifest's
 fields (:func:`manifest_format`), so a front using no new field stays readable by the pareco versions
@@ -17,11 +19,11 @@ from typing import Any
 from ..untrusted import format_error as _error
 from .json_schema import json_type
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """The newest manifest format this pareco reads and writes; a manifest is written in the oldest format
 that holds its fields (:func:`manifest_format`)."""
 
-# What each format added, by the object that holds it ("points": every point).
+# What each format added, by the object that holds it ("points": every point, "manifest": the top level).
 _FORMAT_FIELDS = {
     2: (
         ("weights", ("bn_stats",)),
@@ -29,6 +31,7 @@ _FORMAT_FIELDS = {
         ("points", ("origin", "eval_top1", "eval_loss")),
     ),
     3: (("points", ("variants",)),),
+    4: (("manifest", ("metric",)), ("points", ("metrics", "selection_metrics"))),
 }
 
 
@@ -36,16 +39,18 @@ def added_field(manifest: dict[str, Any], version: int) -> str | None:
     """The first field of a schema-valid manifest that format ``version`` added (as ``weights.bn_stats``
     or ``points[].variants``), else None."""
     for part, keys in _FORMAT_FIELDS[version]:
-        objects = manifest[part] if part == "points" else [manifest[part]]
+        objects = manifest[part] if part == "points" else [manifest if part == "manifest" else manifest[part]]
         for key in keys:
             if any(key in obj for obj in objects):
-                return f"{part}[].{key}" if part == "points" else f"{part}.{key}"
+                return (
+                    f"{part}[].{key}" if part == "points" else key if part == "manifest" else f"{part}.{key}"
+                )
     return None
 
 
 def manifest_format(manifest: dict[str, Any]) -> int:
-    """The oldest format that holds a schema-valid manifest's fields: 3 where points have quantized
-    variants, 2 where it has BN statistics files, off-front points or evaluations, else 1."""
+    """The oldest format that holds a schema-valid manifest's fields: 4 where it declares its metric, 3
+    where points have quantized variants, 2 where it has BN statistics files, off-front points or evaluations, else 1."""
     for version in sorted(_FORMAT_FIELDS, reverse=True):
         if added_field(manifest, version) is not None:
             return version
