@@ -79,22 +79,24 @@ class _Slim:
         return tensors
 
 
-def _plain_conv(conv: nn.Conv1d | nn.Conv2d, plain_type: type[nn.Module], i: int, o: int) -> nn.Module:
+def _plain_conv(
+    conv: nn.Conv1d | nn.Conv2d, plain_type: type[nn.Conv1d] | type[nn.Conv2d], i: int, o: int
+) -> nn.Conv1d | nn.Conv2d:
     """A plain ``plain_type`` conv of (o, i) channels, like ``conv``, holding copies of its active slices."""
     depthwise = conv.groups > 1
+    # Typed Any: torch types each rank's sizes as tuples of that rank, conv attributes as tuple[int, ...].
+    sizes: dict[str, Any] = {
+        "kernel_size": conv.kernel_size,
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+    }
     plain = plain_type(
-        o if depthwise else i,
-        o,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        groups=o if depthwise else 1,
-        bias=conv.bias is not None,
+        o if depthwise else i, o, groups=o if depthwise else 1, bias=conv.bias is not None, **sizes
     )
     with torch.no_grad():
         plain.weight.copy_(conv.weight[:o] if depthwise else conv.weight[:o, :i])
-        if conv.bias is not None:
+        if conv.bias is not None and plain.bias is not None:
             plain.bias.copy_(conv.bias[:o])
     return plain
 
@@ -129,10 +131,12 @@ class _SlimConv(_Slim):
         ch = self.ctx.ch
         o = ch[self.out_slot]
         w, b = self.views((o, ch[self.in_slot]))
-        return type(self)._functional(x, w, b, self.stride, self.padding, self.dilation, o if self.depthwise else 1)
+        return type(self)._functional(
+            x, w, b, self.stride, self.padding, self.dilation, o if self.depthwise else 1
+        )
 
 
-class SlimConv2d(_SlimConv, nn.Conv2d):  # type: ignore[misc]
+class SlimConv2d(_SlimConv, nn.Conv2d):
     """``nn.Conv2d`` using the first (out, in) channels of its weight.
 
     Supports ordinary convs (``groups == 1``) and depthwise convs (``groups == in == out``), where
@@ -151,7 +155,7 @@ class SlimConv2d(_SlimConv, nn.Conv2d):  # type: ignore[misc]
         return _plain_conv(self, nn.Conv2d, i, o)  # type: ignore[return-value]
 
 
-class SlimConv1d(_SlimConv, nn.Conv1d):  # type: ignore[misc]
+class SlimConv1d(_SlimConv, nn.Conv1d):
     """``nn.Conv1d`` (inputs ``[N, C, L]``) using the first (out, in) channels of its weight; ordinary or
     depthwise, as :class:`SlimConv2d`."""
 

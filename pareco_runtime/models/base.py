@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-
-import math
 
 import torch
 from torch import nn
@@ -162,7 +161,10 @@ class SlimmableNet(nn.Module):
         batched tensors (a detector's list of images) gets that example's structure and shapes."""
         if self._example is not None:
             return tuple(
-                tree_map(lambda t: t if generator is None else torch.randn(t.shape, generator=generator), self._example)
+                tree_map(
+                    lambda t: t if generator is None else torch.randn(t.shape, generator=generator),
+                    self._example,
+                )
             )
         if generator is None:
             return tuple(torch.zeros(batch, *s) for s in self.input_sizes)
@@ -174,9 +176,11 @@ class SlimmableNet(nn.Module):
         positions: dict[nn.Module, int] = {}
 
         def record(module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            positions[module] = out.numel() // out.shape[1 if isinstance(module, (nn.Conv1d, nn.Conv2d)) else -1]
+            positions[module] = (
+                out.numel() // out.shape[1 if isinstance(module, (nn.Conv1d, nn.Conv2d)) else -1]
+            )
 
-        dense = [m for m in self.modules() if isinstance(m, SLIM_CONVS + (SlimLinear,))]
+        dense = [m for m in self.modules() if isinstance(m, (*SLIM_CONVS, SlimLinear))]
         hooks = [m.register_forward_hook(record) for m in dense]
         was_training = self.training
         self.eval()
