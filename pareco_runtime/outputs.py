@@ -44,16 +44,17 @@ def output_names(out: Any) -> list[str]:
 
 
 class FlatOutputs(nn.Module):
-    """``model`` returning its outputs as a flat tuple of tensors in the order above; ``output_names``
-    holds their names (what the ONNX writer names the graph's outputs)."""
+    """``model`` of one input returning its outputs as a flat tuple of tensors in the order above;
+    ``output_names`` holds their names (what the ONNX writer names the graph's outputs)."""
 
     def __init__(self, model: nn.Module, names: list[str]) -> None:
         super().__init__()
         self.model = model
         self.output_names = list(names)
 
-    def forward(self, *inputs: Any) -> tuple[torch.Tensor, ...]:
-        return tuple(t for _, t in flatten_outputs(self.model(*inputs)))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # One named input, not *inputs: torch.export matches dynamic shapes to the signature.
+        return tuple(t for _, t in flatten_outputs(self.model(x)))
 
 
 def with_flat_outputs(model: nn.Module, example: Any) -> nn.Module:

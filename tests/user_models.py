@@ -71,10 +71,16 @@ class KeywordSpotter(nn.Module):
 
     def __init__(self, num_classes: int = 12, mfcc: int = 40) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv1d(mfcc, 64, 5, padding=2, bias=False), nn.BatchNorm1d(64), nn.ReLU())
-        self.dw = nn.Sequential(nn.Conv1d(64, 64, 3, padding=1, groups=64, bias=False), nn.BatchNorm1d(64), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv1d(mfcc, 64, 5, padding=2, bias=False), nn.BatchNorm1d(64), nn.ReLU()
+        )
+        self.dw = nn.Sequential(
+            nn.Conv1d(64, 64, 3, padding=1, groups=64, bias=False), nn.BatchNorm1d(64), nn.ReLU()
+        )
         self.pw = nn.Sequential(nn.Conv1d(64, 64, 1, bias=False), nn.BatchNorm1d(64))
-        self.down = nn.Sequential(nn.Conv1d(64, 96, 3, stride=2, padding=1, bias=False), nn.BatchNorm1d(96), nn.ReLU())
+        self.down = nn.Sequential(
+            nn.Conv1d(64, 96, 3, stride=2, padding=1, bias=False), nn.BatchNorm1d(96), nn.ReLU()
+        )
         self.pool = nn.AdaptiveAvgPool1d(1)
         self.fc1 = nn.Linear(96, 48)
         self.bn_fc = nn.BatchNorm1d(48)
