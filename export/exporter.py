@@ -23,6 +23,7 @@ from torch import nn
 
 from pareco_runtime.atomic import atomic_path, remove_stale_temporaries, staging_dir
 from pareco_runtime.manifest import utc_timestamp
+from pareco_runtime.outputs import flatten_outputs, with_flat_outputs
 from pareco_runtime.untrusted import first_line
 
 from .batch import BatchRange, as_batch_range
@@ -126,7 +127,10 @@ def export_point(
 ) -> ExportResult:
     """Export ``model`` (a plain eval-mode model, e.g. ``rt.standalone(point)``) to ``path`` as ``fmt``.
 
-    ``fmt``: onnx | torchscript | pt2 | executorch. ``input_size``: (C, H, W). ONNX, TorchScript
+    ``fmt``: onnx | torchscript | pt2 | executorch. ``input_size``: the one input's shape without the
+    batch ((C, H, W) images, (C, L) sequences). A model returning tuples, lists or dicts of tensors
+    is exported returning them flattened (:mod:`pareco_runtime.outputs`: dict keys in insertion
+    order, items in order; ONNX outputs named by key or index) and every output is checked. ONNX, TorchScript
     and ``.pt2`` files take any batch size and are checked at batches 1 and 3. An ExecuTorch file
     runs ``batch``: an int N (or ``"N"``) is that batch only, checked at it; ``"dynamic:MAX"`` (or
     a :class:`BatchRange`) any batch from 1 to MAX, checked at 1, 3 and MAX. The file is loaded
@@ -153,9 +157,9 @@ def export_point(
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     size = tuple(int(v) for v in input_size)
-    model = model.eval()
     started = time.perf_counter()
     example = torch.randn(batches.low if batches.is_static else _TRACE_BATCH, *size)
+    model = with_flat_outputs(model.eval(), example)
     checks = parity_inputs(size, _check_batches(batches), seed)
     remove_stale_temporaries(target.parent)  # what killed exports left here
     staging = staging_dir(target)
@@ -178,7 +182,7 @@ def export_point(
                 "written; run with --debug for the exporter's traceback"
             ) from exc
         with torch.no_grad():
-            expected = [model(x).numpy() for x in checks]
+            expected = [[t.numpy() for _, t in flatten_outputs(model(x))] for x in checks]
         extra = sorted(p.name for p in staging.iterdir() if p != staged)
         if extra:
             raise ExportError(
@@ -188,7 +192,9 @@ def export_point(
         runner = load_runner(fmt, staged)
         diff = _max_abs_diff(runner, checks, expected, target, fmt, atol if int8 is None else math.inf)
         # The outputs' scale, so that an absolute difference can be read (1e-6 of what?).
-        details["max_abs_output"] = float(max(np.abs(e).max() if e.size else 0.0 for e in expected))
+        details["max_abs_output"] = float(
+            max(np.abs(e).max() if e.size else 0.0 for outs in expected for e in outs)
+        )
         if accept is not None:
             details.update(accept(runner))
         nbytes = staged.stat().st_size
@@ -241,18 +247,19 @@ def _check_batches(batches: BatchRange) -> tuple[int, ...]:
 
 
 def _max_abs_diff(
-    runner: Callable[[torch.Tensor], np.ndarray],
+    runner: Runner,
     inputs: Sequence[torch.Tensor],
-    expected: Sequence[np.ndarray],
+    expected: Sequence[Sequence[np.ndarray]],
     target: Path,
     fmt: str,
     atol: float,
 ) -> float:
-    """The largest absolute difference between the file's outputs and PyTorch's; ExportError above ``atol``."""
+    """The largest absolute difference between the file's outputs and PyTorch's, over every output;
+    ExportError above ``atol``."""
     worst = 0.0
-    for x, want in zip(inputs, expected):
+    for x, wanted in zip(inputs, expected):
         try:
-            got = runner(x)
+            outputs = runner.outputs(x)
         except RuntimeError as exc:
             # ExecuTorch 1.5.1 lowers some dynamic batches with memory for fewer images than the bound
             # (a 16-px ResNet20 with dynamic:16 held 15): refused here, not shipped.
@@ -260,20 +267,34 @@ def _max_abs_diff(
                 f"{target.name}: the {fmt} file fails at batch {x.shape[0]} ({first_line(exc)}); nothing "
                 "was written; export with a smaller batch bound"
             ) from None
-        if got.shape != want.shape:
+        if len(outputs) != len(wanted):
             raise ExportError(
-                f"{target.name}: the {fmt} file returns shape {tuple(got.shape)} for batch "
-                f"{x.shape[0]}, PyTorch {tuple(want.shape)}; nothing was written"
+                f"{target.name}: the {fmt} file returns {len(outputs)} outputs, PyTorch {len(wanted)}; "
+                "nothing was written"
             )
-        diff = float(np.max(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
-        if not np.isfinite(diff) or diff > atol:
-            raise ExportError(
-                f"{target.name}: the {fmt} file differs from PyTorch by up to {diff:.3g} at batch "
-                f"{x.shape[0]} (allowed {atol:g}); nothing was written; report the model, or raise "
-                "the tolerance (--atol) if the difference is acceptable"
-            )
-        worst = max(worst, diff)
+        worst = max(
+            [worst, *(_output_diff(got, want, x, target, fmt, atol) for got, want in zip(outputs, wanted))]
+        )
     return worst
+
+
+def _output_diff(
+    got: np.ndarray, want: np.ndarray, x: torch.Tensor, target: Path, fmt: str, atol: float
+) -> float:
+    """The largest absolute difference of one output; ExportError for another shape or above ``atol``."""
+    if got.shape != want.shape:
+        raise ExportError(
+            f"{target.name}: the {fmt} file returns shape {tuple(got.shape)} for batch "
+            f"{x.shape[0]}, PyTorch {tuple(want.shape)}; nothing was written"
+        )
+    diff = float(np.max(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
+    if not np.isfinite(diff) or diff > atol:
+        raise ExportError(
+            f"{target.name}: the {fmt} file differs from PyTorch by up to {diff:.3g} at batch "
+            f"{x.shape[0]} (allowed {atol:g}); nothing was written; report the model, or raise "
+            "the tolerance (--atol) if the difference is acceptable"
+        )
+    return diff
 
 
 def export_points(

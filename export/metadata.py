@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pareco_runtime.atomic import atomic_write_text
-from pareco_runtime.preprocess import Preprocess
+from pareco_runtime.preprocess import describe_inputs
 
 from .formats import ExportError
 
@@ -49,7 +49,7 @@ class Carried:
         return cls(
             point=point.id,
             weights_sha256=rt.front.weights_sha256,
-            preprocess=Preprocess.from_dataset(dataset.to_dict()).describe(),
+            preprocess=describe_inputs(dataset.to_dict()),
             labels=tuple(dataset.class_names),
             channels=tuple(point.channels),
         )

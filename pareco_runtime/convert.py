@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import functools
+import inspect
 import itertools
 import operator
 import warnings
@@ -29,9 +30,10 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils import _pytree as pytree
 
 from .models.base import LayerBuilder, SlimmableNet, Slot
-from .ops import SlimBatchNorm2d, SlimBatchNormAct2d, SlimConv2d, SlimLinear
+from .ops import SlimBatchNorm1d, SlimBatchNorm2d, SlimBatchNormAct2d, SlimConv1d, SlimConv2d, SlimLinear
 from .sources import ModelFactory, check_builder_kwargs, original_module
 from .untrusted import first_line
 
@@ -57,14 +59,25 @@ _PASS_MODULES: tuple[type[nn.Module], ...] = (
     nn.Dropout,
     nn.Dropout2d,
     nn.AlphaDropout,
+    nn.Dropout1d,
+    nn.MaxPool1d,
     nn.MaxPool2d,
+    nn.AvgPool1d,
     nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
+    nn.ZeroPad1d,
     nn.ZeroPad2d,
+    nn.ConstantPad1d,
     nn.ConstantPad2d,
+    nn.ReflectionPad1d,
     nn.ReflectionPad2d,
+    nn.ReplicationPad1d,
     nn.ReplicationPad2d,
+    # Upsampling resizes each channel on its own (nn.Upsample's subclasses included).
+    nn.Upsample,
 )
 _PASS_FUNCTIONS: set[Any] = {
     F.relu,
@@ -83,10 +96,17 @@ _PASS_FUNCTIONS: set[Any] = {
     F.tanh,
     F.dropout,
     F.dropout2d,
+    F.dropout1d,
+    F.max_pool1d,
     F.max_pool2d,
+    F.avg_pool1d,
     F.avg_pool2d,
+    F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d,
+    F.adaptive_max_pool1d,
     F.adaptive_max_pool2d,
+    F.interpolate,
+    F.upsample,
     F.pad,
     torch.relu,
     torch.sigmoid,
@@ -96,7 +116,12 @@ _PASS_FUNCTIONS: set[Any] = {
     torch.clip,
 }
 # What make_slimmable records under architecture.kwargs.convert, and all a manifest may pass it back.
-CONVERT_SETTINGS = frozenset({"input_size", "low", "lows", "divisor", "pin", "tie", "on_unsupported"})
+CONVERT_SETTINGS = frozenset(
+    {"input_size", "input_sizes", "low", "lows", "divisor", "pin", "tie", "on_unsupported"}
+)
+# The layers make_slimmable slims, by the exact class (a subclass may run another forward).
+_CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d)
+_BATCH_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
 _PASS_METHODS = {
     "relu",
     "relu_",
@@ -237,13 +262,24 @@ def _shape(node: Any) -> tuple[int, ...] | None:
 class _Analysis:
     """Walks the traced graph once and records each tensor's channel variable and each layer's pair."""
 
-    def __init__(self, gm: torch.fx.GraphModule, on_unsupported: str) -> None:
+    def __init__(
+        self,
+        gm: torch.fx.GraphModule,
+        on_unsupported: str,
+        groups: _Groups | None = None,
+        layers: dict[str, _Layer] | None = None,
+        unsupported: list[str] | None = None,
+        part: str = "",
+    ) -> None:
+        # groups, layers and unsupported are shared by the parts of a partial conversion; ``part`` is the
+        # traced submodule's name, which prefixes its layers' names.
         self.gm = gm
-        self.groups = _Groups()
+        self.groups = _Groups() if groups is None else groups
         self.var: dict[torch.fx.Node, int] = {}
-        self.layers: dict[str, _Layer] = {}
-        self.unsupported: list[str] = []
+        self.layers: dict[str, _Layer] = {} if layers is None else layers
+        self.unsupported: list[str] = [] if unsupported is None else unsupported
         self.on_unsupported = on_unsupported
+        self.prefix = f"{part}." if part else ""
         for node in gm.graph.nodes:
             self._visit(node)
         self._pin_tensors_read_outside_their_layer()
@@ -290,7 +326,7 @@ class _Analysis:
 
     def _unsupported(self, node: torch.fx.Node, why: str, also: _Layer | None = None) -> None:
         where = (
-            node.target
+            f"{self.prefix}{node.target}"
             if node.op == "call_module"
             else f"{node.op} {getattr(node.target, '__name__', node.target)}"
         )
@@ -335,15 +371,16 @@ class _Analysis:
             self._visit_function(node)
 
     def _visit_module(self, node: torch.fx.Node, mod: nn.Module) -> None:
-        name = str(node.target)
+        name = f"{self.prefix}{node.target}"
         src = node.args[0] if node.args else None
         cin = self._channel_var(src)
-        batch_norm = type(mod) is nn.BatchNorm2d or _is_bn_act(mod)
+        batch_norm = type(mod) in _BATCH_NORMS or _is_bn_act(mod)
         linear = type(mod) is nn.Linear or _is_timm_linear(mod)
-        if (batch_norm or linear or type(mod) is nn.Conv2d) and name in self.layers:
+        conv = type(mod) in _CONVS
+        if (batch_norm or linear or conv) and name in self.layers:
             # One module, one width: its first call's channels too, or that call is sliced and this one not.
             self._unsupported(node, "the module is called more than once", self.layers[name])
-        elif type(mod) is nn.Conv2d and cin is not None and mod.padding_mode == "zeros":
+        elif conv and cin is not None and mod.padding_mode == "zeros":
             if mod.groups == 1:
                 cout = self._fresh(node)
             elif mod.groups == mod.in_channels == mod.out_channels:
@@ -453,8 +490,8 @@ def _matching(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
 def _slim_twin(mod: nn.Module) -> nn.Module:
     """The slimmable op replacing ``mod``, holding its parameters and buffers (same device and dtype)."""
     twin: nn.Module
-    if isinstance(mod, nn.Conv2d):
-        twin = SlimConv2d(
+    if isinstance(mod, _CONVS):
+        twin = (SlimConv1d if isinstance(mod, nn.Conv1d) else SlimConv2d)(
             mod.in_channels,
             mod.out_channels,
             mod.kernel_size,
@@ -472,8 +509,9 @@ def _slim_twin(mod: nn.Module) -> nn.Module:
             eps=mod.eps,
             momentum=mod.momentum,
         )
-    elif isinstance(mod, nn.BatchNorm2d):
-        twin = SlimBatchNorm2d(mod.num_features, eps=mod.eps, momentum=mod.momentum)
+    elif isinstance(mod, _BATCH_NORMS):
+        bn_type = SlimBatchNorm1d if isinstance(mod, nn.BatchNorm1d) else SlimBatchNorm2d
+        twin = bn_type(mod.num_features, eps=mod.eps, momentum=mod.momentum)  # type: ignore[arg-type]
     else:
         twin = SlimLinear(mod.in_features, mod.out_features, bias=mod.bias is not None)  # type: ignore[arg-type]
     twin = twin.to(device=next(mod.parameters()).device, dtype=next(mod.parameters()).dtype)
@@ -484,8 +522,9 @@ def _slim_twin(mod: nn.Module) -> nn.Module:
 
 def make_slimmable(
     module: nn.Module,
-    example_input: torch.Tensor,
+    example_input: torch.Tensor | tuple[Any, ...],
     *,
+    submodules: Sequence[str] = (),
     low: float = 0.25,
     lows: Mapping[str, float] | None = None,
     divisor: int | None = None,
@@ -497,8 +536,15 @@ def make_slimmable(
 ) -> TracedSlimmableNet:
     """Convert a traceable CNN into a :class:`SlimmableNet` with one width dimension per channel group.
 
-    ``module`` is left untouched (its layers are copied). ``example_input`` (batch first, NCHW) sizes
-    the cost model. ``pin``: module-name patterns (``fnmatch``) whose output channels stay full.
+    ``module`` is left untouched (its layers are copied). ``example_input``: one batch-first tensor
+    (``[N, C, H, W]`` images, ``[N, C, L]`` sequences) or a tuple of them, one per positional input;
+    it sizes the cost model. Outputs may be tensors or tuples, lists and dicts of them (every output
+    channel stays at full width). ``submodules``: convert only these traceable parts of ``module``
+    (``["backbone", "head"]`` of a detector whose pre- and post-processing torch.fx cannot trace);
+    ``example_input`` is then the tuple of arguments ``module`` is called with (a list of images), the
+    parts are traced on what they receive from it, each part's inputs and outputs stay at full width,
+    and the rest of ``module`` runs as it is, its MACs (torch's FLOP counter at full width) a constant
+    of the cost model. ``pin``: module-name patterns (``fnmatch``) whose output channels stay full.
     ``tie``: ``{dimension name: [patterns]}`` joins the output groups of the matching layers into one
     dimension (e.g. every stage's inner convs). ``on_unsupported``: ``"pin"`` keeps channels that an
     op of unknown channel coupling touches at full width, with a warning naming it; ``"error"``
@@ -516,36 +562,14 @@ def make_slimmable(
         raise ValueError(f"on_unsupported must be 'pin' or 'error', got {on_unsupported!r}")
     if arch is not None:
         check_builder_kwargs(arch, model_kwargs or {}, where="model_kwargs")
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
-        raise ConversionError(
-            "make_slimmable: example_input must be one NCHW tensor, e.g. torch.randn(1, 3, 224, 224)"
-        )
+    inputs = _example_args(example_input, partial=bool(submodules))
     net = copy.deepcopy(module)
-    try:
-        gm = torch.fx.GraphModule(net, _Tracer().trace(net))
-    except Exception as exc:
-        first = first_line(exc)
-        raise ConversionError(
-            f"make_slimmable: torch.fx cannot trace {type(module).__name__} ({first}); make its "
-            f"forward traceable (no control flow on tensor values) or convert a submodule"
-        ) from None
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example_input[:1])
-    except Exception as exc:
-        first = first_line(exc)
-        raise ConversionError(
-            f"make_slimmable: the example input {tuple(example_input.shape)} does not run through "
-            f"{type(module).__name__} ({first}); give an input of the size the model takes"
-        ) from None
-    finally:
-        net.train(was_training)
-
-    found = _Analysis(gm, on_unsupported)
-    groups = found.groups
-    layers = found.layers
+    parts = _part_inputs(net, inputs, submodules) if submodules else {"": (net, inputs)}
+    sizes = _input_sizes(inputs, bool(submodules))
+    groups, layers, unsupported = _Groups(), dict[str, _Layer](), list[str]()
+    for part, (part_module, args) in parts.items():
+        gm = _traced(part_module, args, part or type(module).__name__)
+        _Analysis(gm, on_unsupported, groups, layers, unsupported, part)
     _check_own_tensors(net, layers)
     for p in pin:
         if not _matching(layers, [p]):
@@ -560,28 +584,28 @@ def make_slimmable(
     names: dict[int, str] = {}
     for dim_name, patterns in (tie or {}).items():
         matched = _matching(
-            [n for n, la in layers.items() if not isinstance(la.module, nn.BatchNorm2d)], patterns
+            [n for n, la in layers.items() if not isinstance(la.module, _BATCH_NORMS)], patterns
         )
         if not matched:
             raise ConversionError(
                 f"make_slimmable: tie {dim_name!r} matches no Conv2d/Linear ({', '.join(patterns)})"
             )
-        sizes = {groups.size[groups.find(layers[n].cout)] for n in matched}
-        if len(sizes) > 1:
+        widths = {groups.size[groups.find(layers[n].cout)] for n in matched}
+        if len(widths) > 1:
             raise ConversionError(
                 f"make_slimmable: tie {dim_name!r} joins groups of different widths "
-                f"({sorted(sizes)}); tie layers of one width only"
+                f"({sorted(widths)}); tie layers of one width only"
             )
         root = layers[matched[0]].cout
         for n in matched[1:]:
             root = groups.union(root, layers[n].cout)
         names[groups.find(root)] = dim_name
-    if found.unsupported:
-        shown = "; ".join(found.unsupported[:3]) + (
-            f"; and {len(found.unsupported) - 3} more" if len(found.unsupported) > 3 else ""
+    if unsupported:
+        shown = "; ".join(unsupported[:3]) + (
+            f"; and {len(unsupported) - 3} more" if len(unsupported) > 3 else ""
         )
         warnings.warn(
-            f"make_slimmable: {len(found.unsupported)} op(s) keep the channels around them at full width "
+            f"make_slimmable: {len(unsupported)} op(s) keep the channels around them at full width "
             f"(see .pinned): {shown}",
             stacklevel=2,
         )
@@ -600,13 +624,13 @@ def make_slimmable(
     if not builder.dim_names:
         raise ConversionError(
             f"make_slimmable: every channel group of {type(module).__name__} is pinned, nothing to slim "
-            f"(first: {found.unsupported[0] if found.unsupported else 'pin patterns'}); slim a CNN built from "
+            f"(first: {unsupported[0] if unsupported else 'pin patterns'}); slim a CNN built from "
             f"Conv2d/BatchNorm2d/Linear"
         )
 
     for layer in layers.values():
         cin, cout = slots[groups.find(layer.cin)], slots[groups.find(layer.cout)]
-        if isinstance(layer.module, nn.Conv2d) and layer.module.groups not in (1, layer.module.out_channels):
+        if isinstance(layer.module, _CONVS) and layer.module.groups not in (1, layer.module.out_channels):
             continue  # a grouped conv stays a plain nn.Conv2d at full width (both sides pinned)
         twin = _slim_twin(layer.module)
         parent, _, child = layer.name.rpartition(".")
@@ -627,7 +651,7 @@ def make_slimmable(
     slim.arch_kwargs = {
         "model": dict(model_kwargs or {}),
         "convert": {
-            "input_size": [int(v) for v in example_input.shape[1:]],
+            "input_size": list(sizes[0]),
             "low": low,
             "divisor": divisor,
             "pin": list(pin),
@@ -635,17 +659,132 @@ def make_slimmable(
             "on_unsupported": on_unsupported,
         },
     }
+    # Recorded only when set, so conversions without them keep the form older versions rebuild.
     if lows:
-        # Recorded only when set, so conversions without it keep the form older versions rebuild.
         slim.arch_kwargs["convert"]["lows"] = {k: float(v) for k, v in lows.items()}
+    if len(sizes) > 1:
+        slim.arch_kwargs["convert"]["input_sizes"] = [list(size) for size in sizes]
+    if submodules:
+        # Not a setting rebuild() takes: a front needs batched tensor inputs (docs/own-model.md).
+        slim.arch_kwargs["convert"]["submodules"] = list(submodules)
     slim.pinned = {
         layer.name: groups.pinned[groups.find(layer.cout)]
         for layer in layers.values()
         if groups.is_pinned(layer.cout)
     }
     floors = _dimension_lows(builder.dim_names, low, lows or {})
-    slim._finish(builder, low, divisor, tuple(example_input.shape[1:]), floors)  # type: ignore[arg-type]
+    slim._finish(builder, low, divisor, sizes[0], floors, sizes, inputs if submodules else None)
     return slim
+
+
+def _example_args(example_input: Any, partial: bool) -> tuple[Any, ...]:
+    """``example_input`` as the tuple of positional arguments: batch-first tensors of at least two
+    dimensions (``[N, C, ...]``), or, for a partial conversion, whatever ``module`` takes."""
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    if partial:
+        if not any(isinstance(t, torch.Tensor) for t in pytree.tree_leaves(args)):
+            raise ConversionError(
+                "make_slimmable: example_input holds no tensor; give the arguments the model takes"
+            )
+        return args
+    if not args or not all(isinstance(t, torch.Tensor) and t.dim() >= 2 for t in args):
+        got = ", ".join(
+            f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__ for t in args
+        )
+        raise ConversionError(
+            f"make_slimmable: example_input must be a batch-first tensor [N, C, ...] or a tuple of them, got "
+            f"{got or 'an empty tuple'}; e.g. torch.randn(1, 3, 224, 224), or submodules=[...] to convert "
+            "the traceable parts of a model that takes other inputs"
+        )
+    return tuple(t[:1] for t in args)
+
+
+def _input_sizes(inputs: tuple[Any, ...], partial: bool) -> list[tuple[int, ...]]:
+    """Each input's shape without the batch (a partial conversion's example leaves: as given)."""
+    leaves = [t for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)]
+    return [tuple(int(v) for v in (t.shape if partial else t.shape[1:])) for t in leaves]
+
+
+def _part_inputs(
+    net: nn.Module, inputs: tuple[Any, ...], submodules: Sequence[str]
+) -> dict[str, tuple[nn.Module, tuple[Any, ...]]]:
+    """Each named submodule of ``net`` and the positional arguments it receives when ``net`` runs ``inputs``
+    (in eval mode, once)."""
+    parts: dict[str, nn.Module] = {}
+    for name in submodules:
+        try:
+            parts[name] = net.get_submodule(name)
+        except AttributeError:
+            children = ", ".join(n for n, _ in net.named_children())
+            raise ConversionError(
+                f"make_slimmable: submodule {name!r} is not in {type(net).__name__}; its children are {children}"
+            ) from None
+    seen: dict[str, tuple[Any, ...]] = {}
+
+    def capture(name: str) -> Any:
+        def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if name in seen or kwargs:
+                why = "is called more than once" if name in seen else "is called with keyword arguments"
+                raise ConversionError(f"make_slimmable: submodule {name!r} {why}; convert a part called once")
+            seen[name] = args
+
+        return hook
+
+    hooks = [mod.register_forward_pre_hook(capture(name), with_kwargs=True) for name, mod in parts.items()]
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(*inputs)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(
+            f"make_slimmable: {type(net).__name__} does not run on example_input ({first_line(exc)}); give "
+            "the arguments the model takes"
+        ) from None
+    finally:
+        net.train(was_training)
+        for h in hooks:
+            h.remove()
+    missing = [name for name in parts if name not in seen]
+    if missing:
+        raise ConversionError(f"make_slimmable: submodule {missing[0]!r} does not run on example_input")
+    return {name: (mod, seen[name]) for name, mod in parts.items()}
+
+
+def _traced(module: nn.Module, args: tuple[Any, ...], what: str) -> torch.fx.GraphModule:
+    """``module`` traced by torch.fx, each node's output shape propagated from ``args`` in eval mode.
+
+    An argument that is a list, tuple or dict of tensors is traced as one placeholder per tensor, so
+    that a forward iterating over it (a detection head's feature maps) traces."""
+    params = list(inspect.signature(module.forward).parameters)
+    concrete = {
+        params[i]: pytree.tree_map(lambda _: torch.fx.PH, a)
+        for i, a in enumerate(args)
+        if not isinstance(a, torch.Tensor) and i < len(params)
+    }
+    try:
+        gm = torch.fx.GraphModule(module, _Tracer().trace(module, concrete_args=concrete or None))
+    except Exception as exc:
+        raise ConversionError(
+            f"make_slimmable: torch.fx cannot trace {what} ({first_line(exc)}); make its forward traceable "
+            "(no control flow on tensor values) or convert its traceable parts with submodules=[...]"
+        ) from None
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*args)
+    except Exception as exc:
+        shapes = [tuple(t.shape) for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor)]
+        raise ConversionError(
+            f"make_slimmable: the example input {', '.join(map(str, shapes))} does not run through {what} "
+            f"({first_line(exc)}); give an input of the size the model takes"
+        ) from None
+    finally:
+        module.train(was_training)
+    return gm
 
 
 def _check_own_tensors(net: nn.Module, layers: Mapping[str, _Layer]) -> None:
@@ -699,13 +838,19 @@ def rebuild(arch: str, kwargs: dict[str, Any], factory: ModelFactory | None = No
             f"architecture.kwargs.convert.{unknown[0]}: make_slimmable records exactly "
             f"{', '.join(sorted(CONVERT_SETTINGS))}; use the manifest pareco wrote"
         )
-    size = settings.pop("input_size")
+    sizes = [settings.pop("input_size")]
+    sizes = settings.pop("input_sizes", sizes)
     module = original_module(arch, dict(kwargs["model"]), factory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            example = tuple(torch.zeros(1, *size) for size in sizes)
             return make_slimmable(
-                module, torch.zeros(1, *size), arch=arch, model_kwargs=kwargs["model"], **settings
+                module,
+                example if len(example) > 1 else example[0],
+                arch=arch,
+                model_kwargs=kwargs["model"],
+                **settings,
             )
         except TypeError as exc:  # a setting of the wrong type: the manifest was edited
             raise ValueError(f"architecture.kwargs.convert: {exc}; use the manifest pareco wrote") from None

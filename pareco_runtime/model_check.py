@@ -79,13 +79,18 @@ def build_front_model(front: Front, factory: ModelFactory | None = None) -> Slim
 
 def _check_numbers(value: Any, where: str, source: str | Path) -> None:
     """Every number in ``value`` within ±MAX_KWARG_NUMBER, and every ``input_size`` (the example input a
-    build runs: a side in the zoo, ``[C, H, W]`` in a conversion's settings) within the input limits."""
+    build runs: a side in the zoo, ``[C, H, W]`` or ``[C, L]`` in a conversion's settings, each of its
+    ``input_sizes``) within the input limits."""
     if isinstance(value, dict):
         for key, item in value.items():
             _check_numbers(item, f"{where}.{key}", source)
             sides = [item] if isinstance(item, int) else item if isinstance(item, list) else []
             if key == "input_size" and all(type(side) is int for side in sides):
                 check_input_size([1, item, item] if isinstance(item, int) else item, f"{where}.{key}", source)
+            if key == "input_sizes" and isinstance(item, list):  # a conversion's several inputs
+                for i, size in enumerate(item):
+                    if isinstance(size, list) and all(type(side) is int for side in size):
+                        check_input_size(size, f"{where}.{key}[{i}]", source)
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _check_numbers(item, f"{where}[{i}]", source)

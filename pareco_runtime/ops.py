@@ -1,4 +1,4 @@
-"""Slimmable layers: Conv2d, Linear and BatchNorm2d that run with the first k channels.
+"""Slimmable layers: Conv2d, Conv1d, Linear, BatchNorm2d and BatchNorm1d that run with the first k channels.
 
 Every slimmable layer of a network reads its active channel counts from one shared
 :class:`SlimContext`, through two integer *slots* (input and output). Activating a config is
@@ -79,24 +79,48 @@ class _Slim:
         return tensors
 
 
-def _pair(size: tuple[int, ...]) -> tuple[int, int]:
-    """A Conv2d size attribute as the pair its constructor takes (torch types them ``tuple[int, ...]``)."""
-    h, w = size
-    return h, w
+def _plain_conv(
+    conv: nn.Conv1d | nn.Conv2d, plain_type: type[nn.Conv1d] | type[nn.Conv2d], i: int, o: int
+) -> nn.Conv1d | nn.Conv2d:
+    """A plain ``plain_type`` conv of (o, i) channels, like ``conv``, holding copies of its active slices."""
+    depthwise = conv.groups > 1
+    # Typed Any: torch types each rank's sizes as tuples of that rank, conv attributes as tuple[int, ...].
+    sizes: dict[str, Any] = {
+        "kernel_size": conv.kernel_size,
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+    }
+    plain = plain_type(
+        o if depthwise else i, o, groups=o if depthwise else 1, bias=conv.bias is not None, **sizes
+    )
+    with torch.no_grad():
+        plain.weight.copy_(conv.weight[:o] if depthwise else conv.weight[:o, :i])
+        if conv.bias is not None and plain.bias is not None:
+            plain.bias.copy_(conv.bias[:o])
+    return plain
 
 
-class SlimConv2d(_Slim, nn.Conv2d):
-    """``nn.Conv2d`` using the first (out, in) channels of its weight.
+class _SlimConv(_Slim):
+    """What the slimmable convs share: ``groups == 1`` or depthwise (``groups == in == out``), where the
+    group count follows the active width; ``_functional`` is the conv op of their rank."""
 
-    Supports ordinary convs (``groups == 1``) and depthwise convs (``groups == in == out``), where
-    the group count follows the active width.
-    """
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    groups: int
+    in_channels: int
+    out_channels: int
+    stride: Any
+    padding: Any
+    dilation: Any
+    _functional: Callable[..., torch.Tensor]
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def _check_groups(self) -> None:
         self.depthwise = self.groups > 1
         if self.depthwise and not (self.groups == self.in_channels == self.out_channels):
-            raise ValueError("SlimConv2d supports groups == 1 or depthwise (groups == in == out channels)")
+            raise ValueError(
+                f"{type(self).__name__} supports groups == 1 or depthwise (groups == in == out channels)"
+            )
 
     def slice_tensors(self, key: tuple[int, ...]) -> tuple:
         o, i = key
@@ -107,28 +131,44 @@ class SlimConv2d(_Slim, nn.Conv2d):
         ch = self.ctx.ch
         o = ch[self.out_slot]
         w, b = self.views((o, ch[self.in_slot]))
-        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, o if self.depthwise else 1)
+        return type(self)._functional(
+            x, w, b, self.stride, self.padding, self.dilation, o if self.depthwise else 1
+        )
+
+
+class SlimConv2d(_SlimConv, nn.Conv2d):
+    """``nn.Conv2d`` using the first (out, in) channels of its weight.
+
+    Supports ordinary convs (``groups == 1``) and depthwise convs (``groups == in == out``), where
+    the group count follows the active width.
+    """
+
+    _functional = F.conv2d
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._check_groups()
 
     def to_plain(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding copies of the active slices."""
         i, o = self.active()
-        if self.depthwise:
-            i = o
-        plain = nn.Conv2d(
-            i,
-            o,
-            _pair(self.kernel_size),
-            _pair(self.stride),
-            self.padding if isinstance(self.padding, str) else _pair(self.padding),
-            _pair(self.dilation),
-            groups=o if self.depthwise else 1,
-            bias=self.bias is not None,
-        )
-        with torch.no_grad():
-            plain.weight.copy_(self.weight[:o] if self.depthwise else self.weight[:o, :i])
-            if self.bias is not None and plain.bias is not None:
-                plain.bias.copy_(self.bias[:o])
-        return plain
+        return _plain_conv(self, nn.Conv2d, i, o)  # type: ignore[return-value]
+
+
+class SlimConv1d(_SlimConv, nn.Conv1d):
+    """``nn.Conv1d`` (inputs ``[N, C, L]``) using the first (out, in) channels of its weight; ordinary or
+    depthwise, as :class:`SlimConv2d`."""
+
+    _functional = F.conv1d
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._check_groups()
+
+    def to_plain(self) -> nn.Conv1d:
+        """A plain ``nn.Conv1d`` holding copies of the active slices."""
+        i, o = self.active()
+        return _plain_conv(self, nn.Conv1d, i, o)  # type: ignore[return-value]
 
 
 class SlimLinear(_Slim, nn.Linear):
@@ -163,6 +203,8 @@ class SlimBatchNorm2d(_Slim, nn.BatchNorm2d):
     """
 
     bn_index: int = -1
+    # The plain layer of the active slice (SlimBatchNorm1d's is nn.BatchNorm1d).
+    _plain_type: type[nn.BatchNorm2d] | type[nn.BatchNorm1d] = nn.BatchNorm2d
     # Every SlimBatchNorm2d is built tracking running statistics (models/base.py, convert.py) and
     # training only toggles ``track_running_stats``, so the buffers nn.BatchNorm2d types as optional exist.
     running_mean: torch.Tensor
@@ -200,10 +242,10 @@ class SlimBatchNorm2d(_Slim, nn.BatchNorm2d):
             return stats[self.bn_index]
         return self.running_mean[:k], self.running_var[:k]
 
-    def to_plain(self) -> nn.BatchNorm2d:
-        """A plain ``nn.BatchNorm2d`` with the active affine slices and eval statistics."""
+    def to_plain(self) -> nn.BatchNorm2d | nn.BatchNorm1d:
+        """A plain ``nn.BatchNorm2d`` (``nn.BatchNorm1d``) with the active affine slices and eval statistics."""
         k = self.ctx.ch[self.out_slot]
-        plain = nn.BatchNorm2d(k, eps=self.eps, momentum=self.momentum)
+        plain = self._plain_type(k, eps=self.eps, momentum=self.momentum)
         mean, var = self.eval_stats(k)
         # Built with the default track_running_stats=True, so it has its running buffers.
         assert plain.running_mean is not None and plain.running_var is not None
@@ -239,4 +281,16 @@ class SlimBatchNormAct2d(SlimBatchNorm2d):
         )
 
 
-SLIM_TYPES = (SlimConv2d, SlimLinear, SlimBatchNorm2d)
+class SlimBatchNorm1d(SlimBatchNorm2d):
+    """The slimmable BatchNorm of ``[N, C]`` and ``[N, C, L]`` inputs (``nn.BatchNorm1d``'s).
+
+    ``F.batch_norm`` normalises per channel at any rank, so it is a :class:`SlimBatchNorm2d` (every
+    per-point statistics list and BN calibration treats it as one) whose plain twin is ``nn.BatchNorm1d``
+    and whose ``state_dict`` is ``nn.BatchNorm1d``'s.
+    """
+
+    _plain_type = nn.BatchNorm1d
+
+
+SLIM_TYPES = (SlimConv2d, SlimConv1d, SlimLinear, SlimBatchNorm2d)
+SLIM_CONVS = (SlimConv2d, SlimConv1d)

@@ -137,3 +137,24 @@ def _as_uint8_chw(image: Any) -> torch.Tensor:
     raise ValueError(
         f"cannot read an image from a {type(image).__name__}; give a PIL image or a uint8 tensor (3, H, W)"
     )
+
+
+def is_image(input_size: Sequence[int]) -> bool:
+    """Whether a network input of ``input_size`` (without the batch) is an image, ``[C, H, W]``, that
+    :class:`Preprocess` makes; ``[C, L]`` sequences (audio features) are prepared by the app."""
+    return len(input_size) == 3
+
+
+def describe_inputs(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """What exported files carry about their input: :meth:`Preprocess.describe` of an image network,
+    else the input's shape and per-channel normalisation (the features themselves are the app's)."""
+    if is_image(dataset["input_size"]):
+        return Preprocess.from_dataset(dataset).describe()
+    return {
+        "input_size": [int(v) for v in dataset["input_size"]],
+        "layout": "NCL",
+        "dtype": "float32",
+        "mean": [float(v) for v in dataset["mean"]],
+        "std": [float(v) for v in dataset["std"]],
+        "formula": "(value - mean) / std, per channel",
+    }

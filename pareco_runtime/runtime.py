@@ -16,7 +16,7 @@ from .budget import BatteryPolicy, Budget, Choice, as_budget, choose
 from .manifest import DeviceProfile, Front, FrontPoint, load_front_weights
 from .model_check import build_front_model
 from .models.base import SlimmableNet
-from .preprocess import Preprocess
+from .preprocess import Preprocess, is_image
 from .slicing import slice_model
 from .sources import ModelFactory
 from .untrusted import FormatError, first_line
@@ -97,7 +97,8 @@ class SlimmableRuntime:
         self.threads = threads
         self._stats = bn_stats
         self._channels = {p.id: model.space.channels(p.alpha) for p in self.points}
-        self._preprocess = Preprocess.from_dataset(front.dataset.to_dict())
+        dataset = front.dataset.to_dict()
+        self._preprocess = Preprocess.from_dataset(dataset) if is_image(dataset["input_size"]) else None
         self._lock = _ReadWriteLock()
         self._loader = None if backend == backends.TORCH else backends.program_loader(backend)
         self._programs: dict[str, backends.Program] = {}
@@ -175,10 +176,9 @@ class SlimmableRuntime:
         return self.front.path
 
     @property
-    def input_size(self) -> tuple[int, int, int]:
-        """Expected input (C, H, W)."""
-        c, h, w = self.front.dataset.input_size
-        return c, h, w
+    def input_size(self) -> tuple[int, ...]:
+        """Expected input without the batch: (C, H, W) images, (C, L) sequences."""
+        return tuple(self.front.dataset.input_size)
 
     @property
     def class_names(self) -> list[str]:
@@ -281,15 +281,17 @@ class SlimmableRuntime:
             return self.model(x) if self._program is None else self._program(x)
 
     def _check_input(self, x: Any) -> None:
-        c, h, w = self.input_size
+        expected = "(N, " + ", ".join(map(str, self.input_size)) + ")"
         if not isinstance(x, torch.Tensor):
-            raise TypeError(
-                f"input must be a torch.Tensor of shape (N, {c}, {h}, {w}), got {type(x).__name__}"
-            )
-        if x.dim() != 4 or tuple(x.shape[1:]) != (c, h, w):
+            raise TypeError(f"input must be a torch.Tensor of shape {expected}, got {type(x).__name__}")
+        if x.dim() != len(self.input_size) + 1 or tuple(x.shape[1:]) != self.input_size:
             raise ValueError(
-                f"input has shape {tuple(x.shape)}, expected (N, {c}, {h}, {w}); resize and normalise "
-                "images as the manifest's dataset section says"
+                f"input has shape {tuple(x.shape)}, expected {expected}; "
+                + (
+                    "resize and normalise images as the manifest's dataset section says"
+                    if self._preprocess is not None
+                    else "normalise the features as the manifest's dataset section says"
+                )
             )
         if x.dtype != torch.float32:
             raise ValueError(
@@ -300,7 +302,13 @@ class SlimmableRuntime:
 
     def preprocess(self, image: Any) -> torch.Tensor:
         """``image`` (a PIL image, or uint8 RGB ``(3, H, W)`` / ``(H, W, 3)``) as the ``(1, C, H, W)``
-        input the network was evaluated on: the manifest's resize, crop and normalisation."""
+        input the network was evaluated on: the manifest's resize, crop and normalisation. A network
+        of ``[C, L]`` sequences takes no image: ``ValueError``."""
+        if self._preprocess is None:
+            raise ValueError(
+                f"this front's network takes inputs of shape {self.input_size}, not images; give it "
+                "normalised tensors of that shape"
+            )
         return self._preprocess(image)
 
     def predict(self, image: Any) -> tuple[str, float]:

@@ -138,7 +138,14 @@ def slice_model(
     model's at that config. The model is left exactly as it was (widths, statistics, mode);
     statistics that do not fit the config raise ``BNStatsError``.
     """
-    standalone = _torch_graph(plain_twin(model, alpha, bn_stats))
+    twin = plain_twin(model, alpha, bn_stats)
+    try:
+        standalone = _torch_graph(twin)
+    except Exception as exc:  # torch.fx fails in many types (TraceError, TypeError, ...)
+        raise ValueError(
+            f"slice_model: torch.fx cannot trace {type(twin).__name__} as a whole ({first_line(exc)}); "
+            "plain_twin(model, alpha) gives the same network as an instance of its own class"
+        ) from None
     with model.config(alpha):
         described = {
             "arch": model.arch,
@@ -146,6 +153,8 @@ def slice_model(
             "channels": model.channels(),
             "input_size": model.input_size,
         }
+        if len(model.input_sizes) > 1:
+            described["input_sizes"] = model.input_sizes
     # setattr: torch types nn.Module attribute assignment as tensors and modules only.
     for name, value in described.items():
         setattr(standalone, name, value)

@@ -212,7 +212,10 @@ def test_untraceable_model_is_one_line():
 
 
 def test_wrong_example_input_is_one_line():
-    with pytest.raises(ConversionError, match=r"^make_slimmable: example_input must be one NCHW tensor"):
+    with pytest.raises(ConversionError, match=r"^make_slimmable: example_input must be a batch-first tensor"):
+        make_slimmable(UserCNN(), torch.randn(64))
+    # [3, 64, 64] is a batch of 1-D inputs to make_slimmable, which the 2-D network refuses.
+    with pytest.raises(ConversionError, match=r"input \(1, 64, 64\) does not run through UserCNN"):
         make_slimmable(UserCNN(), torch.randn(3, 64, 64))
     with pytest.raises(ConversionError, match=r"does not run through UserCNN .*; give an input of the size"):
         make_slimmable(UserCNN(), torch.randn(1, 5, 64, 64))

@@ -62,3 +62,66 @@ def raising_factory(num_classes: int = 7) -> UserCNN:
 def not_a_module(num_classes: int = 7) -> dict[str, int]:
     """A factory that returns something else than the network."""
     return {"num_classes": num_classes}
+
+
+class KeywordSpotter(nn.Module):
+    """A keyword-spotting network of the usual shape: 1-D convs over MFCC frames ``[N, 40, 98]``
+    (40 coefficients, 98 frames of a one-second clip), BatchNorm1d, ReLU, a depthwise block with a
+    residual add, global average pooling over time, then two linears with a BatchNorm1d between."""
+
+    def __init__(self, num_classes: int = 12, mfcc: int = 40) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv1d(mfcc, 64, 5, padding=2, bias=False), nn.BatchNorm1d(64), nn.ReLU()
+        )
+        self.dw = nn.Sequential(
+            nn.Conv1d(64, 64, 3, padding=1, groups=64, bias=False), nn.BatchNorm1d(64), nn.ReLU()
+        )
+        self.pw = nn.Sequential(nn.Conv1d(64, 64, 1, bias=False), nn.BatchNorm1d(64))
+        self.down = nn.Sequential(
+            nn.Conv1d(64, 96, 3, stride=2, padding=1, bias=False), nn.BatchNorm1d(96), nn.ReLU()
+        )
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.fc1 = nn.Linear(96, 48)
+        self.bn_fc = nn.BatchNorm1d(48)
+        self.fc2 = nn.Linear(48, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(x + self.pw(self.dw(x)))
+        x = self.pool(self.down(x)).flatten(1)
+        return self.fc2(F.relu(self.bn_fc(self.fc1(x))))
+
+
+def kws_net(num_classes: int = 12) -> KeywordSpotter:
+    """The factory a user passes as ``--model tests.user_models:kws_net``."""
+    return KeywordSpotter(num_classes)
+
+
+class TwoInputNet(nn.Module):
+    """A network of two inputs (an image and a 1-D side signal) returning a dict and a tuple."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.signal = nn.Sequential(nn.Conv1d(4, 16, 3, padding=1), nn.BatchNorm1d(16), nn.ReLU())
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.seg = nn.Conv2d(16, 5, 1)
+        self.cls = nn.Linear(16, 3)
+
+    def forward(self, image: torch.Tensor, signal: torch.Tensor) -> dict[str, object]:
+        a = self.image(image)
+        b = F.interpolate(self.signal(signal), scale_factor=2.0)
+        # The add ties the two branches' channels into one width dimension.
+        pooled = F.adaptive_avg_pool2d(a, 1).flatten(1) + F.adaptive_max_pool1d(b, 1).flatten(1)
+        seg = self.seg(self.up(a))
+        return {"seg": seg, "heads": (self.cls(pooled), seg.amax((2, 3)))}
+
+
+def lraspp(num_classes: int = 5) -> nn.Module:
+    """torchvision's LRASPP-MobileNetV3-Large segmentation network, random weights (``--model`` factory)."""
+    import torchvision
+
+    return torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=num_classes
+    )

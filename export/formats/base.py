@@ -140,7 +140,8 @@ class Format:
 
 
 class Runner:
-    """A loaded export: ``runner(x)`` runs a batch (NumPy array or tensor) and returns the output as NumPy.
+    """A loaded export: ``runner(x)`` runs a batch (NumPy array or tensor) and returns the output as NumPy;
+    ``runner.outputs(x)`` returns every output, in :mod:`pareco_runtime.outputs`' order.
 
     ``bind(x)`` converts ``x`` once to the runtime's own input type and returns a zero-argument
     callable running just the inference, for timing loops. ``batches``: the batch sizes the file
@@ -180,13 +181,25 @@ class Runner:
         )
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Run one batch; the output as a float NumPy array."""
+        """Run one batch; the output as a float NumPy array (:class:`ExportError` for a file with several)."""
+        outputs = self.outputs(x)
+        if len(outputs) != 1:
+            raise ExportError(
+                f"{self.path.name} returns {len(outputs)} outputs; read them all with Runner.outputs(x)"
+            )
+        return outputs[0]
+
+    def outputs(self, x: np.ndarray | torch.Tensor) -> list[np.ndarray]:
+        """Run one batch; every output as a NumPy array, in the file's (flattened) order."""
         import numpy as np
         import torch
 
         self._check(x)
         out = self._run(self._prepare(x))
-        return out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+        return [
+            o.detach().cpu().numpy() if isinstance(o, torch.Tensor) else np.asarray(o)
+            for o in (out if isinstance(out, (list, tuple)) else [out])
+        ]
 
     def bind(self, x: np.ndarray | torch.Tensor) -> Callable[[], Any]:
         """A callable running the inference on ``x`` (converted once), returning the runtime's raw output."""

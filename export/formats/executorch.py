@@ -225,8 +225,8 @@ def load_executorch(source: Path, threads: int | None) -> Runner:
     _LIVE_PROGRAMS.add(program)
     batches = _program_batches(program, method)
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return method.execute((x,))[0]
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        return method.execute((x,))
 
     # The method's native object points into the program: the runner keeps the program alive.
     return Runner("executorch", source, run, as_tensor, batches=batches, keep=program)

@@ -49,7 +49,8 @@ def write_onnx(
         verbose=False,
         opset_version=opset,
         input_names=["input"],
-        output_names=["output"],
+        # FlatOutputs (pareco_runtime.outputs) names a network's several outputs.
+        output_names=list(getattr(model, "output_names", ["output"])),
     )
     assert program is not None  # None only from the legacy exporter (dynamo=False)
     program.model.metadata_props.update(metadata)
@@ -140,7 +141,7 @@ def load_onnx(path: Path, threads: int | None) -> Runner:
         str(path), onnx_session_options(threads), providers=["CPUExecutionProvider"]
     )
     name = session.get_inputs()[0].name
-    return Runner("onnx", path, lambda x: session.run(None, {name: x})[0], as_array)
+    return Runner("onnx", path, lambda x: session.run(None, {name: x}), as_array)
 
 
 FORMAT = Format(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -9,8 +10,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import FlopCounterMode
 
-from ..ops import SlimBatchNorm2d, SlimContext, SlimConv2d, SlimLinear, _Slim
+from ..ops import SLIM_CONVS, SlimBatchNorm2d, SlimContext, SlimConv2d, SlimLinear, _Slim
 from ..space import WidthSpace
 
 # Per-point BN statistics: one ``(mean, var)`` pair per BN layer, in ``SlimmableNet.bn_layers`` order,
@@ -102,7 +105,8 @@ class SlimmableNet(nn.Module):
     ``with config(alpha, bn_stats, train):`` runs code at a config and restores the previous one;
     ``macs(alpha)`` / ``params(alpha)`` are exact analytic counts for the model's input size
     (multiply-accumulates of convs and linears, as ``torch.utils.flop_counter`` counts them / 2;
-    trainable parameters of the sliced model).
+    trainable parameters of the sliced model). ``input_sizes``: the shape of each input without the
+    batch (``[C, H, W]`` images, ``[C, L]`` sequences); ``input_size`` is the first.
     """
 
     arch: str = ""
@@ -120,12 +124,22 @@ class SlimmableNet(nn.Module):
         builder: LayerBuilder,
         low: float,
         divisor: int | None,
-        input_size: tuple[int, int, int],
+        input_size: Sequence[int],
         lows: tuple[float, ...] | None = None,
+        input_sizes: Sequence[Sequence[int]] | None = None,
+        example: Any = None,
     ) -> None:
+        """Bind the layers to one context and build the cost model from one pass of zeros.
+
+        ``input_sizes``: every input's shape when the network takes several (``input_size`` is the
+        first); ``example``: the arguments the network is called with when they are not batched
+        tensors of those shapes (a detector's list of images), used as zeros of their shapes.
+        """
         d = len(builder.dim_names)
         self.space = WidthSpace(tuple(builder.dim_names), tuple(builder.dim_full), low, 1.0, divisor, lows)
         self.input_size = tuple(int(v) for v in input_size)
+        self.input_sizes = tuple(tuple(int(v) for v in s) for s in (input_sizes or [self.input_size]))
+        self._example = None if example is None else tree_map(torch.zeros_like, example)
         ch = list(builder.dim_full) + list(builder.fixed_values) + [1]
         self.ctx = SlimContext(ch)
         self._one = len(ch) - 1
@@ -141,19 +155,37 @@ class SlimmableNet(nn.Module):
         self._build_cost_terms()
         self.alpha = self.space.uniform(1.0)
 
+    def example_inputs(self, batch: int = 1, generator: torch.Generator | None = None) -> tuple[Any, ...]:
+        """The positional arguments of one forward pass: a ``batch`` of each input, standard normal
+        from ``generator`` (zeros without one). A network converted with an example that is not
+        batched tensors (a detector's list of images) gets that example's structure and shapes."""
+        if self._example is not None:
+            return tuple(
+                tree_map(
+                    lambda t: t if generator is None else torch.randn(t.shape, generator=generator),
+                    self._example,
+                )
+            )
+        if generator is None:
+            return tuple(torch.zeros(batch, *s) for s in self.input_sizes)
+        return tuple(torch.randn(batch, *s, generator=generator) for s in self.input_sizes)
+
     def _build_cost_terms(self) -> None:
-        # Output positions per sample of every conv and linear (H*W, or a linear's tokens), from one pass.
+        # Output positions per sample of every conv and linear (L, H*W, or a linear's tokens), and torch's
+        # own FLOP count, from one pass.
         positions: dict[nn.Module, int] = {}
 
         def record(module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            positions[module] = out.numel() // out.shape[1 if isinstance(module, nn.Conv2d) else -1]
+            positions[module] = (
+                out.numel() // out.shape[1 if isinstance(module, (nn.Conv1d, nn.Conv2d)) else -1]
+            )
 
-        dense = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        dense = [m for m in self.modules() if isinstance(m, (*SLIM_CONVS, SlimLinear))]
         hooks = [m.register_forward_hook(record) for m in dense]
         was_training = self.training
         self.eval()
-        with torch.no_grad():
-            self(torch.zeros(1, *self.input_size))
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            self(*self.example_inputs())
         self.train(was_training)
         for h in hooks:
             h.remove()
@@ -167,15 +199,15 @@ class SlimmableNet(nn.Module):
         one = self._one
         slim_params: set[int] = set()
         for m in self.modules():
-            if not isinstance(m, (SlimConv2d, SlimLinear, SlimBatchNorm2d)):
+            if not isinstance(m, (*SLIM_CONVS, SlimLinear, SlimBatchNorm2d)):
                 continue
             slim_params.update(id(p) for p in m.parameters(recurse=False))
             o = m.out_slot
             if isinstance(m, SlimBatchNorm2d):
                 add(params, o, one, 2)
                 continue
-            if isinstance(m, SlimConv2d):
-                kk = m.kernel_size[0] * m.kernel_size[1]
+            if isinstance(m, SLIM_CONVS):
+                kk = math.prod(m.kernel_size)
                 i = one if m.depthwise else m.in_slot
                 add(macs, o, i, positions[m] * kk)
             else:
@@ -184,13 +216,16 @@ class SlimmableNet(nn.Module):
             add(params, o, i, kk)
             if m.bias is not None:
                 add(params, o, one, 1)
-        # Layers a converted network leaves plain (grouped convs, pinned linears) and any other
-        # parameters cost the same in every config: constant terms (none in the zoo).
-        fixed_macs = sum(
-            positions[m] * m.weight.numel()
-            for m in dense
-            if m in positions and not isinstance(m, (SlimConv2d, SlimLinear))
-        )
+        # Whatever else torch counts (layers a converted network leaves plain, such as grouped convs or
+        # a detector's untraced rest) costs the same in every config: one constant term, torch's count
+        # at full width less the slimmable layers' (none in the zoo).
+        full = self.ctx.ch
+        fixed_macs = counter.get_total_flops() // 2 - sum(c * full[a] * full[b] for (a, b), c in macs.items())
+        if fixed_macs < 0:
+            raise ValueError(
+                f"{type(self).__name__}: torch counts fewer MACs than its slimmable layers hold; a layer "
+                "runs other than as make_slimmable traced it"
+            )
         fixed_params = sum(p.numel() for p in self.parameters() if id(p) not in slim_params)
         if fixed_macs:
             add(macs, one, one, fixed_macs)
