@@ -39,7 +39,7 @@ from .formats import (
     require,
     versions,
 )
-from .index import INDEX_NAME, merge_index
+from .index import INDEX_NAME, merge_index, read_index
 from .metadata import Carried, write_labels
 
 if TYPE_CHECKING:
@@ -323,6 +323,12 @@ def export_points(
         require(fmt)
     directory = Path(out_dir)
     sha = rt.front.weights_sha256
+    names = [
+        f"{p.id}{get_format(fmt).ext}" if int8 is None else int8_name(p.id, fmt)
+        for p in points
+        for fmt in formats
+    ]
+    _check_owned(directory, names)
     write_labels(directory, rt.class_names)
     results = []
     for p in points:
@@ -333,7 +339,7 @@ def export_points(
                 model,
                 rt.input_size,
                 fmt,
-                directory / (f"{p.id}{get_format(fmt).ext}" if int8 is None else int8_name(p.id, fmt)),
+                directory / names[points.index(p) * len(formats) + formats.index(fmt)],
                 batch=batch,
                 atol=atol,
                 opset=opset,
@@ -348,6 +354,20 @@ def export_points(
             if on_done is not None:
                 on_done(res)
     return results
+
+
+def _check_owned(directory: Path, names: Sequence[str]) -> None:
+    """ExportError, before anything is written, when a file about to be written in ``directory`` exists
+    and is not one ``export.json`` there records (a training run's ``checkpoint.pt`` under a point
+    named ``checkpoint``, a user's own file): an export replaces only its own files."""
+    owned = {e["file"] for e in read_index(directory)}
+    for name in names:
+        path = directory / name
+        if (path.exists() or path.is_symlink()) and name not in owned:
+            raise ExportError(
+                f"{path}: exists and is not a file pareco exported there ({INDEX_NAME} does not record it); "
+                "nothing was exported; choose another --out, or move that file away"
+            )
 
 
 __all__ = ["DEFAULT_ATOL", "ExportError", "ExportResult", "export_point", "export_points", "parity_inputs"]

@@ -228,3 +228,18 @@ def test_a_read_only_folder_serves_what_is_there_and_refuses_the_rest_in_one_lin
     finally:
         for d, mode in modes.items():
             d.chmod(mode)
+
+
+def test_an_export_never_writes_over_a_file_it_did_not_write(front_copy: Path, cli) -> None:
+    run = front_copy.parent  # a training run's folder: checkpoint.pt, run.json, the weights
+    point = _ids(front_copy)[0]
+    mine = run / f"{point}.pt"
+    mine.write_bytes(b"a training checkpoint, not an export")
+    r = cli("export", str(front_copy), "--point", point, "--torchscript", "--out", str(run))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: {mine}: exists and is not a file pareco exported there (export.json does not record it); "
+        "nothing was exported; choose another --out, or move that file away"
+    ]
+    assert mine.read_bytes() == b"a training checkpoint, not an export"
+    assert not (run / "export.json").exists()
