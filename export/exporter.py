@@ -8,6 +8,7 @@ Staging folders a killed export left are removed by the next export into that fo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -22,9 +23,10 @@ import torch
 from torch import nn
 
 from pareco_runtime.atomic import atomic_path, remove_stale_temporaries, staging_dir
+from pareco_runtime.filelock import locked
 from pareco_runtime.manifest import utc_timestamp
 from pareco_runtime.outputs import flatten_outputs, with_flat_outputs
-from pareco_runtime.untrusted import first_line
+from pareco_runtime.untrusted import first_line, sha256_file
 
 from .batch import BatchRange, as_batch_range
 from .formats import (
@@ -38,7 +40,7 @@ from .formats import (
     require,
     versions,
 )
-from .index import merge_index
+from .index import INDEX_NAME, merge_index, read_index
 from .metadata import Carried, write_labels
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ class ExportResult:
     ``carried``: the transform, labels and provenance stored in the file (None: nothing stored).
     ``precision``: "fp32", or "int8" for a quantized program (whose ``details`` hold its quantizer,
     calibration image count and what the caller's check measured, e.g. ``top1``).
+    ``sha256``: the file's SHA-256, which its record keeps so that a reader can tell it is this file.
     """
 
     format: str
@@ -79,6 +82,7 @@ class ExportResult:
     details: dict[str, Any] = field(default_factory=dict)
     carried: Carried | None = None
     precision: str = "fp32"
+    sha256: str | None = None
 
     def to_entry(self, weights_sha256: str | None = None) -> dict[str, Any]:
         """The record ``export.json`` keeps for this file (its name relative to the folder), with the
@@ -98,6 +102,8 @@ class ExportResult:
         }
         if weights_sha256 is not None:
             entry["weights_sha256"] = weights_sha256
+        if self.sha256 is not None:
+            entry["sha256"] = self.sha256
         if self.carried is not None:
             entry.update(self.carried.index_fields())
         entry.update(self.details)
@@ -124,6 +130,8 @@ def export_point(
     carried: Carried | None = None,
     int8: Calibration | None = None,
     accept: Callable[[Runner], dict[str, Any]] | None = None,
+    record_in: Path | None = None,
+    weights_sha256: str | None = None,
 ) -> ExportResult:
     """Export ``model`` (a plain eval-mode model, e.g. ``rt.standalone(point)``) to ``path`` as ``fmt``.
 
@@ -143,6 +151,10 @@ def export_point(
     ``Format.int8``) on these calibration images; its difference to PyTorch is recorded, not bounded. ``accept``: called with the loaded
     file before it is moved into place; what it returns joins ``details``, and an exception it
     raises (:class:`ExportError`) leaves nothing written.
+
+    ``record_in``: the folder whose ``export.json`` records the file (with ``weights_sha256``); the
+    file is moved into place and recorded under that file's lock, so that a reader checking a file
+    against its record (:func:`export.index.recorded_exports`) never sees one without the other.
     """
     spec = get_format(fmt)
     require(fmt)
@@ -197,25 +209,31 @@ def export_point(
         )
         if accept is not None:
             details.update(accept(runner))
-        nbytes = staged.stat().st_size
-        with atomic_path(target) as tmp:
-            os.replace(staged, tmp)
+        result = ExportResult(
+            format=fmt,
+            path=target,
+            bytes=staged.stat().st_size,
+            max_abs_diff=diff,
+            input_size=size,
+            batch=batches,
+            versions=versions(fmt),
+            seconds=time.perf_counter() - started,
+            point=point,
+            details=details,
+            carried=carried,
+            precision="fp32" if int8 is None else "int8",
+            sha256=sha256_file(staged),
+        )
+        with contextlib.ExitStack() as stack:
+            if record_in is not None:
+                stack.enter_context(locked(record_in / INDEX_NAME))
+            with atomic_path(target) as tmp:
+                os.replace(staged, tmp)
+            if record_in is not None:
+                merge_index(record_in, [result.to_entry(weights_sha256)])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(
-        format=fmt,
-        path=target,
-        bytes=nbytes,
-        max_abs_diff=diff,
-        input_size=size,
-        batch=batches,
-        versions=versions(fmt),
-        seconds=time.perf_counter() - started,
-        point=point,
-        details=details,
-        carried=carried,
-        precision="fp32" if int8 is None else "int8",
-    )
+    return result
 
 
 def _write(
@@ -326,6 +344,12 @@ def export_points(
         require(fmt)
     directory = Path(out_dir)
     sha = rt.front.weights_sha256
+    names = [
+        f"{p.id}{get_format(fmt).ext}" if int8 is None else int8_name(p.id, fmt)
+        for p in points
+        for fmt in formats
+    ]
+    _check_owned(directory, names)
     write_labels(directory, rt.class_names)
     results = []
     for p in points:
@@ -336,7 +360,7 @@ def export_points(
                 model,
                 rt.input_size,
                 fmt,
-                directory / (f"{p.id}{get_format(fmt).ext}" if int8 is None else int8_name(p.id, fmt)),
+                directory / names[points.index(p) * len(formats) + formats.index(fmt)],
                 batch=batch,
                 atol=atol,
                 opset=opset,
@@ -344,12 +368,27 @@ def export_points(
                 carried=carried,
                 int8=int8,
                 accept=accept,
+                record_in=directory,
+                weights_sha256=sha,
             )
-            merge_index(directory, [res.to_entry(sha)])
             results.append(res)
             if on_done is not None:
                 on_done(res)
     return results
+
+
+def _check_owned(directory: Path, names: Sequence[str]) -> None:
+    """ExportError, before anything is written, when a file about to be written in ``directory`` exists
+    and is not one ``export.json`` there records (a training run's ``checkpoint.pt`` under a point
+    named ``checkpoint``, a user's own file): an export replaces only its own files."""
+    owned = {e["file"] for e in read_index(directory)}
+    for name in names:
+        path = directory / name
+        if (path.exists() or path.is_symlink()) and name not in owned:
+            raise ExportError(
+                f"{path}: exists and is not a file pareco exported there ({INDEX_NAME} does not record it); "
+                "nothing was exported; choose another --out, or move that file away"
+            )
 
 
 __all__ = ["DEFAULT_ATOL", "ExportError", "ExportResult", "export_point", "export_points", "parity_inputs"]

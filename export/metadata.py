@@ -10,12 +10,17 @@ it was sliced from). Each format stores them where its own runtime reads them: O
 constant methods returning the text, named with ``_`` for ``.`` (``pareco_preprocess``, ...: a
 method name cannot hold a dot). The export folder also gets ``labels.txt`` (one class name per
 line, in output order), and each ``export.json`` record the transform and the labels file's name.
+
+:func:`carried_identity` reads a file's point id and weight file back without loading its program
+(ONNX's protobuf, the TorchScript / ``.pt2`` zip archive), so that a file can be checked to be its
+point's before any runtime runs it; ExecuTorch's entries are methods only its runtime can run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,3 +106,32 @@ def write_labels(directory: str | os.PathLike[str], names: Sequence[str]) -> Pat
         )
     atomic_write_text(path, text)
     return path
+
+
+_IDENTITY = ("pareco.point", "pareco.weights_sha256")
+
+
+def carried_identity(path: Path, fmt: str) -> dict[str, str] | None:
+    """The ``pareco.point`` and ``pareco.weights_sha256`` entries ``path`` (a ``fmt`` file) carries, those
+    it has; None when the format's entries cannot be read without running the program (ExecuTorch) or
+    the file cannot be parsed as the format (its runtime then reports it when it loads the file)."""
+    if fmt == "onnx":
+        import onnx
+
+        try:
+            props = onnx.load(str(path), load_external_data=False).metadata_props
+        except Exception:
+            return None
+        return {p.key: p.value for p in props if p.key in _IDENTITY}
+    if fmt in ("torchscript", "pt2"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return {
+                    key: archive.read(name).decode("utf-8", "replace")
+                    for name in archive.namelist()
+                    for key in _IDENTITY
+                    if name.endswith(f"/extra/{key}") and name.count("/") == 2
+                }
+        except (zipfile.BadZipFile, OSError):
+            return None
+    return None

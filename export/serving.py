@@ -8,6 +8,12 @@ it), used only when its ``export.json`` record names the same weight file (SHA-2
 channel counts; otherwise the point is exported into the cache folder (checked against PyTorch and
 moved into place atomically, as every export is) and that file is used. Of several usable files the
 one accepting the widest batch range is taken.
+
+A recorded file is used only if it is the file its record names (:func:`export.index.recorded_exports`:
+its SHA-256, and the point and weight file it carries): one that is not is a one-line
+:class:`~export.formats.ExportError` naming it, not re-exported over, since a program changed after
+export is something its owner must hear about (a re-export would hide it at every load). A folder
+the user cannot write serves the programs already there; a point with none is a one-line error.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .formats import Format, Runner, load_runner, require_backend, served_format
+from .formats import ExportError, Format, Runner, load_runner, require_backend, served_format
 from .index import recorded_exports
 
 if TYPE_CHECKING:
@@ -109,6 +115,15 @@ def load_program(
         # the export extra, where require_backend, not an ImportError of NumPy, must say what to install.
         from .exporter import export_points
 
-        (result,) = export_points(rt, [point], [fmt], cache, batch=CACHE_BATCH)
+        try:
+            (result,) = export_points(rt, [point], [fmt], cache, batch=CACHE_BATCH)
+        except OSError as exc:
+            if exc.errno is None:  # LockTimeout: its message is already one line
+                raise
+            raise ExportError(
+                f"{cache}: cannot export point {point.id}'s {spec.title} program there on first use "
+                f"({exc.strerror}); make {manifest.parent} writable once, or run `pareco export "
+                f"{manifest} --all --{fmt}` into its export/ folder where it is writable"
+            ) from None
         path = result.path
     return ServedProgram(load_runner(fmt, path, threads), spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -143,7 +144,8 @@ def calibrate(
 ) -> None:
     """Add an off-front point of any config: BN statistics calibrated for it, then selected, switched to,
     sliced and exported like the front's own points."""
-    from pareco_runtime.manifest import POINT_ID_PATTERN, add_points, stats_file_name
+    from pareco_runtime.filelock import locked
+    from pareco_runtime.manifest import POINT_ID_PATTERN, Front, add_points
     from training.extend import calibrate_point, calibration_settings, new_point_id, selection_fraction
     from training.front_data import VAL_FRACTION, load_front_data
 
@@ -166,18 +168,23 @@ def calibrate(
     _check_new(
         front, front.width_space.channels(config), point_id, "--alpha" if alpha is not None else "--width"
     )
+    # Without --id this id is provisional: the one the point gets is chosen under the lock below.
     pid = point_id or new_point_id(front)
-    file = stats_file_name(manifest, pid)
-    if (manifest.parent / file).exists() or (manifest.parent / file).is_symlink():
-        # Another front's statistics (ids may hold '.': a.front.json's 'b.c00' is a.b.front.json's 'c00') or
-        # a stranger's file: never written over.
-        raise ValueError(
-            f"{manifest.parent / file}: exists and is not this front's; give the point another --id"
-        )
+    if point_id is not None:
+        _free_stats_file(manifest, pid)  # refused now rather than after calibrating
     batches, batch_size = calibration_settings(front)
     images = load_front_data(data, front, VAL_FRACTION, selection_fraction(front))
     point, stats = calibrate_point(rt, config, images, pid, calib_batches or batches, batch_size)
-    stats_file = add_points(manifest, [point], {pid: stats}, front.weights_sha256, file)
+    # Calibrating takes seconds to minutes; another `pareco calibrate` may have added a point since.
+    # The id is chosen again, the config checked again and the point added under one lock.
+    with locked(manifest):
+        now = Front.load(manifest, verify_weights=False)
+        if point_id is None:
+            pid = new_point_id(now)
+            point = dataclasses.replace(point, id=pid)
+        _check_new(now, point.channels, point_id, "--alpha" if alpha is not None else "--width")
+        file = _free_stats_file(manifest, pid)
+        stats_file = add_points(manifest, [point], {pid: stats}, front.weights_sha256, file)
     if as_json:
         print_json({"manifest": str(manifest), "point": point.to_dict(), "bn_stats_file": str(stats_file)})
         return
@@ -186,6 +193,20 @@ def calibrate(
         f"added to {manifest}; its BN statistics are in {stats_file.name}, bound to "
         f"{front.weights_file} by its SHA-256 (the shared weights are not copied)"
     )
+
+
+def _free_stats_file(manifest: Path, pid: str) -> str:
+    """The statistics file name of point ``pid`` of ``manifest``, if no file has it yet; ValueError otherwise."""
+    from pareco_runtime.manifest import stats_file_name
+
+    file = stats_file_name(manifest, pid)
+    if (manifest.parent / file).exists() or (manifest.parent / file).is_symlink():
+        # Another front's statistics (ids may hold '.': a.front.json's 'b.c00' is a.b.front.json's 'c00') or
+        # a stranger's file: never written over.
+        raise ValueError(
+            f"{manifest.parent / file}: exists and is not this front's; give the point another --id"
+        )
+    return file
 
 
 def _config(space: WidthSpace, alpha: str | None, width: float | None) -> list[float]:

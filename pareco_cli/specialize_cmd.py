@@ -68,6 +68,7 @@ def specialize(
     """Search the width space again for one device: the same weights, a front chosen by held-out top-1
     and the device's latency, served, selected, exported and benchmarked like a trained front."""
     from bench.device import host_description
+    from pareco_runtime.filelock import locked
     from pareco_runtime.latency_table import LatencyLUT, lut_path
     from pareco_runtime.manifest import check_derived_path, save_derived_front
     from training.extend import calibration_settings, selection_fraction
@@ -138,7 +139,17 @@ def specialize(
             "bo_s": round(result.bo_s, 1),
         }
     }
-    saved = save_derived_front(front, target, result.points, result.bn_stats, [_profile(front, lut)], record)
+    # The search takes minutes; another `pareco specialize --out` the same file may have written it since.
+    # Checked again, and written, under the file's lock: one of two such runs is refused, none lost.
+    with locked(target):
+        if target.exists() and not force:
+            raise ValueError(
+                f"--out {target}: written by another process while this one searched; pass --force to "
+                "replace it, or name another file"
+            )
+        saved = save_derived_front(
+            front, target, result.points, result.bn_stats, [_profile(front, lut)], record
+        )
     measured = bool(here if measure is None else measure)
     if measured:
         _measure(saved, model, lut)

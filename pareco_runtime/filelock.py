@@ -16,6 +16,10 @@ whole read, modify and atomic rename.
   always in the same order: a latency table (``NAME.lut.*.json``), then its manifest.
 - Waiting is bounded: after :func:`lock_timeout` seconds (:data:`DEFAULT_LOCK_TIMEOUT_S`, or the
   environment variable :data:`LOCK_TIMEOUT_ENV`) :class:`LockTimeout` names the holder's pid.
+- A lock file is opened without following a symbolic link and without truncating, and must be a
+  regular file with one link: a link or FIFO planted in a shared folder under a lock file's name is
+  a one-line :class:`~pareco_runtime.untrusted.FormatError`, never a file emptied through the link
+  or a blocked open. The pid is written over a fixed width, so nothing is ever truncated.
 - POSIX only (``fcntl``); advisory, so only pareco's own writers respect it. Locks on network file
   systems are only as good as the server's ``flock`` support.
 """
@@ -23,13 +27,17 @@ whole read, modify and atomic rename.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .untrusted import FormatError, format_error
 
 DEFAULT_LOCK_TIMEOUT_S = 60.0
 LOCK_TIMEOUT_ENV = "PARECO_LOCK_TIMEOUT"
@@ -37,6 +45,10 @@ LOCK_TIMEOUT_ENV = "PARECO_LOCK_TIMEOUT"
 # How often a waiter retries. Holders keep a manifest or index locked for milliseconds (one load,
 # validation and atomic write of a small JSON file), so a short poll keeps waits short.
 _POLL_S = 0.01
+# The holder's pid is written right-aligned over this many bytes: wider than any pid, so a shorter
+# pid overwrites a longer one whole and the file never needs truncating.
+_PID_WIDTH = 24
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class LockTimeout(TimeoutError):
@@ -95,22 +107,56 @@ def _held_for(lockfile: Path) -> _Held:
         return _registry.setdefault(key, _Held())
 
 
-def _holder_pid(lockfile: Path) -> str:
+def _holder_pid(fd: int) -> str:
     with contextlib.suppress(OSError, ValueError):
-        return str(int(lockfile.read_text(encoding="ascii").strip()))
+        return str(int(os.pread(fd, _PID_WIDTH, 0).decode("ascii").strip()))
     return "unknown"
 
 
-def _timeout_error(path: Path, lockfile: Path, timeout: float) -> LockTimeout:
+def _timeout_error(path: Path, lockfile: Path, fd: int, timeout: float) -> LockTimeout:
+    holder = _holder_pid(fd) if fd >= 0 else str(os.getpid())  # another thread of ours
     return LockTimeout(
-        f"{path}: locked by another pareco process (pid {_holder_pid(lockfile)}) for more than "
+        f"{path}: locked by another pareco process (pid {holder}) for more than "
         f"{timeout:g} s; wait for it to finish or remove {lockfile} if no such process runs"
     )
 
 
+def _not_a_lock(lockfile: Path, what: str) -> FormatError:
+    return format_error(
+        lockfile,
+        f"{what}, not a lock file pareco made",
+        "remove it (pareco makes its lock files itself) or ask who put it there",
+    )
+
+
+def _open_lock_file(lockfile: Path) -> int:
+    """A descriptor of ``lockfile``, created if missing: never through a link, never a special file.
+
+    ``O_NOFOLLOW`` refuses a symbolic link; ``O_NONBLOCK`` keeps a FIFO from blocking the open; the
+    ``fstat`` of the open descriptor (not of the name, which could change in between) then refuses
+    anything but a regular file with a single link (a hard link would make it another file's name).
+    """
+    try:
+        fd = os.open(lockfile, _OPEN_FLAGS, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _not_a_lock(lockfile, "is a symbolic link") from None
+        raise
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "is a FIFO" if stat.S_ISFIFO(st.st_mode) else "is not a regular file"
+    elif st.st_nlink != 1:
+        problem = f"is a regular file with {st.st_nlink} hard links"
+    if problem is not None:
+        os.close(fd)
+        raise _not_a_lock(lockfile, problem)
+    return fd
+
+
 def _flock(path: Path, lockfile: Path, deadline: float, timeout: float) -> int:
     """An open descriptor of ``lockfile`` with an exclusive flock on it, our pid written in it."""
-    fd = os.open(lockfile, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock_file(lockfile)
     try:
         while True:
             try:
@@ -118,13 +164,11 @@ def _flock(path: Path, lockfile: Path, deadline: float, timeout: float) -> int:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise _timeout_error(path, lockfile, timeout) from None
+                    raise _timeout_error(path, lockfile, fd, timeout) from None
                 time.sleep(_POLL_S)
-        os.ftruncate(fd, 0)
-        with contextlib.suppress(
-            OSError
-        ):  # the pid only names the holder; a full disk must not stop the lock
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        # The pid only names the holder; a full disk must not stop the lock.
+        with contextlib.suppress(OSError):
+            os.pwrite(fd, f"{os.getpid():>{_PID_WIDTH - 1}}\n".encode("ascii"), 0)
     except BaseException:
         os.close(fd)  # closing drops the flock too, if it was taken
         raise
@@ -136,7 +180,8 @@ def locked(path: str | os.PathLike[str], timeout: float | None = None) -> Iterat
     """Hold the exclusive lock of ``path`` (:func:`lock_file_of`) for the ``with`` block.
 
     Waits at most ``timeout`` seconds (default :func:`lock_timeout`), then raises :class:`LockTimeout`
-    naming the holder's pid and the lock file. Re-entrant in the thread that holds it; the folder
+    naming the holder's pid and the lock file. A lock file that is a symbolic link, a FIFO or any
+    other non-regular file is :class:`~pareco_runtime.untrusted.FormatError` (one line). Re-entrant in the thread that holds it; the folder
     is created if missing.
     """
     target = Path(path)
@@ -146,7 +191,7 @@ def locked(path: str | os.PathLike[str], timeout: float | None = None) -> Iterat
     deadline = time.monotonic() + wait
     held = _held_for(lockfile)
     if not held.thread_lock.acquire(timeout=wait):
-        raise _timeout_error(target, lockfile, wait)
+        raise _timeout_error(target, lockfile, -1, wait)
     try:
         if held.depth == 0:
             held.fd = _flock(target, lockfile, deadline, wait)

@@ -160,6 +160,7 @@ class LatencyLUT:
             )
         fields = {k: v for k, v in d.items() if k != "lut_format"}
         fields["units"] = [UnitTable(**u) for u in fields["units"]]
+        _check_figures(fields)
         return cls(**fields)
 
     def save(self, path: str | Path) -> None:
@@ -179,6 +180,28 @@ class LatencyLUT:
             raise LatencyTableError(
                 f"{path}: not a readable latency table ({type(exc).__name__}: {exc}); {todo}"
             ) from None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_figures(fields: Mapping[str, Any]) -> None:
+    """LatencyTableError naming the first figure a prediction uses that is out of range: the offset
+    a finite number, the scale one above 0, every unit's timings finite and not negative."""
+    problems = []
+    if not _is_number(fields.get("offset_ms", 0.0)):
+        problems.append(f"offset_ms {fields['offset_ms']!r} is not a finite number of milliseconds")
+    scale = fields.get("scale", 1.0)
+    if not (_is_number(scale) and scale > 0):
+        problems.append(f"scale {scale!r} is not a finite number above 0")
+    for unit in fields["units"]:
+        times = unit.times_ms if isinstance(unit.times_ms, list) else [unit.times_ms]
+        bad = next((t for t in times if not (_is_number(t) and t >= 0)), None)
+        if bad is not None or not times:
+            problems.append(f"unit {unit.name!r}: time {bad!r} ms is not a finite number >= 0")
+    if problems:
+        raise LatencyTableError(f"field {problems[0]}")
 
 
 def lut_path(manifest_path: str | Path, profile: str) -> Path:

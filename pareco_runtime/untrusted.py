@@ -6,7 +6,9 @@ socket, a folder or a symbolic link loop is refused at once instead of blocking 
 streaming without end. JSON is read only through :func:`read_json` / :func:`parse_json`: at most
 :data:`MAX_JSON_BYTES`, nested at most :data:`MAX_JSON_DEPTH` levels (checked before parsing, so a
 file of ten thousand ``[`` is a one-line error, not a ``RecursionError``), no duplicate keys, no
-NaN or Infinity.
+NaN or Infinity, and no number that parses to infinity (``1e400``): :func:`nonfinite_field` names
+the first such field, so every number of every JSON file pareco reads (manifest, latency table,
+``export.json``, weight metadata, imported latencies) is finite before any reader sees it.
 
 Errors are :class:`FormatError` with one line ``<file>: <what is wrong>; <what to do>``
 (:func:`first_line` keeps another exception's message to one line). A file another one names by its
@@ -18,9 +20,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import stat
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -157,6 +161,30 @@ def _nests_deeper(text: str, limit: int) -> bool:
     return False
 
 
+def nonfinite_field(value: Any, where: str = "") -> str | None:
+    """The path (``points[2].mflops``) of the first number in the JSON value ``value`` that is not
+    finite (a float that is inf or nan, an integer beyond a float's range); None when all are.
+
+    Python's JSON parser reads ``1e400`` as infinity without complaint; a reader that trusted it
+    wrote a manifest that could never be saved again and fed infinities to torch.
+    """
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where or "the value"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if abs(value) <= sys.float_info.max else where or "the value"
+    if isinstance(value, dict):
+        items: Any = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for path, item in items:
+        found = nonfinite_field(item, path)
+        if found is not None:
+            return found
+    return None
+
+
 def parse_json(
     data: bytes | str,
     source: str | os.PathLike[str],
@@ -168,7 +196,8 @@ def parse_json(
 
     :class:`FormatError` ('<source>: ...; <todo>') for text that is not UTF-8, nests more than
     ``max_depth`` levels (checked before parsing), is not JSON (with line and column), repeats a
-    key in an object, or holds NaN / Infinity.
+    key in an object, or holds NaN / Infinity or a number that reads as infinity (the message
+    names its field: :func:`nonfinite_field`).
     """
     try:
         text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
@@ -179,13 +208,19 @@ def parse_json(
             source, f"JSON nested more than {max_depth} levels deep, deeper than any {what}", todo
         )
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise format_error(
             source, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", todo
         ) from None
     except _BadJSON as exc:
         raise format_error(source, f"not valid {what} JSON ({exc})", todo) from None
+    field = nonfinite_field(value)
+    if field is not None:
+        raise format_error(
+            source, f"{field} is not a finite number (a JSON number beyond +-1.8e308 reads as infinity)", todo
+        )
+    return value
 
 
 def read_json(

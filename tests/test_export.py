@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import replace
@@ -147,8 +148,23 @@ def test_loading_a_broken_file_is_a_clear_error(tmp_path, fmt, ext):
 
 def test_index_merge_and_lookup(tmp_path):
     assert read_index(tmp_path) == []
-    a = {"point": "p0", "format": "onnx", "file": "p0.onnx", "batch": "dynamic", "weights_sha256": "s"}
-    b = {"point": "p0", "format": "executorch", "file": "p0.pte", "batch": 1, "weights_sha256": "s"}
+    x = hashlib.sha256(b"x").hexdigest()  # the files' own hash, as an export records it
+    a = {
+        "point": "p0",
+        "format": "onnx",
+        "file": "p0.onnx",
+        "batch": "dynamic",
+        "weights_sha256": "s",
+        "sha256": x,
+    }
+    b = {
+        "point": "p0",
+        "format": "executorch",
+        "file": "p0.pte",
+        "batch": 1,
+        "weights_sha256": "s",
+        "sha256": x,
+    }
     merge_index(tmp_path, [a, b])
     merge_index(tmp_path, [{**a, "bytes": 5}])
     entries = read_index(tmp_path)
@@ -160,6 +176,8 @@ def test_index_merge_and_lookup(tmp_path):
     assert find_export(tmp_path, "p0", "executorch", "s", 1) == tmp_path / "p0.pte"
     assert find_export(tmp_path, "p0", "executorch", "s", 2) is None  # static batch differs
     assert find_export(tmp_path, "p0", "onnx", "other weights", 1) is None
+    merge_index(tmp_path, [{k: v for k, v in a.items() if k != "sha256"}])
+    assert find_export(tmp_path, "p0", "onnx", "s", 7) is None  # no hash: nothing to trust it by
     (tmp_path / INDEX_NAME).write_text("{not json")
     with pytest.raises(ExportError, match="not a valid export record"):
         read_index(tmp_path)

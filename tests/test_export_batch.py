@@ -3,6 +3,7 @@ range check where pareco runs a ``.pte``, and ``pareco bench`` timing at the rec
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -90,7 +91,14 @@ def test_runner_rejects_batches_outside_its_range():
 
 
 def _record(point: str, fmt: str, file: str, batch: object = None, sha: str = "s") -> dict[str, object]:
-    entry: dict[str, object] = {"point": point, "format": fmt, "file": file, "weights_sha256": sha}
+    # The tests write b"x" as each file; its hash is what an export would have recorded.
+    entry: dict[str, object] = {
+        "point": point,
+        "format": fmt,
+        "file": file,
+        "weights_sha256": sha,
+        "sha256": hashlib.sha256(b"x").hexdigest(),
+    }
     if batch is not None:
         entry["batch"] = batch
     return entry

@@ -147,7 +147,7 @@ def _check_width_space(space: dict[str, Any], source: Source) -> None:
 
 
 def _check_dataset(manifest: dict[str, Any], source: Source) -> None:
-    """One mean and std per input channel; one class name per class where both are given."""
+    """One mean and std per input channel, no std of 0; one class name per class where both are given."""
     dataset = manifest["dataset"]
     in_channels = dataset["input_size"][0]
     for key in ("mean", "std"):
@@ -157,6 +157,8 @@ def _check_dataset(manifest: dict[str, Any], source: Source) -> None:
                 f"dataset.{key} has {len(dataset[key])} values but input_size has {in_channels} channels",
                 REEXPORT,
             )
+    if 0 in dataset["std"]:  # the schema allows >= 0; inputs are divided by it
+        raise _error(source, "dataset.std holds 0, and inputs are divided by it", REEXPORT)
     num_classes = manifest["architecture"]["kwargs"].get("num_classes")
     class_names = dataset["class_names"]
     if class_names and json_schema.json_type(num_classes) == "integer" and len(class_names) != num_classes:
