@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from pareco_runtime import Front
 from pareco_runtime.latency_table import LatencyLUT, LatencyTableError
@@ -96,3 +97,37 @@ def test_a_latency_table_figure_out_of_range_is_refused(tmp_path: Path, change, 
         LatencyLUT.load(path)
     assert str(caught.value).startswith(f"{path}: not a readable latency table (")
     assert problem in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "where,bad",
+    [
+        ("state", float("nan")),
+        ("state", float("inf")),
+        ("bn-var", float("nan")),
+        ("bn-mean", float("-inf")),
+    ],
+)
+def test_a_weight_or_bn_statistic_that_is_not_finite_is_refused_at_load(tmp_path: Path, where, bad) -> None:
+    from pareco_runtime.weights_file import load_weights, save_weights
+
+    weight, mean, var = torch.ones(4, 3), torch.zeros(4), torch.ones(4)
+    target = {"state": weight, "bn-mean": mean, "bn-var": var}[where]
+    target[1] = bad
+    path = tmp_path / "model.safetensors"
+    save_weights(path, {"conv.weight": weight}, {"p0": {"bn": (mean, var)}}, {"arch": "x"})
+    with pytest.raises(FormatError) as caught:
+        load_weights(path)
+    name = {"state": "conv.weight", "bn-mean": "bn/p0/bn.running_mean", "bn-var": "bn/p0/bn.running_var"}
+    message = str(caught.value)
+    assert message.startswith(f"{path}: tensor '{name[where]}' holds NaN or infinite values;")
+    assert "\n" not in message
+
+
+def test_finite_weights_whose_sum_overflows_still_load(tmp_path: Path) -> None:
+    from pareco_runtime.weights_file import load_weights, save_weights
+
+    big = torch.full((4,), 3e38)  # finite, but their float32 sum is infinite
+    path = tmp_path / "model.safetensors"
+    save_weights(path, {"w": big}, {}, {"arch": "x"})
+    assert torch.equal(load_weights(path).state["w"], big)
