@@ -135,7 +135,9 @@ def test_a_mask_id_beyond_classes_txt_and_a_classifier_are_refused(tmp_path, cli
     assert r.returncode == 2 and "--task segmentation needs (1, 3, 32, 32)" in r.stderr, r.stderr
     r = cli(*train_args(root, tmp_path / "out", "--arch", "resnet20"))
     assert r.returncode == 2 and "not a segmentation network" in r.stderr
-    assert SegmentationTask().arch(TrainConfig(task="segmentation")) == "torchvision:lraspp_mobilenet_v3_large"
+    assert (
+        SegmentationTask().arch(TrainConfig(task="segmentation")) == "torchvision:lraspp_mobilenet_v3_large"
+    )
     with pytest.raises(TrainingError, match="--num-classes applies to --task segmentation"):
         TrainConfig(num_classes=3).validate()
 
@@ -163,7 +165,7 @@ def test_distillation_is_pixelwise_kl_up_to_the_teachers_entropy():
     torch.manual_seed(0)
     student = torch.randn(2, 3, 5, 5, requires_grad=True)
     teacher = torch.randn(2, 3, 5, 5)
-    assert SegmentationTask.distill is True  # the Trainer's default term, on 4-D logits
+    assert SegmentationTask().distill() is True  # the Trainer's default term, on 4-D logits
     p = teacher.softmax(1)
     kl = (p * (p.log() - student.log_softmax(1))).sum(1).mean()
     entropy = -(p * p.log()).sum(1).mean()

@@ -281,7 +281,7 @@ def _build(cfg: TrainConfig, dist: distributed.Dist, cache_dir: str | None) -> _
         task.loss(cfg),
         total_steps=spe * cfg.epochs,
         forward=task.forward,
-        distill=task.distill,
+        distill=task.distill(),
         distill_warmup=cfg.distill_warmup,
         probe_loss=task.probe_loss(),
     )

@@ -87,7 +87,8 @@ def _pairs(folder: Path) -> list[tuple[Path, Path]]:
     images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
         raise DataError(f"{images_dir}: no .jpg or .png images; put the images there")
-    pairs, stems = [], {}
+    pairs: list[tuple[Path, Path]] = []
+    stems: dict[str, Path] = {}
     for image in images:
         if image.stem in stems:
             raise DataError(
@@ -144,10 +145,13 @@ def _read_mask(path: Path, image: Path, size: int) -> tuple[np.ndarray, int]:
 def _images(pairs: list[tuple[Path, Path]], size: int) -> Tensor:
     """The images of ``pairs`` as uint8 ``(N, 3, S, S)``; DataError naming the first unreadable one."""
     arrays = _decode_many(((str(image), str(image)) for image, _ in pairs), size)
+    decoded = []
     for image, _ in pairs:
-        if arrays[str(image)] is None:
+        array = arrays[str(image)]
+        if array is None:
             raise DataError(f"{image}: cannot be read as an image; replace it or remove it with its mask")
-    stacked = np.stack([arrays[str(image)] for image, _ in pairs])
+        decoded.append(array)
+    stacked = np.stack(decoded)
     return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
 
 

@@ -33,15 +33,13 @@ class Task(ABC):
     """The problem-specific parts of a ``pareco train`` run, given to the one training loop.
 
     ``metric``: what the front is ranked by; ``epoch_key`` / ``epoch_label``: the figure of the
-    after-epoch check (``epoch_figure``) as logged and as shown; ``distill``: the in-place
-    distillation term (True: :func:`training.batch_loss.soft_target_distill` on the forward's logits).
+    after-epoch check (``epoch_figure``) as logged and as shown.
     """
 
     name: ClassVar[str]
     metric: ClassVar[Metric]
     epoch_key: ClassVar[str]
     epoch_label: ClassVar[str]
-    distill: ClassVar[bool | Distill] = True
 
     @abstractmethod
     def load_data(self, cfg: TrainConfig, cache_dir: str | None, device: torch.device) -> Data:
@@ -54,6 +52,11 @@ class Task(ABC):
     def check_model(self, model: SlimmableNet, data: Data, arch: str) -> None:  # noqa: B027  # optional
         """TrainingError where the built ``model`` cannot learn this task from ``data``; the base checks
         nothing."""
+
+    def distill(self) -> bool | Distill:
+        """The in-place distillation term: True is :func:`training.batch_loss.soft_target_distill` on
+        the forward's logits (KL to the largest config's softmax, per pixel for 4-D logits)."""
+        return True
 
     @abstractmethod
     def loss(self, cfg: TrainConfig) -> Loss:
