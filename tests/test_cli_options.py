@@ -23,6 +23,8 @@ IMPORT = ("--from", "/dev/null", "--profile", "pixel7")
 # (command, option) -> (bad value, extra arguments, a word the message must contain)
 BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
     ("train", "--arch"): ("resnet99", (), "resnet99"),
+    ("train", "--task"): ("detection", (), "--task"),
+    ("train", "--num-classes"): ("1", ("--task", "segmentation"), "--num-classes"),
     ("train", "--init"): ("/nonexistent/w.safetensors", (), "w.safetensors"),
     ("train", "--low"): ("0", (), "--low"),
     ("train", "--group-low"): ("layer4.*=0.5", (), "--group-low"),
