@@ -58,7 +58,8 @@ def train(
 ) -> None:
     """Train one slimmable model; writes OUT/model.safetensors and OUT/model.front.json.
 
-    Progress goes to stderr; the run ends with a summary and the next commands to type on stdout.
+    An image classifier ranked by top-1, or with --task segmentation a per-pixel classifier ranked by
+    mIoU. Progress goes to stderr; the run ends with a summary and the next commands to type on stdout.
     """
     from training.distributed import launched_rank
     from training.loop import train as run
@@ -99,7 +100,7 @@ def typed_settings(ctx: typer.Context) -> set[str]:
 
 # The sections of ``pareco train --help``, by parameter name (settings and this command's own options).
 HELP_SECTIONS: dict[str, tuple[str, ...]] = {
-    "Basic": ("arch", "data", "algorithm", "epochs", "batch_size", "lr", "seed", "out", "resume", "force", "as_json"),
+    "Basic": ("task", "arch", "data", "algorithm", "epochs", "batch_size", "lr", "seed", "out", "resume", "force", "as_json"),
     "Model": ("init", "low", "group_low", "pin", "width", "width_factor", "divisor", "torchvision_widths"),
     "Optimiser": ("momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing"),
     "Front": ("candidates", "calib_batches", "calib_batch_size", "select_fraction", "epoch_eval"),
@@ -107,7 +108,7 @@ HELP_SECTIONS: dict[str, tuple[str, ...]] = {
         "cost", "samples", "history_size", "epsilon", "lambda_sampling", "cost_model", "warmup_configs",
         "probe_batch", "remeasure", "distill_warmup",
     ),
-    "Data": ("image_size", "cache_dir"),
+    "Data": ("image_size", "num_classes", "cache_dir"),
     "System": ("device", "threads", "log_every", "help"),
 }  # fmt: skip
 _SECTION_OF = {name: title for title, names in HELP_SECTIONS.items() for name in names}
@@ -126,6 +127,7 @@ EXAMPLES = """Examples:
   pareco train --data my_images/ --epochs 10 --out runs/mine
   pareco train --arch torchvision:resnet18 --init resnet18.pt --data photos.tar.gz \\
       --algorithm pareco --epochs 30 --out runs/r18 --threads 2
+  pareco train --task segmentation --data scenes/ --image-size 64 --epochs 20 --out runs/seg
 """
 
 

@@ -1,7 +1,7 @@
 """Where a converted architecture comes from: torchvision and timm by name, the user's own by hand.
 
 A manifest names its architecture as text, and text from a stranger must not choose code to run.
-torchvision's and timm's classification builders are an allow-list: the name must be one the
+torchvision's classification and segmentation builders and timm's are an allow-list: the name must be one the
 library itself registers, and it is built with random weights (``weights=None`` /
 ``pretrained=False``: the front's weight file supplies the weights). Any other name
 (``pkg.module:factory``) is the user's code, which the runtime never imports: the app passes the
@@ -85,11 +85,14 @@ def original_module(
     library, _, name = arch.partition(":")
     if library == "torchvision" and factory is None:
         tv = _require("torchvision", "pareco[vision]")
-        known = tv.models.list_models(module=tv.models)
-        if name not in known:
+        if name in tv.models.list_models(module=tv.models.segmentation):
+            # A segmentation builder fetches ImageNet weights for its backbone unless told not to.
+            return tv.models.get_model(name, weights=None, weights_backbone=None, **model_kwargs)
+        if name not in tv.models.list_models(module=tv.models):
             raise ValueError(
-                f"architecture '{arch}': torchvision has no classification model '{name}'; "
-                f"choose one of torchvision.models.list_models(), e.g. resnet18"
+                f"architecture '{arch}': torchvision has no classification model '{name}'; choose one of "
+                "torchvision.models.list_models(), e.g. resnet18 (or a segmentation model, e.g. "
+                "lraspp_mobilenet_v3_large)"
             )
         return tv.models.get_model(name, weights=None, **model_kwargs)
     if library == "timm" and factory is None:

@@ -23,6 +23,8 @@ IMPORT = ("--from", "/dev/null", "--profile", "pixel7")
 # (command, option) -> (bad value, extra arguments, a word the message must contain)
 BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
     ("train", "--arch"): ("resnet99", (), "resnet99"),
+    ("train", "--task"): ("detection", (), "--task"),
+    ("train", "--num-classes"): ("1", ("--task", "segmentation"), "--num-classes"),
     ("train", "--init"): ("/nonexistent/w.safetensors", (), "w.safetensors"),
     ("train", "--low"): ("0", (), "--low"),
     ("train", "--group-low"): ("layer4.*=0.5", (), "--group-low"),
@@ -258,7 +260,7 @@ def test_train_help_groups_its_options_and_gives_examples_that_parse(cli) -> Non
         for line in EXAMPLES.replace("\\\n", " ").splitlines()
         if line.strip().startswith("pareco")
     ]
-    assert len(examples) == 2 and all(e in " ".join(text.replace("\\\n", " ").split()) for e in examples[:1])
+    assert len(examples) == 3 and all(e in " ".join(text.replace("\\\n", " ").split()) for e in examples[:1])
     for example in examples:
         args = shlex.split(example)[2:]
         command.make_context("train", args)  # every flag of the example exists and its value parses

@@ -125,3 +125,22 @@ def lraspp(num_classes: int = 5) -> nn.Module:
     return torchvision.models.segmentation.lraspp_mobilenet_v3_large(
         weights=None, weights_backbone=None, num_classes=num_classes
     )
+
+
+class UserFCN(nn.Module):
+    """A tiny fully convolutional segmenter that returns a dict, as torchvision's segmentation models do."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.classifier = nn.Conv2d(16, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.stem(x)
+        return {"out": self.classifier(x + self.block(x))}
+
+
+def user_fcn(num_classes: int = 3) -> UserFCN:
+    """The factory a user names for segmentation: ``--arch tests.user_models:user_fcn``."""
+    return UserFCN(num_classes)

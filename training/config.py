@@ -13,6 +13,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+TASKS = ("classification", "segmentation")
+# The --arch a task trains when none is given.
+DEFAULT_ARCH = {"classification": "resnet20", "segmentation": "lraspp_mobilenet_v3_large"}
 ALGORITHMS = ("independent", "slim", "pareco", "twostage")
 BO_ALGORITHMS = ("pareco", "twostage")
 SCHEDULES = ("cosine", "linear")
@@ -49,13 +52,23 @@ def _setting(
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (the out directory's ``run.json``)."""
+    """Everything that defines a training run (the out directory's ``run.json``). ``arch`` None at
+    construction becomes the task's default (:data:`DEFAULT_ARCH`)."""
 
+    task: str = _setting(
+        "classification",
+        "What the network learns: classification (one label per image, ImageFolder data, fronts ranked "
+        "by top-1) or segmentation (a class per pixel, images/ + masks/ folders, fronts ranked by mIoU).",
+        choices=TASKS,
+    )
     arch: str = _setting(
-        "resnet20",
+        None,
         "resnet20/32/44/56, mobilenet_v2, mobilenet_v3_large; or any CNN made slimmable from its graph: "
         "torchvision:NAME (e.g. torchvision:resnet18), timm:NAME, or your own pkg.module:factory "
-        "(called with num_classes=N).",
+        "(called with num_classes=N). Segmentation: a torchvision segmentation builder "
+        "(lraspp_mobilenet_v3_large, deeplabv3_mobilenet_v3_large, fcn_resnet50, ...) or your own "
+        "factory returning logits (N, classes, H, W), or a dict with them under 'out'. "
+        "Default: resnet20; lraspp_mobilenet_v3_large for segmentation.",
     )
     init: str | None = _setting(
         None,
@@ -75,7 +88,17 @@ class TrainConfig:
         "Converted --arch: comma-separated layer-name patterns (fnmatch) whose output channels stay "
         "at full width, e.g. 'layer4.*'.",
     )
-    data: str = _setting("digits", "An ImageFolder tree or .tar(.gz) of one, 'digits' or 'synthetic[:N:C]'.")
+    data: str = _setting(
+        "digits",
+        "An ImageFolder tree or .tar(.gz) of one, 'digits' or 'synthetic[:N:C]'. Segmentation: a folder "
+        "of images/ + masks/ (or train/ and val/ each holding both), masks being PNGs of class ids "
+        "(255 = ignore), with an optional classes.txt.",
+    )
+    num_classes: int | None = _setting(
+        None,
+        "Segmentation: the number of classes (default: the lines of DATA/classes.txt, else the largest "
+        "class id in the masks + 1).",
+    )
     algorithm: str = _setting("slim", "Training algorithm.", choices=ALGORITHMS)
     epochs: int = _setting(5, "Passes over the training set.")
     batch_size: int = _setting(128, "Images per step (per rank under torchrun).")
@@ -103,7 +126,9 @@ class TrainConfig:
         "whose first image is at most 64 px on its longer side, that image's shorter side, decoded "
         "into memory (4-px pad-crop + flip, the data's own mean/std); larger images stream from disk at "
         "224 (RandomResizedCrop, ImageNet mean/std; said when it happens). N <= 64 decodes larger "
-        "images into memory too; N > 64 streams them at N.",
+        "images into memory too; N > 64 streams them at N. Segmentation: images and masks are "
+        "decoded into memory at N x N (default: the first image's shorter side; random crop + flip "
+        "of image and mask alike, the data's own mean/std).",
     )
     samples: int = _setting(2, "M: sampled configs per iteration.", flag="--samples-per-iter")
     width: float = _setting(1.0, "Uniform width trained by --algorithm independent.")
@@ -183,6 +208,10 @@ class TrainConfig:
         result=False,
     )
 
+    def __post_init__(self) -> None:
+        if self.arch is None:
+            self.arch = DEFAULT_ARCH.get(self.task, DEFAULT_ARCH["classification"])
+
     @classmethod
     def changes_result(cls, name: str) -> bool:
         """Whether setting ``name`` changes what the run trains (compared on ``--resume``), or only how
@@ -196,8 +225,15 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise TrainingError naming the flag of the first bad value (BO settings: PareCO/TwoStage only)."""
+        self._choose("task")
         self._choose("algorithm")
         self._choose("schedule")
+        self._require(
+            "num_classes",
+            self.num_classes is None or self.task == "segmentation",
+            "applies to --task segmentation (a classification's classes are its folders)",
+        )
+        self._require("num_classes", self.num_classes is None or self.num_classes >= 2, "must be at least 2")
         counts = ("epochs", "batch_size", "calib_batches", "calib_batch_size", "candidates")
         for name in counts:
             self._require(name, getattr(self, name) >= 1, "must be at least 1")

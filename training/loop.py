@@ -1,51 +1,43 @@
-"""The shared training loop: one function that trains any strategy and writes the front.
+"""The shared training loop: one function that trains any strategy on any task and writes the front.
 
-Each step is a :meth:`training.trainer.Trainer.train_step` (the library a user's own loop calls)
+What differs between problems (data, default architecture, loss, forward, figures) comes from the
+run's :class:`training.tasks.Task`; the loop is the same for all. Each step is a :meth:`training.trainer.Trainer.train_step` (the library a user's own loop calls)
 between ``opt.zero_grad()`` and ``opt.step()``. SGD with Nesterov momentum and weight decay, a
 per-step cosine or linear schedule with linear warm-up, optional label smoothing, bf16 autocast on
 GPU, a checkpoint per epoch (bit-exact resume on CPU at the same thread count), progress
-(:mod:`training.progress`) with the top-1 of the largest and smallest sub-networks after each
-epoch, the same figures as JSON lines in ``OUT/train.log.jsonl``, DistributedDataParallel under
+(:mod:`training.progress`) with the top-1 (a task's own figure) of the largest and smallest
+sub-networks after each epoch, the same figures as JSON lines in ``OUT/train.log.jsonl``, DistributedDataParallel under
 ``torchrun``, and a refusal to train on a NaN/inf loss.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import time
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from pareco_runtime import ConversionError, build_model, make_slimmable
-from pareco_runtime.manifest import MANIFEST_NAME, Metric
+from pareco_runtime.manifest import MANIFEST_NAME
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.sources import is_converted, original_from_user
 from pareco_runtime.untrusted import first_line
 
-from . import distributed, report
-from .batch_loss import Loss, cross_entropy
+from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, TrainingError
 from .epoch_eval import describe, epoch_top1
-from .front_builder import (
-    build_front,
-    classification_dataset,
-    classification_evaluators,
-    record_latency_table,
-    split_record,
-)
+from .front_builder import build_front, record_latency_table
 from .init_weights import load_initial_state
 from .progress import Reporter, format_duration
 from .run_dir import LOG_NAME, check_run, prepare_out_dir
 from .strategies import Independent, Slim, Strategy
+from .tasks import Task, make_task
 from .trainer import Trainer
 
 
@@ -166,29 +158,12 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def cli_loss(label_smoothing: float) -> Loss:
-    """The loss ``pareco train`` minimises: cross-entropy against ``batch[1]`` with ``--label-smoothing``."""
-
-    def loss(output: torch.Tensor, batch: Any) -> torch.Tensor:
-        return F.cross_entropy(output, batch[1], label_smoothing=label_smoothing)
-
-    return loss
-
-
-def cli_forward(net: torch.nn.Module, batch: Any) -> torch.Tensor:
-    """The float32 logits of ``batch[0]``; training forwards on a GPU run under bf16 autocast, PareCO's
-    loss measurements (no gradient) in float32."""
-    x = batch[0]
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if x.is_cuda and torch.is_grad_enabled() else None
-    with amp or contextlib.nullcontext():
-        return net(x).float()
-
-
 @dataclasses.dataclass
 class _Run:
-    """What the epochs need: the settings, data, model, optimiser, trainer and steps per epoch."""
+    """What the epochs need: the settings, task, data, model, optimiser, trainer and steps per epoch."""
 
     cfg: TrainConfig
+    task: Task
     data: Any
     model: SlimmableNet
     opt: torch.optim.Optimizer
@@ -278,18 +253,15 @@ def train(
 def _build(cfg: TrainConfig, dist: distributed.Dist, cache_dir: str | None) -> _Run:
     """Load the data and build the model, strategy and optimiser: every check of ``--data``, ``--arch``
     and the settings that needs them, all before the run writes a file."""
-    from .data import load_data
-
+    task = make_task(cfg.task)
     torch.manual_seed(cfg.seed)
-    data = load_data(
-        cfg.data,
-        image_size=cfg.image_size,
-        seed=cfg.seed,
-        select_fraction=cfg.select_fraction,
-        cache_dir=cache_dir,
-        device=dist.device,
+    data = task.load_data(cfg, cache_dir, dist.device)
+    arch = task.arch(cfg)
+    built = build_for_data(
+        dataclasses.replace(cfg, arch=arch), len(data.info.class_names), data.info.input_size
     )
-    model = build_for_data(cfg, len(data.info.class_names), data.info.input_size).to(dist.device)
+    task.check_model(built, data, cfg.arch)
+    model = built.to(dist.device)
     net: torch.nn.Module = model
     if dist.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -306,11 +278,12 @@ def _build(cfg: TrainConfig, dist: distributed.Dist, cache_dir: str | None) -> _
     trainer = Trainer(
         net,
         strategy,
-        cli_loss(cfg.label_smoothing),
+        task.loss(cfg),
         total_steps=spe * cfg.epochs,
-        forward=cli_forward,
+        forward=task.forward,
+        distill=task.distill(),
         distill_warmup=cfg.distill_warmup,
-        probe_loss=cross_entropy,
+        probe_loss=task.probe_loss(),
     )
     opt = torch.optim.SGD(
         model.parameters(),
@@ -319,7 +292,7 @@ def _build(cfg: TrainConfig, dist: distributed.Dist, cache_dir: str | None) -> _
         nesterov=cfg.momentum > 0,
         weight_decay=cfg.weight_decay,
     )
-    return _Run(cfg, data, model, opt, trainer, spe, dist)
+    return _Run(cfg, task, data, model, opt, trainer, spe, dist)
 
 
 def _train_epochs(run: _Run, out: Path, resume: bool, log_every: int, show_progress: bool) -> float:
@@ -352,7 +325,8 @@ def _train_epochs(run: _Run, out: Path, resume: bool, log_every: int, show_progr
             if check is not None:
                 record["epoch_eval"] = check
             log.write(record)
-            progress.say(_epoch_line(epoch, cfg.epochs, epoch_time, loss, check, progress.eta()))
+            figures = None if check is None else describe(check, run.task.epoch_key, run.task.epoch_label)
+            progress.say(_epoch_line(epoch, cfg.epochs, epoch_time, loss, figures, progress.eta()))
             if dist.is_main:
                 save_checkpoint(
                     ckpt_path,
@@ -437,8 +411,8 @@ def _check_finite(losses: list[float], epoch: int, step: int, cfg: TrainConfig, 
 
 
 def _epoch_check(run: _Run) -> dict[str, Any]:
-    """The top-1 of the strategy's watched sub-networks on ``--epoch-eval`` held-out images
-    (:func:`training.epoch_eval.epoch_top1`), with the seconds it took."""
+    """The top-1 (the task's figure) of the strategy's watched sub-networks on ``--epoch-eval``
+    held-out images (:func:`training.epoch_eval.epoch_top1`), with the seconds it took."""
     t0 = time.perf_counter()
     cfg = run.cfg
     result = epoch_top1(
@@ -449,23 +423,23 @@ def _epoch_check(run: _Run) -> dict[str, Any]:
         cfg.calib_batches,
         cfg.calib_batch_size,
         cfg.seed,
+        figure=run.task.epoch_figure(run.data),
+        key=run.task.epoch_key,
     )
     return {**result, "time_s": round(time.perf_counter() - t0, 3)}
 
 
-def _epoch_line(
-    epoch: int, epochs: int, seconds: float, loss: float, check: dict[str, Any] | None, eta: str
-) -> str:
-    """The progress line at the end of an epoch."""
-    figures = f", {describe(check)}" if check is not None else ""
+def _epoch_line(epoch: int, epochs: int, seconds: float, loss: float, figures: str | None, eta: str) -> str:
+    """The progress line at the end of an epoch, with the after-epoch check's ``figures`` where made."""
+    shown = f", {figures}" if figures is not None else ""
     return (
-        f"epoch {epoch + 1}/{epochs} done in {format_duration(seconds)}: mean loss {loss:.3f}{figures}; {eta}"
+        f"epoch {epoch + 1}/{epochs} done in {format_duration(seconds)}: mean loss {loss:.3f}{shown}; {eta}"
     )
 
 
 def _finish(run: _Run, out: Path, wall: float, show_progress: bool) -> Path:
     """Build the front (progress on stderr with ``show_progress``) and write the weight file and manifest."""
-    cfg, model, data = run.cfg, run.model, run.data
+    cfg, model, data, task = run.cfg, run.model, run.data, run.task
     t0 = time.perf_counter()
     progress = Reporter(0, enabled=show_progress)
     try:
@@ -478,7 +452,7 @@ def _finish(run: _Run, out: Path, wall: float, show_progress: bool) -> Path:
                 k, "front:", f"{k}/{n} candidates calibrated and evaluated on {chosen_on}", total=n
             )
 
-        evaluate, selection_evaluate = classification_evaluators(data)
+        evaluate, selection_evaluate = task.evaluators(data)
 
         def chosen(n: int) -> None:
             if data.info.num_selection:
@@ -492,7 +466,7 @@ def _finish(run: _Run, out: Path, wall: float, show_progress: bool) -> Path:
             configs,
             lambda: data.calib_batches(cfg.calib_batch_size, cfg.calib_batches, cfg.seed),
             evaluate,
-            metric=Metric(),
+            metric=task.metric,
             selection_evaluate=selection_evaluate,
             training={
                 "algorithm": cfg.algorithm,
@@ -502,11 +476,12 @@ def _finish(run: _Run, out: Path, wall: float, show_progress: bool) -> Path:
                 "history_size": strategy_record.get("history_size"),
                 "extra": {
                     **strategy_record,
+                    **task.record(data),
                     "config": dataclasses.asdict(cfg),
                     "world_size": run.dist.world_size,
                 },
             },
-            dataset=classification_dataset(data.info, split_record(data.info, cfg.select_fraction, cfg.seed)),
+            dataset=task.dataset(data, cfg),
             cost=None if lat is None else lat.fraction,
             on_done=done,
             on_chosen=chosen,
@@ -517,7 +492,6 @@ def _finish(run: _Run, out: Path, wall: float, show_progress: bool) -> Path:
     manifest = built.manifest
     if lat is not None:
         record_latency_table(manifest, lat.lut)
-    figures = [SimpleNamespace(macs=c.macs, top1=c.selection["top1"]) for c in built.chosen]
-    for problem in report.front_warnings(figures, len(data.info.class_names)):
+    for problem in task.front_warnings(built.chosen, data):
         warnings.warn(f"{manifest}: {problem}", stacklevel=2)
     return manifest

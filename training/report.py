@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pareco_runtime.manifest import Front
+from pareco_runtime.manifest import Front, Metric
 from pareco_runtime.pareto import MAX_MAC_GAP
 
 from .progress import format_duration
@@ -31,6 +31,13 @@ def front_warnings(points: Sequence[Any], num_classes: int) -> list[str]:
             f"{max(p.top1 for p in weak):.1f}%, chance {chance:.1f}%); train more epochs (--epochs) "
             f"or check the data and --lr"
         )
+    return out + gap_warnings(points)
+
+
+def gap_warnings(points: Sequence[Any]) -> list[str]:
+    """One line per MAC gap wider than 3x between neighbours of a front (``points`` with ``macs``,
+    sorted by MACs), with what to do."""
+    out = []
     for a, b in itertools.pairwise(points):
         if a.macs > 0 and b.macs / a.macs > MAX_MAC_GAP:
             out.append(
@@ -76,13 +83,20 @@ def next_commands(manifest: Path, budget: str, flags: str = "") -> list[str]:
 
 def run_summary(manifest: Path, files: Sequence[Path], command_s: float) -> dict[str, Any]:
     """What a finished run tells its user (and ``pareco train --json`` a script): points, MFLOPs range,
-    best top-1 and the split it is on, the split the points were chosen on, wall times, the ``files``
-    that exist, PareCO's BO schedule (None for other algorithms) and the next commands to type."""
+    the best point's top-1 (a front ranked by another metric: that metric's figure, under its name,
+    and ``metric`` naming it) and the split it is on, the split the points were chosen on, wall times,
+    the ``files`` that exist, PareCO's BO schedule (None for other algorithms) and the next commands."""
     front = Front.load(manifest, verify_weights=False)
     points = sorted(front.points, key=lambda p: p.mflops)
     splits = front.dataset.splits or {}
     top1_split = splits.get("top1", {"name": "val"})
-    best = max(points, key=lambda p: -1.0 if p.top1 is None else p.top1)
+    metric = front.metric
+    if metric.declared:
+        best = min(points, key=lambda p: _to_minimise(metric, p))
+        figure: dict[str, Any] = {metric.rank: metric.score(best), "metric": metric.rank}
+    else:
+        best = max(points, key=lambda p: -1.0 if p.top1 is None else p.top1)
+        figure = {"top1": best.top1}
     extra = front.training.extra
     mflops = [p.mflops for p in points]
     return {
@@ -93,7 +107,7 @@ def run_summary(manifest: Path, files: Sequence[Path], command_s: float) -> dict
         "best": {
             "id": best.id,
             "mflops": round(best.mflops, 4),
-            "top1": best.top1,
+            **figure,
             "split": top1_split["name"],
         },
         "chosen_on": splits.get("selection", top1_split),
@@ -108,6 +122,12 @@ def run_summary(manifest: Path, files: Sequence[Path], command_s: float) -> dict
     }
 
 
+def _to_minimise(metric: Metric, point: Any) -> float:
+    """``point``'s reported figure of ``metric`` as a quantity to minimise; unmeasured last."""
+    value = metric.score(point)
+    return math.inf if value is None else metric.better_first(value)
+
+
 def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     """:func:`run_summary` as the lines printed at the end of ``pareco train``."""
     chosen = summary["chosen_on"]
@@ -118,13 +138,15 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     )
     low, high = summary["mflops"]
     best = summary["best"]
-    top1 = "-" if best["top1"] is None else f"{best['top1']:.2f}%"
+    name = best.get("metric", "top1")
+    value = "-" if best[name] is None else f"{best[name]:.2f}" + ("%" if name == "top1" else "")
+    label = "top-1" if name == "top1" else name
     wall = summary["wall_time_s"]
     front_time = "" if wall["front"] is None else f", front {format_duration(wall['front'])}"
     lines = [
         f"front: {summary['points']} points, {low:.2f}-{high:.2f} MFLOPs, from "
         f"{summary['candidates']} candidates chosen on {on}",
-        f"best: {best['id']}, top-1 {top1} on {best['split']} at {best['mflops']:.2f} MFLOPs",
+        f"best: {best['id']}, {label} {value} on {best['split']} at {best['mflops']:.2f} MFLOPs",
         f"time: training {format_duration(wall['training'])}{front_time} "
         f"(this command {format_duration(wall['command'])})",
         "files: " + ", ".join(summary["files"]),

@@ -1,4 +1,5 @@
-"""Training data: embedded digits, synthetic data, and ImageFolder trees (directories or tar archives).
+"""Training data: embedded digits, synthetic data, ImageFolder trees (directories or tar archives), and
+segmentation folders (images + class-id masks).
 
 Small images are decoded once into a uint8 tensor cache (safetensors) and kept on the training device, with
 augmentation done as batched tensor ops; large images stream from a directory through a DataLoader. Every
@@ -8,7 +9,8 @@ epoch boundary repeats the original bit for bit.
 Modules: ``load`` (:func:`load_data`), ``base`` (:class:`Data`, :class:`DataInfo`, :class:`DataError`),
 ``memory`` (:class:`TensorData`), ``stream`` (:class:`StreamData`), ``builtin`` (digits, synthetic),
 ``folder`` (ImageFolder layouts of directories and archives), ``decode`` (images to arrays), ``cache``
-(decoded images on disk), ``order`` (seeded batch orders and the hold-out split).
+(decoded images on disk), ``order`` (seeded batch orders and the hold-out split), ``segmentation``
+(:class:`~training.data.segmentation.SegmentationData`, :func:`~training.data.segmentation.load_segmentation`).
 """
 
 from .base import Data, DataError, DataInfo

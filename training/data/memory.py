@@ -28,13 +28,13 @@ def _channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(means), tuple(stds)
 
 
-def _crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, padding: int) -> Tensor:
-    """Batched random crop (``padding`` zero pixels each side) and horizontal flip, as one gather.
+def _crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, padding: int, fill: int = 0) -> Tensor:
+    """Batched random crop (``padding`` pixels of ``fill`` each side) and horizontal flip, as one gather.
 
     ``offsets`` is ``(N, 2)`` (row, column) in ``[0, 2 * padding]``; ``flips`` is a bool ``(N,)``.
     """
     n, _, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding))
+    padded = F.pad(images, (padding, padding, padding, padding), value=fill)
     rows = offsets[:, :1] + torch.arange(h, device=images.device)
     cols_base = torch.arange(w, device=images.device)
     cols = offsets[:, 1:] + torch.where(flips[:, None], w - 1 - cols_base, cols_base)
@@ -43,7 +43,14 @@ def _crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, padding: int) -> 
 
 
 class TensorData(Data):
-    """Data held as uint8 tensors on the device; augmentation is batched tensor ops on the device."""
+    """Data held as uint8 tensors on the device; augmentation is batched tensor ops on the device.
+
+    Targets are kept as ``target_dtype`` and yielded as int64; a subclass with targets that move with
+    the image (segmentation masks) overrides :meth:`_augment`.
+    """
+
+    padding = CROP_PADDING
+    target_dtype = torch.int64
 
     def __init__(
         self,
@@ -76,11 +83,11 @@ class TensorData(Data):
             val_split=val_split,
         )
         self._train_x = train_x.to(device)
-        self._train_y = train_y.to(device=device, dtype=torch.int64)
+        self._train_y = train_y.to(device=device, dtype=self.target_dtype)
         self._val_x = val_x.to(device)
-        self._val_y = val_y.to(device=device, dtype=torch.int64)
+        self._val_y = val_y.to(device=device, dtype=self.target_dtype)
         self._sel_x = sel_x.to(device)
-        self._sel_y = sel_y.to(device=device, dtype=torch.int64)
+        self._sel_y = sel_y.to(device=device, dtype=self.target_dtype)
         self.renormalise(mean, std)
 
     def renormalise(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -106,20 +113,24 @@ class TensorData(Data):
         steps, batch_size = indices.shape
         indices = indices.to(self.device)
         if gen is not None:
-            offsets = torch.randint(0, 2 * CROP_PADDING + 1, (steps, batch_size, 2), generator=gen)
+            offsets = torch.randint(0, 2 * self.padding + 1, (steps, batch_size, 2), generator=gen)
             flips = torch.randint(0, 2, (steps, batch_size), generator=gen).bool()
             offsets, flips = offsets.to(self.device), flips.to(self.device)
         for step in range(steps):
             sel = indices[step]
-            x = self._train_x[sel]
+            x, y = self._train_x[sel], self._train_y[sel]
             if gen is not None:
-                x = _crop_flip(x, offsets[step], flips[step], CROP_PADDING)
-            yield self._normalise(x), self._train_y[sel]
+                x, y = self._augment(x, y, offsets[step], flips[step])
+            yield self._normalise(x), y.long()
+
+    def _augment(self, x: Tensor, y: Tensor, offsets: Tensor, flips: Tensor) -> tuple[Tensor, Tensor]:
+        """A training batch cropped at ``offsets`` and flipped where ``flips``: the images; labels stay."""
+        return _crop_flip(x, offsets, flips, self.padding), y
 
     def _in_order(self, x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         for start in range(0, x.shape[0], batch_size):
             stop = start + batch_size
-            yield self._normalise(x[start:stop]), y[start:stop]
+            yield self._normalise(x[start:stop]), y[start:stop].long()
 
     def val_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield all validation images in stored order; the last batch may be short."""
@@ -133,7 +144,7 @@ class TensorData(Data):
         """Yield seeded batches of un-augmented training images."""
         for batch in _calib_indices(self.info.num_train, batch_size, num_batches, seed):
             sel = batch.to(self.device)
-            yield self._normalise(self._train_x[sel]), self._train_y[sel]
+            yield self._normalise(self._train_x[sel]), self._train_y[sel].long()
 
 
 def _tensor_data(
