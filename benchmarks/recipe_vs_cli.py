@@ -173,7 +173,10 @@ def main() -> None:
         per_split = {"train": args.train_per_class, "test": args.test_per_class}
         data = subset(Path(args.data), args.out / "data", per_split)
         train_both(args, data, args.out, recipe)
-    command = "python -m benchmarks.recipe_vs_cli " + " ".join(sys.argv[1:])
+    settings = {k: v for k, v in vars(args).items() if k != "report_only"}
+    command = "python -m benchmarks.recipe_vs_cli " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in settings.items()
+    )
     result = {
         "command": command,
         **vars(args),

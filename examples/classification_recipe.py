@@ -6,7 +6,7 @@ MixUp or CutMix on every batch (soft targets) and an exponential moving average 
 weights, around :class:`training.Trainer` (Slim's or PareCO's sub-networks per batch, with in-place
 distillation) and :func:`training.build_front`::
 
-    python examples/classification_recipe.py --out runs/recipe                     # synthetic data, ~2 min
+    python examples/classification_recipe.py --out runs/recipe              # synthetic data, a few minutes
     python examples/classification_recipe.py --data ../shared/datasets/cifar10-jpg.tar.gz --epochs 10 --out runs/recipe
     pareco show runs/recipe/slim/model.front.json runs/recipe/pareco/model.front.json
     pareco select runs/recipe/pareco/model.front.json --budget 20MFLOPs
@@ -159,7 +159,7 @@ def write_front(out: Path, trainer: Trainer, ema: AveragedModel, data: Data, rec
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="folder for slim/ and pareco/")
-    ap.add_argument("--data", default="synthetic:1024:4", help="a pareco train --data spec")
+    ap.add_argument("--data", default="synthetic:512:4", help="a pareco train --data spec")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--algorithms", default="slim,pareco")
