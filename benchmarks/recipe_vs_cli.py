@@ -179,7 +179,7 @@ def main() -> None:
     )
     result = {
         "command": command,
-        **vars(args),
+        **settings,
         "out": str(args.out),
         **summary(args.out, args.algorithms.split(",")),
     }
