@@ -213,6 +213,11 @@ def test_a_run_end_to_end_then_show_and_select(tmp_path, cli):
         "select", str(out / "model.front.json"), "--budget", f"{cheapest.mflops + 1e-3:.4f}MFLOPs", "--json"
     )
     assert r.returncode == 0 and json.loads(r.stdout)["point"]["id"] == cheapest.id
+    # The dict output exports as a flat one, parity-checked against the sliced model.
+    r = cli("export", str(out), "--point", cheapest.id, "--onnx", "--model", FCN)
+    assert r.returncode == 0, r.stderr
+    records = json.loads((out / "export" / "export.json").read_text())
+    assert [(rec["point"], rec["format"]) for rec in records] == [(cheapest.id, "onnx")]
 
 
 @pytest.mark.slow
