@@ -179,7 +179,8 @@ def export_point(
             ) from exc
         with torch.no_grad():
             expected = [model(x).numpy() for x in checks]
-        extra = sorted(p.name for p in staging.iterdir() if p != staged)
+        sides = [staged.with_suffix(ext) for ext in spec.side_exts]  # OpenVINO's .bin weights
+        extra = sorted(p.name for p in staging.iterdir() if p != staged and p not in sides)
         if extra:
             raise ExportError(
                 f"{target.name}: the {fmt} exporter wrote side files ({', '.join(extra)}) but a "
@@ -191,7 +192,10 @@ def export_point(
         details["max_abs_output"] = float(max(np.abs(e).max() if e.size else 0.0 for e in expected))
         if accept is not None:
             details.update(accept(runner))
-        nbytes = staged.stat().st_size
+        nbytes = sum(f.stat().st_size for f in (staged, *sides))
+        for side in sides:  # before the main file, whose arrival completes the export
+            with atomic_path(target.with_suffix(side.suffix)) as tmp:
+                os.replace(side, tmp)
         with atomic_path(target) as tmp:
             os.replace(staged, tmp)
     finally:

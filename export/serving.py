@@ -109,6 +109,7 @@ def load_program(
         # the export extra, where require_backend, not an ImportError of NumPy, must say what to install.
         from .exporter import export_points
 
-        (result,) = export_points(rt, [point], [fmt], cache, batch=CACHE_BATCH)
+        batch = spec.serving.cache_batch if spec.serving and spec.serving.cache_batch else CACHE_BATCH
+        (result,) = export_points(rt, [point], [fmt], cache, batch=batch)
         path = result.path
     return ServedProgram(load_runner(fmt, path, threads), spec)

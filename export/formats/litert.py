@@ -1,0 +1,239 @@
+"""LiteRT (formerly TensorFlow Lite): a ``.tflite`` flatbuffer converted by ``litert-torch`` for one
+static batch, run in ``ai-edge-litert``'s Interpreter with its default XNNPACK delegate.
+
+A ``.tflite`` file runs the batch it was exported for (``--batch N``): litert-torch 0.10.0 cannot
+convert a symbolic batch (its JAX lowering rejects it: "Shapes must be 1D sequences of concrete
+values"), and resizing a static file's input fails in XNNPACK wherever the graph holds a reshape.
+The pareco metadata entries are stored in the flatbuffer's own ``metadata`` table (name -> buffer),
+where LiteRT tools look for a model's metadata; :func:`read_metadata` reads them back.
+
+int8: litert-torch's PT2E quantizer (symmetric int8, per-channel weights, static per-tensor
+activations), activation ranges observed on the calibration images, converted with its quant config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..batch import BatchRange
+from .base import (
+    Calibration,
+    ExportError,
+    Format,
+    Int8Flow,
+    Runner,
+    Serving,
+    as_array,
+    captured_stderr,
+    last_line,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+_IDENTIFIER = b"TFL3"
+
+
+@contextlib.contextmanager
+def quiet_litert() -> Iterator[None]:
+    """Hide litert-torch's progress lines, absl's and TensorFlow's native logs and their import-time
+    warnings (about JAX, torch deprecations) while it imports and converts: nothing a pareco user can
+    act on. A failure still carries its exception."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        captured_stderr(),
+    ):
+        warnings.simplefilter("ignore")
+        level = logging.root.level
+        logging.root.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logging.root.setLevel(level)
+
+
+def _static_batch(batch: BatchRange, path: Path) -> None:
+    """ExportError unless ``batch`` is one batch size (see the module docstring for why)."""
+    if not batch.is_static:
+        raise ExportError(
+            f"{path.name}: a LiteRT file runs one batch size (litert-torch cannot convert a dynamic "
+            f"batch), not --batch {batch.record()}; export it with --batch N"
+        )
+
+
+def write_litert(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int | None,
+    batch: BatchRange,
+    metadata: Mapping[str, str],
+) -> dict[str, Any]:
+    """Convert ``model`` with litert-torch at ``example``'s (static) batch and write the ``.tflite``
+    with ``metadata`` in its metadata table. Returns ``{}``."""
+    _static_batch(batch, path)
+    with quiet_litert():
+        import litert_torch
+
+        converted = litert_torch.convert(model.eval(), (example,))
+    path.write_bytes(with_metadata(bytes(converted.model_content()), metadata))
+    return {}
+
+
+def quantize_litert(model: nn.Module, example: torch.Tensor, calib: Calibration) -> bytes:
+    """``model`` quantized with litert-torch's PT2E quantizer, activation ranges observed on ``calib``,
+    converted at ``example``'s batch; the ``.tflite`` bytes."""
+    import torch
+
+    with quiet_litert():
+        import litert_torch
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        quantizer = PT2EQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+        )
+        # Traced with a dynamic batch so that calibration runs whole batches of 32.
+        trace = calib.batches[0][:1].expand(2, *example.shape[1:]).contiguous()
+        graph = torch.export.export(
+            model.eval(), (trace,), dynamic_shapes=({0: torch.export.Dim("batch")},)
+        ).module()
+        prepared = prepare_pt2e(graph, quantizer)  # type: ignore[arg-type]
+        with torch.no_grad():
+            for x in calib.batches:
+                prepared(x)
+        quantized = convert_pt2e(prepared, fold_quantize=False)
+        converted = litert_torch.convert(
+            quantized, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)
+        )
+    return bytes(converted.model_content())
+
+
+def write_litert_int8(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int | None,
+    batch: BatchRange,
+    metadata: Mapping[str, str],
+    calib: Calibration,
+) -> dict[str, Any]:
+    """``model`` quantized (:func:`quantize_litert`) and written with ``metadata``."""
+    _static_batch(batch, path)
+    path.write_bytes(with_metadata(quantize_litert(model, example, calib), metadata))
+    return {}
+
+
+def with_metadata(content: bytes, metadata: Mapping[str, str]) -> bytes:
+    """The flatbuffer ``content`` with each ``metadata`` entry added to its metadata table (UTF-8 text
+    in a new buffer), replacing entries of the same name."""
+    import flatbuffers
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(content, 0)
+    kept = [m for m in (model.metadata or []) if _text(m.name) not in metadata]
+    for key, text in metadata.items():
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = key
+        entry.buffer = len(model.buffers) - 1
+        kept.append(entry)
+    model.metadata = kept
+    builder = flatbuffers.Builder(len(content) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def _text(name: str | bytes | None) -> str:
+    return name.decode("utf-8") if isinstance(name, bytes) else (name or "")
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The text entries of a ``.tflite`` file's metadata table (pareco's ``pareco.*`` among them;
+    entries that are not UTF-8 text, such as the converter's own, are left out)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    out = {}
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        data = model.Buffers(entry.Buffer()).DataAsNumpy()
+        if isinstance(data, int):  # an empty buffer
+            continue
+        with contextlib.suppress(UnicodeDecodeError):
+            out[_text(entry.Name())] = data.tobytes().decode("utf-8")
+    return out
+
+
+def load_litert(path: Path, threads: int | None) -> Runner:
+    """An ai-edge-litert Interpreter of ``path`` with ``threads`` threads (None: its default) and its
+    default XNNPACK delegate, accepting the one batch the file was converted for."""
+    with quiet_litert():
+        from ai_edge_litert.interpreter import Interpreter
+
+    with captured_stderr() as said:
+        try:
+            interpreter = Interpreter(model_path=str(path), num_threads=threads if threads is not None else -1)
+            interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            raise ExportError(
+                f"{path}: LiteRT cannot load it ({exc}){last_line(said())}; export it again with "
+                "this version of pareco and ai-edge-litert"
+            ) from None
+    (given,) = interpreter.get_input_details()
+    source = given["index"]
+    target = interpreter.get_output_details()[0]["index"]
+    batch = BatchRange.static(int(given["shape"][0]))
+
+    def run(x: Any) -> Any:
+        interpreter.set_tensor(source, x)
+        interpreter.invoke()
+        return interpreter.get_tensor(target)  # a copy: the next invoke cannot overwrite it
+
+    return Runner("litert", path, run, as_array, batches=batch, keep=interpreter)
+
+
+FORMAT = Format(
+    name="litert",
+    title="LiteRT",
+    ext=".tflite",
+    # litert-torch converts static shapes only: a .tflite file runs the batch it was exported for.
+    dynamic_batch=False,
+    packages=("torch", "litert-torch", "ai-edge-litert"),
+    extra="litert",
+    export_modules=("litert_torch", "ai_edge_litert.interpreter"),
+    run_modules=("ai_edge_litert.interpreter",),
+    export_hint="LiteRT export needs litert-torch and ai-edge-litert, the litert extra: pip install 'pareco[litert]'",
+    run_hint="running LiteRT files needs ai-edge-litert, the litert extra: pip install 'pareco[litert]'",
+    flag_help="LiteRT (TensorFlow Lite) .tflite for the Interpreter with XNNPACK (the batch of --batch N).",
+    write=write_litert,
+    load=load_litert,
+    # An Interpreter runs in tensors allocated once: calls are serialised.
+    serving=Serving(
+        backend="litert",
+        package="ai-edge-litert",
+        runtime="ai-edge-litert {version} Interpreter, XNNPACK delegate",
+        extras=("litert",),
+        concurrent=False,
+        cache_batch="1",
+    ),
+    int8=Int8Flow(
+        quantizer="litert-torch PT2EQuantizer, symmetric, per-channel weights, static activations",
+        write=write_litert_int8,
+    ),
+    quiet=quiet_litert,
+)
