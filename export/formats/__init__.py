@@ -151,7 +151,8 @@ def check_int8_formats(formats: Sequence[str]) -> None:
     """ExportError unless every format of ``formats`` has an int8 flow."""
     other = [f for f in formats if get_format(f).int8 is None]
     if other:
-        names = " and ".join(f.title for f in int8_formats())
+        titles = [f.title for f in int8_formats()]
+        names = " and ".join([", ".join(titles[:-1]), titles[-1]] if len(titles) > 1 else titles)
         raise ExportError(
             f"--int8 makes {names} programs, not {', '.join(other)}; export those in another run"
         )

@@ -85,8 +85,8 @@ def write_litert(
     with quiet_litert():
         import litert_torch
 
-        converted = litert_torch.convert(model.eval(), (example,))
-    path.write_bytes(with_metadata(bytes(converted.model_content()), metadata))
+        content = bytes(litert_torch.convert(model.eval(), (example,)).model_content())
+    path.write_bytes(with_metadata(content, metadata))
     return {}
 
 
@@ -117,7 +117,7 @@ def quantize_litert(model: nn.Module, example: torch.Tensor, calib: Calibration)
         converted = litert_torch.convert(
             quantized, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)
         )
-    return bytes(converted.model_content())
+        return bytes(converted.model_content())
 
 
 def write_litert_int8(
@@ -187,7 +187,7 @@ def load_litert(path: Path, threads: int | None) -> Runner:
 
     with captured_stderr() as said:
         try:
-            interpreter = Interpreter(model_path=str(path), num_threads=threads if threads is not None else -1)
+            interpreter = Interpreter(model_path=str(path), num_threads=threads)
             interpreter.allocate_tensors()
         except (RuntimeError, ValueError) as exc:
             raise ExportError(
