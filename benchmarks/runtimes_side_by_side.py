@@ -38,7 +38,7 @@ RUNTIMES = ("torch", "onnx", "executorch", "litert", "openvino")
 REFERENCE = "executorch"
 INT8 = ("onnx", "executorch", "litert", "openvino")
 # (model, zoo arch, kwargs, uniform widths): small and large points of each.
-MODELS = (
+MODELS: tuple[tuple[str, str, dict[str, Any], tuple[float, ...]], ...] = (
     ("resnet20", "resnet20", {"num_classes": 10, "input_size": 32}, (0.5, 0.75, 1.0)),
     ("mobilenet_v2", "mobilenet_v2", {"num_classes": 1000, "input_size": 224}, (0.5, 1.0)),
 )

@@ -9,6 +9,8 @@ where LiteRT tools look for a model's metadata; :func:`read_metadata` reads them
 
 int8: litert-torch's PT2E quantizer (symmetric int8, per-channel weights, static per-tensor
 activations), activation ranges observed on the calibration images, converted with its quant config.
+The program it makes takes and returns int8 tensors; the runner quantizes the float input and
+dequantizes the logits with the scales and zero points the file records, as an app does.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def quantize_litert(model: nn.Module, example: torch.Tensor, calib: Calibration)
         graph = torch.export.export(
             model.eval(), (trace,), dynamic_shapes=({0: torch.export.Dim("batch")},)
         ).module()
-        prepared = prepare_pt2e(graph, quantizer)  # type: ignore[arg-type]
+        prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad():
             for x in calib.batches:
                 prepared(x)
@@ -182,6 +184,8 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 def load_litert(path: Path, threads: int | None) -> Runner:
     """An ai-edge-litert Interpreter of ``path`` with ``threads`` threads (None: its default) and its
     default XNNPACK delegate, accepting the one batch the file was converted for."""
+    import numpy as np
+
     with quiet_litert():
         from ai_edge_litert.interpreter import Interpreter
 
@@ -195,16 +199,40 @@ def load_litert(path: Path, threads: int | None) -> Runner:
                 "this version of pareco and ai-edge-litert"
             ) from None
     (given,) = interpreter.get_input_details()
-    source = given["index"]
-    target = interpreter.get_output_details()[0]["index"]
+    output = interpreter.get_output_details()[0]
+    source, target = given["index"], output["index"]
     batch = BatchRange.static(int(given["shape"][0]))
+    quantize, dequantize = _integer_io(given), _integer_io(output)
+
+    def prepare(x: Any) -> Any:
+        arr = as_array(x)
+        if quantize is None:
+            return arr
+        scale, zero, dtype = quantize
+        bounds = np.iinfo(dtype)
+        return np.clip(np.round(arr / scale) + zero, bounds.min, bounds.max).astype(dtype)
 
     def run(x: Any) -> Any:
         interpreter.set_tensor(source, x)
         interpreter.invoke()
-        return interpreter.get_tensor(target)  # a copy: the next invoke cannot overwrite it
+        y = interpreter.get_tensor(target)  # a copy: the next invoke cannot overwrite it
+        if dequantize is None:
+            return y
+        scale, zero, _ = dequantize
+        return (y.astype(np.float32) - zero) * scale
 
-    return Runner("litert", path, run, as_array, batches=batch, keep=interpreter)
+    return Runner("litert", path, run, prepare, batches=batch, keep=interpreter)
+
+
+def _integer_io(detail: dict[str, Any]) -> tuple[float, int, Any] | None:
+    """(scale, zero point, dtype) of an integer input or output (an int8 program converted with
+    integer I/O takes and returns quantized tensors); None for a float one."""
+    import numpy as np
+
+    if np.issubdtype(detail["dtype"], np.floating):
+        return None
+    scale, zero = detail["quantization"]
+    return float(scale), int(zero), detail["dtype"]
 
 
 FORMAT = Format(
