@@ -49,17 +49,20 @@ def compile_config(threads: int | None) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def quiet_openvino() -> Iterator[None]:
-    """Hide NNCF's progress bars (printed to stdout) and info logs, and the torch warnings of
-    conversion and quantization."""
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Hide NNCF's progress bars (printed to stdout), its info logs and the warning its import
+    prompts, and the torch warnings of conversion and quantization."""
+    # NNCF imports torch.utils.cpp_extension, which warns that no CUDA runtime is found.
+    loggers = [logging.getLogger(name) for name in ("nncf", "torch.utils.cpp_extension")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _convert(model: nn.Module, example: torch.Tensor, batch: BatchRange) -> Any:
