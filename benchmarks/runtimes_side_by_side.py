@@ -4,12 +4,13 @@ Runtime, ExecuTorch, LiteRT and OpenVINO, fp32 and int8, as ratios to ExecuTorch
 Run (in an environment with the export, mobile, litert and openvino extras)::
 
     OMP_NUM_THREADS=1 python -m benchmarks.runtimes_side_by_side [--runs 20] [--out FILE.json]
+        [--models resnet20,mobilenet_v2] [--widths 0.5,1.0]
 
 The sub-networks are uniform-width configs of the zoo's slimmable ResNet20 (32 px, 10 classes) and
 MobileNetV2 (224 px, 1000 classes), sliced to plain models (latency and parity do not depend on the
 weights' training). Each is exported to every format with :func:`export.exporter.export_point`
 (its parity check against PyTorch and its export time recorded), at batch 1 and 8 (ExecuTorch and
-LiteRT files run one batch: one file per batch), and as int8 at batch 1 (calibrated on random
+LiteRT files run one batch: one file per batch; ONNX and OpenVINO files take any), and as int8 at batch 1 (calibrated on random
 inputs: latency only). Then, per model and batch, every (point, runtime, precision) is timed
 interleaved round by round (:func:`bench.timing.interleaved_warm`), one thread each. Printed per
 point: median ms and the ratio to ExecuTorch's, GMAC/s (multiply-adds per image × batch / median),
@@ -65,6 +66,10 @@ def export_all(
             for precision in ("fp32", "int8") if batch == 1 else ("fp32",):
                 if precision == "int8" and fmt not in INT8:
                     continue
+                if batch > 1 and get_format(fmt).dynamic_batch:  # its batch-1 file takes any batch
+                    first = folder / f"{tag}-b1-fp32{get_format(fmt).ext}"
+                    calls[(fmt, precision, batch)] = load_runner(fmt, first, threads=1).bind(x)
+                    continue
                 path = folder / f"{tag}-b{batch}-{precision}{get_format(fmt).ext}"
                 started = time.perf_counter()
                 res = export_point(
@@ -90,6 +95,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None, help="Also write the figures as JSON here.")
+    ap.add_argument("--models", default=",".join(m[0] for m in MODELS), help="Which models, comma-separated.")
+    ap.add_argument("--widths", default=None, help="Uniform widths to take instead of each model's own.")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from export.formats import set_executorch_threads
@@ -98,7 +105,10 @@ def main() -> None:
     say = print
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="pareco-side-by-side-") as scratch:
-        for name, arch, kwargs, widths in MODELS:
+        for name, arch, kwargs, own in MODELS:
+            if name not in args.models.split(","):
+                continue
+            widths = own if args.widths is None else tuple(float(w) for w in args.widths.split(","))
             net = build_model(arch, **kwargs).eval()
             size = tuple(net.input_size)
             points = {}
