@@ -195,7 +195,8 @@ def export_point(
             ) from exc
         with torch.no_grad():
             expected = [[t.numpy() for _, t in flatten_outputs(model(x))] for x in checks]
-        extra = sorted(p.name for p in staging.iterdir() if p != staged)
+        sides = [staged.with_suffix(ext) for ext in spec.side_exts]  # OpenVINO's .bin weights
+        extra = sorted(p.name for p in staging.iterdir() if p != staged and p not in sides)
         if extra:
             raise ExportError(
                 f"{target.name}: the {fmt} exporter wrote side files ({', '.join(extra)}) but a "
@@ -212,7 +213,7 @@ def export_point(
         result = ExportResult(
             format=fmt,
             path=target,
-            bytes=staged.stat().st_size,
+            bytes=sum(f.stat().st_size for f in (staged, *sides)),
             max_abs_diff=diff,
             input_size=size,
             batch=batches,
@@ -227,6 +228,9 @@ def export_point(
         with contextlib.ExitStack() as stack:
             if record_in is not None:
                 stack.enter_context(locked(record_in / INDEX_NAME))
+            for side in sides:  # before the main file, whose arrival completes the export
+                with atomic_path(target.with_suffix(side.suffix)) as tmp:
+                    os.replace(side, tmp)
             with atomic_path(target) as tmp:
                 os.replace(staged, tmp)
             if record_in is not None:

@@ -115,8 +115,9 @@ def load_program(
         # the export extra, where require_backend, not an ImportError of NumPy, must say what to install.
         from .exporter import export_points
 
+        batch = spec.serving.cache_batch if spec.serving and spec.serving.cache_batch else CACHE_BATCH
         try:
-            (result,) = export_points(rt, [point], [fmt], cache, batch=CACHE_BATCH)
+            (result,) = export_points(rt, [point], [fmt], cache, batch=batch)
         except OSError as exc:
             if exc.errno is None:  # LockTimeout: its message is already one line
                 raise

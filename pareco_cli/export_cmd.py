@@ -1,8 +1,14 @@
-"""``pareco export``: slice chosen front points into ONNX, TorchScript, ``.pt2`` or ExecuTorch files."""
+"""``pareco export``: slice chosen front points into files of the export formats (:mod:`export.formats`).
+
+The per-format flags (``--onnx``, ``--executorch``, ...) are made from the format registry: one
+``--<name>`` per :class:`~export.formats.base.Format`, with its ``flag_help``.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -43,15 +49,6 @@ def export(
         typer.Option("--point", metavar="ID", help="Export this point id; repeat for several."),
     ] = None,
     all_points: Annotated[bool, typer.Option("--all", help="Export every point of the front.")] = False,
-    onnx: Annotated[
-        bool, typer.Option("--onnx", help="ONNX (dynamic batch, opset >= 18), checked in onnxruntime.")
-    ] = False,
-    torchscript: Annotated[bool, typer.Option("--torchscript", help="TorchScript (traced), .pt.")] = False,
-    pt2: Annotated[bool, typer.Option("--pt2", help="torch.export program, .pt2 (dynamic batch).")] = False,
-    executorch: Annotated[
-        bool,
-        typer.Option("--executorch", help="ExecuTorch .pte lowered to XNNPACK (the batch of --batch)."),
-    ] = False,
     fallback: Annotated[
         str | None,
         typer.Option(
@@ -69,7 +66,8 @@ def export(
             "--batch",
             metavar="N|dynamic:MAX",
             help="Batch of ExecuTorch files: N (that batch only) or dynamic:MAX (any batch from 1 to "
-            "MAX, e.g. dynamic:8); ONNX, TorchScript and .pt2 files take any batch.",
+            "MAX, e.g. dynamic:8); LiteRT files: N only; ONNX, TorchScript, .pt2 and OpenVINO files "
+            "take any batch.",
         ),
     ] = "1",
     atol: Annotated[
@@ -113,21 +111,16 @@ def export(
         str | None, typer.Option("--model", metavar="pkg.module:factory", help=MODEL_HELP)
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    **flags: bool,
 ) -> None:
     """Export front points; each file is loaded back in its runtime and checked against PyTorch
     (an int8 program by its top-1 against the fp32 point's)."""
-    formats = [
-        name
-        for name, on in (
-            ("onnx", onnx),
-            ("torchscript", torchscript),
-            ("pt2", pt2),
-            ("executorch", executorch),
-        )
-        if on
-    ]
+    from export.formats import FORMATS
+
+    formats = [name for name in FORMATS if flags.get(name)]
     if not formats:
-        raise ValueError("choose at least one format: --onnx, --torchscript, --pt2 or --executorch")
+        names = [f"--{name}" for name in FORMATS]
+        raise ValueError(f"choose at least one format: {', '.join(names[:-1])} or {names[-1]}")
     chosen = sum((bool(budget), bool(point), all_points))
     if chosen > 1:
         raise ValueError(
@@ -223,6 +216,35 @@ def export(
             for r in results
         ],
     )
+
+
+def _with_format_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` declaring one ``--<name>`` flag per registered format (after ``--all``, with the
+    format's ``flag_help``), which typer passes into its ``**flags``."""
+    from export.formats import FORMATS
+
+    params = [
+        p
+        for p in inspect.signature(command, eval_str=True).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    at = [p.name for p in params].index("all_points") + 1
+    generated = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=False,
+            annotation=Annotated[bool, typer.Option(f"--{name}", help=spec.flag_help)],
+        )
+        for name, spec in FORMATS.items()
+    ]
+    merged = [*params[:at], *generated, *params[at:]]
+    command.__signature__ = inspect.Signature(merged, return_annotation=None)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in merged}
+    return command
+
+
+export = _with_format_flags(export)
 
 
 def _check_int8_options(

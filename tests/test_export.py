@@ -226,7 +226,10 @@ def test_cli_export_budget_picks_one_point(tiny_front, tmp_path, cli):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--point", "p00"], "choose at least one format: --onnx, --torchscript, --pt2 or --executorch"),
+        (
+            ["--point", "p00"],
+            "choose at least one format: --onnx, --torchscript, --pt2, --executorch, --litert or --openvino",
+        ),
         (["--point", "nope", "--pt2"], "no point 'nope' in this front"),
         (["--budget", "0.001MFLOPs", "--pt2"], "no front point satisfies"),
         (["--pt2"], "say which points to export: --budget B (e.g. --budget "),

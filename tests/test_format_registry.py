@@ -4,6 +4,7 @@ asks of a format, the packaging agrees with it, and no module outside it names a
 from __future__ import annotations
 
 import ast
+import json
 import sys
 from pathlib import Path
 
@@ -47,21 +48,49 @@ def test_the_entry_points_serve_exactly_the_registered_backends():
     assert entries == dict.fromkeys(SERVED, "export.serving:load_program")
 
 
+def test_the_manifest_accepts_int8_variants_of_every_served_backend():
+    schema = json.loads((ROOT / "pareco_runtime" / "manifest" / "schema.json").read_text())
+    found = [
+        node["enum"]
+        for node in _walk(schema)
+        if isinstance(node, dict) and "enum" in node and "onnxruntime" in node["enum"]
+    ]
+    assert found == [list(SERVED)]
+
+
+def test_every_format_has_its_export_flag(cli):
+    r = cli("export", "--help")
+    for spec in FORMATS.values():
+        assert f"--{spec.name}" in r.stdout and spec.flag_help.split()[0] in r.stdout
+
+
+def _walk(node: object) -> list[object]:
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    return [node, *(n for child in children for n in _walk(child))]
+
+
 def test_module_extras_come_from_the_formats():
     assert module_extras() == {
         "onnx": "export",
         "onnxscript": "export",
         "onnxruntime": "export",
         "executorch": "mobile",
+        "litert_torch": "litert",
+        "ai_edge_litert": "litert",
+        "openvino": "openvino",
+        "nncf": "openvino",
     }
 
 
 def test_int8_formats_and_their_backends():
     assert {served_backend(f) for f in ("onnx", "executorch")} == {"onnxruntime", "executorch"}
-    with pytest.raises(ExportError, match=r"^--int8 makes ONNX and ExecuTorch programs, not pt2; "):
+    with pytest.raises(
+        ExportError, match=r"^--int8 makes ONNX, ExecuTorch, LiteRT and OpenVINO programs, not pt2; "
+    ):
         check_int8_formats(["onnx", "pt2"])
     with pytest.raises(
-        ExportError, match=r"no backend runs torchscript files; choose one of onnx, executorch"
+        ExportError,
+        match=r"no backend runs torchscript files; choose one of onnx, executorch, litert, openvino",
     ):
         served_backend("torchscript")
 

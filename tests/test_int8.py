@@ -190,7 +190,7 @@ def test_bench_times_the_int8_programs_and_select_chooses_among_them(front_copy:
     [
         (
             ("--torchscript", "--int8", "--calib", SYNTHETIC),
-            "--int8 makes ONNX and ExecuTorch programs, not torchscript",
+            "--int8 makes ONNX, ExecuTorch, LiteRT and OpenVINO programs, not torchscript",
         ),
         (("--onnx", "--int8"), "--int8 needs --calib DATA"),
         (("--onnx", "--calib", SYNTHETIC), "--calib apply to --int8 exports only"),

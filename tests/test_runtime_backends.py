@@ -61,9 +61,12 @@ def test_the_export_folder_beside_the_manifest_is_used_and_a_foreign_record_is_n
 
 
 @pytest.mark.slow
-def test_inference_never_mixes_two_points_while_switching(front_copy):
-    rt = SlimmableRuntime.load(front_copy, backend="onnxruntime", preload=True)
-    x = _inputs(rt, 2)
+@pytest.mark.parametrize(("backend", "batch"), [("onnxruntime", 2), ("litert", 1), ("openvino", 2)])
+def test_inference_never_mixes_two_points_while_switching(front_copy, backend, batch):
+    if backend not in available():
+        pytest.skip(f"backend {backend} is not installed here")
+    rt = SlimmableRuntime.load(front_copy, backend=backend, preload=True)
+    x = _inputs(rt, batch)  # a LiteRT program served on first use runs batch 1
     expected = {}
     for p in rt.points:
         rt.switch(p)

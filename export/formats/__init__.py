@@ -8,7 +8,7 @@ int8 flow); no other module names a format. Exporters write exactly one file at 
 given (staging and the atomic move into place are :func:`export.exporter.export_point`'s); runners
 load a file in the runtime that will run it on a device, for parity checks and ``pareco bench``.
 
-Adding a format (LiteRT, OpenVINO, ...):
+Adding a format (Core ML, TensorRT, ...):
 
 1. Write ``export/formats/<name>.py`` declaring ``FORMAT = Format(...)``: its writer and loader
    (importing the format's packages inside the functions, so that the registry stays importable
@@ -22,7 +22,8 @@ Adding a format (LiteRT, OpenVINO, ...):
 4. Add its parity test (export a point, load it back, compare with PyTorch), as
    ``tests/test_export.py`` does for the others. ``tests/test_format_registry.py`` checks the
    rest: every field declared, the entry points matching, no format named outside this package.
-5. Add its ``pareco export --<name>`` flag (``pareco_cli/export_cmd.py``).
+
+Its ``pareco export --<name>`` flag is made from the record (``Format.flag_help``).
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import executorch, onnx, pt2, torchscript
+from . import executorch, litert, onnx, openvino, pt2, torchscript
 from .base import Calibration, ExportError, Format, MissingDependencyError, Runner, Serving
 from .executorch import BATCH_METHODS, constant_method, set_executorch_threads
 from .torchscript import quiet_torchscript
 
-FORMATS: dict[str, Format] = {m.FORMAT.name: m.FORMAT for m in (onnx, torchscript, pt2, executorch)}
+FORMATS: dict[str, Format] = {
+    m.FORMAT.name: m.FORMAT for m in (onnx, torchscript, pt2, executorch, litert, openvino)
+}
 
 # The compiled backends (``pareco bench --backend``, ``SlimmableRuntime.load(..., backend=)``) and
 # the format each runs.
@@ -148,7 +151,8 @@ def check_int8_formats(formats: Sequence[str]) -> None:
     """ExportError unless every format of ``formats`` has an int8 flow."""
     other = [f for f in formats if get_format(f).int8 is None]
     if other:
-        names = " and ".join(f.title for f in int8_formats())
+        titles = [f.title for f in int8_formats()]
+        names = " and ".join([", ".join(titles[:-1]), titles[-1]] if len(titles) > 1 else titles)
         raise ExportError(
             f"--int8 makes {names} programs, not {', '.join(other)}; export those in another run"
         )

@@ -73,7 +73,8 @@ class Serving:
     needs (it exports on first use), which the ``pareco.backends`` entry point of ``pyproject.toml``
     names too; ``concurrent``: whether one loaded file may run from several threads at once;
     ``pool_threads``: sizes a process-wide thread pool, which must happen before any file loads,
-    and returns the note for reports (None: threads are set per file).
+    and returns the note for reports (None: threads are set per file); ``cache_batch``: the
+    ``--batch`` of files exported on first use (None: :data:`export.serving.CACHE_BATCH`).
     """
 
     backend: str
@@ -82,6 +83,7 @@ class Serving:
     extras: tuple[str, ...]
     concurrent: bool
     pool_threads: Callable[[int], str] | None = None
+    cache_batch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,9 @@ class Format:
     ``load``: loads one in its runtime with ``threads`` (None: the runtime's default); ``serving``:
     the backend running its files (None: not one of ``pareco bench``'s); ``int8``: its int8 flow
     (None: fp32 only); ``quiet``: a context hiding notices its runtime prints that a pareco user
-    cannot act on.
+    cannot act on; ``flag_help``: the help of its ``pareco export --<name>`` flag; ``side_exts``:
+    the extensions of files the writer puts beside the main one (OpenVINO's ``.bin`` weights),
+    moved into place with it.
     """
 
     name: str
@@ -114,6 +118,7 @@ class Format:
     dynamic_batch: bool
     write: Writer
     load: Callable[[Path, int | None], Runner]
+    flag_help: str
     # A format torch alone writes and runs leaves these out.
     packages: tuple[str, ...] = ("torch",)
     extra: str | None = None
@@ -124,6 +129,7 @@ class Format:
     serving: Serving | None = None
     int8: Int8Flow | None = None
     quiet: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
+    side_exts: tuple[str, ...] = ()
 
     def require(self, for_export: bool = True) -> None:
         """:class:`MissingDependencyError` unless what writing (or, ``for_export=False``, running) a

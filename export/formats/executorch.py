@@ -261,6 +261,7 @@ FORMAT = Format(
     run_hint="running ExecuTorch files needs the mobile extra: pip install 'pareco[mobile]'",
     write=write_executorch,
     load=load_executorch,
+    flag_help="ExecuTorch .pte lowered to XNNPACK (the batch of --batch).",
     # A method runs in memory planned once: calls are serialised and outputs copied out.
     serving=Serving(
         backend="executorch",

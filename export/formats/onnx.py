@@ -157,6 +157,7 @@ FORMAT = Format(
     run_hint="running ONNX files needs onnxruntime, the export extra: pip install 'pareco[export]'",
     write=write_onnx,
     load=load_onnx,
+    flag_help="ONNX (dynamic batch, opset >= 18), checked in onnxruntime.",
     # An ONNX Runtime session may be run from several threads at once (its documented contract).
     serving=Serving(
         backend="onnxruntime",

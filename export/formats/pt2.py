@@ -49,4 +49,5 @@ FORMAT = Format(
     dynamic_batch=True,
     write=write_pt2,
     load=load_pt2,
+    flag_help="torch.export program, .pt2 (dynamic batch).",
 )

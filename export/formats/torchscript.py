@@ -69,4 +69,5 @@ FORMAT = Format(
     dynamic_batch=True,
     write=write_torchscript,
     load=load_torchscript,
+    flag_help="TorchScript (traced), .pt.",
 )

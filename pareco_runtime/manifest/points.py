@@ -13,7 +13,7 @@ PRECISIONS = ("fp32", "int8")
 class Variant:
     """A quantized program of a front point, with its own measured figures (``pareco export --int8``).
 
-    ``precision``: "int8"; ``backend``: the runtime that runs it ("onnxruntime" or "executorch", as
+    ``precision``: "int8"; ``backend``: the runtime that runs it (a compiled backend: "onnxruntime", "executorch", "litert", "openvino"; as
     ``pareco bench --backend`` names them); ``top1``: its top-1 in percent and ``fp32_top1`` the float
     point's, both measured in the same run on the same images (``split``: which, as the manifest's
     splits are recorded), so ``fp32_top1 - top1`` is the drop quantization costs; ``bytes``: the
