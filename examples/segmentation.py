@@ -143,8 +143,8 @@ def train(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="folder for slim/ and pareco/")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--images", type=int, default=256, help="generated training images")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--images", type=int, default=192, help="generated training images")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--algorithms", default="slim,pareco")
     args = ap.parse_args()
