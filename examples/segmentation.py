@@ -10,8 +10,8 @@ mIoU (torchmetrics, higher is better) and also records pixel accuracy::
 
     python examples/segmentation.py --out runs/seg                     # Slim and PareCO
     pareco show runs/seg/pareco
-    pareco select runs/seg/pareco --budget 10MFLOPs
-    PYTHONPATH=. pareco export runs/seg/pareco --budget 10MFLOPs --onnx --executorch \\
+    pareco select runs/seg/pareco --budget 12MFLOPs
+    PYTHONPATH=. pareco export runs/seg/pareco --budget 12MFLOPs --onnx --executorch \\
         --out runs/seg/export --model examples.segmentation:lraspp
     PYTHONPATH=. pareco bench runs/seg/pareco --backend torch --model examples.segmentation:lraspp
 
