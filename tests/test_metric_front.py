@@ -222,3 +222,22 @@ def test_a_newer_manifest_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({**_declared_manifest(), "format_version": 5}))
     with pytest.raises(FormatError, match=r"written by a newer pareco \(format 5 > 4\); upgrade pareco"):
         load_manifest(path)
+
+
+def test_build_front_of_a_1d_network_records_its_c_l_input(tmp_path: Path) -> None:
+    import warnings
+
+    from pareco_runtime import make_slimmable
+    from tests.user_models import kws_net
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pinned classifier
+        model = make_slimmable(kws_net(num_classes=3), torch.randn(1, 40, 98), arch="tests.user_models:kws_net",
+                               model_kwargs={"num_classes": 3})  # fmt: skip
+    configs = [model.space.uniform(w) for w in WIDTHS]
+    calib = [(torch.randn(8, 40, 98), torch.zeros(8, dtype=torch.long))]
+    built = build_front(tmp_path, model, configs, calib, _by_width(SCORES), metric="miou", training=RECORD)
+    assert json.loads(built.manifest.read_text())["dataset"]["input_size"] == [40, 98]
+    rt = SlimmableRuntime.load(built.manifest, model=kws_net)
+    assert [p.metrics["miou"] for p in rt.points] == [0.2, 0.6, 0.8]

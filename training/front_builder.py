@@ -304,16 +304,18 @@ def _declared(metric: str | Metric, higher_is_better: bool, cands: Sequence[Cand
 
 def _input_dataset(calib: CalibrationBatches, model: SlimmableNet) -> DatasetSpec:
     """A dataset record for a front built from the user's own data: the input size of the first
-    calibration batch's input (what ``first_input`` feeds the model), no normalisation, no classes."""
+    calibration batch's input (what ``first_input`` feeds the model: ``[N, C, H, W]`` images or
+    ``[N, C, L]`` sequences), no normalisation, no classes."""
     batch = next(iter(calib.batches()))
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if not isinstance(x, Tensor) or x.dim() != 4:
+    if not isinstance(x, Tensor) or x.dim() not in (3, 4):
         raise ValueError(
-            "build_front: cannot read the input size [C, H, W] from the calibration batches; "
+            "build_front: cannot read the input size [C, H, W] or [C, L] from the calibration batches; "
             "pass dataset=DatasetSpec(...)"
         )
-    c, h, w = (int(n) for n in x.shape[1:])
-    return DatasetSpec(name="custom", input_size=(c, h, w), mean=[0.0] * c, std=[1.0] * c, class_names=[])
+    size = tuple(int(n) for n in x.shape[1:])
+    c = size[0]
+    return DatasetSpec(name="custom", input_size=size, mean=[0.0] * c, std=[1.0] * c, class_names=[])
 
 
 def build_front(
