@@ -46,10 +46,16 @@ def check_declared(manifest: dict[str, Any], rank: str, names: Sequence[str], hi
 
 
 def check_commands(
-    cli: Callable[..., Any], front: Path, model: str, out: Path, rank: str, higher: bool = True
+    cli: Callable[..., Any],
+    front: Path,
+    model: str,
+    out: Path,
+    rank: str,
+    higher: bool = True,
+    formats: Sequence[str] = ("onnx", "executorch"),
 ) -> None:
-    """``pareco show``, ``select --budget``, ``export --budget --onnx --executorch`` and ``bench`` on the
-    front in folder ``front``, with ``--model`` where the network must be rebuilt."""
+    """``pareco show``, ``select --budget``, ``export --budget`` to ``formats`` and ``bench`` on the front
+    in folder ``front``, with ``--model`` where the network must be rebuilt."""
     import onnxruntime as ort
 
     r = cli("show", str(front))
@@ -71,8 +77,7 @@ def check_commands(
         str(front),
         "--budget",
         budget,
-        "--onnx",
-        "--executorch",
+        *(f"--{fmt}" for fmt in formats),
         "--out",
         str(out),
         "--model",
@@ -80,7 +85,7 @@ def check_commands(
     )
     assert r.returncode == 0, r.stderr
     records = json.loads((out / "export.json").read_text())
-    assert {rec["format"] for rec in records} == {"onnx", "executorch"}
+    assert {rec["format"] for rec in records} == set(formats)
     assert all(rec["max_abs_diff"] <= 1e-4 for rec in records)
     # Our own check of the ONNX file against the sliced model, on an input of our own.
     rt = SlimmableRuntime.load(front / "model.front.json", model=import_factory(model))

@@ -15,7 +15,18 @@ from .example_fronts import check_commands, check_declared, run_example
 def test_keyword_spotting_example_fronts_serve_every_command(repo_root: Path, tmp_path: Path, cli) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("executorch")
-    manifests = run_example(repo_root, "keyword_spotting.py", tmp_path, "--epochs", "1", "--clips", "256")
+    # PareCO alone: the commands below take its front; Slim's loop is the same code.
+    manifests = run_example(
+        repo_root,
+        "keyword_spotting.py",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--clips",
+        "256",
+        "--algorithms",
+        "pareco",
+    )
     for manifest in manifests.values():
         check_declared(manifest, "top1", ["top1", "loss"], higher=True)
         assert manifest["dataset"]["input_size"] == [40, 98]
