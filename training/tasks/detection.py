@@ -106,8 +106,8 @@ def truth(targets: Tensor, image_size: tuple[int, int]) -> list[dict[str, Tensor
     h, w = image_size
     scale = torch.tensor([w, h, w, h], device=targets.device, dtype=targets.dtype)
     found = []
-    for rows in targets:
-        rows = rows[rows[:, 0] != NO_OBJECT]
+    for image in targets:
+        rows = image[image[:, 0] != NO_OBJECT]
         found.append({"boxes": corners(rows[:, 1:]) * scale, "labels": rows[:, 0].long()})
     return found
 
