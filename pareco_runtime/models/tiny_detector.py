@@ -83,8 +83,11 @@ class TinyDetector(SlimmableNet, TinyDetectorPlain):
         self.backbone = nn.Sequential(*layers)
         hidden = b.dim("head", int(HEAD * width))
         self.head = ConvBNReLU(b, prev, hidden, 1)
-        self.predict = b.conv(hidden, b.fixed(BOX_CHANNELS + num_classes), 1, bias=True)
+        predict = b.conv(hidden, b.fixed(BOX_CHANNELS + num_classes), 1, bias=True)
+        self.predict = predict
         self._init_weights()
+        # The last layer starts small, so the first boxes are the cells' own (sigmoid(0) = 0.5).
+        nn.init.normal_(predict.weight, std=0.01)
         self._finish(b, low, divisor, (3, input_size, input_size))
 
     def _init_weights(self) -> None:
@@ -93,5 +96,3 @@ class TinyDetector(SlimmableNet, TinyDetectorPlain):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        # The last layer starts small, so the first boxes are the cells' own (sigmoid(0) = 0.5).
-        nn.init.normal_(self.predict.weight, std=0.01)
