@@ -282,3 +282,34 @@ def test_resume_is_bit_identical(tmp_path, cli, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     points = [json.loads((d / "model.front.json").read_text())["points"] for d in (ref, cut)]
     assert points[0] == points[1]
+
+
+class OwnDetector(torch.nn.Module):
+    """A user's own detector: plain layers down to stride 4, returning the raw map."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, 3, 2, 1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+        )  # fmt: skip
+        self.predict = torch.nn.Conv2d(32, BOX_CHANNELS + num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict(self.body(x))
+
+
+def own_detector(num_classes: int = 2) -> OwnDetector:
+    """The factory a user names: ``--arch tests.test_task_detection:own_detector``."""
+    return OwnDetector(num_classes)
+
+
+@pytest.mark.slow
+def test_your_own_detector_trains_made_slimmable_from_its_graph(tmp_path, cli):
+    out = tmp_path / "run"
+    arch = "tests.test_task_detection:own_detector"
+    r = cli(*train_args(rectangles(tmp_path / "d"), out, "--arch", arch))
+    assert r.returncode == 0, r.stderr
+    front = Front.load(out / "model.front.json")
+    assert front.architecture.arch == arch and front.metric.rank == "map50"
+    assert all(0 <= p.metrics["map50"] <= 100 for p in front.points)
