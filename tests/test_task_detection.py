@@ -145,6 +145,18 @@ def test_a_bad_image_or_folder_is_refused_in_one_line(tmp_path, damage, name, me
     assert "\n" not in text and text.startswith(str(root / name if name != "d" else root)) and message in text
 
 
+def test_a_validation_split_without_objects_is_refused_before_training(tmp_path):
+    root = tmp_path / "d"
+    rectangles(root / "train", n=8)
+    rectangles(root / "val", n=2, seed=1)
+    for labels in (root / "val" / "labels").iterdir():
+        labels.unlink()
+    with pytest.raises(
+        DataError, match=r"the val split's 2 images hold no object, so mAP cannot be measured"
+    ):
+        load_detection(str(root), split=Holdout(0.2, 0.0, 0))
+
+
 def test_each_object_is_assigned_to_the_cell_of_its_centre_the_last_listed_winning():
     targets = torch.tensor([[[0, 0.1, 0.1, 0.2, 0.2], [1, 0.9, 0.6, 0.1, 0.3], [0, 0.95, 0.7, 0.05, 0.05]],
                             [[1, 0.5, 0.5, 1.0, 1.0], [NO_OBJECT, 0, 0, 0, 0], [NO_OBJECT, 0, 0, 0, 0]]])  # fmt: skip

@@ -232,8 +232,21 @@ def load_detection(
     images = _images(every, size)
     targets = _targets(every, max(len(boxes) for _, boxes in every))
     train_xy, val_xy, selection = _split_off(root, images, targets, len(train), val is not None, split)
+    _require_objects(root, val_xy[1], f"the {val_split} split", "add labelled images or a val/ folder")
+    if selection is not None:
+        _require_objects(
+            root, selection[1], "the selection split", "add labelled images or give --select-fraction 0"
+        )
     dev = device or torch.device("cpu")
     return DetectionData(root.name, train_xy, val_xy, names, dev, selection, val_split, source)
+
+
+def _require_objects(root: Path, targets: Tensor, split: str, fix: str) -> None:
+    """DataError where the images of ``split`` hold no object: mAP cannot be measured on them."""
+    if not (targets[..., 0] != NO_OBJECT).any():
+        raise DataError(
+            f"{root}: {split}'s {targets.shape[0]} images hold no object, so mAP cannot be measured; {fix}"
+        )
 
 
 def _first_size(image: Path) -> int:

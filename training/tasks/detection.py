@@ -14,7 +14,7 @@ class distributions over channel 1, and this map's channels are not one distribu
 box offsets sit beside the class logits). Points are scored by COCO mean average precision
 (torchmetrics, in percent) at IoU 0.5 (``map50``, the declared metric, higher is better) and averaged
 over IoU 0.5:0.95 (``map``), on the boxes :func:`pareco_runtime.detection.detections` decodes, and by
-the mean loss per image.
+the loss.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from ..data import Data
 
 FIGURES = ("map50", "map", "loss")
-"""What a detection front's points record: mAP@0.5 and mAP@0.5:0.95 in percent, mean loss per image."""
+"""What a detection front's points record: mAP@0.5 and mAP@0.5:0.95 in percent, and the loss averaged
+over batches, weighted by their images."""
 ZOO = ("tiny_detector",)
 """The zoo's detectors: the names ``--task detection`` trains without a factory."""
 VAL_FRACTION = 0.2
