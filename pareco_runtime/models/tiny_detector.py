@@ -61,7 +61,8 @@ class TinyDetector(SlimmableNet, TinyDetectorPlain):
         super().__init__()
         if input_size < STRIDE or input_size % STRIDE:
             raise ValueError(
-                f"tiny_detector needs an input side that is a multiple of {STRIDE}, got {input_size}"
+                f"tiny_detector needs an input side that is a multiple of {STRIDE}, got {input_size}; "
+                f"train at a multiple of {STRIDE} (--image-size)"
             )
         if not width > 0 or any((c * width) % 1 for c, _ in LAYERS):
             raise ValueError(f"width must be positive and make every layer's channels whole, got {width}")
