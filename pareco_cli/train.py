@@ -58,8 +58,8 @@ def train(
 ) -> None:
     """Train one slimmable model; writes OUT/model.safetensors and OUT/model.front.json.
 
-    An image classifier ranked by top-1, or with --task segmentation a per-pixel classifier ranked by
-    mIoU. Progress goes to stderr; the run ends with a summary and the next commands to type on stdout.
+    An image classifier ranked by top-1, with --task segmentation a per-pixel classifier ranked by
+    mIoU, or with --task detection an object detector ranked by mAP@0.5. Progress goes to stderr; the run ends with a summary and the next commands to type on stdout.
     """
     from training.distributed import launched_rank
     from training.loop import train as run

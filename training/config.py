@@ -13,9 +13,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "detection")
 # The --arch a task trains when none is given.
-DEFAULT_ARCH = {"classification": "resnet20", "segmentation": "lraspp_mobilenet_v3_large"}
+DEFAULT_ARCH = {
+    "classification": "resnet20",
+    "segmentation": "lraspp_mobilenet_v3_large",
+    "detection": "tiny_detector",
+}
 ALGORITHMS = ("independent", "slim", "pareco", "twostage")
 BO_ALGORITHMS = ("pareco", "twostage")
 SCHEDULES = ("cosine", "linear")
@@ -58,7 +62,8 @@ class TrainConfig:
     task: str = _setting(
         "classification",
         "What the network learns: classification (one label per image, ImageFolder data, fronts ranked "
-        "by top-1) or segmentation (a class per pixel, images/ + masks/ folders, fronts ranked by mIoU).",
+        "by top-1), segmentation (a class per pixel, images/ + masks/ folders, fronts ranked by mIoU) or "
+        "detection (boxes, images/ + YOLO labels/ folders, fronts ranked by mAP@0.5).",
         choices=TASKS,
     )
     arch: str = _setting(
@@ -67,8 +72,9 @@ class TrainConfig:
         "torchvision:NAME (e.g. torchvision:resnet18), timm:NAME, or your own pkg.module:factory "
         "(called with num_classes=N). Segmentation: a torchvision segmentation builder "
         "(lraspp_mobilenet_v3_large, deeplabv3_mobilenet_v3_large, fcn_resnet50, ...) or your own "
-        "factory returning logits (N, classes, H, W), or a dict with them under 'out'. "
-        "Default: resnet20; lraspp_mobilenet_v3_large for segmentation.",
+        "factory returning logits (N, classes, H, W), or a dict with them under 'out'. Detection: "
+        "tiny_detector or your own factory returning the raw map (N, 5 + classes, rows, columns). "
+        "Default: resnet20; lraspp_mobilenet_v3_large for segmentation; tiny_detector for detection.",
     )
     init: str | None = _setting(
         None,
@@ -92,12 +98,13 @@ class TrainConfig:
         "digits",
         "An ImageFolder tree or .tar(.gz) of one, 'digits' or 'synthetic[:N:C]'. Segmentation: a folder "
         "of images/ + masks/ (or train/ and val/ each holding both), masks being PNGs of class ids "
-        "(255 = ignore), with an optional classes.txt.",
+        "(255 = ignore), with an optional classes.txt. Detection: a folder of images/ + labels/ (or "
+        "train/ and val/ each holding both), YOLO label files of 'class cx cy w h' lines.",
     )
     num_classes: int | None = _setting(
         None,
-        "Segmentation: the number of classes (default: the lines of DATA/classes.txt, else the largest "
-        "class id in the masks + 1).",
+        "Segmentation and detection: the number of classes (default: the lines of DATA/classes.txt, "
+        "else the largest class id in the masks or labels + 1).",
     )
     algorithm: str = _setting("slim", "Training algorithm.", choices=ALGORITHMS)
     epochs: int = _setting(5, "Passes over the training set.")
@@ -230,10 +237,15 @@ class TrainConfig:
         self._choose("schedule")
         self._require(
             "num_classes",
-            self.num_classes is None or self.task == "segmentation",
-            "applies to --task segmentation (a classification's classes are its folders)",
+            self.num_classes is None or self.task != "classification",
+            "applies to --task segmentation and detection (a classification's classes are its folders)",
         )
-        self._require("num_classes", self.num_classes is None or self.num_classes >= 2, "must be at least 2")
+        fewest = 1 if self.task == "detection" else 2  # one kind of object is a detection
+        self._require(
+            "num_classes",
+            self.num_classes is None or self.num_classes >= fewest,
+            f"must be at least {fewest}",
+        )
         counts = ("epochs", "batch_size", "calib_batches", "calib_batch_size", "candidates")
         for name in counts:
             self._require(name, getattr(self, name) >= 1, "must be at least 1")

@@ -9,6 +9,7 @@ from ..sources import ModelFactory, is_converted
 from .base import SlimmableNet
 from .mobilenet import MobileNetV2, MobileNetV3Large
 from .resnet_cifar import ResNetCifar
+from .tiny_detector import TinyDetector
 
 
 def _resnet(depth: int) -> Callable[..., SlimmableNet]:
@@ -25,6 +26,7 @@ ARCHITECTURES: dict[str, Callable[..., SlimmableNet]] = {
     **{f"resnet{d}": _resnet(d) for d in (20, 32, 44, 56)},
     "mobilenet_v2": MobileNetV2,
     "mobilenet_v3_large": MobileNetV3Large,
+    "tiny_detector": TinyDetector,
 }
 
 
@@ -49,4 +51,12 @@ def build_model(name: str, factory: ModelFactory | None = None, **kwargs: Any) -
         raise ValueError(f"bad arguments for architecture '{name}': {exc}") from None
 
 
-__all__ = ["ARCHITECTURES", "MobileNetV2", "MobileNetV3Large", "ResNetCifar", "SlimmableNet", "build_model"]
+__all__ = [
+    "ARCHITECTURES",
+    "MobileNetV2",
+    "MobileNetV3Large",
+    "ResNetCifar",
+    "SlimmableNet",
+    "TinyDetector",
+    "build_model",
+]

@@ -45,12 +45,13 @@ def _crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, padding: int, fil
 class TensorData(Data):
     """Data held as uint8 tensors on the device; augmentation is batched tensor ops on the device.
 
-    Targets are kept as ``target_dtype`` and yielded as int64; a subclass with targets that move with
-    the image (segmentation masks) overrides :meth:`_augment`.
+    Targets are kept as ``target_dtype`` and yielded as ``batch_target_dtype`` (int64 labels); a
+    subclass with targets that move with the image (segmentation masks, boxes) overrides :meth:`_augment`.
     """
 
     padding = CROP_PADDING
     target_dtype = torch.int64
+    batch_target_dtype = torch.int64
 
     def __init__(
         self,
@@ -121,7 +122,7 @@ class TensorData(Data):
             x, y = self._train_x[sel], self._train_y[sel]
             if gen is not None:
                 x, y = self._augment(x, y, offsets[step], flips[step])
-            yield self._normalise(x), y.long()
+            yield self._normalise(x), y.to(self.batch_target_dtype)
 
     def _augment(self, x: Tensor, y: Tensor, offsets: Tensor, flips: Tensor) -> tuple[Tensor, Tensor]:
         """A training batch cropped at ``offsets`` and flipped where ``flips``: the images; labels stay."""
@@ -130,7 +131,7 @@ class TensorData(Data):
     def _in_order(self, x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         for start in range(0, x.shape[0], batch_size):
             stop = start + batch_size
-            yield self._normalise(x[start:stop]), y[start:stop].long()
+            yield self._normalise(x[start:stop]), y[start:stop].to(self.batch_target_dtype)
 
     def val_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield all validation images in stored order; the last batch may be short."""
@@ -144,7 +145,7 @@ class TensorData(Data):
         """Yield seeded batches of un-augmented training images."""
         for batch in _calib_indices(self.info.num_train, batch_size, num_batches, seed):
             sel = batch.to(self.device)
-            yield self._normalise(self._train_x[sel]), self._train_y[sel].long()
+            yield self._normalise(self._train_x[sel]), self._train_y[sel].to(self.batch_target_dtype)
 
 
 def _tensor_data(

@@ -236,9 +236,23 @@ def load_segmentation(
     names, source = _class_names(root, num_classes, max(masks.max_ids))
     _check_ids(every, masks.max_ids, len(names), source)
     images = _images(every, size)
-    n = len(train)
-    x, y = images[:n], masks.masks[:n]
-    if val is None:
+    train_xy, val_xy, selection = _split_off(root, images, masks.masks, len(train), val is not None, split)
+    dev = device or torch.device("cpu")
+    return SegmentationData(root.name, train_xy, val_xy, names, dev, selection, val_split, source)
+
+
+Pair = tuple[Tensor, Tensor]
+
+
+def _split_off(
+    root: Path, images: Tensor, targets: Tensor, n: int, has_val: bool, split: Holdout
+) -> tuple[Pair, Pair, Pair | None]:
+    """(train, validation, selection) of the first ``n`` (training) ``images`` and ``targets`` and the
+    rest (the val/ folder's, where ``has_val``): without one a seeded ``split.val_fraction`` of the
+    training images is the validation split; then ``split.select_fraction`` of those left is held out
+    for selection (None where too few to hold any out)."""
+    x, y = images[:n], targets[:n]
+    if not has_val:
         kept, held = _held_out(n, split.val_fraction, split.seed, "split")
         if not held.numel():
             raise DataError(
@@ -247,12 +261,11 @@ def load_segmentation(
         val_xy = x[held], y[held]
         x, y = x[kept], y[kept]
     else:
-        val_xy = images[n:], masks.masks[n:]
+        val_xy = images[n:], targets[n:]
     selection = None
     if split.select_fraction > 0:
         kept, held = _held_out(x.shape[0], split.select_fraction, split.seed, "selection")
         if held.numel():  # too few images to hold any out: points are chosen on the validation split
             selection = x[held], y[held]
             x, y = x[kept], y[kept]
-    dev = device or torch.device("cpu")
-    return SegmentationData(root.name, (x, y), val_xy, names, dev, selection, val_split, source)
+    return (x, y), val_xy, selection
