@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,6 +44,7 @@ Batch = tuple[Tensor, Tensor, Tensor, Tensor]  # images, objectness, class, box 
 
 
 def conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """3x3 conv, BatchNorm, ReLU."""
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
 
@@ -144,7 +146,7 @@ def decode(out: dict[str, Tensor], threshold: float = 0.05) -> list[dict[str, Te
     return results
 
 
-def evaluator(images: Tensor, targets: list[dict[str, Tensor]]):
+def evaluator(images: Tensor, targets: list[dict[str, Tensor]]) -> Callable[[nn.Module], dict[str, float]]:
     """Our metric: mAP at IoU 0.5 (torchmetrics) of the decoded detections on ``images``."""
 
     @torch.no_grad()
@@ -192,6 +194,7 @@ def clock() -> tuple[float, float]:
 
 
 def spent(since: tuple[float, float], until: tuple[float, float]) -> str:
+    """The wall and CPU seconds between two :func:`clock` readings, as the run prints them."""
     return f"{until[0] - since[0]:.0f} s ({until[1] - since[1]:.0f} s CPU)"
 
 
@@ -208,8 +211,8 @@ def main() -> None:
     selection, validation = make_scenes(args.eval_images, SEED + 1), make_scenes(args.eval_images, SEED + 2)
     calib = [
         tuple(t[i : i + args.batch_size] for t in data)
-        for i in range(0, 4 * args.batch_size, args.batch_size)
-    ]
+        for i in range(0, min(4 * args.batch_size, args.images), args.batch_size)
+    ]  # BN statistics of each candidate: four training batches
     for algorithm in args.algorithms.split(","):
         start = clock()
         trainer = train(algorithm, data, args.epochs, args.batch_size)
