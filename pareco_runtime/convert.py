@@ -238,17 +238,86 @@ class _Layer:
     cout: tuple[int, ...]
 
 
+# What a SlimmableNet made by make_slimmable sets on itself: an original attribute of one of these
+# names, or of a class member of TracedSlimmableNet, would hide that member or be overwritten.
+_INSTANCE_API = frozenset(
+    {
+        "arch",
+        "arch_kwargs",
+        "space",
+        "input_size",
+        "input_sizes",
+        "ctx",
+        "alpha",
+        "pinned",
+        "plain_attributes",
+        "_example",
+        "_one",
+        "_bn_layers",
+        "_macs_terms",
+        "_params_terms",
+        "_own",
+    }
+)
+
+
 class TracedSlimmableNet(SlimmableNet):
     """A :class:`SlimmableNet` made by :func:`make_slimmable`; ``forward`` is the original class's.
 
     ``plain_class`` is the original class: slicing traces its ``forward`` on plain layers into a
     standalone graph of torch layers; ``plain_attributes`` are the original module's own non-module
-    attributes that its ``forward`` may read, set on the plain copy that is traced. ``pinned`` maps each layer whose output
-    channels stay at full width to the reason (the network's output, an op named in a warning, a
-    ``pin`` pattern).
+    attributes that its ``forward`` may read, set on the plain copy that is traced. ``pinned`` maps each
+    layer whose output channels stay at full width to the reason (the network's output, an op named in
+    a warning, a ``pin`` pattern).
+
+    The original's own attributes never hide or overwrite this class's members (timm's DLA has a list
+    ``channels``, torchvision's MNASNet a float ``alpha``): such attributes live on a plain instance of
+    the original class that shares this one's layers, parameters and buffers, and the original
+    ``forward`` runs on it (it then sees the attributes as they were when converted).
     """
 
     pinned: dict[str, str]
+    # The original class's instance holding the attributes named like members of this class, else None.
+    _own: nn.Module | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The original class's ``forward``."""
+        own = self._own
+        if own is None:
+            return self.plain_class.forward(self, *args, **kwargs)
+        own.training = self.training
+        return self.plain_class.forward(own, *args, **kwargs)
+
+    def plain_values(self) -> dict[str, Any]:
+        """The original's attributes of :attr:`plain_attributes`, as the original ``forward`` sees them."""
+        source = self if self._own is None else self._own
+        return {name: getattr(source, name) for name in self.plain_attributes}
+
+
+def _is_api(name: str) -> bool:
+    """Whether an attribute ``name`` of an original module would hide or be overwritten by the API."""
+    return name in _INSTANCE_API or (hasattr(TracedSlimmableNet, name) and not hasattr(nn.Module, name))
+
+
+def _split_off_clashes(net: nn.Module, original: type[nn.Module]) -> nn.Module | None:
+    """Move ``net``'s own attributes named like the SlimmableNet API onto a plain ``original`` sharing its
+    module state, returned (None when there are none); refuse layers, parameters, buffers so named."""
+    state = set(vars(nn.Module()))
+    for kind in ("_modules", "_parameters", "_buffers"):
+        named = next((k for k in getattr(net, kind) if _is_api(k)), None)
+        if named is not None:
+            raise ConversionError(
+                f"make_slimmable: {type(net).__name__}.{named} is named like a member of SlimmableNet; "
+                "rename it, or convert a submodule that holds it"
+            )
+    clashes = [k for k in vars(net) if k not in state and _is_api(k)]
+    if not clashes:
+        return None
+    own = original.__new__(original)
+    own.__dict__.update(vars(net))  # the same _modules, _parameters and _buffers dicts: one set of layers
+    for k in clashes:
+        del net.__dict__[k]
+    return own
 
 
 def _tensor_meta(node: torch.fx.Node) -> Any:
@@ -675,8 +744,11 @@ def make_slimmable(
         {"plain_class": original, "__module__": __name__},
     )
     own = tuple(k for k in vars(net) if not k.startswith("_") and k != "training")
+    shadow = _split_off_clashes(net, original)
     net.__class__ = cls
     slim: TracedSlimmableNet = net  # type: ignore[assignment]
+    # object.__setattr__: a module held here must not become a child (its layers are this one's).
+    object.__setattr__(slim, "_own", shadow)
     slim.plain_attributes = own
     slim.arch = arch or f"custom:{original.__module__}.{original.__qualname__}"
     slim.arch_kwargs = {

@@ -168,6 +168,10 @@ class SlimmableNet(nn.Module):
         self._build_cost_terms()
         self.alpha = self.space.uniform(1.0)
 
+    def plain_values(self) -> dict[str, Any]:
+        """The attributes of :attr:`plain_attributes` by name, as the plain class's ``forward`` reads them."""
+        return {name: getattr(self, name) for name in self.plain_attributes}
+
     def example_inputs(self, batch: int = 1, generator: torch.Generator | None = None) -> tuple[Any, ...]:
         """The positional arguments of one forward pass: a ``batch`` of each input, standard normal
         from ``generator`` (zeros without one). A network converted with an example that is not
@@ -223,10 +227,9 @@ class SlimmableNet(nn.Module):
                 continue
             depthwise = isinstance(m, SLIM_CONVS) and m.depthwise
             kk = math.prod(m.kernel_size) if isinstance(m, SLIM_CONVS) else 1
-            per_position = positions[m] if isinstance(m, SLIM_CONVS) else 1
             for o in outs:
                 for i in [one] if depthwise else [s for _, s in m.in_parts]:
-                    add(macs, o, i, per_position * kk)
+                    add(macs, o, i, positions[m] * kk)
                     add(params, o, i, kk)
                 if m.bias is not None:
                     add(params, o, one, 1)
