@@ -229,9 +229,10 @@ class SlimLinear(_Slim, nn.Linear):
 
 
 class SlimBatchNorm2d(_Slim, nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` over the first k channels of shared affine parameters and statistics.
+    """``nn.BatchNorm2d`` over the first k channels of shared affine parameters and statistics (of each
+    block, over a concatenation).
 
-    In training mode it normalises with batch statistics and updates the first k entries of the
+    In training mode it normalises with batch statistics and updates the active entries of the
     running buffers (cumulative average when ``momentum`` is None, as BN calibration uses). In
     eval mode it uses the context's per-point statistics when present, else the running buffers.
     """
