@@ -92,7 +92,9 @@ def discover_units(model: SlimmableNet) -> list[_Unit]:
         for sub, module in subs:
             slims = [m for m in module.modules() if isinstance(m, SLIM_TYPES)]
             if slims:
-                dims = sorted({s for m in slims for s in (m.in_slot, m.out_slot) if s < model.space.dims})
+                dims = sorted(
+                    {s for m in slims for _, s in (*m.in_parts, *m.out_parts) if s < model.space.dims}
+                )
                 units.append(_Unit(f"{name}.{sub}" if sub else name, dims))
     return units
 

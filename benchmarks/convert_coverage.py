@@ -1,8 +1,9 @@
 """Which torchvision classification models make_slimmable converts, which in part, which it refuses, and why.
 
-Run: ``.venv/bin/python -m benchmarks.convert_coverage [--size 224] [--skip-large]`` (random weights, no
-download). For each model: width dimensions found, layers kept at full width, the reasons (grouped by
-the op that pinned them), and a check that a random config's slice equals the slimmable model.
+Run: ``.venv/bin/python -m benchmarks.convert_coverage [--size 224] [--skip-large] [--models NAME ...]``
+(random weights, no download). For each model: width dimensions found, layers kept at full width, the
+reasons (grouped by the op that pinned them), MACs at uniform width 0.5 relative to full, and a check
+that a random config's slice equals the slimmable model.
 """
 
 from __future__ import annotations
@@ -37,18 +38,30 @@ def _reason(text: str) -> str:
     return f"{why} [{op.group(1).split('.')[-1] if op else '?'}]" if "does not know" in why else why
 
 
+def _model(name: str) -> torch.nn.Module:
+    """torchvision's model ``name``, or timm's for ``timm:NAME``, with random weights, in eval mode."""
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(name.removeprefix("timm:")).eval()
+    return torchvision.models.get_model(name, weights=None).eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument(
+        "--models", nargs="+", help="these models only (default: every torchvision one); timm:NAME for timm's"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    names = torchvision.models.list_models(module=torchvision.models)
+    names = args.models or torchvision.models.list_models(module=torchvision.models)
     for name in names:
         if args.skip_large and name in LARGE:
             print(f"{name}: skipped (large)", flush=True)
             continue
-        original = torchvision.models.get_model(name, weights=None).eval()
+        original = _model(name)
         x = torch.randn(1, 3, args.size, args.size)
         t0 = time.perf_counter()
         try:
@@ -71,10 +84,11 @@ def main() -> None:
         layers = sum(1 for m in slim.modules() if isinstance(m, dense))
         full = sum(1 for n in slim.pinned if isinstance(slim.get_submodule(n), dense))
         kind = "converts" if not reasons else "in part"
+        half = slim.macs(slim.space.uniform(0.5)) / slim.macs(slim.space.uniform(1.0))
         detail = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
         print(
             f"{name}: {kind}, {slim.space.dims} dims, {full}/{layers} conv/linear layers at full width, "
-            f"{seconds:.1f} s, slice equal: {exact}{'; ' + detail if detail else ''}",
+            f"MACs at 0.5: {half:.3f}, {seconds:.2f} s, slice equal: {exact}{'; ' + detail if detail else ''}",
             flush=True,
         )
 

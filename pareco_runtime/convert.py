@@ -152,6 +152,7 @@ _ELEMENTWISE_FUNCTIONS: set[Any] = {
 _ELEMENTWISE_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
 _REDUCE_FUNCTIONS: set[Any] = {torch.mean, torch.sum, torch.amax}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
+_CAT_FUNCTIONS: set[Any] = {torch.cat, torch.concat, torch.concatenate}
 
 
 def _is_bn_act(mod: nn.Module) -> bool:
@@ -229,10 +230,35 @@ class _Groups:
 
 @dataclass
 class _Layer:
+    """A layer to slim and the channel variables of its input and output, one per concatenated block."""
+
     name: str
     module: nn.Module
-    cin: int
-    cout: int
+    cin: tuple[int, ...]
+    cout: tuple[int, ...]
+
+
+# What a SlimmableNet made by make_slimmable sets on itself: an original attribute of one of these
+# names, or of a class member of TracedSlimmableNet, would hide that member or be overwritten.
+_INSTANCE_API = frozenset(
+    {
+        "arch",
+        "arch_kwargs",
+        "space",
+        "input_size",
+        "input_sizes",
+        "ctx",
+        "alpha",
+        "pinned",
+        "plain_attributes",
+        "_example",
+        "_one",
+        "_bn_layers",
+        "_macs_terms",
+        "_params_terms",
+        "_own",
+    }
+)
 
 
 class TracedSlimmableNet(SlimmableNet):
@@ -240,12 +266,58 @@ class TracedSlimmableNet(SlimmableNet):
 
     ``plain_class`` is the original class: slicing traces its ``forward`` on plain layers into a
     standalone graph of torch layers; ``plain_attributes`` are the original module's own non-module
-    attributes that its ``forward`` may read, set on the plain copy that is traced. ``pinned`` maps each layer whose output
-    channels stay at full width to the reason (the network's output, an op named in a warning, a
-    ``pin`` pattern).
+    attributes that its ``forward`` may read, set on the plain copy that is traced. ``pinned`` maps each
+    layer whose output channels stay at full width to the reason (the network's output, an op named in
+    a warning, a ``pin`` pattern).
+
+    The original's own attributes never hide or overwrite this class's members (timm's DLA has a list
+    ``channels``, torchvision's MNASNet a float ``alpha``): such attributes live on a plain instance of
+    the original class that shares this one's layers, parameters and buffers, and the original
+    ``forward`` runs on it (it then sees the attributes as they were when converted).
     """
 
     pinned: dict[str, str]
+    # The original class's instance holding the attributes named like members of this class, else None.
+    _own: nn.Module | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The original class's ``forward``."""
+        own = self._own
+        if own is None:
+            return self.plain_class.forward(self, *args, **kwargs)
+        own.training = self.training
+        return self.plain_class.forward(own, *args, **kwargs)
+
+    def plain_values(self) -> dict[str, Any]:
+        """The original's attributes of :attr:`plain_attributes`, as the original ``forward`` sees them."""
+        source = self if self._own is None else self._own
+        return {name: getattr(source, name) for name in self.plain_attributes}
+
+
+def _is_api(name: str) -> bool:
+    """Whether an attribute ``name`` of an original module would hide or be overwritten by the API."""
+    return name in _INSTANCE_API or (hasattr(TracedSlimmableNet, name) and not hasattr(nn.Module, name))
+
+
+def _split_off_clashes(net: nn.Module, original: type[nn.Module]) -> nn.Module | None:
+    """Move ``net``'s own attributes named like the SlimmableNet API onto a plain ``original`` sharing its
+    module state, returned (None when there are none); refuse layers, parameters, buffers so named."""
+    state = set(vars(nn.Module()))
+    for kind in ("_modules", "_parameters", "_buffers"):
+        named = next((k for k in getattr(net, kind) if _is_api(k)), None)
+        if named is not None:
+            raise ConversionError(
+                f"make_slimmable: {type(net).__name__}.{named} is named like a member of SlimmableNet; "
+                "rename it, or convert a submodule that holds it"
+            )
+    clashes = [k for k in vars(net) if k not in state and _is_api(k)]
+    if not clashes:
+        return None
+    own = original.__new__(original)
+    own.__dict__.update(vars(net))  # the same _modules, _parameters and _buffers dicts: one set of layers
+    for k in clashes:
+        del net.__dict__[k]
+    return own
 
 
 def _tensor_meta(node: torch.fx.Node) -> Any:
@@ -275,7 +347,8 @@ class _Analysis:
         # traced submodule's name, which prefixes its layers' names.
         self.gm = gm
         self.groups = _Groups() if groups is None else groups
-        self.var: dict[torch.fx.Node, int] = {}
+        # Each tensor's channels as the variables of its blocks: one, or a concatenation's, end to end.
+        self.var: dict[torch.fx.Node, tuple[int, ...]] = {}
         self.layers: dict[str, _Layer] = {} if layers is None else layers
         self.unsupported: list[str] = [] if unsupported is None else unsupported
         self.on_unsupported = on_unsupported
@@ -305,16 +378,15 @@ class _Analysis:
                 text = f"{node.name} ({node.target}): an op reads a tensor of layer {layer.name} outside it"
                 self._refuse_or_pin(text, [], layer)
 
-    def _channel_var(self, node: Any) -> int | None:
+    def _channel_var(self, node: Any) -> tuple[int, ...] | None:
         return self.var.get(node) if isinstance(node, torch.fx.Node) else None
 
-    def _fresh(self, node: torch.fx.Node) -> int | None:
+    def _fresh(self, node: torch.fx.Node) -> tuple[int, ...] | None:
         shape = _shape(node)
         if shape is None or len(shape) < 2:
             return None
-        v = self.groups.new(shape[1])
-        self.var[node] = v
-        return v
+        self.var[node] = (self.groups.new(shape[1]),)
+        return self.var[node]
 
     def _same(self, node: torch.fx.Node, source: Any) -> None:
         v = self._channel_var(source)
@@ -324,6 +396,35 @@ class _Analysis:
             return
         self.var[node] = v
 
+    def _sizes(self, vars_: tuple[int, ...]) -> list[int]:
+        return [self.groups.size[self.groups.find(v)] for v in vars_]
+
+    def _couple(self, node: torch.fx.Node, operands: Sequence[tuple[int, ...]], what: str) -> None:
+        """``node``'s channels are each operand's, block for block (an add, a concatenation along another
+        dimension): unite the operands' blocks, or pin them when they are laid out differently."""
+        first = operands[0]
+        if any(self._sizes(v) != self._sizes(first) for v in operands[1:]):
+            self._unsupported(node, f"{what} of tensors whose channels are concatenated differently")
+            return
+        for other in operands[1:]:
+            for a, b in zip(first, other):
+                self.groups.union(a, b)
+        self.var[node] = first
+
+    def _cat(self, node: torch.fx.Node) -> None:
+        """Along channels: the output's blocks are the inputs' blocks laid end to end, each keeping its
+        variable. Along another dimension every input has the output's channels: coupled block for block."""
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        out = _shape(node)
+        inputs = [self._channel_var(t) for t in tensors] if isinstance(tensors, (list, tuple)) else [None]
+        if out is None or len(out) < 2 or not isinstance(dim, int) or any(v is None for v in inputs):
+            self._unsupported(node, "a concatenation of tensors without channels")
+        elif dim % len(out) == 1:
+            self.var[node] = tuple(v for block in inputs for v in block)  # type: ignore[union-attr]
+        else:
+            self._couple(node, inputs, "a concatenation")  # type: ignore[arg-type]
+
     def _unsupported(self, node: torch.fx.Node, why: str, also: _Layer | None = None) -> None:
         where = (
             f"{self.prefix}{node.target}"
@@ -331,10 +432,9 @@ class _Analysis:
             else f"{node.op} {getattr(node.target, '__name__', node.target)}"
         )
         text = f"{node.name} ({where}): {why}"
-        around = [self._channel_var(arg) for arg in node.all_input_nodes]
-        self._refuse_or_pin(text, [v for v in around if v is not None], also)
-        v = self._fresh(node)
-        if v is not None:
+        around = [self._channel_var(arg) or () for arg in node.all_input_nodes]
+        self._refuse_or_pin(text, [v for vars_ in around for v in vars_], also)
+        for v in self._fresh(node) or ():
             self.groups.pin(v, text)
 
     def _refuse_or_pin(self, text: str, channel_vars: Sequence[int], layer: _Layer | None = None) -> None:
@@ -347,7 +447,7 @@ class _Analysis:
                 cli=f"{text}; keep the modules around it at full width with --pin PATTERNS",
             )
         self.unsupported.append(text)
-        for v in [*channel_vars, *((layer.cin, layer.cout) if layer is not None else ())]:
+        for v in [*channel_vars, *((*layer.cin, *layer.cout) if layer is not None else ())]:
             self.groups.pin(v, text)
 
     def _tensor_args(self, node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -355,15 +455,13 @@ class _Analysis:
 
     def _visit(self, node: torch.fx.Node) -> None:
         if node.op in ("placeholder", "get_attr"):
-            v = self._fresh(node)
-            if v is not None:
+            for v in self._fresh(node) or ():
                 self.groups.pin(
                     v, "the network's input" if node.op == "placeholder" else f"tensor {node.target}"
                 )
         elif node.op == "output":
             for arg in node.all_input_nodes:
-                v = self._channel_var(arg)
-                if v is not None:
+                for v in self._channel_var(arg) or ():
                     self.groups.pin(v, "the network's output")
         elif node.op == "call_module":
             self._visit_module(node, self.gm.get_submodule(str(node.target)))
@@ -414,6 +512,8 @@ class _Analysis:
             return
         if (target in _ELEMENTWISE_METHODS) if method else (target in _ELEMENTWISE_FUNCTIONS):
             self._elementwise(node, args)
+        elif not method and target in _CAT_FUNCTIONS:
+            self._cat(node)
         elif (
             (target in _PASS_METHODS)
             if method
@@ -444,10 +544,7 @@ class _Analysis:
         if not tied:
             self._unsupported(node, "no operand carries the output's channels")
             return
-        v = self._channel_var(tied[0])
-        for a in tied[1:]:
-            v = self.groups.union(v, self._channel_var(a))  # type: ignore[arg-type]
-        self.var[node] = v  # type: ignore[assignment]
+        self._couple(node, [self._channel_var(a) for a in tied], "an elementwise op")  # type: ignore[misc]
 
     def _flatten(self, node: torch.fx.Node, src: Any, start_dim: int) -> None:
         inp, out = _shape(src), _shape(node)
@@ -580,25 +677,27 @@ def make_slimmable(
                 f"make_slimmable: pin pattern {p!r} {named_like}", cli=f"--pin pattern {p!r} {named_like}"
             )
         for name in _matching(layers, [p]):
-            groups.pin(layers[name].cout, f"pinned by {p!r}")
+            for v in layers[name].cout:
+                groups.pin(v, f"pinned by {p!r}")
     names: dict[int, str] = {}
     for dim_name, patterns in (tie or {}).items():
         matched = _matching(
-            [n for n, la in layers.items() if not isinstance(la.module, _BATCH_NORMS)], patterns
+            [n for n, la in layers.items() if not isinstance(la.module, _BATCH_NORMS) and len(la.cout) == 1],
+            patterns,
         )
         if not matched:
             raise ConversionError(
                 f"make_slimmable: tie {dim_name!r} matches no Conv2d/Linear ({', '.join(patterns)})"
             )
-        widths = {groups.size[groups.find(layers[n].cout)] for n in matched}
+        widths = {groups.size[groups.find(layers[n].cout[0])] for n in matched}
         if len(widths) > 1:
             raise ConversionError(
                 f"make_slimmable: tie {dim_name!r} joins groups of different widths "
                 f"({sorted(widths)}); tie layers of one width only"
             )
-        root = layers[matched[0]].cout
+        root = layers[matched[0]].cout[0]
         for n in matched[1:]:
-            root = groups.union(root, layers[n].cout)
+            root = groups.union(root, layers[n].cout[0])
         names[groups.find(root)] = dim_name
     if unsupported:
         shown = "; ".join(unsupported[:3]) + (
@@ -613,7 +712,7 @@ def make_slimmable(
     builder = LayerBuilder()
     slots: dict[int, Slot] = {}
     for layer in layers.values():
-        for v in (layer.cin, layer.cout):
+        for v in (*layer.cin, *layer.cout):
             root = groups.find(v)
             if root in slots:
                 continue
@@ -629,7 +728,8 @@ def make_slimmable(
         )
 
     for layer in layers.values():
-        cin, cout = slots[groups.find(layer.cin)], slots[groups.find(layer.cout)]
+        # A side that reads a concatenation binds one slot per block.
+        cin, cout = ([slots[groups.find(v)] for v in side] for side in (layer.cin, layer.cout))
         if isinstance(layer.module, _CONVS) and layer.module.groups not in (1, layer.module.out_channels):
             continue  # a grouped conv stays a plain nn.Conv2d at full width (both sides pinned)
         twin = _slim_twin(layer.module)
@@ -644,8 +744,11 @@ def make_slimmable(
         {"plain_class": original, "__module__": __name__},
     )
     own = tuple(k for k in vars(net) if not k.startswith("_") and k != "training")
+    shadow = _split_off_clashes(net, original)
     net.__class__ = cls
     slim: TracedSlimmableNet = net  # type: ignore[assignment]
+    # object.__setattr__: a module held here must not become a child (its layers are this one's).
+    object.__setattr__(slim, "_own", shadow)
     slim.plain_attributes = own
     slim.arch = arch or f"custom:{original.__module__}.{original.__qualname__}"
     slim.arch_kwargs = {
@@ -668,9 +771,9 @@ def make_slimmable(
         # Not a setting rebuild() takes: a front needs batched tensor inputs (docs/own-model.md).
         slim.arch_kwargs["convert"]["submodules"] = list(submodules)
     slim.pinned = {
-        layer.name: groups.pinned[groups.find(layer.cout)]
+        layer.name: next(groups.pinned[groups.find(v)] for v in layer.cout if groups.is_pinned(v))
         for layer in layers.values()
-        if groups.is_pinned(layer.cout)
+        if any(groups.is_pinned(v) for v in layer.cout)
     }
     floors = _dimension_lows(builder.dim_names, low, lows or {})
     slim._finish(builder, low, divisor, sizes[0], floors, sizes, inputs if submodules else None)

@@ -43,8 +43,8 @@ def _plain_model(model: SlimmableNet) -> nn.Module:
     nn.Module.__init__(root)
     for name, child in model.named_children():
         setattr(root, name, _plain_copy(child))
-    for name in model.plain_attributes:
-        setattr(root, name, copy.deepcopy(getattr(model, name)))
+    for name, value in model.plain_values().items():
+        setattr(root, name, copy.deepcopy(value))
     return root.eval()
 
 

@@ -145,7 +145,7 @@ def test_tie_and_pin_reshape_the_space():
 
 
 class Shuffle(nn.Module):
-    """Channel shuffle and a concatenation: couplings make_slimmable does not slim."""
+    """A concatenation, then a channel shuffle: a coupling make_slimmable does not slim."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -165,9 +165,11 @@ class Shuffle(nn.Module):
 
 def test_unknown_coupling_is_pinned_with_a_warning_naming_the_node():
     net = Shuffle().eval()
-    with pytest.warns(UserWarning, match=r"make_slimmable: \d+ op\(s\) keep .*: cat \(call_function cat\)"):
+    with pytest.warns(
+        UserWarning, match=r"make_slimmable: \d+ op\(s\) keep .*: view \(call_method view\): a reshape"
+    ):
         slim = make_slimmable(net, torch.randn(1, *SIZE))
-    assert slim.space.names == ("c", "d")  # a and b meet the concatenation and the shuffle; c reads them
+    assert slim.space.names == ("c", "d")  # a and b, concatenated, meet the shuffle; c reads them
     assert set(slim.pinned) == {"a", "b", "fc"} and slim.pinned["fc"] == "the network's output"
     alpha = [0.5, 0.75]
     sub = slice_model(slim, alpha).eval()
@@ -181,7 +183,7 @@ def test_unknown_coupling_is_pinned_with_a_warning_naming_the_node():
 
 def test_unknown_coupling_refused_on_request():
     with pytest.raises(
-        ConversionError, match=r"^make_slimmable: cat \(call_function cat\): .*; pin the modules"
+        ConversionError, match=r"^make_slimmable: view \(call_method view\): .*; pin the modules"
     ):
         make_slimmable(Shuffle(), torch.randn(1, *SIZE), on_unsupported="error")
 

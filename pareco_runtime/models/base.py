@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..ops import SLIM_CONVS, SlimBatchNorm2d, SlimContext, SlimConv2d, SlimLinear, _Slim
+from ..ops import SLIM_CONVS, SlimBatchNorm2d, SlimContext, SlimConv2d, SlimLinear, _Slim, width
 from ..space import WidthSpace
 
 # Per-point BN statistics: one ``(mean, var)`` pair per BN layer, in ``SlimmableNet.bn_layers`` order,
@@ -49,7 +50,7 @@ class LayerBuilder:
         self.dim_names: list[str] = []
         self.dim_full: list[int] = []
         self.fixed_values: list[int] = []
-        self.bindings: list[tuple[_Slim, Slot, Slot]] = []
+        self.bindings: list[tuple[_Slim, Slot | tuple[Slot, ...], Slot | tuple[Slot, ...]]] = []
 
     def dim(self, name: str, full: int) -> Slot:
         """A new width dimension whose full channel count is ``full``."""
@@ -92,9 +93,12 @@ class LayerBuilder:
         self.bindings.append((layer, cin, cout))
         return layer
 
-    def bind(self, module: _Slim, cin: Slot, cout: Slot) -> None:
-        """Register another slot-reading module (e.g. a parameter-free shortcut)."""
-        self.bindings.append((module, cin, cout))
+    def bind(self, module: _Slim, cin: Slot | Sequence[Slot], cout: Slot | Sequence[Slot]) -> None:
+        """Register another slot-reading module (e.g. a parameter-free shortcut). A side given as several
+        slots reads a concatenation: the blocks of those slots' channels, laid end to end."""
+        self.bindings.append(
+            (module, *(side if isinstance(side, Slot) else tuple(side) for side in (cin, cout)))  # type: ignore[arg-type]
+        )
 
 
 class SlimmableNet(nn.Module):
@@ -147,13 +151,26 @@ class SlimmableNet(nn.Module):
         def index(slot: Slot) -> int:
             return slot.index if slot.kind == "dim" else d + slot.index
 
+        def parts(side: Slot | tuple[Slot, ...]) -> tuple[tuple[int, int], ...]:
+            if isinstance(side, Slot):
+                return ()
+            offsets = itertools.accumulate((s.full for s in side), initial=0)
+            return tuple((off, index(s)) for off, s in zip(offsets, side))
+
+        def first(side: Slot | tuple[Slot, ...]) -> int:
+            return index(side if isinstance(side, Slot) else side[0])
+
         for module, cin, cout in builder.bindings:
-            module.bind(self.ctx, index(cin), index(cout))
+            module.bind(self.ctx, first(cin), first(cout), parts(cin), parts(cout))
         self._bn_layers = tuple((n, m) for n, m in self.named_modules() if isinstance(m, SlimBatchNorm2d))
         for i, (_, bn) in enumerate(self._bn_layers):
             bn.bn_index = i
         self._build_cost_terms()
         self.alpha = self.space.uniform(1.0)
+
+    def plain_values(self) -> dict[str, Any]:
+        """The attributes of :attr:`plain_attributes` by name, as the plain class's ``forward`` reads them."""
+        return {name: getattr(self, name) for name in self.plain_attributes}
 
     def example_inputs(self, batch: int = 1, generator: torch.Generator | None = None) -> tuple[Any, ...]:
         """The positional arguments of one forward pass: a ``batch`` of each input, standard normal
@@ -202,20 +219,20 @@ class SlimmableNet(nn.Module):
             if not isinstance(m, (*SLIM_CONVS, SlimLinear, SlimBatchNorm2d)):
                 continue
             slim_params.update(id(p) for p in m.parameters(recurse=False))
-            o = m.out_slot
+            # A side reading a concatenation counts each of its parts: one term per pair of parts.
+            outs = [s for _, s in m.out_parts]
             if isinstance(m, SlimBatchNorm2d):
-                add(params, o, one, 2)
+                for o in outs:
+                    add(params, o, one, 2)
                 continue
-            if isinstance(m, SLIM_CONVS):
-                kk = math.prod(m.kernel_size)
-                i = one if m.depthwise else m.in_slot
-                add(macs, o, i, positions[m] * kk)
-            else:
-                kk, i = 1, m.in_slot
-                add(macs, o, i, 1)
-            add(params, o, i, kk)
-            if m.bias is not None:
-                add(params, o, one, 1)
+            depthwise = isinstance(m, SLIM_CONVS) and m.depthwise
+            kk = math.prod(m.kernel_size) if isinstance(m, SLIM_CONVS) else 1
+            for o in outs:
+                for i in [one] if depthwise else [s for _, s in m.in_parts]:
+                    add(macs, o, i, positions[m] * kk)
+                    add(params, o, i, kk)
+                if m.bias is not None:
+                    add(params, o, one, 1)
         # Whatever else torch counts (layers a converted network leaves plain, such as grouped convs or
         # a detector's untraced rest) costs the same in every config: one constant term, torch's count
         # at full width less the slimmable layers' (none in the zoo).
@@ -322,7 +339,7 @@ class SlimmableNet(nn.Module):
         if len(bn_stats) != len(self._bn_layers):
             raise BNStatsError(f"{len(bn_stats)} (mean, var) pairs for {len(self._bn_layers)} BN layers")
         for (name, bn), pair in zip(self._bn_layers, bn_stats):
-            k = v[bn.out_slot]
+            k = width(bn.out_parts, v)
             for tensor_name, t in zip(("running_mean", "running_var"), pair):
                 if tuple(t.shape) != (k,):
                     raise BNStatsError(f"{name}.{tensor_name} has shape {tuple(t.shape)}, expected ({k},)")
@@ -333,11 +350,7 @@ class SlimmableNet(nn.Module):
 
     def current_bn_stats(self) -> BNStats:
         """Copies of the statistics eval mode uses at the active widths, as :meth:`config` takes them."""
-        ch = self.ctx.ch
-        return [
-            (mean.clone(), var.clone())
-            for mean, var in (bn.eval_stats(ch[bn.out_slot]) for _, bn in self._bn_layers)
-        ]
+        return [(mean.clone(), var.clone()) for mean, var in (bn.eval_stats() for _, bn in self._bn_layers)]
 
     @contextmanager
     def config(
