@@ -24,7 +24,8 @@ from pareco_runtime.sources import import_factory
 
 
 def run_example(repo_root: Path, script: str, out: Path, *args: str) -> dict[str, dict[str, Any]]:
-    """Run ``examples/<script>`` writing into ``out``; each algorithm's manifest (slim, pareco) as JSON."""
+    """Run ``examples/<script>`` writing into ``out``; the manifest of each algorithm it ran (``--algorithms``
+    in ``args``, else slim and pareco) as JSON."""
     r = subprocess.run(
         [sys.executable, str(repo_root / "examples" / script), "--out", str(out), *args],
         capture_output=True, text=True, cwd=repo_root, timeout=900,
@@ -32,7 +33,8 @@ def run_example(repo_root: Path, script: str, out: Path, *args: str) -> dict[str
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     manifests = {}
-    for algorithm in ("slim", "pareco"):
+    ran = args[args.index("--algorithms") + 1].split(",") if "--algorithms" in args else ["slim", "pareco"]
+    for algorithm in ran:
         assert f"{algorithm}: " in r.stdout and "points" in r.stdout
         manifests[algorithm] = json.loads((out / algorithm / "model.front.json").read_text())
     return manifests
