@@ -230,10 +230,10 @@ def test_nothing_to_slim_is_refused():
         make_slimmable(nn.Sequential(nn.Conv2d(3, 4, 1)), torch.randn(1, *SIZE))
 
 
-# Every model in ONNX. In ExecuTorch every model but the two largest, resnet50 and mobilenet_v3_large:
-# their lowerings were the slowest of the suite (up to 51 s on a busy 2-core machine) and they hold no
-# operator that resnet18 and mobilenet_v3_small, lowered here, do not.
-EXECUTORCH_CHECKED = [name for name in MODELS if name not in ("resnet50", "mobilenet_v3_large")]
+# Every model in ONNX. In ExecuTorch one model per family of operators: resnet50 and mobilenet_v3_large were
+# the slowest lowerings of the suite (up to 51 s on a busy 2-core machine) and mnasnet1_0 took 22 s, and
+# they hold no operator that resnet18, mobilenet_v3_small and mobilenet_v2, lowered here, do not.
+EXECUTORCH_CHECKED = [name for name in MODELS if name not in ("resnet50", "mobilenet_v3_large", "mnasnet1_0")]
 EXPORTS = [(name, "onnx") for name in MODELS] + [(name, "executorch") for name in EXECUTORCH_CHECKED]
 
 
