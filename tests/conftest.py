@@ -1,8 +1,8 @@
 """Shared fixtures: one trained front per session, the CLI in-process and as a real process, training helpers.
 
-Fast subset, for the edit-test loop (measured 2026-12-07: 1,023 tests, 115 CPU-seconds in all, user + system,
-so about a minute on two xdist workers of an idle 2-core machine; 4 min 25 s while a training and five other
-jobs shared the two cores). A test over about two CPU-seconds belongs in slow::
+Fast subset, for the edit-test loop (measured 2026-12-07: 1,126 tests in 61 s on two xdist workers of a 2-core
+AMD EPYC while a training held one core, 103 CPU-seconds user + system). A test over about two CPU-seconds
+belongs in slow::
 
     python -m pytest -m "not slow" -n 2
 
