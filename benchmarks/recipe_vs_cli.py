@@ -11,7 +11,7 @@ label smoothing, MixUp/CutMix, EMA weights). Batch size, candidates, BN calibrat
 probe batch are the same, one thread each, one after the other. A finished run is reused. Then, from
 the manifests: front points, hypervolume and top-1 at matched MACs, with the functions of
 :mod:`benchmarks.reproduce_cifar` (reference point: chance accuracy at 1.1 x full MACs), into
-``benchmarks/results/recipe-vs-cli-<settings>.json`` and a markdown table on stdout.
+``benchmarks/results/recipe-vs-cli/recipe-vs-cli-<settings>.json`` and a markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from benchmarks.reproduce_cifar import INDEPENDENT_WIDTHS, hypervolume, top1_at,
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "classification_recipe.py"
-RESULTS = ROOT / "benchmarks" / "results"
+# Beside, not among, the seed records: benchmarks/seed_records.py reads every JSON of results/.
+RESULTS = ROOT / "benchmarks" / "results" / "recipe-vs-cli"
 
 
 def recipe_module() -> ModuleType:
