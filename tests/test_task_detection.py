@@ -266,6 +266,24 @@ def test_a_classifier_factory_is_refused_for_detection(tmp_path, cli):
     assert r.returncode == 2 and "a detector returns one map (N, 5 + 2 classes = 7" in r.stderr, r.stderr
 
 
+def test_the_detector_is_refused_for_classification(tmp_path, cli):
+    r = cli(
+        "train",
+        "--arch",
+        "tiny_detector",
+        "--data",
+        "synthetic:64:4",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path),
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "--arch tiny_detector: its output for a 3x32x32 input is (1, 9, 4, 4)" in lines[0]
+    assert "needs logits of shape (1, 4); for a detector or a segmenter pass --task detection" in lines[0]
+
+
 @pytest.mark.slow
 def test_resume_is_bit_identical(tmp_path, cli, monkeypatch):
     import training.loop

@@ -13,12 +13,14 @@ from pareco_runtime.manifest import Metric
 
 from .. import report
 from ..batch_loss import Batch, Loss, cross_entropy
-from ..config import TrainConfig
+from ..config import TrainConfig, TrainingError
 from ..epoch_eval import Score, top1
 from ..front_builder import Candidate, Evaluate, classification_evaluators
 from .base import Task, training_autocast
 
 if TYPE_CHECKING:
+    from pareco_runtime.models.base import SlimmableNet
+
     from ..data import Data
 
 
@@ -50,6 +52,27 @@ class ClassificationTask(Task):
             cache_dir=cache_dir,
             device=device,
         )
+
+    def check_model(self, model: SlimmableNet, data: Data, arch: str) -> None:
+        """TrainingError unless ``model`` maps an image to one logit per class (a detector or a segmenter
+        named here would otherwise fail mid-training on a shape). One forward in eval mode: no statistic
+        or random state changes."""
+        c, h, w = data.info.input_size
+        want = (1, len(data.info.class_names))
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(1, c, h, w))
+        finally:
+            model.train(was_training)
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if shape != want:
+            raise TrainingError(
+                f"--arch {arch}: its output for a {c}x{h}x{w} input is {shape}, but --task classification "
+                f"needs logits of shape {want}; for a detector or a segmenter pass --task detection or "
+                "--task segmentation"
+            )
 
     def loss(self, cfg: TrainConfig) -> Loss:
         return cli_loss(cfg.label_smoothing)
