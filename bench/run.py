@@ -93,19 +93,27 @@ class BenchReport:
         }
 
 
+@dataclass
+class _Programs:
+    """Where the timed files of a run come from and what is said about them: the ``exports`` folder the
+    user named (None: files are exported into ``scratch``), whether its int8 files are timed too, the
+    ``notes`` the profile records and ``say`` for progress."""
+
+    exports: Path | None
+    scratch: Path
+    int8: bool
+    notes: list[str]
+    say: Callable[[str], None]
+
+
 def _exported_file(
-    rt: SlimmableRuntime,
-    point: FrontPoint,
-    backend: str,
-    batch: int,
-    exports: Path | None,
-    scratch: Path,
-    say: Callable[[str], None],
+    rt: SlimmableRuntime, point: FrontPoint, backend: str, batch: int, programs: _Programs
 ) -> Path:
-    """The ONNX or ``.pte`` file of ``point``: reused from ``exports`` when it holds one recorded as
-    accepting ``batch``, else exported there (replacing a record for another batch) or to
-    ``scratch`` when no export folder is given, with its parity check, labels and record
+    """The ONNX or ``.pte`` file of ``point``: reused from ``programs.exports`` when it holds one
+    recorded as accepting ``batch``, else exported there (replacing a record for another batch) or to
+    ``programs.scratch`` when no export folder is given, with its parity check, labels and record
     (:func:`export.exporter.export_points`)."""
+    exports, say = programs.exports, programs.say
     fmt = served_format(backend).name
     sha = rt.front.weights_sha256
     if exports is not None:
@@ -118,7 +126,9 @@ def _exported_file(
         for path, r in ([] if exports is None else recorded_exports(exports, point.id, fmt, sha))
     )
     say(f"exporting {point.id} for {backend}{unfit}")
-    (res,) = export_points(rt, [point], [fmt], exports if exports is not None else scratch, batch=batch)
+    (res,) = export_points(
+        rt, [point], [fmt], exports if exports is not None else programs.scratch, batch=batch
+    )
     return res.path
 
 
@@ -127,16 +137,13 @@ def _file_calls(
     point: FrontPoint,
     backends: Sequence[str],
     timing: TimingSettings,
-    exports: Path | None,
-    scratch: Path,
     x: torch.Tensor,
-    int8: bool,
-    notes: list[str],
-    say: Callable[[str], None],
+    programs: _Programs,
 ) -> dict[tuple[str, str], Callable[[], object]]:
     """The timed calls of ``point`` per backend: the sliced model in torch (or on the GPU), its exported
-    file in onnxruntime or ExecuTorch, and with ``int8`` its int8 file of ``exports`` under the key
-    ``<backend>|int8`` (noted when there is none)."""
+    file in a compiled runtime, and with ``programs.int8`` its int8 file of ``programs.exports`` under
+    the key ``<backend>|int8`` (noted when there is none)."""
+    exports = programs.exports
     model = rt.standalone(point)
     batch, threads = timing.batch_size, timing.threads
     calls: dict[tuple[str, str], Callable[[], object]] = {}
@@ -147,12 +154,12 @@ def _file_calls(
             )
             continue
         fmt = served_format(b).name
-        path = _exported_file(rt, point, b, batch, exports, scratch, say)
+        path = _exported_file(rt, point, b, batch, programs)
         calls[(point.id, b)] = load_runner(fmt, path, threads).bind(x)
-        if int8 and exports is not None:
+        if programs.int8 and exports is not None:
             found = find_export(exports, point.id, fmt, rt.front.weights_sha256, batch, "int8")
             if found is None:
-                notes.append(f"{point.id}: no int8 {fmt} program for batch {batch} in {exports}")
+                programs.notes.append(f"{point.id}: no int8 {fmt} program for batch {batch} in {exports}")
             else:
                 calls[(point.id, f"{b}|int8")] = load_runner(fmt, found, threads).bind(x)
     return calls
@@ -302,11 +309,10 @@ def run_bench(
         if through_runtime:
             candidates = _runtime_calls(rt, points, backends, threads, x, say)
         else:
+            programs = _Programs(export_dir, Path(scratch), int8, notes, say)
             candidates = {}
             for p in points:
-                candidates.update(
-                    _file_calls(rt, p, backends, timing, export_dir, Path(scratch), x, int8, notes, say)
-                )
+                candidates.update(_file_calls(rt, p, backends, timing, x, programs))
         notes.extend(pools)
         say(
             f"timing {len(candidates)} candidates: {timing.warmup} warm-up and {timing.runs} timed rounds, interleaved (each timed "
