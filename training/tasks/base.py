@@ -21,6 +21,18 @@ if TYPE_CHECKING:
     from ..data import Data  # torchvision's transforms: imported where data is loaded
 
 
+def probe_output(model: torch.nn.Module, input_size: Sequence[int]) -> Any:
+    """``model``'s output for one zero input of ``input_size``, in eval mode without autograd, its
+    training mode restored: a check before training that changes no statistic or random state."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(torch.zeros(1, *input_size))
+    finally:
+        model.train(was_training)
+
+
 def training_autocast(x: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast for a training forward on a GPU; none on CPU or for PareCO's loss measurements
     (no gradient), which stay float32."""

@@ -16,7 +16,7 @@ from ..batch_loss import Batch, Loss, cross_entropy
 from ..config import TrainConfig, TrainingError
 from ..epoch_eval import Score, top1
 from ..front_builder import Candidate, Evaluate, classification_evaluators
-from .base import Task, training_autocast
+from .base import Task, probe_output, training_autocast
 
 if TYPE_CHECKING:
     from pareco_runtime.models.base import SlimmableNet
@@ -59,13 +59,7 @@ class ClassificationTask(Task):
         or random state changes."""
         c, h, w = data.info.input_size
         want = (1, len(data.info.class_names))
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = model(torch.zeros(1, c, h, w))
-        finally:
-            model.train(was_training)
+        out = probe_output(model, data.info.input_size)
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         if shape != want:
             raise TrainingError(

@@ -38,7 +38,7 @@ from ..data.base import Holdout
 from ..data.detection import NO_OBJECT, load_detection
 from ..epoch_eval import EVAL_BATCH, Score
 from ..front_builder import Candidate, Evaluate
-from .base import Task, training_autocast
+from .base import Task, probe_output, training_autocast
 
 if TYPE_CHECKING:
     from ..data import Data
@@ -197,18 +197,12 @@ class DetectionTask(Task):
     def check_model(self, model: SlimmableNet, data: Data, arch: str) -> None:
         """TrainingError unless ``model`` maps an input to a raw map with 5 + classes channels. One
         forward in eval mode: no statistic or random state changes."""
-        c, h, w = data.info.input_size
-        was_training = model.training
-        model.eval()
         try:
-            with torch.no_grad():
-                check_raw(model(torch.zeros(1, c, h, w)), len(data.info.class_names))
+            check_raw(probe_output(model, data.info.input_size), len(data.info.class_names))
         except ValueError as exc:
             raise TrainingError(
                 f"--arch {arch}: {exc} (see the detection section of docs/training.md)"
             ) from None
-        finally:
-            model.train(was_training)
 
     def distill(self) -> bool:
         """Off: the map is not one class distribution per cell (module docstring)."""

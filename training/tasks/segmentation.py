@@ -30,7 +30,7 @@ from ..data.base import Holdout
 from ..data.segmentation import IGNORE_INDEX, load_segmentation
 from ..epoch_eval import EVAL_BATCH, Score
 from ..front_builder import Candidate, Evaluate
-from .base import Task, training_autocast
+from .base import Task, probe_output, training_autocast
 
 if TYPE_CHECKING:
     from ..data import Data
@@ -158,15 +158,10 @@ class SegmentationTask(Task):
         input's resolution. One forward in eval mode: no statistic or random state changes."""
         c, h, w = data.info.input_size
         want = (1, len(data.info.class_names), h, w)
-        was_training = model.training
-        model.eval()
         try:
-            with torch.no_grad():
-                out = logits(model(torch.zeros(1, c, h, w)))
+            out = logits(probe_output(model, data.info.input_size))
         except ValueError as exc:
             raise TrainingError(f"--arch {arch}: {exc}") from None
-        finally:
-            model.train(was_training)
         if tuple(out.shape) != want:
             raise TrainingError(
                 f"--arch {arch}: its logits for a {c}x{h}x{w} input are {tuple(out.shape)}, but --task "
