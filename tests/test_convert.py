@@ -235,6 +235,8 @@ def test_nothing_to_slim_is_refused():
 # they hold no operator that resnet18, mobilenet_v3_small and mobilenet_v2, lowered here, do not.
 EXECUTORCH_CHECKED = [name for name in MODELS if name not in ("resnet50", "mobilenet_v3_large", "mnasnet1_0")]
 EXPORTS = [(name, "onnx") for name in MODELS] + [(name, "executorch") for name in EXECUTORCH_CHECKED]
+# Models whose every operator XNNPACK takes: none falls back to ExecuTorch's portable kernels.
+FULLY_DELEGATED = {"mobilenet_v2"}
 
 
 @pytest.mark.slow
@@ -251,3 +253,5 @@ def test_sliced_point_exports_with_parity(name, fmt, tmp_path):
     sub = slice_model(slim, slim.space.uniform(0.5))
     result = export_point(sub, SIZE, fmt, tmp_path / f"p.{fmt}")
     assert result.max_abs_diff <= 1e-4
+    if fmt == "executorch" and name in FULLY_DELEGATED:
+        assert result.details["undelegated_ops"] == []

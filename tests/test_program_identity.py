@@ -28,8 +28,10 @@ from pareco_runtime import SlimmableRuntime
 _TODO = "delete it and export the point again (the runtime re-exports a deleted program on first use)"
 
 
-def _export(cli, manifest: Path, *flags: str) -> Path:
-    r = cli("export", str(manifest), "--all", *flags)
+def _export(cli, manifest: Path, *flags: str, point: str | None = None) -> Path:
+    """``pareco export`` of ``point``, or of every point, into the front's ``export`` folder."""
+    which = ["--point", point] if point else ["--all"]
+    r = cli("export", str(manifest), *which, *flags)
     assert r.returncode == 0, r.stderr
     return manifest.parent / "export"
 
@@ -86,9 +88,8 @@ def test_a_record_rewritten_to_fit_a_copied_file_is_caught_by_what_the_file_carr
 
 @pytest.mark.slow
 def test_garbage_pte_under_a_valid_record_is_one_line_not_sigabrt(front_copy: Path, cli, repo_root) -> None:
-    folder = _export(cli, front_copy, "--executorch")
-    rt = SlimmableRuntime.load(front_copy)
-    active = rt.active.id
+    active = SlimmableRuntime.load(front_copy).active.id
+    folder = _export(cli, front_copy, "--executorch", point=active)
     pte = folder / f"{active}.pte"
     pte.write_bytes(os.urandom(5000))
     script = (
