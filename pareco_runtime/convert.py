@@ -505,7 +505,12 @@ class _Analysis:
         text = f"{node.name} ({where}): {why}"
         around = [self._channel_var(arg) or () for arg in node.all_input_nodes]
         self._refuse_or_pin(text, [v for vars_ in around for v in vars_], also)
-        for v in self._fresh(node) or ():
+        # Its output's channels, pinned, on its first input's channel axis where the ranks agree.
+        rank = len(_shape(node) or ())
+        first = next(
+            (a for a in node.all_input_nodes if len(_shape(a) or ()) == rank and a in self.var), None
+        )
+        for v in self._fresh(node, self._axis(first)) or ():
             self.groups.pin(v, text)
 
     def _refuse_or_pin(self, text: str, channel_vars: Sequence[int], layer: _Layer | None = None) -> None:
@@ -525,7 +530,7 @@ class _Analysis:
         return [a for a in node.args if isinstance(a, torch.fx.Node) and _shape(a) is not None]
 
     def _visit(self, node: torch.fx.Node) -> None:
-        if node.op == "get_attr" and self._channel_parameter(node):
+        if node.op == "get_attr" and self._attribute(node):
             return
         if node.op in ("placeholder", "get_attr"):
             for v in self._fresh(node) or ():
@@ -705,23 +710,30 @@ class _Analysis:
         self._same(node, src, pointwise=True)
         self.layers[name] = _Layer(name, mod, cin, cin)
 
-    def _channel_parameter(self, node: torch.fx.Node) -> bool:
-        """Record a parameter of a module that is no layer, with one dimension of size over 1 (a layer
-        scale ``[C]`` or ``[C, 1, 1]``), as a tensor whose channels are that dimension; whether it is one."""
-        owner, _, attr = str(node.target).rpartition(".")
-        module = self.root.get_submodule(owner) if owner else None
-        tensor = getattr(module, attr, None) if module is not None else None
-        if module is None or not isinstance(tensor, nn.Parameter) or attr not in module._parameters:
-            return False
-        if not _can_hold_channel_parameters(module):
-            return False
-        wide = [d for d, n in enumerate(tensor.shape) if n != 1]
+    def _attribute(self, node: torch.fx.Node) -> bool:
+        """A tensor the model holds with one dimension over 1 has its channels there (a layer scale ``[C]``
+        or ``[C, 1, 1]``): a parameter of a module that can hold slimmed ones narrows with them, any other
+        such tensor is pinned. Whether ``node`` reads such a tensor."""
+        tensor = functools.reduce(getattr, str(node.target).split("."), self.gm)
+        wide = [d for d, n in enumerate(tensor.shape) if n != 1] if isinstance(tensor, torch.Tensor) else []
         if len(wide) != 1:
             return False
-        v = self._param_vars.setdefault(id(tensor), self.groups.new(tensor.shape[wide[0]]))
+        owner, _, attr = str(node.target).rpartition(".")
+        module = self.root.get_submodule(owner) if owner else None
+        self.axis[node] = wide[0]
+        if (
+            module is None
+            or module._parameters.get(attr) is not tensor
+            or not _can_hold_channel_parameters(module)
+        ):
+            self.var[node] = (self.groups.new(tensor.shape[wide[0]]),)
+            self.groups.pin(self.var[node][0], f"tensor {node.target}")
+            return True
+        if id(tensor) not in self._param_vars:
+            self._param_vars[id(tensor)] = self.groups.new(tensor.shape[wide[0]])
+        v = self._param_vars[id(tensor)]
         self.channel_params.setdefault(f"{self.prefix}{owner}", {})[attr] = (wide[0], v)
         self.var[node] = (v,)
-        self.axis[node] = wide[0]
         self._param_reads.add(node)
         return True
 
