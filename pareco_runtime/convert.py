@@ -19,6 +19,7 @@ import fnmatch
 import functools
 import inspect
 import itertools
+import math
 import operator
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -676,27 +677,29 @@ class _Analysis:
         self.axis[node] = order.index(self._axis(src))
 
     def _reshape(self, node: torch.fx.Node) -> None:
-        """A reshape that only adds or drops dimensions of size 1 keeps the channels, now on the axis their
-        dimension lands on (timm's ``gamma.reshape(1, -1, 1, 1)``), unless it names their count as a
-        constant, which a narrower width would not fit; any other reshape is a flatten."""
+        """A reshape that keeps the channel dimension whole, as one dimension of the output after as many
+        elements as before it, keeps the channels there (timm's ``gamma.reshape(1, -1, 1, 1)``, MaxViT's
+        windows cut from the other dimensions), unless it names their count as a constant, which a narrower
+        width would not fit; any other reshape is a flatten."""
         src = node.args[0]
         inp, out, v = _shape(src), _shape(node), self._channel_var(src)
-        if v is None or inp is None or out is None or inp[self._axis(src)] == 1:
+        axis = self._axis(src)
+        if v is None or inp is None or out is None or inp[axis] == 1:
             self._flatten(node, src, 1)
             return
-        kept = [d for d, n in enumerate(inp) if n != 1]
-        landed = [d for d, n in enumerate(out) if n != 1]
-        if [inp[d] for d in kept] != [out[d] for d in landed]:
+        before = math.prod(inp[:axis])
+        # Dimensions after the same number of elements differ only by dimensions of size 1: one has C.
+        lands = [e for e in range(len(out)) if out[e] == inp[axis] and math.prod(out[:e]) == before]
+        if not lands:
             self._flatten(node, src, 1)
             return
-        axis = landed[kept.index(self._axis(src))]
         sizes = node.args[1] if len(node.args) == 2 else node.args[1:]
         sizes = sizes if isinstance(sizes, (list, tuple)) else ()
-        if len(sizes) == len(out) and isinstance(sizes[axis], int) and sizes[axis] != -1:
+        if len(sizes) == len(out) and isinstance(sizes[lands[0]], int) and sizes[lands[0]] != -1:
             self._unsupported(node, "a reshape to a constant number of channels")
             return
         self.var[node] = v
-        self.axis[node] = axis
+        self.axis[node] = lands[0]
 
     def _layer_norm(self, node: torch.fx.Node, mod: nn.Module, name: str, channels_first: bool) -> None:
         """A LayerNorm over the channel axis (dimension 1 for ``channels_first``, else the last) is a
