@@ -3,10 +3,12 @@
 :func:`make_slimmable` traces a module, propagates the shapes of an example input, and unites the
 channel dimensions that must keep one width: the operands of an add or a mul (residuals,
 squeeze-excitation gates), a depthwise conv's input and output, everything a BatchNorm, an
-activation, a pooling or a flatten of a 1x1 map passes through. Each group that a conv or linear
+activation, a pooling or a flatten of a 1x1 map passes through. Channels lie in dimension 1 unless a
+permute moves them (ConvNeXt's channels-last blocks): a Linear on the channel axis, a LayerNorm over
+it and a module's per-channel parameters (a layer scale) follow them. Each group that a conv or linear
 layer produces becomes one width dimension; the input's channels, the network's outputs, and
-whatever an unsupported op touches stay at full width. Conv2d, BatchNorm2d and Linear layers are
-then swapped for the slimmable ops of :mod:`pareco_runtime.ops`, reading one
+whatever an unsupported op touches stay at full width. Conv2d, BatchNorm2d, Linear and LayerNorm
+layers are then swapped for the slimmable ops of :mod:`pareco_runtime.ops`, reading one
 :class:`~pareco_runtime.ops.SlimContext`, and the result is a :class:`SlimmableNet` whose
 ``forward`` is the original class's own: at full width its ``state_dict`` keys, shapes and outputs
 are the original's.
@@ -718,7 +720,8 @@ class _Analysis:
         or ``[C, 1, 1]``): a parameter of a module that can hold slimmed ones narrows with them, any other
         such tensor is pinned. Whether ``node`` reads such a tensor."""
         tensor = functools.reduce(getattr, str(node.target).split("."), self.gm)
-        wide = [d for d, n in enumerate(tensor.shape) if n != 1] if isinstance(tensor, torch.Tensor) else []
+        shape: tuple[int, ...] = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else ()
+        wide = [d for d, n in enumerate(shape) if n != 1]
         if len(wide) != 1:
             return False
         owner, _, attr = str(node.target).rpartition(".")
@@ -729,11 +732,11 @@ class _Analysis:
             or module._parameters.get(attr) is not tensor
             or not _can_hold_channel_parameters(module)
         ):
-            self.var[node] = (self.groups.new(tensor.shape[wide[0]]),)
+            self.var[node] = (self.groups.new(shape[wide[0]]),)
             self.groups.pin(self.var[node][0], f"tensor {node.target}")
             return True
         if id(tensor) not in self._param_vars:
-            self._param_vars[id(tensor)] = self.groups.new(tensor.shape[wide[0]])
+            self._param_vars[id(tensor)] = self.groups.new(shape[wide[0]])
         v = self._param_vars[id(tensor)]
         self.channel_params.setdefault(f"{self.prefix}{owner}", {})[attr] = (wide[0], v)
         self.var[node] = (v,)

@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pareco_runtime import SlimmableNet, make_slimmable, slice_model
+from pareco_runtime.ops import SlimChannelParameters, SlimContext, SlimConv2d, SlimLayerNorm, SlimLinear
 from pareco_runtime.slicing import plain_twin
-from pareco_runtime.ops import SlimChannelParameters, SlimContext, SlimLayerNorm
 
 torchvision = pytest.importorskip("torchvision")
 from torchvision.models.convnext import LayerNorm2d  # noqa: E402
@@ -101,9 +101,12 @@ def _converted(net: nn.Module, size) -> SlimmableNet:
 
 
 def _dense_weight_share(slim: SlimmableNet) -> float:
-    """The share of conv and linear weights in layers whose output channels are a width dimension."""
-    dense = [(n, m.weight.numel()) for n, m in slim.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    return sum(k for n, k in dense if n not in slim.pinned) / sum(k for _, k in dense)
+    """The share of conv and linear weights in slimmable layers whose output channels are a width dimension."""
+    dense = [(n, m) for n, m in slim.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    slimmed = sum(
+        m.weight.numel() for n, m in dense if isinstance(m, (SlimConv2d, SlimLinear)) and n not in slim.pinned
+    )
+    return slimmed / sum(m.weight.numel() for _, m in dense)
 
 
 def _check_exact(original: nn.Module, slim: SlimmableNet, size) -> None:
