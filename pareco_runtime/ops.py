@@ -1,4 +1,5 @@
-"""Slimmable layers: Conv2d, Conv1d, Linear, BatchNorm2d and BatchNorm1d that run with the first k channels.
+"""Slimmable layers: Conv2d, Conv1d, Linear, BatchNorm2d, BatchNorm1d and LayerNorm that run with the first k
+channels, and modules whose own per-channel parameters (a layer scale) read the first k entries.
 
 Every slimmable layer of a network reads its active channel counts from one shared
 :class:`SlimContext`, through two integer *slots* (input and output). Activating a config is
@@ -108,8 +109,8 @@ class _Slim:
         """The sliced tensors for widths ``key`` (cached, contiguous, while autograd is off)."""
         if torch.is_grad_enabled():
             return self.slice_tensors(key)
-        bias = self.bias  # type: ignore[attr-defined]
-        full_key = (*key, self.weight._version, -1 if bias is None else bias._version)  # type: ignore[attr-defined]
+        weight, bias = self.weight, self.bias  # type: ignore[attr-defined]
+        full_key = (*key, -1 if weight is None else weight._version, -1 if bias is None else bias._version)
         cached = self._cache
         if cached[0] == full_key:
             return cached[1]
@@ -334,5 +335,117 @@ class SlimBatchNorm1d(SlimBatchNorm2d):
     _plain_type = nn.BatchNorm1d
 
 
-SLIM_TYPES = (SlimConv2d, SlimConv1d, SlimLinear, SlimBatchNorm2d)
+class SlimLayerNorm(_Slim, nn.LayerNorm):
+    """A LayerNorm over one channel axis that normalises the first k channels (of each block, over a
+    concatenation) with their own mean and variance, and scales them by the first k entries of its
+    weight and bias.
+
+    At a narrower width it is therefore another normaliser than the full one: its statistics are those of
+    the active channels only. The slimmable model and its slices compute the same thing exactly.
+    ``channels_first``: the channel axis is dimension 1 of an ``[N, C, H, W]`` input, normalised as
+    torchvision's and timm's ``LayerNorm2d`` do it (permute to channels-last, normalise, permute back);
+    else it is the last axis (``nn.LayerNorm(C)``). ``plain_type`` is the original layer's class and
+    ``plain_attributes`` its own extra attributes: the plain twin is that class at the active width.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        channels_first: bool = False,
+        plain_type: type[nn.LayerNorm] = nn.LayerNorm,
+        plain_attributes: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.channels_first = channels_first
+        self.plain_type = plain_type
+        self.plain_attributes = dict(plain_attributes or {})
+
+    def slice_tensors(self, key: tuple[int, ...]) -> tuple:
+        n = len(self.out_parts)
+        return tuple(
+            None if t is None else take(t, 0, self.out_parts, key[:n]) for t in (self.weight, self.bias)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.views(self.key())
+        if self.channels_first:
+            y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), w, b, self.eps)
+            return y.permute(0, 3, 1, 2)
+        return F.layer_norm(x, (x.shape[-1],), w, b, self.eps)
+
+    def to_plain(self) -> nn.LayerNorm:
+        """The original LayerNorm class over the active channels, holding copies of the active slices."""
+        weight, bias = self.slice_tensors(self.key())
+        plain = nn.LayerNorm(
+            width(self.out_parts, self.ctx.ch),
+            eps=self.eps,
+            elementwise_affine=self.elementwise_affine,
+            bias=bias is not None,
+        )
+        # Every class make_slimmable takes for a LayerNorm is nn.LayerNorm's state and forward over it.
+        plain.__class__ = self.plain_type
+        plain.__dict__.update(copy.deepcopy(self.plain_attributes))
+        with torch.no_grad():
+            for mine, sliced in ((plain.weight, weight), (plain.bias, bias)):
+                if mine is not None:
+                    mine.copy_(sliced)
+        return plain
+
+
+class SlimChannelParameters(_Slim):
+    """Mixin of a module whose own per-channel parameters (ConvNeXt's layer scale, ``[C]`` or ``[C, 1, 1]``)
+    its ``forward`` reads as attributes: each such read returns the first k channels (of each block).
+
+    :func:`~pareco_runtime.convert.make_slimmable` gives such a module a subclass of its own class with this
+    mixin and one property per parameter in ``channel_dims`` (name: the parameter's channel dimension), so
+    its ``forward`` and ``state_dict`` stay the original's. Both sides of its binding are the channels of
+    those parameters. :meth:`plain_parameters` are copies of the active slices for its plain twin.
+    """
+
+    plain_type: type[nn.Module]
+    channel_dims: dict[str, int]
+    _parameters: dict[str, nn.Parameter | None]
+
+    def channel_parameter(self, name: str) -> torch.Tensor:
+        """Parameter ``name`` at the active width (the parameter itself at full width)."""
+        p = self._parameters[name]
+        assert p is not None
+        counts = self.key()[: len(self.out_parts)]
+        dim = self.channel_dims[name]
+        if len(counts) == 1 and counts[0] == p.shape[dim]:
+            return p
+        return take(p, dim, self.out_parts, counts)
+
+    def plain_parameters(self) -> dict[str, nn.Parameter]:
+        """Copies of the active slices of the per-channel parameters, by name."""
+        return {
+            name: nn.Parameter(self.channel_parameter(name).detach().clone(), p.requires_grad)
+            for name, p in self._parameters.items()
+            if name in self.channel_dims and p is not None
+        }
+
+
+# One class per (class, parameter names), made once: every converted module of a block type shares it.
+_CHANNEL_PARAMETERS_CLASSES: dict[tuple[type[nn.Module], tuple[str, ...]], type[nn.Module]] = {}
+
+
+def channel_parameters_class(plain_type: type[nn.Module], names: tuple[str, ...]) -> type[nn.Module]:
+    """The subclass of ``plain_type`` with :class:`SlimChannelParameters` whose attributes ``names`` read
+    the active slices of the parameters so named."""
+    made = _CHANNEL_PARAMETERS_CLASSES.get((plain_type, names))
+    if made is not None:
+        return made
+
+    def read(name: str) -> property:
+        return property(lambda self: self.channel_parameter(name))
+
+    members: dict[str, Any] = {name: read(name) for name in names}
+    members["plain_type"] = plain_type
+    made = type(f"Slim{plain_type.__name__}", (SlimChannelParameters, plain_type), members)
+    _CHANNEL_PARAMETERS_CLASSES[(plain_type, names)] = made
+    return made
+
+
+SLIM_TYPES = (SlimConv2d, SlimConv1d, SlimLinear, SlimBatchNorm2d, SlimLayerNorm, SlimChannelParameters)
 SLIM_CONVS = (SlimConv2d, SlimConv1d)

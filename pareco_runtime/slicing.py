@@ -12,7 +12,7 @@ import torch.fx
 from torch import nn
 
 from .models.base import SlimmableNet
-from .ops import _Slim
+from .ops import SlimChannelParameters, _Slim
 from .untrusted import first_line
 
 # Packages a standalone model's generated code may import: torch, and the stdlib modules torch.fx's
@@ -20,15 +20,25 @@ from .untrusted import first_line
 _TORCH_ONLY = frozenset({"torch", "math", "operator", "_operator", "builtins"})
 
 
+# What binding a module to a context sets on it (ops._Slim.bind, its cache): not the plain twin's.
+_BINDING = frozenset(
+    {"ctx", "in_slot", "out_slot", "in_parts", "out_parts", "_prefix", "_cache", "channel_dims"}
+)
+
+
 def _plain_copy(module: nn.Module) -> nn.Module:
-    if isinstance(module, _Slim):
+    channel_parameters = isinstance(module, SlimChannelParameters)
+    if isinstance(module, _Slim) and not channel_parameters:
         return module.to_plain()
     new = copy.copy(module)
-    new.__dict__ = dict(module.__dict__.items())
+    new.__dict__ = {k: v for k, v in module.__dict__.items() if not (channel_parameters and k in _BINDING)}
     new._parameters = {
         k: (None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad))
         for k, p in module._parameters.items()
     }
+    if isinstance(module, SlimChannelParameters):
+        new.__class__ = module.plain_type
+        new._parameters.update(module.plain_parameters())
     new._buffers = {k: (None if b is None else b.detach().clone()) for k, b in module._buffers.items()}
     new._modules = {k: (None if m is None else _plain_copy(m)) for k, m in module._modules.items()}
     return new

@@ -14,7 +14,17 @@ from torch import nn
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..ops import SLIM_CONVS, SlimBatchNorm2d, SlimContext, SlimConv2d, SlimLinear, _Slim, width
+from ..ops import (
+    SLIM_CONVS,
+    SlimBatchNorm2d,
+    SlimChannelParameters,
+    SlimContext,
+    SlimConv2d,
+    SlimLayerNorm,
+    SlimLinear,
+    _Slim,
+    width,
+)
 from ..space import WidthSpace
 
 # Per-point BN statistics: one ``(mean, var)`` pair per BN layer, in ``SlimmableNet.bn_layers`` order,
@@ -216,14 +226,24 @@ class SlimmableNet(nn.Module):
         one = self._one
         slim_params: set[int] = set()
         for m in self.modules():
-            if not isinstance(m, (*SLIM_CONVS, SlimLinear, SlimBatchNorm2d)):
+            if isinstance(m, SlimChannelParameters):
+                # Only the per-channel parameters follow the width; the module's others are constant.
+                per_channel = [p for n, p in m.named_parameters(recurse=False) if n in m.channel_dims]
+                slim_params.update(id(p) for p in per_channel)
+                for _, o in m.out_parts:
+                    add(params, o, one, len(per_channel))
+                continue
+            if not isinstance(m, (*SLIM_CONVS, SlimLinear, SlimBatchNorm2d, SlimLayerNorm)):
                 continue
             slim_params.update(id(p) for p in m.parameters(recurse=False))
             # A side reading a concatenation counts each of its parts: one term per pair of parts.
             outs = [s for _, s in m.out_parts]
-            if isinstance(m, SlimBatchNorm2d):
+            if isinstance(m, (SlimBatchNorm2d, SlimLayerNorm)):
+                # Normalisers: an affine pair per channel, no MACs (torch's flop counter counts none).
+                affine = sum(1 for _ in m.parameters(recurse=False))
                 for o in outs:
-                    add(params, o, one, 2)
+                    if affine:
+                        add(params, o, one, affine)
                 continue
             depthwise = isinstance(m, SLIM_CONVS) and m.depthwise
             kk = math.prod(m.kernel_size) if isinstance(m, SLIM_CONVS) else 1
