@@ -1,6 +1,7 @@
 """int8 programs of front points with their accuracy measured: the program is loaded back in its own
-runtime, its top-1 measured on the evaluation images beside the fp32 point's on the same images,
-and one that drops more than ``max_drop`` points is reported and not written (unless forced),
+runtime, its top-1 (or the front's own metric: a task's mIoU or mAP) measured on the evaluation images
+beside the fp32 point's on the same images, and one that is worse by more than ``max_drop`` in that
+metric's direction is reported and not written (unless forced),
 before it is moved into place; what is written is recorded in ``export.json`` and, as a
 :class:`~pareco_runtime.manifest.Variant`, in the manifest.
 """
@@ -8,14 +9,14 @@ before it is moved into place; what is written is recorded in ``export.json`` an
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from pareco_runtime.manifest import Front, Variant
+from pareco_runtime.manifest import Front, Metric, Variant
 
 from .exporter import ExportResult, export_points
 from .formats import Calibration, ExportError, Runner, check_int8_formats, served_backend
@@ -25,8 +26,12 @@ if TYPE_CHECKING:
 
 # Calibration images come in batches of this many (``--calib-batches`` counts them).
 CALIB_BATCH = 32
-# Top-1 points an int8 program may lose against its fp32 point before it is refused (``--max-drop``).
+# Top-1 points (or units of a front's own metric) an int8 program may lose against its fp32 point
+# before it is refused (``--max-drop``).
 DEFAULT_MAX_DROP = 2.0
+
+Score = Callable[[Callable[[torch.Tensor], Any]], Mapping[str, float]]
+"""Measures a program, given as its forward, on the evaluation images: figures by name."""
 
 
 class DropError(ExportError):
@@ -82,13 +87,18 @@ class Int8Run:
     refused: list[str]
 
 
+def top1_score(batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> Score:
+    """The :data:`Score` of a top-1 front: ``{"top1": ...}`` of a program's logits on ``batches()``."""
+    return lambda forward: {"top1": top1(forward, batches())}
+
+
 def export_int8_points(
     rt: SlimmableRuntime,
     points: Sequence[FrontPoint],
     formats: Sequence[str],
     out_dir: str | os.PathLike[str],
     calib: Calibration,
-    evaluation: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    score: Score,
     split: dict[str, Any],
     *,
     batch: Any = 1,
@@ -98,25 +108,28 @@ def export_int8_points(
 ) -> Int8Run:
     """Export each point of ``points`` as int8 in each format of ``formats`` to ``out_dir/<point>.int8<ext>``.
 
-    Each point's fp32 top-1 is measured on ``evaluation()`` (its sliced model in PyTorch) and each
-    int8 program's on the same images in its runtime; a program dropping more than ``max_drop``
-    points is refused (not written, listed in ``refused``) unless ``force``. Every file written is
-    recorded in ``out_dir/export.json`` and, as a :class:`~pareco_runtime.manifest.Variant` with
+    ``score(forward)`` measures a program on the evaluation images: ``{"top1": ...}`` for a top-1 front
+    (:func:`top1_score`), every declared figure for a front ranked by its own metric (a task's
+    ``evaluate``, which only calls ``forward`` on its batches). Each point's fp32 figures are measured
+    (its sliced model in PyTorch) and each int8 program's on the same images in its runtime; a program
+    worse than fp32 by more than ``max_drop`` in the front's ranking metric (a drop of top-1 or mIoU, a
+    rise of a loss) is refused (not written, listed in ``refused``) unless ``force``. Every file written
+    is recorded in ``out_dir/export.json`` and, as a :class:`~pareco_runtime.manifest.Variant` with
     ``split`` (the evaluation images' record), in the manifest, replacing the variant of the same
     precision and backend (whose latencies were of the old file). ``on_done`` gets one line per program.
     """
     check_int8_formats(formats)
-    rt.front.metric.require_top1(rt.front.path, "pareco export --int8 (its --max-drop check)")
+    metric = rt.front.metric
     if max_drop < 0:
-        raise ExportError(f"--max-drop {max_drop:g}: give a non-negative number of top-1 points")
+        raise ExportError(f"--max-drop {max_drop:g}: give a non-negative number of {_unit(metric)}")
     say = on_done or (lambda _line: None)
     run = Int8Run([], [])
     for p in points:
         model = rt.standalone(p)
         with torch.no_grad():
-            reference = top1(model, evaluation())
+            reference = dict(score(model))
         for fmt in formats:
-            accept = _accuracy_check(p.id, fmt, reference, evaluation, split, max_drop, force)
+            accept = _accuracy_check(p.id, fmt, metric, reference, score, split, max_drop, force)
             try:
                 (res,) = export_points(rt, [p], [fmt], out_dir, batch=batch, int8=calib, accept=accept)
             except DropError as exc:
@@ -127,41 +140,75 @@ def export_int8_points(
             variant = Variant(
                 precision="int8",
                 backend=served_backend(fmt),
-                top1=res.details["top1"],
-                fp32_top1=res.details["fp32_top1"],
+                top1=res.details.get("top1"),
+                fp32_top1=res.details.get("fp32_top1"),
                 split=split,
                 bytes=res.bytes,
+                metrics=res.details.get("metrics", {}),
+                fp32_metrics=res.details.get("fp32_metrics", {}),
             )
             record_variant(rt, p.id, variant)
-            say(
-                f"{res.path.name}: top-1 {variant.top1:.2f} % (fp32 {variant.fp32_top1:.2f} %), "
-                f"{res.bytes / 1024:.0f} KiB"
-            )
+            say(f"{res.path.name}: {variant_scores(metric, variant)}, {res.bytes / 1024:.0f} KiB")
     return run
+
+
+def _unit(metric: Metric) -> str:
+    return f"{metric.rank} units" if metric.declared else "top-1 points"
+
+
+def variant_scores(metric: Metric, variant: Variant) -> str:
+    """A program's ranking figure beside fp32's: ``top-1 91.00 % (fp32 91.50 %)``, ``miou 70.1 (fp32 71.3)``."""
+    now, was = metric.variant_scores(variant)
+    if not metric.declared:
+        return f"top-1 {now:.2f} % (fp32 {was:.2f} %)"
+    return f"{metric.rank} {now:.4g} (fp32 {was:.4g})"
+
+
+def result_scores(metric: Metric, details: Mapping[str, Any]) -> tuple[float, float]:
+    """(the program's, fp32's) figure of the ranking ``metric`` in an int8 export's ``details``."""
+    if metric.declared:
+        return details["metrics"][metric.rank], details["fp32_metrics"][metric.rank]
+    return details["top1"], details["fp32_top1"]
+
+
+def program_forward(runner: Runner) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A forward through ``runner`` for batches of any size, its output as a tensor (what a task's
+    ``evaluate`` reads as a model's)."""
+    logits = runner_logits(runner)
+    return lambda x: torch.from_numpy(logits(x))
 
 
 def _accuracy_check(
     point: str,
     fmt: str,
-    reference: float,
-    evaluation: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    metric: Metric,
+    reference: Mapping[str, float],
+    score: Score,
     split: dict[str, Any],
     max_drop: float,
     force: bool,
 ) -> Callable[[Runner], dict[str, Any]]:
-    """The check of a loaded int8 program of ``point``: its top-1 on ``evaluation()`` against the fp32
-    ``reference``; :class:`DropError` beyond ``max_drop`` unless ``force``; else the figures to record."""
+    """The check of a loaded int8 program of ``point``: its ``score`` against the fp32 ``reference`` in the
+    front's ranking ``metric``; :class:`DropError` when worse by more than ``max_drop`` unless
+    ``force``; else the figures to record: ``top1`` and ``fp32_top1`` of a top-1 front, ``metrics``
+    and ``fp32_metrics`` of a front ranked by its own metric, and ``split``."""
 
     def accept(runner: Runner) -> dict[str, Any]:
-        measured = top1(runner_logits(runner), evaluation())
-        drop = reference - measured
+        measured = dict(score(program_forward(runner)))
+        was, now = reference[metric.rank], measured[metric.rank]
+        drop = metric.worse_by(was, now)
         if drop > max_drop and not force:
+            if metric.declared:
+                what = f"{metric.rank} {now:.4g}, {drop:.4g} worse than fp32's {was:.4g}"
+            else:
+                what = f"{now:.2f} % top-1, {drop:.2f} points below fp32's {was:.2f} %"
             raise DropError(
-                f"{point}: its int8 {fmt} program scores {measured:.2f} % top-1, {drop:.2f} points "
-                f"below fp32's {reference:.2f} % (allowed {max_drop:g}, --max-drop); not written; "
-                "calibrate on more images (--calib-batches) or pass --force to keep it"
+                f"{point}: its int8 {fmt} program scores {what} (allowed {max_drop:g}, --max-drop); not "
+                "written; calibrate on more images (--calib-batches) or pass --force to keep it"
             )
-        return {"top1": measured, "fp32_top1": reference, "split": split}
+        if not metric.declared:  # as export.json has recorded a top-1 front's programs since format 3
+            return {"top1": now, "fp32_top1": was, "split": split}
+        return {"metrics": measured, "fp32_metrics": dict(reference), "split": split}
 
     return accept
 

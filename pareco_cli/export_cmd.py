@@ -10,11 +10,11 @@ import inspect
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
-from .loading import MODEL_HELP, ManifestArg, load_runtime, resolve_manifest
+from .loading import MODEL_HELP, ManifestArg, TaskOption, load_runtime, resolve_manifest
 from .output import print_json, print_table
 from .runtime_cmds import check_fallback, choose_point
 
@@ -79,7 +79,8 @@ def export(
         typer.Option(
             "--int8",
             help="Quantized int8 programs (<point>.int8.onnx / .pte), calibrated on the images of "
-            "--calib; each is checked by its top-1, measured in its runtime, and recorded in the manifest.",
+            "--calib; each is checked by the front's metric (top-1, or its task's mIoU or mAP), measured "
+            "in its runtime, and recorded in the manifest.",
         ),
     ] = False,
     calib: Annotated[
@@ -87,10 +88,12 @@ def export(
         typer.Option(
             "--calib",
             metavar="DATA",
-            help="With --int8: the front's data (as `pareco train --data`); training images calibrate, "
-            "the test/ or val/ folder (a hold-out for digits and synthetic) measures top-1.",
+            help="With --int8: the front's data (as `pareco train --task TASK --data`); training images "
+            "calibrate, the test/ or val/ folder (a hold-out for digits, synthetic and task folders "
+            "without one) measures the front's metric.",
         ),
     ] = None,
+    task: TaskOption = None,
     calib_batches: Annotated[
         int,
         typer.Option("--calib-batches", metavar="N", help="With --int8: calibration batches of 32 images."),
@@ -100,8 +103,9 @@ def export(
         typer.Option(
             "--max-drop",
             metavar="PTS",
-            help="With --int8: most top-1 points a program may lose against fp32; a program losing more "
-            "is reported and not written.",
+            help="With --int8: most a program may lose against fp32 in the front's metric (top-1 points, "
+            "mIoU or mAP points; a loss may rise by as much); a program losing more is reported and not "
+            "written.",
         ),
     ] = 2.0,
     force: Annotated[
@@ -114,7 +118,7 @@ def export(
     **flags: bool,
 ) -> None:
     """Export front points; each file is loaded back in its runtime and checked against PyTorch
-    (an int8 program by its top-1 against the fp32 point's)."""
+    (an int8 program by the front's metric against the fp32 point's)."""
     from export.formats import FORMATS
 
     formats = [name for name in FORMATS if flags.get(name)]
@@ -129,7 +133,7 @@ def export(
     if fallback is not None and not budget:
         raise ValueError("--fallback applies to --budget only")
     check_fallback(fallback)
-    _check_int8_options(int8, formats, calib, calib_batches, max_drop, force)
+    _check_int8_options(int8, formats, calib, calib_batches, max_drop, force, task)
     manifest = resolve_manifest(manifest)
     if out is None:
         from export.serving import EXPORT_DIR
@@ -164,7 +168,9 @@ def export(
     else:
         points = list(rt.points)
     if int8:
-        _export_int8(rt, points, formats, out, batches, calib or "", calib_batches, max_drop, force, as_json)
+        _export_int8(
+            rt, points, formats, out, batches, calib or "", calib_batches, max_drop, force, task, as_json
+        )
         return
     total = len(points) * len(formats)
     if all_points:
@@ -179,7 +185,7 @@ def export(
             TextColumn("{task.description}"),
             console=Console(stderr=True),
         ) as bar:
-            task = bar.add_task("", total=total)
+            job = bar.add_task("", total=total)
             results = export_points(
                 rt,
                 points,
@@ -187,7 +193,7 @@ def export(
                 out,
                 batch=batches,
                 atol=atol,
-                on_done=lambda r: bar.update(task, advance=1, description=r.path.name),
+                on_done=lambda r: bar.update(job, advance=1, description=r.path.name),
             )
     else:
         results = export_points(rt, points, formats, out, batch=batches, atol=atol)
@@ -248,11 +254,21 @@ export = _with_format_flags(export)
 
 
 def _check_int8_options(
-    int8: bool, formats: list[str], calib: str | None, calib_batches: int, max_drop: float, force: bool
+    int8: bool,
+    formats: list[str],
+    calib: str | None,
+    calib_batches: int,
+    max_drop: float,
+    force: bool,
+    task: str | None,
 ) -> None:
     """Refuse int8 options that cannot go together, before anything is loaded."""
     if not int8:
-        given = [flag for flag, on in (("--calib", calib is not None), ("--force", force)) if on]
+        given = [
+            flag
+            for flag, on in (("--calib", calib is not None), ("--task", task is not None), ("--force", force))
+            if on
+        ]
         if given:
             raise ValueError(f"{' and '.join(given)} apply to --int8 exports only; add --int8")
         return
@@ -261,7 +277,7 @@ def _check_int8_options(
     check_int8_formats(formats)
     if calib is None:
         raise ValueError(
-            "--int8 needs --calib DATA: the front's data, whose images calibrate and measure top-1"
+            "--int8 needs --calib DATA: the front's data, whose images calibrate and measure its metric"
         )
     if calib_batches < 1:
         raise ValueError(f"--calib-batches {calib_batches}: give at least 1 batch")
@@ -279,14 +295,24 @@ def _export_int8(
     calib_batches: int,
     max_drop: float,
     force: bool,
+    task: str | None,
     as_json: bool,
 ) -> None:
     """Export int8 programs of ``points``, print what each scored, and exit 1 when any was refused."""
     from export.formats import Calibration, served_backend
-    from export.int8 import CALIB_BATCH, export_int8_points
-    from training.front_data import evaluation_set
+    from export.int8 import CALIB_BATCH, Score, export_int8_points, result_scores, top1_score
+    from training.front_data import evaluation_set, task_evaluation_set
+    from training.tasks import front_task
 
-    images = evaluation_set(calib, rt.front)
+    metric = rt.front.metric
+    measured_by = front_task(rt.front, task)
+    if metric.declared:
+        images = task_evaluation_set(measured_by, calib, rt.front)
+        # A task's evaluate only calls the model it is given on its batches: a program's forward serves.
+        score = cast(Score, measured_by.evaluators(images.data)[0])
+    else:
+        images = evaluation_set(calib, rt.front)
+        score = top1_score(images.batches)
     seed = rt.front.training.seed
     calibration = Calibration(
         [x for x, _ in images.data.calib_batches(CALIB_BATCH, calib_batches, seed)],
@@ -298,7 +324,7 @@ def _export_int8(
         formats,
         out,
         calibration,
-        images.batches,
+        score,
         images.split,
         batch=batches,
         max_drop=max_drop,
@@ -316,22 +342,19 @@ def _export_int8(
             }
         )
     else:
+        label = metric.rank if metric.declared else "top-1 %"
+        rows = []
+        for r in run.results:
+            now, was = result_scores(metric, r.details)
+            rows.append(
+                (r.point, r.format, r.path.name, f"{r.bytes / 1024:.1f}", f"{now:.2f}", f"{was:.2f}",
+                 f"{metric.worse_by(was, now):+.2f}")
+            )  # fmt: skip
         print_table(
             f"{len(run.results)} int8 program(s) in {out}, recorded in {rt.front.path} "
-            f"(calibrated on {calibration.images} images; top-1 on {images.text})",
-            ["point", "format", "file", "KiB", "top-1 %", "fp32 top-1 %", "drop"],
-            [
-                (
-                    r.point,
-                    r.format,
-                    r.path.name,
-                    f"{r.bytes / 1024:.1f}",
-                    f"{r.details['top1']:.2f}",
-                    f"{r.details['fp32_top1']:.2f}",
-                    f"{r.details['fp32_top1'] - r.details['top1']:+.2f}",
-                )
-                for r in run.results
-            ],
+            f"(calibrated on {calibration.images} images; {label} on {images.text})",
+            ["point", "format", "file", "KiB", label, f"fp32 {label}", "drop"],
+            rows,
         )
         if run.results:
             backends = " ".join(
@@ -341,8 +364,9 @@ def _export_int8(
                 f"time them with: pareco bench {rt.front.path} {backends} --int8 --exports {out} --update"
             )
     if run.refused:
+        what = f"{metric.rank}" if metric.declared else "top-1 points"
         typer.echo(
-            f"error: {len(run.refused)} int8 program(s) lost more than {max_drop:g} top-1 points and were not "
+            f"error: {len(run.refused)} int8 program(s) lost more than {max_drop:g} {what} and were not "
             "written (listed above); --force writes them",
             err=True,
         )

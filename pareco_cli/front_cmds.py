@@ -1,4 +1,9 @@
-"""``pareco eval`` and ``pareco calibrate``: measure a trained front on a test set, add an off-front point."""
+"""``pareco eval`` and ``pareco calibrate``: measure a trained front on a test set, add an off-front point.
+
+Both measure a front by the task that built it (:func:`training.tasks.front_task`): top-1 and loss for
+a classification front, a segmentation or detection front's declared figures (mIoU, mAP, ...) on its
+folder's images.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,14 @@ from typing import TYPE_CHECKING, Any, cast
 import typer
 
 from .flops import parse_alpha
-from .loading import MODEL_HELP, ManifestArg, load_runtime, resolve_manifest
+from .loading import MODEL_HELP, ManifestArg, TaskOption, load_runtime, resolve_manifest
 from .output import print_json, print_table
 
 if TYPE_CHECKING:
     from pareco_runtime.manifest import Front, FrontPoint
+    from pareco_runtime.runtime import SlimmableRuntime
     from pareco_runtime.space import WidthSpace
+    from training.tasks import Task
 
 _DATA_FORMS = "an ImageFolder tree, a .tar/.tar.gz of one, 'digits' or 'synthetic[:N:C]'"
 
@@ -27,8 +34,10 @@ def eval_front(
         "--data",
         metavar="DATA",
         help=f"The test images ({_DATA_FORMS}): a tree's test/ or val/ folder, every image of a plain "
-        "<class>/* tree, the validation hold-out of digits or synthetic data.",
+        "<class>/* tree, the validation hold-out of digits or synthetic data; for a segmentation or "
+        "detection front, its folder's val/ (or test/) images, else those training held out.",
     ),
+    task: TaskOption = None,
     split: str | None = typer.Option(
         None,
         "--split",
@@ -37,20 +46,32 @@ def eval_front(
         "(default: <data name>-<split>, e.g. cifar10-test).",
     ),
     write: bool = typer.Option(
-        False, "--write", help="Record each point's top-1 and loss in the manifest under --split."
+        False,
+        "--write",
+        help="Record each point's top-1 and loss in the manifest under --split (top-1 fronts only).",
     ),
     model: str | None = typer.Option(None, "--model", metavar="pkg.module:factory", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Top-1 and loss of every front point on a test set, each with its calibrated BN statistics."""
+    """The front's figures (top-1 and loss, or its task's: mIoU, mAP, ...) of every point on a test set,
+    each with its calibrated BN statistics."""
     from training.extend import evaluate_points
     from training.front_data import evaluation_set
+    from training.tasks import front_task
 
     if split is not None and not split.strip():
         raise ValueError("--split: the evaluation needs a name, e.g. --split cifar10-test")
     manifest = resolve_manifest(manifest)
     rt = load_runtime(manifest, model)
-    rt.front.metric.require_top1(manifest, "pareco eval")
+    measured_by = front_task(rt.front, task)
+    if rt.front.metric.declared:
+        if write:
+            raise ValueError(
+                f"--write: {manifest} is ranked by {rt.front.metric.rank}, and a manifest records named "
+                "evaluations as top-1 and loss only; leave --write out (the table and --json report them)"
+            )
+        _eval_metric(manifest, rt, measured_by, data, split, as_json)
+        return
     images = evaluation_set(data, rt.front)
     name = images.name if split is None else split.strip()
     results = evaluate_points(rt, images.batches())
@@ -90,6 +111,50 @@ def eval_front(
         typer.echo(f"recorded in {manifest} as evaluation '{name}' (dataset.eval_splits, points' eval_top1)")
 
 
+def _eval_metric(
+    manifest: Path, rt: SlimmableRuntime, task: Task, data: str, split: str | None, as_json: bool
+) -> None:
+    """``pareco eval`` of a front ranked by its task's metric: every declared figure of every point."""
+    from training.extend import evaluate_front
+    from training.front_data import task_evaluation_set
+
+    images = task_evaluation_set(task, data, rt.front)
+    name = images.name if split is None else split.strip()
+    results = evaluate_front(rt, task.evaluators(images.data)[0])
+    metric = rt.front.metric
+    rows: list[dict[str, Any]] = [
+        {"id": p.id, "mflops": p.mflops, "manifest": dict(p.metrics), "metrics": results[p.id]}
+        for p in rt.points
+    ]
+    if as_json:
+        print_json(
+            {
+                "manifest": str(manifest),
+                "name": name,
+                "split": images.split,
+                "metric": metric.to_dict(),
+                "written": False,
+                "points": rows,
+            }
+        )
+        return
+    print_table(
+        f"{manifest.name} on {name}",
+        ["id", "MFLOPs", f"manifest {metric.rank} ({_top1_split(rt.front)})"]
+        + [f"{figure} ({name})" for figure in metric.names],
+        [
+            [r["id"], f"{r['mflops']:.2f}", _figure(r["manifest"].get(metric.rank))]
+            + [_figure(r["metrics"].get(figure)) for figure in metric.names]
+            for r in rows
+        ],
+    )
+    typer.echo(f"images: {images.text}")
+
+
+def _figure(value: float | None) -> str | None:
+    return None if value is None else f"{value:.4g}"
+
+
 def _percent(value: float | None) -> str | None:
     return None if value is None else f"{value:.2f}"
 
@@ -127,9 +192,11 @@ def calibrate(
         ...,
         "--data",
         metavar="DATA",
-        help=f"The front's training data ({_DATA_FORMS}): BN statistics are recalibrated on its training "
-        "images, top-1 is measured on its validation split.",
+        help=f"The front's training data ({_DATA_FORMS}; a segmentation or detection folder for a task "
+        "front): BN statistics are recalibrated on its training images, the front's metric is measured on "
+        "its validation split.",
     ),
+    task: TaskOption = None,
     calib_batches: int | None = typer.Option(
         None,
         "--calib-batches",
@@ -147,7 +214,7 @@ def calibrate(
     from pareco_runtime.filelock import locked
     from pareco_runtime.manifest import POINT_ID_PATTERN, Front, add_points
     from training.extend import calibrate_point, calibration_settings, new_point_id, selection_fraction
-    from training.front_data import VAL_FRACTION, load_front_data
+    from training.tasks import front_task
 
     if (alpha is None) == (width is None):
         raise ValueError(
@@ -163,7 +230,7 @@ def calibrate(
     manifest = resolve_manifest(manifest)
     rt = load_runtime(manifest, model)
     front = rt.front
-    front.metric.require_top1(manifest, "pareco calibrate")
+    measured_by = front_task(front, task)
     config = _config(front.width_space, alpha, width)
     _check_new(
         front, front.width_space.channels(config), point_id, "--alpha" if alpha is not None else "--width"
@@ -173,8 +240,16 @@ def calibrate(
     if point_id is not None:
         _free_stats_file(manifest, pid)  # refused now rather than after calibrating
     batches, batch_size = calibration_settings(front)
-    images = load_front_data(data, front, VAL_FRACTION, selection_fraction(front))
-    point, stats = calibrate_point(rt, config, images, pid, calib_batches or batches, batch_size)
+    images = measured_by.front_data(data, front, selection_fraction(front))
+    evaluate, selection_evaluate = measured_by.evaluators(images)
+    point, stats = calibrate_point(
+        rt,
+        config,
+        pid,
+        lambda: images.calib_batches(batch_size, calib_batches or batches, front.training.seed),
+        evaluate,
+        selection_evaluate=selection_evaluate,
+    )
     # Calibrating takes seconds to minutes; another `pareco calibrate` may have added a point since.
     # The id is chosen again, the config checked again and the point added under one lock.
     with locked(manifest):
@@ -239,15 +314,19 @@ def _check_new(front: Front, channels: list[int], point_id: str | None, flag: st
 
 
 def _print_point(title: str, p: FrontPoint, front: Front) -> None:
-    """The new point as a one-row table, with its widths and channels."""
-    chosen = ["chosen-on %"] if p.selection_top1 is not None else []
-    row = [p.id, f"{p.mflops:.2f}", f"{p.params / 1e6:.3f}", _percent(p.top1)]
-    row += [_percent(p.selection_top1)] if chosen else []
-    row.append(None if p.loss is None else f"{p.loss:.4f}")
-    print_table(
-        f"{title}: off-front point {p.id} (calibrated)",
-        ["id", "MFLOPs", "Mparams", f"top-1 % ({_top1_split(front)})", *chosen, "loss"],
-        [row],
-    )
+    """The new point as a one-row table (its figures as the front ranks them), with its widths and channels."""
+    metric, split = front.metric, _top1_split(front)
+    row: list[Any] = [p.id, f"{p.mflops:.2f}", f"{p.params / 1e6:.3f}"]
+    if metric.declared:
+        chosen = [f"chosen-on {metric.rank}"] if p.selection_metrics else []
+        columns = [f"{name} ({split})" for name in metric.names] + chosen
+        row += [f"{p.metrics[name]:.4g}" for name in metric.names]
+        row += [f"{p.selection_metrics[metric.rank]:.4g}"] if chosen else []
+    else:
+        chosen = ["chosen-on %"] if p.selection_top1 is not None else []
+        columns = [f"top-1 % ({split})", *chosen, "loss"]
+        row += [_percent(p.top1)] + ([_percent(p.selection_top1)] if chosen else [])
+        row.append(None if p.loss is None else f"{p.loss:.4f}")
+    print_table(f"{title}: off-front point {p.id} (calibrated)", ["id", "MFLOPs", "Mparams", *columns], [row])
     typer.echo("widths: " + ", ".join(f"{a:.3f}" for a in p.alpha))
     typer.echo("channels: " + ", ".join(str(c) for c in p.channels))

@@ -17,6 +17,19 @@ MODEL_HELP = (
 )
 _MANIFEST_SUFFIX = ".front.json"
 
+TaskOption = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        metavar="TASK",
+        help="classification, segmentation or detection: the task whose data --data is and whose figures "
+        "the front is measured by (default: the one its training recorded; a top-1 front's is "
+        "classification). Needed for a front built in Python from a loop of your own.",
+        show_default=False,
+    ),
+]
+"""The ``--task`` option of commands that measure a front again (:func:`training.tasks.front_task`)."""
+
 ManifestArg = Annotated[
     Path | None,
     typer.Argument(

@@ -165,7 +165,7 @@ def select(
     if variant is None:
         typer.echo("precision: fp32" + (" (int8 variants were considered)" if _has_variants(front) else ""))
     else:
-        typer.echo(f"precision: {chosen.describe()}: {_variant_text(variant)}")
+        typer.echo(f"precision: {chosen.describe()}: {_variant_text(variant, front.metric)}")
     if not met:
         typer.echo("budget not met: no point satisfies it; this is the cheapest point (--fallback cheapest)")
 
@@ -222,18 +222,12 @@ def _print_front(front) -> None:
     if calibrated:
         typer.echo(f"off-front (added by pareco calibrate, not chosen by training): {', '.join(calibrated)}")
     if _has_variants(front):
+        label = front.metric.label
         print_table(
             "int8 variants (pareco export --int8; select among them with --precision or any budget)",
-            ["id", "backend", "top-1 %", "fp32 top-1 %", "drop", "KiB"] + [f"{n} ms" for n in profiles],
+            ["id", "backend", label, f"fp32 {label}", "drop", "KiB"] + [f"{n} ms" for n in profiles],
             [
-                [
-                    p.id,
-                    v.backend,
-                    f"{v.top1:.2f}",
-                    f"{v.fp32_top1:.2f}",
-                    f"{v.drop:+.2f}",
-                    f"{v.bytes / 1024:.0f}",
-                ]
+                [p.id, v.backend, *_variant_cells(front.metric, v), f"{v.bytes / 1024:.0f}"]
                 + [None if n not in v.latency_ms else f"{v.latency_ms[n]:.3f}" for n in profiles]
                 for p in front.points
                 for v in p.variants
@@ -245,11 +239,24 @@ def _has_variants(front) -> bool:
     return any(p.variants for p in front.points)
 
 
-def _variant_text(v) -> str:
-    """A variant's figures in one line: its top-1 against fp32's on the same images, size, latencies."""
+def _variant_cells(metric, v) -> list[str]:
+    """A variant's ranking figure, fp32's and the drop between them (in the metric's direction)."""
+    now, was = metric.variant_scores(v)
+    return [f"{now:.2f}", f"{was:.2f}", f"{metric.worse_by(was, now):+.2f}"]
+
+
+def _variant_text(v, metric) -> str:
+    """A variant's figures in one line: its metric against fp32's on the same images, size, latencies."""
     split = v.split
     times = ", ".join(f"{ms:.3f} ms@{name}" for name, ms in sorted(v.latency_ms.items()))
+    now, was = metric.variant_scores(v)
+    figures = (
+        f"top-1 {now:.2f} % (fp32 {was:.2f} %"
+        if not metric.declared
+        else f"{metric.rank} {now:.4g} (fp32 {was:.4g}"
+    )
     return (
-        f"top-1 {v.top1:.2f} % (fp32 {v.fp32_top1:.2f} % on the same {split['images']} {split['name']} "
-        f"images: a drop of {v.drop:+.2f} points), {v.bytes / 1024:.0f} KiB" + (f", {times}" if times else "")
+        f"{figures} on the same {split['images']} {split['name']} images: a drop of "
+        f"{metric.worse_by(was, now):+.2f}{' points' if not metric.declared else ''}), {v.bytes / 1024:.0f} KiB"
+        + (f", {times}" if times else "")
     )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from .loading import MODEL_HELP, ManifestArg, load_runtime, resolve_manifest
+from .loading import MODEL_HELP, ManifestArg, TaskOption, load_runtime, resolve_manifest
 from .output import check_output, print_json, print_table
 
 if TYPE_CHECKING:
@@ -34,9 +34,11 @@ def specialize(
         ...,
         "--data",
         metavar="DATA",
-        help="The front's training data (as `pareco train --data`): configs are recalibrated on its training "
-        "images, compared on images held out of training, the chosen points measured on its test split.",
+        help="The front's training data (as `pareco train --task TASK --data`): configs are recalibrated on "
+        "its training images, compared on images held out of training, the chosen points measured on its "
+        "test split, by the front's metric.",
     ),
+    task: TaskOption = None,
     points: int = typer.Option(8, "--points", metavar="N", help="Points of the new front (at most)."),
     evals: int = typer.Option(
         40, "--evals", metavar="K", help="Configs calibrated and measured in the search, in all."
@@ -65,18 +67,19 @@ def specialize(
     model: str | None = typer.Option(None, "--model", metavar="pkg.module:factory", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Search the width space again for one device: the same weights, a front chosen by held-out top-1
-    and the device's latency, served, selected, exported and benchmarked like a trained front."""
+    """Search the width space again for one device: the same weights, a front chosen by its metric on
+    held-out images (top-1, mIoU, mAP) and the device's latency, served, selected, exported and
+    benchmarked like a trained front."""
     from bench.device import host_description
     from pareco_runtime.filelock import locked
     from pareco_runtime.latency_table import LatencyLUT, lut_path
     from pareco_runtime.manifest import check_derived_path, save_derived_front
     from training.extend import calibration_settings, selection_fraction
-    from training.front_data import VAL_FRACTION, load_front_data
     from training.progress import Reporter
     from training.search_cost import LatencyCost
     from training.specialize import SpecializeSettings
     from training.specialize import specialize as search
+    from training.tasks import front_task
 
     for flag, value, least in (
         ("--points", points, 2),
@@ -95,7 +98,7 @@ def specialize(
     target = out if out is not None else manifest.with_name(f"{_stem(manifest)}.{profile}.front.json")
     rt = load_runtime(manifest, model)
     front = rt.front
-    front.metric.require_top1(manifest, "pareco specialize")
+    measured_by = front_task(front, task)
     try:
         check_derived_path(front, target)
     except ValueError as exc:
@@ -112,7 +115,8 @@ def specialize(
             "out and bring measurements back with `pareco bench import`"
         )
     batches, batch_size = calibration_settings(front)
-    images = load_front_data(data, front, VAL_FRACTION, selection_fraction(front) or HELD_OUT)
+    images = measured_by.front_data(data, front, selection_fraction(front) or HELD_OUT)
+    evaluate, selection_evaluate = measured_by.evaluators(images)
     settings = SpecializeSettings(points=points, evals=evals, seed=seed)
     progress = Reporter(evals, enabled=not as_json)
     t0 = time.perf_counter()
@@ -120,10 +124,14 @@ def specialize(
         rt.model,
         [p.alpha for p in front.points],
         cost,
-        images,
-        (calib_batches or batches, batch_size),
+        lambda: images.calib_batches(batch_size, calib_batches or batches, seed),
+        evaluate,
         settings,
-        lambda done, total: progress.update(done, "specialize", f"{done}/{total} configs measured", total),
+        selection_evaluate=selection_evaluate,
+        metric=front.metric,
+        on_progress=lambda done, total: progress.update(
+            done, "specialize", f"{done}/{total} configs measured", total
+        ),
     )
     progress.close()
     seconds = time.perf_counter() - t0
@@ -207,23 +215,31 @@ def _report(saved: Path, old: Front, lut: LatencyLUT, seconds: float, measured: 
             {"manifest": str(saved), "measured": measured, "seconds": round(seconds, 1), **new.to_dict()}
         )
         return
-    prof = lut.profile
+    prof, metric = lut.profile, new.metric
     rows: list[list[Any]] = []
     for p in new.points:
         ms = p.latency_ms.get(prof)
+        score, chosen_on = metric.score(p), metric.selection_score(p)
         rows.append(
             [
                 p.id,
                 f"{p.mflops:.2f}",
-                None if p.top1 is None else f"{p.top1:.2f}",
-                None if p.selection_top1 is None else f"{p.selection_top1:.2f}",
+                None if score is None else f"{score:.2f}",
+                None if chosen_on is None else f"{chosen_on:.2f}",
                 f"{p.latency_predicted_ms[prof]:.3f}",
                 None if ms is None else f"{ms:.3f}",
             ]
         )
     print_table(
         f"{saved.name}: front for {prof}",
-        ["id", "MFLOPs", "top-1 %", "chosen-on %", "predicted ms", "measured ms"],
+        [
+            "id",
+            "MFLOPs",
+            metric.label,
+            f"chosen-on {metric.rank}" if metric.declared else "chosen-on %",
+            "predicted ms",
+            "measured ms",
+        ],
         rows,
     )
     how = "measured here" if measured else "predicted by the table (pass --allow-predicted to select on them)"

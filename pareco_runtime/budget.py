@@ -53,7 +53,8 @@ Precisions
 :func:`choose` selects among a front's deployable programs: each point in fp32 and its quantized
 variants (``pareco export --int8``). A variant has the point's MACs and parameters and its own
 measured latencies; it ranks as its point less the top-1 drop measured between the two programs on
-the same images (so fp32 and int8 are compared on one split, the one the point's figure is from).
+the same images (so fp32 and int8 are compared on one split, the one the point's figure is from); on a
+front ranked by its own metric, as its point with each figure moved by the change measured alike.
 ``precision="fp32"`` or ``"int8"`` restricts the choice; ties go to the fp32 point.
 """
 
@@ -705,13 +706,20 @@ class Choice:
     def as_point(self) -> FrontPoint:
         """The program's figures as a point, as :func:`choose` ranks it: the point itself for fp32; for a
         variant (id ``<id>/<precision>-<backend>``), the point's MACs and parameters, the variant's
-        latencies, the point's top-1 figures less the measured drop (see the module docstring)."""
+        latencies, the point's top-1 figures less the measured drop, or on a front ranked by its own
+        metric each of its figures moved by the variant's measured change (see the module docstring)."""
         v = self.variant
         if v is None:
             return self.point
+        drop = v.drop
 
         def less(x: float | None) -> float | None:
-            return None if x is None else x - v.drop
+            return None if x is None or drop is None else x - drop
+
+        change = {k: v.metrics[k] - v.fp32_metrics[k] for k in v.metrics if k in v.fp32_metrics}
+
+        def moved(figures: dict[str, float]) -> dict[str, float]:
+            return {k: x + change[k] for k, x in figures.items() if k in change}
 
         p = self.point
         return dataclasses.replace(
@@ -719,6 +727,8 @@ class Choice:
             id=f"{p.id}/{v.precision}-{v.backend}",
             top1=less(p.top1),
             selection_top1=less(p.selection_top1),
+            metrics=moved(p.metrics),
+            selection_metrics=moved(p.selection_metrics),
             loss=None,
             latency_ms=dict(v.latency_ms),
             energy_mj={},

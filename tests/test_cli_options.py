@@ -85,6 +85,7 @@ BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
         "--calib-batches",
     ),
     ("export", "--max-drop"): ("-1", ("--onnx", "--all", "--int8", "--calib", "digits"), "--max-drop"),
+    ("export", "--task"): ("rows", ("--onnx", "--all", "--int8", "--calib", "digits"), "--task rows"),
     ("bench", "--backend"): ("tpu", (), "tpu"),
     ("bench", "--threads"): ("0", (), "threads"),
     ("bench", "--batch"): ("0", (), "batch"),
@@ -118,12 +119,14 @@ BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
     ("eval", "--data"): ("/nonexistent/data", (), "/nonexistent/data"),
     ("eval", "--split"): (" ", DATA, "--split"),
     ("eval", "--model"): ("nosuchpkg.mod:f", DATA, "nosuchpkg"),
+    ("eval", "--task"): ("rows", DATA, "--task rows"),
     ("calibrate", "--alpha"): ("0.5,x", DATA, "--alpha"),
     ("calibrate", "--width"): ("2", DATA, "--width"),
     ("calibrate", "--data"): ("/nonexistent/data", ("--width", "0.5"), "/nonexistent/data"),
     ("calibrate", "--calib-batches"): ("0", WIDTH, "--calib-batches"),
     ("calibrate", "--id"): ("a/b", WIDTH, "--id"),
     ("calibrate", "--model"): ("nosuchpkg.mod:f", WIDTH, "nosuchpkg"),
+    ("calibrate", "--task"): ("segmentation", WIDTH, "trained by --task classification"),
     ("specialize", "--profile"): ("pixel7", DATA, "'pixel7'"),
     ("specialize", "--data"): ("/nonexistent/data", PROFILE, "/nonexistent/data"),
     ("specialize", "--points"): ("1", SPEC, "--points"),
@@ -131,6 +134,7 @@ BAD: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
     ("specialize", "--calib-batches"): ("0", SPEC, "--calib-batches"),
     ("specialize", "--seed"): ("abc", SPEC, "--seed"),
     ("specialize", "--model"): ("nosuchpkg.mod:f", SPEC, "nosuchpkg"),
+    ("specialize", "--task"): ("detection", SPEC, "trained by --task classification"),
 }
 # Options whose every value is a place to write to (a bad one is a folder that cannot be made).
 OUTPUTS = {("train", "--out"), ("export", "--out"), ("show", "--plot"), ("specialize", "--out")}

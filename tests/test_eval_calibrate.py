@@ -226,13 +226,23 @@ class TestCalibrate:
 
     def test_a_trained_points_config_recalibrated_gives_its_stored_statistics(self, tiny_front: Path) -> None:
         from training.extend import calibrate_point, calibration_settings, selection_fraction
-        from training.front_data import VAL_FRACTION, load_front_data
+        from training.tasks import front_task
 
         rt = SlimmableRuntime.load(tiny_front)
         front = rt.front
-        data = load_front_data(DATA, front, VAL_FRACTION, selection_fraction(front))
+        task = front_task(front)
+        data = task.front_data(DATA, front, selection_fraction(front))
+        evaluate, selection_evaluate = task.evaluators(data)
+        batches, batch_size = calibration_settings(front)
         for trained in (front.points[0], front.points[-1]):
-            point, stats = calibrate_point(rt, trained.alpha, data, "again", *calibration_settings(front))
+            point, stats = calibrate_point(
+                rt,
+                trained.alpha,
+                "again",
+                lambda: data.calib_batches(batch_size, batches, front.training.seed),
+                evaluate,
+                selection_evaluate=selection_evaluate,
+            )
             assert (point.top1, point.loss, point.selection_top1) == (
                 trained.top1,
                 trained.loss,

@@ -588,7 +588,13 @@ def test_manifest_fields_match_front_dataclasses() -> None:
     )
     profile = DeviceProfile(name="d", runtime="torch", threads=1, batch=1, host="h", date="2026-01-01")
     assert set(point.to_dict()) == set(schema["$defs"]["point"]["properties"])
-    assert set(point.variants[0].to_dict()) == set(schema["$defs"]["variant"]["properties"])
+    # A variant records top1 / fp32_top1, or on a front ranked by its own metric metrics / fp32_metrics.
+    of_metric = Variant("int8", "executorch", None, None, {"name": "test", "images": 10}, 1000, {"d": 1.0},
+                        metrics={"miou": 0.4}, fp32_metrics={"miou": 0.5})  # fmt: skip
+    forms = set(point.variants[0].to_dict()) | set(of_metric.to_dict())
+    assert forms == set(schema["$defs"]["variant"]["properties"])
+    assert not {"metrics", "fp32_metrics"} & set(point.variants[0].to_dict())
+    assert not {"top1", "fp32_top1"} & set(of_metric.to_dict())
     assert set(profile.to_dict()) == set(schema["$defs"]["device_profile"]["properties"])
 
 

@@ -133,7 +133,7 @@ def test_int8_onnx_programs_are_scored_in_onnxruntime_and_recorded(front_copy: P
 @pytest.mark.slow
 def test_a_badly_calibrated_program_is_refused_and_not_written(front_copy: Path) -> None:
     from export.formats import Calibration
-    from export.int8 import export_int8_points
+    from export.int8 import export_int8_points, top1_score
     from training.front_data import evaluation_set
 
     rt = SlimmableRuntime.load(front_copy)
@@ -145,14 +145,15 @@ def test_a_badly_calibrated_program_is_refused_and_not_written(front_copy: Path)
     assert len(set(labels.tolist())) > 1  # so a program with a constant output cannot
     # Ranges observed on images 10^4 times too bright: every real input quantizes to zero.
     calib = Calibration([xs * 1e4], "images scaled by 10^4")
+    score = top1_score(lambda: [(xs, labels)])
     run = export_int8_points(rt, [point], ["onnx"], front_copy.parent / "export", calib,
-                             lambda: [(xs, labels)], SPLIT, max_drop=1.0)  # fmt: skip
+                             score, SPLIT, max_drop=1.0)  # fmt: skip
     assert run.results == [] and len(run.refused) == 1
     assert re.search(r"below fp32's 100\.00 % \(allowed 1, --max-drop\); not written", run.refused[0])
     assert not (front_copy.parent / "export" / f"{point.id}.int8.onnx").exists()
     assert not Front.load(front_copy).points[-1].variants
     forced = export_int8_points(rt, [point], ["onnx"], front_copy.parent / "export", calib,
-                                lambda: [(xs, labels)], SPLIT, max_drop=1.0, force=True)  # fmt: skip
+                                score, SPLIT, max_drop=1.0, force=True)  # fmt: skip
     assert len(forced.results) == 1 and Front.load(front_copy).points[-1].variants[0].top1 < 99.0
 
 

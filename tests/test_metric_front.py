@@ -141,13 +141,24 @@ def test_show_names_the_metric(tmp_path: Path, cli: Callable[..., Any]) -> None:
     assert "miou" in header and "pixel_acc" in header and "top-1" not in header
 
 
-def test_commands_that_measure_top1_refuse_such_a_front(tmp_path: Path, cli: Callable[..., Any]) -> None:
+def test_commands_that_measure_a_front_ask_for_the_task_of_one_built_in_python(
+    tmp_path: Path, cli: Callable[..., Any]
+) -> None:
     manifest = _build(tmp_path, LOSSES, "loss", False)
     r = cli("eval", str(manifest), "--data", "synthetic:64:3")
     assert r.returncode != 0
     assert (
-        f"{manifest}: the front is ranked by loss, and pareco eval measures top-1 on image classes; "
-        "re-measure loss in Python with training.evaluate_front(manifest, evaluate)"
+        f"{manifest}: the front is ranked by loss and does not record the task that built it; pass "
+        "--task segmentation or --task detection where its data is such a folder, or re-measure it in "
+        "Python with training.evaluate_front(manifest, evaluate)"
+    ) in r.stderr
+    r = cli(
+        "calibrate", str(manifest), "--data", "synthetic:64:3", "--width", "0.6", "--task", "segmentation"
+    )
+    assert r.returncode != 0
+    assert (
+        f"{manifest}: the front is ranked by loss (loss), but --task segmentation measures miou "
+        "(miou, pixel_acc, loss); re-measure it in Python"
     ) in r.stderr
 
 

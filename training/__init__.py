@@ -3,7 +3,8 @@
 The library for a training loop of your own: :class:`Trainer` with a strategy, :class:`Slim`,
 :class:`Independent`, :class:`PareCO` or :class:`TwoStage` (:mod:`training.trainer` shows a loop), and
 :func:`build_front` to build its front ranked by the user's own metric (:func:`evaluate_front` scores
-a front's points again).
+a front's points again, :func:`calibrate_point` makes an off-front point with the same ``evaluate``;
+:func:`training.specialize.specialize` re-chooses a front for a device).
 They are imported on first use: ``pareco train --help`` reads :mod:`training.config` without torch,
 and only PareCO and TwoStage load BoTorch.
 """
@@ -22,6 +23,7 @@ _HOME = {
     "PareCO": "pareco",
     "TwoStage": "pareco",
     "build_front": "front_builder",
+    "calibrate_point": "extend",
     "evaluate_front": "extend",
 }
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "Trainer",
     "TwoStage",
     "build_front",
+    "calibrate_point",
     "evaluate_front",
 ]
 

@@ -1,17 +1,18 @@
 """A trained front, measured on a test set and extended by configs training did not choose.
 
-:func:`evaluate_points` scores every point as the runtime serves it; :func:`evaluate_front` scores
-every point with the user's own ``evaluate(model)`` (a front ranked by a metric of its own); :func:`calibrate_point` makes
-an off-front point of any config exactly as training made its front points (BN statistics
-recalibrated on the same seeded training batches, evaluated on the same splits: front_builder's own
-functions), so that it can be added with :func:`pareco_runtime.manifest.add_points`.
+:func:`evaluate_points` scores every point of a top-1 front as the runtime serves it;
+:func:`evaluate_front` scores every point with an ``evaluate(model)`` (a task's, or the user's own for
+a front ranked by a metric of its own); :func:`calibrate_point` makes an off-front point of any config
+exactly as training made its front points (BN statistics recalibrated on the same seeded training
+batches, scored by the same ``evaluate``: front_builder's own functions), so that it can be added with
+:func:`pareco_runtime.manifest.add_points`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,16 @@ from torch import Tensor
 from pareco_runtime.manifest import Front, FrontPoint
 from pareco_runtime.runtime import SlimmableRuntime
 
+from .batch_loss import Batch, Forward, first_input
 from .calibrate import Evaluation, Tally
 from .config import TrainConfig
-from .data import Data
 from .front_builder import (
+    CalibrationBatches,
     Evaluate,
     candidate_point,
-    classification_evaluators,
-    evaluate_candidates,
+    check_front_figures,
     evaluate_chosen,
+    measure_candidates,
 )
 
 ORIGIN = "calibrated"
@@ -97,29 +99,35 @@ def same_network(front: Front, channels: Sequence[int]) -> FrontPoint | None:
 
 
 def calibrate_point(
-    rt: SlimmableRuntime,
+    front: str | os.PathLike[str] | SlimmableRuntime,
     alpha: Sequence[float],
-    data: Data,
     point_id: str,
-    calib_batches: int,
-    calib_batch_size: int,
+    calib_batches: Iterable[Batch] | Callable[[], Iterable[Batch]],
+    evaluate: Evaluate,
+    *,
+    selection_evaluate: Evaluate | None = None,
+    forward: Forward = first_input,
 ) -> tuple[FrontPoint, dict[str, tuple[Tensor, Tensor]]]:
     """The off-front point ``point_id`` at config ``alpha`` (rounded to 6 decimals, as front points are) of
-    ``rt``'s front, and its BN statistics by module name.
+    a front (a manifest path, or a loaded runtime), and its BN statistics by module name: made as
+    :func:`training.build_front` made the front's points.
 
-    Recalibrated on ``calib_batches`` seeded batches of ``data``'s training images (the front's training
-    seed), its MFLOPs and parameters from the cost model, its top-1 and loss on ``data``'s validation
-    split, and where the front was chosen on a selection split, its top-1 there too (so that budgets
-    rank it with the other points). ``data``: :func:`~training.front_data.load_front_data` of the
-    front. The runtime's model is left as it was; do not serve ``rt`` from other threads meanwhile.
+    Its BN statistics are recalibrated on ``calib_batches`` (each run as ``forward(model, batch)``; pass
+    the batches the front was built with), its MFLOPs and parameters come from the cost model, and it is
+    scored by ``evaluate(model) -> {name: value}``, with ``selection_evaluate`` also on the split the
+    front's points were chosen on (so that budgets rank it with them). The figures are recorded as the
+    front records its points': its declared metric's names in ``metrics`` (every one required), or
+    ``top1`` and ``loss`` for a top-1 front. Add it with :func:`pareco_runtime.manifest.add_points`. The
+    runtime's model is left as it was; do not serve it from other threads meanwhile.
     """
+    rt = front if isinstance(front, SlimmableRuntime) else SlimmableRuntime.load(Path(front))
     config = [round(float(a), 6) for a in alpha]
-    model, front = rt.model, rt.front
+    model, metric = rt.model, rt.front.metric
     model.space.validate(config)
-    [cand] = evaluate_candidates(model, [config], data, calib_batches, calib_batch_size, front.training.seed)
-    evaluate, selection_evaluate = classification_evaluators(data)
+    calib = CalibrationBatches(calib_batches)
+    [cand] = measure_candidates(model, [config], calib, selection_evaluate or evaluate, forward)
     evaluate_chosen(model, [cand], evaluate if selection_evaluate is not None else None)
-    selected = "selection" in (front.dataset.splits or {}) and data.info.num_selection > 0
-    point = candidate_point(point_id, cand, selected)
+    check_front_figures(metric, [cand])
+    point = candidate_point(point_id, cand, selection_evaluate is not None, metric)
     point.origin = ORIGIN
     return point, dict(zip(model.bn_names, cand.stats))

@@ -280,15 +280,35 @@ class BuiltFront:
     evaluated: int
 
 
-def _check_figures(cands: Sequence[Candidate], names: Sequence[str]) -> None:
+def _check_figures(
+    cands: Sequence[Candidate],
+    names: Sequence[str],
+    source: str = "for the first",
+    fix: str = "return the same figures for every sub-network",
+) -> None:
     """Every candidate's figures (selection and reported) are named ``names``, in that order; ValueError
-    naming the first that differs."""
+    naming the first that differs, where ``names`` came from (``source``) and ``fix``."""
     for c in cands:
         for figures in (c.selection, c.reported):
             if figures is not None and list(figures) != list(names):
                 raise ValueError(
                     f"evaluate returned {', '.join(figures)} for config {[round(a, 4) for a in c.alpha]} but "
-                    f"{', '.join(names)} for the first; return the same figures for every sub-network"
+                    f"{', '.join(names)} {source}; {fix}"
+                )
+
+
+def check_front_figures(metric: Metric, cands: Sequence[Candidate]) -> None:
+    """Candidates scored for a front ranked by ``metric`` carry its figures: every declared name, in its
+    order, or ``top1`` for a top-1 front; ValueError (one line) otherwise."""
+    if metric.declared:
+        _check_figures(cands, metric.names, "as the front declares", "return the front's figures")
+        return
+    for c in cands:
+        for figures in (c.selection, c.reported):
+            if figures is not None and "top1" not in figures:
+                raise ValueError(
+                    f"evaluate returned {', '.join(figures) or 'nothing'} for config "
+                    f"{[round(a, 4) for a in c.alpha]}; a front ranked by top-1 needs top1 (and loss)"
                 )
 
 

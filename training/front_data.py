@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -21,6 +21,9 @@ from pareco_runtime.manifest import Front
 from pareco_runtime.preprocess import Preprocess
 
 from .data import Data, DataError, is_builtin, load_data
+
+if TYPE_CHECKING:
+    from .tasks import Task
 
 # Images per evaluation batch, as the trainer evaluates its candidates (front_builder).
 EVAL_BATCH = 500
@@ -43,16 +46,10 @@ def load_front_data(
     manifest's.
     """
     dataset = front.dataset
-    _, height, width = dataset.input_size
-    if height != width:
-        raise DataError(
-            f"{front.path}: input size {height}x{width} is not square, and pareco's data loaders make "
-            "square images; evaluate it with your own loader"
-        )
     wanted = Preprocess.from_dataset(dataset.to_dict())
     data = load_data(
         spec,
-        image_size=height,
+        image_size=square_size(front),
         seed=front.training.seed,
         val_fraction=val_fraction,
         select_fraction=select_fraction,
@@ -72,6 +69,18 @@ def load_front_data(
             f"evaluated on {wanted.to_dict()} ({front.path}); pass data in the form it was trained on"
         )
     return data
+
+
+def square_size(front: Front) -> int:
+    """The side of ``front``'s square input; DataError (one line) for a non-square one, which pareco's
+    data loaders cannot make."""
+    _, height, width = front.dataset.input_size
+    if height != width:
+        raise DataError(
+            f"{front.path}: input size {height}x{width} is not square, and pareco's data loaders make "
+            "square images; evaluate it with your own loader"
+        )
+    return int(height)
 
 
 def check_classes(spec: str, class_names: Sequence[str], front: Front) -> None:
@@ -145,5 +154,21 @@ def evaluation_set(spec: str, front: Front, cache_dir: str | None = None) -> Eva
         {"name": "all", "images": info.num_train, "data": spec},
         f"all: every one of the {info.num_train} images of {spec} (it has no test/ or val/ folder)",
         lambda: data.calib_batches(EVAL_BATCH, covering, seed),
+        data,
+    )
+
+
+def task_evaluation_set(task: Task, spec: str, front: Front) -> EvalSet:
+    """The images of ``spec`` (a folder ``pareco train --task`` reads) to evaluate ``front`` on, loaded by
+    ``task`` (:meth:`~training.tasks.Task.front_data`): its val/ (or test/) folder's images where it has
+    one, else the validation images held out with the front's training seed, as training held them out."""
+    data = task.front_data(spec, front, 0.0)
+    info, seed = data.info, front.training.seed
+    return EvalSet(
+        f"{info.name}-{info.val_split}",
+        {"name": info.val_split, "images": info.num_val, "data": spec},
+        f"{info.val_split}: {info.num_val} images of {spec} (its {info.val_split}/ folder, or held out with "
+        f"the front's training seed ({seed}) as training held them out)",
+        lambda: data.val_batches(EVAL_BATCH),
         data,
     )

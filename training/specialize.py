@@ -8,31 +8,35 @@ after BN recalibration on the front's seeded calibration batches, on images held
 and its cost the latency that :class:`~training.search_cost.LatencyCost` predicts. H starts with
 uniform widths spread over latency, the front's own points (so the MAC-chosen front is in the
 pool the new one is chosen from) and random configs; the chosen points are the non-dominated ones
-by held-out top-1 and predicted latency, thinned to the number asked for, then evaluated once on
-the validation/test split, as training's front builder does.
+by the front's metric on the held-out images (top-1, or a task's mIoU or mAP) and predicted latency,
+thinned to the number asked for, then evaluated once on the validation/test split, as training's
+front builder does.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from pareco_runtime.manifest import FrontPoint
+from pareco_runtime.manifest import FrontPoint, Metric
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.pareto import non_dominated
 
 from . import mobo
+from .batch_loss import Batch, Forward, first_input
 from .config import TrainingError
 from .front_builder import (
+    CalibrationBatches,
     Candidate,
+    Evaluate,
     candidate_point,
-    classification_evaluators,
-    evaluate_candidates,
+    check_front_figures,
     evaluate_chosen,
+    measure_candidates,
 )
 from .search_cost import LatencyCost
 
@@ -76,22 +80,31 @@ def specialize(
     model: SlimmableNet,
     front_configs: Sequence[Sequence[float]],
     cost: LatencyCost,
-    data: Any,
-    calib: tuple[int, int],
+    calib_batches: Iterable[Batch] | Callable[[], Iterable[Batch]],
+    evaluate: Evaluate,
     settings: SpecializeSettings,
+    *,
+    selection_evaluate: Evaluate | None = None,
+    metric: Metric | None = None,
+    forward: Forward = first_input,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SpecializeResult:
-    """Search ``model``'s width space for the front of (held-out top-1, ``cost``'s latency).
+    """Search ``model``'s width space for the front of (``metric`` on held-out images, ``cost``'s latency).
 
-    ``front_configs``: the trained front's configs, measured first; ``data``: the front's data with a
-    selection split (:func:`training.front_data.load_front_data`); ``calib``: (batches, images per
-    batch) of BN recalibration. ``on_progress(done, total)`` after each measured config. The
+    ``front_configs``: the trained front's configs, measured first. Each config's BN statistics are
+    recalibrated on ``calib_batches`` (run as ``forward(model, batch)``, as
+    :func:`training.build_front` takes them) and it is scored by ``selection_evaluate`` (images held out
+    of training; ``evaluate`` where None), the chosen points then once by ``evaluate``. ``metric``: the
+    front's (default top-1), the figure points are chosen by; the BO models the held-out ``loss`` where
+    the figures have one, else the metric. ``on_progress(done, total)`` after each measured config. The
     model's weights are not changed.
     """
     if settings.points < 2 or settings.evals < 1:
         raise TrainingError(
             f"need at least 2 points and 1 evaluation, got points={settings.points}, evals={settings.evals}"
         )
+    rank = metric or Metric()
+    calib = CalibrationBatches(calib_batches)
     space = model.space
     generator = torch.Generator().manual_seed(settings.seed)
     start = [space.uniform(w) for w in cost.widths_spread(SPREAD_WIDTHS)] + [list(a) for a in front_configs]
@@ -105,7 +118,7 @@ def specialize(
     def measure(configs: Sequence[Sequence[float]]) -> None:
         fresh = [list(a) for a in configs if tuple(space.channels(a)) not in seen]
         t0 = time.perf_counter()
-        for cand in evaluate_candidates(model, fresh, data, calib[0], calib[1], settings.seed):
+        for cand in measure_candidates(model, fresh, calib, selection_evaluate or evaluate, forward):
             seen.add(tuple(cand.channels))
             history.append(cand)
             fractions.append(cost.fraction(cand.alpha))
@@ -120,7 +133,7 @@ def specialize(
         t0 = time.perf_counter()
         proposals, _ = mobo.propose(
             torch.tensor([c.alpha for c in history], dtype=torch.float64),
-            torch.tensor([c.selection["loss"] for c in history], dtype=torch.float64),
+            torch.tensor([_objective(c, rank) for c in history], dtype=torch.float64),
             torch.tensor(fractions, dtype=torch.float64),
             min(SAMPLES_PER_ITERATION, total - len(history)),
             bounds=bounds,
@@ -135,35 +148,37 @@ def specialize(
         before = len(history)
         measure([p.alpha for p in proposals])
         stalled = stalled + 1 if len(history) == before else 0
-    chosen = _choose(history, fractions, settings.points)
-    evaluate, selection_evaluate = classification_evaluators(data)
+    chosen = _choose(history, fractions, settings.points, rank)
     evaluate_chosen(model, chosen, evaluate if selection_evaluate is not None else None)
-    selected = data.info.num_selection > 0
+    check_front_figures(rank, chosen)
     points, stats = [], {}
     for i, c in enumerate(sorted(chosen, key=lambda c: (cost.fraction(c.alpha), c.macs))):
-        p = candidate_point(f"{ID_PREFIX}{i:02d}", c, selected)
+        p = candidate_point(f"{ID_PREFIX}{i:02d}", c, selection_evaluate is not None, rank)
         p.latency_predicted_ms = {cost.lut.profile: round(cost.fraction(c.alpha) * cost.full_ms, 6)}
         points.append(p)
         stats[p.id] = dict(zip(model.bn_names, c.stats))
     visited = [
-        {
-            "alpha": [round(a, 6) for a in c.alpha],
-            "loss": c.selection["loss"],
-            "top1": c.selection["top1"],
-            "cost": f,
-        }
+        {"alpha": [round(a, 6) for a in c.alpha], **c.selection, "cost": f}
         for c, f in zip(history, fractions)
     ]
     return SpecializeResult(points, stats, visited, timing["measure"], timing["bo"])
 
 
-def _choose(history: Sequence[Candidate], fractions: Sequence[float], n: int) -> list[Candidate]:
-    """The non-dominated candidates by (held-out top-1, cost), at most ``n`` spread over the cost, the
-    cheapest and the most accurate always among them."""
-    error = [100.0 - c.selection["top1"] for c in history]
-    front = non_dominated(list(range(len(history))), lambda i: (error[i], fractions[i]))
+def _objective(c: Candidate, metric: Metric) -> float:
+    """What the BO models of a measured config: its held-out loss where it has one (as PareCO trains on
+    it), else its metric as a quantity to minimise."""
+    return c.selection["loss"] if "loss" in c.selection else metric.better_first(c.selection[metric.rank])
+
+
+def _choose(
+    history: Sequence[Candidate], fractions: Sequence[float], n: int, metric: Metric
+) -> list[Candidate]:
+    """The non-dominated candidates by (held-out ``metric`` in its direction, cost), at most ``n`` spread
+    over the cost, the cheapest and the best always among them."""
+    worse = [metric.better_first(c.selection[metric.rank]) for c in history]
+    front = non_dominated(list(range(len(history))), lambda i: (worse[i], fractions[i]))
     ends = [
-        min(front, key=lambda i: (fractions[i], error[i])),
-        min(front, key=lambda i: (error[i], fractions[i])),
+        min(front, key=lambda i: (fractions[i], worse[i])),
+        min(front, key=lambda i: (worse[i], fractions[i])),
     ]
-    return [history[i] for i in mobo.thin_front(list(fractions), error, ends, n)]
+    return [history[i] for i in mobo.thin_front(list(fractions), worse, ends, n)]

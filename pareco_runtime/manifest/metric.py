@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .points import FrontPoint
+from .points import FrontPoint, Variant
 
 TOP1 = "top1"
 
@@ -68,14 +68,16 @@ class Metric:
         """``point``'s figure of the ranking metric on the split it was chosen on (None: not recorded)."""
         return point.selection_metrics.get(self.rank) if self.declared else point.selection_top1
 
-    def require_top1(self, source: object, command: str) -> None:
-        """ValueError (one line, starting with ``source``) where the front declares a metric of its own:
-        ``command`` measures top-1 on image classes, which would not be this front's figure."""
+    def variant_scores(self, variant: Variant) -> tuple[float | None, float | None]:
+        """(the quantized program's, the float point's) figure of the ranking metric of ``variant``."""
         if self.declared:
-            raise ValueError(
-                f"{source}: the front is ranked by {self.rank}, and {command} measures top-1 on image "
-                f"classes; re-measure {self.rank} in Python with training.evaluate_front(manifest, evaluate)"
-            )
+            return variant.metrics.get(self.rank), variant.fp32_metrics.get(self.rank)
+        return variant.top1, variant.fp32_top1
+
+    def worse_by(self, reference: float, measured: float) -> float:
+        """How much worse ``measured`` is than ``reference`` in this metric's direction (negative: better):
+        a drop of a higher-is-better figure, a rise of a loss."""
+        return self.better_first(measured) - self.better_first(reference)
 
     def better_first(self, value: float) -> float:
         """``value`` as a quantity to minimise: negated when higher is better."""

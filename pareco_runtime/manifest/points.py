@@ -16,23 +16,27 @@ class Variant:
     ``precision``: "int8"; ``backend``: the runtime that runs it (a compiled backend: "onnxruntime", "executorch", "litert", "openvino"; as
     ``pareco bench --backend`` names them); ``top1``: its top-1 in percent and ``fp32_top1`` the float
     point's, both measured in the same run on the same images (``split``: which, as the manifest's
-    splits are recorded), so ``fp32_top1 - top1`` is the drop quantization costs; ``bytes``: the
-    program file's size; ``latency_ms``: per device-profile name, measured by ``pareco bench``
-    (profiles of its backend).
+    splits are recorded), so ``fp32_top1 - top1`` is the drop quantization costs; on a front ranked by
+    a metric of its own (:mod:`.metric`) ``metrics`` / ``fp32_metrics`` hold every declared figure
+    instead, measured alike, and ``top1`` / ``fp32_top1`` are None; ``bytes``: the program file's size;
+    ``latency_ms``: per device-profile name, measured by ``pareco bench`` (profiles of its backend).
     """
 
     precision: str
     backend: str
-    top1: float
-    fp32_top1: float
+    top1: float | None
+    fp32_top1: float | None
     split: dict[str, Any]
     bytes: int
     latency_ms: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    fp32_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
-    def drop(self) -> float:
-        """Top-1 points lost to quantization (negative when the int8 program scored higher)."""
-        return self.fp32_top1 - self.top1
+    def drop(self) -> float | None:
+        """Top-1 points lost to quantization (negative when the int8 program scored higher); None for a
+        variant of a front ranked by its own metric (:meth:`.metric.Metric.variant_drop` covers both)."""
+        return None if self.top1 is None or self.fp32_top1 is None else self.fp32_top1 - self.top1
 
     @property
     def key(self) -> tuple[str, str]:
@@ -40,8 +44,13 @@ class Variant:
         return self.precision, self.backend
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, with the manifest's field names."""
-        return asdict(self)
+        """JSON-ready form, with the manifest's field names (``top1`` / ``fp32_top1`` or ``metrics`` /
+        ``fp32_metrics``, whichever it has)."""
+        d = asdict(self)
+        for key in ("top1", "fp32_top1", "metrics", "fp32_metrics"):
+            if d[key] in (None, {}):
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Variant:
@@ -49,11 +58,13 @@ class Variant:
         return cls(
             precision=str(d["precision"]),
             backend=str(d["backend"]),
-            top1=float(d["top1"]),
-            fp32_top1=float(d["fp32_top1"]),
+            top1=None if d.get("top1") is None else float(d["top1"]),
+            fp32_top1=None if d.get("fp32_top1") is None else float(d["fp32_top1"]),
             split=dict(d["split"]),
             bytes=int(d["bytes"]),
             latency_ms=dict(d.get("latency_ms") or {}),
+            metrics={str(k): float(v) for k, v in (d.get("metrics") or {}).items()},
+            fp32_metrics={str(k): float(v) for k, v in (d.get("fp32_metrics") or {}).items()},
         )
 
 
@@ -106,6 +117,7 @@ class FrontPoint:
         """JSON-ready form, with the manifest's field names (``selection_top1``, ``origin``, ``eval_top1``,
         ``eval_loss``, ``variants``, ``metrics`` and ``selection_metrics`` only when set, so files written before they existed keep their form)."""
         d = asdict(self)
+        d["variants"] = [v.to_dict() for v in self.variants]
         for key in _OPTIONAL:
             if d[key] in (None, {}, []):
                 del d[key]

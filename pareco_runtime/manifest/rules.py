@@ -291,7 +291,9 @@ def _check_stats_files(manifest: dict[str, Any], ids: set[str], source: Source) 
 
 def _check_metric(manifest: dict[str, Any], source: Source) -> None:
     """A metric declaration ranks by one of its names, each listed once; every point has a finite figure
-    for every name in ``metrics`` (and ``selection_metrics`` where given); no declaration, no figures."""
+    for every name in ``metrics`` (and ``selection_metrics`` where given), and every variant in
+    ``metrics`` and ``fp32_metrics`` (not ``top1``); no declaration, no figures, and every variant has
+    ``top1`` and ``fp32_top1``."""
     declared = manifest.get("metric")
     if declared is None:
         for point in manifest["points"]:
@@ -302,6 +304,14 @@ def _check_metric(manifest: dict[str, Any], source: Source) -> None:
                         f"point '{point['id']}': {key} given but the manifest declares no metric",
                         REEXPORT,
                     )
+            for variant in point.get("variants", []):
+                what = _variant_name(point, variant)
+                if "metrics" in variant or "fp32_metrics" in variant:
+                    raise _error(
+                        source, f"{what}: metrics given but the manifest declares no metric", REEXPORT
+                    )
+                if "top1" not in variant or "fp32_top1" not in variant:
+                    raise _error(source, f"{what}: has no top1 and fp32_top1", REEXPORT)
         return
     names, rank = declared["names"], declared["rank"]
     if len(set(names)) != len(names):
@@ -314,17 +324,32 @@ def _check_metric(manifest: dict[str, Any], source: Source) -> None:
         for key in ("metrics", "selection_metrics"):
             if key == "selection_metrics" and key not in point:
                 continue
-            figures = point.get(key, {})
-            for name in names:
-                value = figures.get(name)
-                if value is None or not math.isfinite(value):
-                    what = "has no" if value is None else f"has a non-finite ({value})"
-                    raise _error(source, f"point '{point['id']}': {key}.{name} {what} value", REEXPORT)
-            extra = sorted(set(figures) - set(names))
-            if extra:
+            _check_figures(point.get(key, {}), names, f"point '{point['id']}': {key}", source)
+        for variant in point.get("variants", []):
+            what = _variant_name(point, variant)
+            if "top1" in variant or "fp32_top1" in variant:
                 raise _error(
-                    source, f"point '{point['id']}': {key}.{extra[0]} is not one of metric.names", REEXPORT
+                    source, f"{what}: top1 given but the manifest ranks by {rank}; give metrics", REEXPORT
                 )
+            for key in ("metrics", "fp32_metrics"):
+                _check_figures(variant.get(key, {}), names, f"{what}: {key}", source)
+
+
+def _variant_name(point: dict[str, Any], variant: dict[str, Any]) -> str:
+    return f"point '{point['id']}': its {variant['precision']} {variant['backend']} variant"
+
+
+def _check_figures(figures: dict[str, Any], names: list[str], where: str, source: Source) -> None:
+    """``figures`` holds a finite value for every name of ``names`` and no other; a one-line error
+    starting with ``where`` otherwise."""
+    for name in names:
+        value = figures.get(name)
+        if value is None or not math.isfinite(value):
+            what = "has no" if value is None else f"has a non-finite ({value})"
+            raise _error(source, f"{where}.{name} {what} value", REEXPORT)
+    extra = sorted(set(figures) - set(names))
+    if extra:
+        raise _error(source, f"{where}.{extra[0]} is not one of metric.names", REEXPORT)
 
 
 def _check_format_version(manifest: dict[str, Any], source: Source) -> None:

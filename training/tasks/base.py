@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from pareco_runtime.manifest import DatasetSpec, Metric
+from pareco_runtime.manifest import DatasetSpec, Front, Metric
 from pareco_runtime.models.base import SlimmableNet
 
 from ..batch_loss import Batch, Distill, Loss, Output
@@ -56,6 +56,29 @@ class Task(ABC):
     @abstractmethod
     def load_data(self, cfg: TrainConfig, cache_dir: str | None, device: torch.device) -> Data:
         """``cfg.data`` loaded and checked (DataError naming the file and what to do)."""
+
+    def front_data(self, spec: str, front: Front, select_fraction: float) -> Data:
+        """``spec`` (what ``pareco train --task NAME --data`` takes) loaded for the trained ``front`` on the
+        CPU, split as its training split it (the validation split, then ``select_fraction`` of the
+        training images, held out with its training seed), at its input size, with its number of
+        classes, normalised with its mean and std. DataError (one line) for a non-square input size or
+        class names (a ``classes.txt``) other than the front's."""
+        from ..front_data import check_classes, square_size
+
+        names = front.dataset.class_names
+        cfg = TrainConfig(
+            task=self.name,
+            data=spec,
+            image_size=square_size(front),
+            seed=front.training.seed,
+            select_fraction=select_fraction,
+            num_classes=len(names) or None,
+        )
+        data = self.load_data(cfg, None, torch.device("cpu"))
+        if getattr(data, "classes_from", None) == "classes.txt":  # otherwise the names are the ids
+            check_classes(spec, data.info.class_names, front)
+        data.renormalise(front.dataset.mean, front.dataset.std)
+        return data
 
     def arch(self, cfg: TrainConfig) -> str:
         """The architecture name to build for ``cfg.arch`` (TrainingError where the task cannot train it)."""

@@ -19,6 +19,7 @@ from ..front_builder import Candidate, Evaluate, classification_evaluators
 from .base import Task, probe_output, training_autocast
 
 if TYPE_CHECKING:
+    from pareco_runtime.manifest import Front
     from pareco_runtime.models.base import SlimmableNet
 
     from ..data import Data
@@ -52,6 +53,13 @@ class ClassificationTask(Task):
             cache_dir=cache_dir,
             device=device,
         )
+
+    def front_data(self, spec: str, front: Front, select_fraction: float) -> Data:
+        """:func:`training.front_data.load_front_data`: also ImageFolder trees, archives and streamed images
+        as the front's preprocessing says, its class names checked."""
+        from ..front_data import VAL_FRACTION, load_front_data
+
+        return load_front_data(spec, front, VAL_FRACTION, select_fraction)
 
     def check_model(self, model: SlimmableNet, data: Data, arch: str) -> None:
         """TrainingError unless ``model`` maps an image to one logit per class (a detector or a segmenter
