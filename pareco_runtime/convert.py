@@ -5,7 +5,8 @@ channel dimensions that must keep one width: the operands of an add or a mul (re
 squeeze-excitation gates), a depthwise conv's input and output, everything a BatchNorm, an
 activation, a pooling or a flatten of a 1x1 map passes through. Each group that a conv or linear
 layer produces becomes one width dimension; the input's channels, the network's outputs, and
-whatever an unsupported op touches stay at full width. Conv2d, BatchNorm2d and Linear layers are
+whatever an unsupported op touches stay at full width (each op's rule is one entry of the tables in
+:mod:`pareco_runtime.coupling`). Conv2d, BatchNorm2d and Linear layers are
 then swapped for the slimmable ops of :mod:`pareco_runtime.ops`, reading one
 :class:`~pareco_runtime.ops.SlimContext`, and the result is a :class:`SlimmableNet` whose
 ``forward`` is the original class's own: at full width its ``state_dict`` keys, shapes and outputs
@@ -16,228 +17,29 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import functools
 import inspect
 import itertools
-import operator
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 
+from .coupling import Analysis, ConversionError, Groups, Layer, Tracer
 from .models.base import LayerBuilder, SlimmableNet, Slot
-from .ops import SlimBatchNorm1d, SlimBatchNorm2d, SlimBatchNormAct2d, SlimConv1d, SlimConv2d, SlimLinear
 from .sources import ModelFactory, check_builder_kwargs, original_module
 from .untrusted import first_line
 
-# Modules and functions that keep every channel where it is (pointwise in channels).
-_PASS_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.Softplus,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.AlphaDropout,
-    nn.Dropout1d,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.ZeroPad1d,
-    nn.ZeroPad2d,
-    nn.ConstantPad1d,
-    nn.ConstantPad2d,
-    nn.ReflectionPad1d,
-    nn.ReflectionPad2d,
-    nn.ReplicationPad1d,
-    nn.ReplicationPad2d,
-    # Upsampling resizes each channel on its own (nn.Upsample's subclasses included).
-    nn.Upsample,
-)
-_PASS_FUNCTIONS: set[Any] = {
-    F.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.selu,
-    F.gelu,
-    F.silu,
-    F.mish,
-    F.hardswish,
-    F.hardsigmoid,
-    F.hardtanh,
-    F.softplus,
-    F.sigmoid,
-    F.tanh,
-    F.dropout,
-    F.dropout2d,
-    F.dropout1d,
-    F.max_pool1d,
-    F.max_pool2d,
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d,
-    F.interpolate,
-    F.upsample,
-    F.pad,
-    torch.relu,
-    torch.sigmoid,
-    torch.tanh,
-    torch.nn.functional.relu_,
-    torch.clamp,
-    torch.clip,
-}
 # What make_slimmable records under architecture.kwargs.convert, and all a manifest may pass it back.
 CONVERT_SETTINGS = frozenset(
     {"input_size", "input_sizes", "low", "lows", "divisor", "pin", "tie", "on_unsupported"}
 )
-# The layers make_slimmable slims, by the exact class (a subclass may run another forward).
-_CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d)
+# Batch norms share their input's channel group: a tie names the layers that produce one.
 _BATCH_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
-_PASS_METHODS = {
-    "relu",
-    "relu_",
-    "sigmoid",
-    "sigmoid_",
-    "tanh",
-    "clamp",
-    "clamp_",
-    "clip",
-    "contiguous",
-    "clone",
-    "float",
-    "to",
-    "detach",
-}
-_ELEMENTWISE_FUNCTIONS: set[Any] = {
-    operator.add,
-    operator.mul,
-    operator.sub,
-    operator.truediv,
-    operator.iadd,
-    operator.imul,
-    torch.add,
-    torch.mul,
-    torch.sub,
-    torch.div,
-}
-_ELEMENTWISE_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
-_REDUCE_FUNCTIONS: set[Any] = {torch.mean, torch.sum, torch.amax}
-_REDUCE_METHODS = {"mean", "sum", "amax"}
-_CAT_FUNCTIONS: set[Any] = {torch.cat, torch.concat, torch.concatenate}
-
-
-def _is_bn_act(mod: nn.Module) -> bool:
-    """timm's fused BatchNorm + activation, whose ``drop`` and ``act`` act per element.
-
-    Matched by its exact class: a BatchNorm2d subclass of unknown ``forward`` is traced through
-    instead (its ``F.batch_norm`` then pins the channels around it).
-    """
-    kind = type(mod)
-    return (
-        kind.__module__ == "timm.layers.norm_act"
-        and kind.__name__ == "BatchNormAct2d"
-        and not any(True for _ in mod.drop.parameters())  # type: ignore[union-attr]
-        and not any(True for _ in mod.act.parameters())  # type: ignore[union-attr]
-    )
-
-
-def _is_timm_linear(mod: nn.Module) -> bool:
-    """timm's ``Linear``: an ``nn.Linear`` whose forward differs only under TorchScript."""
-    return type(mod).__module__ == "timm.layers.linear" and type(mod).__name__ == "Linear"
-
-
-class _Tracer(torch.fx.Tracer):
-    """torch.fx's tracer, keeping the timm layers :func:`make_slimmable` slims as leaves."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return _is_bn_act(m) or _is_timm_linear(m) or super().is_leaf_module(m, module_qualified_name)
-
-
-class ConversionError(ValueError):
-    """A model :func:`make_slimmable` cannot convert; the message names the node and the way out.
-
-    ``cli`` is the same message for a command line that took the model from ``pareco train``'s
-    flags (``--pin``, ``--group-low``) where the way out is said in those flags, else None."""
-
-    def __init__(self, message: str, cli: str | None = None) -> None:
-        super().__init__(message)
-        self.cli = cli
-
-
-@dataclass
-class _Groups:
-    """Union-find over channel variables, with each root's channel count and pin reasons."""
-
-    parent: list[int] = field(default_factory=list)
-    size: list[int] = field(default_factory=list)
-    pinned: dict[int, str] = field(default_factory=dict)
-
-    def new(self, channels: int) -> int:
-        self.parent.append(len(self.parent))
-        self.size.append(int(channels))
-        return len(self.parent) - 1
-
-    def find(self, v: int) -> int:
-        while self.parent[v] != v:
-            self.parent[v] = self.parent[self.parent[v]]
-            v = self.parent[v]
-        return v
-
-    def union(self, a: int, b: int) -> int:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            keep, drop = min(ra, rb), max(ra, rb)
-            self.parent[drop] = keep
-            if drop in self.pinned:
-                self.pinned.setdefault(keep, self.pinned.pop(drop))
-        return self.find(a)
-
-    def pin(self, v: int, reason: str) -> None:
-        self.pinned.setdefault(self.find(v), reason)
-
-    def is_pinned(self, v: int) -> bool:
-        return self.find(v) in self.pinned
-
-
-@dataclass
-class _Layer:
-    """A layer to slim and the channel variables of its input and output, one per concatenated block."""
-
-    name: str
-    module: nn.Module
-    cin: tuple[int, ...]
-    cout: tuple[int, ...]
-
-
 # What a SlimmableNet made by make_slimmable sets on itself: an original attribute of one of these
 # names, or of a class member of TracedSlimmableNet, would hide that member or be overwritten.
 _INSTANCE_API = frozenset(
@@ -320,297 +122,14 @@ def _split_off_clashes(net: nn.Module, original: type[nn.Module]) -> nn.Module |
     return own
 
 
-def _tensor_meta(node: torch.fx.Node) -> Any:
-    return node.meta.get("tensor_meta")
-
-
-def _shape(node: Any) -> tuple[int, ...] | None:
-    if not isinstance(node, torch.fx.Node):
-        return None
-    meta = _tensor_meta(node)
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-
-class _Analysis:
-    """Walks the traced graph once and records each tensor's channel variable and each layer's pair."""
-
-    def __init__(
-        self,
-        gm: torch.fx.GraphModule,
-        on_unsupported: str,
-        groups: _Groups | None = None,
-        layers: dict[str, _Layer] | None = None,
-        unsupported: list[str] | None = None,
-        part: str = "",
-    ) -> None:
-        # groups, layers and unsupported are shared by the parts of a partial conversion; ``part`` is the
-        # traced submodule's name, which prefixes its layers' names.
-        self.gm = gm
-        self.groups = _Groups() if groups is None else groups
-        # Each tensor's channels as the variables of its blocks: one, or a concatenation's, end to end.
-        self.var: dict[torch.fx.Node, tuple[int, ...]] = {}
-        self.layers: dict[str, _Layer] = {} if layers is None else layers
-        self.unsupported: list[str] = [] if unsupported is None else unsupported
-        self.on_unsupported = on_unsupported
-        self.prefix = f"{part}." if part else ""
-        for node in gm.graph.nodes:
-            self._visit(node)
-        self._pin_tensors_read_outside_their_layer()
-
-    def _pin_tensors_read_outside_their_layer(self) -> None:
-        """A slimmed layer's parameter or buffer read by another op (``F.conv2d(x, self.conv.weight)``, a
-        constant the trace made of a view of it) would be sliced, or copied, for the layer but not for
-        that op: the layer keeps its channels on both sides."""
-        owner = {
-            tensor.untyped_storage().data_ptr(): layer
-            for layer in self.layers.values()
-            for tensor in itertools.chain(layer.module.parameters(), layer.module.buffers())
-            if tensor.numel()
-        }
-        for node in self.gm.graph.nodes:
-            if node.op != "get_attr":
-                continue
-            tensor = functools.reduce(getattr, str(node.target).split("."), self.gm)
-            layer = (
-                owner.get(tensor.untyped_storage().data_ptr()) if isinstance(tensor, torch.Tensor) else None
-            )
-            if layer is not None:
-                text = f"{node.name} ({node.target}): an op reads a tensor of layer {layer.name} outside it"
-                self._refuse_or_pin(text, [], layer)
-
-    def _channel_var(self, node: Any) -> tuple[int, ...] | None:
-        return self.var.get(node) if isinstance(node, torch.fx.Node) else None
-
-    def _fresh(self, node: torch.fx.Node) -> tuple[int, ...] | None:
-        shape = _shape(node)
-        if shape is None or len(shape) < 2:
-            return None
-        self.var[node] = (self.groups.new(shape[1]),)
-        return self.var[node]
-
-    def _same(self, node: torch.fx.Node, source: Any) -> None:
-        v = self._channel_var(source)
-        out, inp = _shape(node), _shape(source)
-        if v is None or out is None or inp is None or len(out) < 2 or out[1] != inp[1]:
-            self._unsupported(node, "its output's channels do not follow its input's")
-            return
-        self.var[node] = v
-
-    def _sizes(self, vars_: tuple[int, ...]) -> list[int]:
-        return [self.groups.size[self.groups.find(v)] for v in vars_]
-
-    def _couple(self, node: torch.fx.Node, operands: Sequence[tuple[int, ...]], what: str) -> None:
-        """``node``'s channels are each operand's, block for block (an add, a concatenation along another
-        dimension): unite the operands' blocks, or pin them when they are laid out differently."""
-        first = operands[0]
-        if any(self._sizes(v) != self._sizes(first) for v in operands[1:]):
-            self._unsupported(node, f"{what} of tensors whose channels are concatenated differently")
-            return
-        for other in operands[1:]:
-            for a, b in zip(first, other):
-                self.groups.union(a, b)
-        self.var[node] = first
-
-    def _cat(self, node: torch.fx.Node) -> None:
-        """Along channels: the output's blocks are the inputs' blocks laid end to end, each keeping its
-        variable. Along another dimension every input has the output's channels: coupled block for block."""
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        out = _shape(node)
-        inputs = [self._channel_var(t) for t in tensors] if isinstance(tensors, (list, tuple)) else [None]
-        if out is None or len(out) < 2 or not isinstance(dim, int) or any(v is None for v in inputs):
-            self._unsupported(node, "a concatenation of tensors without channels")
-        elif dim % len(out) == 1:
-            self.var[node] = tuple(v for block in inputs for v in block)  # type: ignore[union-attr]
-        else:
-            self._couple(node, inputs, "a concatenation")  # type: ignore[arg-type]
-
-    def _unsupported(self, node: torch.fx.Node, why: str, also: _Layer | None = None) -> None:
-        where = (
-            f"{self.prefix}{node.target}"
-            if node.op == "call_module"
-            else f"{node.op} {getattr(node.target, '__name__', node.target)}"
-        )
-        text = f"{node.name} ({where}): {why}"
-        around = [self._channel_var(arg) or () for arg in node.all_input_nodes]
-        self._refuse_or_pin(text, [v for vars_ in around for v in vars_], also)
-        for v in self._fresh(node) or ():
-            self.groups.pin(v, text)
-
-    def _refuse_or_pin(self, text: str, channel_vars: Sequence[int], layer: _Layer | None = None) -> None:
-        """Keep ``channel_vars`` (and ``layer``'s input and output channels) at full width for the reason
-        ``text``, or refuse with it under ``on_unsupported='error'``."""
-        if self.on_unsupported == "error":
-            raise ConversionError(
-                f"make_slimmable: {text}; pin the modules around it (pin=[...]) or pass "
-                f"on_unsupported='pin' to keep them at full width",
-                cli=f"{text}; keep the modules around it at full width with --pin PATTERNS",
-            )
-        self.unsupported.append(text)
-        for v in [*channel_vars, *((*layer.cin, *layer.cout) if layer is not None else ())]:
-            self.groups.pin(v, text)
-
-    def _tensor_args(self, node: torch.fx.Node) -> list[torch.fx.Node]:
-        return [a for a in node.args if isinstance(a, torch.fx.Node) and _shape(a) is not None]
-
-    def _visit(self, node: torch.fx.Node) -> None:
-        if node.op in ("placeholder", "get_attr"):
-            for v in self._fresh(node) or ():
-                self.groups.pin(
-                    v, "the network's input" if node.op == "placeholder" else f"tensor {node.target}"
-                )
-        elif node.op == "output":
-            for arg in node.all_input_nodes:
-                for v in self._channel_var(arg) or ():
-                    self.groups.pin(v, "the network's output")
-        elif node.op == "call_module":
-            self._visit_module(node, self.gm.get_submodule(str(node.target)))
-        elif node.op in ("call_function", "call_method"):
-            self._visit_function(node)
-
-    def _visit_module(self, node: torch.fx.Node, mod: nn.Module) -> None:
-        name = f"{self.prefix}{node.target}"
-        src = node.args[0] if node.args else None
-        cin = self._channel_var(src)
-        batch_norm = type(mod) in _BATCH_NORMS or _is_bn_act(mod)
-        linear = type(mod) is nn.Linear or _is_timm_linear(mod)
-        conv = type(mod) in _CONVS
-        if (batch_norm or linear or conv) and name in self.layers:
-            # One module, one width: its first call's channels too, or that call is sliced and this one not.
-            self._unsupported(node, "the module is called more than once", self.layers[name])
-        elif conv and cin is not None and mod.padding_mode == "zeros":
-            if mod.groups == 1:
-                cout = self._fresh(node)
-            elif mod.groups == mod.in_channels == mod.out_channels:
-                cout = self.var[node] = cin
-            else:
-                self._unsupported(node, f"a grouped conv (groups={mod.groups}) keeps its channels")
-                cout = self.var[node]
-            self.layers[name] = _Layer(name, mod, cin, cout)  # type: ignore[arg-type]
-        elif batch_norm and cin is not None and mod.affine and mod.track_running_stats:
-            self._same(node, src)
-            self.layers[name] = _Layer(name, mod, cin, cin)
-        elif linear and cin is not None and len(_shape(src) or ()) == 2:
-            cout = self._fresh(node)
-            self.layers[name] = _Layer(name, mod, cin, cout)  # type: ignore[arg-type]
-        elif isinstance(mod, _PASS_MODULES):
-            self._same(node, src)
-        elif isinstance(mod, nn.Flatten):
-            self._flatten(node, src, mod.start_dim)
-        else:
-            self._unsupported(node, f"{type(mod).__name__} is not a layer make_slimmable can slim")
-
-    def _visit_function(self, node: torch.fx.Node) -> None:
-        target = node.target
-        method = node.op == "call_method"
-        args = self._tensor_args(node)
-        if _shape(node) is None:
-            # Sizes, shapes and python values carry no channels; any other op of a tensor that
-            # returns no single tensor (chunk, split, unbind) is one whose coupling is unknown.
-            if args and not ((target in ("size", "dim", "numel")) if method else (target is getattr)):
-                self._unsupported(node, "an op that splits or packs tensors")
-            return
-        if (target in _ELEMENTWISE_METHODS) if method else (target in _ELEMENTWISE_FUNCTIONS):
-            self._elementwise(node, args)
-        elif not method and target in _CAT_FUNCTIONS:
-            self._cat(node)
-        elif (
-            (target in _PASS_METHODS)
-            if method
-            else (target in _PASS_FUNCTIONS or _is_stochastic_depth(target))
-        ):
-            self._same(node, node.args[0])
-        elif (target == "flatten") if method else (target is torch.flatten):
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            self._flatten(node, node.args[0], int(start))  # type: ignore[arg-type]
-        elif (target in _REDUCE_METHODS) if method else (target in _REDUCE_FUNCTIONS):
-            self._reduce(node)
-        elif (target in ("view", "reshape")) if method else (target is torch.reshape):
-            self._flatten(node, node.args[0], 1)
-        else:
-            self._unsupported(node, "make_slimmable does not know how this op couples channels")
-
-    def _elementwise(self, node: torch.fx.Node, args: list[torch.fx.Node]) -> None:
-        out = _shape(node) or ()
-        tied = []
-        for a in args:
-            s = _shape(a) or ()
-            if len(s) == len(out) >= 2 and s[1] == out[1] and self._channel_var(a) is not None:
-                tied.append(a)
-            elif not ((len(s) >= 2 and s[1] == 1) or (len(s) < 2 and all(d == 1 for d in s))):
-                # Only an operand broadcast along channels (size 1) or a scalar leaves widths alone.
-                self._unsupported(node, "operands whose channels differ")
-                return
-        if not tied:
-            self._unsupported(node, "no operand carries the output's channels")
-            return
-        self._couple(node, [self._channel_var(a) for a in tied], "an elementwise op")  # type: ignore[misc]
-
-    def _flatten(self, node: torch.fx.Node, src: Any, start_dim: int) -> None:
-        inp, out = _shape(src), _shape(node)
-        v = self._channel_var(src)
-        spatial_one = inp is not None and all(d == 1 for d in inp[2:])
-        if (
-            v is not None
-            and inp is not None
-            and out is not None
-            and len(out) == 2
-            and start_dim == 1
-            and spatial_one
-            and out[1] == inp[1]
-        ):
-            self.var[node] = v
-        else:
-            self._unsupported(node, "a reshape that mixes channels with other dimensions")
-
-    def _reduce(self, node: torch.fx.Node) -> None:
-        given = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        dims = [given] if isinstance(given, int) else list(given) if isinstance(given, (list, tuple)) else []
-        inp = _shape(node.args[0])
-        if inp is not None and dims and all(isinstance(d, int) and d % len(inp) >= 2 for d in dims):
-            self._same(node, node.args[0])
-        else:
-            self._unsupported(node, "a reduction over channels")
-
-
-def _is_stochastic_depth(target: Any) -> bool:
-    # torchvision's residual drop scales whole samples, never single channels.
-    return getattr(target, "__name__", "") == "stochastic_depth" and "torchvision" in getattr(
-        target, "__module__", ""
-    )
-
-
 def _matching(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
-def _slim_twin(mod: nn.Module) -> nn.Module:
-    """The slimmable op replacing ``mod``, holding its parameters and buffers (same device and dtype)."""
-    twin: nn.Module
-    if isinstance(mod, _CONVS):
-        twin = (SlimConv1d if isinstance(mod, nn.Conv1d) else SlimConv2d)(
-            mod.in_channels,
-            mod.out_channels,
-            mod.kernel_size,
-            mod.stride,
-            mod.padding,
-            mod.dilation,
-            groups=mod.groups,
-            bias=mod.bias is not None,
-        )
-    elif _is_bn_act(mod):
-        twin = SlimBatchNormAct2d(
-            mod.num_features,  # type: ignore[arg-type]
-            copy.deepcopy(mod.drop),  # type: ignore[arg-type]
-            copy.deepcopy(mod.act),  # type: ignore[arg-type]
-            eps=mod.eps,
-            momentum=mod.momentum,
-        )
-    elif isinstance(mod, _BATCH_NORMS):
-        bn_type = SlimBatchNorm1d if isinstance(mod, nn.BatchNorm1d) else SlimBatchNorm2d
-        twin = bn_type(mod.num_features, eps=mod.eps, momentum=mod.momentum)  # type: ignore[arg-type]
-    else:
-        twin = SlimLinear(mod.in_features, mod.out_features, bias=mod.bias is not None)  # type: ignore[arg-type]
+def _placed(twin: nn.Module | None, mod: nn.Module) -> nn.Module | None:
+    """``mod``'s slimmable ``twin`` holding its parameters and buffers (same device, dtype and mode)."""
+    if twin is None:
+        return None
     twin = twin.to(device=next(mod.parameters()).device, dtype=next(mod.parameters()).dtype)
     twin.load_state_dict(mod.state_dict())
     twin.train(mod.training)
@@ -663,10 +182,10 @@ def make_slimmable(
     net = copy.deepcopy(module)
     parts = _part_inputs(net, inputs, submodules) if submodules else {"": (net, inputs)}
     sizes = _input_sizes(inputs, bool(submodules))
-    groups, layers, unsupported = _Groups(), dict[str, _Layer](), list[str]()
+    groups, layers, unsupported = Groups(), dict[str, Layer](), list[str]()
     for part, (part_module, args) in parts.items():
         gm = _traced(part_module, args, part or type(module).__name__)
-        _Analysis(gm, on_unsupported, groups, layers, unsupported, part)
+        Analysis(gm, on_unsupported, groups, layers, unsupported, part)
     _check_own_tensors(net, layers)
     for p in pin:
         if not _matching(layers, [p]):
@@ -730,9 +249,9 @@ def make_slimmable(
     for layer in layers.values():
         # A side that reads a concatenation binds one slot per block.
         cin, cout = ([slots[groups.find(v)] for v in side] for side in (layer.cin, layer.cout))
-        if isinstance(layer.module, _CONVS) and layer.module.groups not in (1, layer.module.out_channels):
-            continue  # a grouped conv stays a plain nn.Conv2d at full width (both sides pinned)
-        twin = _slim_twin(layer.module)
+        twin = _placed(layer.twin(layer.module), layer.module)
+        if twin is None:
+            continue  # the layer stays as it is (its channels are pinned)
         parent, _, child = layer.name.rpartition(".")
         setattr(net.get_submodule(parent) if parent else net, child, twin)
         builder.bind(twin, cin, cout)  # type: ignore[arg-type]
@@ -868,7 +387,7 @@ def _traced(module: nn.Module, args: tuple[Any, ...], what: str) -> torch.fx.Gra
         if not isinstance(a, torch.Tensor) and i < len(params)
     }
     try:
-        gm = torch.fx.GraphModule(module, _Tracer().trace(module, concrete_args=concrete or None))
+        gm = torch.fx.GraphModule(module, Tracer().trace(module, concrete_args=concrete or None))
     except Exception as exc:
         raise ConversionError(
             f"make_slimmable: torch.fx cannot trace {what} ({first_line(exc)}); make its forward traceable "
@@ -890,7 +409,7 @@ def _traced(module: nn.Module, args: tuple[Any, ...], what: str) -> torch.fx.Gra
     return gm
 
 
-def _check_own_tensors(net: nn.Module, layers: Mapping[str, _Layer]) -> None:
+def _check_own_tensors(net: nn.Module, layers: Mapping[str, Layer]) -> None:
     """Refuse layers that share a parameter or buffer (tied weights, one module under two names): each
     becomes a slimmable copy of its own, which would untie them, and no pin can keep them tied."""
     owner: dict[int, str] = {}
