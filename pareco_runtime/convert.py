@@ -36,7 +36,7 @@ from .untrusted import first_line
 
 # What make_slimmable records under architecture.kwargs.convert, and all a manifest may pass it back.
 CONVERT_SETTINGS = frozenset(
-    {"input_size", "input_sizes", "low", "lows", "divisor", "pin", "tie", "on_unsupported"}
+    {"input_size", "input_sizes", "low", "lows", "divisor", "pin", "tie", "on_unsupported", "slim_grouped"}
 )
 # Batch norms share their input's channel group: a tie names the layers that produce one.
 _BATCH_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -147,6 +147,7 @@ def make_slimmable(
     pin: Sequence[str] = (),
     tie: dict[str, Sequence[str]] | None = None,
     on_unsupported: str = "pin",
+    slim_grouped: bool = True,
     arch: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
 ) -> TracedSlimmableNet:
@@ -167,6 +168,9 @@ def make_slimmable(
     refuses with :class:`ConversionError`. ``low`` / ``divisor`` shape the width space; ``lows``:
     ``{dimension-name pattern: lowest width}`` raises ``low`` for the matching dimensions (the first
     matching pattern wins), e.g. ``{"layer4.*": 0.5}`` where the last stage loses accuracy fast.
+    ``slim_grouped``: a grouped conv with as many input as output channels (ResNeXt's, RegNet's) joins
+    its input's and output's widths into one dimension that slims in whole groups (the space's channel
+    step is its channels per group); False keeps such convs, depthwise ones aside, at full width.
     ``arch`` / ``model_kwargs``: how the original module is rebuilt (``torchvision:NAME``,
     ``timm:NAME`` or ``pkg.module:factory`` called with ``model_kwargs``), recorded with these
     settings in :meth:`~SlimmableNet.describe` so that a manifest can rebuild the same network.
@@ -185,7 +189,7 @@ def make_slimmable(
     groups, layers, unsupported = Groups(), dict[str, Layer](), list[str]()
     for part, (part_module, args) in parts.items():
         gm = _traced(part_module, args, part or type(module).__name__)
-        Analysis(gm, on_unsupported, groups, layers, unsupported, part)
+        Analysis(gm, on_unsupported, groups, layers, unsupported, part, slim_grouped)
     _check_own_tensors(net, layers)
     for p in pin:
         if not _matching(layers, [p]):
@@ -238,7 +242,7 @@ def make_slimmable(
             if root in groups.pinned:
                 slots[root] = builder.fixed(groups.size[root])
             else:
-                slots[root] = builder.dim(names.get(root, layer.name), groups.size[root])
+                slots[root] = builder.dim(names.get(root, layer.name), groups.size[root], groups.step[root])
     if not builder.dim_names:
         raise ConversionError(
             f"make_slimmable: every channel group of {type(module).__name__} is pinned, nothing to slim "
@@ -282,6 +286,10 @@ def make_slimmable(
         },
     }
     # Recorded only when set, so conversions without them keep the form older versions rebuild.
+    if slim_grouped and any(_is_grouped(la.module) for la in layers.values()):
+        # Recorded only where it matters: a manifest without it was made when grouped convs kept their
+        # channels, and rebuilds that space.
+        slim.arch_kwargs["convert"]["slim_grouped"] = True
     if lows:
         slim.arch_kwargs["convert"]["lows"] = {k: float(v) for k, v in lows.items()}
     if len(sizes) > 1:
@@ -297,6 +305,11 @@ def make_slimmable(
     floors = _dimension_lows(builder.dim_names, low, lows or {})
     slim._finish(builder, low, divisor, sizes[0], floors, sizes, inputs if submodules else None)
     return slim
+
+
+def _is_grouped(mod: nn.Module) -> bool:
+    """A conv of groups that are not single channels (depthwise convs slimmed before ``slim_grouped``)."""
+    return isinstance(mod, (nn.Conv1d, nn.Conv2d)) and 1 < mod.groups < mod.in_channels
 
 
 def _example_args(example_input: Any, partial: bool) -> tuple[Any, ...]:
@@ -460,6 +473,7 @@ def rebuild(arch: str, kwargs: dict[str, Any], factory: ModelFactory | None = No
             f"architecture.kwargs.convert.{unknown[0]}: make_slimmable records exactly "
             f"{', '.join(sorted(CONVERT_SETTINGS))}; use the manifest pareco wrote"
         )
+    settings.setdefault("slim_grouped", False)
     sizes = [settings.pop("input_size")]
     sizes = settings.pop("input_sizes", sizes)
     module = original_module(arch, dict(kwargs["model"]), factory)

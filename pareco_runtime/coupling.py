@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,17 +54,25 @@ class ConversionError(ValueError):
 
 @dataclass
 class Groups:
-    """Union-find over channel variables, with each root's channel count and pin reasons."""
+    """Union-find over channel variables, with each root's channel count, channel step (its widths are
+    multiples of it: whole groups of a grouped conv) and pin reasons."""
 
     parent: list[int] = field(default_factory=list)
     size: list[int] = field(default_factory=list)
+    step: list[int] = field(default_factory=list)
     pinned: dict[int, str] = field(default_factory=dict)
 
     def new(self, channels: int) -> int:
         """A new variable of ``channels`` channels, in a group of its own."""
         self.parent.append(len(self.parent))
         self.size.append(int(channels))
+        self.step.append(1)
         return len(self.parent) - 1
+
+    def require_step(self, v: int, step: int) -> None:
+        """Make ``v``'s group's channel counts multiples of ``step`` (and of the steps it had)."""
+        root = self.find(v)
+        self.step[root] = math.lcm(self.step[root], step)
 
     def find(self, v: int) -> int:
         """The root of ``v``'s group."""
@@ -78,6 +87,8 @@ class Groups:
         if ra != rb:
             keep, drop = min(ra, rb), max(ra, rb)
             self.parent[drop] = keep
+            # Equal sizes, each a multiple of its step: the size is a multiple of their lcm too.
+            self.step[keep] = math.lcm(self.step[keep], self.step[drop])
             if drop in self.pinned:
                 self.pinned.setdefault(keep, self.pinned.pop(drop))
         return self.find(a)
@@ -170,10 +181,13 @@ class Analysis:
         layers: dict[str, Layer] | None = None,
         unsupported: list[str] | None = None,
         part: str = "",
+        slim_grouped: bool = True,
     ) -> None:
         # groups, layers and unsupported are shared by the parts of a partial conversion; ``part`` is the
-        # traced submodule's name, which prefixes its layers' names.
+        # traced submodule's name, which prefixes its layers' names. ``slim_grouped``: grouped convs
+        # beyond depthwise slim in whole groups (off: they keep their channels, as before they could).
         self.gm = gm
+        self.slim_grouped = slim_grouped
         self.groups = Groups() if groups is None else groups
         # Each tensor's channels as the variables of its blocks: one, or a concatenation's, end to end.
         self.var: dict[torch.fx.Node, Vars] = {}
@@ -411,23 +425,34 @@ def _input(a: Analysis, node: torch.fx.Node) -> tuple[Any, Vars | None]:
 
 
 def _conv(a: Analysis, node: torch.fx.Node, mod: nn.Conv1d | nn.Conv2d) -> tuple[Vars, Vars] | None:
+    """An ordinary conv produces channels of their own. A grouped one with as many input as output
+    channels (depthwise: one channel a group) keeps each group's outputs on its inputs: output and input
+    share their widths, slimmed in whole groups (unless ``slim_grouped`` is off, beyond depthwise)."""
     _, cin = _input(a, node)
     if cin is None or mod.padding_mode != "zeros":
         return None
     if mod.groups == 1:
-        cout = a.fresh(node)
-    elif mod.groups == mod.in_channels == mod.out_channels:
-        cout = a.var[node] = cin
+        return cin, a.fresh(node)  # type: ignore[return-value]
+    per_group = mod.in_channels // mod.groups
+    if not (a.slim_grouped or mod.groups == mod.in_channels == mod.out_channels):
+        why = "keeps its channels"
+    elif mod.in_channels != mod.out_channels:
+        why = f"with {mod.in_channels} input and {mod.out_channels} output channels keeps its channels"
+    elif any(size % per_group for size in a.sizes(cin)):
+        why = f"reading blocks of channels that are not whole groups of {per_group} keeps its channels"
     else:
-        a.unsupported(node, f"a grouped conv (groups={mod.groups}) keeps its channels")
-        cout = a.var[node]
-    return cin, cout  # type: ignore[return-value]
+        for v in cin:
+            a.groups.require_step(v, per_group)
+        a.var[node] = cin
+        return cin, cin
+    a.unsupported(node, f"a grouped conv (groups={mod.groups}) {why}")
+    return cin, a.var[node]
 
 
 def _conv_twin(mod: nn.Module) -> nn.Module | None:
     assert isinstance(mod, (nn.Conv1d, nn.Conv2d))
-    if mod.groups not in (1, mod.out_channels):
-        return None  # a grouped conv stays a plain conv at full width (both sides pinned)
+    if mod.groups > 1 and mod.in_channels != mod.out_channels:
+        return None  # stays a plain conv at full width (both sides pinned)
     return (SlimConv1d if isinstance(mod, nn.Conv1d) else SlimConv2d)(
         mod.in_channels,
         mod.out_channels,
