@@ -1,5 +1,6 @@
 """Slimmable layers: Conv2d, Conv1d, Linear, BatchNorm2d, BatchNorm1d and LayerNorm that run with the first k
-channels, and modules whose own per-channel parameters (a layer scale) read the first k entries.
+channels (a grouped conv: its first groups), and modules whose own per-channel parameters (a layer scale)
+read the first k entries.
 
 Every slimmable layer of a network reads its active channel counts from one shared
 :class:`SlimContext`, through two integer *slots* (input and output). Activating a config is
@@ -120,10 +121,9 @@ class _Slim:
 
 
 def _plain_conv(conv: _SlimConv, plain_type: type[nn.Conv1d] | type[nn.Conv2d]) -> nn.Conv1d | nn.Conv2d:
-    """A plain ``plain_type`` conv like ``conv``, holding copies of its active slices."""
+    """A plain ``plain_type`` conv like ``conv``, holding copies of its active slices (of its active groups)."""
     i, o = conv.active()
     weight, bias = conv.slice_tensors(conv.key())
-    depthwise = conv.groups > 1
     # Typed Any: torch types each rank's sizes as tuples of that rank, conv attributes as tuple[int, ...].
     sizes: dict[str, Any] = {
         "kernel_size": conv.kernel_size,
@@ -131,9 +131,7 @@ def _plain_conv(conv: _SlimConv, plain_type: type[nn.Conv1d] | type[nn.Conv2d]) 
         "padding": conv.padding,
         "dilation": conv.dilation,
     }
-    plain = plain_type(
-        o if depthwise else i, o, groups=o if depthwise else 1, bias=conv.bias is not None, **sizes
-    )
+    plain = plain_type(i, o, groups=conv.active_groups(o), bias=conv.bias is not None, **sizes)
     with torch.no_grad():
         plain.weight.copy_(weight)
         if bias is not None and plain.bias is not None:
@@ -142,8 +140,10 @@ def _plain_conv(conv: _SlimConv, plain_type: type[nn.Conv1d] | type[nn.Conv2d]) 
 
 
 class _SlimConv(_Slim):
-    """What the slimmable convs share: ``groups == 1`` or depthwise (``groups == in == out``), where the
-    group count follows the active width; ``_functional`` is the conv op of their rank."""
+    """What the slimmable convs share: ``groups == 1``, or grouped with as many input as output channels
+    (depthwise: one channel a group), which runs the first active groups, each of its full size (the
+    active channels are whole groups: the width space's channel step); ``_functional`` is the conv op
+    of their rank."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -157,31 +157,38 @@ class _SlimConv(_Slim):
     _functional: Callable[..., torch.Tensor]
 
     def _check_groups(self) -> None:
-        self.depthwise = self.groups > 1
-        if self.depthwise and not (self.groups == self.in_channels == self.out_channels):
+        self.grouped = self.groups > 1
+        if self.grouped and self.in_channels != self.out_channels:
             raise ValueError(
-                f"{type(self).__name__} supports groups == 1 or depthwise (groups == in == out channels)"
+                f"{type(self).__name__} supports groups == 1, or groups > 1 with as many input as output "
+                f"channels, got groups={self.groups} for {self.in_channels} -> {self.out_channels}"
             )
+        # Channels per group, which every active width is a multiple of.
+        self.group_width = self.out_channels // self.groups
+
+    def active_groups(self, out: int) -> int:
+        """The group count at ``out`` active output channels."""
+        return out // self.group_width if self.grouped else 1
 
     def slice_tensors(self, key: tuple[int, ...]) -> tuple:
         n = len(self.out_parts)
         w = take(self.weight, 0, self.out_parts, key[:n])
-        if not self.depthwise:
+        if not self.grouped:
             w = take(w, 1, self.in_parts, key[n:])
         return w, None if self.bias is None else take(self.bias, 0, self.out_parts, key[:n])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         key = self.key()
         w, b = self.views(key)
-        groups = w.shape[0] if self.depthwise else 1
+        groups = self.active_groups(w.shape[0])
         return type(self)._functional(x, w, b, self.stride, self.padding, self.dilation, groups)
 
 
 class SlimConv2d(_SlimConv, nn.Conv2d):
     """``nn.Conv2d`` using the first (out, in) channels of its weight.
 
-    Supports ordinary convs (``groups == 1``) and depthwise convs (``groups == in == out``), where
-    the group count follows the active width.
+    Supports ordinary convs (``groups == 1``) and grouped convs with as many input as output channels
+    (depthwise ones included), where the group count follows the active width.
     """
 
     _functional = F.conv2d
@@ -197,7 +204,7 @@ class SlimConv2d(_SlimConv, nn.Conv2d):
 
 class SlimConv1d(_SlimConv, nn.Conv1d):
     """``nn.Conv1d`` (inputs ``[N, C, L]``) using the first (out, in) channels of its weight; ordinary or
-    depthwise, as :class:`SlimConv2d`."""
+    grouped, as :class:`SlimConv2d`."""
 
     _functional = F.conv1d
 

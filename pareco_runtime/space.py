@@ -36,7 +36,10 @@ class WidthSpace:
     integer to ``α_i · full_i`` (at least 1), or, with a ``divisor``, the nearest multiple of it
     (torchvision's rule), never above ``full_i``; width 1.0 is always the full count.
     ``low`` is the space's lowest width; ``lows`` optionally raises it per dimension (a group that
-    loses accuracy fast when thinned, say), each in ``[low, high]``.
+    loses accuracy fast when thinned, say), each in ``[low, high]``. ``steps`` optionally makes a
+    dimension's channel counts multiples of ``steps[i]`` (which divides ``full_i``): a grouped conv's
+    channels per group, so that it slims in whole groups. The count is then the nearest multiple of the
+    step (at least one step), or with a ``divisor`` of both.
     """
 
     names: tuple[str, ...]
@@ -45,6 +48,7 @@ class WidthSpace:
     high: float = 1.0
     divisor: int | None = None
     lows: tuple[float, ...] | None = None
+    steps: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.full):
@@ -62,6 +66,16 @@ class WidthSpace:
                 if not self.low <= floor <= self.high:
                     raise ValueError(
                         f"width space: low {floor:g} of '{name}' is outside [{self.low:g}, {self.high:g}]"
+                    )
+        if self.steps is not None:
+            if len(self.steps) != len(self.names):
+                raise ValueError(
+                    f"width space: {len(self.steps)} channel steps for {len(self.names)} dimensions"
+                )
+            for name, step, full in zip(self.names, self.steps, self.full):
+                if step < 1 or full % step:
+                    raise ValueError(
+                        f"width space: channel step {step} of '{name}' does not divide its {full} channels"
                     )
 
     @property
@@ -109,14 +123,20 @@ class WidthSpace:
 
     def channels(self, alpha: Sequence[float]) -> list[int]:
         """Integer channel count of each group for config ``alpha`` (not validated: call validate)."""
+        steps = self.steps or (1,) * len(self.full)
         if self.divisor is None:
-            return [max(1, min(c, math.floor(a * c + 0.5))) for a, c in zip(alpha, self.full)]
+            return [
+                max(s, min(c, s * math.floor(a * c / s + 0.5))) for a, c, s in zip(alpha, self.full, steps)
+            ]
         d = self.divisor
-        return [c if a >= 1.0 - _TOL else min(c, make_divisible(a * c, d)) for a, c in zip(alpha, self.full)]
+        return [
+            c if a >= 1.0 - _TOL else min(c, make_divisible(a * c, math.lcm(d, s)))
+            for a, c, s in zip(alpha, self.full, steps)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description, the form stored in weight files and manifests (``lows`` only when set,
-        so spaces without them keep the form older versions read)."""
+        """JSON-ready description, the form stored in weight files and manifests (``lows`` and ``steps`` only
+        when set, so spaces without them keep the form older versions read)."""
         d: dict[str, Any] = {
             "names": list(self.names),
             "full": list(self.full),
@@ -126,6 +146,8 @@ class WidthSpace:
         }
         if self.lows is not None:
             d["lows"] = list(self.lows)
+        if self.steps is not None:
+            d["steps"] = list(self.steps)
         return d
 
     @classmethod
@@ -138,4 +160,5 @@ class WidthSpace:
             high=float(d.get("high", 1.0)),
             divisor=d.get("divisor"),
             lows=tuple(float(v) for v in d["lows"]) if d.get("lows") is not None else None,
+            steps=tuple(int(v) for v in d["steps"]) if d.get("steps") is not None else None,
         )

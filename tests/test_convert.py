@@ -63,7 +63,7 @@ def _pair(name: str) -> tuple[nn.Module, SlimmableNet]:
     if name not in _CACHE:
         original = _original(name)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # regnet's grouped convs; asserted in their own test
+            warnings.simplefilter("ignore")  # the pinned outputs
             _CACHE[name] = original, make_slimmable(original, torch.randn(1, *SIZE)).eval()
     return _CACHE[name]
 
@@ -188,9 +188,49 @@ def test_unknown_coupling_refused_on_request():
         make_slimmable(Shuffle(), torch.randn(1, *SIZE), on_unsupported="error")
 
 
-def test_grouped_conv_is_pinned_with_a_warning():
+class PReLUNet(nn.Module):
+    """Two convs around a PReLU of ``slopes`` slopes (1: shared by every channel; 8: one per channel)."""
+
+    def __init__(self, slopes: int) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.PReLU(slopes, init=0.1)
+        self.b = nn.Conv2d(8, 12, 3, padding=1)
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.b(self.act(self.a(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("slopes", [1, 8])
+def test_prelu_with_a_slope_per_channel_keeps_its_channels(slopes):
+    net = PReLUNet(slopes).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        slim = make_slimmable(net, torch.randn(1, *SIZE)).eval()
+    said = " ".join(str(w.message) for w in caught)
+    if slopes == 1:
+        # One shared slope acts per element: the first conv's width passes through.
+        assert slim.space.names == ("a", "b") and "PReLU" not in said
+    else:
+        # C slopes would not fit fewer channels: the PReLU's channels stay whole, saying why.
+        assert "act (act): a PReLU with 8 per-channel slopes keeps its channels" in said
+        assert slim.space.names == ("b",) and "PReLU with 8" in slim.pinned["a"]
+    alpha = [0.5] * slim.space.dims
+    sub = slice_model(slim, alpha).eval()
+    slim.set_widths(alpha)
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(sub(x), slim(x))
+    assert slim.macs(alpha) == _flop_counter_macs(sub, SIZE)
+
+
+def test_grouped_conv_is_pinned_on_request_with_a_warning():
+    # What a front made before grouped convs were slimmed rebuilds (tests/test_convert_grouped.py).
     with pytest.warns(UserWarning, match=r"a grouped conv \(groups=32\) keeps its channels"):
-        slim = make_slimmable(torchvision.models.resnext50_32x4d(num_classes=10), torch.randn(1, *SIZE))
+        slim = make_slimmable(
+            torchvision.models.resnext50_32x4d(num_classes=10), torch.randn(1, *SIZE), slim_grouped=False
+        )
     # The stem and the four stages' residual widths; the grouped convs pin every inner width.
     assert slim.space.dims == 5
 

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from pareco_runtime import build_model, weights_file
 from pareco_runtime.manifest import (
+    FORMAT_VERSION,
     check_manifest_consistency,
     json_schema,
     load_manifest,
@@ -354,7 +355,10 @@ def test_save_manifest_normalises_tuples(tmp_path: Path) -> None:
             lambda m: m["weights"].update(file="../model.safetensors"),
             "refuses to read weights outside its folder",
         ),
-        (lambda m: m.update(format_version=5), r"format_version: expected one of 1, 2, 3, 4; got 5"),
+        (
+            lambda m: m.update(format_version=FORMAT_VERSION + 1),
+            rf"format_version: expected one of {', '.join(map(str, range(1, FORMAT_VERSION + 1)))}; got",
+        ),
         (lambda m: m["points"][0].update(origin="calibrated"), "format_version 1 cannot hold points"),
     ],
 )
@@ -406,8 +410,11 @@ def test_load_manifest_file_level_errors(tmp_path: Path) -> None:
 
 def test_newer_manifest_asks_for_upgrade_before_schema(tmp_path: Path) -> None:
     path = tmp_path / "m.front.json"
-    path.write_text(json.dumps({"format_version": 5, "points": "whatever", "new_field": {}}))
-    with pytest.raises(FormatError, match=r"written by a newer pareco \(format 5 > 4\); upgrade pareco"):
+    newer = FORMAT_VERSION + 1
+    path.write_text(json.dumps({"format_version": newer, "points": "whatever", "new_field": {}}))
+    with pytest.raises(
+        FormatError, match=rf"written by a newer pareco \(format {newer} > {FORMAT_VERSION}\); upgrade"
+    ):
         load_manifest(path)
 
 
@@ -484,6 +491,18 @@ def test_schema_errors_name_the_field(exported: Path, change: Any, words: str) -
         ),
         (lambda m: m["width_space"].update(full=[16]), r"width_space\.full has 1 values"),
         (lambda m: m["width_space"].update(low=0.9, high=0.5), r"width_space needs 0 < low <= high"),
+        (
+            lambda m: m["width_space"].update(steps=[1, 2]),
+            r"width_space\.steps has 2 values but .*names has 6",
+        ),
+        (
+            lambda m: m["width_space"].update(steps=[3, 1, 1, 1, 1, 1]),
+            r"width_space\.steps\[0\] = 3 does not divide full\[0\] = 16",
+        ),
+        (
+            lambda m: m["width_space"].update(steps=[1, 2, 1, 1, 1, 1]),
+            r"format_version 1 cannot hold width_space\.steps \(format 5\)",
+        ),
         (
             lambda m: m["dataset"].update(mean=[0.5]),
             r"dataset\.mean has 1 values but input_size has 3 channels",

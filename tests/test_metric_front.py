@@ -16,7 +16,7 @@ from pareco_runtime import SlimmableRuntime, build_model
 from pareco_runtime.budget import select
 from pareco_runtime.manifest import Front, FrontPoint, Metric, load_manifest
 from pareco_runtime.manifest.rules import check_manifest_consistency, validate_schema
-from pareco_runtime.manifest.versions import manifest_format
+from pareco_runtime.manifest.versions import FORMAT_VERSION, manifest_format
 from pareco_runtime.untrusted import FormatError
 from tests.manifests import make_manifest
 from training import build_front, evaluate_front
@@ -230,8 +230,11 @@ def test_bad_metric_fields_are_refused(change: Callable[[dict[str, Any]], Any], 
 
 def test_a_newer_manifest_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.front.json"
-    path.write_text(json.dumps({**_declared_manifest(), "format_version": 5}))
-    with pytest.raises(FormatError, match=r"written by a newer pareco \(format 5 > 4\); upgrade pareco"):
+    newer = FORMAT_VERSION + 1
+    path.write_text(json.dumps({**_declared_manifest(), "format_version": newer}))
+    with pytest.raises(
+        FormatError, match=rf"written by a newer pareco \(format {newer} > {FORMAT_VERSION}\); upgrade"
+    ):
         load_manifest(path)
 
 

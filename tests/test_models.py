@@ -195,6 +195,37 @@ def test_width_space_properties(full, low, divisor, data):
 
 
 @given(
+    groups=st.lists(
+        st.tuples(st.integers(1, 64), st.sampled_from([1, 2, 3, 4, 8, 16])), min_size=1, max_size=20
+    ),
+    low=st.floats(0.05, 1.0),
+    divisor=st.sampled_from([None, 4, 8]),
+    data=st.data(),
+)
+def test_channel_steps_hold_in_every_config(groups, low, divisor, data):
+    # A dimension of n groups of s channels (a grouped conv's) moves in whole groups at every config.
+    full, steps = tuple(n * s for n, s in groups), tuple(s for _, s in groups)
+    space = WidthSpace(tuple(f"g{i}" for i in range(len(full))), full, low, 1.0, divisor, None, steps)
+    widths = st.lists(st.floats(low, 1.0), min_size=len(full), max_size=len(full))
+    a = data.draw(widths)
+    b = [max(x, y) for x, y in zip(a, data.draw(widths))]
+    configs = [a, b, space.uniform(data.draw(st.floats(low, 1.0))), space.smallest()]
+    for config in configs + space.sample(torch.Generator().manual_seed(0), 8):
+        space.validate(config)
+        assert all(c % s == 0 and s <= c <= f for c, s, f in zip(space.channels(config), steps, full))
+    assert all(x <= y for x, y in zip(space.channels(a), space.channels(b))), "channels grow with width"
+    assert space.channels(space.uniform(1.0)) == list(full)
+    assert WidthSpace.from_dict(space.to_dict()) == space
+
+
+def test_spaces_without_steps_keep_their_stored_form():
+    stored = model("resnet20").space.to_dict()
+    assert "steps" not in stored and WidthSpace.from_dict(stored).steps is None
+    with pytest.raises(ValueError, match=r"channel step 3 of 'b' does not divide its 8 channels"):
+        WidthSpace(("a", "b"), (8, 8), 0.25, 1.0, None, None, (2, 3))
+
+
+@given(
     floors=st.lists(st.floats(0.05, 1.0), min_size=1, max_size=12),
     data=st.data(),
 )

@@ -144,3 +144,36 @@ class UserFCN(nn.Module):
 def user_fcn(num_classes: int = 3) -> UserFCN:
     """The factory a user names for segmentation: ``--arch tests.user_models:user_fcn``."""
     return UserFCN(num_classes)
+
+
+class GroupedNet(nn.Module):
+    """A ResNeXt block, a grouped conv reading a concatenation, and one of more output than input channels."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.reduce = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        # 8 groups of 4 channels.
+        self.grouped = nn.Sequential(
+            nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=8, bias=False), nn.BatchNorm2d(32), nn.ReLU()
+        )
+        self.expand = nn.Sequential(nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.shortcut = nn.Sequential(nn.Conv2d(16, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16))
+        self.a = nn.Conv2d(16, 12, 1)
+        self.b = nn.Conv2d(16, 6, 1)
+        # Reads the blocks of a and b, 12 and 6 channels: groups of 3 (bias included).
+        self.cat_grouped = nn.Conv2d(18, 18, 3, padding=1, groups=6)
+        self.mix = nn.Conv2d(18, 18, 1)
+        # 9 -> 18 channels in 9 groups: its output's width cannot follow its input's; kept at full width.
+        self.widen = nn.Conv2d(18, 36, 1, groups=9)
+        self.fc = nn.Linear(36, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        y = torch.relu(self.expand(self.grouped(self.reduce(y))) + self.shortcut(y))
+        y = self.cat_grouped(torch.cat([self.a(y), self.b(y)], 1))
+        return self.fc(self.widen(self.mix(torch.relu(y))).mean((2, 3)))
+
+
+def grouped_net(num_classes: int = 5) -> GroupedNet:
+    return GroupedNet(num_classes)

@@ -66,8 +66,8 @@ def check_manifest_consistency(manifest: dict[str, Any], source: Source = "manif
     """Check the cross-field rules of a schema-valid manifest; raise :class:`FormatError` at the first break.
 
     Rules, in order: sizes are bounded (width_space.full at most :data:`MAX_CHANNELS` each,
-    dataset.input_size and preprocess within :func:`check_input_size`); width_space.names and .full
-    have equal lengths and 0 < low <= high; dataset.mean and .std have one value per input channel;
+    dataset.input_size and preprocess within :func:`check_input_size`); width_space.names, .full and
+    .steps have equal lengths, each step divides its full width, and 0 < low <= high; dataset.mean and .std have one value per input channel;
     class_names, when given, match architecture.kwargs.num_classes when that is an integer; device
     profile names are unique; point ids are unique and file-name safe (no final newline either);
     every point's alpha and channels have one value per width dimension, alpha within [low, high]
@@ -134,14 +134,19 @@ def _check_sizes(manifest: dict[str, Any], source: Source) -> None:
 
 
 def _check_width_space(space: dict[str, Any], source: Source) -> None:
-    """One full width per named dimension, and 0 < low <= high."""
+    """One full width per named dimension, 0 < low <= high, and a channel step (where given) per
+    dimension that divides its full width."""
     names, full, low, high = space["names"], space["full"], space["low"], space["high"]
-    if len(full) != len(names):
-        raise _error(
-            source,
-            f"width_space.full has {len(full)} values but width_space.names has {len(names)}",
-            REEXPORT,
-        )
+    for key in ("full", "steps"):
+        if key in space and len(space[key]) != len(names):
+            raise _error(
+                source,
+                f"width_space.{key} has {len(space[key])} values but width_space.names has {len(names)}",
+                REEXPORT,
+            )
+    for i, (step, c) in enumerate(zip(space.get("steps", ()), full)):
+        if c % step:
+            raise _error(source, f"width_space.steps[{i}] = {step} does not divide full[{i}] = {c}", REEXPORT)
     if not 0 < low <= high:
         raise _error(source, f"width_space needs 0 < low <= high, got low={low:g} high={high:g}", REEXPORT)
 

@@ -59,13 +59,15 @@ class LayerBuilder:
     def __init__(self) -> None:
         self.dim_names: list[str] = []
         self.dim_full: list[int] = []
+        self.dim_steps: list[int] = []
         self.fixed_values: list[int] = []
         self.bindings: list[tuple[_Slim, Slot | tuple[Slot, ...], Slot | tuple[Slot, ...]]] = []
 
-    def dim(self, name: str, full: int) -> Slot:
-        """A new width dimension whose full channel count is ``full``."""
+    def dim(self, name: str, full: int, step: int = 1) -> Slot:
+        """A new width dimension whose full channel count is ``full``, its counts multiples of ``step``."""
         self.dim_names.append(name)
         self.dim_full.append(int(full))
+        self.dim_steps.append(int(step))
         return Slot("dim", len(self.dim_names) - 1, int(full))
 
     def fixed(self, n: int) -> Slot:
@@ -150,7 +152,11 @@ class SlimmableNet(nn.Module):
         tensors of those shapes (a detector's list of images), used as zeros of their shapes.
         """
         d = len(builder.dim_names)
-        self.space = WidthSpace(tuple(builder.dim_names), tuple(builder.dim_full), low, 1.0, divisor, lows)
+        # Steps only where one is above 1: spaces without them keep the form older versions read.
+        steps = tuple(builder.dim_steps) if any(s > 1 for s in builder.dim_steps) else None
+        self.space = WidthSpace(
+            tuple(builder.dim_names), tuple(builder.dim_full), low, 1.0, divisor, lows, steps
+        )
         self.input_size = tuple(int(v) for v in input_size)
         self.input_sizes = tuple(tuple(int(v) for v in s) for s in (input_sizes or [self.input_size]))
         self._example = None if example is None else tree_map(torch.zeros_like, example)
@@ -245,16 +251,21 @@ class SlimmableNet(nn.Module):
                     if affine:
                         add(params, o, one, affine)
                 continue
-            depthwise = isinstance(m, SLIM_CONVS) and m.depthwise
-            kk = math.prod(m.kernel_size) if isinstance(m, SLIM_CONVS) else 1
+            # A grouped conv's output channel reads its group's input channels: a constant count.
+            grouped = isinstance(m, SLIM_CONVS) and m.grouped
+            kk = (
+                math.prod(m.kernel_size) * (m.group_width if grouped else 1)
+                if isinstance(m, SLIM_CONVS)
+                else 1
+            )
             for o in outs:
-                for i in [one] if depthwise else [s for _, s in m.in_parts]:
+                for i in [one] if grouped else [s for _, s in m.in_parts]:
                     add(macs, o, i, positions[m] * kk)
                     add(params, o, i, kk)
                 if m.bias is not None:
                     add(params, o, one, 1)
-        # Whatever else torch counts (layers a converted network leaves plain, such as grouped convs or
-        # a detector's untraced rest) costs the same in every config: one constant term, torch's count
+        # Whatever else torch counts (layers a converted network leaves plain, such as grouped convs of
+        # more output than input channels, or a detector's untraced rest) costs the same in every config: one constant term, torch's count
         # at full width less the slimmable layers' (none in the zoo).
         full = self.ctx.ch
         fixed_macs = counter.get_total_flops() // 2 - sum(c * full[a] * full[b] for (a, b), c in macs.items())

@@ -1,0 +1,956 @@
+"""How each op of a traced network couples channels: the rule table :func:`make_slimmable` reads.
+
+Every tensor of the traced graph carries *channel variables*, one per block of its channels (one,
+or a concatenation's inputs laid end to end), and a *channel axis*: dimension 1 unless a permute moved
+the channels (ConvNeXt's channels-last blocks). A union-find (:class:`Groups`) unites the variables
+that must keep one width and pins those that must stay at full width, with the reason. Each op's
+rule says what the op does to them, and it is one entry of one of three tables:
+
+- :data:`MODULE_RULES`, by module class (``nn.ReLU``), or by ``"package.module.Class"`` for a class
+  of a package pareco does not import (timm's layers, traced as one call);
+- :data:`FUNCTION_RULES`, by function (``F.relu``, ``operator.add``), or by its qualified name;
+- :data:`METHOD_RULES`, by tensor method name (``"relu"``, ``"view"``).
+
+A :class:`Rule`'s ``visit(analysis, node, target)`` records the node's output channels and their axis
+through the :class:`Analysis` methods (``same``, ``fresh``, ``couple``, ``unsupported``,
+``channel_axis``). A layer with weights to slim also names its slimmable ``twin``
+(:mod:`pareco_runtime.ops`), which owns how it slices and how its MACs count. An op without a rule
+keeps the channels around it at full width, saying which op. A per-channel parameter that a module of
+the model's own code reads in its ``forward`` (a layer scale) is no op: :class:`Analysis` gives it
+channels of its own, which the op applying it couples with those it scales, and
+:func:`~pareco_runtime.convert.make_slimmable` slims it in place.
+
+Adding an op: one entry (reusing :data:`PASS` for an op that acts on each element alone, wherever the
+channels lie, or :data:`SPATIAL` for one that acts on each channel's positions with the channels in
+dimension 1), and a test that the converted network slices exactly and counts MACs as torch does
+(docs/own-model.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from .models.base import SlimmableNet
+from .ops import (
+    SlimBatchNorm1d,
+    SlimBatchNorm2d,
+    SlimBatchNormAct2d,
+    SlimChannelParameters,
+    SlimConv1d,
+    SlimConv2d,
+    SlimLayerNorm,
+    SlimLinear,
+)
+
+# A tensor's channels: the variable of each of its blocks, in order.
+Vars = tuple[int, ...]
+
+
+class ConversionError(ValueError):
+    """A model :func:`make_slimmable` cannot convert; the message names the node and the way out.
+
+    ``cli`` is the same message for a command line that took the model from ``pareco train``'s
+    flags (``--pin``, ``--group-low``) where the way out is said in those flags, else None."""
+
+    def __init__(self, message: str, cli: str | None = None) -> None:
+        super().__init__(message)
+        self.cli = cli
+
+
+@dataclass
+class Groups:
+    """Union-find over channel variables, with each root's channel count, channel step (its widths are
+    multiples of it: whole groups of a grouped conv) and pin reasons."""
+
+    parent: list[int] = field(default_factory=list)
+    size: list[int] = field(default_factory=list)
+    step: list[int] = field(default_factory=list)
+    pinned: dict[int, str] = field(default_factory=dict)
+
+    def new(self, channels: int) -> int:
+        """A new variable of ``channels`` channels, in a group of its own."""
+        self.parent.append(len(self.parent))
+        self.size.append(int(channels))
+        self.step.append(1)
+        return len(self.parent) - 1
+
+    def require_step(self, v: int, step: int) -> None:
+        """Make ``v``'s group's channel counts multiples of ``step`` (and of the steps it had)."""
+        root = self.find(v)
+        self.step[root] = math.lcm(self.step[root], step)
+
+    def find(self, v: int) -> int:
+        """The root of ``v``'s group."""
+        while self.parent[v] != v:
+            self.parent[v] = self.parent[self.parent[v]]
+            v = self.parent[v]
+        return v
+
+    def union(self, a: int, b: int) -> int:
+        """Join the groups of ``a`` and ``b`` (pinned when either was); their root."""
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            keep, drop = min(ra, rb), max(ra, rb)
+            self.parent[drop] = keep
+            # Equal sizes, each a multiple of its step: the size is a multiple of their lcm too.
+            self.step[keep] = math.lcm(self.step[keep], self.step[drop])
+            if drop in self.pinned:
+                self.pinned.setdefault(keep, self.pinned.pop(drop))
+        return self.find(a)
+
+    def pin(self, v: int, reason: str) -> None:
+        """Keep ``v``'s group at full width (the first reason given is kept)."""
+        self.pinned.setdefault(self.find(v), reason)
+
+    def is_pinned(self, v: int) -> bool:
+        """Whether ``v``'s group stays at full width."""
+        return self.find(v) in self.pinned
+
+
+@dataclass
+class Layer:
+    """A layer to slim, the channel variables of its input and output (one per concatenated block), and
+    its slimmable twin's maker (None when it stays as it is)."""
+
+    name: str
+    module: nn.Module
+    cin: Vars
+    cout: Vars
+    twin: Callable[[nn.Module], nn.Module | None]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one op does to channel groups.
+
+    ``visit(analysis, node, target)`` records the channels of ``node``'s output (``target``: the
+    module of a module call, else the function or method name). For a layer with weights to slim,
+    ``visit`` returns its ``(input, output)`` channel variables, or None where this instance cannot be
+    slimmed (its channels are then pinned, for the reason ``visit`` gave through
+    :meth:`Analysis.unsupported`, else as no layer make_slimmable can slim), and ``twin`` makes the
+    slimmable op that replaces it, or None where it stays as it is. ``subclasses``: a module rule also holds for subclasses of its class
+    (an activation's subclass still acts per channel; a layer's may run another ``forward``).
+    ``match``: for a class named by string, which of its instances the rule holds for.
+    """
+
+    visit: Callable[[Analysis, torch.fx.Node, Any], tuple[Vars, Vars] | None]
+    twin: Callable[[nn.Module], nn.Module | None] | None = None
+    subclasses: bool = False
+    match: Callable[[nn.Module], bool] | None = None
+
+
+def _tensor_meta(node: torch.fx.Node) -> Any:
+    return node.meta.get("tensor_meta")
+
+
+def shape(node: Any) -> tuple[int, ...] | None:
+    """The shape of ``node``'s output when it is one tensor (from shape propagation), else None."""
+    if not isinstance(node, torch.fx.Node):
+        return None
+    meta = _tensor_meta(node)
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _qualified(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+
+
+def module_rule(mod: nn.Module) -> Rule | None:
+    """The rule of ``mod``'s class: its own entry, or a base class's whose rule holds for subclasses."""
+    kind = type(mod)
+    for cls in kind.__mro__:
+        rule = MODULE_RULES.get(cls) or MODULE_RULES.get(_qualified(cls))
+        if rule is not None and (cls is kind or rule.subclasses) and (rule.match is None or rule.match(mod)):
+            return rule
+    return None
+
+
+class Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, keeping the layers of other packages that a rule names as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        """torch's own modules, and those of a class named in :data:`MODULE_RULES` by string."""
+        named = MODULE_RULES.get(_qualified(type(m)))
+        leaf = named is not None and (named.match is None or named.match(m))
+        return leaf or super().is_leaf_module(m, module_qualified_name)
+
+
+def _mixin_members() -> frozenset[str]:
+    names = set(dir(SlimChannelParameters))
+    for cls in SlimChannelParameters.__mro__:
+        names.update(getattr(cls, "__annotations__", {}))
+    module = {*dir(nn.Module), *vars(nn.Module())}
+    return frozenset(n for n in names - module if not n.startswith("__"))
+
+
+# What slimming a module's per-channel parameters adds to its class and instance.
+_CHANNEL_PARAMETERS_MEMBERS = _mixin_members()
+
+
+def _can_hold_channel_parameters(module: nn.Module) -> bool:
+    """Whether ``module``'s per-channel parameters can be slimmed in place: a module of the model's own
+    code (torch's read theirs inside their forward, layers are slimmed whole) none of whose members is
+    named like what :class:`~pareco_runtime.ops.SlimChannelParameters` adds (a submodule ``key``)."""
+    if type(module).__module__.startswith("torch.") or isinstance(
+        module, (SlimChannelParameters, SlimmableNet)
+    ):
+        return False
+    own = {*dir(type(module)), *vars(module), *module._modules, *module._parameters, *module._buffers}
+    return not own & _CHANNEL_PARAMETERS_MEMBERS
+
+
+class Analysis:
+    """Walks a traced graph once, applying each op's rule: each tensor's channel variables and channel
+    axis, and each layer's pair. Rules record through :meth:`same`, :meth:`fresh`, :meth:`couple` and
+    :meth:`unsupported`; :attr:`channel_params` are the per-channel parameters of modules that are no
+    layer (a layer scale), which make_slimmable slims in place."""
+
+    def __init__(
+        self,
+        gm: torch.fx.GraphModule,
+        on_unsupported: str,
+        groups: Groups | None = None,
+        layers: dict[str, Layer] | None = None,
+        unsupported: list[str] | None = None,
+        part: str = "",
+        slim_grouped: bool = True,
+        root: nn.Module | None = None,
+    ) -> None:
+        # groups, layers and unsupported are shared by the parts of a partial conversion; ``part`` is the
+        # traced submodule's name, which prefixes its layers' names. ``slim_grouped``: grouped convs
+        # beyond depthwise slim in whole groups (off: they keep their channels, as before they could).
+        # ``root`` is the module traced (the graph module holds containers of its own on the paths to the
+        # tensors it reads).
+        self.gm = gm
+        self.root = gm if root is None else root
+        self.slim_grouped = slim_grouped
+        self.groups = Groups() if groups is None else groups
+        # Each tensor's channels as the variables of its blocks: one, or a concatenation's, end to end.
+        self.var: dict[torch.fx.Node, Vars] = {}
+        # The dimension holding each tensor's channels: 1 unless a permute moved them (channels-last).
+        self.axis: dict[torch.fx.Node, int] = {}
+        # Per-channel parameters read by the ops of a module that is no layer (a layer scale): by that
+        # module's name, each parameter's name -> (its channel dimension, its channel variable).
+        self.channel_params: dict[str, dict[str, tuple[int, int]]] = {}
+        self._param_vars: dict[int, int] = {}
+        self._param_reads: set[torch.fx.Node] = set()
+        self.layers: dict[str, Layer] = {} if layers is None else layers
+        self.reasons: list[str] = [] if unsupported is None else unsupported
+        self.on_unsupported = on_unsupported
+        self.prefix = f"{part}." if part else ""
+        for node in gm.graph.nodes:
+            self._visit(node)
+        self._pin_tensors_read_outside_their_layer()
+        self._pin_channel_parameters_of_two_widths()
+
+    def _pin_tensors_read_outside_their_layer(self) -> None:
+        """A slimmed layer's parameter or buffer read by another op (``F.conv2d(x, self.conv.weight)``, a
+        constant the trace made of a view of it) would be sliced, or copied, for the layer but not for
+        that op: the layer keeps its channels on both sides."""
+        owner = {
+            tensor.untyped_storage().data_ptr(): layer
+            for layer in self.layers.values()
+            for tensor in itertools.chain(layer.module.parameters(), layer.module.buffers())
+            if tensor.numel()
+        }
+        for node in self.gm.graph.nodes:
+            if node.op != "get_attr":
+                continue
+            tensor = functools.reduce(getattr, str(node.target).split("."), self.gm)
+            layer = (
+                owner.get(tensor.untyped_storage().data_ptr()) if isinstance(tensor, torch.Tensor) else None
+            )
+            if layer is not None:
+                text = f"{node.name} ({node.target}): an op reads a tensor of layer {layer.name} outside it"
+                self._refuse_or_pin(text, [], layer)
+
+    def _pin_channel_parameters_of_two_widths(self) -> None:
+        """A module's per-channel parameters are sliced by one binding: those of a module whose parameters
+        end in groups of different widths keep them all, as do those an op reads as another tensor."""
+        read_elsewhere: set[int] = set()
+        for n in self.gm.graph.nodes:
+            tensor = (
+                functools.reduce(getattr, str(n.target).split("."), self.gm) if n.op == "get_attr" else None
+            )
+            if isinstance(tensor, torch.Tensor) and n not in self._param_reads:
+                read_elsewhere.add(tensor.untyped_storage().data_ptr())
+        for owner, params in self.channel_params.items():
+            module = self.root.get_submodule(owner.removeprefix(self.prefix))
+            roots = {self.groups.find(v) for _, v in params.values()}
+            tensors = (getattr(module, name) for name in params)
+            shared = any(t.untyped_storage().data_ptr() in read_elsewhere for t in tensors)
+            if len(roots) > 1 or shared:
+                why = "different widths" if len(roots) > 1 else "a tensor also read as another"
+                self._refuse_or_pin(
+                    f"{owner}: per-channel parameters of {why}", [v for _, v in params.values()]
+                )
+
+    def channels(self, node: Any) -> Vars | None:
+        """``node``'s channel variables (None for a value that carries no channels)."""
+        return self.var.get(node) if isinstance(node, torch.fx.Node) else None
+
+    def channel_axis(self, node: Any) -> int:
+        """The dimension of ``node``'s channels (1 unless a permute moved them)."""
+        return self.axis.get(node, 1) if isinstance(node, torch.fx.Node) else 1
+
+    def fresh(self, node: torch.fx.Node, axis: int = 1) -> Vars | None:
+        """Give ``node``'s output channels, on dimension ``axis``, a new variable of their own (what a
+        conv or linear produces)."""
+        out = shape(node)
+        if out is None or len(out) < 2:
+            return None
+        self.var[node] = (self.groups.new(out[axis]),)
+        self.axis[node] = axis % len(out)
+        return self.var[node]
+
+    def same(self, node: torch.fx.Node, source: Any, pointwise: bool = False) -> None:
+        """``node``'s channels are ``source``'s, one for one and on the same axis (an op acting on each
+        channel alone): any axis for a ``pointwise`` op, else dimension 1, where a spatial op (pooling,
+        padding, resizing) takes the channels."""
+        v = self.channels(source)
+        out, inp = shape(node), shape(source)
+        axis = self.channel_axis(source)
+        if not pointwise and axis != 1:
+            self.unsupported(node, f"a spatial op on channels in dimension {axis}, not 1")
+            return
+        if v is None or out is None or inp is None or len(out) != len(inp) or out[axis] != inp[axis]:
+            self.unsupported(node, "its output's channels do not follow its input's")
+            return
+        self.var[node] = v
+        self.axis[node] = axis
+
+    def sizes(self, vars_: Vars) -> list[int]:
+        """The channel count of each block."""
+        return [self.groups.size[self.groups.find(v)] for v in vars_]
+
+    def couple(self, node: torch.fx.Node, operands: Sequence[Vars], what: str) -> None:
+        """``node``'s channels are each operand's, block for block (an add, a concatenation along another
+        dimension): unite the operands' blocks, or pin them when they are laid out differently."""
+        first = operands[0]
+        if any(self.sizes(v) != self.sizes(first) for v in operands[1:]):
+            self.unsupported(node, f"{what} of tensors whose channels are concatenated differently")
+            return
+        for other in operands[1:]:
+            for a, b in zip(first, other):
+                self.groups.union(a, b)
+        self.var[node] = first
+
+    def unsupported(self, node: torch.fx.Node, why: str, also: Layer | None = None) -> None:
+        """Keep the channels around ``node`` (its inputs', its output's, ``also``'s) at full width, for the
+        reason ``why``; under ``on_unsupported='error'`` refuse instead."""
+        where = (
+            f"{self.prefix}{node.target}"
+            if node.op == "call_module"
+            else f"{node.op} {getattr(node.target, '__name__', node.target)}"
+        )
+        text = f"{node.name} ({where}): {why}"
+        around = [self.channels(arg) or () for arg in node.all_input_nodes]
+        self._refuse_or_pin(text, [v for vars_ in around for v in vars_], also)
+        # Its output's channels, pinned, on its first input's channel axis where the ranks agree.
+        rank = len(shape(node) or ())
+        first = next((a for a in node.all_input_nodes if len(shape(a) or ()) == rank and a in self.var), None)
+        for v in self.fresh(node, self.channel_axis(first)) or ():
+            self.groups.pin(v, text)
+
+    def _refuse_or_pin(self, text: str, channel_vars: Sequence[int], layer: Layer | None = None) -> None:
+        """Keep ``channel_vars`` (and ``layer``'s input and output channels) at full width for the reason
+        ``text``, or refuse with it under ``on_unsupported='error'``."""
+        if self.on_unsupported == "error":
+            raise ConversionError(
+                f"make_slimmable: {text}; pin the modules around it (pin=[...]) or pass "
+                f"on_unsupported='pin' to keep them at full width",
+                cli=f"{text}; keep the modules around it at full width with --pin PATTERNS",
+            )
+        self.reasons.append(text)
+        for v in [*channel_vars, *((*layer.cin, *layer.cout) if layer is not None else ())]:
+            self.groups.pin(v, text)
+
+    def tensor_args(self, node: torch.fx.Node) -> list[torch.fx.Node]:
+        """``node``'s positional arguments that are tensors."""
+        return [a for a in node.args if isinstance(a, torch.fx.Node) and shape(a) is not None]
+
+    def _visit(self, node: torch.fx.Node) -> None:
+        if node.op == "get_attr" and self._attribute(node):
+            return
+        if node.op in ("placeholder", "get_attr"):
+            for v in self.fresh(node) or ():
+                self.groups.pin(
+                    v, "the network's input" if node.op == "placeholder" else f"tensor {node.target}"
+                )
+        elif node.op == "output":
+            for arg in node.all_input_nodes:
+                for v in self.channels(arg) or ():
+                    self.groups.pin(v, "the network's output")
+        elif node.op == "call_module":
+            self._visit_module(node, self.gm.get_submodule(str(node.target)))
+        elif node.op in ("call_function", "call_method"):
+            self._visit_function(node)
+
+    def _attribute(self, node: torch.fx.Node) -> bool:
+        """A tensor the model holds with one dimension over 1 has its channels there (a layer scale ``[C]``
+        or ``[C, 1, 1]``): a parameter of a module that can hold slimmed ones narrows with them, any other
+        such tensor is pinned. Whether ``node`` reads such a tensor."""
+        tensor = functools.reduce(getattr, str(node.target).split("."), self.gm)
+        dims: tuple[int, ...] = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else ()
+        wide = [d for d, n in enumerate(dims) if n != 1]
+        if len(wide) != 1:
+            return False
+        owner, _, attr = str(node.target).rpartition(".")
+        module = self.root.get_submodule(owner) if owner else None
+        self.axis[node] = wide[0]
+        if (
+            module is None
+            or module._parameters.get(attr) is not tensor
+            or not _can_hold_channel_parameters(module)
+        ):
+            self.var[node] = (self.groups.new(dims[wide[0]]),)
+            self.groups.pin(self.var[node][0], f"tensor {node.target}")
+            return True
+        if id(tensor) not in self._param_vars:
+            self._param_vars[id(tensor)] = self.groups.new(dims[wide[0]])
+        v = self._param_vars[id(tensor)]
+        self.channel_params.setdefault(f"{self.prefix}{owner}", {})[attr] = (wide[0], v)
+        self.var[node] = (v,)
+        self._param_reads.add(node)
+        return True
+
+    def _visit_module(self, node: torch.fx.Node, mod: nn.Module) -> None:
+        name = f"{self.prefix}{node.target}"
+        rule = module_rule(mod)
+        if rule is not None and rule.twin is not None and name in self.layers:
+            # One module, one width: its first call's channels too, or that call is sliced and this one not.
+            self.unsupported(node, "the module is called more than once", self.layers[name])
+            return
+        sides = None if rule is None else rule.visit(self, node, mod)
+        if rule is None or (rule.twin is not None and sides is None and node not in self.var):
+            self.unsupported(node, f"{type(mod).__name__} is not a layer make_slimmable can slim")
+        elif rule.twin is not None and sides is not None:
+            self.layers[name] = Layer(name, mod, *sides, twin=rule.twin)
+
+    def _visit_function(self, node: torch.fx.Node) -> None:
+        target = node.target
+        method = node.op == "call_method"
+        if shape(node) is None:
+            # Sizes, shapes and python values carry no channels; any other op of a tensor that
+            # returns no single tensor (chunk, split, unbind) is one whose coupling is unknown.
+            if self.tensor_args(node) and not (
+                (target in ("size", "dim", "numel")) if method else (target is getattr)
+            ):
+                self.unsupported(node, "an op that splits or packs tensors")
+            return
+        rule = (
+            METHOD_RULES.get(str(target))
+            if method
+            else FUNCTION_RULES.get(target) or FUNCTION_RULES.get(_qualified(target))
+        )
+        if rule is None:
+            self.unsupported(node, "make_slimmable does not know how this op couples channels")
+        else:
+            rule.visit(self, node, target)
+
+
+# ---------------------------------------------------------------------------------------------- the rules
+
+
+def _pass(a: Analysis, node: torch.fx.Node, _target: Any) -> None:
+    a.same(node, node.args[0] if node.args else None, pointwise=True)
+
+
+def _spatial(a: Analysis, node: torch.fx.Node, _target: Any) -> None:
+    a.same(node, node.args[0] if node.args else None)
+
+
+def _prelu(a: Analysis, node: torch.fx.Node, mod: nn.PReLU) -> None:
+    """One slope for every channel acts per element. One slope per channel is a weight of the full width
+    that the module, left as it is, cannot narrow (F.prelu refuses k channels against C slopes): the
+    channels around it keep their width."""
+    if mod.num_parameters == 1:
+        _pass(a, node, mod)
+    else:
+        a.unsupported(node, f"a PReLU with {mod.num_parameters} per-channel slopes keeps its channels")
+
+
+def _elementwise(a: Analysis, node: torch.fx.Node, _target: Any) -> None:
+    """Operands broadcast from the right: those whose channels fill the output's channel axis are
+    coupled; every other one must have size 1 there (a gate, a scalar) or not reach it."""
+    out = shape(node) or ()
+    args = a.tensor_args(node)
+
+    def placed(arg: torch.fx.Node) -> int:  # ``arg``'s channel axis, counted in the output's dimensions
+        return a.channel_axis(arg) + len(out) - len(shape(arg) or ())
+
+    carriers = [
+        arg
+        for arg in args
+        if a.channels(arg) is not None
+        and 0 <= placed(arg) < len(out)
+        and (shape(arg) or ())[a.channel_axis(arg)] == out[placed(arg)]
+    ]
+    # A one-channel operand (a spatial attention map) broadcasts when a wider one carries the channels.
+    carriers = [arg for arg in carriers if out[placed(arg)] != 1] or carriers
+    axes = {placed(arg) for arg in carriers}
+    if len(out) < 2 or len(axes) != 1:
+        why = (
+            "no operand carries the output's channels" if not axes else "operands' channels on different axes"
+        )
+        a.unsupported(node, why)
+        return
+    axis = axes.pop()
+    for arg in args:
+        s = shape(arg) or ()
+        at = axis - (len(out) - len(s))
+        if arg not in carriers and at >= 0 and s[at] != 1:
+            a.unsupported(node, "operands whose channels differ")
+            return
+    a.axis[node] = axis
+    a.couple(node, [a.channels(arg) for arg in carriers], "an elementwise op")  # type: ignore[misc]
+
+
+def _cat(a: Analysis, node: torch.fx.Node, _target: Any) -> None:
+    """Along channels: the output's blocks are the inputs' blocks laid end to end, each keeping its
+    variable. Along another dimension every input has the output's channels: coupled block for block.
+    Either way the inputs' channels must lie on one axis, which the output's keep."""
+    tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    out = shape(node)
+    inputs = [a.channels(t) for t in tensors] if isinstance(tensors, (list, tuple)) else [None]
+    axes = {a.channel_axis(t) for t in tensors} if isinstance(tensors, (list, tuple)) else set()
+    if out is None or len(out) < 2 or not isinstance(dim, int) or any(v is None for v in inputs):
+        a.unsupported(node, "a concatenation of tensors without channels")
+    elif len(axes) != 1:
+        a.unsupported(node, "a concatenation of tensors whose channels lie in different dimensions")
+    elif dim % len(out) == (axis := axes.pop()):
+        a.var[node] = tuple(v for block in inputs for v in block)  # type: ignore[union-attr]
+        a.axis[node] = axis
+    else:
+        a.axis[node] = axis
+        a.couple(node, inputs, "a concatenation")  # type: ignore[arg-type]
+
+
+def _flatten_from(a: Analysis, node: torch.fx.Node, src: Any, start_dim: int) -> None:
+    """A flatten from ``start_dim`` keeps the channels only where it flattens a 1x1 map of channels in
+    dimension 1 into ``[N, C]``."""
+    inp, out = shape(src), shape(node)
+    v = a.channels(src)
+    spatial_one = inp is not None and all(d == 1 for d in inp[2:])
+    if (
+        v is not None
+        and a.channel_axis(src) == 1
+        and inp is not None
+        and out is not None
+        and len(out) == 2
+        and start_dim == 1
+        and spatial_one
+        and out[1] == inp[1]
+    ):
+        a.var[node] = v
+    else:
+        a.unsupported(node, "a reshape that mixes channels with other dimensions")
+
+
+def _flatten(a: Analysis, node: torch.fx.Node, _target: Any) -> None:
+    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+    _flatten_from(a, node, node.args[0], int(start))  # type: ignore[arg-type]
+
+
+def _flatten_module(a: Analysis, node: torch.fx.Node, mod: nn.Flatten) -> None:
+    _flatten_from(a, node, node.args[0] if node.args else None, mod.start_dim)
+
+
+def _reshape(a: Analysis, node: torch.fx.Node, _target: Any) -> None:
+    """A reshape that keeps the channel dimension whole, as one dimension of the output after as many
+    elements as before it, keeps the channels there (timm's ``gamma.reshape(1, -1, 1, 1)``, MaxViT's
+    windows cut from the other dimensions), unless it names their count as a constant, which a narrower
+    width would not fit; any other reshape is a flatten."""
+    src = node.args[0]
+    inp, out, v = shape(src), shape(node), a.channels(src)
+    axis = a.channel_axis(src)
+    if v is None or inp is None or out is None or inp[axis] == 1:
+        _flatten_from(a, node, src, 1)
+        return
+    before = math.prod(inp[:axis])
+    # Dimensions after the same number of elements differ only by dimensions of size 1: one has C.
+    lands = [e for e in range(len(out)) if out[e] == inp[axis] and math.prod(out[:e]) == before]
+    if not lands:
+        _flatten_from(a, node, src, 1)
+        return
+    sizes = node.args[1] if len(node.args) == 2 else node.args[1:]
+    sizes = sizes if isinstance(sizes, (list, tuple)) else ()
+    if len(sizes) == len(out) and isinstance(sizes[lands[0]], int) and sizes[lands[0]] != -1:
+        a.unsupported(node, "a reshape to a constant number of channels")
+        return
+    a.var[node] = v
+    a.axis[node] = lands[0]
+
+
+def _permute(a: Analysis, node: torch.fx.Node, target: Any) -> None:
+    """A permute or transpose moves the channels to the dimension their axis goes to."""
+    src = node.args[0]
+    inp = shape(src)
+    given = list(node.args[1:]) or [node.kwargs.get(k) for k in ("dims", "dim0", "dim1") if k in node.kwargs]
+    listed = given[0] if len(given) == 1 and isinstance(given[0], (list, tuple)) else given
+    dims = [d for d in listed if isinstance(d, int)]
+    if a.channels(src) is None or inp is None or len(dims) != len(listed):
+        a.unsupported(node, "a permute of a tensor without channels or by computed dimensions")
+        return
+    rank = len(inp)
+    if target in ("permute", torch.permute):
+        order = [d % rank for d in dims]
+    else:  # transpose / swapaxes of two dimensions
+        i, j = (d % rank for d in dims)
+        order = list(range(rank))
+        order[i], order[j] = j, i
+    a.var[node] = a.var[src]  # type: ignore[index]
+    a.axis[node] = order.index(a.channel_axis(src))
+
+
+def _reduce(a: Analysis, node: torch.fx.Node, _target: Any) -> None:
+    given = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = [given] if isinstance(given, int) else list(given) if isinstance(given, (list, tuple)) else []
+    src, out = node.args[0], shape(node)
+    inp, axis = shape(src), a.channel_axis(src)
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if inp is None or out is None or not dims or not all(isinstance(d, int) for d in dims):
+        a.unsupported(node, "a reduction over channels")
+        return
+    gone = {d % len(inp) for d in dims}
+    # Over other dimensions than the batch's and the channels': the channels stay, on an axis that
+    # moves down by the dimensions dropped before it.
+    lands = axis if keep else axis - sum(1 for d in gone if d < axis)
+    if gone & {0, axis} or a.channels(src) is None or len(out) <= lands or out[lands] != inp[axis]:
+        a.unsupported(node, "a reduction over channels")
+        return
+    a.var[node] = a.var[src]  # type: ignore[index]
+    a.axis[node] = lands
+
+
+def _input(a: Analysis, node: torch.fx.Node) -> tuple[Any, Vars | None]:
+    src = node.args[0] if node.args else None
+    return src, a.channels(src)
+
+
+def _channels_first(a: Analysis, node: torch.fx.Node, src: Any) -> bool:
+    """Whether ``src``'s channels lie in dimension 1, where a conv or a batch norm reads them; where not,
+    ``node``'s channels are pinned, saying where they lie."""
+    axis = a.channel_axis(src)
+    if axis != 1:
+        a.unsupported(node, f"its input's channels lie in dimension {axis}, not 1")
+    return axis == 1
+
+
+def _conv(a: Analysis, node: torch.fx.Node, mod: nn.Conv1d | nn.Conv2d) -> tuple[Vars, Vars] | None:
+    """An ordinary conv produces channels of their own. A grouped one with as many input as output
+    channels (depthwise: one channel a group) keeps each group's outputs on its inputs: output and input
+    share their widths, slimmed in whole groups (unless ``slim_grouped`` is off, beyond depthwise).
+    Either reads its input's channels in dimension 1."""
+    src, cin = _input(a, node)
+    if cin is None or not _channels_first(a, node, src) or mod.padding_mode != "zeros":
+        return None
+    if mod.groups == 1:
+        return cin, a.fresh(node)  # type: ignore[return-value]
+    per_group = mod.in_channels // mod.groups
+    if not (a.slim_grouped or mod.groups == mod.in_channels == mod.out_channels):
+        why = "keeps its channels"
+    elif mod.in_channels != mod.out_channels:
+        why = f"with {mod.in_channels} input and {mod.out_channels} output channels keeps its channels"
+    elif any(size % per_group for size in a.sizes(cin)):
+        why = f"reading blocks of channels that are not whole groups of {per_group} keeps its channels"
+    else:
+        for v in cin:
+            a.groups.require_step(v, per_group)
+        a.var[node] = cin
+        return cin, cin
+    a.unsupported(node, f"a grouped conv (groups={mod.groups}) {why}")
+    return cin, a.var[node]
+
+
+def _conv_twin(mod: nn.Module) -> nn.Module | None:
+    assert isinstance(mod, (nn.Conv1d, nn.Conv2d))
+    if mod.groups > 1 and mod.in_channels != mod.out_channels:
+        return None  # stays a plain conv at full width (both sides pinned)
+    return (SlimConv1d if isinstance(mod, nn.Conv1d) else SlimConv2d)(
+        mod.in_channels,
+        mod.out_channels,
+        mod.kernel_size,
+        mod.stride,
+        mod.padding,
+        mod.dilation,
+        groups=mod.groups,
+        bias=mod.bias is not None,
+    )
+
+
+def _batch_norm(a: Analysis, node: torch.fx.Node, mod: nn.Module) -> tuple[Vars, Vars] | None:
+    src, cin = _input(a, node)
+    if cin is None or not _channels_first(a, node, src) or not (mod.affine and mod.track_running_stats):
+        return None
+    a.same(node, src)
+    return cin, cin
+
+
+def _batch_norm_twin(mod: nn.Module) -> nn.Module:
+    bn_type = SlimBatchNorm1d if isinstance(mod, nn.BatchNorm1d) else SlimBatchNorm2d
+    return bn_type(mod.num_features, eps=mod.eps, momentum=mod.momentum)  # type: ignore[arg-type]
+
+
+def _bn_act_is_channelwise(mod: nn.Module) -> bool:
+    """timm's fused BatchNorm + activation whose ``drop`` and ``act`` act per element (no parameters).
+
+    Otherwise it is traced through, and its ``F.batch_norm`` pins the channels around it."""
+    return not any(True for _ in itertools.chain(mod.drop.parameters(), mod.act.parameters()))  # type: ignore[union-attr]
+
+
+def _bn_act_twin(mod: nn.Module) -> nn.Module:
+    return SlimBatchNormAct2d(
+        mod.num_features,  # type: ignore[arg-type]
+        copy.deepcopy(mod.drop),  # type: ignore[arg-type]
+        copy.deepcopy(mod.act),  # type: ignore[arg-type]
+        eps=mod.eps,
+        momentum=mod.momentum,
+    )
+
+
+def _linear(a: Analysis, node: torch.fx.Node, _mod: nn.Module) -> tuple[Vars, Vars] | None:
+    """A Linear on the channel axis, the last: ``[N, C]`` features, or ``[N, H, W, C]`` channels-last maps."""
+    src, cin = _input(a, node)
+    if cin is None or a.channel_axis(src) != len(shape(src) or ()) - 1:
+        return None
+    return cin, a.fresh(node, -1)  # type: ignore[return-value]
+
+
+def _linear_twin(mod: nn.Module) -> nn.Module:
+    return SlimLinear(mod.in_features, mod.out_features, bias=mod.bias is not None)  # type: ignore[arg-type]
+
+
+def _is_layer_norm_over_one_axis(mod: nn.Module) -> bool:
+    """A LayerNorm whose forward is nn.LayerNorm's over one axis: timm's without its fast-norm path
+    (another kernel)."""
+    return (
+        isinstance(mod, nn.LayerNorm)
+        and len(mod.normalized_shape) == 1
+        and not getattr(mod, "_fast_norm", False)
+    )
+
+
+def _layer_norm(
+    a: Analysis, node: torch.fx.Node, _mod: nn.Module, channels_first: bool
+) -> tuple[Vars, Vars] | None:
+    """A LayerNorm over the channel axis (dimension 1 for ``channels_first``, else the last) is a
+    layer: it normalises the active channels."""
+    src, cin = _input(a, node)
+    inp = shape(src)
+    want = 1 if channels_first else len(inp or ()) - 1
+    if cin is None or inp is None or a.channel_axis(src) != want or (channels_first and len(inp) != 4):
+        a.unsupported(node, "a LayerNorm over other than the channel axis")
+        return None
+    a.same(node, src, pointwise=True)
+    return cin, cin
+
+
+def _layer_norm_twin(mod: nn.Module, channels_first: bool) -> nn.Module:
+    """The :class:`~pareco_runtime.ops.SlimLayerNorm` of a LayerNorm class of :data:`MODULE_RULES`."""
+    assert isinstance(mod, nn.LayerNorm)
+    # The subclass's own attributes (timm's _fast_norm), which its plain twin carries again.
+    plain_state = vars(nn.LayerNorm(1))
+    return SlimLayerNorm(
+        mod.normalized_shape[0],
+        eps=mod.eps,
+        elementwise_affine=mod.elementwise_affine,
+        bias=mod.bias is not None,
+        channels_first=channels_first,
+        plain_type=type(mod),
+        plain_attributes={k: v for k, v in vars(mod).items() if k not in plain_state},
+    )
+
+
+def _layer_norm_rule(channels_first: bool) -> Rule:
+    """The rule of a LayerNorm class normalising one axis: dimension 1 of ``[N, C, H, W]`` (permuted to the
+    last and back) for ``channels_first``, else the last axis."""
+    return Rule(
+        functools.partial(_layer_norm, channels_first=channels_first),
+        functools.partial(_layer_norm_twin, channels_first=channels_first),
+        match=_is_layer_norm_over_one_axis,
+    )
+
+
+PASS = Rule(_pass, subclasses=True)
+"""An op that acts on each element alone (activations, dropout): the channels may lie on any axis."""
+SPATIAL = Rule(_spatial, subclasses=True)
+"""An op that acts on each channel alone across its positions (pooling, padding, resizing, dropping whole
+channels): the channels must lie in dimension 1."""
+_ELEMENTWISE = Rule(_elementwise)
+_REDUCE = Rule(_reduce)
+_CONV = Rule(_conv, _conv_twin)
+_BATCH_NORM = Rule(_batch_norm, _batch_norm_twin)
+_LINEAR = Rule(_linear, _linear_twin)
+_LAYER_NORM = _layer_norm_rule(channels_first=False)
+_LAYER_NORM_2D = _layer_norm_rule(channels_first=True)
+_PERMUTE = Rule(_permute)
+
+MODULE_RULES: dict[type[nn.Module] | str, Rule] = {
+    # Layers, by their exact class: a subclass may run another forward.
+    nn.Conv1d: _CONV,
+    nn.Conv2d: _CONV,
+    nn.BatchNorm1d: _BATCH_NORM,
+    nn.BatchNorm2d: _BATCH_NORM,
+    nn.Linear: _LINEAR,
+    "timm.layers.norm_act.BatchNormAct2d": Rule(_batch_norm, _bn_act_twin, match=_bn_act_is_channelwise),
+    # timm's Linear: an nn.Linear whose forward differs only under TorchScript.
+    "timm.layers.linear.Linear": _LINEAR,
+    # LayerNorm classes whose forward is nn.LayerNorm's state normalising one axis: the last, or
+    # dimension 1 of [N, C, H, W] (the 2d ones permute it to the last and back).
+    nn.LayerNorm: _LAYER_NORM,
+    "timm.layers.norm.LayerNorm": _LAYER_NORM,
+    "timm.layers.norm.LayerNorm2d": _LAYER_NORM_2D,
+    "torchvision.models.convnext.LayerNorm2d": _LAYER_NORM_2D,
+    nn.Flatten: Rule(_flatten_module, subclasses=True),
+    nn.PReLU: Rule(_prelu, subclasses=True),
+    **dict.fromkeys(
+        (
+            nn.ReLU,
+            nn.ReLU6,
+            nn.LeakyReLU,
+            nn.ELU,
+            nn.SELU,
+            nn.CELU,
+            nn.GELU,
+            nn.SiLU,
+            nn.Mish,
+            nn.Hardswish,
+            nn.Hardsigmoid,
+            nn.Sigmoid,
+            nn.Tanh,
+            nn.Hardtanh,
+            nn.Softplus,
+            nn.Identity,
+            nn.Dropout,
+            nn.AlphaDropout,
+        ),
+        PASS,
+    ),
+    **dict.fromkeys(
+        (
+            nn.Dropout2d,
+            nn.Dropout1d,
+            nn.MaxPool1d,
+            nn.MaxPool2d,
+            nn.AvgPool1d,
+            nn.AvgPool2d,
+            nn.AdaptiveAvgPool1d,
+            nn.AdaptiveAvgPool2d,
+            nn.AdaptiveMaxPool1d,
+            nn.AdaptiveMaxPool2d,
+            nn.ZeroPad1d,
+            nn.ZeroPad2d,
+            nn.ConstantPad1d,
+            nn.ConstantPad2d,
+            nn.ReflectionPad1d,
+            nn.ReflectionPad2d,
+            nn.ReplicationPad1d,
+            nn.ReplicationPad2d,
+            # Upsampling resizes each channel on its own (nn.Upsample's subclasses included).
+            nn.Upsample,
+        ),
+        SPATIAL,
+    ),
+}
+"""Module rules by class, or by ``"package.module.Class"`` for a class pareco does not import."""
+
+FUNCTION_RULES: dict[Any, Rule] = {
+    **dict.fromkeys(
+        (operator.add, operator.mul, operator.sub, operator.truediv, operator.iadd, operator.imul),
+        _ELEMENTWISE,
+    ),
+    **dict.fromkeys((torch.add, torch.mul, torch.sub, torch.div), _ELEMENTWISE),
+    **dict.fromkeys((torch.cat, torch.concat, torch.concatenate), Rule(_cat)),
+    **dict.fromkeys((torch.mean, torch.sum, torch.amax), _REDUCE),
+    **dict.fromkeys((torch.permute, torch.transpose, torch.swapaxes), _PERMUTE),
+    torch.flatten: Rule(_flatten),
+    torch.reshape: Rule(_reshape),
+    # torchvision's residual drop scales whole samples, never single channels.
+    "torchvision.ops.stochastic_depth.stochastic_depth": PASS,
+    **dict.fromkeys(
+        (
+            F.relu,
+            F.relu6,
+            F.leaky_relu,
+            F.elu,
+            F.selu,
+            F.gelu,
+            F.silu,
+            F.mish,
+            F.hardswish,
+            F.hardsigmoid,
+            F.hardtanh,
+            F.softplus,
+            F.sigmoid,
+            F.tanh,
+            F.dropout,
+            torch.relu,
+            torch.sigmoid,
+            torch.tanh,
+            torch.nn.functional.relu_,
+            torch.clamp,
+            torch.clip,
+        ),
+        PASS,
+    ),
+    **dict.fromkeys(
+        (
+            F.dropout2d,
+            F.dropout1d,
+            F.max_pool1d,
+            F.max_pool2d,
+            F.avg_pool1d,
+            F.avg_pool2d,
+            F.adaptive_avg_pool1d,
+            F.adaptive_avg_pool2d,
+            F.adaptive_max_pool1d,
+            F.adaptive_max_pool2d,
+            F.interpolate,
+            F.upsample,
+            F.pad,
+        ),
+        SPATIAL,
+    ),
+}
+"""Function rules by function, or by ``"package.module.function"`` for one of a package pareco does not import."""
+
+METHOD_RULES: dict[str, Rule] = {
+    **dict.fromkeys(("add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"), _ELEMENTWISE),
+    **dict.fromkeys(("mean", "sum", "amax"), _REDUCE),
+    **dict.fromkeys(("permute", "transpose", "swapaxes"), _PERMUTE),
+    "flatten": Rule(_flatten),
+    **dict.fromkeys(("view", "reshape"), Rule(_reshape)),
+    **dict.fromkeys(
+        (
+            "relu",
+            "relu_",
+            "sigmoid",
+            "sigmoid_",
+            "tanh",
+            "clamp",
+            "clamp_",
+            "clip",
+            "contiguous",
+            "clone",
+            "float",
+            "to",
+            "detach",
+        ),
+        PASS,
+    ),
+}
+"""Tensor method rules by method name."""
