@@ -263,6 +263,8 @@ def make_slimmable(
         twin = _placed(layer.twin(layer.module), layer.module)
         if twin is None:
             continue  # the layer stays as it is (its channels are pinned)
+        if layer.in_span != 1:
+            twin.in_span = layer.in_span  # a Linear reading a flattened map
         parent, _, child = layer.name.rpartition(".")
         setattr(net.get_submodule(parent) if parent else net, child, twin)
         builder.bind(twin, cin, cout)  # type: ignore[arg-type]
