@@ -454,7 +454,8 @@ class Analysis:
             self.unsupported(node, f"{type(mod).__name__} is not a layer make_slimmable can slim")
         elif rule.twin is not None and sides is not None:
             # Only a rule that knows spans (a Linear's) returns sides for a spanned input.
-            span = self.spanned[node.args[0]][1] if node.args and node.args[0] in self.spanned else 1
+            src = node.args[0] if node.args else None
+            span = self.spanned[src][1] if isinstance(src, torch.fx.Node) and src in self.spanned else 1
             self.layers[name] = Layer(name, mod, *sides, twin=rule.twin, in_span=span)
 
     def _visit_function(self, node: torch.fx.Node) -> None:
