@@ -3,8 +3,8 @@
 :func:`make_slimmable` traces a module, propagates the shapes of an example input, and unites the
 channel dimensions that must keep one width: the operands of an add or a mul (residuals,
 squeeze-excitation gates), a depthwise or grouped conv's input and output (in whole groups), everything a
-BatchNorm, an activation, a pooling or a flatten of a 1x1 map passes through. Channels lie in
-dimension 1 unless a permute moves them (ConvNeXt's channels-last blocks): a Linear on the channel
+BatchNorm, an activation, a pooling or a flatten passes through (a map flattened into a Linear: each
+channel its H*W features). Channels lie in dimension 1 unless a permute moves them (ConvNeXt's channels-last blocks): a Linear on the channel
 axis, a LayerNorm over it and a module's per-channel parameters (a layer scale) follow them. Each
 group that a conv or linear layer produces becomes one width dimension; the input's channels, the
 network's outputs, and whatever an unsupported op touches stay at full width (each op's rule is one
@@ -263,6 +263,8 @@ def make_slimmable(
         twin = _placed(layer.twin(layer.module), layer.module)
         if twin is None:
             continue  # the layer stays as it is (its channels are pinned)
+        if layer.in_span != 1:  # a Linear reading a flattened map
+            object.__setattr__(twin, "in_span", layer.in_span)
         parent, _, child = layer.name.rpartition(".")
         setattr(net.get_submodule(parent) if parent else net, child, twin)
         builder.bind(twin, cin, cout)  # type: ignore[arg-type]

@@ -129,6 +129,8 @@ class Layer:
     cin: Vars
     cout: Vars
     twin: Callable[[nn.Module], nn.Module | None]
+    # Input entries per channel: a Linear reading a flattened [N, C, H, W] map reads H*W per channel.
+    in_span: int = 1
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,10 @@ class Analysis:
         self.var: dict[torch.fx.Node, Vars] = {}
         # The dimension holding each tensor's channels: 1 unless a permute moved them (channels-last).
         self.axis: dict[torch.fx.Node, int] = {}
+        # Tensors whose channel axis holds ``span`` consecutive entries per channel of their blocks'
+        # variables (a flattened [N, C, H, W] map: H*W features a channel), kept out of ``var`` so that
+        # only the rules that know spans read them: by node, (variables, span).
+        self.spanned: dict[torch.fx.Node, tuple[Vars, int]] = {}
         # Per-channel parameters read by the ops of a module that is no layer (a layer scale): by that
         # module's name, each parameter's name -> (its channel dimension, its channel variable).
         self.channel_params: dict[str, dict[str, tuple[int, int]]] = {}
@@ -301,6 +307,12 @@ class Analysis:
         """``node``'s channel variables (None for a value that carries no channels)."""
         return self.var.get(node) if isinstance(node, torch.fx.Node) else None
 
+    def all_channels(self, node: Any) -> Vars:
+        """``node``'s channel variables, spanned ones included (empty for a value without channels)."""
+        if isinstance(node, torch.fx.Node) and node in self.spanned:
+            return self.spanned[node][0]
+        return self.channels(node) or ()
+
     def channel_axis(self, node: Any) -> int:
         """The dimension of ``node``'s channels (1 unless a permute moved them)."""
         return self.axis.get(node, 1) if isinstance(node, torch.fx.Node) else 1
@@ -322,6 +334,10 @@ class Analysis:
         v = self.channels(source)
         out, inp = shape(node), shape(source)
         axis = self.channel_axis(source)
+        if pointwise and isinstance(source, torch.fx.Node) and source in self.spanned and out == inp:
+            self.spanned[node] = self.spanned[source]
+            self.axis[node] = axis
+            return
         if not pointwise and axis != 1:
             self.unsupported(node, f"a spatial op on channels in dimension {axis}, not 1")
             return
@@ -356,7 +372,7 @@ class Analysis:
             else f"{node.op} {getattr(node.target, '__name__', node.target)}"
         )
         text = f"{node.name} ({where}): {why}"
-        around = [self.channels(arg) or () for arg in node.all_input_nodes]
+        around = [self.all_channels(arg) for arg in node.all_input_nodes]
         self._refuse_or_pin(text, [v for vars_ in around for v in vars_], also)
         # Its output's channels, pinned, on its first input's channel axis where the ranks agree.
         rank = len(shape(node) or ())
@@ -391,7 +407,7 @@ class Analysis:
                 )
         elif node.op == "output":
             for arg in node.all_input_nodes:
-                for v in self.channels(arg) or ():
+                for v in self.all_channels(arg):
                     self.groups.pin(v, "the network's output")
         elif node.op == "call_module":
             self._visit_module(node, self.gm.get_submodule(str(node.target)))
@@ -437,7 +453,10 @@ class Analysis:
         if rule is None or (rule.twin is not None and sides is None and node not in self.var):
             self.unsupported(node, f"{type(mod).__name__} is not a layer make_slimmable can slim")
         elif rule.twin is not None and sides is not None:
-            self.layers[name] = Layer(name, mod, *sides, twin=rule.twin)
+            # Only a rule that knows spans (a Linear's) returns sides for a spanned input.
+            src = node.args[0] if node.args else None
+            span = self.spanned[src][1] if isinstance(src, torch.fx.Node) and src in self.spanned else 1
+            self.layers[name] = Layer(name, mod, *sides, twin=rule.twin, in_span=span)
 
     def _visit_function(self, node: torch.fx.Node) -> None:
         target = node.target
@@ -556,8 +575,33 @@ def _flatten_from(a: Analysis, node: torch.fx.Node, src: Any, start_dim: int) ->
         and out[1] == inp[1]
     ):
         a.var[node] = v
-    else:
+    elif not _flatten_channel_major(a, node, src, start_dim):
         a.unsupported(node, "a reshape that mixes channels with other dimensions")
+
+
+def _flatten_channel_major(a: Analysis, node: torch.fx.Node, src: Any, start_dim: int) -> bool:
+    """A flatten of ``[N, C, *positions]`` channels into ``[N, C * positions]`` features, channel by channel:
+    each channel's positions become that many consecutive features, so the active features are those of
+    the active channels, block by block (a Linear reads ``k * positions`` of a block's). A reshape must
+    leave the feature count to be computed (``-1`` with the batch given, or from ``x.size()``): a constant
+    would not fit a narrower width. Whether ``node`` is such a flatten."""
+    inp, out, v = shape(src), shape(node), a.channels(src)
+    if v is None or inp is None or out is None or len(inp) < 3 or a.channel_axis(src) != 1:
+        return False
+    if start_dim % len(inp) != 1 or len(out) != 2 or out[1] != math.prod(inp[1:]):
+        return False
+    if node.target in ("view", "reshape", torch.reshape):
+        sizes = node.args[1] if len(node.args) == 2 else node.args[1:]
+        sizes = sizes if isinstance(sizes, (list, tuple)) else ()
+        computed = len(sizes) == 2 and (
+            isinstance(sizes[1], torch.fx.Node) or (sizes[1] == -1 and sizes[0] != -1)
+        )
+        if not computed:
+            a.unsupported(node, "a flatten to a constant number of features")
+            return True
+    a.spanned[node] = (v, math.prod(inp[2:]))
+    a.axis[node] = 1
+    return True
 
 
 def _flatten(a: Analysis, node: torch.fx.Node, _target: Any) -> None:
@@ -723,8 +767,11 @@ def _bn_act_twin(mod: nn.Module) -> nn.Module:
 
 
 def _linear(a: Analysis, node: torch.fx.Node, _mod: nn.Module) -> tuple[Vars, Vars] | None:
-    """A Linear on the channel axis, the last: ``[N, C]`` features, or ``[N, H, W, C]`` channels-last maps."""
+    """A Linear on the channel axis, the last: ``[N, C]`` features, ``[N, H, W, C]`` channels-last maps, or
+    ``[N, C * H * W]`` features of a flattened map (its Layer's ``in_span``: H*W features a channel)."""
     src, cin = _input(a, node)
+    if isinstance(src, torch.fx.Node) and src in a.spanned:
+        cin = a.spanned[src][0]  # a flattened map: the Layer's in_span says how many features a channel
     if cin is None or a.channel_axis(src) != len(shape(src) or ()) - 1:
         return None
     return cin, a.fresh(node, -1)  # type: ignore[return-value]

@@ -253,10 +253,11 @@ class SlimmableNet(nn.Module):
                 continue
             # A grouped conv's output channel reads its group's input channels: a constant count.
             grouped = isinstance(m, SLIM_CONVS) and m.grouped
+            # A Linear reading a flattened map reads in_span features per input channel.
             kk = (
                 math.prod(m.kernel_size) * (m.group_width if grouped else 1)
                 if isinstance(m, SLIM_CONVS)
-                else 1
+                else m.in_span
             )
             for o in outs:
                 for i in [one] if grouped else [s for _, s in m.in_parts]:
