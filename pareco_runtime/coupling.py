@@ -1222,10 +1222,10 @@ def _merge_heads(a: Analysis, node: torch.fx.Node) -> None:
         and out[axis + 1 :] == inp[axis + merged :]
     )
     if fits and sizes is not None:
-        fits = len(sizes) == len(out) and _count_follows(a, node, sizes[axis], 1, v[0])
+        fits = len(sizes) == len(out or ()) and _count_follows(a, node, sizes[axis], 1, v[0])
     elif fits and node.target in _FLATTENS:
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        fits = start == axis
+        fits = bool(start == axis)
     if not fits:
         a.unsupported(node, "a reshape of attention heads other than back into their channels")
         return
@@ -1255,7 +1255,7 @@ def _head_matmuls(a: Analysis, node: torch.fx.Node) -> None:
         or any(s is None or len(s) != len(out) or _unit(a, t) == 1 for s, t in zip(shapes, operands))
         or len(axes) != 1
         or next(iter(axes)) >= len(out) - 2
-        or (over_heads and masks[min(axes) - len(out)] != 1)  # type: ignore[arg-type]
+        or (over_heads and masks[min(axes) - len(out)] != 1)
     ):
         a.unsupported(node, "attention matmuls of tensors whose heads do not line up")
         return

@@ -525,7 +525,8 @@ def heads_attention(
         y = F.linear(tokens, w_in[rows], None if b_in is None else b_in[rows])
         projected.append(y.unflatten(-1, (count, -1)).transpose(1, 2))
     p = float(getattr(module, "dropout", 0.0)) if module.training else 0.0
-    y = F.scaled_dot_product_attention(*projected, dropout_p=p)
+    q, k, v = projected
+    y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
     y = F.linear(y.transpose(1, 2).flatten(2), w_out, b_out)
     return (y if batch_first else y.transpose(0, 1)), None
 
@@ -586,7 +587,7 @@ class SlimMultiheadAttention(_Slim, nn.MultiheadAttention):
         channels, embed = self.key()
         return channels == embed == self.embed_dim
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         query: torch.Tensor,
         key: torch.Tensor,

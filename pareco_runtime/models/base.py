@@ -265,7 +265,7 @@ class SlimmableNet(nn.Module):
         ) -> None:
             query = args[0] if args else kwargs["query"]
             key = args[1] if len(args) > 1 else kwargs["key"]
-            axis = 1 if module.batch_first else 0  # type: ignore[union-attr]
+            axis = 1 if module.batch_first else 0
             tokens[module] = (query.shape[axis], key.shape[axis])
 
         dense = [m for m in self.modules() if isinstance(m, (*SLIM_CONVS, SlimLinear))]
