@@ -20,6 +20,10 @@ the model's own code reads in its ``forward`` (a layer scale) is no op: :class:`
 channels of its own, which the op applying it couples with those it scales, and
 :func:`~pareco_runtime.convert.make_slimmable` slims it in place.
 
+A projection's channels split into attention heads are followed as whole heads to the merge back (the
+"attention heads" section below, :data:`HEAD_ATTRIBUTES` for modules that read their head count from
+attributes).
+
 Adding an op: one entry (reusing :data:`PASS` for an op that acts on each element alone, wherever the
 channels lie, or :data:`SPATIAL` for one that acts on each channel's positions with the channels in
 dimension 1), and a test that the converted network slices exactly and counts MACs as torch does
@@ -1143,6 +1147,8 @@ def _split_heads(a: Analysis, node: torch.fx.Node) -> bool:
         return False
     axis = a.channel_axis(src)
     before, after = math.prod(inp[:axis]), math.prod(inp[axis + 1 :])
+    if after != 1:  # heads split channels on the last axis (tokens), never a map's (a channel shuffle)
+        return False
     run = next(
         (
             (e0, e1)
