@@ -827,6 +827,13 @@ def _multihead_attention(
     given = {**dict(zip(names, node.args)), **node.kwargs}
     x = given.get("query")
     cin, inp = a.channels(x), shape(x)
+    if cin and inp and a.channel_axis(x) != len(inp) - 1 and all(a.groups.is_pinned(v) for v in cin):
+        # Pinned channels tracked on another axis (a token tensor the network takes): its last at full width.
+        cin = (a.groups.new(inp[-1]),)
+        a.groups.pin(cin[0], f"{node.name} ({a.prefix}{node.target}): its input's embedding")
+        x_axis = len(inp) - 1
+    else:
+        x_axis = a.channel_axis(x)
     plain = mod._qkv_same_embed_dim and mod.bias_k is None and not mod.add_zero_attn
     masked = any(given.get(k) is not None for k in ("key_padding_mask", "attn_mask")) or given.get(
         "is_causal"
@@ -839,7 +846,7 @@ def _multihead_attention(
         or cin is None
         or inp is None
         or len(cin) != 1
-        or a.channel_axis(x) != len(inp) - 1
+        or x_axis != len(inp) - 1
     ):
         a.unsupported(node, "an nn.MultiheadAttention other than self-attention with need_weights=False")
         out = a.groups.new(mod.embed_dim)
@@ -849,7 +856,7 @@ def _multihead_attention(
     heads = a.groups.new(mod.embed_dim)
     a.groups.require_step(heads, mod.head_dim)
     a.dim_names.setdefault(heads, f"{a.prefix}{node.target}.heads")
-    a.var[node], a.axis[node] = cin, a.channel_axis(x)
+    a.var[node], a.axis[node] = cin, x_axis
     return cin, (heads,)
 
 

@@ -173,6 +173,22 @@ def test_heads_split_by_a_constant_count_are_pinned_saying_why():
     assert "0.q" in slim.pinned
 
 
+def test_multihead_attention_on_the_network_input_slims_its_heads():
+    class SelfAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    torch.manual_seed(0)
+    original, x = _with_mlp(SelfAttention()), torch.randn(2, 6, 32)
+    slim = _converted(original, x)
+    assert slim.space.names == ("0.attn.heads", "1")
+    _check(original, slim, x)
+
+
 def test_multihead_attention_with_attention_weights_is_pinned():
     class WithWeights(nn.Module):
         def __init__(self) -> None:
