@@ -33,7 +33,7 @@ from torch.utils import _pytree as pytree
 
 from .coupling import Analysis, ConversionError, Groups, Layer, Tracer
 from .models.base import LayerBuilder, SlimmableNet, Slot
-from .ops import SlimChannelParameters, channel_parameters_class
+from .ops import SlimChannelParameters, SlimHeadCount, channel_parameters_class, head_count_class
 from .sources import ModelFactory, check_builder_kwargs, original_module
 from .untrusted import first_line
 
@@ -193,10 +193,16 @@ def make_slimmable(
     sizes = _input_sizes(inputs, bool(submodules))
     groups, layers, unsupported = Groups(), dict[str, Layer](), list[str]()
     channel_params: dict[str, dict[str, tuple[int, int]]] = {}
+    head_macs: list[tuple[int, int]] = []
+    head_owners: dict[str, tuple[tuple[str, str], int]] = {}
+    dim_names: dict[int, str] = {}
     for part, (part_module, args) in parts.items():
         gm = _traced(part_module, args, part or type(module).__name__)
         analysis = Analysis(gm, on_unsupported, groups, layers, unsupported, part, slim_grouped, part_module)
         channel_params.update(analysis.channel_params)
+        head_macs += analysis.head_macs
+        head_owners.update(analysis.head_owners)
+        dim_names.update(analysis.dim_names)
     _check_own_tensors(net, layers)
     for p in pin:
         if not _matching(layers, [p]):
@@ -210,6 +216,8 @@ def make_slimmable(
             for v in layers[name].cout:
                 groups.pin(v, f"pinned by {p!r}")
     names: dict[int, str] = {}
+    for v, dim_name in dim_names.items():  # attention heads: named by their module
+        names.setdefault(groups.find(v), dim_name)
     for dim_name, patterns in (tie or {}).items():
         matched = _matching(
             [n for n, la in layers.items() if not isinstance(la.module, _NORMS) and len(la.cout) == 1],
@@ -269,6 +277,8 @@ def make_slimmable(
         setattr(net.get_submodule(parent) if parent else net, child, twin)
         builder.bind(twin, cin, cout)  # type: ignore[arg-type]
     _bind_channel_parameters(net, channel_params, groups, slots, builder)
+    _bind_head_counts(net, head_owners, groups, slots, builder)
+    op_macs = [(coef, slots[groups.find(v)]) for coef, v in head_macs if groups.find(v) in slots]
 
     original = type(module)
     cls = type(
@@ -313,7 +323,12 @@ def make_slimmable(
         if any(groups.is_pinned(v) for v in layer.cout)
     }
     floors = _dimension_lows(builder.dim_names, low, lows or {})
-    slim._finish(builder, low, divisor, sizes[0], floors, sizes, inputs if submodules else None)
+    # Integer inputs (token ids) are no zeros of a float tensor: the cost model runs on their example.
+    integer = any(
+        not t.is_floating_point() for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)
+    )
+    example = inputs if submodules or integer else None
+    slim._finish(builder, low, divisor, sizes[0], floors, sizes, example, op_macs)
     return slim
 
 
@@ -334,6 +349,25 @@ def _bind_channel_parameters(
         holder.__class__ = channel_parameters_class(type(holder), tuple(sorted(params)))
         assert isinstance(holder, SlimChannelParameters)
         holder.channel_dims = {name: dim for name, (dim, _) in params.items()}
+        builder.bind(holder, slot, slot)
+
+
+def _bind_head_counts(
+    net: nn.Module,
+    owners: Mapping[str, tuple[tuple[str, str], int]],
+    groups: Groups,
+    slots: Mapping[int, Slot],
+    builder: LayerBuilder,
+) -> None:
+    """Give each attention module whose head count its attributes hold (timm's ``num_heads``) and whose
+    heads are a width dimension the subclass of its class whose attributes read the active heads."""
+    for owner, (attributes, v) in owners.items():
+        slot = slots.get(groups.find(v))
+        if slot is None or slot.kind != "dim":
+            continue  # no config changes its heads
+        holder = net.get_submodule(owner)
+        holder.__class__ = head_count_class(type(holder), attributes)
+        assert isinstance(holder, SlimHeadCount)
         builder.bind(holder, slot, slot)
 
 

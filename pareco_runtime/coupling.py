@@ -20,6 +20,10 @@ the model's own code reads in its ``forward`` (a layer scale) is no op: :class:`
 channels of its own, which the op applying it couples with those it scales, and
 :func:`~pareco_runtime.convert.make_slimmable` slims it in place.
 
+A projection's channels split into attention heads are followed as whole heads to the merge back (the
+"attention heads" section below, :data:`HEAD_ATTRIBUTES` for modules that read their head count from
+attributes).
+
 Adding an op: one entry (reusing :data:`PASS` for an op that acts on each element alone, wherever the
 channels lie, or :data:`SPATIAL` for one that acts on each channel's positions with the channels in
 dimension 1), and a test that the converted network slices exactly and counts MACs as torch does
@@ -52,6 +56,7 @@ from .ops import (
     SlimConv2d,
     SlimLayerNorm,
     SlimLinear,
+    SlimMultiheadAttention,
 )
 
 # A tensor's channels: the variable of each of its blocks, in order.
@@ -253,6 +258,11 @@ class Analysis:
         self._param_vars: dict[int, int] = {}
         self._param_reads: set[torch.fx.Node] = set()
         self.layers: dict[str, Layer] = {} if layers is None else layers
+        # Attention heads: MACs of the matmuls between them, per channel of their variable; the modules
+        # whose attributes count them (by name: the attributes, their variable); names of their dimensions.
+        self.head_macs: list[tuple[int, int]] = []
+        self.head_owners: dict[str, tuple[tuple[str, str], int]] = {}
+        self.dim_names: dict[int, str] = {}
         self.reasons: list[str] = [] if unsupported is None else unsupported
         self.on_unsupported = on_unsupported
         self.prefix = f"{part}." if part else ""
@@ -399,6 +409,8 @@ class Analysis:
 
     def _visit(self, node: torch.fx.Node) -> None:
         if node.op == "get_attr" and self._attribute(node):
+            return
+        if _visit_heads(self, node):
             return
         if node.op in ("placeholder", "get_attr"):
             for v in self.fresh(node) or ():
@@ -832,6 +844,76 @@ def _layer_norm_rule(channels_first: bool) -> Rule:
     )
 
 
+def _linear_of_tokens(a: Analysis, node: torch.fx.Node, mod: nn.Module) -> tuple[Vars, Vars] | None:
+    """A Linear on the channel axis; or one whose input's channels are pinned and tracked on another axis
+    (an op make_slimmable does not follow put them there, a token tensor ``[N, L, D]`` after it): it
+    reads its last axis at full width, and its output still has channels of its own."""
+    sides = _linear(a, node, mod)
+    src, cin = _input(a, node)
+    inp = shape(src)
+    if sides is not None or cin is None or inp is None or not all(a.groups.is_pinned(v) for v in cin):
+        return sides
+    fixed = a.groups.new(inp[-1])
+    a.groups.pin(fixed, a.groups.pinned[a.groups.find(cin[0])])
+    return (fixed,), a.fresh(node, -1)  # type: ignore[return-value]
+
+
+def _embedding(a: Analysis, node: torch.fx.Node, mod: nn.Embedding) -> None:
+    """An embedding's vectors are channels on the last axis, kept at their width (the stream they start)."""
+    for v in a.fresh(node, -1) or ():
+        a.groups.pin(v, f"{node.name} ({a.prefix}{node.target}): an nn.Embedding keeps its width")
+
+
+def _multihead_attention(
+    a: Analysis, node: torch.fx.Node, mod: nn.MultiheadAttention
+) -> tuple[Vars, Vars] | None:
+    """Self-attention (one tensor as query, key and value, channels on its last axis) without attention
+    weights or masks: its heads are channels of their own, slimmed in whole heads; its output has its
+    input's channels (the embedding both projections share)."""
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights")
+    given = {**dict(zip(names, node.args)), **node.kwargs}
+    x = given.get("query")
+    cin, inp = a.channels(x), shape(x)
+    if cin and inp and a.channel_axis(x) != len(inp) - 1 and all(a.groups.is_pinned(v) for v in cin):
+        # Pinned channels tracked on another axis (a token tensor the network takes): its last at full width.
+        cin = (a.groups.new(inp[-1]),)
+        a.groups.pin(cin[0], f"{node.name} ({a.prefix}{node.target}): its input's embedding")
+        x_axis = len(inp) - 1
+    else:
+        x_axis = a.channel_axis(x)
+    plain = mod._qkv_same_embed_dim and mod.bias_k is None and not mod.add_zero_attn
+    masked = any(given.get(k) is not None for k in ("key_padding_mask", "attn_mask")) or given.get(
+        "is_causal"
+    )
+    if (
+        not plain
+        or masked
+        or given.get("need_weights", True) is not False
+        or not (given.get("key") is x and given.get("value") is x)
+        or cin is None
+        or inp is None
+        or len(cin) != 1
+        or x_axis != len(inp) - 1
+    ):
+        a.unsupported(node, "an nn.MultiheadAttention other than self-attention with need_weights=False")
+        out = a.groups.new(mod.embed_dim)
+        a.groups.pin(out, f"{node.name} ({a.prefix}{node.target}): an nn.MultiheadAttention it cannot slim")
+        a.var[node], a.axis[node] = (out,), len(inp or (0, 0, 0)) - 1
+        return None
+    heads = a.groups.new(mod.embed_dim)
+    a.groups.require_step(heads, mod.head_dim)
+    a.dim_names.setdefault(heads, f"{a.prefix}{node.target}.heads")
+    a.var[node], a.axis[node] = cin, x_axis
+    return cin, (heads,)
+
+
+def _multihead_attention_twin(mod: nn.Module) -> nn.Module:
+    assert isinstance(mod, nn.MultiheadAttention)
+    return SlimMultiheadAttention(
+        mod.embed_dim, mod.num_heads, mod.dropout, mod.in_proj_bias is not None, batch_first=mod.batch_first
+    )
+
+
 PASS = Rule(_pass, subclasses=True)
 """An op that acts on each element alone (activations, dropout): the channels may lie on any axis."""
 SPATIAL = Rule(_spatial, subclasses=True)
@@ -841,7 +923,7 @@ _ELEMENTWISE = Rule(_elementwise)
 _REDUCE = Rule(_reduce)
 _CONV = Rule(_conv, _conv_twin)
 _BATCH_NORM = Rule(_batch_norm, _batch_norm_twin)
-_LINEAR = Rule(_linear, _linear_twin)
+_LINEAR = Rule(_linear_of_tokens, _linear_twin)
 _LAYER_NORM = _layer_norm_rule(channels_first=False)
 _LAYER_NORM_2D = _layer_norm_rule(channels_first=True)
 _PERMUTE = Rule(_permute)
@@ -864,6 +946,8 @@ MODULE_RULES: dict[type[nn.Module] | str, Rule] = {
     "torchvision.models.convnext.LayerNorm2d": _LAYER_NORM_2D,
     nn.Flatten: Rule(_flatten_module, subclasses=True),
     nn.PReLU: Rule(_prelu, subclasses=True),
+    nn.Embedding: Rule(_embedding, subclasses=True),
+    nn.MultiheadAttention: Rule(_multihead_attention, _multihead_attention_twin),
     **dict.fromkeys(
         (
             nn.ReLU,
@@ -1001,3 +1085,252 @@ METHOD_RULES: dict[str, Rule] = {
     ),
 }
 """Tensor method rules by method name."""
+
+
+# ------------------------------------------------------------------------------------- attention heads
+#
+# A projection's channels split into heads (a reshape of the channel axis into ``(H, D)``, or
+# ``(3, H, D)`` for fused q/k/v) make a *heads tensor*: its channel variable still counts channels,
+# ``H x D``, but its channel axis holds the H heads, each of D channels (the unit): every other axis
+# has a fixed size, so whole heads slim along that one axis. The ops between a split and the merge back
+# into ``H x D`` channels (permutes, unbind of q/k/v, the attention matmuls, softmax, scaling, masks)
+# follow the heads; any other op on them pins them. The number of heads in a reshape is ``-1``, or a
+# constant that an attribute of the module calling it holds (:data:`HEAD_ATTRIBUTES`), which
+# make_slimmable makes read the active heads.
+
+HEAD_ATTRIBUTES: dict[type[nn.Module] | str, tuple[str, str]] = {
+    "timm.layers.attention.Attention": ("num_heads", "attn_dim"),
+}
+"""Attention modules whose ``forward`` reshapes by a head count and a heads' channel count read from
+attributes: by class (or ``"package.module.Class"``), the two attribute names."""
+
+_RESHAPES = frozenset({"reshape", "view", torch.reshape})
+_FLATTENS = frozenset({"flatten", torch.flatten})
+_PARTS = frozenset({"unbind", "chunk", "split", torch.unbind, torch.chunk, torch.split})
+_SOFTMAX = frozenset({"softmax", F.softmax, torch.softmax})
+_MATMUL = frozenset({"matmul", operator.matmul, torch.matmul})
+
+
+def _unit(a: Analysis, node: Any) -> int:
+    """Channels per position of ``node``'s channel axis: a head's size on a heads tensor, else 1."""
+    v, out = a.channels(node), shape(node)
+    if v is None or out is None or len(v) != 1 or a.channel_axis(node) >= len(out):
+        return 1
+    size, n = a.sizes(v)[0], out[a.channel_axis(node)]
+    return size // n if n and size > n and size % n == 0 else 1
+
+
+def _reshape_sizes(node: torch.fx.Node) -> list[Any] | None:
+    """The sizes a reshape or view asks for, one entry a dimension (ints, ``-1`` or computed nodes)."""
+    given = node.args[1:]
+    sizes = given[0] if len(given) == 1 and isinstance(given[0], (list, tuple)) else given
+    return list(sizes) if sizes else None
+
+
+def _owner(a: Analysis, node: torch.fx.Node) -> tuple[str, nn.Module]:
+    """The module whose ``forward`` calls ``node`` (its name without the part's prefix, and itself)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    path = str(list(stack.values())[-1][0]) if stack else ""
+    return path, a.root.get_submodule(path) if path else a.root
+
+
+def _head_attributes(mod: nn.Module) -> tuple[str, str] | None:
+    kind = type(mod)
+    return HEAD_ATTRIBUTES.get(kind) or HEAD_ATTRIBUTES.get(_qualified(kind))
+
+
+def _count_follows(a: Analysis, node: torch.fx.Node, given: Any, which: int, var: int) -> bool:
+    """Whether the size ``given`` in a reshape of heads follows the active width: ``-1``, or the value
+    of the calling module's head-count (``which`` 0) or heads' channel (1) attribute, recorded."""
+    if given == -1:
+        return True
+    path, mod = _owner(a, node)
+    names = _head_attributes(mod)
+    if not isinstance(given, int) or names is None or getattr(mod, names[which], None) != given:
+        return False
+    known = a.head_owners.setdefault(f"{a.prefix}{path}", (names, var))
+    if a.groups.find(known[1]) != a.groups.find(var):
+        a.groups.union(known[1], var)
+    return True
+
+
+def _visit_heads(a: Analysis, node: torch.fx.Node) -> bool:
+    """Apply the rules of attention heads to ``node`` where they hold: a split of channels into heads, an
+    op on a heads tensor, an element of a tuple whose elements share channels. Whether they did."""
+    if node.op not in ("call_module", "call_function", "call_method"):
+        return False
+    src = node.args[0] if node.args else None
+    if node.target is operator.getitem and src in a.var and shape(src) is None and shape(node) is not None:
+        a.var[node], a.axis[node] = a.var[src], a.axis[src]  # type: ignore[index]
+        return True
+    if not any(_unit(a, n) > 1 for n in node.all_input_nodes):
+        return node.op != "call_module" and node.target in _RESHAPES and _split_heads(a, node)
+    if node.op == "call_module":
+        rule = module_rule(a.gm.get_submodule(str(node.target)))
+        if rule is PASS:
+            _pass(a, node, None)
+        else:
+            a.unsupported(node, "a module on attention heads that make_slimmable does not follow")
+        return True
+    target = node.target
+    rule = METHOD_RULES.get(str(target)) if node.op == "call_method" else FUNCTION_RULES.get(target)
+    if target in _PARTS:
+        _head_parts(a, node)
+    elif shape(node) is None:
+        return False  # sizes and shapes
+    elif target in _RESHAPES or target in _FLATTENS:
+        _merge_heads(a, node)
+    elif target in _SOFTMAX or rule is PASS:
+        _pass(a, node, target)
+    elif rule is _PERMUTE or rule is _ELEMENTWISE:
+        rule.visit(a, node, target)
+    elif target is F.scaled_dot_product_attention or target in _MATMUL:
+        _head_matmuls(a, node)
+    else:
+        a.unsupported(node, "an op on attention heads that make_slimmable does not follow")
+    return True
+
+
+def _split_heads(a: Analysis, node: torch.fx.Node) -> bool:
+    """A reshape of the channel axis into ``(H, D)`` (separate projections) or ``(3, H, D)`` (a fused q/k/v
+    projection, whose output then reads as three blocks of one variable: the first heads of each of q, k
+    and v). Whether ``node`` is one (handled, or pinned where its head count would not follow)."""
+    src = node.args[0]
+    inp, out, v, sizes = shape(src), shape(node), a.channels(src), _reshape_sizes(node)
+    if inp is None or out is None or v is None or len(v) != 1 or sizes is None or len(sizes) != len(out):
+        return False
+    axis = a.channel_axis(src)
+    before, after = math.prod(inp[:axis]), math.prod(inp[axis + 1 :])
+    if after != 1:  # heads split channels on the last axis (tokens), never a map's (a channel shuffle)
+        return False
+    run = next(
+        (
+            (e0, e1)
+            for e0 in range(1, len(out))  # after the batch, which may be 1
+            for e1 in range(e0 + 1, min(e0 + 3, len(out)))
+            if math.prod(out[:e0]) == before
+            and math.prod(out[e0 : e1 + 1]) == inp[axis]
+            and math.prod(out[e1 + 1 :]) == after
+        ),
+        None,
+    )
+    if run is None or out[run[1]] == 1 or sizes[run[1]] != out[run[1]]:
+        return False
+    first, last = run
+    fused = last - first == 2
+    if fused and out[first] != 3:
+        return False
+    heads_at, size = last - 1, out[last]
+    if fused:
+        name = f"{a.prefix}{src.target}" if isinstance(src, torch.fx.Node) else ""
+        layer = a.layers.get(name) if src.op == "call_module" else None  # type: ignore[union-attr]
+        if layer is None or layer.cout != v or len(src.users) != 1:  # type: ignore[union-attr]
+            a.unsupported(node, "a split into q, k and v of channels no single projection makes")
+            return True
+        heads = a.groups.new(inp[axis] // 3)
+        layer.cout = a.var[src] = (heads,) * 3  # type: ignore[index]
+    else:
+        heads = v[0]
+    a.groups.require_step(heads, size)
+    if not _count_follows(a, node, sizes[heads_at], 0, heads):
+        a.unsupported(node, "a split into heads by a head count that no config changes; write -1 for it")
+        return True
+    path, _ = _owner(a, node)
+    a.dim_names.setdefault(heads, f"{a.prefix}{path}.heads" if path else f"{node.name}.heads")
+    a.var[node], a.axis[node] = (heads,), heads_at
+    return True
+
+
+def _head_parts(a: Analysis, node: torch.fx.Node) -> None:
+    """Unbind, chunk or split along another axis than the heads' (q, k and v of a fused projection)."""
+    src = node.args[0]
+    given = node.args[2] if len(node.args) > 2 and node.target not in ("unbind", torch.unbind) else None
+    dim = node.kwargs.get(
+        "dim", node.args[1] if node.target in ("unbind", torch.unbind) and len(node.args) > 1 else given
+    )
+    dim = 0 if dim is None else dim
+    inp, axis = shape(src), a.channel_axis(src)
+    if inp is None or not isinstance(dim, int) or dim % len(inp) == axis:
+        a.unsupported(node, "a split of attention heads along their axis")
+        return
+    gone = node.target in ("unbind", torch.unbind) and dim % len(inp) < axis
+    a.var[node], a.axis[node] = a.var[src], axis - gone  # type: ignore[index]
+
+
+def _merge_heads(a: Analysis, node: torch.fx.Node) -> None:
+    """A reshape or flatten of the heads axis with the axes after it that hold a head's channels, back
+    into ``H x D`` channels."""
+    src = node.args[0]
+    inp, out, axis, unit = shape(src), shape(node), a.channel_axis(src), _unit(a, src)
+    v = a.var[src]  # type: ignore[index]
+    sizes = _reshape_sizes(node) if node.target in _RESHAPES else None
+    merged = next(
+        (
+            m
+            for m in range(2, len(inp or ()) - axis + 1)
+            if math.prod((inp or ())[axis + 1 : axis + m]) == unit
+        ),
+        None,
+    )
+    fits = (
+        inp is not None
+        and out is not None
+        and merged is not None
+        and out[:axis] == inp[:axis]
+        and len(out) > axis
+        and out[axis] == inp[axis] * unit
+        and out[axis + 1 :] == inp[axis + merged :]
+    )
+    if fits and sizes is not None:
+        fits = len(sizes) == len(out or ()) and _count_follows(a, node, sizes[axis], 1, v[0])
+    elif fits and node.target in _FLATTENS:
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        fits = bool(start == axis)
+    if not fits:
+        a.unsupported(node, "a reshape of attention heads other than back into their channels")
+        return
+    a.var[node], a.axis[node] = v, axis
+
+
+def _head_matmuls(a: Analysis, node: torch.fx.Node) -> None:
+    """``scaled_dot_product_attention(q, k, v)`` or a matmul of two heads tensors with their heads on one
+    batch axis: the same heads (united), and MACs per channel of them (the counts torch's FLOP counter
+    gives: two matmuls for attention)."""
+    sdpa = node.target is F.scaled_dot_product_attention
+    names = ("query", "key", "value") if sdpa else ("input", "other")
+    operands = [
+        *node.args[: len(names)],
+        *(node.kwargs[k] for k in names[len(node.args) :] if k in node.kwargs),
+    ]
+    mask = node.kwargs.get("attn_mask", node.args[3] if sdpa and len(node.args) > 3 else None)
+    shapes = [shape(t) for t in operands]
+    axes = {a.channel_axis(t) for t in operands}
+    out = shape(node)
+    # A mask broadcasts over the heads: size 1 on their axis, or no such axis.
+    masks = shape(mask) or ()
+    over_heads = out is not None and len(axes) == 1 and len(masks) >= len(out) - min(axes)
+    if (
+        len(operands) != len(names)
+        or out is None
+        or any(s is None or len(s) != len(out) or _unit(a, t) == 1 for s, t in zip(shapes, operands))
+        or len(axes) != 1
+        or next(iter(axes)) >= len(out) - 2
+        or (over_heads and masks[min(axes) - len(out)] != 1)
+    ):
+        a.unsupported(node, "attention matmuls of tensors whose heads do not line up")
+        return
+    a.axis[node] = axes.pop()
+    a.couple(node, [a.channels(t) for t in operands], "attention")  # type: ignore[misc]
+    if node not in a.var:
+        return
+    q, k = shapes[0], shapes[1]
+    assert q is not None and k is not None
+    # [..., M, K] x [..., K, P]; attention: q k^T, then by v.
+    per_batch = q[-2] * k[-2] * (q[-1] + (shapes[2] or q)[-1]) if sdpa else q[-2] * q[-1] * k[-1]
+    macs = math.prod(out[:-2]) * per_batch
+    heads = a.var[node][0]
+    size = a.sizes((heads,))[0]
+    if macs % size:
+        a.unsupported(node, "attention matmuls whose MACs do not follow its heads' channels")
+        return
+    a.head_macs.append((macs // size, heads))

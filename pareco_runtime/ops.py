@@ -221,15 +221,16 @@ class SlimConv1d(_SlimConv, nn.Conv1d):
 
 
 class SlimLinear(_Slim, nn.Linear):
-    """``nn.Linear`` using the first (out, in) features of its weight (of each input block, over a
-    concatenation). Reading a flattened ``[N, C, H, W]`` map (``in_span`` H*W), an input block of c channels
-    is c*H*W features, of which the first k*H*W are active: the features of its first k channels."""
+    """``nn.Linear`` using the first (out, in) features of its weight (of each block of a side with
+    several parts: a concatenation's input blocks, a fused q/k/v projection's three output blocks).
+    Reading a flattened ``[N, C, H, W]`` map (``in_span`` H*W), an input block of c channels is c*H*W
+    features, of which the first k*H*W are active: the features of its first k channels."""
 
     def slice_tensors(self, key: tuple[int, ...]) -> tuple:
-        o, span = key[0], self.in_span
+        n, span = len(self.out_parts), self.in_span
         parts = self.in_parts if span == 1 else tuple((off * span, slot) for off, slot in self.in_parts)
-        w = take(self.weight[:o], 1, parts, tuple(k * span for k in key[1:]))
-        return w, None if self.bias is None else self.bias[:o]
+        w = take(take(self.weight, 0, self.out_parts, key[:n]), 1, parts, tuple(k * span for k in key[n:]))
+        return w, None if self.bias is None else take(self.bias, 0, self.out_parts, key[:n])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.views(self.key())
@@ -460,5 +461,207 @@ def channel_parameters_class(plain_type: type[nn.Module], names: tuple[str, ...]
     return made
 
 
-SLIM_TYPES = (SlimConv2d, SlimConv1d, SlimLinear, SlimBatchNorm2d, SlimLayerNorm, SlimChannelParameters)
+class SlimHeadCount(_Slim):
+    """Mixin of an attention module whose ``forward`` reads its head count and its heads' channel count
+    from attributes (timm's ``Attention``: ``num_heads``, ``attn_dim``): under a config they read the
+    active heads, so the original ``forward`` reshapes its narrower projections.
+
+    Both sides of its binding are the heads' channels (whole heads: multiples of the head size).
+    :func:`~pareco_runtime.convert.make_slimmable` gives such a module a subclass of its class with this
+    mixin (:func:`head_count_class`); the instance keeps the full values, which give the head size.
+    """
+
+    plain_type: type[nn.Module]
+    head_attributes: tuple[str, str]
+
+    def active_heads(self) -> dict[str, int]:
+        """The head-count and channel-count attributes at the active width, by name."""
+        count, channels = self.head_attributes
+        size = self.__dict__[channels] // self.__dict__[count]
+        active = self.ctx.ch[self.out_slot]
+        return {count: active // size, channels: active}
+
+
+_HEAD_COUNT_CLASSES: dict[tuple[type[nn.Module], tuple[str, str]], type[nn.Module]] = {}
+
+
+def head_count_class(plain_type: type[nn.Module], attributes: tuple[str, str]) -> type[nn.Module]:
+    """The subclass of ``plain_type`` with :class:`SlimHeadCount` whose ``attributes`` (head count, heads'
+    channels) read the active values."""
+    made = _HEAD_COUNT_CLASSES.get((plain_type, attributes))
+    if made is None:
+
+        def read(name: str) -> property:
+            return property(lambda self: self.active_heads()[name])
+
+        members: dict[str, Any] = {name: read(name) for name in attributes}
+        members.update(plain_type=plain_type, head_attributes=attributes)
+        made = type(f"Slim{plain_type.__name__}", (SlimHeadCount, plain_type), members)
+        _HEAD_COUNT_CLASSES[(plain_type, attributes)] = made
+    return made
+
+
+def heads_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    tensors: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None],
+    heads: tuple[int, int],
+    need_weights: bool,
+    masked: bool,
+) -> tuple[torch.Tensor, None]:
+    """``nn.MultiheadAttention``'s output (``need_weights=False``, no masks) with ``heads`` = (heads, their
+    channels) from ``tensors`` = (in-projection weight ``[3 x channels, E]`` and bias, out-projection
+    weight ``[E, channels]`` and bias), its embedding width ``E`` that of ``query``."""
+    if need_weights or masked:
+        raise ValueError(
+            f"{type(module).__name__}: a narrower nn.MultiheadAttention runs without attention weights or "
+            "masks; call it with need_weights=False and no masks, or pin it"
+        )
+    batch_first = bool(getattr(module, "batch_first", False))
+    w_in, b_in, w_out, b_out = tensors
+    count, channels = heads
+    projected = []
+    # Slices by Python ints: the plain twin's forward is traced, its tensors then proxies.
+    for j, x in enumerate((query, key, value)):
+        tokens = x if batch_first else x.transpose(0, 1)
+        rows = slice(j * channels, (j + 1) * channels)
+        y = F.linear(tokens, w_in[rows], None if b_in is None else b_in[rows])
+        projected.append(y.unflatten(-1, (count, -1)).transpose(1, 2))
+    p = float(getattr(module, "dropout", 0.0)) if module.training else 0.0
+    q, k, v = projected
+    y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+    y = F.linear(y.transpose(1, 2).flatten(2), w_out, b_out)
+    return (y if batch_first else y.transpose(0, 1)), None
+
+
+class HeadsMultiheadAttention(nn.Module):
+    """The plain twin of a :class:`SlimMultiheadAttention` at fewer heads: ``nn.MultiheadAttention``'s
+    parameters (``in_proj_weight``, ``in_proj_bias``, ``out_proj``) at ``heads`` heads of
+    ``head_size`` channels on an embedding of ``embed_dim``, which ``nn.MultiheadAttention`` cannot hold
+    (its heads span its embedding). Called as it: ``(query, key, value, need_weights=False)``."""
+
+    def __init__(
+        self, embed_dim: int, heads: int, head_size: int, bias: bool, batch_first: bool, dropout: float
+    ) -> None:
+        super().__init__()
+        self.heads, self.batch_first, self.dropout = (heads, heads * head_size), batch_first, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * heads * head_size, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * heads * head_size)) if bias else None
+        self.out_proj = nn.Linear(heads * head_size, embed_dim, bias=bias)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, None]:
+        """The attention output of the active heads, and None for the weights."""
+        tensors = (self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias)
+        masked = key_padding_mask is not None or attn_mask is not None or is_causal
+        return heads_attention(self, query, key, value, tensors, self.heads, need_weights, masked)
+
+
+class SlimMultiheadAttention(_Slim, nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` (self-attention of one embedding width, q/k/v packed in
+    ``in_proj_weight``) running its first heads: the first rows of each of q, k and v in the
+    in-projection, the first columns of the out-projection, and the first embedding channels of both.
+
+    Its input side is the embedding's channels, its output side the heads' (whole heads). At full width
+    it is ``nn.MultiheadAttention``'s own forward (its fused fast path included); narrower, the same
+    computation by :func:`heads_attention`, which its plain twin (:class:`HeadsMultiheadAttention`) runs.
+    """
+
+    def slice_tensors(self, key: tuple[int, ...]) -> tuple:
+        channels, embed = key
+        size = self.embed_dim
+        w_in = torch.cat([self.in_proj_weight[j * size : j * size + channels, :embed] for j in range(3)])
+        b = self.in_proj_bias
+        b_in = None if b is None else torch.cat([b[j * size : j * size + channels] for j in range(3)])
+        w_out = self.out_proj.weight[:embed, :channels]
+        b_out = None if self.out_proj.bias is None else self.out_proj.bias[:embed]
+        return w_in, b_in, w_out, b_out
+
+    def _full(self) -> bool:
+        channels, embed = self.key()
+        return channels == embed == self.embed_dim
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``nn.MultiheadAttention.forward`` at full width; the active heads' output otherwise."""
+        if self._full():
+            return super().forward(
+                query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+            )
+        masked = key_padding_mask is not None or attn_mask is not None or is_causal
+        channels = self.key()[0]
+        heads = (channels // self.head_dim, channels)
+        return heads_attention(
+            self, query, key, value, self.slice_tensors(self.key()), heads, need_weights, masked
+        )
+
+    def to_plain(self) -> nn.Module:
+        """A plain ``nn.MultiheadAttention`` at full width, else a :class:`HeadsMultiheadAttention`,
+        holding copies of the active slices."""
+        channels, embed = self.key()
+        tensors = self.slice_tensors((channels, embed))
+        bias = self.in_proj_bias is not None
+        plain: nn.Module
+        if self._full():
+            plain = nn.MultiheadAttention(
+                embed, self.num_heads, self.dropout, bias, batch_first=self.batch_first
+            )
+        else:
+            plain = HeadsMultiheadAttention(
+                embed, channels // self.head_dim, self.head_dim, bias, self.batch_first, self.dropout
+            )
+        targets = (plain.in_proj_weight, plain.in_proj_bias, plain.out_proj.weight, plain.out_proj.bias)
+        with torch.no_grad():
+            for mine, sliced in zip(targets, tensors):
+                if mine is not None and sliced is not None:
+                    mine.copy_(sliced)
+        return plain
+
+    def macs_terms(self, query_tokens: int, key_tokens: int, one: int) -> list[tuple[int, int, int]]:
+        """Its MACs per sample as ``(coef, slot, slot)`` terms (``one``: the slot holding 1): the q/k/v and
+        output projections (heads' channels x embedding) and the two attention matmuls (heads' channels)."""
+        heads, embed = self.out_slot, self.in_slot
+        return [
+            (2 * query_tokens + 2 * key_tokens, heads, embed),
+            (2 * query_tokens * key_tokens, heads, one),
+        ]
+
+    def params_terms(self, one: int) -> list[tuple[int, int, int]]:
+        """Its parameters as ``(coef, slot, slot)`` terms (``one``: the slot holding 1)."""
+        terms = [(4, self.out_slot, self.in_slot)]
+        if self.in_proj_bias is not None:
+            terms += [(3, self.out_slot, one), (1, self.in_slot, one)]
+        return terms
+
+
+SLIM_TYPES = (
+    SlimConv2d,
+    SlimConv1d,
+    SlimLinear,
+    SlimBatchNorm2d,
+    SlimLayerNorm,
+    SlimChannelParameters,
+    SlimHeadCount,
+    SlimMultiheadAttention,
+)
 SLIM_CONVS = (SlimConv2d, SlimConv1d)

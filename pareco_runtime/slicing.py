@@ -12,7 +12,7 @@ import torch.fx
 from torch import nn
 
 from .models.base import SlimmableNet
-from .ops import SlimChannelParameters, _Slim
+from .ops import SlimChannelParameters, SlimHeadCount, _Slim
 from .untrusted import first_line
 
 # Packages a standalone model's generated code may import: torch, and the stdlib modules torch.fx's
@@ -28,10 +28,14 @@ _BINDING = frozenset(
 
 def _plain_copy(module: nn.Module) -> nn.Module:
     channel_parameters = isinstance(module, SlimChannelParameters)
-    if isinstance(module, _Slim) and not channel_parameters:
+    bound = channel_parameters or isinstance(module, SlimHeadCount)
+    if isinstance(module, _Slim) and not bound:
         return module.to_plain()
     new = copy.copy(module)
-    new.__dict__ = {k: v for k, v in module.__dict__.items() if not (channel_parameters and k in _BINDING)}
+    new.__dict__ = {k: v for k, v in module.__dict__.items() if not (bound and k in _BINDING)}
+    if isinstance(module, SlimHeadCount):
+        new.__class__ = module.plain_type
+        new.__dict__.update(module.active_heads())
     new._parameters = {
         k: (None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad))
         for k, p in module._parameters.items()
@@ -53,6 +57,13 @@ def _plain_model(model: SlimmableNet) -> nn.Module:
     nn.Module.__init__(root)
     for name, child in model.named_children():
         setattr(root, name, _plain_copy(child))
+    # The model's own tensors (a ViT's class token and position embedding), which no config narrows.
+    for name, p in model._parameters.items():
+        setattr(root, name, None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad))
+    for name, b in model._buffers.items():
+        root.register_buffer(
+            name, None if b is None else b.detach().clone(), name not in model._non_persistent_buffers_set
+        )
     for name, value in model.plain_values().items():
         setattr(root, name, copy.deepcopy(value))
     return root.eval()

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._pytree import tree_map
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..ops import (
     SLIM_CONVS,
@@ -22,6 +22,7 @@ from ..ops import (
     SlimConv2d,
     SlimLayerNorm,
     SlimLinear,
+    SlimMultiheadAttention,
     _Slim,
     width,
 )
@@ -30,6 +31,43 @@ from ..space import WidthSpace
 # Per-point BN statistics: one ``(mean, var)`` pair per BN layer, in ``SlimmableNet.bn_layers`` order,
 # each of the layer's channel count at that point's config.
 BNStats = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _sdpa_flops(query: Any, key: Any, value: Any, *_args: Any, **_kwargs: Any) -> int:
+    return int(sdpa_flop_count(query, key, value))
+
+
+def _native_attention_flops(
+    query: Any,
+    key: Any,
+    _value: Any,
+    _embed: int,
+    _heads: int,
+    qkv: Any,
+    _b: Any,
+    proj: Any,
+    *_a: Any,
+    **_k: Any,
+) -> int:
+    # [B, L, E] queries, [B, S, E] keys: q from L tokens, k and v from S, both attention matmuls, out.
+    (batch, queries, _), keys = query[:3], key[-2]
+    inner = qkv[0] // 3
+    projections = batch * (queries + 2 * keys) * qkv[1] * inner + batch * queries * proj[0] * proj[1]
+    return 2 * projections + 4 * batch * queries * keys * inner
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter (no display), also counting the attention kernels it leaves out on a CPU:
+    ``scaled_dot_product_attention``'s flash kernel and ``nn.MultiheadAttention``'s fused fast path,
+    each as the matmuls it runs (two per head, as the unfused path counts them)."""
+    aten = torch.ops.aten
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={
+            aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops,
+            aten._native_multi_head_attention: _native_attention_flops,
+        },
+    )
 
 
 class BNStatsError(ValueError):
@@ -120,7 +158,7 @@ class SlimmableNet(nn.Module):
     ``set_widths(alpha)`` activates a config by writing integers into the shared context;
     ``with config(alpha, bn_stats, train):`` runs code at a config and restores the previous one;
     ``macs(alpha)`` / ``params(alpha)`` are exact analytic counts for the model's input size
-    (multiply-accumulates of convs and linears, as ``torch.utils.flop_counter`` counts them / 2;
+    (multiply-accumulates of convs, linears and attention matmuls, as :func:`flop_counter` counts them / 2;
     trainable parameters of the sliced model). ``input_sizes``: the shape of each input without the
     batch (``[C, H, W]`` images, ``[C, L]`` sequences); ``input_size`` is the first.
     """
@@ -144,12 +182,15 @@ class SlimmableNet(nn.Module):
         lows: tuple[float, ...] | None = None,
         input_sizes: Sequence[Sequence[int]] | None = None,
         example: Any = None,
+        op_macs: Sequence[tuple[int, Slot]] = (),
     ) -> None:
         """Bind the layers to one context and build the cost model from one pass of zeros.
 
         ``input_sizes``: every input's shape when the network takes several (``input_size`` is the
         first); ``example``: the arguments the network is called with when they are not batched
         tensors of those shapes (a detector's list of images), used as zeros of their shapes.
+        ``op_macs``: MACs of ops that are no layer, per channel of a slot (the attention matmuls of
+        whole heads: their count per channel of the heads' slot).
         """
         d = len(builder.dim_names)
         # Steps only where one is above 1: spaces without them keep the form older versions read.
@@ -181,7 +222,7 @@ class SlimmableNet(nn.Module):
         self._bn_layers = tuple((n, m) for n, m in self.named_modules() if isinstance(m, SlimBatchNorm2d))
         for i, (_, bn) in enumerate(self._bn_layers):
             bn.bn_index = i
-        self._build_cost_terms()
+        self._build_cost_terms([(coef, index(slot)) for coef, slot in op_macs])
         self.alpha = self.space.uniform(1.0)
 
     def plain_values(self) -> dict[str, Any]:
@@ -193,9 +234,14 @@ class SlimmableNet(nn.Module):
         from ``generator`` (zeros without one). A network converted with an example that is not
         batched tensors (a detector's list of images) gets that example's structure and shapes."""
         if self._example is not None:
+            # Integer inputs (token ids) stay zeros: a valid index of any table.
             return tuple(
                 tree_map(
-                    lambda t: t if generator is None else torch.randn(t.shape, generator=generator),
+                    lambda t: (
+                        t
+                        if generator is None or not t.is_floating_point()
+                        else torch.randn(t.shape, generator=generator)
+                    ),
                     self._example,
                 )
             )
@@ -203,21 +249,35 @@ class SlimmableNet(nn.Module):
             return tuple(torch.zeros(batch, *s) for s in self.input_sizes)
         return tuple(torch.randn(batch, *s, generator=generator) for s in self.input_sizes)
 
-    def _build_cost_terms(self) -> None:
-        # Output positions per sample of every conv and linear (L, H*W, or a linear's tokens), and torch's
-        # own FLOP count, from one pass.
+    def _build_cost_terms(self, op_macs: Sequence[tuple[int, int]] = ()) -> None:
+        # Output positions per sample of every conv and linear (L, H*W, or a linear's tokens), the query
+        # and key tokens of every attention, and torch's own FLOP count, from one pass.
         positions: dict[nn.Module, int] = {}
+        tokens: dict[nn.Module, tuple[int, int]] = {}
 
         def record(module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
             positions[module] = (
                 out.numel() // out.shape[1 if isinstance(module, (nn.Conv1d, nn.Conv2d)) else -1]
             )
 
+        def record_tokens(
+            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], _out: Any
+        ) -> None:
+            query = args[0] if args else kwargs["query"]
+            key = args[1] if len(args) > 1 else kwargs["key"]
+            axis = 1 if module.batch_first else 0
+            tokens[module] = (query.shape[axis], key.shape[axis])
+
         dense = [m for m in self.modules() if isinstance(m, (*SLIM_CONVS, SlimLinear))]
         hooks = [m.register_forward_hook(record) for m in dense]
+        hooks += [
+            m.register_forward_hook(record_tokens, with_kwargs=True)
+            for m in self.modules()
+            if isinstance(m, SlimMultiheadAttention)
+        ]
         was_training = self.training
         self.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), flop_counter() as counter:
             self(*self.example_inputs())
         self.train(was_training)
         for h in hooks:
@@ -231,7 +291,16 @@ class SlimmableNet(nn.Module):
 
         one = self._one
         slim_params: set[int] = set()
+        for coef, slot in op_macs:
+            add(macs, slot, one, coef)
         for m in self.modules():
+            if isinstance(m, SlimMultiheadAttention):
+                slim_params.update(id(p) for p in m.parameters())
+                for coef, a, b in m.macs_terms(*tokens[m], one):
+                    add(macs, a, b, coef)
+                for coef, a, b in m.params_terms(one):
+                    add(params, a, b, coef)
+                continue
             if isinstance(m, SlimChannelParameters):
                 # Only the per-channel parameters follow the width; the module's others are constant.
                 per_channel = [p for n, p in m.named_parameters(recurse=False) if n in m.channel_dims]
