@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pareco_runtime import Front, make_slimmable
+from pareco_runtime import Front, SlimmableRuntime, make_slimmable
 from pareco_runtime.space import WidthSpace
 from training.mixnmatch import ffn_dims, mixnmatch_configs, mixnmatch_front
 
@@ -73,13 +73,17 @@ class _Block(nn.Module):
         return x + self.mlp(x)
 
 
-def test_a_mixnmatch_front_is_written_from_a_converted_transformer(tmp_path: Path) -> None:
+def two_blocks() -> nn.Module:
+    """The network of the front test, by name for the runtime."""
+    return nn.Sequential(_Block(16, 4), _Block(16, 4))
+
+
+def test_a_mixnmatch_front_is_written_from_a_converted_transformer_and_served(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(_Block(16, 4), _Block(16, 4))
     x = torch.randn(4, 5, 16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the residual stream stays fixed
-        model = make_slimmable(net, x, low=0.125)
+        model = make_slimmable(two_blocks(), x, low=0.125, arch="tests.test_mixnmatch:two_blocks")
     assert model.space.names == ("0.attn.heads", "0.mlp.0", "1.attn.heads", "1.mlp.0")
 
     def evaluate(m: nn.Module) -> dict[str, float]:
@@ -96,3 +100,9 @@ def test_a_mixnmatch_front_is_written_from_a_converted_transformer(tmp_path: Pat
     assert front.training.extra["granularities"] == [0.25, 0.5, 1.0]
     allowed = {(1.0, a, 1.0, b) for a, b in [(0.25, 0.25), (0.25, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)]}
     assert front.points and all(tuple(p.alpha) in allowed for p in front.points)
+    # A front without BatchNorm (no statistics stored) loads, switches and equals its slices.
+    rt = SlimmableRuntime.load(built.manifest, model=two_blocks)
+    for point in [*rt.points, rt.points[0]]:
+        rt.switch(point)
+        with torch.no_grad():
+            assert torch.equal(rt(x), rt.standalone(point).eval()(x))

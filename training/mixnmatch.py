@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pareco_runtime.manifest import Metric
 from pareco_runtime.models.base import SlimmableNet
 from pareco_runtime.space import WidthSpace
 
@@ -101,7 +102,7 @@ def mixnmatch_front(
     calib_batches: Iterable[Batch] | Callable[[], Iterable[Batch]],
     evaluate: Evaluate,
     *,
-    metric: str,
+    metric: str | Metric,
     training: Mapping[str, Any],
     granularities: Sequence[float] = GRANULARITIES,
     heads: float = 1.0,
