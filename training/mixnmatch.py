@@ -3,9 +3,10 @@
 MatFormer (Devvrit, Kudugunta, Kusupati et al., "MatFormer: Nested Transformer for Elastic Inference",
 NeurIPS 2024) trains nested FFN blocks at a few granularities (fractions of the hidden units, the same
 in every layer) and then extracts sub-models that use different granularities in different layers,
-"Mix'n'Match", chosen by a heuristic rather than a search: configurations whose granularity changes
-little across layers and grows with depth. This module makes that rule exact, as the baseline a
-PareCO front is compared with:
+"Mix'n'Match", chosen by a heuristic rather than a search, which a summary of the paper describes as
+preferring "balanced configurations that minimize layer granularity changes". This module makes a rule
+exact (never narrower with depth is our reading, docs/task-transformers.md says what was checked), as
+the baseline a PareCO front is compared with:
 
 * every FFN width is one of the granularities;
 * through depth the granularity never decreases, and a config uses at most two granularities that are
