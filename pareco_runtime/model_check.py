@@ -159,7 +159,8 @@ def check_fit(model: SlimmableNet, front: Front, header: WeightHeader) -> None:
         )
     _check_state(model, header, arch.arch)
     for p in front.points:
-        per_module = header.bn_stats.get(p.id)
+        # A network without BatchNorm (a transformer) stores no statistics: nothing is missing then.
+        per_module = header.bn_stats.get(p.id, None if model.bn_names else {})
         stats_path = header.stats_paths.get(p.id, header.path)
         if per_module is None or set(per_module) != set(model.bn_names):
             raise FormatError(

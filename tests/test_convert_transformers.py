@@ -219,15 +219,16 @@ def test_torchvision_vit_b_16_slims_heads_and_mlp():
 
 
 @pytest.mark.slow
-def test_sliced_vit_point_exports_to_onnx_with_parity(tmp_path):
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+def test_sliced_vit_point_exports_with_parity(tmp_path, fmt):
     from export.exporter import export_point
-    from export.formats import require
+    from export.formats import get_format, require
 
     try:
-        require("onnx")
+        require(fmt)
     except ValueError as exc:
         pytest.skip(str(exc))
     slim = _converted(_small_torchvision_vit(), torch.randn(1, 3, 32, 32))
     sub = slice_model(slim, slim.space.uniform(0.5))
-    result = export_point(sub, (3, 32, 32), "onnx", tmp_path / "p.onnx")
+    result = export_point(sub, (3, 32, 32), fmt, tmp_path / f"p{get_format(fmt).ext}")
     assert result.max_abs_diff <= 1e-4
