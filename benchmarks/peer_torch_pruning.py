@@ -19,7 +19,8 @@ For each model, each tool runs in a forked process under ``--timeout`` (Torch-Pr
 Both tools' MACs are counted by the same counter (``pareco_runtime.models.base.flop_counter``, torch's
 FLOP counter with attention counted on a CPU). Results go to
 ``benchmarks/results/peer-torch-pruning/<date>.json``, rewritten after each model so that a partial run
-is usable; ``--write-docs`` regenerates the coverage table in docs/own-model.md from that file.
+is usable; ``--write-docs`` regenerates the coverage table in docs/own-model.md from that file, and
+``--from-json A.json B.json`` from the results of runs split over model sets (merged in order).
 """
 
 from __future__ import annotations
@@ -359,10 +360,18 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, help="results file (default: results/peer-torch-pruning/<date>.json)"
     )
     parser.add_argument("--write-docs", action="store_true", help="regenerate the docs' coverage table")
-    parser.add_argument("--from-json", type=Path, help="only write the docs from this results file")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help="only write the docs from these results files (merged in order)",
+    )
     args = parser.parse_args(argv)
     if args.from_json:
-        write_docs(json.loads(args.from_json.read_text())["results"])
+        merged: dict[str, dict[str, Any]] = {}
+        for path in args.from_json:
+            merged.update(json.loads(path.read_text())["results"])
+        write_docs(merged)
         return
     try:
         import torch_pruning  # noqa: F401
