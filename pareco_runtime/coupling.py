@@ -626,6 +626,28 @@ def _flatten_module(a: Analysis, node: torch.fx.Node, mod: nn.Flatten) -> None:
 
 
 def _reshape(a: Analysis, node: torch.fx.Node, _target: Any) -> None:
+    """:func:`_reshape_channels`; then a size read off a tensor's channel count (``x.shape[-1]``) for a
+    dimension other than the one the output's channels land on pins that tensor's channels: the
+    reshape asks for the full count there at every width (MaxViT's attention output, reshaped to its
+    input's ``D`` while its own channels are pinned, failed at width 0.5 before this rule)."""
+    _reshape_channels(a, node)
+    mine = a.channels(node)
+    for e, size in enumerate(_reshape_sizes(node) or ()):
+        other = _channel_count_of(a, size) if isinstance(size, torch.fx.Node) else None
+        if other is None or (mine is not None and a.channel_axis(node) == e and _united(a, mine, other)):
+            continue
+        for v in other:
+            a.groups.pin(
+                v, f"{node.name}: a reshape sizes its dimension {e} by another tensor's channel count"
+            )
+
+
+def _united(a: Analysis, one: Vars, other: Vars) -> bool:
+    """Whether ``one`` and ``other`` are the same channels, block for block."""
+    return len(one) == len(other) and all(a.groups.find(x) == a.groups.find(y) for x, y in zip(one, other))
+
+
+def _reshape_channels(a: Analysis, node: torch.fx.Node) -> None:
     """A reshape that keeps the channel dimension whole, as one dimension of the output after as many
     elements as before it, keeps the channels there (timm's ``gamma.reshape(1, -1, 1, 1)``, MaxViT's
     windows cut from the other dimensions), unless it names their count as a constant, which a narrower
@@ -644,11 +666,44 @@ def _reshape(a: Analysis, node: torch.fx.Node, _target: Any) -> None:
         return
     sizes = node.args[1] if len(node.args) == 2 else node.args[1:]
     sizes = sizes if isinstance(sizes, (list, tuple)) else ()
-    if len(sizes) == len(out) and isinstance(sizes[lands[0]], int) and sizes[lands[0]] != -1:
+    given = sizes[lands[0]] if len(sizes) == len(out) else -1
+    if isinstance(given, int) and given != -1:
         a.unsupported(node, "a reshape to a constant number of channels")
         return
+    if isinstance(given, torch.fx.Node):
+        # The count read off another tensor's channels (MaxViT's attention: ``out.reshape(B, G, P, D)``
+        # with ``D`` from its input's shape): the two keep one width, or the reshape would not fit.
+        other = _channel_count_of(a, given)
+        if other is None:
+            a.unsupported(node, "a reshape to a computed number of channels")
+            return
+        a.couple(node, [v, other], "a reshape to another tensor's channel count")
+        if a.var.get(node) is not v:  # laid out differently: pinned
+            return
     a.var[node] = v
     a.axis[node] = lands[0]
+
+
+def _channel_count_of(a: Analysis, size: torch.fx.Node) -> Vars | None:
+    """The channels of the tensor whose channel count ``size`` reads (``x.shape[d]``, ``x.size(d)``,
+    ``x.size()[d]`` with ``d`` its channel axis); None for any other computed size."""
+    if size.op == "call_method" and size.target == "size" and len(size.args) == 2:
+        tensor, dim = size.args
+    elif size.op == "call_function" and size.target is operator.getitem and len(size.args) == 2:
+        whole, dim = size.args
+        is_shape = isinstance(whole, torch.fx.Node) and (
+            (whole.op == "call_function" and whole.target is getattr and whole.args[1:] == ("shape",))
+            or (whole.op == "call_method" and whole.target == "size" and len(whole.args) == 1)
+        )
+        if not is_shape:
+            return None
+        tensor = whole.args[0]  # type: ignore[union-attr]
+    else:
+        return None
+    rank = len(shape(tensor) or ())
+    if not isinstance(dim, int) or not rank or dim % rank != a.channel_axis(tensor):
+        return None
+    return a.channels(tensor)
 
 
 def _permute(a: Analysis, node: torch.fx.Node, target: Any) -> None:

@@ -238,3 +238,25 @@ def test_sliced_convnext_point_exports_to_onnx_with_parity(tmp_path):
     sub = slice_model(slim, slim.space.uniform(0.5))
     result = export_point(sub, SIZE, "onnx", tmp_path / "p.onnx")
     assert result.max_abs_diff <= 1e-4
+
+
+@pytest.mark.slow
+def test_maxvit_runs_at_every_width_its_attention_reshape_sized_by_its_input():
+    # MaxViT's attention reshapes its output to its input's channel count (``reshape(B, G, P, D)`` with
+    # ``D`` from ``x.shape``) while chunking q, k, v pins the output's own channels: the input's must
+    # stay whole too, or the converted model failed at width 0.5 ("shape ... is invalid for input").
+    import torchvision
+
+    torch.manual_seed(0)
+    original = torchvision.models.maxvit_t(num_classes=10).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slim = make_slimmable(original, x, on_unsupported="pin")
+    assert any("another tensor's channel count" in why for why in slim.pinned.values())
+    for w in (0.5, 0.25):
+        alpha = slim.space.uniform(w)
+        with slim.config(alpha), torch.no_grad():
+            got = slim(x)
+        with torch.no_grad():
+            assert torch.equal(got, slice_model(slim, alpha).eval()(x))
