@@ -50,26 +50,6 @@ def _one_intra_op_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that share a module- or class-scoped fixture of their own file run on one xdist worker.
-
-    Such a fixture is built once per worker that runs one of its tests: with tests spread over both
-    workers, the specialize fixture (a real ``pareco specialize`` process, 47 s) was built twice. The
-    test command distributes with ``--dist loadgroup``, which keeps each group on one worker.
-    """
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        shared = sorted(
-            name
-            for name, defs in info.name2fixturedefs.items()
-            if defs and defs[-1].scope in ("module", "class") and defs[-1].baseid
-        )
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(f"{item.path.name}::{shared[0]}"))
-
-
 class CliResult(NamedTuple):
     """What one ``pareco`` call did: exit code and output, read like a ``subprocess.CompletedProcess``."""
 
