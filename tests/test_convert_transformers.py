@@ -14,61 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from examples.byte_lm import ByteLM, CausalSelfAttention
 from pareco_runtime import SlimmableNet, make_slimmable, slice_model
 from pareco_runtime.models.base import flop_counter
 from pareco_runtime.ops import SlimHeadCount, SlimMultiheadAttention
 
 torchvision = pytest.importorskip("torchvision")
-
-
-class CausalSelfAttention(nn.Module):
-    """Llama-style attention in plain torch: separate q/k/v projections, heads split by ``-1``."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.head_dim = dim // heads
-        self.q, self.k, self.v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
-        self.o = nn.Linear(dim, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        q, k, v = (p(x).view(b, t, -1, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o(y.transpose(1, 2).reshape(b, t, -1))
-
-
-class SwiGLU(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.gate, self.up = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
-        self.down = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = nn.RMSNorm(dim), nn.RMSNorm(dim)
-        self.attn, self.ffn = CausalSelfAttention(dim, heads), SwiGLU(dim, 3 * dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
-
-
-class TinyLM(nn.Module):
-    """A decoder-only language model: token ids in, next-token logits out (untied head)."""
-
-    def __init__(self, vocab: int = 50, dim: int = 32, heads: int = 4, layers: int = 2) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.blocks = nn.Sequential(*(Block(dim, heads) for _ in range(layers)))
-        self.norm, self.head = nn.RMSNorm(dim), nn.Linear(dim, vocab, bias=False)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.blocks(self.embed(ids))))
 
 
 def _converted(net: nn.Module, x: torch.Tensor) -> SlimmableNet:
@@ -109,7 +60,7 @@ def _small_torchvision_vit() -> nn.Module:
 
 def test_decoder_language_model_slims_heads_and_ffn():
     torch.manual_seed(0)
-    original = TinyLM()
+    original = ByteLM(dim=32, heads=4, layers=2, context=12)  # the example's model, small
     ids = torch.randint(0, 50, (2, 12))
     slim = _converted(original, ids)
     assert slim.space.names == (
