@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from pareco_runtime import SlimmableNet, make_slimmable, slice_model
 from pareco_runtime.ops import SlimChannelParameters, SlimContext, SlimConv2d, SlimLayerNorm, SlimLinear
@@ -22,6 +21,8 @@ from pareco_runtime.slicing import plain_twin
 
 torchvision = pytest.importorskip("torchvision")
 from torchvision.models.convnext import LayerNorm2d  # noqa: E402
+
+from .convert_checks import counted_macs  # noqa: E402
 
 SIZE = (3, 32, 32)
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
@@ -78,12 +79,6 @@ class TinyConvNeXt(nn.Module):
         return self.fc(self.norm(x.mean((2, 3))))
 
 
-def _counted_macs(net: nn.Module, size) -> int:
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        net(torch.zeros(1, *size))
-    return fc.get_total_flops() // 2
-
-
 def _scaled(net: nn.Module) -> nn.Module:
     """``net`` in eval mode with layer scales and LayerNorm affines far from their initial values."""
     torch.manual_seed(0)
@@ -121,7 +116,7 @@ def _check_exact(original: nn.Module, slim: SlimmableNet, size) -> None:
         sub = slice_model(slim, alpha).eval()
         with slim.config(alpha), torch.no_grad():
             assert torch.equal(sub(x), slim(x)), w
-        assert slim.macs(alpha) == _counted_macs(sub, size)
+        assert slim.macs(alpha) == counted_macs(sub, size)
         assert slim.params(alpha) == sum(p.numel() for p in sub.parameters())
 
 

@@ -14,29 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from pareco_runtime import ConversionError, SlimmableNet, make_slimmable, slice_model
 from pareco_runtime.convert import _INSTANCE_API
 
+from .convert_checks import counted_macs, warmed
+
 torchvision = pytest.importorskip("torchvision")
 
 SIZE = (3, 32, 32)
-
-
-def _counted_macs(net: nn.Module, size) -> int:
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        net(torch.zeros(1, *size))
-    return fc.get_total_flops() // 2
-
-
-def _warmed(net: nn.Module, size=SIZE) -> nn.Module:
-    """``net`` with non-trivial BN statistics (so that full-width equality tests them), in eval mode."""
-    torch.manual_seed(0)
-    net.train()
-    with torch.no_grad():
-        net(torch.randn(4, *size))
-    return net.eval()
 
 
 def _converted(net: nn.Module, size=SIZE) -> SlimmableNet:
@@ -52,13 +38,13 @@ def _check_exact(original: nn.Module, slim: SlimmableNet, size=SIZE, configs: in
     x = torch.randn(2, *size)
     with torch.no_grad():
         assert (slim(x) - original(x)).abs().max().item() <= 1e-6
-    assert slim.macs(slim.space.uniform(1.0)) == _counted_macs(original, size)
+    assert slim.macs(slim.space.uniform(1.0)) == counted_macs(original, size)
     for seed in range(configs):
         alpha = slim.space.sample(torch.Generator().manual_seed(seed))
         sub = slice_model(slim, alpha).eval()
         with slim.config(alpha), torch.no_grad():
             assert torch.equal(sub(x), slim(x))
-        assert slim.macs(alpha) == _counted_macs(sub, size)
+        assert slim.macs(alpha) == counted_macs(sub, size)
         assert slim.params(alpha) == sum(p.numel() for p in sub.parameters())
 
 
@@ -164,19 +150,19 @@ HAND_WRITTEN = [Dense, Inception, Squeeze, CatAdd, CatSpatial]
 
 @pytest.mark.parametrize("make", HAND_WRITTEN, ids=lambda m: m.__name__)
 def test_concatenations_slice_exactly(make):
-    original = _warmed(make())
+    original = warmed(make(), SIZE)
     _check_exact(original, _converted(original))
 
 
 def test_densenet_style_keeps_every_layer_a_width():
-    slim = _converted(_warmed(Dense()))
+    slim = _converted(warmed(Dense(), SIZE))
     assert slim.space.names == ("stem", "convs.0", "convs.1", "convs.2")
     assert slim.pinned == {"fc": "the network's output"}
 
 
 def test_inception_and_fire_branches_are_widths():
-    assert _converted(_warmed(Inception())).space.names == ("stem", "b1", "b2.0", "b2.2", "b3.1", "next")
-    slim = _converted(_warmed(Squeeze()))
+    assert _converted(warmed(Inception(), SIZE)).space.names == ("stem", "b1", "b2.0", "b2.2", "b3.1", "next")
+    slim = _converted(warmed(Squeeze(), SIZE))
     assert slim.space.names == (
         "stem",
         "fire1.squeeze",
@@ -200,12 +186,12 @@ def test_elementwise_couples_blocks_alike_and_pins_blocks_that_differ():
 
 
 def test_cat_along_other_dimensions_couples_its_inputs():
-    slim = _converted(_warmed(CatSpatial()))
+    slim = _converted(warmed(CatSpatial(), SIZE))
     assert slim.space.names == ("a", "c")  # a and b are one width: stacked along height
 
 
 def test_batch_norm_on_a_concatenation_updates_only_its_active_statistics():
-    slim = _converted(_warmed(Dense()))
+    slim = _converted(warmed(Dense(), SIZE))
     alpha = slim.space.uniform(0.5)
     k_stem, k0 = slim.space.channels(alpha)[:2]
     bn = slim.get_submodule("norms.1")  # reads stem (8) then convs.0 (4)
@@ -223,9 +209,7 @@ def test_batch_norm_on_a_concatenation_updates_only_its_active_statistics():
 
 def _torchvision(name: str, **kwargs) -> tuple[nn.Module, SlimmableNet]:
     torch.manual_seed(0)
-    original = _warmed(
-        torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs), (3, 64, 64)
-    )
+    original = warmed(torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs), (3, 64, 64))
     return original, _converted(original, (3, 64, 64))
 
 
@@ -281,10 +265,10 @@ class NamedLikeTheApi(nn.Module):
 
 
 def test_own_attributes_never_hide_the_api():
-    original = _warmed(NamedLikeTheApi())
+    original = warmed(NamedLikeTheApi(), SIZE)
     slim = _converted(original)
     assert slim.channels() == [8] and slim.alpha == [1.0] and slim.space.names == ("conv",)
-    assert slim.macs() == _counted_macs(original, SIZE)
+    assert slim.macs() == counted_macs(original, SIZE)
     with slim.config([0.5]):
         assert slim.channels() == [4]
     _check_exact(original, slim)
@@ -296,7 +280,7 @@ def test_own_attributes_never_hide_the_api():
 
 
 def test_instance_api_lists_what_conversion_sets():
-    slim = _converted(_warmed(Dense()))
+    slim = _converted(warmed(Dense(), SIZE))
     state = set(vars(nn.Module()))
     assert set(vars(slim)) - state - set(vars(Dense())) <= _INSTANCE_API
 
@@ -321,7 +305,7 @@ def test_layer_named_like_the_api_is_refused():
 def test_timm_dla34_slices_exactly():
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    original = _warmed(timm.create_model("dla34", num_classes=10), (3, 64, 64))
+    original = warmed(timm.create_model("dla34", num_classes=10), (3, 64, 64))
     slim = _converted(original, (3, 64, 64))
     assert isinstance(original.channels, list) and callable(slim.channels)
     assert set(slim.pinned.values()) == {"the network's output"}

@@ -16,31 +16,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from pareco_runtime import SlimmableNet, SlimmableRuntime, make_slimmable, slice_model
 from pareco_runtime.convert import rebuild
 
+from .convert_checks import counted_macs, warmed
 from .user_models import GroupedNet, grouped_net
 
 torchvision = pytest.importorskip("torchvision")
 
 SIZE = (3, 16, 16)
-
-
-def _counted(net: nn.Module, size=SIZE) -> int:
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(torch.zeros(1, *size))
-    return counter.get_total_flops() // 2
-
-
-def _warmed(net: nn.Module, size=SIZE) -> nn.Module:
-    """``net`` with non-trivial BN statistics (so that full-width equality tests them), in eval mode."""
-    torch.manual_seed(0)
-    net.train()
-    with torch.no_grad():
-        net(torch.randn(4, *size))
-    return net.eval()
 
 
 _CACHE: dict[str, tuple[nn.Module, SlimmableNet]] = {}
@@ -50,7 +35,7 @@ def _pair(name: str, size=SIZE) -> tuple[nn.Module, SlimmableNet]:
     if name not in _CACHE:
         torch.manual_seed(0)
         net = GroupedNet() if name == "grouped_net" else torchvision.models.get_model(name, num_classes=10)
-        original = _warmed(net, size)
+        original = warmed(net, size)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the pinned outputs (and GroupedNet's widening conv)
             _CACHE[name] = original, make_slimmable(original, torch.randn(1, *size)).eval()
@@ -66,7 +51,7 @@ def _check_config(slim: SlimmableNet, alpha: list[float], size=SIZE) -> None:
     x = torch.randn(2, *size)
     with slim.config(alpha), torch.no_grad():
         assert torch.equal(sub(x), slim(x))
-    assert slim.macs(alpha) == _counted(sub, size)
+    assert slim.macs(alpha) == counted_macs(sub, size)
     assert slim.params(alpha) == sum(p.numel() for p in sub.parameters())
 
 
@@ -77,7 +62,7 @@ def _check_full_width(original: nn.Module, slim: SlimmableNet, size=SIZE) -> Non
     x = torch.randn(2, *size)
     with torch.no_grad():
         assert (slim(x) - original(x)).abs().max().item() <= 1e-6
-    assert slim.macs(slim.space.uniform(1.0)) == _counted(original, size)
+    assert slim.macs(slim.space.uniform(1.0)) == counted_macs(original, size)
     assert slim.params(slim.space.uniform(1.0)) == sum(p.numel() for p in original.parameters())
 
 
