@@ -17,7 +17,8 @@ from torch import nn
 from pareco_runtime import make_slimmable, slice_model
 from pareco_runtime.ops import SlimLinear
 
-from .test_convert_concat import _check_exact, _converted, _warmed
+from .convert_checks import warmed
+from .test_convert_concat import _check_exact, _converted
 
 SIZE = (3, 16, 16)
 
@@ -57,7 +58,7 @@ class VGGish(nn.Module):
 
 @pytest.mark.parametrize("how", ["torch.flatten", "view", "reshape", "nn.Flatten"])
 def test_flatten_into_a_linear_slims_the_last_conv(how):
-    original = _warmed(VGGish(how), SIZE)
+    original = warmed(VGGish(how), SIZE)
     slim = _converted(original, SIZE)
     assert set(slim.pinned.values()) == {"the network's output"}
     fc = slim.get_submodule("classifier.0")
@@ -66,7 +67,7 @@ def test_flatten_into_a_linear_slims_the_last_conv(how):
 
 
 def test_linear_reads_the_first_features_of_each_block_of_a_flattened_concatenation():
-    original = _warmed(VGGish(branches=True), SIZE)
+    original = warmed(VGGish(branches=True), SIZE)
     slim = _converted(original, SIZE)
     assert set(slim.pinned.values()) == {"the network's output"}
     _check_exact(original, slim, SIZE, configs=4)
@@ -114,7 +115,7 @@ def test_torchvision_classifiers_on_flattened_maps_convert_fully(name, size):
 
     torch.manual_seed(0)
     original = torchvision.models.get_model(name, weights=None, num_classes=10)
-    original = _warmed(original, (3, size, size))
+    original = warmed(original, (3, size, size))
     slim = _converted(original, (3, size, size))
     assert set(slim.pinned.values()) == {"the network's output"}
     _check_exact(original, slim, (3, size, size), configs=2)
@@ -129,6 +130,6 @@ def test_sliced_vggish_exports_to_onnx_with_parity(tmp_path):
         require("onnx")
     except ValueError as exc:
         pytest.skip(str(exc))
-    slim = _converted(_warmed(VGGish(branches=True), SIZE), SIZE)
+    slim = _converted(warmed(VGGish(branches=True), SIZE), SIZE)
     sub = slice_model(slim, slim.space.sample(torch.Generator().manual_seed(0)))
     assert export_point(sub, SIZE, "onnx", tmp_path / "p.onnx").max_abs_diff <= 1e-4
