@@ -149,7 +149,7 @@ class _TwoOutputs(torch.nn.Module):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt,ext", [("litert", ".tflite"), ("openvino", ".xml")])
+@pytest.mark.parametrize("fmt,ext", [("litert", ".tflite"), ("openvino", ".xml"), ("executorch", ".pte")])
 def test_every_output_of_a_dict_network_comes_back_in_order(tmp_path, fmt, ext):
     from export.exporter import export_point
     from pareco_runtime.outputs import flatten_outputs
@@ -163,3 +163,35 @@ def test_every_output_of_a_dict_network_comes_back_in_order(tmp_path, fmt, ext):
         want = [t.numpy() for _, t in flatten_outputs(model(x))]
     assert [g.shape for g in got] == [w.shape for w in want]
     assert all(abs(g - w).max() <= DEFAULT_ATOL for g, w in zip(got, want))
+
+
+# Compiled on the main thread, freed on another, then a signal with a Python handler for the main thread:
+# OpenVINO's CPU plugin had left it an unmapped signal stack, and the process died of SIGSEGV.
+_FREED_ELSEWHERE = """
+import signal, sys, threading
+from pathlib import Path
+from export.formats import load_runner
+runner = [load_runner("openvino", Path(sys.argv[1]))]
+freeing = threading.Thread(target=runner.clear)
+freeing.start()
+freeing.join()
+handled = []
+signal.signal(signal.SIGUSR1, lambda *args: handled.append(args[0]))
+signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+print(handled == [signal.SIGUSR1])
+"""
+
+
+@pytest.mark.slow
+def test_a_program_freed_on_another_thread_leaves_signals_working(tmp_path, repo_root):
+    import subprocess
+
+    from export.exporter import export_point
+
+    _installed("openvino")
+    path = tmp_path / "p.xml"
+    export_point(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).eval(), (3, 8, 8), "openvino", path)
+    done = subprocess.run(
+        [sys.executable, "-c", _FREED_ELSEWHERE, str(path)], cwd=repo_root, capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-2000:]

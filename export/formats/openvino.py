@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..batch import BatchRange
 from .base import Calibration, ExportError, Format, Int8Flow, Runner, Serving, as_array, batch_dim
+from .signal_stack import keeping_signal_stack
 
 if TYPE_CHECKING:
     import torch
@@ -137,8 +138,9 @@ def load_openvino(path: Path, threads: int | None) -> Runner:
             f"{path}: its weights file {path.with_suffix('.bin').name} is missing; keep the .xml "
             "and .bin of an OpenVINO export together, or export it again"
         )
-    compiled = ov.Core().compile_model(str(path), "CPU", compile_config(threads))
-    request = compiled.create_infer_request()
+    with keeping_signal_stack():  # the CPU plugin swaps this thread's signal stack (see signal_stack)
+        compiled = ov.Core().compile_model(str(path), "CPU", compile_config(threads))
+        request = compiled.create_infer_request()
 
     count = len(compiled.outputs)
 
