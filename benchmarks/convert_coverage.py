@@ -1,9 +1,12 @@
 """Which torchvision classification models make_slimmable converts, which in part, which it refuses, and why.
 
-Run: ``.venv/bin/python -m benchmarks.convert_coverage [--size 224] [--skip-large] [--models NAME ...]``
-(random weights, no download). For each model: width dimensions found, layers kept at full width, the
-reasons (grouped by the op that pinned them), MACs at uniform width 0.5 relative to full, and a check
-that a random config's slice equals the slimmable model.
+Run: ``.venv/bin/python -m benchmarks.convert_coverage [--size 224] [--skip-large] [--models NAME ...]
+[--export onnx executorch ...]`` (random weights, no download). For each model: width dimensions found,
+layers kept at full width, the reasons (grouped by the op that pinned them), MACs at uniform width 0.5
+relative to full, and a check that a random config's slice equals the slimmable model. With ``--export``,
+that slice is also exported to each format and run in its runtime: the largest difference from PyTorch,
+and for ExecuTorch the operators XNNPACK left to the portable kernels. The test suite exports a few
+models; this sweeps every one.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import argparse
 import collections
 import re
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torchvision
@@ -54,6 +59,9 @@ def main() -> None:
     parser.add_argument(
         "--models", nargs="+", help="these models only (default: every torchvision one); timm:NAME for timm's"
     )
+    parser.add_argument(
+        "--export", nargs="+", default=[], metavar="FORMAT", help="also export the slice to these formats"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = args.models or torchvision.models.list_models(module=torchvision.models)
@@ -91,6 +99,23 @@ def main() -> None:
             f"MACs at 0.5: {half:.3f}, {seconds:.2f} s, slice equal: {exact}{'; ' + detail if detail else ''}",
             flush=True,
         )
+        for fmt in args.export:
+            print(f"  {fmt}: {_exported(sub, tuple(x.shape[1:]), fmt)}", flush=True)
+
+
+def _exported(sub: torch.nn.Module, size: tuple[int, ...], fmt: str) -> str:
+    """One line on exporting ``sub`` to ``fmt``: its difference from PyTorch and what was not delegated."""
+    from export.exporter import export_point
+
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        try:
+            result = export_point(sub, size, fmt, Path(folder) / f"p.{fmt}")
+        except Exception as exc:  # a failing model is one line of the report, not the end of the sweep
+            return f"FAILED: {str(exc).splitlines()[0][:160]}"
+    undelegated = result.details.get("undelegated_ops")
+    left = "" if undelegated is None else f", not delegated: {', '.join(undelegated) or 'none'}"
+    return f"max |diff| {result.max_abs_diff:.1e}, {time.perf_counter() - t0:.1f} s{left}"
 
 
 if __name__ == "__main__":

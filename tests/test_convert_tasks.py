@@ -220,9 +220,11 @@ def _front(tmp_path: Path, slim: SlimmableNet, size, mean: float) -> Path:
     return write_front(tmp_path, slim, points, stats, dataset, TrainingRecord("slim", 1, 0, 1.0))
 
 
+# LRASPP (a MobileNetV3-large backbone) in ONNX only: its ExecuTorch lowering alone took over 50 s of the
+# suite, and ExecuTorch's dict outputs are checked on a small network in test_litert_openvino.
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["kws", "lraspp"])
-def test_front_exports_with_every_output_and_benches(which, seg_pair, tmp_path, cli):
+@pytest.mark.parametrize(("which", "formats"), [("kws", ["--onnx", "--executorch"]), ("lraspp", ["--onnx"])])
+def test_front_exports_with_every_output_and_benches(which, formats, seg_pair, tmp_path, cli):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("executorch")
     import onnx
@@ -249,8 +251,7 @@ def test_front_exports_with_every_output_and_benches(which, seg_pair, tmp_path, 
         str(manifest),
         "--point",
         "p50",
-        "--onnx",
-        "--executorch",
+        *formats,
         "--out",
         str(out),
         "--model",
@@ -258,7 +259,7 @@ def test_front_exports_with_every_output_and_benches(which, seg_pair, tmp_path, 
     )
     assert r.returncode == 0, r.stderr
     records = json.loads((out / "export.json").read_text())
-    assert len(records) == 2 and all(rec["max_abs_diff"] <= 1e-4 for rec in records)
+    assert len(records) == len(formats) and all(rec["max_abs_diff"] <= 1e-4 for rec in records)
     assert [o.name for o in onnx.load(str(out / "p50.onnx")).graph.output] == names
     r = cli(
         "bench",
