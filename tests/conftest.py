@@ -1,10 +1,10 @@
 """Shared fixtures: one trained front per session, the CLI in-process and as a real process, training helpers.
 
-Fast subset, for the edit-test loop (measured 2026-12-07: 1,126 tests in 61 s on two xdist workers of a 2-core
-AMD EPYC while a training held one core, 103 CPU-seconds user + system). A test over about two CPU-seconds
-belongs in slow::
+Fast subset, for the edit-test loop (measured 2026-12-07 from a fresh clone: 1,176 tests in 63 s wall on two
+xdist workers of a 2-core AMD EPYC, 119 CPU-seconds user + system, 16 s of it each worker's collection). A test
+over about two CPU-seconds belongs in slow::
 
-    python -m pytest -m "not slow" -n 2
+    python -m pytest -m "not slow" -n 2 --dist loadfile
 
 It leaves out the tests marked ``@pytest.mark.slow`` (a few CPU-seconds or more each): kill-and-resume
 trainings, the crash harness, DDP, ONNX and ExecuTorch lowering, onnxruntime benchmarking and the BO tests
