@@ -43,7 +43,7 @@ def _reason(text: str) -> str:
     return f"{why} [{op.group(1).split('.')[-1] if op else '?'}]" if "does not know" in why else why
 
 
-def _model(name: str) -> torch.nn.Module:
+def model_by_name(name: str) -> torch.nn.Module:
     """torchvision's model ``name``, or timm's for ``timm:NAME``, with random weights, in eval mode."""
     if name.startswith("timm:"):
         import timm
@@ -69,7 +69,7 @@ def main() -> None:
         if args.skip_large and name in LARGE:
             print(f"{name}: skipped (large)", flush=True)
             continue
-        original = _model(name)
+        original = model_by_name(name)
         x = torch.randn(1, 3, args.size, args.size)
         t0 = time.perf_counter()
         try:

@@ -1,7 +1,8 @@
 """make_slimmable figures: conversion time, full-width forward vs the original, cost model, switch time.
 
-Run: ``.venv/bin/python -m benchmarks.convert_speed`` (a few minutes on 2 CPU cores). Forward times
-are interleaved in one process (the converted model and the original module, one call each per
+Run: ``.venv/bin/python -m benchmarks.convert_speed [--models NAME,...] [--cost-model NAME,...]`` (a few
+minutes on 2 CPU cores; ``timm:NAME`` for timm's models, e.g. ``timm:vit_tiny_patch16_224``). Forward
+times are interleaved in one process (the converted model and the original module, one call each per
 round) and given as ratios; the cost model is timed against slicing + torch's flop counter.
 """
 
@@ -12,9 +13,9 @@ import time
 import warnings
 
 import torch
-import torchvision
 
 from bench.timing import interleaved
+from benchmarks.convert_coverage import model_by_name
 from benchmarks.foundation import cost_model_rates
 from pareco_runtime import make_slimmable
 
@@ -31,7 +32,7 @@ MODELS = [
 
 
 def convert(name: str, size: int) -> tuple[torch.nn.Module, torch.nn.Module, float]:
-    original = torchvision.models.get_model(name, weights=None).eval()
+    original = model_by_name(name)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -70,6 +71,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--cost-model", default="resnet50,efficientnet_b0", help="models whose cost model is timed too"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -84,7 +88,7 @@ def main() -> None:
             f"{name}: {slim.space.dims} dims, converted in {seconds:.2f} s; forward ratio batch 1 {b1}, "
             f"batch 32 {b32}; switch {switch_us(slim)}"
         )
-        if name in ("resnet50", "efficientnet_b0"):
+        if name in args.cost_model.split(","):
             line += f"; cost model {cost_model(slim)}"
         print(line, flush=True)
 

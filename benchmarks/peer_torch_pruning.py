@@ -42,6 +42,7 @@ import torch
 import torchvision
 from torch import nn
 
+from benchmarks.convert_coverage import model_by_name
 from pareco_runtime import ConversionError, make_slimmable, slice_model
 from pareco_runtime.atomic import atomic_write_text
 from pareco_runtime.models.base import flop_counter
@@ -97,13 +98,9 @@ def build(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if name.startswith("timm:"):
-            import timm
-
-            model = timm.create_model(name.removeprefix("timm:")).eval()
-            size = model.pretrained_cfg.get("input_size", (3, size, size))[-1]
-        else:
-            model = torchvision.models.get_model(name, weights=None).eval()
+        model = model_by_name(name)
+    if name.startswith("timm:"):
+        size = model.pretrained_cfg.get("input_size", (3, size, size))[-1]
     return model, torch.randn(1, 3, size, size)
 
 
