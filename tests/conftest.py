@@ -83,18 +83,28 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
     return run
 
 
+def _python(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """``python ARGS`` in a fresh process in the repository root, its output captured as text."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture
 def cli_process() -> Callable[..., subprocess.CompletedProcess]:
     """``cli_process(*args, timeout=300)`` runs ``pareco ARGS`` in a fresh Python process, as a user would."""
 
     def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "pareco_cli.main", *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return _python("-m", "pareco_cli.main", *args, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
+def python_process() -> Callable[..., subprocess.CompletedProcess]:
+    """``python_process(code, *args, timeout=300)`` runs ``python -c CODE ARGS`` in a fresh process in the
+    repository root (so it imports the project's packages), as an app would."""
+
+    def run(code: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return _python("-c", code, *args, timeout=timeout)
 
     return run
 

@@ -183,15 +183,11 @@ print(handled == [signal.SIGUSR1])
 
 
 @pytest.mark.slow
-def test_a_program_freed_on_another_thread_leaves_signals_working(tmp_path, repo_root):
-    import subprocess
-
+def test_a_program_freed_on_another_thread_leaves_signals_working(tmp_path, python_process):
     from export.exporter import export_point
 
     _installed("openvino")
     path = tmp_path / "p.xml"
     export_point(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).eval(), (3, 8, 8), "openvino", path)
-    done = subprocess.run(
-        [sys.executable, "-c", _FREED_ELSEWHERE, str(path)], cwd=repo_root, capture_output=True, text=True
-    )
+    done = python_process(_FREED_ELSEWHERE, str(path))
     assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-2000:]

@@ -87,7 +87,9 @@ def test_a_record_rewritten_to_fit_a_copied_file_is_caught_by_what_the_file_carr
 
 
 @pytest.mark.slow
-def test_garbage_pte_under_a_valid_record_is_one_line_not_sigabrt(front_copy: Path, cli, repo_root) -> None:
+def test_garbage_pte_under_a_valid_record_is_one_line_not_sigabrt(
+    front_copy: Path, cli, repo_root, python_process
+) -> None:
     active = SlimmableRuntime.load(front_copy).active.id
     folder = _export(cli, front_copy, "--executorch", point=active)
     pte = folder / f"{active}.pte"
@@ -97,13 +99,7 @@ def test_garbage_pte_under_a_valid_record_is_one_line_not_sigabrt(front_copy: Pa
         "try:\n    SlimmableRuntime.load(sys.argv[1], backend='executorch')\n"
         "except ValueError as exc:\n    print(exc, file=sys.stderr); sys.exit(2)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(front_copy)],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = python_process(script, str(front_copy))
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert proc.stderr.strip().startswith(f"{pte}: not the file") and proc.stderr.strip().endswith(_TODO)
     bench = subprocess.run(

@@ -4,8 +4,6 @@ the export index or exported on first use, with the torch backend's contract and
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -131,14 +129,8 @@ for n in (1, 8):
 
 
 @pytest.mark.slow
-def test_executorch_serves_every_point_at_several_batches(front_copy, repo_root):
-    done = subprocess.run(
-        [sys.executable, "-c", _SEVERAL_BATCHES, str(front_copy)],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def test_executorch_serves_every_point_at_several_batches(front_copy, python_process):
+    done = python_process(_SEVERAL_BATCHES, str(front_copy), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

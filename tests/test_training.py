@@ -180,7 +180,7 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path, repo_root, train_cli_args)
 
 
 @pytest.mark.slow
-def test_slim_run_leaves_botorch_unimported(tmp_path, small_train_settings, repo_root):
+def test_slim_run_leaves_botorch_unimported(tmp_path, small_train_settings, python_process):
     """BoTorch is imported only by PareCO and TwoStage: a Slim run never loads it."""
     code = (
         "import sys; from training.config import TrainConfig; from training.loop import train; "
@@ -188,9 +188,7 @@ def test_slim_run_leaves_botorch_unimported(tmp_path, small_train_settings, repo
         "heavy = ('botorch', 'gpytorch', 'training.mobo', 'training.pareco'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=300
-    )
+    r = python_process(code)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
