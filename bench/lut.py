@@ -366,11 +366,11 @@ def _time_in_place(
         for j, alpha in enumerate(grid_alphas):
             # The plain twin, not slice_model's GraphModule: a traced graph has no block modules to hook.
             sliced = plain_twin(model, alpha).to(device)
-            x = torch.randn(batch, *model.input_size, generator=gen).to(device)
+            x = model.input_specs[0].batch(batch, gen).to(device)
             candidates[f"grid{j}"] = _timed_in_context(sliced, names, x, cuda, warmup, stores[j])
         for i, a in enumerate(configs):
             candidates[f"config{i}"] = torch_callable(
-                slice_model(model, a).eval(), torch.randn(batch, *model.input_size, generator=gen), cuda
+                slice_model(model, a).eval(), model.input_specs[0].batch(batch, gen), cuda
             )
         say(
             f"timing {len(grid_alphas)} grid configs ({len(names)} blocks timed in place) and "
@@ -420,7 +420,7 @@ def _time_compiled(
     keys: list[list[str]] = []
     for alpha in grid_alphas:
         twin = plain_twin(model, alpha)
-        inputs = _unit_inputs(twin, names, torch.randn(batch, *model.input_size, generator=gen))
+        inputs = _unit_inputs(twin, names, model.input_specs[0].batch(batch, gen))
         row = []
         for name, x in zip(names, inputs):
             block = twin.get_submodule(name)
@@ -438,7 +438,7 @@ def _time_compiled(
         folder = Path(scratch)
         programs = [(f"block{k}", block, x) for k, (block, x) in enumerate(blocks.values())]
         programs += [
-            (f"config{i}", slice_model(model, a).eval(), torch.randn(batch, *model.input_size, generator=gen))
+            (f"config{i}", slice_model(model, a).eval(), model.input_specs[0].batch(batch, gen))
             for i, a in enumerate(configs)
         ]
         for key, module, x in programs:

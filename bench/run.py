@@ -303,7 +303,7 @@ def run_bench(
         for b in backends
     }
     gen = torch.Generator().manual_seed(timing.seed)
-    x = torch.randn(batch, *rt.input_size, generator=gen)
+    x = rt.input_spec.batch(batch, gen)
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="pareco-bench-") as scratch:
         candidates: dict[tuple[str, str], Any]
         if through_runtime:

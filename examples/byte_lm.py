@@ -15,11 +15,14 @@ held-out text (``metric="loss"``, ``higher_is_better=False``), bits per byte bes
     pareco select runs/lm/slim --budget 100Kparams
 
 The files are read as bytes (any encoding), concatenated and cut into windows of ``--context`` + 1
-bytes; the last tenth of the bytes is held out for the front's figures. Token ids in, so the manifest
-cannot rebuild this network (``pareco_runtime.convert.rebuild`` makes float example inputs) and
-``pareco export`` / ``SlimmableRuntime.load`` do not serve it yet: ``pareco select`` and ``show``
-read the manifest alone; :func:`pareco_runtime.slice_model` gives a point's standalone network in
-Python. docs/task-transformers.md explains the front.
+bytes; the last tenth of the bytes is held out for the front's figures. The manifest records int64 token ids of ``--context``
+positions (``dataset.input_dtype``), so the front is served like any other, with the builder named::
+
+    pareco export runs/lm/slim --model examples.byte_lm:byte_lm --all --onnx --executorch
+    pareco bench runs/lm/slim --model examples.byte_lm:byte_lm --backend onnxruntime executorch
+
+and in Python ``SlimmableRuntime.load("runs/lm/slim/model.front.json", model=byte_lm)`` takes
+``(N, context)`` int64 ids. docs/task-transformers.md explains the front.
 """
 
 from __future__ import annotations
@@ -187,10 +190,9 @@ def train(
 
 
 def dataset(context: int) -> DatasetSpec:
-    """The manifest's dataset record. Its ``input_size`` has forms for images and feature sequences only
-    ([C, H, W], [C, L]); the byte ids ``[N, T]`` are recorded as one channel of ``T`` positions, which is
-    what the name says: nothing reads it to build inputs for this front (see the module docstring)."""
-    return DatasetSpec(name="bytes (token ids [N, T])", input_size=(1, context), mean=[0.0], std=[1.0])
+    """The manifest's dataset record: ``context`` int64 byte ids per sequence (``[T]``, format 6). Ids
+    are not normalised: ``mean`` / ``std`` are the one unused pair the format keeps."""
+    return DatasetSpec(name="bytes", input_size=(context,), input_dtype="int64", mean=[0.0], std=[1.0])
 
 
 def main(argv: list[str] | None = None) -> None:

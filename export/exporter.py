@@ -24,6 +24,7 @@ from torch import nn
 
 from pareco_runtime.atomic import atomic_path, remove_stale_temporaries, staging_dir
 from pareco_runtime.filelock import locked
+from pareco_runtime.inputs import InputSpec
 from pareco_runtime.manifest import utc_timestamp
 from pareco_runtime.outputs import flatten_outputs, with_flat_outputs
 from pareco_runtime.untrusted import first_line, sha256_file
@@ -83,6 +84,7 @@ class ExportResult:
     carried: Carried | None = None
     precision: str = "fp32"
     sha256: str | None = None
+    input_dtype: str = "float32"
 
     def to_entry(self, weights_sha256: str | None = None) -> dict[str, Any]:
         """The record ``export.json`` keeps for this file (its name relative to the folder), with the
@@ -100,6 +102,8 @@ class ExportResult:
             "seconds": round(self.seconds, 3),
             "created": utc_timestamp(),
         }
+        if self.input_dtype != "float32":
+            entry["input_dtype"] = self.input_dtype
         if weights_sha256 is not None:
             entry["weights_sha256"] = weights_sha256
         if self.sha256 is not None:
@@ -110,15 +114,24 @@ class ExportResult:
         return entry
 
 
-def parity_inputs(input_size: Sequence[int], batches: Sequence[int], seed: int = 0) -> list[torch.Tensor]:
-    """Seeded standard-normal batches (inputs are normalised, so N(0, 1) is their realistic range)."""
+def parity_inputs(
+    input_size: Sequence[int] | InputSpec, batches: Sequence[int], seed: int = 0
+) -> list[torch.Tensor]:
+    """Seeded batches of the input (:meth:`InputSpec.batch <pareco_runtime.inputs.InputSpec.batch>`:
+    standard normal for float inputs, which are normalised; token ids within the vocabulary)."""
+    spec = _spec(input_size)
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, *input_size, generator=gen) for b in batches]
+    return [spec.batch(b, gen) for b in batches]
+
+
+def _spec(input_size: Sequence[int] | InputSpec) -> InputSpec:
+    """``input_size`` as an input spec (a plain size is a float32 input)."""
+    return input_size if isinstance(input_size, InputSpec) else InputSpec.of(input_size)
 
 
 def export_point(
     model: nn.Module,
-    input_size: Sequence[int],
+    input_size: Sequence[int] | InputSpec,
     fmt: str,
     path: str | os.PathLike[str],
     *,
@@ -136,7 +149,8 @@ def export_point(
     """Export ``model`` (a plain eval-mode model, e.g. ``rt.standalone(point)``) to ``path`` as ``fmt``.
 
     ``fmt``: onnx | torchscript | pt2 | executorch. ``input_size``: the one input's shape without the
-    batch ((C, H, W) images, (C, L) sequences). A model returning tuples, lists or dicts of tensors
+    batch ((C, H, W) images, (C, L) sequences), or its :class:`~pareco_runtime.inputs.InputSpec`
+    (``rt.input_spec``) for token ids (``(T,)`` int64). A model returning tuples, lists or dicts of tensors
     is exported returning them flattened (:mod:`pareco_runtime.outputs`: dict keys in insertion
     order, items in order; ONNX outputs named by key or index) and every output is checked. ONNX, TorchScript
     and ``.pt2`` files take any batch size and are checked at batches 1 and 3. An ExecuTorch file
@@ -168,11 +182,18 @@ def export_point(
         raise ExportError(f"ONNX opset {opset} is too old; use 18 or newer")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    size = tuple(int(v) for v in input_size)
+    input_spec = _spec(input_size)
+    if int8 is not None and not input_spec.is_float:
+        raise ExportError(
+            f"{target.name}: int8 export calibrates on images and features, not {input_spec.dtype_name} token ids; "
+            "export this front in fp32"
+        )
     started = time.perf_counter()
-    example = torch.randn(batches.low if batches.is_static else _TRACE_BATCH, *size)
+    example = input_spec.batch(
+        batches.low if batches.is_static else _TRACE_BATCH, torch.Generator().manual_seed(seed)
+    )
     model = with_flat_outputs(model.eval(), example)
-    checks = parity_inputs(size, _check_batches(batches), seed)
+    checks = parity_inputs(input_spec, _check_batches(batches), seed)
     remove_stale_temporaries(target.parent)  # what killed exports left here
     staging = staging_dir(target)
     try:
@@ -215,7 +236,7 @@ def export_point(
             path=target,
             bytes=sum(f.stat().st_size for f in (staged, *sides)),
             max_abs_diff=diff,
-            input_size=size,
+            input_size=input_spec.shape,
             batch=batches,
             versions=versions(fmt),
             seconds=time.perf_counter() - started,
@@ -224,6 +245,7 @@ def export_point(
             carried=carried,
             precision="fp32" if int8 is None else "int8",
             sha256=sha256_file(staged),
+            input_dtype=input_spec.dtype_name,
         )
         with contextlib.ExitStack() as stack:
             if record_in is not None:
@@ -362,7 +384,7 @@ def export_points(
         for fmt in formats:
             res = export_point(
                 model,
-                rt.input_size,
+                rt.input_spec,
                 fmt,
                 directory / names[points.index(p) * len(formats) + formats.index(fmt)],
                 batch=batch,

@@ -1,7 +1,8 @@
 """``export.json``: the record of the files in an export folder.
 
 A JSON list with one object per exported file: ``point``, ``format``, ``file`` (relative to the
-folder), ``bytes``, ``max_abs_diff``, ``versions``, ``input_size``, ``batch`` (the batch sizes
+folder), ``bytes``, ``max_abs_diff``, ``versions``, ``input_size``, ``input_dtype`` (only where the
+input is not float32: ``int64`` / ``int32`` token ids), ``batch`` (the batch sizes
 the file accepts, as ``--batch`` spells them: the static size N, ``"dynamic:MAX"`` for 1 to MAX,
 or ``"dynamic"`` for any; absent in records of older versions, read as any batch for ONNX,
 TorchScript and ``.pt2`` and as unknown for ExecuTorch), ``seconds``, ``created``,
@@ -43,6 +44,7 @@ from typing import Any
 
 from pareco_runtime.atomic import atomic_write_text
 from pareco_runtime.filelock import locked
+from pareco_runtime.inputs import DTYPES
 from pareco_runtime.untrusted import FormatError, read_json, sha256_file
 
 from .batch import BatchRange, recorded_batch
@@ -86,6 +88,7 @@ _FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "sha256": (_is_sha256, "a SHA-256 in 64 lower-case hex digits"),
     "channels": (_is_count_list, "a list of channel counts"),
     "input_size": (_is_count_list, "a list of sizes"),
+    "input_dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
     **dict.fromkeys(
         ("bytes", "max_abs_diff", "max_abs_output", "seconds", "top1", "fp32_top1"),
         (_is_number, "a finite number"),

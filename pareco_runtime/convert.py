@@ -32,6 +32,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 
 from .coupling import Analysis, ConversionError, Groups, Layer, Tracer
+from .inputs import DTYPES, FLOAT, dtype_name
 from .models.base import LayerBuilder, SlimmableNet, Slot
 from .ops import SlimChannelParameters, SlimHeadCount, channel_parameters_class, head_count_class
 from .sources import ModelFactory, check_builder_kwargs, original_module
@@ -39,7 +40,18 @@ from .untrusted import first_line
 
 # What make_slimmable records under architecture.kwargs.convert, and all a manifest may pass it back.
 CONVERT_SETTINGS = frozenset(
-    {"input_size", "input_sizes", "low", "lows", "divisor", "pin", "tie", "on_unsupported", "slim_grouped"}
+    {
+        "input_size",
+        "input_sizes",
+        "input_dtypes",
+        "low",
+        "lows",
+        "divisor",
+        "pin",
+        "tie",
+        "on_unsupported",
+        "slim_grouped",
+    }
 )
 # Normalisers share their input's channel group: a tie names the layers that produce one.
 _NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
@@ -52,6 +64,7 @@ _INSTANCE_API = frozenset(
         "space",
         "input_size",
         "input_sizes",
+        "input_dtypes",
         "ctx",
         "alpha",
         "pinned",
@@ -191,6 +204,7 @@ def make_slimmable(
     net = copy.deepcopy(module)
     parts = _part_inputs(net, inputs, submodules) if submodules else {"": (net, inputs)}
     sizes = _input_sizes(inputs, bool(submodules))
+    dtypes = [FLOAT] * len(sizes) if submodules else _input_dtypes(inputs)
     groups, layers, unsupported = Groups(), dict[str, Layer](), list[str]()
     channel_params: dict[str, dict[str, tuple[int, int]]] = {}
     head_macs: list[tuple[int, int]] = []
@@ -314,6 +328,8 @@ def make_slimmable(
         slim.arch_kwargs["convert"]["lows"] = {k: float(v) for k, v in lows.items()}
     if len(sizes) > 1:
         slim.arch_kwargs["convert"]["input_sizes"] = [list(size) for size in sizes]
+    if any(d != FLOAT for d in dtypes):
+        slim.arch_kwargs["convert"]["input_dtypes"] = dtypes
     if submodules:
         # Not a setting rebuild() takes: a front needs batched tensor inputs (docs/own-model.md).
         slim.arch_kwargs["convert"]["submodules"] = list(submodules)
@@ -323,12 +339,8 @@ def make_slimmable(
         if any(groups.is_pinned(v) for v in layer.cout)
     }
     floors = _dimension_lows(builder.dim_names, low, lows or {})
-    # Integer inputs (token ids) are no zeros of a float tensor: the cost model runs on their example.
-    integer = any(
-        not t.is_floating_point() for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)
-    )
-    example = inputs if submodules or integer else None
-    slim._finish(builder, low, divisor, sizes[0], floors, sizes, example, op_macs)
+    example = inputs if submodules else None
+    slim._finish(builder, low, divisor, sizes[0], floors, sizes, example, op_macs, dtypes)
     return slim
 
 
@@ -402,6 +414,14 @@ def _input_sizes(inputs: tuple[Any, ...], partial: bool) -> list[tuple[int, ...]
     """Each input's shape without the batch (a partial conversion's example leaves: as given)."""
     leaves = [t for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)]
     return [tuple(int(v) for v in (t.shape if partial else t.shape[1:])) for t in leaves]
+
+
+def _input_dtypes(inputs: tuple[torch.Tensor, ...]) -> list[str]:
+    """Each input's dtype name: float32 for float inputs, int32/int64 for token ids; ConversionError else."""
+    try:
+        return [dtype_name(t.dtype, f"make_slimmable: example_input[{i}]") for i, t in enumerate(inputs)]
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
 
 
 def _part_inputs(
@@ -540,11 +560,17 @@ def rebuild(arch: str, kwargs: dict[str, Any], factory: ModelFactory | None = No
     settings.setdefault("slim_grouped", False)
     sizes = [settings.pop("input_size")]
     sizes = settings.pop("input_sizes", sizes)
+    dtypes = settings.pop("input_dtypes", [FLOAT] * len(sizes))
+    if not isinstance(dtypes, list) or len(dtypes) != len(sizes) or any(d not in DTYPES for d in dtypes):
+        raise ValueError(
+            f"architecture.kwargs.convert.input_dtypes: {dtypes!r} is not one of {', '.join(DTYPES)} per "
+            "input; use the manifest pareco wrote"
+        )
     module = original_module(arch, dict(kwargs["model"]), factory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            example = tuple(torch.zeros(1, *size) for size in sizes)
+            example = tuple(torch.zeros(1, *size, dtype=DTYPES[d]) for size, d in zip(sizes, dtypes))
             return make_slimmable(
                 module,
                 example if len(example) > 1 else example[0],

@@ -142,7 +142,7 @@ def _module_budget(limit: int) -> Iterator[None]:
 
 def check_fit(model: SlimmableNet, front: Front, header: WeightHeader) -> None:
     """Raise :class:`FormatError` at the first way ``header`` (a weight file) does not fit ``model`` (built,
-    on any device, from ``front``): width space, recorded architecture, state tensors, points."""
+    on any device, from ``front``): width space, input dtype, recorded architecture, state tensors, points."""
     arch = front.architecture
     source = front.path or "manifest"
     built, saved = model.space, front.width_space
@@ -156,6 +156,12 @@ def check_fit(model: SlimmableNet, front: Front, header: WeightHeader) -> None:
         raise FormatError(
             f"{header.path}: weight file of another architecture ({recorded}) than its manifest "
             f"({arch.to_dict()}); {_FIT}"
+        )
+    served = front.dataset.input_dtype
+    if model.input_dtypes[0] != served:
+        raise FormatError(
+            f"{source}: dataset.input_dtype is {served} but architecture '{arch.arch}' takes "
+            f"{model.input_dtypes[0]} inputs; the manifest was edited or belongs to another model"
         )
     _check_state(model, header, arch.arch)
     for p in front.points:

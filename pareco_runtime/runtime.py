@@ -13,6 +13,7 @@ from torch import nn
 
 from . import backends
 from .budget import BatteryPolicy, Budget, Choice, as_budget, choose
+from .inputs import InputSpec
 from .manifest import DeviceProfile, Front, FrontPoint, load_front_weights
 from .model_check import build_front_model
 from .models.base import SlimmableNet
@@ -99,6 +100,7 @@ class SlimmableRuntime:
         self._channels = {p.id: model.space.channels(p.alpha) for p in self.points}
         dataset = front.dataset.to_dict()
         self._preprocess = Preprocess.from_dataset(dataset) if is_image(dataset["input_size"]) else None
+        self._input_spec = InputSpec.of(front.dataset.input_size, front.dataset.input_dtype, model)
         self._lock = _ReadWriteLock()
         self._loader = None if backend == backends.TORCH else backends.program_loader(backend)
         self._programs: dict[str, backends.Program] = {}
@@ -177,8 +179,14 @@ class SlimmableRuntime:
 
     @property
     def input_size(self) -> tuple[int, ...]:
-        """Expected input without the batch: (C, H, W) images, (C, L) sequences."""
+        """Expected input without the batch: (C, H, W) images, (C, L) sequences, (T,) token ids."""
         return tuple(self.front.dataset.input_size)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """The input :meth:`__call__` takes: :attr:`input_size` and the manifest's dtype (float32, or
+        token ids bounded by the network's embedding tables)."""
+        return self._input_spec
 
     @property
     def class_names(self) -> list[str]:
@@ -275,30 +283,21 @@ class SlimmableRuntime:
         self.active = point
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the active sub-network for a batch ``x`` of shape (N, C, H, W)."""
+        """The active sub-network's output for a batch ``x`` of :attr:`input_spec` (``(N, C, H, W)``
+        float32 images, ``(N, T)`` int64 token ids, ...)."""
         self._check_input(x)
         with self._lock.read(), torch.inference_mode():
             return self.model(x) if self._program is None else self._program(x)
 
     def _check_input(self, x: Any) -> None:
-        expected = "(N, " + ", ".join(map(str, self.input_size)) + ")"
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor of shape {expected}, got {type(x).__name__}")
-        if x.dim() != len(self.input_size) + 1 or tuple(x.shape[1:]) != self.input_size:
-            raise ValueError(
-                f"input has shape {tuple(x.shape)}, expected {expected}; "
-                + (
-                    "resize and normalise images as the manifest's dataset section says"
-                    if self._preprocess is not None
-                    else "normalise the features as the manifest's dataset section says"
-                )
-            )
-        if x.dtype != torch.float32:
-            raise ValueError(
-                f"input has dtype {x.dtype}, expected torch.float32; convert with x.float() after normalising"
-            )
-        if not torch.isfinite(x).all():
-            raise ValueError("input contains NaN or inf values; check the preprocessing that produced it")
+        self.input_spec.check(
+            x,
+            "resize and normalise images as the manifest's dataset section says"
+            if self._preprocess is not None
+            else "normalise the features as the manifest's dataset section says"
+            if self.input_spec.is_float
+            else "give windows of exactly the front's context length (pad or cut the ids)",
+        )
 
     def preprocess(self, image: Any) -> torch.Tensor:
         """``image`` (a PIL image, or uint8 RGB ``(3, H, W)`` / ``(H, W, 3)``) as the ``(1, C, H, W)``

@@ -1,7 +1,7 @@
 """examples/byte_lm.py end to end on tiny settings: a plain-torch byte-level decoder LM converted (heads and
 SwiGLU widths), trained with Slim on generated text in the example's own loop, its front ranked by loss
-(lower is better); select honours a parameter budget, and the chosen point's standalone slice equals the
-slimmable model at its config."""
+(lower is better); select honours a parameter budget, and the runtime loads the front of int64 ids from its
+manifest and serves the chosen point as its standalone slice does."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from pareco_runtime import slice_model
+from pareco_runtime import SlimmableRuntime
 
 from .example_fronts import check_declared, run_example
 
@@ -58,11 +57,11 @@ def test_byte_lm_front_is_ranked_by_loss_and_serves_a_parameter_budget(
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    model = example.slimmable_lm(dim=32, heads=4, layers=2, context=32)
-    model.load_state_dict(load_file(str(front / "model.safetensors")))
-    model.eval()
+    # The manifest records int64 ids of 32 positions, so the runtime serves the front from it.
+    rt = SlimmableRuntime.load(front / "model.front.json", model=example.byte_lm)
     ids = torch.randint(0, 256, (3, 32), generator=torch.Generator().manual_seed(0))
-    standalone = slice_model(model, chosen["alpha"]).eval()
+    rt.switch(rt.point(chosen["id"]))
+    standalone = rt.standalone(chosen["id"])
     assert sum(p.numel() for p in standalone.parameters()) == chosen["params"]
-    with model.config(chosen["alpha"]), torch.no_grad():
-        assert torch.equal(standalone(ids), model(ids))
+    with torch.no_grad():
+        assert torch.equal(standalone(ids), rt(ids))

@@ -177,3 +177,23 @@ class GroupedNet(nn.Module):
 
 def grouped_net(num_classes: int = 5) -> GroupedNet:
     return GroupedNet(num_classes)
+
+
+class TinyTokenNet(nn.Module):
+    """A next-token network of token ids ``[N, T]``: embedding plus positions, a residual MLP, a vocabulary head."""
+
+    def __init__(self, vocab: int = 32, dim: int = 16, hidden: int = 48, context: int = 12) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(context, dim) * 0.1)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids) + self.pos
+        return self.head(x + self.fc2(F.gelu(self.fc1(self.norm(x)))))
+
+
+def tiny_token_net(vocab: int = 32, context: int = 12) -> TinyTokenNet:
+    return TinyTokenNet(vocab=vocab, context=context)

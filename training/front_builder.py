@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
+from pareco_runtime.inputs import dtype_name
 from pareco_runtime.latency_table import LatencyLUT, lut_path
 from pareco_runtime.manifest import (
     WEIGHTS_NAME,
@@ -323,19 +324,27 @@ def _declared(metric: str | Metric, higher_is_better: bool, cands: Sequence[Cand
 
 
 def _input_dataset(calib: CalibrationBatches, model: SlimmableNet) -> DatasetSpec:
-    """A dataset record for a front built from the user's own data: the input size of the first
-    calibration batch's input (what ``first_input`` feeds the model: ``[N, C, H, W]`` images or
-    ``[N, C, L]`` sequences), no normalisation, no classes."""
+    """A dataset record for a front built from the user's own data: the input of the first
+    calibration batch (what ``first_input`` feeds the model: ``[N, C, H, W]`` images or ``[N, C, L]``
+    sequences, float; or ``[N, T]`` integer token ids), no normalisation, no classes."""
     batch = next(iter(calib.batches()))
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if not isinstance(x, Tensor) or x.dim() not in (3, 4):
+    ids = isinstance(x, Tensor) and x.dim() == 2 and not x.is_floating_point()
+    if not isinstance(x, Tensor) or not (ids or x.dim() in (3, 4)):
         raise ValueError(
-            "build_front: cannot read the input size [C, H, W] or [C, L] from the calibration batches; "
-            "pass dataset=DatasetSpec(...)"
+            "build_front: cannot read the input size [C, H, W], [C, L] or [T] (token ids) from the "
+            "calibration batches; pass dataset=DatasetSpec(...)"
         )
     size = tuple(int(n) for n in x.shape[1:])
-    c = size[0]
-    return DatasetSpec(name="custom", input_size=size, mean=[0.0] * c, std=[1.0] * c, class_names=[])
+    c = 1 if ids else size[0]
+    return DatasetSpec(
+        name="custom",
+        input_size=size,
+        mean=[0.0] * c,
+        std=[1.0] * c,
+        class_names=[],
+        input_dtype=dtype_name(x.dtype, "build_front: the calibration batches' input"),
+    )
 
 
 def build_front(

@@ -216,22 +216,21 @@ class Runner:
 
 
 def as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """``x`` as a contiguous float32 tensor (a runner's input for torch-based runtimes)."""
+    """``x`` as a contiguous tensor of a runner's input dtype (float32; integer token ids keep theirs)."""
     import numpy as np
     import torch
 
-    return (
-        (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))).float().contiguous()
-    )
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    return (t.float() if t.is_floating_point() else t).contiguous()
 
 
 def as_array(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    """``x`` as a contiguous float32 NumPy array (a runner's input for NumPy-based runtimes)."""
+    """``x`` as a contiguous NumPy array of a runner's input dtype (float32; integer token ids keep theirs)."""
     import numpy as np
     import torch
 
-    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return np.ascontiguousarray(arr, dtype=np.float32 if arr.dtype.kind == "f" else arr.dtype)
 
 
 def torch_runner(fmt: str, path: Path, module: Callable[[torch.Tensor], torch.Tensor]) -> Runner:

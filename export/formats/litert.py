@@ -221,7 +221,8 @@ def load_litert(path: Path, threads: int | None) -> Runner:
     def prepare(x: Any) -> Any:
         arr = as_array(x)
         if quantize is None:
-            return arr
+            # Token ids: the converter may type them int32 where torch had int64.
+            return arr if arr.dtype.kind == "f" else arr.astype(given["dtype"], copy=False)
         scale, zero, dtype = quantize
         bounds = np.iinfo(dtype)
         return np.clip(np.round(arr / scale) + zero, bounds.min, bounds.max).astype(dtype)
@@ -242,13 +243,14 @@ def load_litert(path: Path, threads: int | None) -> Runner:
 
 
 def _integer_io(detail: dict[str, Any]) -> tuple[float, int, Any] | None:
-    """(scale, zero point, dtype) of an integer input or output (an int8 program converted with
-    integer I/O takes and returns quantized tensors); None for a float one."""
+    """(scale, zero point, dtype) of a quantized input or output (an int8 program converted with
+    integer I/O takes and returns quantized tensors); None for a float one or for integer token ids
+    (no scale)."""
     import numpy as np
 
-    if np.issubdtype(detail["dtype"], np.floating):
-        return None
     scale, zero = detail["quantization"]
+    if np.issubdtype(detail["dtype"], np.floating) or not scale:
+        return None
     return float(scale), int(zero), detail["dtype"]
 
 

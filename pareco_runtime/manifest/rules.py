@@ -67,7 +67,9 @@ def check_manifest_consistency(manifest: dict[str, Any], source: Source = "manif
 
     Rules, in order: sizes are bounded (width_space.full at most :data:`MAX_CHANNELS` each,
     dataset.input_size and preprocess within :func:`check_input_size`); width_space.names, .full and
-    .steps have equal lengths, each step divides its full width, and 0 < low <= high; dataset.mean and .std have one value per input channel;
+    .steps have equal lengths, each step divides its full width, and 0 < low <= high; dataset.input_size is
+    [T] exactly for integer token ids (dataset.input_dtype); dataset.mean and .std have one value per input
+    channel (one for ids);
     class_names, when given, match architecture.kwargs.num_classes when that is an integer; device
     profile names are unique; point ids are unique and file-name safe (no final newline either);
     every point's alpha and channels have one value per width dimension, alpha within [low, high]
@@ -152,9 +154,18 @@ def _check_width_space(space: dict[str, Any], source: Source) -> None:
 
 
 def _check_dataset(manifest: dict[str, Any], source: Source) -> None:
-    """One mean and std per input channel, no std of 0; one class name per class where both are given."""
+    """Token ids (an integer input_dtype) are ``[T]`` and only they are; one mean and std per input
+    channel of a float input, no std of 0; one class name per class where both are given."""
     dataset = manifest["dataset"]
-    in_channels = dataset["input_size"][0]
+    ids = dataset.get("input_dtype", "float32") != "float32"
+    if ids != (len(dataset["input_size"]) == 1):
+        raise _error(
+            source,
+            f"dataset.input_size {dataset['input_size']} with input_dtype {dataset.get('input_dtype', 'float32')}: "
+            "token ids (int32, int64) are [T], float inputs [C, H, W] or [C, L]",
+            REEXPORT,
+        )
+    in_channels = 1 if ids else dataset["input_size"][0]  # ids are not normalised: one unused pair
     for key in ("mean", "std"):
         if len(dataset[key]) != in_channels:
             raise _error(

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..inputs import FLOAT
 from ..models import build_model
 from ..sources import ModelFactory
 
@@ -40,7 +41,9 @@ class Architecture:
 class DatasetSpec:
     """What the network's inputs must look like and what its outputs mean.
 
-    ``input_size``: (C, H, W); ``mean`` / ``std``: the per-channel normalisation inputs get;
+    ``input_size``: (C, H, W) images, (C, L) sequences, (T,) token ids; ``input_dtype``: ``float32``
+    (normalised inputs) or, for token ids, ``int64`` / ``int32`` (format 6; written only when not
+    float32); ``mean`` / ``std``: the per-channel normalisation float inputs get;
     ``class_names``: in output order (empty when unknown); ``preprocess``: the resize and crop
     (:meth:`pareco_runtime.preprocess.Preprocess.to_dict`; None: the whole image to the input size);
     ``splits``: which images the points' ``top1`` and ``selection_top1`` are from (``{"top1": split,
@@ -58,6 +61,7 @@ class DatasetSpec:
     preprocess: dict[str, Any] | None = None
     splits: dict[str, Any] | None = None
     eval_splits: dict[str, dict[str, Any]] | None = None
+    input_dtype: str = FLOAT
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``dataset`` object."""
@@ -74,6 +78,8 @@ class DatasetSpec:
             d["splits"] = dict(self.splits)
         if self.eval_splits:
             d["eval_splits"] = {name: dict(split) for name, split in self.eval_splits.items()}
+        if self.input_dtype != FLOAT:  # absent in float fronts, so they keep their older format
+            d["input_dtype"] = self.input_dtype
         return d
 
     @classmethod
@@ -88,6 +94,7 @@ class DatasetSpec:
             preprocess=dict(d["preprocess"]) if d.get("preprocess") else None,
             splits=dict(d["splits"]) if d.get("splits") else None,
             eval_splits={n: dict(s) for n, s in d["eval_splits"].items()} if d.get("eval_splits") else None,
+            input_dtype=str(d.get("input_dtype", FLOAT)),
         )
 
 

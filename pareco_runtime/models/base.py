@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from ..inputs import FLOAT, InputSpec
 from ..ops import (
     SLIM_CONVS,
     SlimBatchNorm2d,
@@ -183,12 +184,15 @@ class SlimmableNet(nn.Module):
         input_sizes: Sequence[Sequence[int]] | None = None,
         example: Any = None,
         op_macs: Sequence[tuple[int, Slot]] = (),
+        input_dtypes: Sequence[str] | None = None,
     ) -> None:
         """Bind the layers to one context and build the cost model from one pass of zeros.
 
         ``input_sizes``: every input's shape when the network takes several (``input_size`` is the
-        first); ``example``: the arguments the network is called with when they are not batched
-        tensors of those shapes (a detector's list of images), used as zeros of their shapes.
+        first); ``input_dtypes``: each input's dtype name (:data:`~pareco_runtime.inputs.DTYPES`;
+        default float32), e.g. ``int64`` token ids; ``example``: the arguments the network is called
+        with when they are not batched tensors of those shapes (a detector's list of images), used as
+        zeros of their shapes.
         ``op_macs``: MACs of ops that are no layer, per channel of a slot (the attention matmuls of
         whole heads: their count per channel of the heads' slot).
         """
@@ -200,6 +204,7 @@ class SlimmableNet(nn.Module):
         )
         self.input_size = tuple(int(v) for v in input_size)
         self.input_sizes = tuple(tuple(int(v) for v in s) for s in (input_sizes or [self.input_size]))
+        self.input_dtypes = tuple(input_dtypes or [FLOAT] * len(self.input_sizes))
         self._example = None if example is None else tree_map(torch.zeros_like, example)
         ch = list(builder.dim_full) + list(builder.fixed_values) + [1]
         self.ctx = SlimContext(ch)
@@ -229,12 +234,17 @@ class SlimmableNet(nn.Module):
         """The attributes of :attr:`plain_attributes` by name, as the plain class's ``forward`` reads them."""
         return {name: getattr(self, name) for name in self.plain_attributes}
 
+    @property
+    def input_specs(self) -> tuple[InputSpec, ...]:
+        """Each positional input's shape and dtype (integer ids bounded by the embedding tables)."""
+        return tuple(InputSpec.of(s, d, self) for s, d in zip(self.input_sizes, self.input_dtypes))
+
     def example_inputs(self, batch: int = 1, generator: torch.Generator | None = None) -> tuple[Any, ...]:
-        """The positional arguments of one forward pass: a ``batch`` of each input, standard normal
-        from ``generator`` (zeros without one). A network converted with an example that is not
-        batched tensors (a detector's list of images) gets that example's structure and shapes."""
+        """The positional arguments of one forward pass: a ``batch`` of each input
+        (:meth:`InputSpec.batch <pareco_runtime.inputs.InputSpec.batch>`: standard normal, or ids, from
+        ``generator``; zeros without one). A network converted with an example that is not batched
+        tensors (a detector's list of images) gets that example's structure and shapes."""
         if self._example is not None:
-            # Integer inputs (token ids) stay zeros: a valid index of any table.
             return tuple(
                 tree_map(
                     lambda t: (
@@ -245,9 +255,7 @@ class SlimmableNet(nn.Module):
                     self._example,
                 )
             )
-        if generator is None:
-            return tuple(torch.zeros(batch, *s) for s in self.input_sizes)
-        return tuple(torch.randn(batch, *s, generator=generator) for s in self.input_sizes)
+        return tuple(spec.batch(batch, generator) for spec in self.input_specs)
 
     def _build_cost_terms(self, op_macs: Sequence[tuple[int, int]] = ()) -> None:
         # Output positions per sample of every conv and linear (L, H*W, or a linear's tokens), the query
