@@ -137,7 +137,7 @@ def _file_calls(
     point: FrontPoint,
     backends: Sequence[str],
     timing: TimingSettings,
-    x: torch.Tensor,
+    x: tuple[torch.Tensor, ...],
     programs: _Programs,
 ) -> dict[tuple[str, str], Callable[[], object]]:
     """The timed calls of ``point`` per backend: the sliced model in torch (or on the GPU), its exported
@@ -155,13 +155,13 @@ def _file_calls(
             continue
         fmt = served_format(b).name
         path = _exported_file(rt, point, b, batch, programs)
-        calls[(point.id, b)] = load_runner(fmt, path, threads).bind(x)
+        calls[(point.id, b)] = load_runner(fmt, path, threads).bind(*x)
         if programs.int8 and exports is not None:
             found = find_export(exports, point.id, fmt, rt.front.weights_sha256, batch, "int8")
             if found is None:
                 programs.notes.append(f"{point.id}: no int8 {fmt} program for batch {batch} in {exports}")
             else:
-                calls[(point.id, f"{b}|int8")] = load_runner(fmt, found, threads).bind(x)
+                calls[(point.id, f"{b}|int8")] = load_runner(fmt, found, threads).bind(*x)
     return calls
 
 
@@ -170,7 +170,7 @@ def _runtime_calls(
     points: Sequence[FrontPoint],
     backends: Sequence[str],
     threads: int,
-    x: torch.Tensor,
+    x: tuple[torch.Tensor, ...],
     say: Callable[[str], None],
 ) -> dict[tuple[str, str], tuple[Callable[[], object], Callable[[], object]]]:
     """(untimed, timed) calls of ``served(x)`` per point and backend as an app makes them, one runtime
@@ -190,14 +190,14 @@ def _runtime_calls(
             runtime.switch(p)
             calls[(p.id, b)] = (
                 functools.partial(_switch_and_run, runtime, p, x),
-                functools.partial(runtime, x),
+                functools.partial(runtime, *x),
             )
     return calls
 
 
-def _switch_and_run(runtime: SlimmableRuntime, point: FrontPoint, x: torch.Tensor) -> object:
+def _switch_and_run(runtime: SlimmableRuntime, point: FrontPoint, x: tuple[torch.Tensor, ...]) -> object:
     runtime.switch(point)
-    return runtime(x)
+    return runtime(*x)
 
 
 def recorded_batch(
@@ -303,7 +303,7 @@ def run_bench(
         for b in backends
     }
     gen = torch.Generator().manual_seed(timing.seed)
-    x = rt.input_spec.batch(batch, gen)
+    x = tuple(spec.batch(batch, gen) for spec in rt.input_specs)  # a batch of each input
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="pareco-bench-") as scratch:
         candidates: dict[tuple[str, str], Any]
         if through_runtime:

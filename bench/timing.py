@@ -178,21 +178,25 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
-def torch_callable(model: torch.nn.Module, x: torch.Tensor, cuda: bool = False) -> Callable[[], object]:
-    """A zero-argument callable running ``model(x)`` under ``inference_mode`` (synchronised on a GPU)."""
+def torch_callable(
+    model: torch.nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], cuda: bool = False
+) -> Callable[[], object]:
+    """A zero-argument callable running ``model(x)`` (``model(*x)`` for a tuple, one batch per input)
+    under ``inference_mode`` (synchronised on a GPU)."""
+    inputs = x if isinstance(x, tuple) else (x,)
     if not cuda:
 
         def run() -> object:
             with torch.inference_mode():
-                return model(x)
+                return model(*inputs)
 
         return run
 
-    model, x = model.cuda(), x.cuda()
+    model, inputs = model.cuda(), tuple(t.cuda() for t in inputs)
 
     def run_cuda() -> object:
         with torch.inference_mode():
-            y = model(x)
+            y = model(*inputs)
         torch.cuda.synchronize()
         return y
 

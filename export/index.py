@@ -2,7 +2,8 @@
 
 A JSON list with one object per exported file: ``point``, ``format``, ``file`` (relative to the
 folder), ``bytes``, ``max_abs_diff``, ``versions``, ``input_size``, ``input_dtype`` (only where the
-input is not float32: ``int64`` / ``int32`` token ids), ``batch`` (the batch sizes
+input is not float32: ``int64`` / ``int32`` token ids), ``input_sizes`` / ``input_dtypes`` (only for a
+network of several inputs: each one's, in its ``forward``'s order), ``batch`` (the batch sizes
 the file accepts, as ``--batch`` spells them: the static size N, ``"dynamic:MAX"`` for 1 to MAX,
 or ``"dynamic"`` for any; absent in records of older versions, read as any batch for ONNX,
 TorchScript and ``.pt2`` and as unknown for ExecuTorch), ``seconds``, ``created``,
@@ -88,7 +89,15 @@ _FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "sha256": (_is_sha256, "a SHA-256 in 64 lower-case hex digits"),
     "channels": (_is_count_list, "a list of channel counts"),
     "input_size": (_is_count_list, "a list of sizes"),
-    "input_dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+    "input_dtype": (lambda v: isinstance(v, str) and v in DTYPES, f"one of {', '.join(DTYPES)}"),
+    "input_sizes": (
+        lambda v: isinstance(v, list) and all(map(_is_count_list, v)),
+        "a list of lists of sizes",
+    ),
+    "input_dtypes": (
+        lambda v: isinstance(v, list) and all(isinstance(d, str) and d in DTYPES for d in v),
+        "a list of dtype names",
+    ),
     **dict.fromkeys(
         ("bytes", "max_abs_diff", "max_abs_output", "seconds", "top1", "fp32_top1"),
         (_is_number, "a finite number"),

@@ -60,13 +60,13 @@ class ServedProgram:
         concurrent = fmt.serving is not None and fmt.serving.concurrent
         self._lock: threading.Lock | None = None if concurrent else threading.Lock()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         import numpy as np
 
         if self._lock is None:
-            return torch.from_numpy(self.runner(x))
+            return torch.from_numpy(self.runner(*inputs))
         with self._lock:
-            return torch.from_numpy(np.array(self.runner(x), copy=True))
+            return torch.from_numpy(np.array(self.runner(*inputs), copy=True))
 
 
 def usable_export(rt: SlimmableRuntime, point: FrontPoint, fmt: str, folders: list[Path]) -> Path | None:
@@ -94,7 +94,7 @@ def _widest_batch(batches: BatchRange | None) -> float:
 
 def load_program(
     rt: SlimmableRuntime, point: FrontPoint, backend: str, threads: int | None
-) -> Callable[[torch.Tensor], torch.Tensor]:
+) -> Callable[..., torch.Tensor]:
     """``point``'s program for the compiled ``backend`` (:data:`export.formats.SERVED`), found or
     exported on first use (see the module docstring); ``threads``: the runtime's intra-op threads
     (None: its default). :class:`~export.formats.MissingDependencyError` naming the extras to

@@ -14,14 +14,12 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 if TYPE_CHECKING:
     from .manifest import FrontPoint
 
 TORCH = "torch"
 GROUP = "pareco.backends"
-Program = Callable[[torch.Tensor], torch.Tensor]
+Program = Callable[..., Any]  # a batch of each input -> the output
 ProgramLoader = Callable[[Any, "FrontPoint", str, "int | None"], Program]
 
 

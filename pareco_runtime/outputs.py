@@ -44,22 +44,22 @@ def output_names(out: Any) -> list[str]:
 
 
 class FlatOutputs(nn.Module):
-    """``model`` of one input returning its outputs as a flat tuple of tensors in the order above;
-    ``output_names`` holds their names (what the ONNX writer names the graph's outputs)."""
+    """``model`` returning its outputs as a flat tuple of tensors in the order above; ``output_names``
+    holds their names (what the ONNX writer names the graph's outputs)."""
 
     def __init__(self, model: nn.Module, names: list[str]) -> None:
         super().__init__()
         self.model = model
         self.output_names = list(names)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # One named input, not *inputs: torch.export matches dynamic shapes to the signature.
-        return tuple(t for _, t in flatten_outputs(self.model(x)))
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # torch.export takes the dynamic shapes of *inputs nested one level (export.formats.batch_dim).
+        return tuple(t for _, t in flatten_outputs(self.model(*inputs)))
 
 
-def with_flat_outputs(model: nn.Module, example: Any) -> nn.Module:
-    """``model`` itself when it returns one tensor for ``example`` (files stay as before), else
-    :class:`FlatOutputs` of it."""
+def with_flat_outputs(model: nn.Module, example: tuple[Any, ...]) -> nn.Module:
+    """``model`` itself when it returns one tensor for the inputs ``example`` (files stay as before),
+    else :class:`FlatOutputs` of it."""
     with torch.no_grad():
-        out = model(example)
+        out = model(*example)
     return model if isinstance(out, torch.Tensor) else FlatOutputs(model, output_names(out)).eval()

@@ -100,7 +100,10 @@ class SlimmableRuntime:
         self._channels = {p.id: model.space.channels(p.alpha) for p in self.points}
         dataset = front.dataset.to_dict()
         self._preprocess = Preprocess.from_dataset(dataset) if is_image(dataset["input_size"]) else None
-        self._input_spec = InputSpec.of(front.dataset.input_size, front.dataset.input_dtype, model)
+        self._input_specs = (
+            InputSpec.of(front.dataset.input_size, front.dataset.input_dtype, model),
+            *model.input_specs[1:],
+        )
         self._lock = _ReadWriteLock()
         self._loader = None if backend == backends.TORCH else backends.program_loader(backend)
         self._programs: dict[str, backends.Program] = {}
@@ -184,9 +187,15 @@ class SlimmableRuntime:
 
     @property
     def input_spec(self) -> InputSpec:
-        """The input :meth:`__call__` takes: :attr:`input_size` and the manifest's dtype (float32, or
-        token ids bounded by the network's embedding tables)."""
-        return self._input_spec
+        """The (first) input :meth:`__call__` takes: :attr:`input_size` and the manifest's dtype
+        (float32, or token ids bounded by the network's embedding tables)."""
+        return self._input_specs[0]
+
+    @property
+    def input_specs(self) -> tuple[InputSpec, ...]:
+        """Every input :meth:`__call__` takes, in the network's ``forward`` order: :attr:`input_spec`,
+        then those of a network converted with several (as its conversion recorded them)."""
+        return self._input_specs
 
     @property
     def class_names(self) -> list[str]:
@@ -282,22 +291,33 @@ class SlimmableRuntime:
             self._program = self._programs[point.id]
         self.active = point
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """The active sub-network's output for a batch ``x`` of :attr:`input_spec` (``(N, C, H, W)``
-        float32 images, ``(N, T)`` int64 token ids, ...)."""
-        self._check_input(x)
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        """The active sub-network's output for a batch of :attr:`input_spec` (``(N, C, H, W)`` float32
+        images, ``(N, T)`` int64 token ids, ...); a network of several inputs takes a batch of each,
+        in its ``forward``'s order (:attr:`input_specs`)."""
+        self._check_inputs(inputs)
         with self._lock.read(), torch.inference_mode():
-            return self.model(x) if self._program is None else self._program(x)
+            return self.model(*inputs) if self._program is None else self._program(*inputs)
 
-    def _check_input(self, x: Any) -> None:
-        self.input_spec.check(
-            x,
+    def _check_inputs(self, inputs: tuple[Any, ...]) -> None:
+        specs = self._input_specs
+        if len(inputs) != len(specs):
+            raise TypeError(
+                f"this front's network takes {len(specs)} input{'s' if len(specs) > 1 else ''} "
+                f"({', '.join(s.describe() for s in specs)}), got {len(inputs)}"
+            )
+        hint = (
             "resize and normalise images as the manifest's dataset section says"
             if self._preprocess is not None
             else "normalise the features as the manifest's dataset section says"
-            if self.input_spec.is_float
-            else "give windows of exactly the front's context length (pad or cut the ids)",
+            if specs[0].is_float
+            else "give windows of exactly the front's context length (pad or cut the ids)"
         )
+        for i, (x, spec) in enumerate(zip(inputs, specs)):
+            spec.check(x, hint if i == 0 else "give every input at the shape the network was converted at")
+        batches = {int(x.shape[0]) for x in inputs}
+        if len(batches) > 1:
+            raise ValueError(f"inputs have batches {sorted(batches)}; give one batch size for every input")
 
     def preprocess(self, image: Any) -> torch.Tensor:
         """``image`` (a PIL image, or uint8 RGB ``(3, H, W)`` / ``(H, W, 3)``) as the ``(1, C, H, W)``

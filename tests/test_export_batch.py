@@ -17,6 +17,7 @@ from bench.run import recorded_batch
 from export.batch import BatchRange, as_batch_range, parse_batch
 from export.exporter import DEFAULT_ATOL, export_point
 from export.formats import ExportError, Runner, load_runner
+from export.formats.base import each
 from export.index import INDEX_NAME, find_export, merge_index, read_index
 from pareco_runtime import SlimmableRuntime
 
@@ -75,14 +76,18 @@ def test_api_batch_ranges_that_cannot_be_exported():
 
 
 def test_runner_rejects_batches_outside_its_range():
-    echo = Runner("executorch", Path("p00.pte"), lambda x: x, torch.as_tensor, batches=BatchRange.bounded(8))
+    echo = Runner(
+        "executorch", Path("p00.pte"), lambda xs: xs[0], each(torch.as_tensor), batches=BatchRange.bounded(8)
+    )
     for b in (1, 3, 8):
         assert echo(torch.zeros(b, 2)).shape == (b, 2)
     with pytest.raises(
         ExportError, match=r"p00\.pte runs batches 1 to 8 .* got batch 9; .*--batch dynamic:9"
     ):
         echo(torch.zeros(9, 2))
-    static = Runner("executorch", Path("p00.pte"), lambda x: x, torch.as_tensor, batches=BatchRange.static(4))
+    static = Runner(
+        "executorch", Path("p00.pte"), lambda xs: xs[0], each(torch.as_tensor), batches=BatchRange.static(4)
+    )
     assert static.bind(torch.zeros(4, 2))().shape == (4, 2)
     with pytest.raises(
         ExportError, match=r"exported for batch 4 but got batch 3; export it again with --batch 3"

@@ -172,7 +172,7 @@ def test_int8_export_of_ids_is_refused_before_anything_is_written(tmp_path: Path
     converted = _converted()
     model = slice_model(converted, converted.space.uniform(1.0))
     with pytest.raises(
-        ExportError, match="int8 export calibrates on images and features, not int64 token ids"
+        ExportError, match="int8 export calibrates one input of images or features, not int64 token ids"
     ):
         export_point(
             model,

@@ -197,3 +197,21 @@ class TinyTokenNet(nn.Module):
 
 def tiny_token_net(vocab: int = 32, context: int = 12) -> TinyTokenNet:
     return TinyTokenNet(vocab=vocab, context=context)
+
+
+class SensorFusionNet(nn.Module):
+    """An image and a vector of side features (a camera frame and its sensor readings), joined before the head."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.side = nn.Linear(4, 12)
+        self.head = nn.Linear(28, classes)
+
+    def forward(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        pooled = self.conv(image).mean((2, 3))
+        return self.head(torch.cat([pooled, F.relu(self.side(features))], 1))
+
+
+def sensor_fusion_net(classes: int = 3) -> SensorFusionNet:
+    return SensorFusionNet(classes)

@@ -12,7 +12,7 @@ import importlib
 import io
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +52,15 @@ class Calibration:
         return sum(len(b) for b in self.batches)
 
 
-# (model, example input, path, ONNX opset, batch range, metadata) -> format-specific details.
+# (model, example inputs (one batch per positional input), path, ONNX opset, batch range, metadata)
+# -> format-specific details.
 Writer = Callable[
-    ["nn.Module", "torch.Tensor", Path, "int | None", BatchRange, Mapping[str, str]], dict[str, Any]
+    ["nn.Module", "tuple[torch.Tensor, ...]", Path, "int | None", BatchRange, Mapping[str, str]],
+    dict[str, Any],
 ]
 # (the writer's arguments, then the calibration images) -> details.
 Int8Writer = Callable[
-    ["nn.Module", "torch.Tensor", Path, "int | None", BatchRange, Mapping[str, str], Calibration],
+    ["nn.Module", "tuple[torch.Tensor, ...]", Path, "int | None", BatchRange, Mapping[str, str], Calibration],
     dict[str, Any],
 ]
 
@@ -147,20 +149,22 @@ class Format:
 
 class Runner:
     """A loaded export: ``runner(x)`` runs a batch (NumPy array or tensor) and returns the output as NumPy;
-    ``runner.outputs(x)`` returns every output, in :mod:`pareco_runtime.outputs`' order.
+    ``runner.outputs(x)`` returns every output, in :mod:`pareco_runtime.outputs`' order. A network of
+    several inputs takes one batch of each, in its ``forward``'s order: ``runner(x, mask)``.
 
     ``bind(x)`` converts ``x`` once to the runtime's own input type and returns a zero-argument
     callable running just the inference, for timing loops. ``batches``: the batch sizes the file
     accepts (None: any); a batch outside it is an :class:`ExportError` naming the ``--batch`` to
-    export with, before the runtime sees it.
+    export with, before the runtime sees it. ``prepare`` converts the list of inputs to the runtime's
+    own (:func:`each`), ``run`` runs that list.
     """
 
     def __init__(
         self,
         fmt: str,
         path: Path,
-        run: Callable[[Any], Any],
-        prepare: Callable[[Any], Any],
+        run: Callable[[list[Any]], Any],
+        prepare: Callable[[Sequence[Any]], list[Any]],
         batches: BatchRange | None = None,
         keep: Any = None,
     ) -> None:
@@ -171,8 +175,8 @@ class Runner:
         self._run = run
         self._prepare = prepare
 
-    def _check(self, x: Any) -> None:
-        n = int(x.shape[0])
+    def _check(self, xs: tuple[Any, ...]) -> None:
+        n = int(xs[0].shape[0])
         if self.batches is None or self.batches.accepts(n):
             return
         if self.batches.is_static:
@@ -186,33 +190,38 @@ class Runner:
             "or a larger bound"
         )
 
-    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+    def __call__(self, *xs: np.ndarray | torch.Tensor) -> np.ndarray:
         """Run one batch; the output as a float NumPy array (:class:`ExportError` for a file with several)."""
-        outputs = self.outputs(x)
+        outputs = self.outputs(*xs)
         if len(outputs) != 1:
             raise ExportError(
                 f"{self.path.name} returns {len(outputs)} outputs; read them all with Runner.outputs(x)"
             )
         return outputs[0]
 
-    def outputs(self, x: np.ndarray | torch.Tensor) -> list[np.ndarray]:
+    def outputs(self, *xs: np.ndarray | torch.Tensor) -> list[np.ndarray]:
         """Run one batch; every output as a NumPy array, in the file's (flattened) order."""
         import numpy as np
         import torch
 
-        self._check(x)
-        out = self._run(self._prepare(x))
+        self._check(xs)
+        out = self._run(self._prepare(xs))
         return [
             o.detach().cpu().numpy() if isinstance(o, torch.Tensor) else np.asarray(o)
             for o in (out if isinstance(out, (list, tuple)) else [out])
         ]
 
-    def bind(self, x: np.ndarray | torch.Tensor) -> Callable[[], Any]:
-        """A callable running the inference on ``x`` (converted once), returning the runtime's raw output."""
-        self._check(x)
-        prepared = self._prepare(x)
+    def bind(self, *xs: np.ndarray | torch.Tensor) -> Callable[[], Any]:
+        """A callable running the inference on ``xs`` (converted once), returning the runtime's raw output."""
+        self._check(xs)
+        prepared = self._prepare(xs)
         run = self._run
         return lambda: run(prepared)
+
+
+def each(convert: Callable[[Any], Any]) -> Callable[[Sequence[Any]], list[Any]]:
+    """A runner's ``prepare`` applying ``convert`` (:func:`as_tensor`, :func:`as_array`) to every input."""
+    return lambda xs: [convert(x) for x in xs]
 
 
 def as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -233,26 +242,36 @@ def as_array(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32 if arr.dtype.kind == "f" else arr.dtype)
 
 
-def torch_runner(fmt: str, path: Path, module: Callable[[torch.Tensor], torch.Tensor]) -> Runner:
+def torch_runner(fmt: str, path: Path, module: Callable[..., torch.Tensor]) -> Runner:
     """A :class:`Runner` calling a torch module under ``torch.inference_mode``."""
     import torch
 
-    def run(x: torch.Tensor) -> torch.Tensor:
+    def run(xs: list[torch.Tensor]) -> torch.Tensor:
         with torch.inference_mode():
-            return module(x)
+            return module(*xs)
 
-    return Runner(fmt, path, run, as_tensor)
+    return Runner(fmt, path, run, each(as_tensor))
 
 
-def batch_dim(batch: BatchRange) -> tuple[dict[int, Any], ...] | None:
-    """``dynamic_shapes`` for the model's one positional input: None for a static batch, else a
-    symbolic batch dimension with the range's upper bound (if any)."""
+def batch_dim(model: nn.Module, batch: BatchRange, inputs: int = 1) -> Any:
+    """``dynamic_shapes`` for ``model``'s ``inputs`` positional inputs: None for a static batch, else one
+    symbolic batch dimension, shared by every input, with the range's upper bound (if any); nested one
+    level for a ``forward(*inputs)`` (:class:`~pareco_runtime.outputs.FlatOutputs`), as torch.export
+    matches them to the signature."""
+    import inspect
+
     import torch
 
     if batch.is_static:
         return None
     bound = {} if batch.high is None else {"min": batch.low, "max": batch.high}
-    return ({0: torch.export.Dim("batch", **bound)},)
+    dim = torch.export.Dim("batch", **bound)
+    shapes = tuple({0: dim} for _ in range(inputs))
+    varargs = any(
+        p.kind is inspect.Parameter.VAR_POSITIONAL
+        for p in inspect.signature(model.forward).parameters.values()
+    )
+    return (shapes,) if varargs else shapes
 
 
 def save_via_memory(save: Callable[[io.BytesIO], None], path: Path) -> None:

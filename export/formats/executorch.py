@@ -26,6 +26,7 @@ from .base import (
     as_tensor,
     batch_dim,
     captured_stderr,
+    each,
     last_line,
 )
 
@@ -67,7 +68,7 @@ def quiet_executorch() -> Iterator[None]:
 
 def write_executorch(
     model: nn.Module,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     path: Path,
     opset: int | None,
     batch: BatchRange,
@@ -93,7 +94,9 @@ def write_executorch(
 
         low, high = BATCH_METHODS
         try:
-            program = torch.export.export(model, (example,), dynamic_shapes=batch_dim(batch))
+            program = torch.export.export(
+                model, example, dynamic_shapes=batch_dim(model, batch, len(example))
+            )
             edge = to_edge_transform_and_lower(
                 program,
                 partitioner=[XnnpackPartitioner()],
@@ -153,7 +156,7 @@ def quantize_pt2e(model: nn.Module, calib: Calibration) -> nn.Module:
 
 def write_executorch_int8(
     model: nn.Module,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     path: Path,
     opset: int | None,
     batch: BatchRange,
@@ -225,11 +228,11 @@ def load_executorch(source: Path, threads: int | None) -> Runner:
     _LIVE_PROGRAMS.add(program)
     batches = _program_batches(program, method)
 
-    def run(x: torch.Tensor) -> list[torch.Tensor]:
-        return method.execute((x,))
+    def run(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return method.execute(tuple(xs))
 
     # The method's native object points into the program: the runner keeps the program alive.
-    return Runner("executorch", source, run, as_tensor, batches=batches, keep=program)
+    return Runner("executorch", source, run, each(as_tensor), batches=batches, keep=program)
 
 
 def _program_batches(program: Any, method: Any) -> BatchRange:

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +76,7 @@ def _static_batch(batch: BatchRange, path: Path) -> None:
 
 def write_litert(
     model: nn.Module,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     path: Path,
     opset: int | None,
     batch: BatchRange,
@@ -88,12 +88,12 @@ def write_litert(
     with quiet_litert():
         import litert_torch
 
-        content = bytes(litert_torch.convert(model.eval(), (example,)).model_content())
+        content = bytes(litert_torch.convert(model.eval(), example).model_content())
     path.write_bytes(with_metadata(content, metadata))
     return {}
 
 
-def quantize_litert(model: nn.Module, example: torch.Tensor, calib: Calibration) -> bytes:
+def quantize_litert(model: nn.Module, example: tuple[torch.Tensor, ...], calib: Calibration) -> bytes:
     """``model`` quantized with litert-torch's PT2E quantizer, activation ranges observed on ``calib``,
     converted at ``example``'s batch; the ``.tflite`` bytes."""
     import torch
@@ -108,7 +108,7 @@ def quantize_litert(model: nn.Module, example: torch.Tensor, calib: Calibration)
             get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
         )
         # Traced with a dynamic batch so that calibration runs whole batches of 32.
-        trace = calib.batches[0][:1].expand(2, *example.shape[1:]).contiguous()
+        trace = calib.batches[0][:1].expand(2, *example[0].shape[1:]).contiguous()
         graph = torch.export.export(
             model.eval(), (trace,), dynamic_shapes=({0: torch.export.Dim("batch")},)
         ).module()
@@ -118,14 +118,14 @@ def quantize_litert(model: nn.Module, example: torch.Tensor, calib: Calibration)
                 prepared(x)
         quantized = convert_pt2e(prepared, fold_quantize=False)
         converted = litert_torch.convert(
-            quantized, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)
+            quantized, example, quant_config=QuantConfig(pt2e_quantizer=quantizer)
         )
         return bytes(converted.model_content())
 
 
 def write_litert_int8(
     model: nn.Module,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     path: Path,
     opset: int | None,
     batch: BatchRange,
@@ -182,13 +182,13 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     return out
 
 
-def _in_model_order(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The interpreter's output details in the PyTorch model's (flattened) output order: litert-torch
-    names the k-th output ``..._output_<k>_...`` in the signature; the interpreter lists them in its
-    own tensor order, which need not be that one."""
+def _in_model_order(details: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
+    """The interpreter's input (``role`` ``"args"``) or output (``"output"``) details in the PyTorch
+    model's (flattened) order: litert-torch names the k-th one ``..._<role>_<k>...`` in the signature;
+    the interpreter lists them in its own tensor order, which need not be that one."""
 
     def position(detail: dict[str, Any]) -> int:
-        found = re.search(r"output_(\d+)", str(detail.get("name", "")))
+        found = re.search(rf"{role}_(\d+)", str(detail.get("name", "")))
         return int(found.group(1)) if found else 0
 
     return sorted(details, key=position) if len(details) > 1 else details
@@ -211,21 +211,24 @@ def load_litert(path: Path, threads: int | None) -> Runner:
                 f"{path}: LiteRT cannot load it ({exc}){last_line(said())}; export it again with "
                 "this version of pareco and ai-edge-litert"
             ) from None
-    (given,) = interpreter.get_input_details()
-    outputs = _in_model_order(interpreter.get_output_details())
-    source = given["index"]
-    batch = BatchRange.static(int(given["shape"][0]))
-    quantize = _integer_io(given)
+    inputs = _in_model_order(interpreter.get_input_details(), "args")
+    outputs = _in_model_order(interpreter.get_output_details(), "output")
+    batch = BatchRange.static(int(inputs[0]["shape"][0]))
+    sources = [(given["index"], given["dtype"], _integer_io(given)) for given in inputs]
     targets = [(output["index"], _integer_io(output)) for output in outputs]
 
-    def prepare(x: Any) -> Any:
-        arr = as_array(x)
-        if quantize is None:
-            # Token ids: the converter may type them int32 where torch had int64.
-            return arr if arr.dtype.kind == "f" else arr.astype(given["dtype"], copy=False)
-        scale, zero, dtype = quantize
-        bounds = np.iinfo(dtype)
-        return np.clip(np.round(arr / scale) + zero, bounds.min, bounds.max).astype(dtype)
+    def prepare(xs: Sequence[Any]) -> list[Any]:
+        prepared = []
+        for x, (_, dtype, quantize) in zip(xs, sources):
+            arr = as_array(x)
+            if quantize is None:
+                # Token ids: the converter may type them int32 where torch had int64.
+                prepared.append(arr if arr.dtype.kind == "f" else arr.astype(dtype, copy=False))
+                continue
+            scale, zero, qtype = quantize
+            bounds = np.iinfo(qtype)
+            prepared.append(np.clip(np.round(arr / scale) + zero, bounds.min, bounds.max).astype(qtype))
+        return prepared
 
     def read(target: int, dequantize: Any) -> Any:
         y = interpreter.get_tensor(target)  # a copy: the next invoke cannot overwrite it
@@ -234,8 +237,9 @@ def load_litert(path: Path, threads: int | None) -> Runner:
         scale, zero, _ = dequantize
         return (y.astype(np.float32) - zero) * scale
 
-    def run(x: Any) -> list[Any]:
-        interpreter.set_tensor(source, x)
+    def run(xs: list[Any]) -> list[Any]:
+        for (source, _, _), x in zip(sources, xs):
+            interpreter.set_tensor(source, x)
         interpreter.invoke()
         return [read(target, dequantize) for target, dequantize in targets]
 

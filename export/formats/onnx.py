@@ -8,12 +8,13 @@ accuracy (:mod:`export.int8`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..batch import BatchRange
-from .base import Calibration, ExportError, Format, Int8Flow, Runner, Serving, as_array, batch_dim
+from .base import Calibration, ExportError, Format, Int8Flow, Runner, Serving, as_array, batch_dim, each
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,9 +25,15 @@ if TYPE_CHECKING:
 MIN_OPSET = 18
 
 
+def input_names(count: int) -> list[str]:
+    """The ONNX input names of a network of ``count`` inputs: ``input``, then ``input1``, ``input2``, ...
+    (a one-input file's name is the one files of earlier versions have)."""
+    return ["input", *(f"input{i}" for i in range(1, count))]
+
+
 def write_onnx(
     model: nn.Module,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     path: Path,
     opset: int | None,
     batch: BatchRange,
@@ -40,18 +47,23 @@ def write_onnx(
     import onnx
     import torch
 
-    program = torch.onnx.export(
-        model,
-        (example,),
-        dynamo=True,
-        dynamic_shapes=batch_dim(batch),
-        external_data=False,
-        verbose=False,
-        opset_version=opset,
-        input_names=["input"],
-        # FlatOutputs (pareco_runtime.outputs) names a network's several outputs.
-        output_names=list(getattr(model, "output_names", ["output"])),
-    )
+    with warnings.catch_warnings():
+        # Several inputs share one batch dimension, which the exporter names once and says so.
+        warnings.filterwarnings(
+            "ignore", message=r"# The axis name: .* will not be used", category=UserWarning
+        )
+        program = torch.onnx.export(
+            model,
+            example,
+            dynamo=True,
+            dynamic_shapes=batch_dim(model, batch, len(example)),
+            external_data=False,
+            verbose=False,
+            opset_version=opset,
+            input_names=input_names(len(example)),
+            # FlatOutputs (pareco_runtime.outputs) names a network's several outputs.
+            output_names=list(getattr(model, "output_names", ["output"])),
+        )
     assert program is not None  # None only from the legacy exporter (dynamo=False)
     program.model.metadata_props.update(metadata)
     # external_data=False keeps the weights inside the file; models over ONNX's 2 GB limit would
@@ -70,7 +82,7 @@ def write_onnx(
 
 def write_onnx_int8(
     model: nn.Module,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     path: Path,
     opset: int | None,
     batch: BatchRange,
@@ -140,8 +152,8 @@ def load_onnx(path: Path, threads: int | None) -> Runner:
     session = ort.InferenceSession(
         str(path), onnx_session_options(threads), providers=["CPUExecutionProvider"]
     )
-    name = session.get_inputs()[0].name
-    return Runner("onnx", path, lambda x: session.run(None, {name: x}), as_array)
+    names = [i.name for i in session.get_inputs()]
+    return Runner("onnx", path, lambda xs: session.run(None, dict(zip(names, xs))), each(as_array))
 
 
 FORMAT = Format(

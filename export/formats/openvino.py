@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..batch import BatchRange
-from .base import Calibration, ExportError, Format, Int8Flow, Runner, Serving, as_array, batch_dim
+from .base import Calibration, ExportError, Format, Int8Flow, Runner, Serving, as_array, batch_dim, each
 from .signal_stack import keeping_signal_stack
 
 if TYPE_CHECKING:
@@ -66,12 +66,12 @@ def quiet_openvino() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _convert(model: nn.Module, example: torch.Tensor, batch: BatchRange) -> Any:
+def _convert(model: nn.Module, example: tuple[torch.Tensor, ...], batch: BatchRange) -> Any:
     """``model`` as an OpenVINO model with a dynamic batch, converted from its ``torch.export`` program."""
     import openvino as ov
     import torch
 
-    program = torch.export.export(model.eval(), (example,), dynamic_shapes=batch_dim(batch))
+    program = torch.export.export(model.eval(), example, dynamic_shapes=batch_dim(model, batch, len(example)))
     return ov.convert_model(program)
 
 
@@ -87,7 +87,7 @@ def _save(ov_model: Any, path: Path, metadata: Mapping[str, str]) -> dict[str, A
 
 def write_openvino(
     model: nn.Module,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     path: Path,
     opset: int | None,
     batch: BatchRange,
@@ -100,7 +100,7 @@ def write_openvino(
 
 def write_openvino_int8(
     model: nn.Module,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     path: Path,
     opset: int | None,
     batch: BatchRange,
@@ -144,12 +144,12 @@ def load_openvino(path: Path, threads: int | None) -> Runner:
 
     count = len(compiled.outputs)
 
-    def run(x: Any) -> Any:
+    def run(xs: list[Any]) -> Any:
         # Every output, in the model's (flattened) order; copied out of the request (share_outputs=False).
-        results = request.infer({0: x})
+        results = request.infer(dict(enumerate(xs)))
         return [results[i] for i in range(count)]
 
-    return Runner("openvino", path, run, as_array, keep=compiled)
+    return Runner("openvino", path, run, each(as_array), keep=compiled)
 
 
 FORMAT = Format(

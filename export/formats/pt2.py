@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def write_pt2(
     model: nn.Module,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     path: Path,
     opset: int | None,
     batch: BatchRange,
@@ -26,7 +26,7 @@ def write_pt2(
     """``torch.export.export`` with a dynamic batch, saved with ``torch.export.save``; ``metadata`` as extra files."""
     import torch
 
-    program = torch.export.export(model, (example,), dynamic_shapes=batch_dim(batch))
+    program = torch.export.export(model, example, dynamic_shapes=batch_dim(model, batch, len(example)))
     save_via_memory(lambda f: torch.export.save(program, f, extra_files=dict(metadata)), path)
     return {}
 

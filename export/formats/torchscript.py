@@ -35,7 +35,7 @@ def quiet_torchscript() -> Iterator[None]:
 
 def write_torchscript(
     model: nn.Module,
-    example: torch.Tensor,
+    example: tuple[torch.Tensor, ...],
     path: Path,
     opset: int | None,
     batch: BatchRange,
