@@ -181,7 +181,9 @@ def _runtime_calls(
     assert rt.front.path is not None  # run_bench refuses an unsaved front
     say(f"loading the runtime on {', '.join(backends)} (its programs are found or exported on first use)")
     served = {
-        b: rt if b == "torch" else SlimmableRuntime.load(rt.front.path, backend=b, threads=threads)
+        b: rt
+        if b == "torch"
+        else SlimmableRuntime.load(rt.front.path, backend=b, threads=threads, model=rt.model_factory)
         for b in backends
     }
     calls: dict[tuple[str, str], tuple[Callable[[], object], Callable[[], object]]] = {}

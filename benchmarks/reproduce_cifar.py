@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -148,8 +149,9 @@ def median_epoch_seconds(log: Path) -> float:
 
 
 def upper_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Non-dominated (MFLOPs down, top-1 up) points, cheapest first."""
-    best, front = -1.0, []
+    """Non-dominated (cost down, value up: MFLOPs and top-1, or parameters and minus a loss) points,
+    cheapest first."""
+    best, front = -math.inf, []
     for mflops, top1 in sorted(points, key=lambda p: (p[0], -p[1])):
         if top1 > best:
             front.append((mflops, top1))

@@ -8,18 +8,21 @@ makes each block's heads and FFN width a width dimension (the token width stays 
 AdamW with a cosine schedule, Slim's sandwich rule (or PareCO's per-layer search) through
 :class:`training.Trainer`, next-byte cross-entropy and in-place distillation over the byte
 distribution at every position. The front: each candidate scored by its mean next-byte loss on
-held-out text (``metric="loss"``, ``higher_is_better=False``), bits per byte beside it::
+held-out text (``metric="loss"``, ``higher_is_better=False``), bits per byte beside it. After Slim,
+the Mix'n'Match front from the same weights (:mod:`training.mixnmatch`: FFN widths from
+``--granularities``, heads at full width), MatFormer's baseline::
 
     python examples/byte_lm.py --text my_texts/ --out runs/lm                  # *.txt under my_texts/
-    pareco show runs/lm/slim
+    pareco show runs/lm/slim runs/lm/mixnmatch
     pareco select runs/lm/slim --budget 100Kparams
 
 The files are read as bytes (any encoding), concatenated and cut into windows of ``--context`` + 1
-bytes; the last tenth of the bytes is held out for the front's figures. The manifest records int64 token ids of ``--context``
-positions (``dataset.input_dtype``), so the front is served like any other, with the builder named::
+bytes; the last tenth of the bytes is held out for the front's figures. The manifest records int64
+token ids of ``--context`` positions (``dataset.input_dtype``), so the front is served like any
+other, with the builder named::
 
     pareco export runs/lm/slim --model examples.byte_lm:byte_lm --all --onnx --executorch
-    pareco bench runs/lm/slim --model examples.byte_lm:byte_lm --backend onnxruntime executorch
+    pareco bench runs/lm/slim --model examples.byte_lm:byte_lm --backend onnxruntime --backend executorch
 
 and in Python ``SlimmableRuntime.load("runs/lm/slim/model.front.json", model=byte_lm)`` takes
 ``(N, context)`` int64 ids. docs/task-transformers.md explains the front.
@@ -43,6 +46,8 @@ from pareco_runtime.manifest import DatasetSpec
 from pareco_runtime.models.base import SlimmableNet
 from training import PareCO, Slim, Trainer, build_front
 from training.batch_loss import soft_target_distill
+from training.front_builder import BuiltFront
+from training.mixnmatch import mixnmatch_front
 
 SEED = 0
 VOCAB = 256  # bytes
@@ -198,7 +203,7 @@ def dataset(context: int) -> DatasetSpec:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text", type=Path, required=True, help="a folder of *.txt files")
-    ap.add_argument("--out", type=Path, required=True, help="folder for slim/ and pareco/")
+    ap.add_argument("--out", type=Path, required=True, help="folder for slim/, mixnmatch/ and pareco/")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--context", type=int, default=128, help="bytes per window")
@@ -207,6 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--algorithms", default="slim", help="slim, pareco or both")
     ap.add_argument("--history-size", type=int, default=40, help="PareCO's |H|")
+    ap.add_argument(
+        "--granularities", default="0.125,0.25,0.5,1",
+        help="Mix'n'Match's FFN widths for the mixnmatch/ front from Slim's weights ('' for none)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     data = read_text(args.text)
     cut = int(0.9 * len(data))  # the last tenth: the front's held-out text
@@ -224,12 +233,23 @@ def main(argv: list[str] | None = None) -> None:
         built = build_front(args.out / algorithm, model, trainer.candidates(probe=calib[0]), calib,
                             evaluator(held_out), metric="loss", higher_is_better=False, training=record,
                             dataset=dataset(args.context))  # fmt: skip
-        losses = [c.reported["loss"] for c in built.chosen if c.reported]
-        params = [c.params for c in built.chosen]
-        print(
-            f"{algorithm}: {len(built.chosen)} points, loss {min(losses):.3f}-{max(losses):.3f} nats/byte, "
-            f"{min(params) / 1e3:.0f}K-{max(params) / 1e3:.0f}K params: {built.manifest}"
-        )
+        print(summary(algorithm, built), flush=True)
+        if algorithm == "slim" and args.granularities:  # MatFormer's sub-models, from the same weights
+            grains = [float(g) for g in args.granularities.split(",")]
+            built = mixnmatch_front(args.out / "mixnmatch", model, calib, evaluator(held_out), metric="loss",
+                                    higher_is_better=False, training=record, dataset=dataset(args.context),
+                                    granularities=grains)  # fmt: skip
+            print(summary("mixnmatch", built), flush=True)
+
+
+def summary(name: str, built: BuiltFront) -> str:
+    """One line per front: points, loss range, parameter range, manifest."""
+    losses = [c.reported["loss"] for c in built.chosen if c.reported]
+    params = [c.params for c in built.chosen]
+    return (
+        f"{name}: {len(built.chosen)} points, loss {min(losses):.3f}-{max(losses):.3f} nats/byte, "
+        f"{min(params) / 1e3:.0f}K-{max(params) / 1e3:.0f}K params: {built.manifest}"
+    )
 
 
 if __name__ == "__main__":

@@ -92,6 +92,9 @@ class SlimmableRuntime:
         preload: bool = False,
     ) -> None:
         self.model = model.eval()
+        # The builder of a user-code architecture this front was loaded with (load's ``model``), so
+        # that the same front can be loaded again on another backend.
+        self.model_factory: ModelFactory | None = None
         self.front = front
         self.policy = policy or BatteryPolicy()
         self.backend = backend
@@ -158,7 +161,9 @@ class SlimmableRuntime:
             p.id: [(m.to(device), v.to(device)) for m, v in (wf.bn_stats[p.id][n] for n in net.bn_names)]
             for p in front.points
         }
-        return cls(net, front, stats, policy, backend=backend, threads=threads, preload=preload)
+        runtime = cls(net, front, stats, policy, backend=backend, threads=threads, preload=preload)
+        runtime.model_factory = model
+        return runtime
 
     @property
     def points(self) -> list[FrontPoint]:

@@ -1,6 +1,6 @@
 """examples/byte_lm.py end to end on tiny settings: a plain-torch byte-level decoder LM converted (heads and
 SwiGLU widths), trained with Slim on generated text in the example's own loop, its front ranked by loss
-(lower is better); select honours a parameter budget, and the runtime loads the front of int64 ids from its
+(lower is better), with Mix'n'Match's front from the same weights; select honours a parameter budget, and the runtime loads the front of int64 ids from its
 manifest and serves the chosen point as its standalone slice does."""
 
 from __future__ import annotations
@@ -40,6 +40,13 @@ def test_byte_lm_front_is_ranked_by_loss_and_serves_a_parameter_budget(
         repo_root, "byte_lm.py", tmp_path / "runs", "--text", str(tmp_path / "text"), *TINY
     )["slim"]
     check_declared(manifest, "loss", ["loss", "bits_per_byte"], higher=False)
+    # Mix'n'Match's front from Slim's weights: FFN widths from the granularities, heads at full width.
+    mix = json.loads((tmp_path / "runs" / "mixnmatch" / "model.front.json").read_text())
+    check_declared(mix, "loss", ["loss", "bits_per_byte"], higher=False)
+    names = mix["width_space"]["names"]
+    for p in mix["points"]:
+        for name, w in zip(names, p["alpha"]):
+            assert w == 1.0 if name.endswith(".heads") else w in (0.125, 0.25, 0.5, 1.0)
     front = tmp_path / "runs" / "slim"
     points = manifest["points"]
     params = sorted(p["params"] for p in points)

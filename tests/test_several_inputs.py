@@ -129,3 +129,7 @@ def test_every_input_is_exported_checked_served_and_benched(
     r = cli("bench", str(two_input_front), "--model", FACTORY, "--backend", "torch", "--backend", "onnxruntime",
             "--points", "p00", "--runs", "5", "--warmup", "1", "--exports", str(out))  # fmt: skip
     assert r.returncode == 0, r.stderr
+    # Through the runtime, as an app calls it: the second runtime is loaded with the same builder.
+    r = cli("bench", str(two_input_front), "--model", FACTORY, "--backend", "onnxruntime", "--through-runtime",
+            "--points", "p00", "--runs", "5", "--warmup", "1")  # fmt: skip
+    assert r.returncode == 0, r.stderr
