@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pareco_runtime.manifest import Front, Metric, Variant
+from pareco_runtime.outputs import unflatten_outputs
 
 from .exporter import ExportResult, export_points
 from .formats import Calibration, ExportError, Runner, check_int8_formats, served_backend
@@ -69,15 +70,6 @@ def top1(
     return 100.0 * correct / total
 
 
-def runner_logits(runner: Runner) -> Callable[[torch.Tensor], np.ndarray]:
-    """A forward through ``runner`` for batches of any size, cut to what its file accepts."""
-
-    def forward(x: torch.Tensor) -> np.ndarray:
-        return np.concatenate([runner(part)[:n] for part, n in _chunks(x, runner)])
-
-    return forward
-
-
 @dataclass
 class Int8Run:
     """What :func:`export_int8_points` did: the files written (``results``; each also recorded in the
@@ -128,8 +120,9 @@ def export_int8_points(
         model = rt.standalone(p)
         with torch.no_grad():
             reference = dict(score(model))
+            like = model(calib.batches[0][:1])  # the structure the programs' outputs are scored in
         for fmt in formats:
-            accept = _accuracy_check(p.id, fmt, metric, reference, score, split, max_drop, force)
+            accept = _accuracy_check(p.id, fmt, metric, reference, score, split, max_drop, force, like)
             try:
                 (res,) = export_points(rt, [p], [fmt], out_dir, batch=batch, int8=calib, accept=accept)
             except DropError as exc:
@@ -171,11 +164,26 @@ def result_scores(metric: Metric, details: Mapping[str, Any]) -> tuple[float, fl
     return details["top1"], details["fp32_top1"]
 
 
-def program_forward(runner: Runner) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A forward through ``runner`` for batches of any size, its output as a tensor (what a task's
-    ``evaluate`` reads as a model's)."""
-    logits = runner_logits(runner)
-    return lambda x: torch.from_numpy(logits(x))
+def program_forward(runner: Runner, like: Any = None) -> Callable[[torch.Tensor], Any]:
+    """A forward through ``runner`` for batches of any size (cut to what its file accepts), its outputs
+    as tensors in the structure of ``like``, an output of the point's PyTorch model (a segmentation
+    model's ``{"out", "aux"}``: what a task's ``evaluate`` reads as a model's); one tensor without it."""
+
+    def forward(x: torch.Tensor) -> Any:
+        parts = [(runner.outputs(part), n) for part, n in _chunks(x, runner)]
+        flat = [
+            torch.from_numpy(np.concatenate([outs[i][:n] for outs, n in parts]))
+            for i in range(len(parts[0][0]))
+        ]
+        if like is None:
+            if len(flat) != 1:
+                raise ExportError(
+                    f"{runner.path.name} returns {len(flat)} outputs; give the model's output structure"
+                )
+            return flat[0]
+        return unflatten_outputs(flat, like)
+
+    return forward
 
 
 def _accuracy_check(
@@ -187,14 +195,16 @@ def _accuracy_check(
     split: dict[str, Any],
     max_drop: float,
     force: bool,
+    like: Any,
 ) -> Callable[[Runner], dict[str, Any]]:
     """The check of a loaded int8 program of ``point``: its ``score`` against the fp32 ``reference`` in the
     front's ranking ``metric``; :class:`DropError` when worse by more than ``max_drop`` unless
     ``force``; else the figures to record: ``top1`` and ``fp32_top1`` of a top-1 front, ``metrics``
-    and ``fp32_metrics`` of a front ranked by its own metric, and ``split``."""
+    and ``fp32_metrics`` of a front ranked by its own metric, and ``split``. ``like``: an output of the
+    point's PyTorch model, whose structure the program's outputs are given in."""
 
     def accept(runner: Runner) -> dict[str, Any]:
-        measured = dict(score(program_forward(runner)))
+        measured = dict(score(program_forward(runner, like)))
         was, now = reference[metric.rank], measured[metric.rank]
         drop = metric.worse_by(was, now)
         if drop > max_drop and not force:

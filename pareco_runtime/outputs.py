@@ -10,6 +10,7 @@ tensor is named ``output``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,6 +37,26 @@ def flatten_outputs(out: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]
     if not flat:
         raise ValueError(f"output {prefix or 'of the network'} holds no tensor; export networks with outputs")
     return flat
+
+
+def unflatten_outputs(flat: Sequence[torch.Tensor], like: Any) -> Any:
+    """``flat`` (tensors in the order above, as an exported file returns them) in the structure of
+    ``like``, an output of the same network: the inverse of :func:`flatten_outputs` (tuples come back
+    as plain tuples). ``ValueError`` when the counts differ."""
+    wanted = len(flatten_outputs(like))
+    if len(flat) != wanted:
+        raise ValueError(f"{len(flat)} outputs given for a network that returns {wanted}")
+    items = iter(flat)
+
+    def build(node: Any) -> Any:
+        if isinstance(node, torch.Tensor):
+            return next(items)
+        if isinstance(node, dict):
+            return {k: build(v) for k, v in node.items()}
+        built = [build(v) for v in node]
+        return built if isinstance(node, list) else tuple(built)
+
+    return build(like)
 
 
 def output_names(out: Any) -> list[str]:

@@ -228,7 +228,7 @@ def test_a_calibration_folder_without_images_is_one_line(tiny_front: Path, tmp_p
 def test_int8_executorch_program_runs_in_executorch_and_is_scored(front_copy: Path, cli) -> None:
     pytest.importorskip("executorch")
     from export import load_runner
-    from export.int8 import runner_logits, top1
+    from export.int8 import program_forward, top1
     from training.front_data import evaluation_set
 
     pid = Front.load(front_copy).points[0].id
@@ -239,4 +239,36 @@ def test_int8_executorch_program_runs_in_executorch_and_is_scored(front_copy: Pa
     (variant,) = rt.point(pid).variants
     runner = load_runner("executorch", front_copy.parent / "export" / f"{pid}.int8.pte")
     assert variant.backend == "executorch"
-    assert variant.top1 == top1(runner_logits(runner), evaluation_set(SYNTHETIC, rt.front).batches())
+    assert variant.top1 == top1(program_forward(runner), evaluation_set(SYNTHETIC, rt.front).batches())
+
+
+@pytest.mark.slow
+def test_a_program_of_several_outputs_is_scored_in_the_models_structure(tmp_path: Path) -> None:
+    # A segmenter with torchvision's auxiliary head returns {"out", "aux"}; its int8 file returns two
+    # arrays, which the score reads by name again.
+    from export.formats import Calibration
+    from export.int8 import export_int8_points
+    from pareco_runtime import make_slimmable
+    from tests.user_models import user_fcn_aux
+    from training import build_front
+
+    torch.manual_seed(0)
+    model = make_slimmable(user_fcn_aux(), torch.randn(1, 3, 16, 16), arch="tests.user_models:user_fcn_aux")
+    images = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    built = build_front(tmp_path / "front", model, [model.space.uniform(0.5), model.space.uniform(1.0)],
+                        [(images,)], lambda m: {"agree": 50.0 * float(m.alpha[0])}, metric="agree",
+                        training={"algorithm": "slim", "epochs": 0, "seed": 0, "wall_time_s": 0.0})  # fmt: skip
+    rt = SlimmableRuntime.load(built.manifest, model=user_fcn_aux)
+
+    def agreement(forward: object) -> dict[str, float]:
+        out = forward(images)  # type: ignore[operator]
+        return {"agree": 100.0 * float((out["out"].argmax(1) == out["aux"].argmax(1)).float().mean())}
+
+    point = rt.points[-1]
+    run = export_int8_points(rt, [point], ["onnx"], tmp_path / "export", Calibration([images], "8 images"),
+                             agreement, SPLIT, max_drop=100.0)  # fmt: skip
+    assert run.refused == [] and len(run.results) == 1
+    [variant] = Front.load(built.manifest).points[-1].variants
+    with torch.no_grad():
+        assert variant.fp32_metrics == agreement(rt.standalone(point))
+    assert abs(variant.metrics["agree"] - variant.fp32_metrics["agree"]) < 25.0

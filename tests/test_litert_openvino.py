@@ -130,9 +130,9 @@ def test_int8_programs_are_scored_in_their_runtime(front_copy, cli, fmt):
     assert (variant.precision, variant.backend) == ("int8", fmt)
     program = front_copy.parent / "export" / f"{pid}.int8{FORMATS[fmt].ext}"
     images = evaluation_set(SYNTHETIC, rt.front)
-    from export.int8 import runner_logits
+    from export.int8 import program_forward
 
-    assert variant.top1 == top1(runner_logits(load_runner(fmt, program)), images.batches())
+    assert variant.top1 == top1(program_forward(load_runner(fmt, program)), images.batches())
 
 
 class _TwoOutputs(torch.nn.Module):

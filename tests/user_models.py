@@ -146,6 +146,22 @@ def user_fcn(num_classes: int = 3) -> UserFCN:
     return UserFCN(num_classes)
 
 
+class UserFCNWithAux(UserFCN):
+    """:class:`UserFCN` with an auxiliary head, as torchvision's segmenters built with ``aux_loss``: ``{"out", "aux"}``."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__(classes)
+        self.aux = nn.Conv2d(16, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.stem(x)
+        return {"out": self.classifier(x + self.block(x)), "aux": self.aux(x)}
+
+
+def user_fcn_aux(num_classes: int = 3) -> UserFCNWithAux:
+    return UserFCNWithAux(num_classes)
+
+
 class GroupedNet(nn.Module):
     """A ResNeXt block, a grouped conv reading a concatenation, and one of more output than input channels."""
 
