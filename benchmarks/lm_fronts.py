@@ -17,6 +17,7 @@ and by hypervolume in (parameters, loss) space, the reference point a uniform gu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import math
@@ -73,7 +74,17 @@ def train(args: argparse.Namespace, text: Path) -> None:
             raise SystemExit(f"{algorithm} failed (exit {done.returncode}); see {log}")
 
 
-def summary(args: argparse.Namespace) -> dict[str, Any]:
+def corpus_record(text: Path) -> dict[str, Any]:
+    """What the fronts were trained on: the files' count, bytes and one SHA-256 over them in name order
+    (the docs change between commits, so a result names the exact text)."""
+    files = sorted(text.rglob("*.txt"))
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.read_bytes())
+    return {"files": len(files), "bytes": sum(f.stat().st_size for f in files), "sha256": digest.hexdigest()}
+
+
+def summary(args: argparse.Namespace, text: Path) -> dict[str, Any]:
     """Per front: points, loss at the matched parameter counts, hypervolume, training wall time."""
     model = example_module().slimmable_lm(args.dim, args.heads, args.layers, args.context)
     full = float(model.params(model.space.uniform(1.0)))
@@ -97,6 +108,7 @@ def summary(args: argparse.Namespace) -> dict[str, Any]:
             k: getattr(args, k) for k in ("epochs", "context", "dim", "heads", "layers", "batch_size")
         },
         "text": str(args.text) if args.text else "the repository's docs/*.md and README.md",
+        "corpus": corpus_record(text),
         "full_params": int(full),
         "matched_params": [int(t) for t in targets],
         "fronts": fronts,
@@ -126,8 +138,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
-    train(args, args.text or docs_text(args.out / "text"))
-    result = summary(args)
+    text = args.text or (args.out / "text" if (args.out / "slim").exists() else docs_text(args.out / "text"))
+    train(args, text)
+    result = summary(args, text)
     s = result["settings"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"lm-fronts-d{s['dim']}-l{s['layers']}-c{s['context']}-e{s['epochs']}.json"

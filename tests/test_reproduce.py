@@ -10,6 +10,9 @@ from benchmarks.reproduce_cifar import hypervolume, run_names, top1_at, upper_fr
 def test_upper_front_keeps_non_dominated_points():
     pts = [(10, 50.0), (5, 40.0), (20, 49.0), (30, 60.0), (5, 30.0)]
     assert upper_front(pts) == [(5, 40.0), (10, 50.0), (30, 60.0)]
+    # A loss front enters as minus the loss (benchmarks/lm_fronts.py): every value is negative.
+    losses = [(100, -2.9), (150, -2.7), (200, -2.8), (250, -2.6)]
+    assert upper_front(losses) == [(100, -2.9), (150, -2.7), (250, -2.6)]
 
 
 def test_top1_at_interpolates_and_extends_upwards():
