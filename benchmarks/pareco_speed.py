@@ -25,7 +25,7 @@ import torch
 
 from bench.timing import interleaved
 from pareco_runtime import build_model
-from training import mobo
+from training import gp_search, mobo
 from training.batch_loss import measure_losses
 from training.config import COST_MODELS, TrainConfig
 from training.pareco import WARMUP_WIDTHS, bo_schedule
@@ -73,7 +73,7 @@ def bo_iterations(
         exact = CostPolynomial.from_model(model) if cost_model == "exact" else None
         for n in SIZES:
             X, cost, loss = _history(model, n, seed=n)
-            props, t = mobo.propose(
+            props, t = gp_search.propose(
                 X,
                 loss,
                 cost,

@@ -185,7 +185,9 @@ class _BOStrategy(Strategy):
             assert self.model is not None
             configs = self.model.space.sample(self.generator, min(count, self.cfg.warmup_configs - drawn))
             return [mobo.Proposal(a, self._cost_of(a), math.nan, 0, None) for a in configs], mobo.Timings()
-        return mobo.propose(
+        from .gp_search import propose  # BoTorch: loaded by the first BO step
+
+        return propose(
             torch.tensor(self.history, dtype=torch.float64),
             torch.tensor(self.losses, dtype=torch.float64),
             torch.tensor(self.costs, dtype=torch.float64),

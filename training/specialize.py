@@ -3,7 +3,7 @@ latency from that device's look-up table as the cost.
 
 The shared weights serve every config of the width space, so a device whose kernels prefer other
 channel counts than MACs suggest gets its own front without retraining. The search is TwoStage's:
-the same BO (:func:`training.mobo.propose`, Pareto-aware λ) over H, with a config's loss measured
+the same BO (:func:`training.gp_search.propose`, Pareto-aware λ) over H, with a config's loss measured
 after BN recalibration on the front's seeded calibration batches, on images held out of training,
 and its cost the latency that :class:`~training.search_cost.LatencyCost` predicts. H starts with
 uniform widths spread over latency, the front's own points (so the MAC-chosen front is in the
@@ -129,9 +129,11 @@ def specialize(
     measure(start)
     bounds = torch.tensor([space.smallest(), [space.high] * space.dims], dtype=torch.float64)
     stalled = 0
+    from .gp_search import propose  # BoTorch: loaded for the search, not with this module
+
     while len(history) < total and stalled < 3:  # BO may keep proposing visited sub-networks
         t0 = time.perf_counter()
-        proposals, _ = mobo.propose(
+        proposals, _ = propose(
             torch.tensor([c.alpha for c in history], dtype=torch.float64),
             torch.tensor([_objective(c, rank) for c in history], dtype=torch.float64),
             torch.tensor(fractions, dtype=torch.float64),
