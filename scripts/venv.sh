@@ -10,8 +10,10 @@ want=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "setting up .venv (first time: a few minutes) ..." >&2
   # torch first, pinned, so pip takes the build this machine holds instead of resolving a newer one.
-  .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
-  .venv/bin/pip install -q -e ".[all,dev,timm]"
+  # --no-cache-dir: the environment is 7.6 GB; a second copy of the downloaded wheels in pip's cache
+  # is what a machine with little disk left cannot hold (a CI run failed with "No space left").
+  .venv/bin/pip install -q --no-cache-dir torch==2.14.1 torchvision==0.29.1
+  .venv/bin/pip install -q --no-cache-dir -e ".[all,dev,timm]"
   echo "$want" > "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
