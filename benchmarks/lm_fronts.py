@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks.reproduce_cifar import hypervolume, top1_at, upper_front
+from benchmarks.reproduce_cifar import comparison_table, hypervolume, top1_at, upper_front
 from pareco_runtime.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,14 +117,16 @@ def summary(args: argparse.Namespace, text: Path) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     """The comparison as a markdown table."""
-    head = " | ".join(f"loss @ {t / 1e3:.0f}K params" for t in result["matched_params"])
-    lines = [f"| front | points | {head} | hypervolume | training s |", "|---" * 6 + "|"]
-    for name, r in result["fronts"].items():
-        cells = " | ".join("–" if v is None else f"{v:.4f}" for v in r["loss_at"])
-        lines.append(
-            f"| {name} | {r['points']} | {cells} | {r['hypervolume']:.4f} | {r['wall_time_s']:.0f} |"
-        )
-    return "\n".join(lines)
+    return comparison_table(
+        ("front", "training s"),
+        [f"loss @ {t / 1e3:.0f}K params" for t in result["matched_params"]],
+        [
+            (n, r["points"], r["loss_at"], r["hypervolume"], r["wall_time_s"])
+            for n, r in result["fronts"].items()
+        ],
+        digits=4,
+        hv_digits=4,
+    )
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks.reproduce_cifar import INDEPENDENT_WIDTHS, hypervolume, top1_at, upper_front
+from benchmarks.reproduce_cifar import INDEPENDENT_WIDTHS, comparison_table, hypervolume, top1_at, upper_front
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "classification_recipe.py"
@@ -139,17 +139,16 @@ def summary(out: Path, algorithms: list[str]) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     """The comparison as a markdown table."""
-    head = " | ".join(f"top-1 @ {t:.1f} MFLOPs" for t in result["matched_mflops"])
-    lines = [
-        f"| run | points | {head} | hypervolume | wall time s |",
-        "|---" * (len(result["matched_mflops"]) + 4) + "|",
-    ]
-    for name, r in result["runs"].items():
-        cells = " | ".join("–" if v is None else f"{v:.2f}" for v in r["top1_at"])
-        lines.append(
-            f"| {name} | {len(r['points'])} | {cells} | {r['hypervolume']:.3f} | {r['wall_time_s']:.0f} |"
-        )
-    return "\n".join(lines)
+    return comparison_table(
+        ("run", "wall time s"),
+        [f"top-1 @ {t:.1f} MFLOPs" for t in result["matched_mflops"]],
+        [
+            (n, len(r["points"]), r["top1_at"], r["hypervolume"], r["wall_time_s"])
+            for n, r in result["runs"].items()
+        ],
+        digits=2,
+        hv_digits=3,
+    )
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import argparse
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,26 @@ def hypervolume(front: list[tuple[float, float]], full_mflops: float, chance: fl
 
     y = torch.tensor([[t - chance, 1.1 - m / full_mflops] for m, t in front], dtype=torch.float64)
     return float(Hypervolume(ref_point=torch.zeros(2, dtype=torch.float64)).compute(y.clamp(min=0.0)))
+
+
+def comparison_table(
+    columns: tuple[str, str],
+    heads: Sequence[str],
+    rows: Sequence[tuple[str, int, Sequence[float | None], float, float]],
+    digits: int,
+    hv_digits: int,
+) -> str:
+    """A markdown table of fronts compared at matched costs: one row per ``(name, points, the figure at
+    each of heads ("–" where the front does not reach it), hypervolume, training seconds)``;
+    ``columns`` names the first and the last column."""
+    lines = [
+        f"| {columns[0]} | points | {' | '.join(heads)} | hypervolume | {columns[1]} |",
+        "|---" * (len(heads) + 4) + "|",
+    ]
+    for name, points, values, hv, seconds in rows:
+        cells = " | ".join("–" if v is None else f"{v:.{digits}f}" for v in values)
+        lines.append(f"| {name} | {points} | {cells} | {hv:.{hv_digits}f} | {seconds:.0f} |")
+    return "\n".join(lines)
 
 
 def report(

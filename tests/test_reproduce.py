@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.reproduce_cifar import hypervolume, run_names, top1_at, upper_front
+from benchmarks.reproduce_cifar import comparison_table, hypervolume, run_names, top1_at, upper_front
 
 
 def test_upper_front_keeps_non_dominated_points():
@@ -75,3 +75,12 @@ def test_median_epoch_seconds_ignores_step_records_and_one_slow_epoch(tmp_path):
     log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert median_epoch_seconds(log) == 210.0
     assert median_epoch_seconds(tmp_path / "missing.jsonl") == 0.0
+
+
+def test_comparison_table_has_a_separator_cell_per_column_and_a_dash_where_a_front_stops():
+    text = comparison_table(
+        ("front", "training s"), ["@ 1", "@ 2"], [("a", 3, [None, 2.5], 1.25, 60.4)], 2, 3
+    )
+    head, rule, row = text.splitlines()
+    assert head.count("|") == rule.count("|") == row.count("|") == 7
+    assert row == "| a | 3 | – | 2.50 | 1.250 | 60 |"
