@@ -48,7 +48,8 @@ def eval_front(
     write: bool = typer.Option(
         False,
         "--write",
-        help="Record each point's top-1 and loss in the manifest under --split (top-1 fronts only).",
+        help="Record each point's figures in the manifest under --split: top-1 and loss (eval_top1, "
+        "eval_loss), or every figure of the front's own metric (eval_metrics).",
     ),
     model: str | None = typer.Option(None, "--model", metavar="pkg.module:factory", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -65,18 +66,14 @@ def eval_front(
     rt = load_runtime(manifest, model)
     measured_by = front_task(rt.front, task)
     if rt.front.metric.declared:
-        if write:
-            raise ValueError(
-                f"--write: {manifest} is ranked by {rt.front.metric.rank}, and a manifest records named "
-                "evaluations as top-1 and loss only; leave --write out (the table and --json report them)"
-            )
-        _eval_metric(manifest, rt, measured_by, data, split, as_json)
+        _eval_metric(manifest, rt, measured_by, data, split, write, as_json)
         return
     images = evaluation_set(data, rt.front)
     name = images.name if split is None else split.strip()
     results = evaluate_points(rt, images.batches())
     if write:
-        _record(manifest, rt.front.weights_sha256, name, images.split, results)
+        figures = {pid: {"top1": ev.top1, "loss": ev.loss} for pid, ev in results.items()}
+        _record(manifest, rt.front.weights_sha256, name, images.split, figures)
     rows: list[dict[str, Any]] = [
         {
             "id": p.id,
@@ -112,15 +109,18 @@ def eval_front(
 
 
 def _eval_metric(
-    manifest: Path, rt: SlimmableRuntime, task: Task, data: str, split: str | None, as_json: bool
+    manifest: Path, rt: SlimmableRuntime, task: Task, data: str, split: str | None, write: bool, as_json: bool
 ) -> None:
-    """``pareco eval`` of a front ranked by its task's metric: every declared figure of every point."""
+    """``pareco eval`` of a front ranked by its task's metric: every declared figure of every point,
+    recorded in the manifest's ``eval_metrics`` with ``write``."""
     from training.extend import evaluate_front
     from training.front_data import task_evaluation_set
 
     images = task_evaluation_set(task, data, rt.front)
     name = images.name if split is None else split.strip()
     results = evaluate_front(rt, task.evaluators(images.data)[0])
+    if write:
+        _record(manifest, rt.front.weights_sha256, name, images.split, results)
     metric = rt.front.metric
     rows: list[dict[str, Any]] = [
         {"id": p.id, "mflops": p.mflops, "manifest": dict(p.metrics), "metrics": results[p.id]}
@@ -133,7 +133,7 @@ def _eval_metric(
                 "name": name,
                 "split": images.split,
                 "metric": metric.to_dict(),
-                "written": False,
+                "written": write,
                 "points": rows,
             }
         )
@@ -149,6 +149,10 @@ def _eval_metric(
         ],
     )
     typer.echo(f"images: {images.text}")
+    if write:
+        typer.echo(
+            f"recorded in {manifest} as evaluation '{name}' (dataset.eval_splits, points' eval_metrics)"
+        )
 
 
 def _figure(value: float | None) -> str | None:
@@ -165,9 +169,14 @@ def _top1_split(front: Front) -> str:
 
 
 def _record(
-    manifest: Path, weights_sha256: str, name: str, split: dict[str, Any], results: dict[str, Any]
+    manifest: Path,
+    weights_sha256: str,
+    name: str,
+    split: dict[str, Any],
+    results: dict[str, dict[str, float]],
 ) -> None:
-    """Write the evaluation into the manifest, under its lock, unless its weights changed meanwhile."""
+    """Write the evaluation ({point id: figures}) into the manifest, under its lock, unless its weights
+    changed meanwhile."""
     from pareco_runtime.manifest import Front
 
     with Front.update(manifest) as front:
@@ -175,7 +184,7 @@ def _record(
             raise ValueError(
                 f"{manifest}: its weight file changed during the evaluation; evaluate again before --write"
             )
-        front.record_evaluation(name, split, {pid: (ev.top1, ev.loss) for pid, ev in results.items()})
+        front.record_evaluation(name, split, results)
 
 
 def calibrate(

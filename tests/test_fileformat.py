@@ -604,6 +604,7 @@ def test_manifest_fields_match_front_dataclasses() -> None:
         ],
         metrics={"miou": 0.5},
         selection_metrics={"miou": 0.4},
+        eval_metrics={"test": {"miou": 0.45}},
     )
     profile = DeviceProfile(name="d", runtime="torch", threads=1, batch=1, host="h", date="2026-01-01")
     assert set(point.to_dict()) == set(schema["$defs"]["point"]["properties"])

@@ -228,6 +228,70 @@ def test_bad_metric_fields_are_refused(change: Callable[[dict[str, Any]], Any], 
         _valid(m)
 
 
+def _evaluated_manifest() -> dict[str, Any]:
+    """The declared manifest with an evaluation on a named test set (format 7)."""
+    m = _declared_manifest()
+    m["format_version"] = 7
+    m["dataset"]["eval_splits"] = {"held": {"name": "val", "images": 10, "data": "shapes"}}
+    for p in m["points"]:
+        p["eval_metrics"] = {"held": {"miou": 0.2, "pixel_acc": 0.6}}
+    return m
+
+
+def test_evaluations_by_a_declared_metric_round_trip_in_format_7() -> None:
+    m = _evaluated_manifest()
+    _valid(m)
+    assert manifest_format(m) == 7 and Front.from_dict(m).to_dict() == m
+    with pytest.raises(
+        FormatError, match=r"format_version 6 cannot hold points\[\]\.eval_metrics \(format 7\)"
+    ):
+        _valid({**m, "format_version": 6})
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (
+            lambda m: m["dataset"].pop("eval_splits"),
+            "point 'p0': eval_metrics names evaluation 'held', which",
+        ),
+        (
+            lambda m: m["points"][1]["eval_metrics"]["held"].pop("miou"),
+            "point 'p1': eval_metrics.held.miou has no value",
+        ),
+        (
+            lambda m: m["points"][0].update(eval_top1={"held": 50.0}),
+            "point 'p0': eval_top1 given but the manifest ranks by miou; give eval_metrics",
+        ),
+        (
+            lambda m: (m.pop("metric"), [p.pop("metrics") for p in m["points"]]),
+            "point 'p0': eval_metrics given but the manifest declares no metric",
+        ),
+    ],
+)
+def test_bad_evaluations_are_refused(change: Callable[[dict[str, Any]], Any], words: str) -> None:
+    m = _evaluated_manifest()
+    change(m)
+    with pytest.raises(FormatError, match=words):
+        _valid(m)
+
+
+def test_record_evaluation_writes_the_fronts_own_figures() -> None:
+    front = Front.from_dict(_declared_manifest())
+    split = {"name": "val", "images": 4, "data": "shapes"}
+    front.record_evaluation("held", split, {"p0": {"miou": 0.25, "pixel_acc": 0.75}})
+    assert front.points[0].eval_metrics == {"held": {"miou": 0.25, "pixel_acc": 0.75}}
+    assert not front.points[1].eval_metrics and front.dataset.eval_splits == {"held": split}
+    _valid(front.to_dict())
+    with pytest.raises(
+        ValueError, match=r"point 'p1' has figures loss, top1; this front records miou, pixel_acc"
+    ):
+        front.record_evaluation("held", split, {"p1": {"top1": 50.0, "loss": 1.0}})
+    plain = Front.from_dict(make_manifest())
+    plain.record_evaluation("test", split, {"p0": {"top1": 51.23456, "loss": 0.5}})
+    assert plain.points[0].eval_top1 == {"test": 51.2346} and plain.points[0].eval_loss == {"test": 0.5}
+
+
 def test_a_newer_manifest_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.front.json"
     newer = FORMAT_VERSION + 1

@@ -73,8 +73,26 @@ def test_eval_reports_each_points_metric_as_training_measured_it(task_fronts, ta
     table = cli("eval", str(manifest), "--data", str(data), *TASKS[task][2])
     header = next(line for line in table.stdout.splitlines() if "MFLOPs" in line)
     assert f"{front.metric.rank} (data-val)" in header and "top-1" not in header
-    refused = cli("eval", str(manifest), "--data", str(data), *TASKS[task][2], "--write")
-    assert refused.returncode == 2 and f"is ranked by {front.metric.rank}" in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASKS)
+def test_eval_write_records_every_figure_under_the_split_name(task_fronts, task: str, tmp_path, cli) -> None:
+    data, manifest = _copy(task_fronts[task], tmp_path)
+    model = TASKS[task][2]
+    report = _json(
+        cli("eval", str(manifest), "--data", str(data), *model, "--split", "held", "--write", "--json")
+    )
+    front = Front.load(manifest)
+    assert report["written"] and front.dataset.eval_splits == {"held": report["split"]}
+    for row, p in zip(report["points"], front.points):
+        assert p.eval_metrics == {"held": pytest.approx(row["metrics"], abs=1e-6)}
+        assert not p.eval_top1 and not p.eval_loss
+    assert json.loads(manifest.read_text())["format_version"] == 7
+    # The same name again replaces it; another name is added beside it.
+    _json(cli("eval", str(manifest), "--data", str(data), *model, "--split", "held", "--write", "--json"))
+    _json(cli("eval", str(manifest), "--data", str(data), *model, "--split", "again", "--write", "--json"))
+    assert all(set(p.eval_metrics) == {"held", "again"} for p in Front.load(manifest).points)
 
 
 @pytest.mark.slow

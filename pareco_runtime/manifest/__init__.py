@@ -14,7 +14,7 @@ Modules, by what they hold:
   ``jsonschema``) and the cross-field rules, one small function each.
 - :mod:`.metric`: :class:`Metric`, what a front's points are ranked by (the optional ``metric``
   declaration; top-1 without one) and the one accessor of a point's figure for ranking.
-- :mod:`.versions`: formats 1 to 6, what each added, the oldest one a manifest needs.
+- :mod:`.versions`: formats 1 to 7, what each added, the oldest one a manifest needs.
 - :mod:`.paths`: the files a manifest names, kept inside its folder.
 - :mod:`.stats_files`: BN statistics files of points added after training, and a front's weights read
   from where the manifest puts each point's statistics.

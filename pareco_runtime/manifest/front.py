@@ -262,14 +262,15 @@ class Front:
             variants[key].latency_ms[name] = round(float(value), 6)
 
     def record_evaluation(
-        self, name: str, split: Mapping[str, Any], results: Mapping[str, tuple[float, float]]
+        self, name: str, split: Mapping[str, Any], results: Mapping[str, Mapping[str, float]]
     ) -> None:
-        """Record an evaluation named ``name`` on the test set ``split`` (a manifest split with its ``data``):
-        ``results`` {point id: (top-1 %, loss)} go to the points' ``eval_top1`` / ``eval_loss`` (not
-        saved: call it inside :meth:`update`).
+        """Record an evaluation named ``name`` on the test set ``split`` (a manifest split with its ``data``)
+        (not saved: call it inside :meth:`update`). ``results``: {point id: figures}; a top-1 front's
+        figures are ``top1`` (%) and ``loss``, for the points' ``eval_top1`` / ``eval_loss``; a front
+        ranked by its own metric takes every declared figure, for the points' ``eval_metrics``.
 
-        An evaluation of the same name is replaced, on every point; ids must name points of this front
-        (ValueError otherwise). Top-1 is rounded to 4 decimals, the loss to 6, as training writes them.
+        An evaluation of the same name is replaced, on every point. ValueError where an id names no point
+        of this front or the figures are not the front's. Top-1 is rounded to 4 decimals, the rest to 6.
         """
         unknown = sorted(set(results) - {p.id for p in self.points})
         if unknown:
@@ -277,14 +278,24 @@ class Front:
                 f"{self.path or 'front'}: no point {unknown[0]!r} in this manifest; it changed since "
                 "the evaluation"
             )
+        names = set(self.metric.names) if self.metric.declared else {"top1", "loss"}
+        for pid, figures in results.items():
+            if set(figures) != names:
+                raise ValueError(
+                    f"{self.path or 'front'}: the evaluation of point {pid!r} has figures "
+                    f"{', '.join(sorted(figures))}; this front records {', '.join(sorted(names))}"
+                )
         self.dataset.eval_splits = {**(self.dataset.eval_splits or {}), name: dict(split)}
         for p in self.points:
-            p.eval_top1.pop(name, None)
-            p.eval_loss.pop(name, None)
-            if p.id in results:
-                top1, loss = results[p.id]
-                p.eval_top1[name] = round(float(top1), 4)
-                p.eval_loss[name] = round(float(loss), 6)
+            for per_name in (p.eval_top1, p.eval_loss, p.eval_metrics):
+                per_name.pop(name, None)
+            if p.id not in results:
+                continue
+            if self.metric.declared:
+                p.eval_metrics[name] = {k: round(float(v), 6) for k, v in results[p.id].items()}
+            else:
+                p.eval_top1[name] = round(float(results[p.id]["top1"]), 4)
+                p.eval_loss[name] = round(float(results[p.id]["loss"]), 6)
 
 
 def write_front(

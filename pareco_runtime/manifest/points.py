@@ -69,7 +69,10 @@ class Variant:
 
 
 # Fields a point's dict leaves out when unset, so files written before they existed keep their bytes.
-_OPTIONAL = ("selection_top1", "origin", "eval_top1", "eval_loss", "variants", "metrics", "selection_metrics")
+_OPTIONAL = (
+    "selection_top1", "origin", "eval_top1", "eval_loss", "variants", "metrics", "selection_metrics",
+    "eval_metrics",
+)  # fmt: skip
 
 
 @dataclass
@@ -88,7 +91,9 @@ class FrontPoint:
     (the manifest's ``dataset.eval_splits``), top-1 in percent and cross-entropy on that test set;
     ``variants``: its quantized programs (:class:`Variant`; the point itself is the fp32 one);
     ``metrics`` / ``selection_metrics``: on a front that declares its metric (:mod:`.metric`), every
-    declared figure by name on the reported split and on the split the point was chosen on.
+    declared figure by name on the reported split and on the split the point was chosen on;
+    ``eval_metrics``: on such a front, per evaluation name (``dataset.eval_splits``), every declared
+    figure on that test set (what ``eval_top1`` / ``eval_loss`` hold for a top-1 front).
     """
 
     id: str
@@ -108,6 +113,7 @@ class FrontPoint:
     variants: list[Variant] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     selection_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def variant(self, precision: str, backend: str) -> Variant | None:
         """Its variant of this precision for this backend, or None."""
@@ -115,7 +121,7 @@ class FrontPoint:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with the manifest's field names (``selection_top1``, ``origin``, ``eval_top1``,
-        ``eval_loss``, ``variants``, ``metrics`` and ``selection_metrics`` only when set, so files written before they existed keep their form)."""
+        ``eval_loss``, ``variants``, ``metrics``, ``selection_metrics`` and ``eval_metrics`` only when set, so files written before they existed keep their form)."""
         d = asdict(self)
         d["variants"] = [v.to_dict() for v in self.variants]
         for key in _OPTIONAL:
@@ -144,4 +150,8 @@ class FrontPoint:
             variants=[Variant.from_dict(v) for v in d.get("variants") or []],
             metrics={str(k): float(v) for k, v in (d.get("metrics") or {}).items()},
             selection_metrics={str(k): float(v) for k, v in (d.get("selection_metrics") or {}).items()},
+            eval_metrics={
+                str(name): {str(k): float(v) for k, v in figures.items()}
+                for name, figures in (d.get("eval_metrics") or {}).items()
+            },
         )

@@ -33,7 +33,7 @@ MAX_CHANNELS = 1 << 16
 MAX_INPUT_SIDE = 4096
 MAX_INPUT_VALUES = 1 << 24
 _PER_PROFILE_FIELDS = ("latency_ms", "energy_mj", "latency_predicted_ms")
-_EVALUATION_FIELDS = ("eval_top1", "eval_loss")
+_EVALUATION_FIELDS = ("eval_top1", "eval_loss", "eval_metrics")
 REEXPORT = "fix the manifest or re-export it"
 """What to do about a manifest that breaks a rule (the end of most messages here)."""
 
@@ -75,12 +75,13 @@ def check_manifest_consistency(manifest: dict[str, Any], source: Source = "manif
     every point's alpha and channels have one value per width dimension, alpha within [low, high]
     (tolerance 1e-6) and channels at most the full width; every profile a point's latency_ms /
     energy_mj / latency_predicted_ms or a variant's latency_ms names is listed in device_profiles,
-    every evaluation its eval_top1 / eval_loss names in dataset.eval_splits; a point has one variant
+    every evaluation its eval_top1 / eval_loss / eval_metrics names in dataset.eval_splits; a point has one variant
     per (precision, backend); every BN statistics file (weights.bn_stats) lies inside the manifest's
     folder, is listed once and is not the weight file, and lists points of this manifest, each in
     one file only; a metric declaration ranks by one of its names, listed once each, and every point
-    then has a finite value for every name in ``metrics`` (and in ``selection_metrics`` where it has
-    them), while without one no point has either; format_version is at least
+    then has a finite value for every name in ``metrics`` (and in ``selection_metrics`` and each of
+    ``eval_metrics`` where it has them) and no ``eval_top1`` / ``eval_loss``, while without one no point
+    has any of the three; format_version is at least
     :func:`~.versions.manifest_format`. ``source`` (the file name) starts the message.
     """
     _check_sizes(manifest, source)
@@ -307,13 +308,14 @@ def _check_stats_files(manifest: dict[str, Any], ids: set[str], source: Source) 
 
 def _check_metric(manifest: dict[str, Any], source: Source) -> None:
     """A metric declaration ranks by one of its names, each listed once; every point has a finite figure
-    for every name in ``metrics`` (and ``selection_metrics`` where given), and every variant in
-    ``metrics`` and ``fp32_metrics`` (not ``top1``); no declaration, no figures, and every variant has
-    ``top1`` and ``fp32_top1``."""
+    for every name in ``metrics`` (and ``selection_metrics`` and each evaluation of ``eval_metrics``
+    where given) and no ``eval_top1`` / ``eval_loss``, and every variant in ``metrics`` and
+    ``fp32_metrics`` (not ``top1``); no declaration, no figures (nor ``eval_metrics``), and every variant
+    has ``top1`` and ``fp32_top1``."""
     declared = manifest.get("metric")
     if declared is None:
         for point in manifest["points"]:
-            for key in ("metrics", "selection_metrics"):
+            for key in ("metrics", "selection_metrics", "eval_metrics"):
                 if key in point:
                     raise _error(
                         source,
@@ -341,6 +343,15 @@ def _check_metric(manifest: dict[str, Any], source: Source) -> None:
             if key == "selection_metrics" and key not in point:
                 continue
             _check_figures(point.get(key, {}), names, f"point '{point['id']}': {key}", source)
+        for key in ("eval_top1", "eval_loss"):
+            if key in point:
+                raise _error(
+                    source,
+                    f"point '{point['id']}': {key} given but the manifest ranks by {rank}; give eval_metrics",
+                    REEXPORT,
+                )
+        for name, figures in point.get("eval_metrics", {}).items():
+            _check_figures(figures, names, f"point '{point['id']}': eval_metrics.{name}", source)
         for variant in point.get("variants", []):
             what = _variant_name(point, variant)
             if "top1" in variant or "fp32_top1" in variant:

@@ -49,7 +49,7 @@ class DatasetSpec:
     ``splits``: which images the points' ``top1`` and ``selection_top1`` are from (``{"top1": split,
     "selection": split}``, each ``{"name", "images"[, "fraction", "seed"]}``; no ``selection``: the
     points were chosen on the ``top1`` split; None: not recorded); ``eval_splits``: the test sets of
-    the points' ``eval_top1`` / ``eval_loss`` by evaluation name, each a split with the ``data`` it
+    the points' ``eval_top1`` / ``eval_loss`` (or ``eval_metrics``) by evaluation name, each a split with the ``data`` it
     was taken from (``pareco eval --write``; None: none).
     """
 

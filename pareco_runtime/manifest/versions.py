@@ -6,7 +6,8 @@ Format 1 is the first; format 2 added BN statistics files (``weights.bn_stats``)
 added fronts ranked by a metric of their own (``metric``, a point's ``metrics`` /
 ``selection_metrics``); format 5 added channel steps (``width_space.steps``: a dimension slimmed in
 whole groups of a grouped conv); format 6 added integer inputs (``dataset.input_dtype``: token ids
-of shape ``[T]``). Each
+of shape ``[T]``); format 7 added evaluations of a front ranked by its own metric (a point's
+``eval_metrics``). Each
 format only added optional fields, so a manifest of an older format is a valid one of every newer
 format and reading it needs no migration. Writers use the oldest format that holds a manifest's
 fields (:func:`manifest_format`), so a front using no new field stays readable by the pareco versions
@@ -21,7 +22,7 @@ from typing import Any
 from ..untrusted import format_error as _error
 from .json_schema import json_type
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 """The newest manifest format this pareco reads and writes; a manifest is written in the oldest format
 that holds its fields (:func:`manifest_format`)."""
 
@@ -36,6 +37,7 @@ _FORMAT_FIELDS = {
     4: (("manifest", ("metric",)), ("points", ("metrics", "selection_metrics"))),
     5: (("width_space", ("steps",)),),
     6: (("dataset", ("input_dtype",)),),
+    7: (("points", ("eval_metrics",)),),
 }
 
 
@@ -53,7 +55,8 @@ def added_field(manifest: dict[str, Any], version: int) -> str | None:
 
 
 def manifest_format(manifest: dict[str, Any]) -> int:
-    """The oldest format that holds a schema-valid manifest's fields: 6 where its input is integer ids,
+    """The oldest format that holds a schema-valid manifest's fields: 7 where points have evaluations
+    by a declared metric, 6 where its input is integer ids,
     5 where its width space has channel steps, 4 where it declares its metric, 3 where points have quantized variants, 2 where it has BN
     statistics files, off-front points or evaluations, else 1."""
     for version in sorted(_FORMAT_FIELDS, reverse=True):
