@@ -84,3 +84,12 @@ def test_comparison_table_has_a_separator_cell_per_column_and_a_dash_where_a_fro
     head, rule, row = text.splitlines()
     assert head.count("|") == rule.count("|") == row.count("|") == 7
     assert row == "| a | 3 | – | 2.50 | 1.250 | 60 |"
+
+
+def test_vit_fronts_matches_latencies_on_the_slim_fronts_points():
+    from benchmarks.vit_fronts import PROFILE, _latency_targets
+
+    slim = [{"mflops": m, "latency_ms": {PROFILE: ms}} for m, ms in ((10.0, 1.0), (30.0, 2.0), (50.0, 4.0))]
+    # Interpolated between the points around each MAC count; outside them, the nearest point's.
+    assert _latency_targets(slim, [20.0, 40.0, 60.0, 5.0]) == pytest.approx([1.5, 3.0, 4.0, 1.0])
+    assert _latency_targets([{"mflops": 10.0, "latency_ms": {}}], [20.0]) is None
