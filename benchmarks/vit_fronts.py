@@ -19,8 +19,10 @@ a chance guess at 1.1 × the full network's MACs. Writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,17 +69,44 @@ def train(args: argparse.Namespace) -> None:
 
 
 def time_fronts(args: argparse.Namespace) -> None:
-    """Time every point of every front that has no ExecuTorch latency yet (``pareco bench --update``)."""
-    for name in FRONTS:
-        path = args.out / name / "model.front.json"
-        if not path.exists() or all(PROFILE in p["latency_ms"] for p in _points(path)):
-            continue
-        _run(
-            [sys.executable, "-m", "pareco_cli.main", "bench", str(path), "--backend", "executorch",
-             "--threads", "1", "--warmup", "20", "--runs", str(args.runs), "--model", MODEL, "--update",
-             "--profile", PROFILE],
-            args.out / f"bench-{name}.log",
-        )  # fmt: skip
+    """Time every point of every front with ExecuTorch in one ``pareco bench`` run, interleaved (each
+    round calls every point once), unless done before (``--retime``: again).
+
+    The points go into one manifest over the Slim front's weights (``OUT/timing``, ids
+    ``<front>.<id>``): a sub-network's latency depends on its shape, not its weights, and fronts timed
+    in separate runs on this shared machine disagreed by up to 38 % on one and the same sub-network
+    (the smallest: 0.79 ms in one run, 1.09 ms in the next).
+    """
+    from pareco_runtime.manifest import Front
+
+    timing = args.out / "timing" / "model.front.json"
+    if timing.exists() and not args.retime:
+        return
+    combined = Front.load(args.out / "slim" / "model.front.json")
+    combined.points = [
+        dataclasses.replace(p, id=f"{name}.{p.id}", latency_ms={}, energy_mj={}, latency_predicted_ms={})
+        for name in FRONTS
+        if (path := args.out / name / "model.front.json").exists()
+        for p in Front.load(path).points
+    ]
+    combined.device_profiles = []
+    timing.parent.mkdir(exist_ok=True)
+    shutil.copyfile(combined.weights_path, timing.parent / combined.weights_file)
+    combined.save(timing)
+    _run(
+        [sys.executable, "-m", "pareco_cli.main", "bench", str(timing), "--backend", "executorch",
+         "--threads", "1", "--warmup", "30", "--runs", str(args.runs), "--model", MODEL, "--update",
+         "--profile", PROFILE, "--exports", str(timing.parent / "exports")],
+        args.out / "bench.log",
+    )  # fmt: skip
+
+
+def _timed(args: argparse.Namespace) -> dict[str, float]:
+    """ExecuTorch median latency by ``<front>.<point id>`` from the timing run (empty if none)."""
+    timing = args.out / "timing" / "model.front.json"
+    if not timing.exists():
+        return {}
+    return {p["id"]: p["latency_ms"][PROFILE] for p in _points(timing) if PROFILE in p["latency_ms"]}
 
 
 def _points(path: Path) -> list[dict[str, Any]]:
@@ -112,6 +141,10 @@ def summary(args: argparse.Namespace) -> dict[str, Any]:
         n: json.loads(p.read_text()) for n in FRONTS if (p := args.out / n / "model.front.json").exists()
     }
     loaded = {n: list(m["points"]) for n, m in manifests.items()}
+    timed = _timed(args)
+    for name, points in loaded.items():
+        for p in points:
+            p["latency_ms"] = {PROFILE: timed[f"{name}.{p['id']}"]} if f"{name}.{p['id']}" in timed else {}
     kwargs = next(iter(manifests.values()))["architecture"]["kwargs"]["model"]
     model = slimmable_vit(kwargs["num_classes"], kwargs["depth"], kwargs["dim"], kwargs["heads"])
     full = model.macs(model.space.uniform(1.0)) / 1e6
@@ -181,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--history-size", type=int, default=100, help="PareCO's |H|")
     ap.add_argument("--candidates", type=int, default=20, help="configs evaluated per front")
     ap.add_argument("--algorithms", default="slim,pareco", help="which to train here (slim, pareco)")
-    ap.add_argument("--runs", type=int, default=100, help="timed ExecuTorch runs per point")
+    ap.add_argument("--runs", type=int, default=200, help="timed ExecuTorch runs per point")
+    ap.add_argument("--retime", action="store_true", help="time every front again (a quiet machine)")
     ap.add_argument("--no-latency", action="store_true", help="compare at matched MACs only")
     ap.add_argument("--train-only", action="store_true", help="train, then stop (no timing, no report)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the JSON result")
