@@ -107,6 +107,20 @@ def test_timm_vits_slim_heads_and_mlp(name):
     assert twin.get_submodule("blocks.0.attn.qkv").weight.shape == (3 * 64, 192)
 
 
+@pytest.mark.slow
+def test_hybrid_fastvit_slims_the_ffn_of_every_block_attention_stage_included():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    original = timm.create_model("fastvit_sa12", num_classes=10)  # RepMixer stages, then attention
+    x = torch.randn(2, 3, 64, 64)
+    slim = _converted(original, x)
+    # Each block's ConvMLP hidden width, the attention stage's (stages.3) too; its heads stay whole:
+    # timm's FastViT Attention is not among the attention modules whose heads the converter knows.
+    assert sum(n.endswith(".mlp.fc1") for n in slim.space.names) == 12
+    assert {"stages.3.blocks.0.mlp.fc1", "stages.3.blocks.1.mlp.fc1"} <= set(slim.space.names)
+    _check(original, slim, x, configs=2)
+
+
 def _with_mlp(attention: nn.Module) -> nn.Module:
     return nn.Sequential(attention, nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32))
 
