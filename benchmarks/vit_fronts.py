@@ -199,13 +199,11 @@ def tables(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from examples.vit_cifar import CIFAR10
+    from examples.vit_cifar import default_data
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="run folder (fronts there are reused)")
-    ap.add_argument(
-        "--data", default=os.environ.get("PARECO_CIFAR10", str(CIFAR10)), help="a pareco train --data spec"
-    )
+    ap.add_argument("--data", default=default_data(), help="a pareco train --data spec")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--dim", type=int, default=96)

@@ -56,6 +56,11 @@ CALIB_BATCHES, CALIB_BATCH_SIZE, PROBE_BATCH = 4, 128, 64
 CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg.tar.gz"
 
 
+def default_data() -> str:
+    """The CIFAR-10 JPEG archive: ``$PARECO_CIFAR10``, else :data:`CIFAR10` beside this checkout."""
+    return os.environ.get("PARECO_CIFAR10", str(CIFAR10))
+
+
 def vit_net(num_classes: int = 10, depth: int = 6, dim: int = 192, heads: int = 3) -> nn.Module:
     """timm's ViT-Tiny layout for 32-px images (4-px patches), ``depth`` blocks, random weights;
     ``--model examples.vit_cifar:vit_net`` names this builder."""
@@ -131,9 +136,7 @@ def summary(name: str, built: BuiltFront) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="folder for slim/, mixnmatch/ and pareco/")
-    ap.add_argument(
-        "--data", default=os.environ.get("PARECO_CIFAR10", str(CIFAR10)), help="a pareco train --data spec"
-    )
+    ap.add_argument("--data", default=default_data(), help="a pareco train --data spec")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--depth", type=int, default=6, help="transformer blocks")
