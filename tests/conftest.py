@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,6 +49,26 @@ def _one_intra_op_thread() -> Iterator[None]:
         m.setenv("OMP_NUM_THREADS", "1")
         yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with more slow tests run first (scripts/test.sh keeps this order for xdist,
+    ``--no-loadscope-reorder``), so that the run ends on short modules on both workers instead of one
+    long module on one: xdist's own order, the most tests first, put the full-disk exports (seven
+    tests, 139 s) after hundreds of quick ones."""
+    slow = Counter(item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])  # stable: order within a module kept
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _export_memo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Identical exports are lowered once per session, across xdist workers (:mod:`tests.export_memo`)."""
+    from tests.export_memo import installed
+
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's basetemp is a folder of the session's, which the workers share.
+    store = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "export-memo"
+    yield from installed(store)
 
 
 class CliResult(NamedTuple):
