@@ -258,7 +258,9 @@ def run_bench(
     ``SlimmableRuntime.load(manifest, backend=b, threads=threads)`` right after ``rt.switch(point)``
     (torch: the slimmable model in place; compiled backends: the programs the runtime finds or
     exports, with its input check, lock and output copy); profiles are named
-    ``<host>-<backend>-rt-t<threads>-b<batch>``.
+    ``<host>-<backend>-rt-t<threads>-b<batch>``; the only way to time a front whose network was
+    converted in parts (``make_slimmable(..., submodules=)``), on the torch backend, called with its
+    conversion example's arguments (a detector's list of images) whatever ``batch`` says.
     """
     backends = check_backends(backends)
     export_dir = Path(exports) if exports is not None else None
@@ -275,6 +277,11 @@ def run_bench(
         raise BenchError(
             "--through-runtime times the runtime's own torch, onnxruntime and executorch backends, which "
             "serve fp32 points from the programs beside a saved manifest: drop --int8, --exports and cuda"
+        )
+    if not rt.model.takes_batches and (not through_runtime or backends != ["torch"]):
+        raise BenchError(
+            "this front's network was converted in parts (make_slimmable(..., submodules=)) and has no "
+            "standalone program to time; time what an app calls: --through-runtime --backend torch"
         )
     if int8 and (export_dir is None or not any(b in SERVED for b in backends)):
         raise BenchError(
@@ -305,7 +312,12 @@ def run_bench(
         for b in backends
     }
     gen = torch.Generator().manual_seed(timing.seed)
-    x = tuple(spec.batch(batch, gen) for spec in rt.input_specs)  # a batch of each input
+    # A batch of each input; a network converted in parts takes its conversion example's arguments.
+    x = (
+        tuple(spec.batch(batch, gen) for spec in rt.input_specs)
+        if rt.model.takes_batches
+        else rt.model.example_inputs(batch, gen)
+    )
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="pareco-bench-") as scratch:
         candidates: dict[tuple[str, str], Any]
         if through_runtime:

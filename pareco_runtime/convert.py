@@ -51,6 +51,8 @@ CONVERT_SETTINGS = frozenset(
         "tie",
         "on_unsupported",
         "slim_grouped",
+        "submodules",
+        "input_tree",
     }
 )
 # Normalisers share their input's channel group: a tie names the layers that produce one.
@@ -331,8 +333,10 @@ def make_slimmable(
     if any(d != FLOAT for d in dtypes):
         slim.arch_kwargs["convert"]["input_dtypes"] = dtypes
     if submodules:
-        # Not a setting rebuild() takes: a front needs batched tensor inputs (docs/own-model.md).
         slim.arch_kwargs["convert"]["submodules"] = list(submodules)
+        tree = _input_tree(inputs)
+        if tree is not None:  # else the front cannot be rebuilt, and rebuild() says why
+            slim.arch_kwargs["convert"]["input_tree"] = tree
     slim.pinned = {
         layer.name: next(groups.pinned[groups.find(v)] for v in layer.cout if groups.is_pinned(v))
         for layer in layers.values()
@@ -414,6 +418,36 @@ def _input_sizes(inputs: tuple[Any, ...], partial: bool) -> list[tuple[int, ...]
     """Each input's shape without the batch (a partial conversion's example leaves: as given)."""
     leaves = [t for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)]
     return [tuple(int(v) for v in (t.shape if partial else t.shape[1:])) for t in leaves]
+
+
+def _input_tree(inputs: tuple[Any, ...]) -> str | None:
+    """The nesting of a partial conversion's example (a tuple holding a list of images, ...) as
+    ``torch.utils._pytree``'s JSON, from which :func:`rebuild` makes zeros of the recorded sizes; None
+    when the example holds anything but tensors (nothing to rebuild it from)."""
+    leaves, spec = pytree.tree_flatten(inputs)
+    return pytree.treespec_dumps(spec) if all(isinstance(t, torch.Tensor) for t in leaves) else None
+
+
+def _rebuilt_example(tree: Any, sizes: list[Any]) -> tuple[Any, ...]:
+    """A partial conversion's example again: zeros of ``sizes`` nested as ``tree`` (:func:`_input_tree`)."""
+    where = "architecture.kwargs.convert.input_tree"
+    if tree is None:
+        raise ValueError(
+            f"{where} is missing: the model was converted in parts on an example holding more than tensors, "
+            "which a manifest cannot rebuild; convert it on an example of tensors only"
+        )
+    try:
+        spec = pytree.treespec_loads(tree)
+    except Exception as exc:  # TypeError, ValueError, KeyError, JSONDecodeError: an edited manifest
+        raise ValueError(
+            f"{where}: not a nesting pareco wrote ({first_line(exc)}); use the manifest pareco wrote"
+        ) from None
+    if spec.num_leaves != len(sizes):
+        raise ValueError(
+            f"{where} holds {spec.num_leaves} tensors but {len(sizes)} input sizes are recorded; use the "
+            "manifest pareco wrote"
+        )
+    return pytree.tree_unflatten([torch.zeros(*size) for size in sizes], spec)
 
 
 def _input_dtypes(inputs: tuple[torch.Tensor, ...]) -> list[str]:
@@ -566,14 +600,24 @@ def rebuild(arch: str, kwargs: dict[str, Any], factory: ModelFactory | None = No
             f"architecture.kwargs.convert.input_dtypes: {dtypes!r} is not one of {', '.join(DTYPES)} per "
             "input; use the manifest pareco wrote"
         )
+    tree = settings.pop("input_tree", None)
     module = original_module(arch, dict(kwargs["model"]), factory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            example = tuple(torch.zeros(1, *size, dtype=DTYPES[d]) for size, d in zip(sizes, dtypes))
+            if settings.get("submodules"):
+                if torch.get_default_device().type == "meta":
+                    # Finding what each part receives runs the whole model (a detector's transform
+                    # and anchors make CPU tensors), so it is built for real: model_check's way for
+                    # builders that compute with tensors.
+                    raise RuntimeError("a model converted in parts is rebuilt on real tensors")
+                example: Any = _rebuilt_example(tree, sizes)
+            else:
+                whole = tuple(torch.zeros(1, *size, dtype=DTYPES[d]) for size, d in zip(sizes, dtypes))
+                example = whole if len(whole) > 1 else whole[0]
             return make_slimmable(
                 module,
-                example if len(example) > 1 else example[0],
+                example,
                 arch=arch,
                 model_kwargs=kwargs["model"],
                 **settings,

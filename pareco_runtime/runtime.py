@@ -296,11 +296,13 @@ class SlimmableRuntime:
             self._program = self._programs[point.id]
         self.active = point
 
-    def __call__(self, *inputs: torch.Tensor) -> Any:
+    def __call__(self, *inputs: Any) -> Any:
         """The active sub-network's output for a batch of :attr:`input_spec` (``(N, C, H, W)`` float32
         images, ``(N, T)`` int64 token ids, ...); a network of several inputs takes a batch of each,
-        in its ``forward``'s order (:attr:`input_specs`)."""
-        self._check_inputs(inputs)
+        in its ``forward``'s order (:attr:`input_specs`). A network converted in parts takes what its
+        original takes (a detector: a list of images), which its own ``forward`` checks."""
+        if self.model.takes_batches:
+            self._check_inputs(inputs)
         with self._lock.read(), torch.inference_mode():
             return self.model(*inputs) if self._program is None else self._program(*inputs)
 

@@ -163,6 +163,13 @@ def slice_model(
     try:
         standalone = _torch_graph(twin)
     except Exception as exc:  # torch.fx fails in many types (TraceError, TypeError, ...)
+        if not model.takes_batches:
+            raise ValueError(
+                f"slice_model: {type(twin).__name__} was converted in parts (make_slimmable(..., submodules=)) "
+                "and torch.fx cannot trace it as a whole, so it has no standalone graph to save or export; "
+                "serve its front in Python (SlimmableRuntime, torch backend), or take plain_twin(model, "
+                "alpha), the network at that width as an instance of its own class"
+            ) from None
         raise ValueError(
             f"slice_model: torch.fx cannot trace {type(twin).__name__} as a whole ({first_line(exc)}); "
             "plain_twin(model, alpha) gives the same network as an instance of its own class"

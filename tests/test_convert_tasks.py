@@ -22,7 +22,7 @@ from pareco_runtime.ops import SlimBatchNorm1d, SlimContext, SlimConv1d
 from pareco_runtime.outputs import flatten_outputs, output_names
 from pareco_runtime.slicing import plain_twin
 
-from .user_models import TwoInputNet, kws_net, lraspp
+from .user_models import TwoInputNet, kws_net, lraspp, per_image_net, ssdlite
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -30,6 +30,8 @@ KWS_SIZE = (40, 98)
 SEG_SIZE = (3, 64, 64)
 KWS_ARCH = "tests.user_models:kws_net"
 SEG_ARCH = "tests.user_models:lraspp"
+SSD_ARCH = "tests.user_models:ssdlite"
+PER_IMAGE_ARCH = "tests.user_models:per_image_net"
 
 
 def _counted_macs(net: nn.Module, *inputs) -> int:
@@ -200,8 +202,93 @@ def test_ssdlite_converted_in_part_runs_at_every_width():
             out = slim(images)[0]
             assert all(torch.equal(out[k], twin(images)[0][k]) for k in out)
         assert slim.macs(alpha) == _counted_macs(twin, images)
-    with pytest.raises(ValueError, match=r"slice_model: torch\.fx cannot trace SSD as a whole.*plain_twin"):
+    with pytest.raises(
+        ValueError, match=r"slice_model: SSD was converted in parts .* as a whole.*plain_twin"
+    ):
         slice_model(slim)
+
+
+def test_a_conversion_in_parts_is_rebuilt_from_its_record_and_a_bad_record_is_one_line():
+    from pareco_runtime.convert import rebuild
+
+    images = [torch.rand(3, 12, 12), torch.rand(3, 9, 14)]
+    slim = make_slimmable(per_image_net(), (images,), submodules=["body"], arch=PER_IMAGE_ARCH)
+    kwargs = slim.describe()["kwargs"]
+    again = rebuild(PER_IMAGE_ARCH, kwargs, per_image_net)
+    assert again.space == slim.space and not again.takes_batches
+    assert again.macs(again.space.uniform(0.5)) == slim.macs(slim.space.uniform(0.5))
+
+    def tampered(tree: object) -> dict[str, object]:
+        return {**kwargs, "convert": {**kwargs["convert"], "input_tree": tree}}
+
+    with pytest.raises(
+        ValueError, match=r"^architecture\.kwargs\.convert\.input_tree: not a nesting pareco wrote"
+    ):
+        rebuild(PER_IMAGE_ARCH, tampered("[1, {}]"), per_image_net)
+    one_image = make_slimmable(per_image_net(), ([images[0]],), submodules=["body"]).describe()["kwargs"]
+    with pytest.raises(ValueError, match=r"input_tree holds 1 tensors but 2 input sizes are recorded"):
+        rebuild(PER_IMAGE_ARCH, tampered(one_image["convert"]["input_tree"]), per_image_net)
+    # An example holding more than tensors (here a float) converts, but a manifest cannot rebuild it.
+    scaled = make_slimmable(per_image_net(), (images, 2.0), submodules=["body"])
+    assert scaled.example_inputs(generator=torch.Generator())[1] == 2.0
+    with pytest.raises(
+        ValueError, match=r"input_tree is missing: .* convert it on an example of tensors only$"
+    ):
+        rebuild(PER_IMAGE_ARCH, scaled.describe()["kwargs"], per_image_net)
+
+
+@pytest.mark.slow
+def test_a_front_of_a_detector_converted_in_parts_is_written_served_and_selected(tmp_path, cli):
+    from training import build_front
+
+    images = [torch.rand(3, 320, 320, generator=torch.Generator().manual_seed(0))]
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 100.0, 120.0]]), "labels": torch.tensor([1])}]
+    slim = make_slimmable(ssdlite().eval(), (images,), submodules=["backbone", "head"], arch=SSD_ARCH)
+    built = build_front(
+        tmp_path / "front",
+        slim,
+        [slim.space.uniform(w) for w in (0.5, 1.0)],
+        [(images * 2, targets * 2)],  # two images: the last stages' BN sees 1x1 maps in training mode
+        lambda m: {"score": 50.0 * float(m.alpha[0])},
+        metric="score",
+        # BN statistics are collected in training mode, where a torchvision detector needs its targets.
+        forward=lambda m, batch: m(*batch) if m.training else m(batch[0]),
+        dataset=DatasetSpec("synthetic", (3, 320, 320), [0.0] * 3, [1.0] * 3),
+        training={"algorithm": "slim", "epochs": 0, "seed": 0, "wall_time_s": 0.0},
+    )
+    rt = SlimmableRuntime.load(built.manifest, model=ssdlite)
+    assert [p.mflops for p in rt.points] == [slim.macs(p.alpha) / 1e6 for p in rt.points]
+    cheap = rt.switch(f"{rt.points[0].mflops + 1}MFLOPs")
+    assert cheap.id == "p00" and rt.active is cheap
+    twin = plain_twin(slim, cheap.alpha, bn_stats=rt.bn_stats(cheap))
+    with torch.no_grad():
+        got, want = rt(images)[0], twin(images)[0]
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+    r = cli("select", str(built.manifest), "--budget", f"{rt.points[0].mflops + 1}MFLOPs", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["point"]["id"] == "p00", r.stderr
+    r = cli("export", str(built.manifest), "--point", "p00", "--onnx", "--model", SSD_ARCH)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "converted in parts" in r.stderr and "plain_twin" in r.stderr
+    bench = (
+        "bench",
+        str(built.manifest),
+        "--backend",
+        "torch",
+        "--model",
+        SSD_ARCH,
+        "--warmup",
+        "1",
+        "--runs",
+        "2",
+    )
+    r = cli(*bench)
+    assert r.returncode == 2 and r.stderr.strip().endswith(
+        "time what an app calls: --through-runtime --backend torch"
+    )
+    r = cli(*bench, "--through-runtime", "--json")
+    assert r.returncode == 0, r.stderr
+    assert sorted(m["point"] for m in json.loads(r.stdout)["measurements"]) == ["p00", "p01"]
 
 
 def _front(tmp_path: Path, slim: SlimmableNet, size, mean: float) -> Path:

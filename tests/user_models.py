@@ -127,6 +127,17 @@ def lraspp(num_classes: int = 5) -> nn.Module:
     )
 
 
+def ssdlite(num_classes: int = 4) -> nn.Module:
+    """torchvision's SSDlite320-MobileNetV3-Large detector, random weights (``--model`` factory): its
+    transform, anchors and NMS are what torch.fx cannot trace."""
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=num_classes
+    )
+
+
 class UserFCN(nn.Module):
     """A tiny fully convolutional segmenter that returns a dict, as torchvision's segmentation models do."""
 
@@ -231,3 +242,24 @@ class SensorFusionNet(nn.Module):
 
 def sensor_fusion_net(classes: int = 3) -> SensorFusionNet:
     return SensorFusionNet(classes)
+
+
+class PerImageNet(nn.Module):
+    """Scores a list of images of any number and size, resized to one batch in a Python loop over the
+    list (which torch.fx cannot trace), as detectors take their inputs; its ``body`` is traceable."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, classes, 1)
+        )
+
+    def forward(self, images: list[torch.Tensor], scale: float = 1.0) -> list[torch.Tensor]:
+        batch = torch.cat([F.interpolate(x[None], size=(12, 12)) for x in images])
+        return list(self.body(batch).mean((2, 3)) * scale)
+
+
+def per_image_net(classes: int = 3) -> PerImageNet:
+    """``--model`` factory of :class:`PerImageNet`."""
+    torch.manual_seed(0)
+    return PerImageNet(classes)

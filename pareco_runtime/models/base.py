@@ -152,6 +152,11 @@ class LayerBuilder:
         )
 
 
+def _zeros_of_tensors(leaf: Any) -> Any:
+    """Zeros like ``leaf`` when it is a tensor; any other argument (a flag, a scale) as it is."""
+    return torch.zeros_like(leaf) if isinstance(leaf, torch.Tensor) else leaf
+
+
 class SlimmableNet(nn.Module):
     """A network whose per-group widths can be changed in place.
 
@@ -205,7 +210,7 @@ class SlimmableNet(nn.Module):
         self.input_size = tuple(int(v) for v in input_size)
         self.input_sizes = tuple(tuple(int(v) for v in s) for s in (input_sizes or [self.input_size]))
         self.input_dtypes = tuple(input_dtypes or [FLOAT] * len(self.input_sizes))
-        self._example = None if example is None else tree_map(torch.zeros_like, example)
+        self._example = None if example is None else tree_map(_zeros_of_tensors, example)
         ch = list(builder.dim_full) + list(builder.fixed_values) + [1]
         self.ctx = SlimContext(ch)
         self._one = len(ch) - 1
@@ -235,6 +240,13 @@ class SlimmableNet(nn.Module):
         return {name: getattr(self, name) for name in self.plain_attributes}
 
     @property
+    def takes_batches(self) -> bool:
+        """Whether ``forward`` takes a batch of each of :attr:`input_specs`: every network but one
+        converted in parts (``make_slimmable(..., submodules=...)``), whose forward takes what the
+        original's takes (a detector's list of images of any number and size)."""
+        return self._example is None
+
+    @property
     def input_specs(self) -> tuple[InputSpec, ...]:
         """Each positional input's shape and dtype (integer ids bounded by the embedding tables)."""
         return tuple(InputSpec.of(s, d, self) for s, d in zip(self.input_sizes, self.input_dtypes))
@@ -248,9 +260,9 @@ class SlimmableNet(nn.Module):
             return tuple(
                 tree_map(
                     lambda t: (
-                        t
-                        if generator is None or not t.is_floating_point()
-                        else torch.randn(t.shape, generator=generator)
+                        torch.randn(t.shape, generator=generator)
+                        if generator is not None and isinstance(t, torch.Tensor) and t.is_floating_point()
+                        else t
                     ),
                     self._example,
                 )
