@@ -608,6 +608,7 @@ def test_image_size_decides_memory_for_large_images_and_keeps_small_ones_in_memo
     assert not any("stream" in str(w.message) for w in record)
 
 
+@pytest.mark.slow  # 2 s: loads the digits dataset
 def test_image_size_help_states_the_switch() -> None:
     from training.config import TrainConfig, _fields
 

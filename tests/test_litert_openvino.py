@@ -52,6 +52,7 @@ def test_an_uninstalled_toolchain_names_its_extra(monkeypatch, fmt):
         require(fmt)
 
 
+@pytest.mark.slow  # 3 s: a LiteRT conversion
 def test_a_litert_file_runs_one_batch(rt, tmp_path):
     _installed("litert")
     with pytest.raises(ValueError, match=r"a LiteRT file runs one batch size .* export it with --batch N$"):
