@@ -5,9 +5,9 @@ check a record, not to test lowering, and many export the same points with the s
 run of the whole suite (2026-12-07, fresh clone, two xdist workers), 132 exports ran the writers
 in-process: 95 distinct ones took 457 s of lowering and the 37 repeats, replayed, would have taken 191 s
 more. A writer's files are a function of what :func:`export.exporter._write` is given: the model (its
-layers, weights, generated graph code and the sources of its non-torch classes), the example inputs, the
-format's writer, the ONNX opset, the batch range, the metadata stored in the file, the int8 calibration
-images and the file's name. The memo keys on all of them and, on a repeat, copies the first call's files
+layers, weights, generated graph code, plain attributes and the sources of its non-torch classes and
+their bases), the example inputs, the format's writer, the ONNX opset, the batch range, the metadata
+stored in the file, the int8 calibration images and the file's name. The memo keys on all of them and, on a repeat, copies the first call's files
 into the new staging folder and returns its details; everything around the writer (the parity check in
 the format's runtime, ``export.json`` records, locks, atomic moves) runs in every test as before.
 
@@ -36,7 +36,7 @@ import export.exporter
 from export.batch import BatchRange
 from export.formats import FORMATS, Calibration, get_format
 
-_PLAIN_ATTRIBUTE = (bool, int, float, str, tuple, type(None))
+_PLAIN_ATTRIBUTE = (bool, int, float, str, tuple, list, type(None))
 
 
 def _tensor_digest(h: Any, t: torch.Tensor) -> None:
@@ -52,11 +52,12 @@ def _model_digest(h: Any, model: nn.Module) -> bool:
         h.update(f"{name}:{cls.__module__}.{cls.__qualname__}".encode())
         if isinstance(m, torch.fx.GraphModule):
             h.update(m.code.encode())
-        elif not cls.__module__.startswith("torch."):
-            try:
-                h.update(inspect.getsource(cls).encode())
-            except (OSError, TypeError):
-                return False
+        else:
+            for own in (c for c in cls.__mro__ if not c.__module__.startswith(("torch.", "builtins"))):
+                try:
+                    h.update(inspect.getsource(own).encode())
+                except (OSError, TypeError):
+                    return False
         plain = {
             k: v for k, v in vars(m).items() if not k.startswith("_") and isinstance(v, _PLAIN_ATTRIBUTE)
         }
