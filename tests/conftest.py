@@ -55,7 +55,7 @@ def _one_intra_op_thread() -> Iterator[None]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules with more slow tests run first (scripts/test.sh keeps this order for xdist,
     ``--no-loadscope-reorder``), so that the run ends on short modules on both workers instead of one
-    long module on one: xdist's own order, the most tests first, put the full-disk exports (seven
+    long module on one: xdist's own order, the most tests first, put the full-disk exports (six
     tests, 139 s) after hundreds of quick ones."""
     slow = Counter(item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])  # stable: order within a module kept
