@@ -25,10 +25,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from tests.export_memo import ExportMemo
 
 # CI machines are shared and slow at times: a property test is judged on its examples, not on
 # how long one example took.
@@ -62,7 +65,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _export_memo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def _export_memo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExportMemo]:
     """Identical exports are lowered once per session, across xdist workers (:mod:`tests.export_memo`)."""
     from tests.export_memo import installed
 
