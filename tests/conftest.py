@@ -64,15 +64,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])  # stable: order within a module kept
 
 
+def _session_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder that the whole test session shares: under xdist each worker's basetemp is a folder of
+    the session's, which the workers share."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _export_memo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExportMemo]:
     """Identical exports are lowered once per session, across xdist workers (:mod:`tests.export_memo`)."""
     from tests.export_memo import installed
 
-    base = tmp_path_factory.getbasetemp()
-    # Under xdist each worker's basetemp is a folder of the session's, which the workers share.
-    store = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "export-memo"
-    yield from installed(store)
+    yield from installed(_session_folder(tmp_path_factory) / "export-memo")
 
 
 class CliResult(NamedTuple):
@@ -226,11 +230,32 @@ def tiny_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
     returns the manifest path.
 
     Tests must not modify it: copy the folder first (see ``front_copy``).
+
+    The first xdist worker to ask trains it and the others copy its folder: besides the training, that
+    saves the exports of its points, which :mod:`tests.export_memo` replays only for the same weight
+    file, byte for byte (two trainings give equal weights but files whose metadata safetensors writes
+    in a per-process order).
     """
+    import fcntl
+
+    shared = _session_folder(tmp_path_factory) / "tiny_front"
+    with open(shared.with_name("tiny_front.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not shared.is_dir():
+            staged = _train_tiny_front(shared.with_name(f"tiny_front.tmp-{os.getpid()}"))
+            staged.parent.rename(shared)
+    out = tmp_path_factory.mktemp("tiny_front")
+    shutil.copytree(shared, out, dirs_exist_ok=True)
+    return out / _MANIFEST
+
+
+_MANIFEST = "model.front.json"
+
+
+def _train_tiny_front(out: Path) -> Path:
     from training.config import TrainConfig
     from training.loop import train
 
-    out = tmp_path_factory.mktemp("tiny_front")
     # 256 images: 51 for validation, 20 held out for selection (with 128, ties on 10 selection images
     # left a 1-point front)
     cfg = TrainConfig(
@@ -244,7 +269,9 @@ def tiny_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
         calib_batches=1,
         calib_batch_size=32,
     )
-    return train(cfg, out, show_progress=False)
+    manifest = train(cfg, out, show_progress=False)
+    assert manifest.name == _MANIFEST, manifest
+    return manifest
 
 
 @pytest.fixture

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 from pareco_runtime import build_model
 from pareco_runtime.space import WidthSpace
+
+
+def front_files(folder: Path) -> dict[str, bytes]:
+    """Every file in a front's ``folder`` by name, with its bytes, but the lock files: each holds the pid of
+    the last process that took its lock, which a refused command may be."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.suffix != ".lock"}
 
 
 @functools.cache

@@ -25,7 +25,7 @@ from pareco_runtime.runtime import SlimmableRuntime
 from pareco_runtime.untrusted import FormatError, sha256_file
 from pareco_runtime.weights_file import save_weights
 
-from .manifests import make_manifest, with_format_2
+from .manifests import front_files, make_manifest, with_format_2
 
 DATA = "synthetic:256:4"  # the tiny front's own data
 ALPHA = "0.5,0.316,0.6,0.4,0.8,0.316"  # no point of the tiny front (its points are uniform widths)
@@ -41,10 +41,6 @@ def _one_line_error(result: Any) -> str:
     assert result.returncode == 2, (result.returncode, result.stderr[-1500:])
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-1500:]
     return lines[0]
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def _validation_images() -> tuple[np.ndarray, list[int]]:
@@ -79,7 +75,7 @@ class TestEval:
     def test_the_front_on_its_own_validation_images_scores_its_manifest_top1(
         self, tiny_front: Path, cli
     ) -> None:
-        before = _files(tiny_front.parent)
+        before = front_files(tiny_front.parent)
         report = _json(cli("eval", str(tiny_front), "--data", DATA, "--json"))
         points = Front.load(tiny_front).points
         assert [r["id"] for r in report["points"]] == [p.id for p in points]
@@ -87,7 +83,7 @@ class TestEval:
             assert round(row["top1"], 4) == p.top1 and round(row["loss"], 6) == p.loss, row
         assert report["split"] == {"name": "val", "images": 51, "data": DATA, "fraction": 0.2, "seed": 0}
         assert report["name"] == "synthetic-val" and report["written"] is False
-        assert _files(tiny_front.parent) == before, "eval without --write changes no file"
+        assert front_files(tiny_front.parent) == before, "eval without --write changes no file"
 
     def test_a_test_folder_is_prepared_with_the_manifest_normalisation(
         self, tiny_front: Path, tmp_path: Path, cli
@@ -310,15 +306,15 @@ class TestCalibrate:
     def test_a_refused_config_writes_nothing(
         self, front_copy: Path, cli, args: tuple[str, ...], words: str
     ) -> None:
-        before = _files(front_copy.parent)
+        before = front_files(front_copy.parent)
         line = _one_line_error(cli("calibrate", str(front_copy), *args, "--data", DATA))
         assert words in line, line
-        assert _files(front_copy.parent) == before
+        assert front_files(front_copy.parent) == before
 
     def test_a_manifest_that_cannot_be_saved_leaves_no_statistics_file(
         self, front_copy: Path, cli, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        before = _files(front_copy.parent)
+        before = front_files(front_copy.parent)
 
         def full_disk(self: Front, path: Any = None) -> Path:
             raise OSError(28, "No space left on device", str(front_copy))
@@ -326,7 +322,7 @@ class TestCalibrate:
         monkeypatch.setattr(Front, "save", full_disk)
         line = _one_line_error(cli("calibrate", str(front_copy), "--alpha", ALPHA, "--data", DATA))
         assert "no space left" in line
-        assert _files(front_copy.parent) == before, "neither the manifest nor a statistics file changed"
+        assert front_files(front_copy.parent) == before, "neither the manifest nor a statistics file changed"
 
 
 class TestStatisticsFileBinding:

@@ -14,6 +14,7 @@ import torch
 from export.exporter import export_point
 from export.formats import FORMATS, ExportError, MissingDependencyError, load_runner
 from export.index import INDEX_NAME, find_export, merge_index, read_index
+from export.metadata import Carried
 from pareco_runtime import SlimmableRuntime
 
 
@@ -34,7 +35,10 @@ def rt(tiny_front):
 def test_format_exports_loads_back_and_matches(rt, tmp_path, fmt, ext):
     pid = rt.points[1].id
     model = rt.standalone(pid)
-    res = export_point(model, rt.input_size, fmt, tmp_path / f"{pid}{ext}", point=pid)
+    # Carrying what `pareco export` stores, the file is the one other tests write through the command
+    # line, lowered once per test session (tests/export_memo.py).
+    carried = Carried.of(rt, rt.points[1])
+    res = export_point(model, rt.input_size, fmt, tmp_path / f"{pid}{ext}", point=pid, carried=carried)
     assert res.max_abs_diff <= 1e-4
     assert res.path.is_file() and res.bytes == res.path.stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{pid}{ext}"], "no side files or temporaries left"

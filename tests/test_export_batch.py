@@ -19,6 +19,7 @@ from export.exporter import DEFAULT_ATOL, export_point
 from export.formats import ExportError, Runner, load_runner
 from export.formats.base import each
 from export.index import INDEX_NAME, find_export, merge_index, read_index
+from export.metadata import Carried
 from pareco_runtime import SlimmableRuntime
 
 BAD_BATCH = "give a batch size N >= 1, or dynamic:MAX"
@@ -183,7 +184,12 @@ def test_cli_bench_with_exports_of_no_common_batch_is_one_line(rt, tiny_front, t
 )
 def test_pte_runs_its_batches_and_matches_torch(rt, tmp_path, batch, runs_at, rejects):
     model = rt.standalone("p01")
-    res = export_point(model, rt.input_size, "executorch", tmp_path / "p01.pte", batch=batch, point="p01")
+    # What `pareco export --batch` writes (test_cli_export_records_the_batch_and_bench_times_at_it), so
+    # that each program is lowered once per test session (tests/export_memo.py).
+    carried = Carried.of(rt, rt.point("p01"))
+    res = export_point(
+        model, rt.input_size, "executorch", tmp_path / "p01.pte", batch=batch, point="p01", carried=carried
+    )
     assert res.to_entry()["batch"] == parse_batch(batch).record()
     assert res.max_abs_diff <= DEFAULT_ATOL
     runner = load_runner("executorch", res.path, threads=1)  # the range comes from the file itself

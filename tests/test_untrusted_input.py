@@ -31,6 +31,8 @@ from pareco_runtime import SlimmableRuntime, build_model
 from pareco_runtime.untrusted import MAX_JSON_DEPTH, FormatError, parse_json, read_json, sha256_file
 from pareco_runtime.weights_file import load_weights
 
+from .manifests import front_files
+
 ROOT = Path(__file__).resolve().parent.parent
 # Long enough for a cold interpreter on a loaded machine; a reader that blocks never finishes.
 TIMEOUT_S = 60
@@ -500,9 +502,9 @@ class TestNothingHangs:
 
 def test_refusals_leave_the_front_intact(front_copy, tmp_path, cli):
     """A refused load changes no file of the front."""
-    before = {p.name: p.read_bytes() for p in front_copy.parent.iterdir()}
+    before = front_files(front_copy.parent)
     _edit(front_copy, _classes(10**9))
     edited = front_copy.read_bytes()
     _one_line_refusal(_export(cli, front_copy, tmp_path / "exp"), "exceeds")
-    after = {p.name: p.read_bytes() for p in front_copy.parent.iterdir()}
+    after = front_files(front_copy.parent)
     assert after == {**before, front_copy.name: edited}
