@@ -1,9 +1,9 @@
 """Shared fixtures: one trained front per session, the CLI in-process and as a real process, training helpers.
 
-Fast subset, for the edit-test loop (measured 2026-12-07, seventh session: 1,180 tests in 68 s wall on two
-xdist workers of a 2-core AMD EPYC, 123 CPU-seconds user + system; each worker's collection takes 10 s, 4 s of
-it rewriting the test modules' asserts when no bytecode is cached, as under PYTHONDONTWRITEBYTECODE). A test
-over about two CPU-seconds belongs in slow::
+Fast subset, for the edit-test loop (measured 2026-12-07 on two xdist workers of 2-core AMD EPYCs: 1,180
+tests in 68 s wall, 123 CPU-seconds; on a slower one the next day 1,205 tests in 83 s, 158 CPU-seconds; each
+worker's collection takes 10 s, 4 s of it rewriting the test modules' asserts when no bytecode is cached, as
+under PYTHONDONTWRITEBYTECODE). A test over about two CPU-seconds belongs in slow::
 
     python -m pytest -m "not slow" -n 2 --dist loadfile
 
