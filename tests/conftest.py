@@ -236,13 +236,11 @@ def tiny_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
     file, byte for byte (two trainings give equal weights but files whose metadata safetensors writes
     in a per-process order).
     """
-    import fcntl
-
+    from pareco_runtime.filelock import locked
     from pareco_runtime.manifest import MANIFEST_NAME
 
     shared = _session_folder(tmp_path_factory) / "tiny_front"
-    with open(shared.with_name("tiny_front.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(shared, timeout=600):  # the other workers wait for its training (seconds)
         if not shared.is_dir():
             staged = _train_tiny_front(shared.with_name(f"tiny_front.tmp-{os.getpid()}"))
             staged.parent.rename(shared)
