@@ -27,6 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from benchmarks.datasets import cifar10_archive
 from benchmarks.reproduce_cifar import INDEPENDENT_WIDTHS, comparison_table, hypervolume, top1_at, upper_front
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,7 +156,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--data",
-        default=os.environ.get("PARECO_CIFAR10", str(ROOT.parent / "shared/datasets/cifar10-jpg.tar.gz")),
+        default=str(cifar10_archive()),
     )
     ap.add_argument("--out", type=Path, default=Path("runs/recipe-vs-cli"))
     ap.add_argument("--train-per-class", type=int, default=100)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import tarfile
 import warnings
@@ -17,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from benchmarks.datasets import cifar10_archive
 from training.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -32,11 +32,7 @@ from training.data import (
     order,
 )
 
-# The CIFAR-10 archive: $PARECO_CIFAR10, else ../shared/datasets/ beside the checkout (never a machine path).
-CIFAR = Path(
-    os.environ.get("PARECO_CIFAR10")
-    or Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg.tar.gz"
-)
+CIFAR = cifar10_archive()
 CACHE_NAME = re.compile(r"[0-9a-f]{64}-(\d+)\.safetensors")
 
 
