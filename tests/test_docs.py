@@ -127,6 +127,17 @@ def test_the_readme_shows_the_four_commands_a_user_types():
         assert command in text, command
 
 
+def test_the_site_opens_with_the_readmes_description():
+    """The README and the site's home page describe pareco in the same words: the first paragraph of
+    one was left behind when a format was added to the other."""
+
+    def opening(page: Path) -> str:
+        paragraphs = page.read_text().split("\n\n")
+        return " ".join(paragraphs[1].split())
+
+    assert opening(ROOT / "docs" / "index.md") == opening(README)
+
+
 @pytest.mark.parametrize("page", ["README.md", "CONTRIBUTING.md"])
 def test_the_links_of_a_top_level_page_resolve_in_the_repository(page):
     """GitHub shows README.md and CONTRIBUTING.md from the repository: their relative links must
