@@ -107,7 +107,7 @@ def test_parity_failure_writes_nothing(rt, tmp_path, monkeypatch):
         (
             "executorch",
             "executorch.exir",
-            "ExecuTorch export needs the mobile extra: pip install 'pareco[mobile]'",
+            "ExecuTorch export needs executorch, the mobile extra: pip install 'pareco[mobile]'",
         ),
         ("onnx", "onnxscript", "ONNX export needs onnx, onnxscript and onnxruntime"),
     ],

@@ -104,8 +104,8 @@ class Format:
     ``title``: how messages name it; ``ext``: the file extension; ``dynamic_batch``: whether a file takes any batch (else it runs the
     batch range it was exported for); ``packages``: the distributions whose versions are recorded
     with each file; ``extra``: the pareco extra installing them (None: torch alone);
-    ``export_modules`` / ``run_modules``: what writing / loading a file imports, and
-    ``export_hint`` / ``run_hint`` what to install when one is missing; ``write``: writes one file;
+    ``export_modules`` / ``run_modules``: what writing / loading a file imports (when one is missing,
+    :attr:`export_hint` / :attr:`run_hint` say what to install); ``write``: writes one file;
     ``load``: loads one in its runtime with ``threads`` (None: the runtime's default); ``serving``:
     the backend running its files (None: not one of ``pareco bench``'s); ``int8``: its int8 flow
     (None: fp32 only); ``quiet``: a context hiding notices its runtime prints that a pareco user
@@ -126,12 +126,28 @@ class Format:
     extra: str | None = None
     export_modules: tuple[str, ...] = ()
     run_modules: tuple[str, ...] = ()
-    export_hint: str = ""
-    run_hint: str = ""
     serving: Serving | None = None
     int8: Int8Flow | None = None
     quiet: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
     side_exts: tuple[str, ...] = ()
+
+    @property
+    def export_hint(self) -> str:
+        """What to install to write this format's files: its packages beyond torch, and their extra."""
+        return self._install_hint(f"{self.title} export", self.packages[1:])
+
+    @property
+    def run_hint(self) -> str:
+        """What to install to run this format's files: the package of the runtime serving them (else every
+        package beyond torch), and the extra holding it."""
+        runtime = (self.serving.package,) if self.serving is not None else self.packages[1:]
+        return self._install_hint(f"running {self.title} files", runtime)
+
+    def _install_hint(self, what: str, packages: tuple[str, ...]) -> str:
+        if self.extra is None:
+            return ""
+        names = ", ".join(packages[:-1]) + " and " + packages[-1] if len(packages) > 1 else packages[0]
+        return f"{what} needs {names}, the {self.extra} extra: pip install 'pareco[{self.extra}]'"
 
     def require(self, for_export: bool = True) -> None:
         """:class:`MissingDependencyError` unless what writing (or, ``for_export=False``, running) a

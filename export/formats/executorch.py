@@ -260,8 +260,6 @@ FORMAT = Format(
         "executorch.runtime",
     ),
     run_modules=("executorch.runtime",),
-    export_hint="ExecuTorch export needs the mobile extra: pip install 'pareco[mobile]'",
-    run_hint="running ExecuTorch files needs the mobile extra: pip install 'pareco[mobile]'",
     write=write_executorch,
     load=load_executorch,
     flag_help="ExecuTorch .pte lowered to XNNPACK (the batch of --batch).",

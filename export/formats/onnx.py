@@ -165,8 +165,6 @@ FORMAT = Format(
     extra="export",
     export_modules=("onnx", "onnxscript", "onnxruntime"),
     run_modules=("onnxruntime",),
-    export_hint="ONNX export needs onnx, onnxscript and onnxruntime, the export extra: pip install 'pareco[export]'",
-    run_hint="running ONNX files needs onnxruntime, the export extra: pip install 'pareco[export]'",
     write=write_onnx,
     load=load_onnx,
     flag_help="ONNX (dynamic batch, opset >= 18), checked in onnxruntime.",
