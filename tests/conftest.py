@@ -1,7 +1,8 @@
 """Shared fixtures: one trained front per session, the CLI in-process and as a real process, training helpers.
 
 Fast subset, for the edit-test loop (measured 2026-12-07 on two xdist workers of 2-core AMD EPYCs: 1,180
-tests in 68 s wall, 123 CPU-seconds; on a slower one the next day 1,205 tests in 83 s, 158 CPU-seconds; each
+tests in 68 s wall, 123 CPU-seconds; on a slower one the next day 1,205 tests in 83 s, 158 CPU-seconds; on a faster
+one on 2026-12-08, 44-47 s and 81-88 CPU-seconds, the whole suite 479-527 s from a fresh clone; each
 worker's collection takes 10 s, 4 s of it rewriting the test modules' asserts when no bytecode is cached, as
 under PYTHONDONTWRITEBYTECODE). A test over about two CPU-seconds belongs in slow::
 
