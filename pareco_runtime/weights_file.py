@@ -104,7 +104,34 @@ def save_weights(
     tensors.update(_bn_tensors(target, bn_stats))
     prepared = _standalone_tensors(target, tensors)
     file_metadata = {_META_VERSION: str(WEIGHTS_FORMAT_VERSION), _META_JSON: meta_json}
-    atomic_write_with(target, lambda tmp: save_file(prepared, str(tmp), metadata=file_metadata))
+
+    def write(tmp: Path) -> None:
+        save_file(prepared, str(tmp), metadata=file_metadata)
+        _sort_metadata_in_header(tmp)
+
+    atomic_write_with(target, write)
+
+
+def _sort_metadata_in_header(path: Path) -> None:
+    """Rewrite the header of the safetensors file at ``path`` in place with its ``__metadata__`` keys sorted.
+
+    safetensors 0.8 writes that map in a random order, new with each save (upstream issue
+    safetensors#584): of 20 saves of one file in one process, 2 distinct byte strings came out, so two
+    identical trainings got different ``weights_sha256``. The header keeps its length (spaces pad it,
+    as safetensors pads it), so the tensors' offsets and bytes are untouched.
+    """
+    with open(path, "r+b") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+        metadata = header.get("__metadata__")
+        if not metadata:
+            return
+        header["__metadata__"] = dict(sorted(metadata.items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # a JSON writer escaping differently; the file is valid as it is
+            return
+        f.seek(8)
+        f.write(text.ljust(size, b" "))
 
 
 def _metadata_json(target: Path, metadata: Any) -> str:

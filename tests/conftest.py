@@ -232,10 +232,9 @@ def tiny_front(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Tests must not modify it: copy the folder first (see ``front_copy``).
 
-    The first xdist worker to ask trains it and the others copy its folder: besides the training, that
-    saves the exports of its points, which :mod:`tests.export_memo` replays only for the same weight
-    file, byte for byte (two trainings give equal weights but files whose metadata safetensors writes
-    in a per-process order).
+    The first xdist worker to ask trains it and the others copy its folder, so that the session trains
+    it once, and the exports of its points, which :mod:`tests.export_memo` keys on the weight file's
+    bytes, are lowered once across workers.
     """
     from pareco_runtime.filelock import locked
     from pareco_runtime.manifest import MANIFEST_NAME
